@@ -1,0 +1,23 @@
+//! raft-store: Drover's replicated MVCC key-value store, the part of the cluster that etcd is
+//! in Kubernetes. It knows nothing of Kubernetes.
+//!
+//! - [`mvcc`]: the data model (revisions, ranges, txns, watch events, errors) — plain data.
+//! - [`engine`]: the MVCC state on redb: apply, range at a revision, change index, compaction.
+//! - [`raft`], [`log_store`]: openraft's state machine and log over redb files.
+//! - [`network`], [`service`], [`client`]: bincode over HTTP between members and from clients.
+//! - [`node`]: one member — identity, bootstrap/join, forwarding to the leader, membership.
+//! - [`watch`]: per-watcher tasks that pull from the change index and never block writers.
+
+pub mod client;
+pub mod engine;
+pub mod log_store;
+pub mod mvcc;
+pub mod network;
+pub mod node;
+pub mod raft;
+pub mod service;
+pub mod watch;
+
+pub use client::{RemoteMember, StoreClient};
+pub use mvcc::*;
+pub use node::{StartError, Status, StoreConfig, StoreNode};

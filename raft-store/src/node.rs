@@ -1,0 +1,500 @@
+//! One member of the store: its identity on disk, its Raft instance, and the operations the
+//! rest of Drover (and remote clients, through `service`) use — txn, range, watch, compact,
+//! membership — with forwarding to the leader where Raft requires it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::client::RemoteMember;
+use crate::engine::{Applied, Command, Engine};
+use crate::log_store::LogStore;
+use crate::mvcc::{
+    Consistency, KeySpan, Limits, RangeRequest, RangeResponse, Revision, StoreError, Txn,
+    TxnResponse,
+};
+use crate::network::{http_client, Network};
+use crate::raft::{NodeId, Raft, StateMachine};
+use crate::watch::{self, WatchOptions, Watcher};
+
+/// How a member runs. `Default` gives production values; tests shorten the timers.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    /// The one address this member serves peers and clients on, and advertises to peers.
+    pub listen: SocketAddr,
+    /// Any member of the cluster to join, when this data dir is new.
+    pub join: Option<String>,
+    pub heartbeat: Duration,
+    pub election_timeout: (Duration, Duration),
+    /// Build a Raft snapshot (and purge the log) after this many entries.
+    pub snapshot_every: u64,
+    /// The leader compacts history older than one interval this often (like kube-apiserver,
+    /// which compacts every five minutes).
+    pub compaction_interval: Duration,
+    pub limits: Limits,
+    pub watch: WatchOptions,
+    /// How long a write may wait for commit before its outcome is reported unknown.
+    pub write_timeout: Duration,
+}
+
+impl StoreConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            listen,
+            join: None,
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(400), Duration::from_millis(700)),
+            snapshot_every: 100_000,
+            compaction_interval: Duration::from_secs(300),
+            limits: Limits::default(),
+            watch: WatchOptions::default(),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a data dir records about the member it belongs to.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    pub addr: String,
+    /// False between asking to join and being accepted: a restart then asks again.
+    pub joined: bool,
+}
+
+/// Errors that stop a member from starting. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data dir {dir}: {msg}")]
+    DataDir { dir: PathBuf, msg: String },
+    #[error(
+        "data dir {dir} belongs to cluster {ours}, but {peer} serves cluster {theirs}; \
+         use a fresh --data-dir to join that cluster"
+    )]
+    ClusterMismatch { dir: PathBuf, ours: String, theirs: String, peer: String },
+    #[error(
+        "data dir {dir} was created for address {recorded}, not {listen}; \
+         start with --listen {recorded}, or remove the member and join again with a fresh data dir"
+    )]
+    AddressChanged { dir: PathBuf, recorded: String, listen: String },
+    #[error("cannot join through {peer}: {msg}")]
+    Join { peer: String, msg: String },
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A member's view of the cluster, for `drover store status` and tests.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    pub addr: String,
+    pub state: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub voters: BTreeMap<NodeId, String>,
+    pub learners: BTreeMap<NodeId, String>,
+    pub revision: Revision,
+    pub compact_revision: Revision,
+    pub last_applied: u64,
+}
+
+pub struct StoreNode {
+    pub identity: Identity,
+    pub config: StoreConfig,
+    raft: Raft,
+    engine: Engine,
+    http: reqwest::Client,
+}
+
+fn raft_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("raft: {e}"))
+}
+
+impl StoreNode {
+    /// Opens the data dir and starts Raft. The member serves nothing yet: mount
+    /// [`crate::service::router`] on the listener, then call [`StoreNode::bootstrap`].
+    pub async fn open(config: StoreConfig) -> Result<Arc<StoreNode>, StartError> {
+        let dir = config.data_dir.clone();
+        let data_err = |msg: String| StartError::DataDir { dir: dir.clone(), msg };
+        std::fs::create_dir_all(&dir).map_err(|e| data_err(format!("cannot create: {e}")))?;
+        let http = http_client(Some(config.listen.ip()));
+        let addr = config.listen.to_string();
+
+        let identity = match read_identity(&dir).map_err(data_err)? {
+            Some(id) => {
+                if id.addr != addr {
+                    return Err(StartError::AddressChanged {
+                        dir,
+                        recorded: id.addr,
+                        listen: addr,
+                    });
+                }
+                id
+            }
+            None => {
+                let cluster_id = match &config.join {
+                    // Learn the cluster first, so peer traffic is accepted from the first RPC.
+                    Some(peer) => RemoteMember::new(http.clone(), peer)
+                        .status()
+                        .await
+                        .map_err(|e| StartError::Join { peer: peer.clone(), msg: e.to_string() })?
+                        .cluster_id,
+                    None => format!("{:032x}", rand::random::<u128>()),
+                };
+                let id = Identity {
+                    cluster_id,
+                    node_id: rand::random::<u64>() >> 1 | 1,
+                    addr: addr.clone(),
+                    joined: config.join.is_none(),
+                };
+                write_identity(&dir, &id).map_err(data_err)?;
+                id
+            }
+        };
+        // A restarted member pointed at another cluster must not silently run as its own.
+        if let (Some(peer), true) = (&config.join, identity.joined) {
+            if let Ok(status) = RemoteMember::new(http.clone(), peer).status().await {
+                if status.cluster_id != identity.cluster_id {
+                    return Err(StartError::ClusterMismatch {
+                        dir,
+                        ours: identity.cluster_id,
+                        theirs: status.cluster_id,
+                        peer: peer.clone(),
+                    });
+                }
+            }
+        }
+
+        let engine = Engine::open(&dir.join("state.redb")).map_err(|e| data_err(e.to_string()))?;
+        let log = LogStore::open(&dir.join("raft-log.redb")).map_err(data_err)?;
+        let sm = StateMachine::new(engine.clone(), &dir);
+        let raft_config = openraft::Config {
+            cluster_name: "drover".into(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: config.election_timeout.0.as_millis() as u64,
+            election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 1_000,
+            max_payload_entries: 1_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let network = Network { http: http.clone(), cluster_id: identity.cluster_id.clone() };
+        let raft = Raft::new(identity.node_id, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let node = Arc::new(StoreNode { identity, config, raft, engine, http });
+        tokio::spawn(compaction_loop(Arc::downgrade(&node)));
+        Ok(node)
+    }
+
+    /// Makes this member part of a cluster: a new single-member cluster, or a join through
+    /// `--join` (as a learner that catches up first, then a voter). A no-op once done.
+    pub async fn bootstrap(&self) -> Result<(), StartError> {
+        if self.raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?
+            && self.identity.joined
+        {
+            return Ok(());
+        }
+        match &self.config.join {
+            None => {
+                let members = BTreeMap::from([(
+                    self.identity.node_id,
+                    BasicNode { addr: self.identity.addr.clone() },
+                )]);
+                self.raft.initialize(members).await.map_err(|e| StartError::Raft(e.to_string()))?;
+            }
+            Some(peer) => {
+                RemoteMember::new(self.http.clone(), peer)
+                    .join(self.identity.node_id, &self.identity.addr)
+                    .await
+                    .map_err(|e| StartError::Join { peer: peer.clone(), msg: e.to_string() })?;
+                let mut id = self.identity.clone();
+                id.joined = true;
+                write_identity(&self.config.data_dir, &id).map_err(|msg| StartError::DataDir {
+                    dir: self.config.data_dir.clone(),
+                    msg,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+        let _ = self.engine.flush();
+    }
+
+    fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&leader)?.addr.clone();
+        Some((leader, addr))
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.identity.node_id)
+    }
+
+    /// Where a request this member cannot serve should go, or why it cannot.
+    fn leader_member(&self, forwarded: bool) -> Result<RemoteMember, StoreError> {
+        match self.leader() {
+            // A forwarded request that finds no leader here either is not sent round again.
+            Some((id, _)) if id == self.identity.node_id => Err(StoreError::NoLeader),
+            Some(_) if forwarded => Err(StoreError::NoLeader),
+            Some((_, addr)) => Ok(RemoteMember::new(self.http.clone(), &addr)),
+            None => Err(StoreError::NoLeader),
+        }
+    }
+
+    /// Runs a transaction through Raft on the leader (forwarded there from a follower). A
+    /// read-only txn goes the same way: it adds no revision, and is linearizable for free.
+    pub async fn txn(&self, txn: Txn, forwarded: bool) -> Result<TxnResponse, StoreError> {
+        txn.validate(&self.config.limits)?;
+        match self.write(Command::Txn(txn.clone()), forwarded).await? {
+            Written::Here(Applied::Txn(resp)) => Ok(resp),
+            Written::Here(Applied::Refused(e)) => Err(e),
+            Written::Here(other) => Err(StoreError::Internal(format!("unexpected result {other:?}"))),
+            Written::Forward(leader) => leader.txn(&txn).await,
+        }
+    }
+
+    /// Compacts history before `revision` on every member.
+    pub async fn compact(&self, revision: Revision, forwarded: bool) -> Result<Revision, StoreError> {
+        match self.write(Command::Compact(revision), forwarded).await? {
+            Written::Here(Applied::Compacted { revision }) => Ok(revision),
+            Written::Here(Applied::Refused(e)) => Err(e),
+            Written::Here(other) => Err(StoreError::Internal(format!("unexpected result {other:?}"))),
+            Written::Forward(leader) => leader.compact(revision).await,
+        }
+    }
+
+    /// Proposes a command here when this member leads, or says where to send it.
+    async fn write(&self, command: Command, forwarded: bool) -> Result<Written, StoreError> {
+        if !self.is_leader() {
+            return self.leader_member(forwarded).map(Written::Forward);
+        }
+        let write = self.raft.client_write(command);
+        match tokio::time::timeout(self.config.write_timeout, write).await {
+            Ok(Ok(resp)) => Ok(Written::Here(resp.data)),
+            // Leadership moved after this member took the write: it may still commit under the
+            // next leader, so the outcome is unknown and it must not be sent on again.
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(
+                StoreError::Indeterminate("leadership changed while the write was in flight".into()),
+            ),
+            Ok(Err(e)) => Err(raft_err(e)),
+            Err(_) => Err(StoreError::Indeterminate(format!(
+                "not committed within {:?}",
+                self.config.write_timeout
+            ))),
+        }
+    }
+
+    /// Confirms, on the leader, that everything acknowledged before now is applied here.
+    async fn linearize(&self) -> Result<(), StoreError> {
+        self.raft.ensure_linearizable().await.map(|_| ()).map_err(|e| match e {
+            RaftError::APIError(_) => StoreError::NoLeader,
+            other => raft_err(other),
+        })
+    }
+
+    /// Reads a range. Linearizable reads are confirmed by the leader (read index), so a
+    /// follower hands them over; serializable reads are served from this member's state.
+    pub async fn range(
+        &self,
+        req: RangeRequest,
+        consistency: Consistency,
+        forwarded: bool,
+    ) -> Result<RangeResponse, StoreError> {
+        self.config.limits.check_span(&req.span, "span")?;
+        if consistency == Consistency::Linearizable {
+            if !self.is_leader() {
+                return self.leader_member(forwarded)?.range(&req, consistency).await;
+            }
+            self.linearize().await?;
+        }
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.range(&req))
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
+    /// Watches `span` from `from` (0: from now) on this member.
+    pub fn watch(&self, span: KeySpan, from: Revision) -> Watcher {
+        watch::spawn(self.engine.clone(), span, from, self.config.watch.clone())
+    }
+
+    /// Adds a member: first as a learner, waiting until it has caught up, then as a voter.
+    pub async fn add_member(&self, id: NodeId, addr: String, forwarded: bool) -> Result<(), StoreError> {
+        if !self.is_leader() {
+            return self.leader_member(forwarded)?.join(id, &addr).await;
+        }
+        let voters = self.voters();
+        if let Some(existing) = voters.get(&id) {
+            return if *existing == addr {
+                Ok(()) // a retried join that already went through
+            } else {
+                Err(StoreError::Membership(format!("member {id} already exists at {existing}")))
+            };
+        }
+        if voters.values().any(|a| *a == addr) {
+            return Err(StoreError::Membership(format!(
+                "another member already uses address {addr}; remove it first"
+            )));
+        }
+        self.raft
+            .add_learner(id, BasicNode { addr }, true)
+            .await
+            .map_err(|e| StoreError::Membership(e.to_string()))?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| StoreError::Membership(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Removes a member (voter or learner).
+    pub async fn remove_member(&self, id: NodeId, forwarded: bool) -> Result<(), StoreError> {
+        if !self.is_leader() {
+            return self.leader_member(forwarded)?.remove(id).await;
+        }
+        let voters = self.voters();
+        let learners = self.learners();
+        if !voters.contains_key(&id) && !learners.contains_key(&id) {
+            return Err(StoreError::Membership(format!("member {id} is not in the cluster")));
+        }
+        if voters.contains_key(&id) {
+            if voters.len() == 1 {
+                return Err(StoreError::Membership("cannot remove the last voter".into()));
+            }
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| StoreError::Membership(e.to_string()))?;
+        }
+        if self.learners().contains_key(&id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| StoreError::Membership(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn voters(&self) -> BTreeMap<NodeId, String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().voter_ids().filter_map(|id| Some((id, m.membership().get_node(&id)?.addr.clone()))).collect()
+    }
+
+    fn learners(&self) -> BTreeMap<NodeId, String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().learner_ids().filter_map(|id| Some((id, m.membership().get_node(&id)?.addr.clone()))).collect()
+    }
+
+    pub fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow().clone();
+        let head = self.engine.head();
+        Status {
+            cluster_id: self.identity.cluster_id.clone(),
+            node_id: self.identity.node_id,
+            addr: self.identity.addr.clone(),
+            state: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .into(),
+            leader: m.current_leader,
+            term: m.current_term,
+            voters: self.voters(),
+            learners: self.learners(),
+            revision: head.revision,
+            compact_revision: head.compact_revision,
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+        }
+    }
+}
+
+enum Written {
+    Here(Applied),
+    Forward(RemoteMember),
+}
+
+/// On the leader, compacts to the revision seen one interval ago, so history is kept for at
+/// least one interval (watchers that lag less than that never see "compacted").
+async fn compaction_loop(node: std::sync::Weak<StoreNode>) {
+    let interval = match node.upgrade() {
+        Some(n) => n.config.compaction_interval,
+        None => return,
+    };
+    let mut previous: Option<Revision> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(node) = node.upgrade() else { return };
+        let head = node.engine.head();
+        if let Some(target) = previous {
+            if node.is_leader() && target > head.compact_revision {
+                match node.compact(target, false).await {
+                    Ok(_) => tracing::info!(revision = target, "compacted history"),
+                    Err(e) => tracing::warn!(revision = target, error = %e, "compaction failed"),
+                }
+            }
+        }
+        previous = Some(head.revision);
+    }
+}
+
+const IDENTITY_FILE: &str = "member.json";
+
+fn read_identity(dir: &Path) -> Result<Option<Identity>, String> {
+    match std::fs::read(dir.join(IDENTITY_FILE)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{IDENTITY_FILE} is unreadable ({e}); this is not a Drover data dir")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let foreign = std::fs::read_dir(dir)
+                .map_err(|e| format!("cannot read: {e}"))?
+                .filter_map(Result::ok)
+                .any(|entry| entry.file_name() != "lost+found");
+            if foreign {
+                return Err(format!(
+                    "the directory is not empty and has no {IDENTITY_FILE}; \
+                     it is not a Drover data dir (choose an empty or new directory)"
+                ));
+            }
+            Ok(None)
+        }
+        Err(e) => Err(format!("cannot read {IDENTITY_FILE}: {e}")),
+    }
+}
+
+fn write_identity(dir: &Path, id: &Identity) -> Result<(), String> {
+    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let bytes = serde_json::to_vec_pretty(id).expect("identity serialises");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, dir.join(IDENTITY_FILE)))
+        .map_err(|e| format!("cannot write {IDENTITY_FILE}: {e}"))
+}
