@@ -1,1 +1,46 @@
-fn main() {}
+//! `drover`: one binary for the control plane, the node agent and the command-line client.
+//! Thin: each verb parses its flags and calls into the library crates.
+
+mod server;
+mod store;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "drover", version, about = "A WebAssembly-native orchestrator that speaks the Kubernetes API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a control-plane member (the replicated store; the API server comes next).
+    Server(server::ServerArgs),
+    /// Debug client for the replicated store.
+    Store(store::StoreArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drover: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => server::run(args).await,
+            Command::Store(args) => store::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drover: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

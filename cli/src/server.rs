@@ -1,0 +1,97 @@
+//! `drover server`: runs one control-plane member until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use raft_store::{StoreConfig, StoreNode};
+
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Where this member keeps its log, state and identity.
+    #[arg(long, env = "DROVER_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    /// The one address this member serves peers and clients on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Address of any member of an existing cluster to join (only used with a new data dir).
+    #[arg(long)]
+    join: Option<String>,
+    /// Raft heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// Raft election timeout range, in milliseconds: MIN-MAX.
+    #[arg(long, default_value = "400-700", value_parser = parse_range)]
+    election_timeout_ms: (u64, u64),
+    /// Build a Raft snapshot and purge the log after this many entries.
+    #[arg(long, default_value_t = 100_000)]
+    snapshot_every: u64,
+    /// Compact history older than this many seconds (checked that often).
+    #[arg(long, default_value_t = 300)]
+    compaction_interval_secs: u64,
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(home) if !home.is_empty() && home != "/" => PathBuf::from(home).join(".local/share/drover"),
+        _ => PathBuf::from("/var/lib/drover"),
+    }
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s.split_once('-').ok_or("expected MIN-MAX, for example 400-700")?;
+    let a: u64 = a.trim().parse().map_err(|e| format!("MIN: {e}"))?;
+    let b: u64 = b.trim().parse().map_err(|e| format!("MAX: {e}"))?;
+    if a >= b {
+        return Err("MIN must be smaller than MAX".into());
+    }
+    Ok((a, b))
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut config = StoreConfig::new(&args.data_dir, args.listen);
+    config.join = args.join;
+    config.heartbeat = Duration::from_millis(args.heartbeat_ms);
+    config.election_timeout =
+        (Duration::from_millis(args.election_timeout_ms.0), Duration::from_millis(args.election_timeout_ms.1));
+    config.snapshot_every = args.snapshot_every;
+    config.compaction_interval = Duration::from_secs(args.compaction_interval_secs);
+
+    // Bind first: a busy port is reported before anything is written to the data dir.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}; is another member already using it?", args.listen))?;
+    let node = StoreNode::open(config).await?;
+    let app = raft_store::service::router(node.clone());
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    node.bootstrap().await?;
+    let id = &node.identity;
+    eprintln!(
+        "drover server: member {} of cluster {} serving on {}, data in {}",
+        id.node_id,
+        id.cluster_id,
+        id.addr,
+        args.data_dir.display()
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        res = serving => {
+            res.context("server task")?.context("serving")?;
+        }
+    }
+    eprintln!("drover server: shutting down");
+    node.shutdown().await;
+    Ok(())
+}
