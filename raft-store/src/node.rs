@@ -302,7 +302,8 @@ impl StoreNode {
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(
                 StoreError::Indeterminate("leadership changed while the write was in flight".into()),
             ),
-            Ok(Err(e)) => Err(raft_err(e)),
+            // Raft stopped underneath the write (shutdown): it may have been logged already.
+            Ok(Err(e)) => Err(StoreError::Indeterminate(format!("raft: {e}"))),
             Err(_) => Err(StoreError::Indeterminate(format!(
                 "not committed within {:?}",
                 self.config.write_timeout
@@ -311,11 +312,15 @@ impl StoreNode {
     }
 
     /// Confirms, on the leader, that everything acknowledged before now is applied here.
+    /// Bounded: a leader cut off from its quorum cannot confirm, and says so.
     async fn linearize(&self) -> Result<(), StoreError> {
-        self.raft.ensure_linearizable().await.map(|_| ()).map_err(|e| match e {
-            RaftError::APIError(_) => StoreError::NoLeader,
-            other => raft_err(other),
-        })
+        let confirm = self.raft.ensure_linearizable();
+        match tokio::time::timeout(self.config.write_timeout / 2, confirm).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(_))) => Err(StoreError::NoLeader),
+            Ok(Err(other)) => Err(raft_err(other)),
+            Err(_) => Err(StoreError::Unavailable("the leader could not reach a quorum to confirm the read".into())),
+        }
     }
 
     /// Reads a range. Linearizable reads are confirmed by the leader (read index), so a

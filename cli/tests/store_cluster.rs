@@ -1,0 +1,262 @@
+//! End-to-end tests of the replicated store: real `drover server` processes on loopback.
+//!
+//! The fault test needs root (it cuts a member off with nftables); it fails with a clear
+//! message when run without. CI runs as root.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use raft_store::{Consistency, KeySpan, RangeRequest, StoreClient, StoreError, Txn};
+use testkit::linearizability::check_kv;
+use testkit::workload::{final_reads, run_client, Recorder};
+use testkit::{Cluster, Partition};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_drover"))
+}
+
+fn require_root() {
+    let uid = std::process::Command::new("id").arg("-u").output().expect("id -u");
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "this test needs root: it installs nftables rules to cut a member off"
+    );
+}
+
+/// Waits until every running member has applied the same revision.
+async fn converge(c: &Cluster) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut revs = Vec::new();
+        for i in 0..c.members.len() {
+            if c.members[i].is_running() {
+                revs.push(c.status(i).await.map(|s| s.revision).unwrap_or(0));
+            }
+        }
+        if revs.windows(2).all(|w| w[0] == w[1]) {
+            return Ok(revs[0]);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "members did not converge: {revs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn root_three_members_stay_linearizable_through_kill_restart_partition_and_membership_changes() {
+    require_root();
+    let mut c = Cluster::start(bin(), 21, 3).await.expect("start 3 members");
+    let rec = Recorder::new();
+    let keys: Vec<String> = (0..6).map(|i| format!("/reg/{i}")).collect();
+    let until = Instant::now() + Duration::from_secs(36);
+    let mut clients = Vec::new();
+    for id in 0..6 {
+        let mut client = StoreClient::new(&c.addrs());
+        client.patience = Duration::from_secs(20);
+        clients.push(tokio::spawn(run_client(client, rec.clone(), id, keys.clone(), until)));
+    }
+
+    // 1. kill -9 the leader, let the others elect, bring it back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leader = c.leader(Duration::from_secs(10)).await.unwrap();
+    c.kill(leader);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.restart(leader).await.expect("restart killed leader");
+
+    // 2. kill -9 and restart a follower.
+    let follower = (c.leader(Duration::from_secs(10)).await.unwrap() + 1) % 3;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.restart(follower).await.expect("restart follower");
+
+    // 3. Cut the current leader off from everybody (peers and clients), then heal.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = c.leader(Duration::from_secs(10)).await.unwrap();
+    {
+        let _cut = Partition::isolate(c.members[leader].addr.ip()).expect("partition");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 4. Add a fourth member, then remove one of the originals.
+    let added = c.add_member().await.expect("add a member");
+    let victim = (c.leader(Duration::from_secs(10)).await.unwrap() + 1) % 3;
+    let victim_id = c.status(victim).await.unwrap().node_id;
+    c.client().remove_member(victim_id).await.expect("remove a member");
+    c.kill(victim);
+
+    for t in clients {
+        t.await.unwrap();
+    }
+    let client = c.client();
+    final_reads(&client, &rec, &keys).await;
+
+    let counts = rec.counts.lock().unwrap().clone();
+    eprintln!("workload: {counts:?}");
+    assert!(counts.ok > 200, "too few operations completed: {counts:?}\n{}", c.all_logs());
+
+    // Every acknowledged unique write is on every remaining member.
+    converge(&c).await.unwrap_or_else(|e| panic!("{e}\n{}", c.all_logs()));
+    let acked = rec.acked.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    for i in 0..c.members.len() {
+        if !c.members[i].is_running() {
+            continue;
+        }
+        let member = StoreClient::new(&[c.members[i].addr.to_string()]);
+        let resp = member
+            .range(&RangeRequest::new(KeySpan::prefix("/acked/")), Consistency::Serializable)
+            .await
+            .unwrap();
+        let present: std::collections::BTreeSet<String> =
+            resp.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect();
+        let missing: Vec<_> = acked.difference(&present).collect();
+        assert!(missing.is_empty(), "member {i} lost acknowledged writes: {missing:?}");
+    }
+    let status = c.status(added).await.unwrap();
+    assert_eq!(status.voters.len(), 3, "after add and remove: {status:?}");
+    assert!(!status.voters.contains_key(&victim_id));
+
+    let history = rec.ops.lock().unwrap().clone();
+    if let Err(e) = check_kv(&history) {
+        panic!("{e}\n{}", c.all_logs());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9_of_a_single_member() {
+    let mut c = Cluster::start(bin(), 41, 1).await.unwrap();
+    let client = c.client();
+    for i in 0..200 {
+        client.put(format!("/k/{i:03}").as_bytes(), format!("v{i}").as_bytes()).await.unwrap();
+    }
+    c.kill(0);
+    c.restart(0).await.unwrap();
+    let client = c.client();
+    let resp = client.range(&RangeRequest::new(KeySpan::prefix("/k/")), Consistency::Linearizable).await.unwrap();
+    assert_eq!(resp.count, 200);
+    assert_eq!(resp.revision, 200);
+    assert_eq!(resp.kvs[199].value, b"v199");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_purge_the_log_and_bring_a_new_member_up_to_date() {
+    let mut c = Cluster::new(bin(), 45).unwrap();
+    c.flags.extend(["--snapshot-every".to_string(), "200".to_string()]);
+    c.add_member().await.unwrap();
+    let client = c.client();
+    for i in 0..700 {
+        client.put(format!("/s/{}", i % 50).as_bytes(), format!("v{i}").as_bytes()).await.unwrap();
+    }
+    assert!(c.members[0].data_dir.join("snapshot.bin").exists(), "no snapshot was built");
+    // The new member cannot replay from index 1 (purged): it must install the snapshot.
+    let added = c.add_member().await.unwrap();
+    converge(&c).await.unwrap();
+    let member = StoreClient::new(&[c.members[added].addr.to_string()]);
+    let resp = member.range(&RangeRequest::new(KeySpan::prefix("/s/")), Consistency::Serializable).await.unwrap();
+    assert_eq!(resp.count, 50);
+    assert_eq!(resp.revision, 700);
+    // And a restart of a snapshotted member recovers everything, history included.
+    c.kill(0);
+    c.restart(0).await.unwrap();
+    let resp = StoreClient::new(&[c.members[0].addr.to_string()])
+        .range(&RangeRequest::new(KeySpan::prefix("/s/")).at(650), Consistency::Serializable)
+        .await
+        .unwrap();
+    assert_eq!(resp.count, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors() {
+    let c = Cluster::start(bin(), 49, 1).await.unwrap();
+    let client = c.client();
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    let err = client.put(b"/big", &big).await.unwrap_err();
+    assert!(matches!(&err, StoreError::InvalidArgument(m) if m.contains("success[0].value")), "{err}");
+    let err = client.put(&[b'k'; 5000], b"v").await.unwrap_err();
+    assert!(matches!(&err, StoreError::InvalidArgument(m) if m.contains("key is 5000 bytes")), "{err}");
+    let err = client.remove_member(12345).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Membership(m) if m.contains("not in the cluster")), "{err}");
+    let err = client
+        .range(&RangeRequest::new(KeySpan::key("/x")).at(999), Consistency::Linearizable)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::FutureRevision { requested: 999, .. }), "{err}");
+    // A malformed body is a 400, not a crash.
+    let resp = post(&c.addrs()[0], "/store/v1/txn", b"garbage".to_vec()).await;
+    assert!(resp.starts_with("400"), "{resp}");
+    let err = client.txn(&Txn::put("", "v")).await.unwrap_err();
+    assert!(err.to_string().contains("must not be empty"), "{err}");
+    // The member is still fine afterwards.
+    client.put(b"/after", b"ok").await.unwrap();
+}
+
+async fn post(addr: &str, path: &str, body: Vec<u8>) -> String {
+    let resp = raft_store::network::http_client(None)
+        .post(format!("http://{addr}{path}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    format!("{} {}", resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// Runs `drover server` to completion and returns its exit code and stderr.
+fn run_server(args: &[&str]) -> (i32, String) {
+    let mut child = std::process::Command::new(bin())
+        .arg("server")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            return (status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("drover server {args:?} did not exit on bad input");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_is_tied_to_its_cluster_and_checked_at_start() {
+    let mut a = Cluster::start(bin(), 53, 1).await.unwrap();
+    let b = Cluster::start(bin(), 54, 1).await.unwrap();
+    // A member of cluster A restarted with --join pointing at cluster B: refused.
+    a.kill(0);
+    let dir = a.members[0].data_dir.to_str().unwrap().to_string();
+    let listen = a.members[0].addr.to_string();
+    let join = b.addrs()[0].clone();
+    let (code, err) = run_server(&["--data-dir", &dir, "--listen", &listen, "--join", &join]);
+    assert_ne!(code, 0);
+    assert!(err.contains("belongs to cluster") && err.contains("fresh --data-dir"), "{err}");
+    // The same data dir on another address: refused with the fix named.
+    let (code, err) = run_server(&["--data-dir", &dir, "--listen", "127.0.0.53:1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("was created for address"), "{err}");
+    // A directory full of something else is not taken over.
+    let foreign = a.dir.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("precious.txt"), "data").unwrap();
+    let (code, err) = run_server(&["--data-dir", foreign.to_str().unwrap(), "--listen", "127.0.0.53:2"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not a Drover data dir"), "{err}");
+    assert!(foreign.join("precious.txt").exists());
+    // A damaged log is reported, not replayed into a panic.
+    let log = a.members[0].data_dir.join("raft-log.redb");
+    let mut bytes = std::fs::read(&log).unwrap();
+    let len = bytes.len();
+    for b in &mut bytes[len / 4..len / 4 + (len / 2).min(64 * 1024)] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&log, bytes).unwrap();
+    let (code, err) = run_server(&["--data-dir", &dir, "--listen", &listen]);
+    assert_ne!(code, 0, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("raft-log.redb"), "{err}");
+}

@@ -1,0 +1,249 @@
+//! Real `drover server` processes on loopback, for end-to-end and fault tests.
+//!
+//! Each member gets its own loopback address (127.0.0.X, all of 127/8 is local) and a free
+//! port; members send their peer traffic from that address too, so one member can be cut off
+//! from everybody with two nftables rules on its address (needs root; see [`Partition`]).
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use raft_store::{RemoteMember, Status, StoreClient};
+
+pub struct Member {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    join: Option<String>,
+    child: Option<Child>,
+}
+
+impl Member {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A cluster of member processes under one temporary directory.
+pub struct Cluster {
+    pub bin: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub members: Vec<Member>,
+    /// Extra flags for every member (timers for tests).
+    pub flags: Vec<String>,
+    next_ip: u8,
+}
+
+/// A free port on `ip` (bound and released; the small race is acceptable in tests).
+fn free_addr(ip: Ipv4Addr) -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind((ip, 0)).with_context(|| format!("bind {ip}:0"))?;
+    Ok(l.local_addr()?)
+}
+
+impl Cluster {
+    /// An empty cluster; `first_ip` picks the 127.0.0.X block its members use, so tests
+    /// running in parallel do not share addresses.
+    pub fn new(bin: &Path, first_ip: u8) -> anyhow::Result<Cluster> {
+        Ok(Cluster {
+            bin: bin.to_path_buf(),
+            dir: tempfile::tempdir()?,
+            members: Vec::new(),
+            flags: vec![
+                "--heartbeat-ms".into(),
+                "100".into(),
+                "--election-timeout-ms".into(),
+                "500-900".into(),
+            ],
+            next_ip: first_ip,
+        })
+    }
+
+    /// Starts a cluster of `n` members: the first bootstraps, the rest join it one by one.
+    pub async fn start(bin: &Path, first_ip: u8, n: usize) -> anyhow::Result<Cluster> {
+        let mut c = Cluster::new(bin, first_ip)?;
+        c.add_member().await?;
+        for _ in 1..n {
+            c.add_member().await?;
+        }
+        Ok(c)
+    }
+
+    /// Starts a new member (joining the first running member, if any) and waits until it is in.
+    pub async fn add_member(&mut self) -> anyhow::Result<usize> {
+        let ip = Ipv4Addr::new(127, 0, 0, self.next_ip);
+        self.next_ip += 1;
+        let i = self.members.len();
+        let join = self.members.iter().find(|m| m.is_running()).map(|m| m.addr.to_string());
+        self.members.push(Member {
+            addr: free_addr(ip)?,
+            data_dir: self.dir.path().join(format!("member-{i}")),
+            log: self.dir.path().join(format!("member-{i}.log")),
+            join,
+            child: None,
+        });
+        self.spawn(i)?;
+        self.wait_serving(i, Duration::from_secs(60)).await?;
+        Ok(i)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .arg("--listen")
+            .arg(m.addr.to_string())
+            .args(&self.flags)
+            .env("DROVER_LOG", "info,openraft=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(j) = &m.join {
+            cmd.arg("--join").arg(j);
+        }
+        m.child = Some(cmd.spawn().with_context(|| format!("spawn {}", self.bin.display()))?);
+        Ok(())
+    }
+
+    /// Waits until member `i` answers and is a voter of a cluster with a leader.
+    pub async fn wait_serving(&mut self, i: usize, timeout: Duration) -> anyhow::Result<Status> {
+        let deadline = Instant::now() + timeout;
+        let remote = RemoteMember::direct(raft_store::network::http_client(None), &self.members[i].addr.to_string());
+        loop {
+            if let Some(child) = self.members[i].child.as_mut() {
+                if let Some(code) = child.try_wait()? {
+                    self.members[i].child = None;
+                    bail!("member {i} exited with {code}:\n{}", self.log_tail(i));
+                }
+            }
+            if let Ok(s) = remote.status().await {
+                if s.leader.is_some() && s.voters.contains_key(&s.node_id) {
+                    return Ok(s);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("member {i} did not come up within {timeout:?}:\n{}", self.log_tail(i));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<Status> {
+        self.kill(i);
+        self.spawn(i)?;
+        self.wait_serving(i, Duration::from_secs(60)).await
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.members.iter().filter(|m| m.is_running()).map(|m| m.addr.to_string()).collect()
+    }
+
+    pub fn client(&self) -> StoreClient {
+        StoreClient::new(&self.addrs())
+    }
+
+    pub async fn status(&self, i: usize) -> anyhow::Result<Status> {
+        let remote = RemoteMember::direct(raft_store::network::http_client(None), &self.members[i].addr.to_string());
+        Ok(remote.status().await?)
+    }
+
+    /// The index of the member that leads, once running members agree on one.
+    pub async fn leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for (i, m) in self.members.iter().enumerate() {
+                if !m.is_running() {
+                    continue;
+                }
+                if let Ok(s) = self.status(i).await {
+                    if s.leader == Some(s.node_id) {
+                        return Ok(i);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no leader within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_tail(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(&self.members[i].log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Every member's log tail, for a failing test's report.
+    pub fn all_logs(&self) -> String {
+        (0..self.members.len()).map(|i| format!("--- member {i} ---\n{}\n", self.log_tail(i))).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Cuts one loopback address off from all traffic with nftables, until dropped. Needs root
+/// and the `nft` command (the test script installs the nftables package).
+pub struct Partition {
+    table: String,
+}
+
+impl Partition {
+    pub fn isolate(ip: std::net::IpAddr) -> anyhow::Result<Partition> {
+        let table = format!("drover_test_{}_{}", std::process::id(), ip.to_string().replace('.', "_"));
+        let script = format!(
+            "table inet {table} {{\n\
+               chain input {{ type filter hook input priority -10; policy accept;\n\
+                 ip saddr {ip} drop\n\
+                 ip daddr {ip} drop\n\
+               }}\n\
+             }}\n"
+        );
+        nft(&["-f", "-"], Some(&script)).context("cannot install the nftables partition (root and nft are needed)")?;
+        Ok(Partition { table })
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = nft(&["delete", "table", "inet", &self.table], None);
+    }
+}
+
+fn nft(args: &[&str], stdin: Option<&str>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run nft")?;
+    if let Some(s) = stdin {
+        child.stdin.take().expect("piped").write_all(s.as_bytes())?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
