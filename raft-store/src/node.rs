@@ -217,10 +217,21 @@ impl StoreNode {
                 self.raft.initialize(members).await.map_err(|e| StartError::Raft(e.to_string()))?;
             }
             Some(peer) => {
-                RemoteMember::new(self.http.clone(), peer)
-                    .join(self.identity.node_id, &self.identity.addr)
-                    .await
-                    .map_err(|e| StartError::Join { peer: peer.clone(), msg: e.to_string() })?;
+                // The peer may be between leaders (an election, a heal): keep asking a while.
+                let remote = RemoteMember::direct(self.http.clone(), peer);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    match remote.join(self.identity.node_id, &self.identity.addr).await {
+                        Ok(()) => break,
+                        Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                            tracing::info!(peer = %peer, error = %e, "join not possible yet; retrying");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => {
+                            return Err(StartError::Join { peer: peer.clone(), msg: e.to_string() })
+                        }
+                    }
+                }
                 let mut id = self.identity.clone();
                 id.joined = true;
                 write_identity(&self.config.data_dir, &id).map_err(|msg| StartError::DataDir {
