@@ -34,13 +34,17 @@ pub struct ServerArgs {
 
 fn default_data_dir() -> PathBuf {
     match std::env::var_os("HOME") {
-        Some(home) if !home.is_empty() && home != "/" => PathBuf::from(home).join(".local/share/drover"),
+        Some(home) if !home.is_empty() && home != "/" => {
+            PathBuf::from(home).join(".local/share/drover")
+        }
         _ => PathBuf::from("/var/lib/drover"),
     }
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
-    let (a, b) = s.split_once('-').ok_or("expected MIN-MAX, for example 400-700")?;
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("expected MIN-MAX, for example 400-700")?;
     let a: u64 = a.trim().parse().map_err(|e| format!("MIN: {e}"))?;
     let b: u64 = b.trim().parse().map_err(|e| format!("MAX: {e}"))?;
     if a >= b {
@@ -61,15 +65,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut config = StoreConfig::new(&args.data_dir, args.listen);
     config.join = args.join;
     config.heartbeat = Duration::from_millis(args.heartbeat_ms);
-    config.election_timeout =
-        (Duration::from_millis(args.election_timeout_ms.0), Duration::from_millis(args.election_timeout_ms.1));
+    config.election_timeout = (
+        Duration::from_millis(args.election_timeout_ms.0),
+        Duration::from_millis(args.election_timeout_ms.1),
+    );
     config.snapshot_every = args.snapshot_every;
     config.compaction_interval = Duration::from_secs(args.compaction_interval_secs);
 
     // Bind first: a busy port is reported before anything is written to the data dir.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("cannot listen on {}; is another member already using it?", args.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; is another member already using it?",
+                args.listen
+            )
+        })?;
     let node = StoreNode::open(config).await?;
     let app = raft_store::service::router(node.clone());
     let serving = tokio::spawn(async move { axum::serve(listener, app).await });

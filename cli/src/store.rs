@@ -2,14 +2,17 @@
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
-use raft_store::{
-    Consistency, EventKind, KeySpan, KeyValue, RangeRequest, StoreClient, Txn,
-};
+use raft_store::{Consistency, EventKind, KeySpan, KeyValue, RangeRequest, StoreClient, Txn};
 
 #[derive(clap::Args)]
 pub struct StoreArgs {
     /// Members to talk to, comma-separated.
-    #[arg(long, env = "DROVER_ENDPOINTS", default_value = "127.0.0.1:6443", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "DROVER_ENDPOINTS",
+        default_value = "127.0.0.1:6443",
+        value_delimiter = ','
+    )]
     endpoints: Vec<String>,
     #[command(subcommand)]
     verb: Verb,
@@ -84,25 +87,45 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     }
     let client = StoreClient::new(&args.endpoints);
     match args.verb {
-        Verb::Get { key, prefix, rev, limit, serializable, count } => {
+        Verb::Get {
+            key,
+            prefix,
+            rev,
+            limit,
+            serializable,
+            count,
+        } => {
             let mut req = RangeRequest::new(span(key, prefix)).at(rev).limit(limit);
             if count {
                 req = req.count_only();
             }
-            let consistency = if serializable { Consistency::Serializable } else { Consistency::Linearizable };
+            let consistency = if serializable {
+                Consistency::Serializable
+            } else {
+                Consistency::Linearizable
+            };
             let resp = client.range(&req, consistency).await?;
             if count {
                 println!("{}", resp.count);
             }
             resp.kvs.iter().for_each(show);
-            eprintln!("revision {}{}", resp.revision, if resp.more { ", more keys follow" } else { "" });
+            eprintln!(
+                "revision {}{}",
+                resp.revision,
+                if resp.more { ", more keys follow" } else { "" }
+            );
         }
         Verb::Put { key, value } => {
             let resp = client.txn(&Txn::put(key, value)).await?;
             println!("OK revision {}", resp.revision);
         }
         Verb::Del { key, prefix } => {
-            let txn = Txn { success: vec![raft_store::Op::Delete { span: span(key, prefix) }], ..Txn::default() };
+            let txn = Txn {
+                success: vec![raft_store::Op::Delete {
+                    span: span(key, prefix),
+                }],
+                ..Txn::default()
+            };
             let resp = client.txn(&txn).await?;
             let deleted = match resp.results.first() {
                 Some(raft_store::OpResult::Delete { deleted }) => deleted.len(),

@@ -16,7 +16,10 @@ fn bin() -> &'static Path {
 }
 
 fn require_root() {
-    let uid = std::process::Command::new("id").arg("-u").output().expect("id -u");
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .expect("id -u");
     assert_eq!(
         String::from_utf8_lossy(&uid.stdout).trim(),
         "0",
@@ -37,13 +40,17 @@ async fn converge(c: &Cluster) -> anyhow::Result<u64> {
         if revs.windows(2).all(|w| w[0] == w[1]) {
             return Ok(revs[0]);
         }
-        anyhow::ensure!(Instant::now() < deadline, "members did not converge: {revs:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "members did not converge: {revs:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn root_three_members_stay_linearizable_through_kill_restart_partition_and_membership_changes() {
+async fn root_three_members_stay_linearizable_through_kill_restart_partition_and_membership_changes(
+) {
     require_root();
     let mut c = Cluster::start(bin(), 21, 3).await.expect("start 3 members");
     let rec = Recorder::new();
@@ -53,7 +60,13 @@ async fn root_three_members_stay_linearizable_through_kill_restart_partition_and
     for id in 0..6 {
         let mut client = StoreClient::new(&c.addrs());
         client.patience = Duration::from_secs(20);
-        clients.push(tokio::spawn(run_client(client, rec.clone(), id, keys.clone(), until)));
+        clients.push(tokio::spawn(run_client(
+            client,
+            rec.clone(),
+            id,
+            keys.clone(),
+            until,
+        )));
     }
 
     // 1. kill -9 the leader, let the others elect, bring it back.
@@ -81,7 +94,10 @@ async fn root_three_members_stay_linearizable_through_kill_restart_partition_and
     let added = c.add_member().await.expect("add a member");
     let victim = (c.leader(Duration::from_secs(10)).await.unwrap() + 1) % 3;
     let victim_id = c.status(victim).await.unwrap().node_id;
-    c.client().remove_member(victim_id).await.expect("remove a member");
+    c.client()
+        .remove_member(victim_id)
+        .await
+        .expect("remove a member");
     c.kill(victim);
 
     for t in clients {
@@ -92,10 +108,16 @@ async fn root_three_members_stay_linearizable_through_kill_restart_partition_and
 
     let counts = rec.counts.lock().unwrap().clone();
     eprintln!("workload: {counts:?}");
-    assert!(counts.ok > 200, "too few operations completed: {counts:?}\n{}", c.all_logs());
+    assert!(
+        counts.ok > 200,
+        "too few operations completed: {counts:?}\n{}",
+        c.all_logs()
+    );
 
     // Every acknowledged unique write is on every remaining member.
-    converge(&c).await.unwrap_or_else(|e| panic!("{e}\n{}", c.all_logs()));
+    converge(&c)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.all_logs()));
     let acked = rec.acked.lock().unwrap().clone();
     assert!(!acked.is_empty());
     for i in 0..c.members.len() {
@@ -104,13 +126,22 @@ async fn root_three_members_stay_linearizable_through_kill_restart_partition_and
         }
         let member = StoreClient::new(&[c.members[i].addr.to_string()]);
         let resp = member
-            .range(&RangeRequest::new(KeySpan::prefix("/acked/")), Consistency::Serializable)
+            .range(
+                &RangeRequest::new(KeySpan::prefix("/acked/")),
+                Consistency::Serializable,
+            )
             .await
             .unwrap();
-        let present: std::collections::BTreeSet<String> =
-            resp.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect();
+        let present: std::collections::BTreeSet<String> = resp
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect();
         let missing: Vec<_> = acked.difference(&present).collect();
-        assert!(missing.is_empty(), "member {i} lost acknowledged writes: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "member {i} lost acknowledged writes: {missing:?}"
+        );
     }
     let status = c.status(added).await.unwrap();
     assert_eq!(status.voters.len(), 3, "after add and remove: {status:?}");
@@ -127,12 +158,21 @@ async fn acknowledged_writes_survive_kill_9_of_a_single_member() {
     let mut c = Cluster::start(bin(), 41, 1).await.unwrap();
     let client = c.client();
     for i in 0..200 {
-        client.put(format!("/k/{i:03}").as_bytes(), format!("v{i}").as_bytes()).await.unwrap();
+        client
+            .put(format!("/k/{i:03}").as_bytes(), format!("v{i}").as_bytes())
+            .await
+            .unwrap();
     }
     c.kill(0);
     c.restart(0).await.unwrap();
     let client = c.client();
-    let resp = client.range(&RangeRequest::new(KeySpan::prefix("/k/")), Consistency::Linearizable).await.unwrap();
+    let resp = client
+        .range(
+            &RangeRequest::new(KeySpan::prefix("/k/")),
+            Consistency::Linearizable,
+        )
+        .await
+        .unwrap();
     assert_eq!(resp.count, 200);
     assert_eq!(resp.revision, 200);
     assert_eq!(resp.kvs[199].value, b"v199");
@@ -141,25 +181,44 @@ async fn acknowledged_writes_survive_kill_9_of_a_single_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_purge_the_log_and_bring_a_new_member_up_to_date() {
     let mut c = Cluster::new(bin(), 45).unwrap();
-    c.flags.extend(["--snapshot-every".to_string(), "200".to_string()]);
+    c.flags
+        .extend(["--snapshot-every".to_string(), "200".to_string()]);
     c.add_member().await.unwrap();
     let client = c.client();
     for i in 0..700 {
-        client.put(format!("/s/{}", i % 50).as_bytes(), format!("v{i}").as_bytes()).await.unwrap();
+        client
+            .put(
+                format!("/s/{}", i % 50).as_bytes(),
+                format!("v{i}").as_bytes(),
+            )
+            .await
+            .unwrap();
     }
-    assert!(c.members[0].data_dir.join("snapshot.bin").exists(), "no snapshot was built");
+    assert!(
+        c.members[0].data_dir.join("snapshot.bin").exists(),
+        "no snapshot was built"
+    );
     // The new member cannot replay from index 1 (purged): it must install the snapshot.
     let added = c.add_member().await.unwrap();
     converge(&c).await.unwrap();
     let member = StoreClient::new(&[c.members[added].addr.to_string()]);
-    let resp = member.range(&RangeRequest::new(KeySpan::prefix("/s/")), Consistency::Serializable).await.unwrap();
+    let resp = member
+        .range(
+            &RangeRequest::new(KeySpan::prefix("/s/")),
+            Consistency::Serializable,
+        )
+        .await
+        .unwrap();
     assert_eq!(resp.count, 50);
     assert_eq!(resp.revision, 700);
     // And a restart of a snapshotted member recovers everything, history included.
     c.kill(0);
     c.restart(0).await.unwrap();
     let resp = StoreClient::new(&[c.members[0].addr.to_string()])
-        .range(&RangeRequest::new(KeySpan::prefix("/s/")).at(650), Consistency::Serializable)
+        .range(
+            &RangeRequest::new(KeySpan::prefix("/s/")).at(650),
+            Consistency::Serializable,
+        )
         .await
         .unwrap();
     assert_eq!(resp.count, 50);
@@ -171,16 +230,31 @@ async fn bad_input_gets_clear_errors() {
     let client = c.client();
     let big = vec![b'x'; 2 * 1024 * 1024];
     let err = client.put(b"/big", &big).await.unwrap_err();
-    assert!(matches!(&err, StoreError::InvalidArgument(m) if m.contains("success[0].value")), "{err}");
+    assert!(
+        matches!(&err, StoreError::InvalidArgument(m) if m.contains("success[0].value")),
+        "{err}"
+    );
     let err = client.put(&[b'k'; 5000], b"v").await.unwrap_err();
-    assert!(matches!(&err, StoreError::InvalidArgument(m) if m.contains("key is 5000 bytes")), "{err}");
+    assert!(
+        matches!(&err, StoreError::InvalidArgument(m) if m.contains("key is 5000 bytes")),
+        "{err}"
+    );
     let err = client.remove_member(12345).await.unwrap_err();
-    assert!(matches!(&err, StoreError::Membership(m) if m.contains("not in the cluster")), "{err}");
+    assert!(
+        matches!(&err, StoreError::Membership(m) if m.contains("not in the cluster")),
+        "{err}"
+    );
     let err = client
-        .range(&RangeRequest::new(KeySpan::key("/x")).at(999), Consistency::Linearizable)
+        .range(
+            &RangeRequest::new(KeySpan::key("/x")).at(999),
+            Consistency::Linearizable,
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::FutureRevision { requested: 999, .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::FutureRevision { requested: 999, .. }),
+        "{err}"
+    );
     // A malformed body is a 400, not a crash.
     let resp = post(&c.addrs()[0], "/store/v1/txn", b"garbage".to_vec()).await;
     assert!(resp.starts_with("400"), "{resp}");
@@ -213,7 +287,10 @@ fn run_server(args: &[&str]) -> (i32, String) {
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let out = child.wait_with_output().unwrap();
-            return (status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned());
+            return (
+                status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
         }
         if Instant::now() > deadline {
             child.kill().unwrap();
@@ -234,7 +311,10 @@ async fn a_data_dir_is_tied_to_its_cluster_and_checked_at_start() {
     let join = b.addrs()[0].clone();
     let (code, err) = run_server(&["--data-dir", &dir, "--listen", &listen, "--join", &join]);
     assert_ne!(code, 0);
-    assert!(err.contains("belongs to cluster") && err.contains("fresh --data-dir"), "{err}");
+    assert!(
+        err.contains("belongs to cluster") && err.contains("fresh --data-dir"),
+        "{err}"
+    );
     // The same data dir on another address: refused with the fix named.
     let (code, err) = run_server(&["--data-dir", &dir, "--listen", "127.0.0.53:1"]);
     assert_ne!(code, 0);
@@ -243,7 +323,12 @@ async fn a_data_dir_is_tied_to_its_cluster_and_checked_at_start() {
     let foreign = a.dir.path().join("foreign");
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::write(foreign.join("precious.txt"), "data").unwrap();
-    let (code, err) = run_server(&["--data-dir", foreign.to_str().unwrap(), "--listen", "127.0.0.53:2"]);
+    let (code, err) = run_server(&[
+        "--data-dir",
+        foreign.to_str().unwrap(),
+        "--listen",
+        "127.0.0.53:2",
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("not a Drover data dir"), "{err}");
     assert!(foreign.join("precious.txt").exists());

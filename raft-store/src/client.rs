@@ -38,12 +38,20 @@ impl RemoteMember {
     /// A client for forwarding from one member to another: the request is marked so the
     /// receiver does not forward it again.
     pub fn new(http: reqwest::Client, addr: &str) -> Self {
-        RemoteMember { http, addr: addr.to_string(), forwarded: true }
+        RemoteMember {
+            http,
+            addr: addr.to_string(),
+            forwarded: true,
+        }
     }
 
     /// A client for an end user: the member may forward the request to its leader.
     pub fn direct(http: reqwest::Client, addr: &str) -> Self {
-        RemoteMember { http, addr: addr.to_string(), forwarded: false }
+        RemoteMember {
+            http,
+            addr: addr.to_string(),
+            forwarded: false,
+        }
     }
 
     pub fn addr(&self) -> &str {
@@ -58,13 +66,23 @@ impl RemoteMember {
         timeout: Duration,
     ) -> Result<Resp, StoreError> {
         let body = bincode::serialize(req).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let mut request = self.http.post(format!("http://{}{}", self.addr, path)).timeout(timeout).body(body);
+        let mut request = self
+            .http
+            .post(format!("http://{}{}", self.addr, path))
+            .timeout(timeout)
+            .body(body);
         if self.forwarded {
             request = request.header(FORWARDED_HEADER, "1");
         }
-        let resp = request.send().await.map_err(|e| self.transport_error(e, idempotent))?;
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e, idempotent))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e, idempotent))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e, idempotent))?;
         if !status.is_success() {
             return Err(StoreError::Unavailable(format!(
                 "{} answered {status}: {}",
@@ -93,31 +111,50 @@ impl RemoteMember {
             .send()
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot reach {}: {e}", self.addr)))?;
-        resp.json()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("{} is not a Drover member: {e}", self.addr)))
+        resp.json().await.map_err(|e| {
+            StoreError::Unavailable(format!("{} is not a Drover member: {e}", self.addr))
+        })
     }
 
     pub async fn txn(&self, txn: &Txn) -> Result<TxnResponse, StoreError> {
-        self.call(PATH_TXN, txn, false, Duration::from_secs(15)).await
+        self.call(PATH_TXN, txn, false, Duration::from_secs(15))
+            .await
     }
 
-    pub async fn range(&self, req: &RangeRequest, consistency: Consistency) -> Result<RangeResponse, StoreError> {
-        self.call(PATH_RANGE, &(req, consistency), true, Duration::from_secs(15)).await
+    pub async fn range(
+        &self,
+        req: &RangeRequest,
+        consistency: Consistency,
+    ) -> Result<RangeResponse, StoreError> {
+        self.call(
+            PATH_RANGE,
+            &(req, consistency),
+            true,
+            Duration::from_secs(15),
+        )
+        .await
     }
 
     pub async fn compact(&self, revision: Revision) -> Result<Revision, StoreError> {
-        self.call(PATH_COMPACT, &revision, true, Duration::from_secs(60)).await
+        self.call(PATH_COMPACT, &revision, true, Duration::from_secs(60))
+            .await
     }
 
     /// Asks the cluster to add a member; returns once it is a voter. Catching up can take a
     /// while on a large store, hence the long deadline.
     pub async fn join(&self, node_id: NodeId, addr: &str) -> Result<(), StoreError> {
-        self.call(PATH_JOIN, &(node_id, addr.to_string()), true, Duration::from_secs(300)).await
+        self.call(
+            PATH_JOIN,
+            &(node_id, addr.to_string()),
+            true,
+            Duration::from_secs(300),
+        )
+        .await
     }
 
     pub async fn remove(&self, node_id: NodeId) -> Result<(), StoreError> {
-        self.call(PATH_REMOVE, &node_id, true, Duration::from_secs(30)).await
+        self.call(PATH_REMOVE, &node_id, true, Duration::from_secs(30))
+            .await
     }
 
     /// Opens a watch on this member. The stream ends after an error item.
@@ -126,7 +163,8 @@ impl RemoteMember {
         span: KeySpan,
         from: Revision,
     ) -> Result<impl futures_util::Stream<Item = Result<WatchBatch, StoreError>>, StoreError> {
-        let body = bincode::serialize(&(span, from)).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let body =
+            bincode::serialize(&(span, from)).map_err(|e| StoreError::Internal(e.to_string()))?;
         let resp = self
             .http
             .post(format!("http://{}{}", self.addr, PATH_WATCH))
@@ -135,7 +173,11 @@ impl RemoteMember {
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot reach {}: {e}", self.addr)))?;
         if !resp.status().is_success() {
-            return Err(StoreError::Unavailable(format!("{} answered {}", self.addr, resp.status())));
+            return Err(StoreError::Unavailable(format!(
+                "{} answered {}",
+                self.addr,
+                resp.status()
+            )));
         }
         let addr = self.addr.clone();
         let mut body = resp.bytes_stream();
@@ -144,7 +186,9 @@ impl RemoteMember {
             loop {
                 while let Some(frame) = take_frame(&mut buf) {
                     let item = bincode::deserialize::<Result<WatchBatch, StoreError>>(&frame)
-                        .unwrap_or_else(|e| Err(StoreError::Internal(format!("bad watch frame: {e}"))));
+                        .unwrap_or_else(|e| {
+                            Err(StoreError::Internal(format!("bad watch frame: {e}")))
+                        });
                     let end = item.is_err();
                     if tx.send(item).await.is_err() || end {
                         return;
@@ -153,11 +197,19 @@ impl RemoteMember {
                 match body.next().await {
                     Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
                     Some(Err(e)) => {
-                        let _ = tx.send(Err(StoreError::Unavailable(format!("watch on {addr} broke: {e}")))).await;
+                        let _ = tx
+                            .send(Err(StoreError::Unavailable(format!(
+                                "watch on {addr} broke: {e}"
+                            ))))
+                            .await;
                         return;
                     }
                     None => {
-                        let _ = tx.send(Err(StoreError::Unavailable(format!("watch on {addr} ended")))).await;
+                        let _ = tx
+                            .send(Err(StoreError::Unavailable(format!(
+                                "watch on {addr} ended"
+                            ))))
+                            .await;
                         return;
                     }
                 }
@@ -214,7 +266,10 @@ impl StoreClient {
     pub fn new(addrs: &[String]) -> Self {
         let http = crate::network::http_client(None);
         StoreClient {
-            members: addrs.iter().map(|a| RemoteMember::direct(http.clone(), a)).collect(),
+            members: addrs
+                .iter()
+                .map(|a| RemoteMember::direct(http.clone(), a))
+                .collect(),
             patience: Duration::from_secs(10),
         }
     }
@@ -248,21 +303,33 @@ impl StoreClient {
         self.txn(&Txn::put(key, value)).await
     }
 
-    pub async fn range(&self, req: &RangeRequest, consistency: Consistency) -> Result<RangeResponse, StoreError> {
-        self.with_retry(|m| async move { m.range(req, consistency).await }).await
+    pub async fn range(
+        &self,
+        req: &RangeRequest,
+        consistency: Consistency,
+    ) -> Result<RangeResponse, StoreError> {
+        self.with_retry(|m| async move { m.range(req, consistency).await })
+            .await
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<crate::mvcc::KeyValue>, StoreError> {
-        let resp = self.range(&RangeRequest::new(KeySpan::key(key)), Consistency::Linearizable).await?;
+        let resp = self
+            .range(
+                &RangeRequest::new(KeySpan::key(key)),
+                Consistency::Linearizable,
+            )
+            .await?;
         Ok(resp.kvs.into_iter().next())
     }
 
     pub async fn compact(&self, revision: Revision) -> Result<Revision, StoreError> {
-        self.with_retry(|m| async move { m.compact(revision).await }).await
+        self.with_retry(|m| async move { m.compact(revision).await })
+            .await
     }
 
     pub async fn remove_member(&self, node_id: NodeId) -> Result<(), StoreError> {
-        self.with_retry(|m| async move { m.remove(node_id).await }).await
+        self.with_retry(|m| async move { m.remove(node_id).await })
+            .await
     }
 
     pub async fn status(&self) -> Result<Status, StoreError> {

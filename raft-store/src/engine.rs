@@ -59,7 +59,9 @@ pub enum Applied {
     #[default]
     Nothing,
     Txn(TxnResponse),
-    Compacted { revision: Revision },
+    Compacted {
+        revision: Revision,
+    },
     /// The command was valid when proposed but refused deterministically on apply (every member
     /// refuses it the same way), e.g. compacting to a future revision.
     Refused(StoreError),
@@ -135,13 +137,21 @@ impl Engine {
             last_flush: Arc::new(Mutex::new(Instant::now())),
         };
         // Make sure every table exists so readers never meet a missing one.
-        let tx = engine.db.begin_write().map_err(|e| storage_err("begin", e))?;
+        let tx = engine
+            .db
+            .begin_write()
+            .map_err(|e| storage_err("begin", e))?;
         {
-            tx.open_table(LATEST).map_err(|e| storage_err("create table", e))?;
-            tx.open_table(HISTORY).map_err(|e| storage_err("create table", e))?;
-            tx.open_table(CHANGES).map_err(|e| storage_err("create table", e))?;
-            tx.open_table(COUNTERS).map_err(|e| storage_err("create table", e))?;
-            tx.open_table(BLOBS).map_err(|e| storage_err("create table", e))?;
+            tx.open_table(LATEST)
+                .map_err(|e| storage_err("create table", e))?;
+            tx.open_table(HISTORY)
+                .map_err(|e| storage_err("create table", e))?;
+            tx.open_table(CHANGES)
+                .map_err(|e| storage_err("create table", e))?;
+            tx.open_table(COUNTERS)
+                .map_err(|e| storage_err("create table", e))?;
+            tx.open_table(BLOBS)
+                .map_err(|e| storage_err("create table", e))?;
         }
         tx.commit().map_err(|e| storage_err("commit", e))?;
         let head = engine.read_head()?;
@@ -161,8 +171,13 @@ impl Engine {
     }
 
     fn read_head(&self) -> Result<Head, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| storage_err("begin read", e))?;
-        let counters = tx.open_table(COUNTERS).map_err(|e| storage_err("open", e))?;
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| storage_err("begin read", e))?;
+        let counters = tx
+            .open_table(COUNTERS)
+            .map_err(|e| storage_err("open", e))?;
         Ok(Head {
             revision: counter(&counters, REVISION)?,
             compact_revision: counter(&counters, COMPACT_REVISION)?,
@@ -171,7 +186,10 @@ impl Engine {
 
     /// The opaque record of what has been applied, stored with the data it describes.
     pub fn applied(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| storage_err("begin read", e))?;
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| storage_err("begin read", e))?;
         let blobs = tx.open_table(BLOBS).map_err(|e| storage_err("open", e))?;
         let applied = blobs
             .get(APPLIED)
@@ -190,8 +208,12 @@ impl Engine {
     ) -> Result<Vec<Applied>, StoreError> {
         let mut tx = self.db.begin_write().map_err(|e| storage_err("begin", e))?;
         let durable = self.last_flush.lock().expect("poisoned").elapsed() >= FLUSH_INTERVAL;
-        tx.set_durability(if durable { Durability::Immediate } else { Durability::None })
-            .map_err(|e| storage_err("durability", e))?;
+        tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(|e| storage_err("durability", e))?;
         let mut results = Vec::with_capacity(commands.len());
         let head;
         {
@@ -206,7 +228,9 @@ impl Engine {
                     },
                 });
             }
-            w.blobs.insert(APPLIED, applied).map_err(|e| storage_err("write applied", e))?;
+            w.blobs
+                .insert(APPLIED, applied)
+                .map_err(|e| storage_err("write applied", e))?;
             w.save_head()?;
             head = w.head;
         }
@@ -228,8 +252,13 @@ impl Engine {
 
     /// A read at the latest or a past revision.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| storage_err("begin read", e))?;
-        let counters = tx.open_table(COUNTERS).map_err(|e| storage_err("open", e))?;
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| storage_err("begin read", e))?;
+        let counters = tx
+            .open_table(COUNTERS)
+            .map_err(|e| storage_err("open", e))?;
         let head = Head {
             revision: counter(&counters, REVISION)?,
             compact_revision: counter(&counters, COMPACT_REVISION)?,
@@ -249,24 +278,38 @@ impl Engine {
         from: Revision,
         max_revisions: u64,
     ) -> Result<WatchBatch, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| storage_err("begin read", e))?;
-        let counters = tx.open_table(COUNTERS).map_err(|e| storage_err("open", e))?;
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| storage_err("begin read", e))?;
+        let counters = tx
+            .open_table(COUNTERS)
+            .map_err(|e| storage_err("open", e))?;
         let revision = counter(&counters, REVISION)?;
         let compact_revision = counter(&counters, COMPACT_REVISION)?;
         // Watching from the compaction point itself would need the events *of* that revision,
         // whose previous values are gone: only later revisions are complete.
         if from <= compact_revision && compact_revision > 0 {
-            return Err(StoreError::Compacted { requested: from, compact_revision });
+            return Err(StoreError::Compacted {
+                requested: from,
+                compact_revision,
+            });
         }
         let from = from.max(1);
         if from > revision {
-            return Ok(WatchBatch { events: Vec::new(), revision });
+            return Ok(WatchBatch {
+                events: Vec::new(),
+                revision,
+            });
         }
         let last = revision.min(from.saturating_add(max_revisions.max(1) - 1));
         let changes = tx.open_table(CHANGES).map_err(|e| storage_err("open", e))?;
         let history = tx.open_table(HISTORY).map_err(|e| storage_err("open", e))?;
         let mut events = Vec::new();
-        for row in changes.range(from..=last).map_err(|e| storage_err("scan changes", e))? {
+        for row in changes
+            .range(from..=last)
+            .map_err(|e| storage_err("scan changes", e))?
+        {
             let (rev, keys) = row.map_err(|e| storage_err("scan changes", e))?;
             let rev = rev.value();
             let keys: Vec<Vec<u8>> = decode("change index", keys.value())?;
@@ -274,15 +317,23 @@ impl Engine {
                 events.push(event_at(&history, key, rev)?);
             }
         }
-        Ok(WatchBatch { events, revision: last })
+        Ok(WatchBatch {
+            events,
+            revision: last,
+        })
     }
 
     /// Serialises the whole engine for a Raft snapshot, from one consistent read, after making
     /// the applied state durable. Returns the payload and the `applied` blob it corresponds to.
     pub fn export(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
         self.flush()?;
-        let tx = self.db.begin_read().map_err(|e| storage_err("begin read", e))?;
-        let counters = tx.open_table(COUNTERS).map_err(|e| storage_err("open", e))?;
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| storage_err("begin read", e))?;
+        let counters = tx
+            .open_table(COUNTERS)
+            .map_err(|e| storage_err("open", e))?;
         let blobs = tx.open_table(BLOBS).map_err(|e| storage_err("open", e))?;
         let applied = blobs
             .get(APPLIED)
@@ -299,12 +350,16 @@ impl Engine {
         for row in history.iter().map_err(|e| storage_err("scan", e))? {
             let (k, v) = row.map_err(|e| storage_err("scan", e))?;
             let (key, rev) = k.value();
-            payload.history.push((key.to_vec(), rev, decode("history", v.value())?));
+            payload
+                .history
+                .push((key.to_vec(), rev, decode("history", v.value())?));
         }
         let changes = tx.open_table(CHANGES).map_err(|e| storage_err("open", e))?;
         for row in changes.iter().map_err(|e| storage_err("scan", e))? {
             let (rev, keys) = row.map_err(|e| storage_err("scan", e))?;
-            payload.changes.push((rev.value(), decode("change index", keys.value())?));
+            payload
+                .changes
+                .push((rev.value(), decode("change index", keys.value())?));
         }
         Ok((encode(&payload), applied))
     }
@@ -313,17 +368,30 @@ impl Engine {
     pub fn import(&self, bytes: &[u8]) -> Result<(), StoreError> {
         let payload: SnapshotPayload = decode("snapshot", bytes)?;
         let tx = self.db.begin_write().map_err(|e| storage_err("begin", e))?;
-        let head = Head { revision: payload.revision, compact_revision: payload.compact_revision };
+        let head = Head {
+            revision: payload.revision,
+            compact_revision: payload.compact_revision,
+        };
         {
             let mut latest = tx.open_table(LATEST).map_err(|e| storage_err("open", e))?;
             let mut history = tx.open_table(HISTORY).map_err(|e| storage_err("open", e))?;
             let mut changes = tx.open_table(CHANGES).map_err(|e| storage_err("open", e))?;
-            let mut counters = tx.open_table(COUNTERS).map_err(|e| storage_err("open", e))?;
+            let mut counters = tx
+                .open_table(COUNTERS)
+                .map_err(|e| storage_err("open", e))?;
             let mut blobs = tx.open_table(BLOBS).map_err(|e| storage_err("open", e))?;
-            latest.retain(|_, _| false).map_err(|e| storage_err("clear", e))?;
-            history.retain(|_, _| false).map_err(|e| storage_err("clear", e))?;
-            changes.retain(|_, _| false).map_err(|e| storage_err("clear", e))?;
-            blobs.retain(|_, _| false).map_err(|e| storage_err("clear", e))?;
+            latest
+                .retain(|_, _| false)
+                .map_err(|e| storage_err("clear", e))?;
+            history
+                .retain(|_, _| false)
+                .map_err(|e| storage_err("clear", e))?;
+            changes
+                .retain(|_, _| false)
+                .map_err(|e| storage_err("clear", e))?;
+            blobs
+                .retain(|_, _| false)
+                .map_err(|e| storage_err("clear", e))?;
             // History is sorted by (key, revision): the last entry of each key is its live state.
             let mut rows = payload.history.iter().peekable();
             while let Some((key, rev, stored)) = rows.next() {
@@ -338,14 +406,20 @@ impl Engine {
                 }
             }
             for (rev, keys) in &payload.changes {
-                changes.insert(*rev, encode(keys).as_slice()).map_err(|e| storage_err("write", e))?;
+                changes
+                    .insert(*rev, encode(keys).as_slice())
+                    .map_err(|e| storage_err("write", e))?;
             }
-            counters.insert(REVISION, head.revision).map_err(|e| storage_err("write", e))?;
+            counters
+                .insert(REVISION, head.revision)
+                .map_err(|e| storage_err("write", e))?;
             counters
                 .insert(COMPACT_REVISION, head.compact_revision)
                 .map_err(|e| storage_err("write", e))?;
             if let Some(applied) = &payload.applied {
-                blobs.insert(APPLIED, applied.as_slice()).map_err(|e| storage_err("write", e))?;
+                blobs
+                    .insert(APPLIED, applied.as_slice())
+                    .map_err(|e| storage_err("write", e))?;
             }
         }
         tx.commit().map_err(|e| storage_err("commit", e))?;
@@ -356,7 +430,9 @@ impl Engine {
 }
 
 fn counter(t: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64, StoreError> {
-    Ok(t.get(name).map_err(|e| storage_err("read counter", e))?.map_or(0, |g| g.value()))
+    Ok(t.get(name)
+        .map_err(|e| storage_err("read counter", e))?
+        .map_or(0, |g| g.value()))
 }
 
 /// The event that `key`'s entry at `rev` represents, with the value before it.
@@ -373,11 +449,19 @@ fn event_at(
         Some(row) => {
             let (k, v) = row.map_err(|e| storage_err("scan history", e))?;
             if k.value().1 != rev {
-                return Err(storage_err("history", format!("no entry for a change at {rev}")));
+                return Err(storage_err(
+                    "history",
+                    format!("no entry for a change at {rev}"),
+                ));
             }
             decode::<Option<Stored>>("history", v.value())?
         }
-        None => return Err(storage_err("history", format!("no entry for a change at {rev}"))),
+        None => {
+            return Err(storage_err(
+                "history",
+                format!("no entry for a change at {rev}"),
+            ))
+        }
     };
     let prev = match rows.next() {
         Some(row) => {
@@ -387,7 +471,11 @@ fn event_at(
         None => None,
     };
     Ok(match current {
-        Some(stored) => Event { kind: EventKind::Put, kv: stored.with_key(key), prev_kv: prev },
+        Some(stored) => Event {
+            kind: EventKind::Put,
+            kv: stored.with_key(key),
+            prev_kv: prev,
+        },
         None => Event {
             kind: EventKind::Delete,
             kv: KeyValue {
@@ -410,9 +498,16 @@ fn range_in(
     head: Head,
     req: &RangeRequest,
 ) -> Result<RangeResponse, StoreError> {
-    let at = if req.revision == 0 { head.revision } else { req.revision };
+    let at = if req.revision == 0 {
+        head.revision
+    } else {
+        req.revision
+    };
     if at > head.revision {
-        return Err(StoreError::FutureRevision { requested: at, current: head.revision });
+        return Err(StoreError::FutureRevision {
+            requested: at,
+            current: head.revision,
+        });
     }
     if at < head.compact_revision {
         return Err(StoreError::Compacted {
@@ -421,7 +516,12 @@ fn range_in(
         });
     }
     let limit = if req.limit == 0 { u64::MAX } else { req.limit };
-    let mut resp = RangeResponse { kvs: Vec::new(), more: false, count: 0, revision: at };
+    let mut resp = RangeResponse {
+        kvs: Vec::new(),
+        more: false,
+        count: 0,
+        revision: at,
+    };
     let mut found = |kv: KeyValue| {
         resp.count += 1;
         if req.count_only {
@@ -494,7 +594,9 @@ struct Writer<'tx> {
 
 impl<'tx> Writer<'tx> {
     fn open(tx: &'tx redb::WriteTransaction) -> Result<Self, StoreError> {
-        let counters = tx.open_table(COUNTERS).map_err(|e| storage_err("open", e))?;
+        let counters = tx
+            .open_table(COUNTERS)
+            .map_err(|e| storage_err("open", e))?;
         let head = Head {
             revision: counter(&counters, REVISION)?,
             compact_revision: counter(&counters, COMPACT_REVISION)?,
@@ -510,7 +612,9 @@ impl<'tx> Writer<'tx> {
     }
 
     fn save_head(&mut self) -> Result<(), StoreError> {
-        self.counters.insert(REVISION, self.head.revision).map_err(|e| storage_err("write", e))?;
+        self.counters
+            .insert(REVISION, self.head.revision)
+            .map_err(|e| storage_err("write", e))?;
         self.counters
             .insert(COMPACT_REVISION, self.head.compact_revision)
             .map_err(|e| storage_err("write", e))?;
@@ -532,7 +636,11 @@ impl<'tx> Writer<'tx> {
                 break;
             }
         }
-        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
         // Every write of this txn shares one new revision, assigned on its first write.
         let rev = self.head.revision + 1;
         let mut changed: Vec<Vec<u8>> = Vec::new();
@@ -582,15 +690,28 @@ impl<'tx> Writer<'tx> {
                 }
             }
         }
-        Ok(TxnResponse { succeeded, revision: self.head.revision, results })
+        Ok(TxnResponse {
+            succeeded,
+            revision: self.head.revision,
+            results,
+        })
     }
 
-    fn write(&mut self, key: &[u8], rev: Revision, stored: Option<&Stored>) -> Result<(), StoreError> {
+    fn write(
+        &mut self,
+        key: &[u8],
+        rev: Revision,
+        stored: Option<&Stored>,
+    ) -> Result<(), StoreError> {
         match stored {
-            Some(s) => {
-                self.latest.insert(key, encode(s).as_slice()).map_err(|e| storage_err("write", e))?
-            }
-            None => self.latest.remove(key).map_err(|e| storage_err("write", e))?,
+            Some(s) => self
+                .latest
+                .insert(key, encode(s).as_slice())
+                .map_err(|e| storage_err("write", e))?,
+            None => self
+                .latest
+                .remove(key)
+                .map_err(|e| storage_err("write", e))?,
         };
         self.history
             .insert((key, rev), encode(&stored).as_slice())
@@ -618,10 +739,16 @@ impl<'tx> Writer<'tx> {
         {
             // (key, rev, is_tombstone) of the newest entry at or before `rev` seen so far.
             let mut newest: Option<(Vec<u8>, u64, bool)> = None;
-            for row in self.history.iter().map_err(|e| storage_err("scan history", e))? {
+            for row in self
+                .history
+                .iter()
+                .map_err(|e| storage_err("scan history", e))?
+            {
                 let (k, v) = row.map_err(|e| storage_err("scan history", e))?;
                 let (key, r) = k.value();
-                let same_key = newest.as_ref().is_some_and(|(nk, _, _)| nk.as_slice() == key);
+                let same_key = newest
+                    .as_ref()
+                    .is_some_and(|(nk, _, _)| nk.as_slice() == key);
                 if !same_key {
                     if let Some((nk, nr, true)) = newest.take() {
                         doomed.push((nk, nr));

@@ -52,7 +52,10 @@ impl LogStore {
         // Decode every entry once at start: a corrupt log is reported now, clearly, instead of
         // surfacing later as a failed replication.
         store.verify().map_err(|e| {
-            format!("the Raft log {} is damaged: {e}; restore this member from a peer", path.display())
+            format!(
+                "the Raft log {} is damaged: {e}; restore this member from a peer",
+                path.display()
+            )
         })?;
         Ok(store)
     }
@@ -88,7 +91,10 @@ impl LogStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let tx = db.begin_write().map_err(write_err)?;
-            tx.open_table(META).map_err(write_err)?.insert(name, bytes.as_slice()).map_err(write_err)?;
+            tx.open_table(META)
+                .map_err(write_err)?
+                .insert(name, bytes.as_slice())
+                .map_err(write_err)?;
             tx.commit().map_err(write_err)
         })
         .await
@@ -103,7 +109,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>> {
         let tx = self.db.begin_read().map_err(read_err)?;
         let log = tx.open_table(LOG).map_err(read_err)?;
-        let bounds: (Bound<u64>, Bound<u64>) = (range.start_bound().cloned(), range.end_bound().cloned());
+        let bounds: (Bound<u64>, Bound<u64>) =
+            (range.start_bound().cloned(), range.end_bound().cloned());
         let mut entries = Vec::new();
         for row in log.range(bounds).map_err(read_err)? {
             let (_, v) = row.map_err(read_err)?;
@@ -121,10 +128,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let tx = self.db.begin_read().map_err(read_err)?;
         let log = tx.open_table(LOG).map_err(read_err)?;
         let last = match log.last().map_err(read_err)? {
-            Some((_, v)) => Some(bincode::deserialize::<Entry>(v.value()).map_err(read_err)?.log_id),
+            Some((_, v)) => Some(
+                bincode::deserialize::<Entry>(v.value())
+                    .map_err(read_err)?
+                    .log_id,
+            ),
             None => None,
         };
-        Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -156,16 +170,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut rows = Vec::new();
         for entry in entries {
-            rows.push((entry.log_id.index, bincode::serialize(&entry).map_err(write_err)?));
+            rows.push((
+                entry.log_id.index,
+                bincode::serialize(&entry).map_err(write_err)?,
+            ));
         }
         let db = self.db.clone();
         let written = tokio::task::spawn_blocking(move || -> std::result::Result<(), String> {
             let mut tx = db.begin_write().map_err(|e| e.to_string())?;
-            tx.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(|e| e.to_string())?;
             {
                 let mut log = tx.open_table(LOG).map_err(|e| e.to_string())?;
                 for (index, bytes) in &rows {
-                    log.insert(*index, bytes.as_slice()).map_err(|e| e.to_string())?;
+                    log.insert(*index, bytes.as_slice())
+                        .map_err(|e| e.to_string())?;
                 }
             }
             tx.commit().map_err(|e| e.to_string())
@@ -188,7 +207,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let tx = db.begin_write().map_err(write_err)?;
-            tx.open_table(LOG).map_err(write_err)?.retain_in(log_id.index.., |_, _| false).map_err(write_err)?;
+            tx.open_table(LOG)
+                .map_err(write_err)?
+                .retain_in(log_id.index.., |_, _| false)
+                .map_err(write_err)?;
             tx.commit().map_err(write_err)
         })
         .await
@@ -200,8 +222,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let tx = db.begin_write().map_err(write_err)?;
-            tx.open_table(META).map_err(write_err)?.insert(LAST_PURGED, bytes.as_slice()).map_err(write_err)?;
-            tx.open_table(LOG).map_err(write_err)?.retain_in(..=log_id.index, |_, _| false).map_err(write_err)?;
+            tx.open_table(META)
+                .map_err(write_err)?
+                .insert(LAST_PURGED, bytes.as_slice())
+                .map_err(write_err)?;
+            tx.open_table(LOG)
+                .map_err(write_err)?
+                .retain_in(..=log_id.index, |_, _| false)
+                .map_err(write_err)?;
             tx.commit().map_err(write_err)
         })
         .await

@@ -30,7 +30,10 @@ pub enum KeySpan {
     /// Every key that starts with these bytes (all keys if empty).
     Prefix(Vec<u8>),
     /// `[start, end)`; `end: None` means no upper bound.
-    Range { start: Vec<u8>, end: Option<Vec<u8>> },
+    Range {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+    },
 }
 
 impl KeySpan {
@@ -113,7 +116,12 @@ pub struct RangeRequest {
 
 impl RangeRequest {
     pub fn new(span: KeySpan) -> Self {
-        RangeRequest { span, revision: 0, limit: 0, count_only: false }
+        RangeRequest {
+            span,
+            revision: 0,
+            limit: 0,
+            count_only: false,
+        }
     }
     pub fn limit(mut self, limit: u64) -> Self {
         self.limit = limit;
@@ -192,16 +200,32 @@ pub enum CompareOp {
 
 impl Compare {
     pub fn mod_revision(key: impl Into<Vec<u8>>, op: CompareOp, rev: Revision) -> Self {
-        Compare { key: key.into(), target: CompareTarget::ModRevision(rev), op }
+        Compare {
+            key: key.into(),
+            target: CompareTarget::ModRevision(rev),
+            op,
+        }
     }
     pub fn version(key: impl Into<Vec<u8>>, op: CompareOp, version: u64) -> Self {
-        Compare { key: key.into(), target: CompareTarget::Version(version), op }
+        Compare {
+            key: key.into(),
+            target: CompareTarget::Version(version),
+            op,
+        }
     }
     pub fn value(key: impl Into<Vec<u8>>, op: CompareOp, value: impl Into<Vec<u8>>) -> Self {
-        Compare { key: key.into(), target: CompareTarget::Value(value.into()), op }
+        Compare {
+            key: key.into(),
+            target: CompareTarget::Value(value.into()),
+            op,
+        }
     }
     pub fn exists(key: impl Into<Vec<u8>>, exists: bool) -> Self {
-        Compare { key: key.into(), target: CompareTarget::Exists(exists), op: CompareOp::Equal }
+        Compare {
+            key: key.into(),
+            target: CompareTarget::Exists(exists),
+            op: CompareOp::Equal,
+        }
     }
 
     /// Whether the comparison holds for the key's current state.
@@ -229,18 +253,28 @@ impl Compare {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { span: KeySpan },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        span: KeySpan,
+    },
     /// A read inside the transaction; it sees the writes of earlier ops in the same branch.
     Range(RangeRequest),
 }
 
 impl Op {
     pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
-        Op::Put { key: key.into(), value: value.into() }
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+        }
     }
     pub fn delete(key: impl Into<Vec<u8>>) -> Self {
-        Op::Delete { span: KeySpan::Key(key.into()) }
+        Op::Delete {
+            span: KeySpan::Key(key.into()),
+        }
     }
     pub fn get(key: impl Into<Vec<u8>>) -> Self {
         Op::Range(RangeRequest::new(KeySpan::Key(key.into())))
@@ -257,10 +291,16 @@ pub struct Txn {
 
 impl Txn {
     pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
-        Txn { success: vec![Op::put(key, value)], ..Txn::default() }
+        Txn {
+            success: vec![Op::put(key, value)],
+            ..Txn::default()
+        }
     }
     pub fn delete(key: impl Into<Vec<u8>>) -> Self {
-        Txn { success: vec![Op::delete(key)], ..Txn::default() }
+        Txn {
+            success: vec![Op::delete(key)],
+            ..Txn::default()
+        }
     }
     pub fn when(mut self, compare: Compare) -> Self {
         self.compare.push(compare);
@@ -276,7 +316,10 @@ impl Txn {
     }
 
     pub fn is_read_only(&self) -> bool {
-        self.success.iter().chain(&self.failure).all(|op| matches!(op, Op::Range(_)))
+        self.success
+            .iter()
+            .chain(&self.failure)
+            .all(|op| matches!(op, Op::Range(_)))
     }
 
     /// Checks sizes and shape before the transaction is proposed, so a bad request is refused
@@ -382,14 +425,20 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         // etcd's defaults: 1.5 MiB requests, 128 ops per txn. Kubernetes keys are short paths.
-        Limits { max_key_bytes: 4096, max_value_bytes: 1536 * 1024, max_txn_ops: 128 }
+        Limits {
+            max_key_bytes: 4096,
+            max_value_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+        }
     }
 }
 
 impl Limits {
     fn check_key(&self, key: &[u8], field: &str) -> Result<(), StoreError> {
         if key.is_empty() {
-            return Err(StoreError::invalid(format!("{field}: key must not be empty")));
+            return Err(StoreError::invalid(format!(
+                "{field}: key must not be empty"
+            )));
         }
         if key.len() > self.max_key_bytes {
             return Err(StoreError::invalid(format!(
@@ -432,9 +481,15 @@ pub enum StoreError {
     InvalidArgument(String),
     /// The revision asked for has been compacted away. List again, then watch from the list.
     #[error("revision {requested} has been compacted; the oldest available is {}", compact_revision + 1)]
-    Compacted { requested: Revision, compact_revision: Revision },
+    Compacted {
+        requested: Revision,
+        compact_revision: Revision,
+    },
     #[error("revision {requested} is in the future; the current revision is {current}")]
-    FutureRevision { requested: Revision, current: Revision },
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     /// The watcher did not keep up and was cut off. Watch again from `resume_from`.
     #[error("watcher fell too far behind and was cut off; resume from revision {resume_from}")]
     WatcherTooSlow { resume_from: Revision },
@@ -485,7 +540,10 @@ mod tests {
         let p = KeySpan::prefix("/a/");
         assert!(p.contains(b"/a/x"));
         assert!(!p.contains(b"/b"));
-        let r = KeySpan::Range { start: b"b".to_vec(), end: Some(b"d".to_vec()) };
+        let r = KeySpan::Range {
+            start: b"b".to_vec(),
+            end: Some(b"d".to_vec()),
+        };
         assert!(r.contains(b"b") && r.contains(b"c\xff") && !r.contains(b"d"));
         let after = p.after(b"/a/x");
         assert!(!after.contains(b"/a/x") && after.contains(b"/a/x\0") && !after.contains(b"/b"));
@@ -510,12 +568,19 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let limits = Limits { max_key_bytes: 4, max_value_bytes: 2, max_txn_ops: 3 };
+        let limits = Limits {
+            max_key_bytes: 4,
+            max_value_bytes: 2,
+            max_txn_ops: 3,
+        };
         let err = Txn::put("toolong", "v").validate(&limits).unwrap_err();
         assert!(err.to_string().contains("success[0].key"), "{err}");
         let err = Txn::put("k", "vvv").validate(&limits).unwrap_err();
         assert!(err.to_string().contains("success[0].value"), "{err}");
-        let err = Txn::put("k", "v").and_then(Op::put("k", "w")).validate(&limits).unwrap_err();
+        let err = Txn::put("k", "v")
+            .and_then(Op::put("k", "w"))
+            .validate(&limits)
+            .unwrap_err();
         assert!(err.to_string().contains("written twice"), "{err}");
         let err = Txn::put("", "v").validate(&limits).unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");

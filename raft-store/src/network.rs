@@ -95,13 +95,18 @@ impl PeerClient {
                 }
             })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if !status.is_success() {
             let msg = String::from_utf8_lossy(&bytes).into_owned();
-            return Err(RPCError::Network(NetworkError::new(&AnyError::error(format!(
-                "peer {} at {} answered {status}: {msg}",
-                self.target, self.addr
-            )))));
+            return Err(RPCError::Network(NetworkError::new(&AnyError::error(
+                format!(
+                    "peer {} at {} answered {status}: {msg}",
+                    self.target, self.addr
+                ),
+            ))));
         }
         let result: Result<Resp, RaftError<NodeId, E>> =
             bincode::deserialize(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

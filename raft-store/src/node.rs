@@ -80,12 +80,21 @@ pub enum StartError {
         "data dir {dir} belongs to cluster {ours}, but {peer} serves cluster {theirs}; \
          use a fresh --data-dir to join that cluster"
     )]
-    ClusterMismatch { dir: PathBuf, ours: String, theirs: String, peer: String },
+    ClusterMismatch {
+        dir: PathBuf,
+        ours: String,
+        theirs: String,
+        peer: String,
+    },
     #[error(
         "data dir {dir} was created for address {recorded}, not {listen}; \
          start with --listen {recorded}, or remove the member and join again with a fresh data dir"
     )]
-    AddressChanged { dir: PathBuf, recorded: String, listen: String },
+    AddressChanged {
+        dir: PathBuf,
+        recorded: String,
+        listen: String,
+    },
     #[error("cannot join through {peer}: {msg}")]
     Join { peer: String, msg: String },
     #[error("raft: {0}")]
@@ -125,7 +134,10 @@ impl StoreNode {
     /// [`crate::service::router`] on the listener, then call [`StoreNode::bootstrap`].
     pub async fn open(config: StoreConfig) -> Result<Arc<StoreNode>, StartError> {
         let dir = config.data_dir.clone();
-        let data_err = |msg: String| StartError::DataDir { dir: dir.clone(), msg };
+        let data_err = |msg: String| StartError::DataDir {
+            dir: dir.clone(),
+            msg,
+        };
         std::fs::create_dir_all(&dir).map_err(|e| data_err(format!("cannot create: {e}")))?;
         let http = http_client(Some(config.listen.ip()));
         let addr = config.listen.to_string();
@@ -144,11 +156,16 @@ impl StoreNode {
             None => {
                 let cluster_id = match &config.join {
                     // Learn the cluster first, so peer traffic is accepted from the first RPC.
-                    Some(peer) => RemoteMember::new(http.clone(), peer)
-                        .status()
-                        .await
-                        .map_err(|e| StartError::Join { peer: peer.clone(), msg: e.to_string() })?
-                        .cluster_id,
+                    Some(peer) => {
+                        RemoteMember::new(http.clone(), peer)
+                            .status()
+                            .await
+                            .map_err(|e| StartError::Join {
+                                peer: peer.clone(),
+                                msg: e.to_string(),
+                            })?
+                            .cluster_id
+                    }
                     None => format!("{:032x}", rand::random::<u128>()),
                 };
                 let id = Identity {
@@ -191,11 +208,20 @@ impl StoreNode {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        let network = Network { http: http.clone(), cluster_id: identity.cluster_id.clone() };
+        let network = Network {
+            http: http.clone(),
+            cluster_id: identity.cluster_id.clone(),
+        };
         let raft = Raft::new(identity.node_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let node = Arc::new(StoreNode { identity, config, raft, engine, http });
+        let node = Arc::new(StoreNode {
+            identity,
+            config,
+            raft,
+            engine,
+            http,
+        });
         tokio::spawn(compaction_loop(Arc::downgrade(&node)));
         Ok(node)
     }
@@ -203,7 +229,11 @@ impl StoreNode {
     /// Makes this member part of a cluster: a new single-member cluster, or a join through
     /// `--join` (as a learner that catches up first, then a voter). A no-op once done.
     pub async fn bootstrap(&self) -> Result<(), StartError> {
-        if self.raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?
             && self.identity.joined
         {
             return Ok(());
@@ -212,23 +242,34 @@ impl StoreNode {
             None => {
                 let members = BTreeMap::from([(
                     self.identity.node_id,
-                    BasicNode { addr: self.identity.addr.clone() },
+                    BasicNode {
+                        addr: self.identity.addr.clone(),
+                    },
                 )]);
-                self.raft.initialize(members).await.map_err(|e| StartError::Raft(e.to_string()))?;
+                self.raft
+                    .initialize(members)
+                    .await
+                    .map_err(|e| StartError::Raft(e.to_string()))?;
             }
             Some(peer) => {
                 // The peer may be between leaders (an election, a heal): keep asking a while.
                 let remote = RemoteMember::direct(self.http.clone(), peer);
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
                 loop {
-                    match remote.join(self.identity.node_id, &self.identity.addr).await {
+                    match remote
+                        .join(self.identity.node_id, &self.identity.addr)
+                        .await
+                    {
                         Ok(()) => break,
                         Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
                             tracing::info!(peer = %peer, error = %e, "join not possible yet; retrying");
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                         Err(e) => {
-                            return Err(StartError::Join { peer: peer.clone(), msg: e.to_string() })
+                            return Err(StartError::Join {
+                                peer: peer.clone(),
+                                msg: e.to_string(),
+                            })
                         }
                     }
                 }
@@ -259,7 +300,12 @@ impl StoreNode {
     fn leader(&self) -> Option<(NodeId, String)> {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader?;
-        let addr = m.membership_config.membership().get_node(&leader)?.addr.clone();
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .clone();
         Some((leader, addr))
     }
 
@@ -285,17 +331,25 @@ impl StoreNode {
         match self.write(Command::Txn(txn.clone()), forwarded).await? {
             Written::Here(Applied::Txn(resp)) => Ok(resp),
             Written::Here(Applied::Refused(e)) => Err(e),
-            Written::Here(other) => Err(StoreError::Internal(format!("unexpected result {other:?}"))),
+            Written::Here(other) => {
+                Err(StoreError::Internal(format!("unexpected result {other:?}")))
+            }
             Written::Forward(leader) => leader.txn(&txn).await,
         }
     }
 
     /// Compacts history before `revision` on every member.
-    pub async fn compact(&self, revision: Revision, forwarded: bool) -> Result<Revision, StoreError> {
+    pub async fn compact(
+        &self,
+        revision: Revision,
+        forwarded: bool,
+    ) -> Result<Revision, StoreError> {
         match self.write(Command::Compact(revision), forwarded).await? {
             Written::Here(Applied::Compacted { revision }) => Ok(revision),
             Written::Here(Applied::Refused(e)) => Err(e),
-            Written::Here(other) => Err(StoreError::Internal(format!("unexpected result {other:?}"))),
+            Written::Here(other) => {
+                Err(StoreError::Internal(format!("unexpected result {other:?}")))
+            }
             Written::Forward(leader) => leader.compact(revision).await,
         }
     }
@@ -310,9 +364,11 @@ impl StoreNode {
             Ok(Ok(resp)) => Ok(Written::Here(resp.data)),
             // Leadership moved after this member took the write: it may still commit under the
             // next leader, so the outcome is unknown and it must not be sent on again.
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(
-                StoreError::Indeterminate("leadership changed while the write was in flight".into()),
-            ),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(StoreError::Indeterminate(
+                    "leadership changed while the write was in flight".into(),
+                ))
+            }
             // Raft stopped underneath the write (shutdown): it may have been logged already.
             Ok(Err(e)) => Err(StoreError::Indeterminate(format!("raft: {e}"))),
             Err(_) => Err(StoreError::Indeterminate(format!(
@@ -330,7 +386,9 @@ impl StoreNode {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::APIError(_))) => Err(StoreError::NoLeader),
             Ok(Err(other)) => Err(raft_err(other)),
-            Err(_) => Err(StoreError::Unavailable("the leader could not reach a quorum to confirm the read".into())),
+            Err(_) => Err(StoreError::Unavailable(
+                "the leader could not reach a quorum to confirm the read".into(),
+            )),
         }
     }
 
@@ -345,7 +403,10 @@ impl StoreNode {
         self.config.limits.check_span(&req.span, "span")?;
         if consistency == Consistency::Linearizable {
             if !self.is_leader() {
-                return self.leader_member(forwarded)?.range(&req, consistency).await;
+                return self
+                    .leader_member(forwarded)?
+                    .range(&req, consistency)
+                    .await;
             }
             self.linearize().await?;
         }
@@ -361,7 +422,12 @@ impl StoreNode {
     }
 
     /// Adds a member: first as a learner, waiting until it has caught up, then as a voter.
-    pub async fn add_member(&self, id: NodeId, addr: String, forwarded: bool) -> Result<(), StoreError> {
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        addr: String,
+        forwarded: bool,
+    ) -> Result<(), StoreError> {
         if !self.is_leader() {
             return self.leader_member(forwarded)?.join(id, &addr).await;
         }
@@ -370,7 +436,9 @@ impl StoreNode {
             return if *existing == addr {
                 Ok(()) // a retried join that already went through
             } else {
-                Err(StoreError::Membership(format!("member {id} already exists at {existing}")))
+                Err(StoreError::Membership(format!(
+                    "member {id} already exists at {existing}"
+                )))
             };
         }
         if voters.values().any(|a| *a == addr) {
@@ -397,11 +465,15 @@ impl StoreNode {
         let voters = self.voters();
         let learners = self.learners();
         if !voters.contains_key(&id) && !learners.contains_key(&id) {
-            return Err(StoreError::Membership(format!("member {id} is not in the cluster")));
+            return Err(StoreError::Membership(format!(
+                "member {id} is not in the cluster"
+            )));
         }
         if voters.contains_key(&id) {
             if voters.len() == 1 {
-                return Err(StoreError::Membership("cannot remove the last voter".into()));
+                return Err(StoreError::Membership(
+                    "cannot remove the last voter".into(),
+                ));
             }
             self.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
@@ -419,12 +491,18 @@ impl StoreNode {
 
     fn voters(&self) -> BTreeMap<NodeId, String> {
         let m = self.raft.metrics().borrow().membership_config.clone();
-        m.membership().voter_ids().filter_map(|id| Some((id, m.membership().get_node(&id)?.addr.clone()))).collect()
+        m.membership()
+            .voter_ids()
+            .filter_map(|id| Some((id, m.membership().get_node(&id)?.addr.clone())))
+            .collect()
     }
 
     fn learners(&self) -> BTreeMap<NodeId, String> {
         let m = self.raft.metrics().borrow().membership_config.clone();
-        m.membership().learner_ids().filter_map(|id| Some((id, m.membership().get_node(&id)?.addr.clone()))).collect()
+        m.membership()
+            .learner_ids()
+            .filter_map(|id| Some((id, m.membership().get_node(&id)?.addr.clone())))
+            .collect()
     }
 
     pub fn status(&self) -> Status {
@@ -486,9 +564,9 @@ const IDENTITY_FILE: &str = "member.json";
 
 fn read_identity(dir: &Path) -> Result<Option<Identity>, String> {
     match std::fs::read(dir.join(IDENTITY_FILE)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| format!("{IDENTITY_FILE} is unreadable ({e}); this is not a Drover data dir")),
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            format!("{IDENTITY_FILE} is unreadable ({e}); this is not a Drover data dir")
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let foreign = std::fs::read_dir(dir)
                 .map_err(|e| format!("cannot read: {e}"))?

@@ -57,7 +57,10 @@ struct SnapshotFile {
 
 impl StateMachine {
     pub fn new(engine: Engine, dir: &Path) -> Self {
-        StateMachine { engine, snapshot_path: dir.join("snapshot.bin") }
+        StateMachine {
+            engine,
+            snapshot_path: dir.join("snapshot.bin"),
+        }
     }
 
     fn applied_state(&self) -> Result<AppliedState, StorageError<NodeId>> {
@@ -79,7 +82,9 @@ impl StateMachine {
         }
         std::fs::rename(&tmp, &self.snapshot_path).map_err(snap_err)?;
         if let Some(dir) = self.snapshot_path.parent() {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(snap_err)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(snap_err)?;
         }
         Ok(())
     }
@@ -156,7 +161,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -177,13 +184,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(snap_err)?
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let bytes = match std::fs::read(&self.snapshot_path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(snap_err(e)),
         };
         let file: SnapshotFile = bincode::deserialize(&bytes).map_err(snap_err)?;
-        Ok(Some(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(file.payload)) }))
+        Ok(Some(Snapshot {
+            meta: file.meta,
+            snapshot: Box::new(Cursor::new(file.payload)),
+        }))
     }
 }

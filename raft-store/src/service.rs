@@ -58,7 +58,10 @@ fn reply<T: Serialize>(value: &T) -> Response {
 
 /// Peers must name this member's cluster; anything else is refused before Raft sees it.
 fn check_peer(node: &StoreNode, headers: &HeaderMap) -> Result<(), Response> {
-    let theirs = headers.get(CLUSTER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let theirs = headers
+        .get(CLUSTER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if theirs != node.identity.cluster_id {
         return Err((
             StatusCode::CONFLICT,

@@ -95,7 +95,11 @@ async fn run(
     tx: mpsc::Sender<Result<WatchBatch, StoreError>>,
 ) {
     let mut heads = engine.subscribe();
-    let mut next = if from == 0 { engine.head().revision + 1 } else { from };
+    let mut next = if from == 0 {
+        engine.head().revision + 1
+    } else {
+        from
+    };
     loop {
         let head = *heads.borrow_and_update();
         if next <= head.revision {

@@ -20,7 +20,12 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
         let engine = Engine::open(&path).unwrap();
-        Fixture { _dir: dir, path, engine, applied: 0 }
+        Fixture {
+            _dir: dir,
+            path,
+            engine,
+            applied: 0,
+        }
     }
 
     fn apply(&mut self, cmd: Command) -> Applied {
@@ -41,9 +46,16 @@ impl Fixture {
     }
 
     fn get(&self, k: &str, rev: u64) -> Result<Option<(String, u64, u64, u64)>, StoreError> {
-        let resp = self.engine.range(&RangeRequest::new(KeySpan::key(k)).at(rev))?;
+        let resp = self
+            .engine
+            .range(&RangeRequest::new(KeySpan::key(k)).at(rev))?;
         Ok(resp.kvs.first().map(|kv| {
-            (String::from_utf8(kv.value.clone()).unwrap(), kv.create_revision, kv.mod_revision, kv.version)
+            (
+                String::from_utf8(kv.value.clone()).unwrap(),
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+            )
         }))
     }
 
@@ -70,9 +82,18 @@ fn every_write_gets_the_next_revision_and_keys_track_create_mod_version() {
     assert_eq!(r.revision, 4);
     assert_eq!(f.get("d", 0).unwrap().unwrap().2, 4);
     // A txn that writes nothing does not move the revision.
-    let r = f.txn(Txn { success: vec![Op::get("a")], ..Txn::default() });
+    let r = f.txn(Txn {
+        success: vec![Op::get("a")],
+        ..Txn::default()
+    });
     assert_eq!(r.revision, 4);
-    assert_eq!(f.engine.head(), Head { revision: 4, compact_revision: 0 });
+    assert_eq!(
+        f.engine.head(),
+        Head {
+            revision: 4,
+            compact_revision: 0
+        }
+    );
     // Delete then re-create: create_revision and version restart.
     f.txn(Txn::delete("a"));
     assert_eq!(f.get("a", 0).unwrap(), None);
@@ -94,9 +115,15 @@ fn reads_at_past_revisions_see_the_past() {
     assert_eq!(f.get("k", 0).unwrap(), None);
     assert_eq!(
         f.get("k", 9).unwrap_err(),
-        StoreError::FutureRevision { requested: 9, current: 4 }
+        StoreError::FutureRevision {
+            requested: 9,
+            current: 4
+        }
     );
-    assert_eq!(f.keys(RangeRequest::new(KeySpan::prefix("")).at(3)), vec!["k", "other"]);
+    assert_eq!(
+        f.keys(RangeRequest::new(KeySpan::prefix("")).at(3)),
+        vec!["k", "other"]
+    );
 }
 
 #[test]
@@ -132,7 +159,12 @@ fn txn_compares_choose_the_branch_atomically() {
     // Put returns the previous value; delete returns what it deleted.
     let r = f.txn(Txn::put("k", "v5"));
     assert!(matches!(&r.results[0], OpResult::Put { prev: Some(p) } if p.value == b"v2"));
-    let r = f.txn(Txn { success: vec![Op::Delete { span: KeySpan::prefix("") }], ..Txn::default() });
+    let r = f.txn(Txn {
+        success: vec![Op::Delete {
+            span: KeySpan::prefix(""),
+        }],
+        ..Txn::default()
+    });
     assert!(matches!(&r.results[0], OpResult::Delete { deleted } if deleted.len() == 3));
 }
 
@@ -158,9 +190,15 @@ fn ranges_page_with_limit_and_continue_at_one_revision() {
     }
     assert_eq!(seen.len(), 10);
     assert!(!seen.contains(&b"/p/00".to_vec()));
-    let count = f.engine.range(&RangeRequest::new(KeySpan::prefix("/p/")).count_only()).unwrap();
+    let count = f
+        .engine
+        .range(&RangeRequest::new(KeySpan::prefix("/p/")).count_only())
+        .unwrap();
     assert_eq!((count.count, count.kvs.len()), (11, 0));
-    let r = KeySpan::Range { start: b"/p/3".to_vec(), end: Some(b"/p/6".to_vec()) };
+    let r = KeySpan::Range {
+        start: b"/p/3".to_vec(),
+        end: Some(b"/p/6".to_vec()),
+    };
     assert_eq!(f.keys(RangeRequest::new(r)), vec!["/p/3", "/p/4", "/p/5"]);
 }
 
@@ -171,19 +209,39 @@ fn changes_resume_from_any_revision_with_previous_values() {
     f.put("/x/b", "1"); // 2
     f.put("/w/a", "2"); // 3
     f.txn(Txn::delete("/w/a")); // 4
-    let all = f.engine.changes_since(&KeySpan::prefix("/w/"), 1, 100).unwrap();
+    let all = f
+        .engine
+        .changes_since(&KeySpan::prefix("/w/"), 1, 100)
+        .unwrap();
     assert_eq!(all.revision, 4);
-    let kinds: Vec<_> = all.events.iter().map(|e| (e.kind, e.kv.mod_revision)).collect();
-    assert_eq!(kinds, vec![(EventKind::Put, 1), (EventKind::Put, 3), (EventKind::Delete, 4)]);
+    let kinds: Vec<_> = all
+        .events
+        .iter()
+        .map(|e| (e.kind, e.kv.mod_revision))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (EventKind::Put, 1),
+            (EventKind::Put, 3),
+            (EventKind::Delete, 4)
+        ]
+    );
     assert_eq!(all.events[1].prev_kv.as_ref().unwrap().value, b"1");
     assert_eq!(all.events[2].prev_kv.as_ref().unwrap().value, b"2");
     // Resuming in the middle gives exactly the rest.
-    let rest = f.engine.changes_since(&KeySpan::prefix("/w/"), 3, 100).unwrap();
+    let rest = f
+        .engine
+        .changes_since(&KeySpan::prefix("/w/"), 3, 100)
+        .unwrap();
     assert_eq!(rest.events.len(), 2);
     // Limited batches tile the history without gaps.
     let first = f.engine.changes_since(&KeySpan::prefix(""), 1, 2).unwrap();
     assert_eq!((first.revision, first.events.len()), (2, 2));
-    let second = f.engine.changes_since(&KeySpan::prefix(""), first.revision + 1, 2).unwrap();
+    let second = f
+        .engine
+        .changes_since(&KeySpan::prefix(""), first.revision + 1, 2)
+        .unwrap();
     assert_eq!((second.revision, second.events.len()), (4, 2));
     // Past the head: nothing yet.
     let none = f.engine.changes_since(&KeySpan::prefix(""), 5, 2).unwrap();
@@ -198,9 +256,24 @@ fn compaction_forgets_old_revisions_but_keeps_everything_after() {
     f.put("b", "1"); // 3
     f.txn(Txn::delete("b")); // 4
     f.put("a", "3"); // 5
-    assert_eq!(f.apply(Command::Compact(4)), Applied::Compacted { revision: 4 });
-    assert_eq!(f.engine.head(), Head { revision: 5, compact_revision: 4 });
-    assert!(matches!(f.get("a", 3), Err(StoreError::Compacted { requested: 3, compact_revision: 4 })));
+    assert_eq!(
+        f.apply(Command::Compact(4)),
+        Applied::Compacted { revision: 4 }
+    );
+    assert_eq!(
+        f.engine.head(),
+        Head {
+            revision: 5,
+            compact_revision: 4
+        }
+    );
+    assert!(matches!(
+        f.get("a", 3),
+        Err(StoreError::Compacted {
+            requested: 3,
+            compact_revision: 4
+        })
+    ));
     // The compaction revision itself stays readable.
     assert_eq!(f.get("a", 4).unwrap().unwrap().0, "2");
     assert_eq!(f.get("b", 4).unwrap(), None);
@@ -208,14 +281,23 @@ fn compaction_forgets_old_revisions_but_keeps_everything_after() {
     // Watching from the compaction point or before is refused; after it works, with prev values.
     assert!(matches!(
         f.engine.changes_since(&KeySpan::prefix(""), 4, 10),
-        Err(StoreError::Compacted { compact_revision: 4, .. })
+        Err(StoreError::Compacted {
+            compact_revision: 4,
+            ..
+        })
     ));
     let after = f.engine.changes_since(&KeySpan::prefix(""), 5, 10).unwrap();
     assert_eq!(after.events.len(), 1);
     assert_eq!(after.events[0].prev_kv.as_ref().unwrap().value, b"2");
     // Compacting backwards or into the future is refused the same way on every member.
-    assert!(matches!(f.apply(Command::Compact(3)), Applied::Refused(StoreError::Compacted { .. })));
-    assert!(matches!(f.apply(Command::Compact(9)), Applied::Refused(StoreError::FutureRevision { .. })));
+    assert!(matches!(
+        f.apply(Command::Compact(3)),
+        Applied::Refused(StoreError::Compacted { .. })
+    ));
+    assert!(matches!(
+        f.apply(Command::Compact(9)),
+        Applied::Refused(StoreError::FutureRevision { .. })
+    ));
 }
 
 #[test]
@@ -234,17 +316,29 @@ fn export_and_import_round_trip_and_state_survives_reopen() {
     assert_eq!(other.engine.head(), f.engine.head());
     for rev in [0, 2, 3, 4] {
         let req = RangeRequest::new(KeySpan::prefix("")).at(rev);
-        assert_eq!(other.engine.range(&req).unwrap(), f.engine.range(&req).unwrap(), "at {rev}");
+        assert_eq!(
+            other.engine.range(&req).unwrap(),
+            f.engine.range(&req).unwrap(),
+            "at {rev}"
+        );
     }
     assert_eq!(
-        other.engine.changes_since(&KeySpan::prefix(""), 3, 10).unwrap(),
+        other
+            .engine
+            .changes_since(&KeySpan::prefix(""), 3, 10)
+            .unwrap(),
         f.engine.changes_since(&KeySpan::prefix(""), 3, 10).unwrap()
     );
 
     // Reopen after a flush: everything is there.
     f.engine.flush().unwrap();
     let head = f.engine.head();
-    let Fixture { engine, _dir, path, applied } = f;
+    let Fixture {
+        engine,
+        _dir,
+        path,
+        applied,
+    } = f;
     drop(engine);
     let engine = Engine::open(&path).unwrap();
     assert_eq!(engine.head(), head);

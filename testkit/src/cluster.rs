@@ -75,7 +75,11 @@ impl Cluster {
         let ip = Ipv4Addr::new(127, 0, 0, self.next_ip);
         self.next_ip += 1;
         let i = self.members.len();
-        let join = self.members.iter().find(|m| m.is_running()).map(|m| m.addr.to_string());
+        let join = self
+            .members
+            .iter()
+            .find(|m| m.is_running())
+            .map(|m| m.addr.to_string());
         self.members.push(Member {
             addr: free_addr(ip)?,
             data_dir: self.dir.path().join(format!("member-{i}")),
@@ -90,7 +94,10 @@ impl Cluster {
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let m = &mut self.members[i];
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)?;
         let mut cmd = Command::new(&self.bin);
         cmd.arg("server")
             .arg("--data-dir")
@@ -105,14 +112,20 @@ impl Cluster {
         if let Some(j) = &m.join {
             cmd.arg("--join").arg(j);
         }
-        m.child = Some(cmd.spawn().with_context(|| format!("spawn {}", self.bin.display()))?);
+        m.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("spawn {}", self.bin.display()))?,
+        );
         Ok(())
     }
 
     /// Waits until member `i` answers and is a voter of a cluster with a leader.
     pub async fn wait_serving(&mut self, i: usize, timeout: Duration) -> anyhow::Result<Status> {
         let deadline = Instant::now() + timeout;
-        let remote = RemoteMember::direct(raft_store::network::http_client(None), &self.members[i].addr.to_string());
+        let remote = RemoteMember::direct(
+            raft_store::network::http_client(None),
+            &self.members[i].addr.to_string(),
+        );
         loop {
             if let Some(child) = self.members[i].child.as_mut() {
                 if let Some(code) = child.try_wait()? {
@@ -126,7 +139,10 @@ impl Cluster {
                 }
             }
             if Instant::now() > deadline {
-                bail!("member {i} did not come up within {timeout:?}:\n{}", self.log_tail(i));
+                bail!(
+                    "member {i} did not come up within {timeout:?}:\n{}",
+                    self.log_tail(i)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -147,7 +163,11 @@ impl Cluster {
     }
 
     pub fn addrs(&self) -> Vec<String> {
-        self.members.iter().filter(|m| m.is_running()).map(|m| m.addr.to_string()).collect()
+        self.members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(|m| m.addr.to_string())
+            .collect()
     }
 
     pub fn client(&self) -> StoreClient {
@@ -155,7 +175,10 @@ impl Cluster {
     }
 
     pub async fn status(&self, i: usize) -> anyhow::Result<Status> {
-        let remote = RemoteMember::direct(raft_store::network::http_client(None), &self.members[i].addr.to_string());
+        let remote = RemoteMember::direct(
+            raft_store::network::http_client(None),
+            &self.members[i].addr.to_string(),
+        );
         Ok(remote.status().await?)
     }
 
@@ -188,7 +211,9 @@ impl Cluster {
 
     /// Every member's log tail, for a failing test's report.
     pub fn all_logs(&self) -> String {
-        (0..self.members.len()).map(|i| format!("--- member {i} ---\n{}\n", self.log_tail(i))).collect()
+        (0..self.members.len())
+            .map(|i| format!("--- member {i} ---\n{}\n", self.log_tail(i)))
+            .collect()
     }
 }
 
@@ -208,7 +233,11 @@ pub struct Partition {
 
 impl Partition {
     pub fn isolate(ip: std::net::IpAddr) -> anyhow::Result<Partition> {
-        let table = format!("drover_test_{}_{}", std::process::id(), ip.to_string().replace('.', "_"));
+        let table = format!(
+            "drover_test_{}_{}",
+            std::process::id(),
+            ip.to_string().replace('.', "_")
+        );
         let script = format!(
             "table inet {table} {{\n\
                chain input {{ type filter hook input priority -10; policy accept;\n\
@@ -217,7 +246,8 @@ impl Partition {
                }}\n\
              }}\n"
         );
-        nft(&["-f", "-"], Some(&script)).context("cannot install the nftables partition (root and nft are needed)")?;
+        nft(&["-f", "-"], Some(&script))
+            .context("cannot install the nftables partition (root and nft are needed)")?;
         Ok(Partition { table })
     }
 }
@@ -243,7 +273,11 @@ fn nft(args: &[&str], stdin: Option<&str>) -> anyhow::Result<()> {
     drop(child.stdin.take());
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

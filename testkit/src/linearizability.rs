@@ -21,8 +21,12 @@ pub trait Model {
     fn init(&self) -> Self::State;
     /// The state after `input`, if the model can produce `output` (or any output when `None`)
     /// from `state`.
-    fn step(&self, state: &Self::State, input: &Self::Input, output: Option<&Self::Output>)
-        -> Option<Self::State>;
+    fn step(
+        &self,
+        state: &Self::State,
+        input: &Self::Input,
+        output: Option<&Self::Output>,
+    ) -> Option<Self::State>;
 }
 
 /// One operation as a client saw it. Times are from one monotonic clock.
@@ -57,12 +61,22 @@ pub fn check<M: Model>(model: &M, history: &[Operation<M::Input, M::Output>]) ->
     }
     order.sort_by_key(|&(t, is_call, i)| (t, !is_call, i));
     // A doubly linked list with a sentinel head at index 0.
-    let mut events = vec![Event { op: usize::MAX, is_call: false, prev: 0, next: 1 }];
+    let mut events = vec![Event {
+        op: usize::MAX,
+        is_call: false,
+        prev: 0,
+        next: 1,
+    }];
     let mut call_at = vec![0; n];
     let mut ret_at = vec![0; n];
     for (pos, &(_, is_call, op)) in order.iter().enumerate() {
         let idx = pos + 1;
-        events.push(Event { op, is_call, prev: idx - 1, next: idx + 1 });
+        events.push(Event {
+            op,
+            is_call,
+            prev: idx - 1,
+            next: idx + 1,
+        });
         if is_call {
             call_at[op] = idx;
         } else {
@@ -94,7 +108,9 @@ pub fn check<M: Model>(model: &M, history: &[Operation<M::Input, M::Output>]) ->
     while events[0].next != end {
         if cursor == end {
             // Nothing more can be tried at this level: back up.
-            let Some((op, old)) = stack.pop() else { return false };
+            let Some((op, old)) = stack.pop() else {
+                return false;
+            };
             state = old;
             linearized[op / 64] &= !(1 << (op % 64));
             relink(&mut events, ret_at[op]);
@@ -120,7 +136,9 @@ pub fn check<M: Model>(model: &M, history: &[Operation<M::Input, M::Output>]) ->
             cursor = ev.next;
         } else {
             // A return whose call is not linearized yet: this branch is dead.
-            let Some((op, old)) = stack.pop() else { return false };
+            let Some((op, old)) = stack.pop() else {
+                return false;
+            };
             state = old;
             linearized[op / 64] &= !(1 << (op % 64));
             relink(&mut events, ret_at[op]);
@@ -137,7 +155,10 @@ pub enum KvInput {
     Put(String),
     Get,
     /// Put `new` if the current value is `expect` (`None`: if absent).
-    Cas { expect: Option<String>, new: String },
+    Cas {
+        expect: Option<String>,
+        new: String,
+    },
     Delete,
 }
 
@@ -159,7 +180,12 @@ impl Model for Register {
         None
     }
 
-    fn step(&self, s: &Option<String>, input: &KvInput, out: Option<&KvOutput>) -> Option<Option<String>> {
+    fn step(
+        &self,
+        s: &Option<String>,
+        input: &KvInput,
+        out: Option<&KvOutput>,
+    ) -> Option<Option<String>> {
         match (input, out) {
             (KvInput::Put(v), _) => Some(Some(v.clone())),
             (KvInput::Delete, _) => Some(None),
@@ -189,7 +215,10 @@ pub fn check_kv(history: &[(String, Operation<KvInput, KvOutput>)]) -> Result<()
     }
     for (key, ops) in per_key {
         if !check(&Register, &ops) {
-            return Err(format!("the history of key {key:?} ({} operations) is not linearizable", ops.len()));
+            return Err(format!(
+                "the history of key {key:?} ({} operations) is not linearizable",
+                ops.len()
+            ));
         }
     }
     Ok(())
@@ -200,7 +229,12 @@ mod tests {
     use super::*;
 
     fn op(call: u64, ret: u64, input: KvInput, output: KvOutput) -> Operation<KvInput, KvOutput> {
-        Operation { call, ret: Some(ret), input, output: Some(output) }
+        Operation {
+            call,
+            ret: Some(ret),
+            input,
+            output: Some(output),
+        }
     }
     fn put(call: u64, ret: u64, v: &str) -> Operation<KvInput, KvOutput> {
         op(call, ret, KvInput::Put(v.into()), KvOutput::Done)
@@ -211,13 +245,24 @@ mod tests {
 
     #[test]
     fn sequential_history_is_linearizable() {
-        assert!(check(&Register, &[put(0, 1, "a"), get(2, 3, Some("a")), put(4, 5, "b"), get(6, 7, Some("b"))]));
+        assert!(check(
+            &Register,
+            &[
+                put(0, 1, "a"),
+                get(2, 3, Some("a")),
+                put(4, 5, "b"),
+                get(6, 7, Some("b"))
+            ]
+        ));
     }
 
     #[test]
     fn a_stale_read_after_a_completed_write_is_rejected() {
         assert!(!check(&Register, &[put(0, 1, "a"), get(2, 3, None)]));
-        assert!(!check(&Register, &[put(0, 1, "a"), put(2, 3, "b"), get(4, 5, Some("a"))]));
+        assert!(!check(
+            &Register,
+            &[put(0, 1, "a"), put(2, 3, "b"), get(4, 5, Some("a"))]
+        ));
     }
 
     #[test]
@@ -242,21 +287,43 @@ mod tests {
 
     #[test]
     fn an_unknown_outcome_may_apply_late_or_never() {
-        let lost = Operation { call: 0, ret: None, input: KvInput::Put("x".into()), output: None };
+        let lost = Operation {
+            call: 0,
+            ret: None,
+            input: KvInput::Put("x".into()),
+            output: None,
+        };
         assert!(check(&Register, &[lost.clone(), get(5, 6, None)]));
         assert!(check(&Register, &[lost.clone(), get(5, 6, Some("x"))]));
         // But once seen, it cannot be unseen.
-        assert!(!check(&Register, &[lost, get(5, 6, Some("x")), get(7, 8, None)]));
+        assert!(!check(
+            &Register,
+            &[lost, get(5, 6, Some("x")), get(7, 8, None)]
+        ));
     }
 
     #[test]
     fn compare_and_swap_outcomes_are_checked() {
         let cas = |c, r, e: Option<&str>, n: &str, ok| {
-            op(c, r, KvInput::Cas { expect: e.map(Into::into), new: n.into() }, KvOutput::Swapped(ok))
+            op(
+                c,
+                r,
+                KvInput::Cas {
+                    expect: e.map(Into::into),
+                    new: n.into(),
+                },
+                KvOutput::Swapped(ok),
+            )
         };
-        assert!(check(&Register, &[cas(0, 1, None, "a", true), cas(2, 3, None, "b", false)]));
+        assert!(check(
+            &Register,
+            &[cas(0, 1, None, "a", true), cas(2, 3, None, "b", false)]
+        ));
         // Both cannot win a create-if-absent race.
-        assert!(!check(&Register, &[cas(0, 5, None, "a", true), cas(0, 5, None, "b", true)]));
+        assert!(!check(
+            &Register,
+            &[cas(0, 5, None, "a", true), cas(0, 5, None, "b", true)]
+        ));
     }
 
     #[test]

@@ -5,15 +5,20 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use raft_store::{Compare, CompareOp, Consistency, KeySpan, RangeRequest, StoreClient, StoreError, Txn};
+use raft_store::{
+    Compare, CompareOp, Consistency, KeySpan, RangeRequest, StoreClient, StoreError, Txn,
+};
 
 use crate::linearizability::{KvInput, KvOutput, Operation};
+
+/// One recorded operation on one key.
+pub type KeyedOperation = (String, Operation<KvInput, KvOutput>);
 
 /// Everything the clients did, with times on one monotonic clock.
 #[derive(Clone)]
 pub struct Recorder {
     start: Instant,
-    pub ops: Arc<Mutex<Vec<(String, Operation<KvInput, KvOutput>)>>>,
+    pub ops: Arc<Mutex<Vec<KeyedOperation>>>,
     /// Unique keys whose put was acknowledged.
     pub acked: Arc<Mutex<BTreeSet<String>>>,
     pub counts: Arc<Mutex<Counts>>,
@@ -43,11 +48,21 @@ impl Recorder {
         let op = match outcome {
             Outcome::Done(output) => {
                 counts.ok += 1;
-                Operation { call, ret: Some(self.now()), input, output: Some(output) }
+                Operation {
+                    call,
+                    ret: Some(self.now()),
+                    input,
+                    output: Some(output),
+                }
             }
             Outcome::Unknown => {
                 counts.unknown += 1;
-                Operation { call, ret: None, input, output: None }
+                Operation {
+                    call,
+                    ret: None,
+                    input,
+                    output: None,
+                }
             }
             // Definitely not applied (or a read that failed): nothing to check.
             Outcome::NotApplied => {
@@ -84,7 +99,13 @@ fn write_outcome<T>(r: &Result<T, StoreError>, done: impl FnOnce(&T) -> KvOutput
 
 /// One client: random puts, gets, compare-and-swaps and deletes on `keys`, plus a put of a
 /// unique key every few operations, until `until`.
-pub async fn run_client(client: StoreClient, rec: Recorder, id: usize, keys: Vec<String>, until: Instant) {
+pub async fn run_client(
+    client: StoreClient,
+    rec: Recorder,
+    id: usize,
+    keys: Vec<String>,
+    until: Instant,
+) {
     let mut n = 0u64;
     let mut rng = id as u64 * 7919 + 1;
     let mut next = || {
@@ -100,14 +121,28 @@ pub async fn run_client(client: StoreClient, rec: Recorder, id: usize, keys: Vec
         let call = rec.now();
         match next() % 10 {
             0..=3 => {
-                let r = client.txn(&Txn::put(key.as_bytes(), value.as_bytes())).await;
-                rec.record(&key, call, KvInput::Put(value), write_outcome(&r, |_| KvOutput::Done));
+                let r = client
+                    .txn(&Txn::put(key.as_bytes(), value.as_bytes()))
+                    .await;
+                rec.record(
+                    &key,
+                    call,
+                    KvInput::Put(value),
+                    write_outcome(&r, |_| KvOutput::Done),
+                );
             }
             4..=6 => {
-                let r = client.range(&RangeRequest::new(KeySpan::key(key.as_bytes())), Consistency::Linearizable).await;
+                let r = client
+                    .range(
+                        &RangeRequest::new(KeySpan::key(key.as_bytes())),
+                        Consistency::Linearizable,
+                    )
+                    .await;
                 let outcome = match r {
                     Ok(resp) => Outcome::Done(KvOutput::Value(
-                        resp.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                        resp.kvs
+                            .first()
+                            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
                     )),
                     Err(_) => Outcome::NotApplied,
                 };
@@ -123,7 +158,9 @@ pub async fn run_client(client: StoreClient, rec: Recorder, id: usize, keys: Vec
                     Some(v) => Compare::value(key.as_bytes(), CompareOp::Equal, v.as_bytes()),
                     None => Compare::exists(key.as_bytes(), false),
                 };
-                let r = client.txn(&Txn::put(key.as_bytes(), value.as_bytes()).when(compare)).await;
+                let r = client
+                    .txn(&Txn::put(key.as_bytes(), value.as_bytes()).when(compare))
+                    .await;
                 rec.record(
                     &key,
                     call,
@@ -133,10 +170,15 @@ pub async fn run_client(client: StoreClient, rec: Recorder, id: usize, keys: Vec
             }
             _ => {
                 let r = client.txn(&Txn::delete(key.as_bytes())).await;
-                rec.record(&key, call, KvInput::Delete, write_outcome(&r, |_| KvOutput::Done));
+                rec.record(
+                    &key,
+                    call,
+                    KvInput::Delete,
+                    write_outcome(&r, |_| KvOutput::Done),
+                );
             }
         }
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             let unique = format!("/acked/{id}/{n}");
             if client.put(unique.as_bytes(), b"x").await.is_ok() {
                 rec.acked.lock().unwrap().insert(unique);
@@ -150,8 +192,17 @@ pub async fn run_client(client: StoreClient, rec: Recorder, id: usize, keys: Vec
 pub async fn final_reads(client: &StoreClient, rec: &Recorder, keys: &[String]) {
     for key in keys {
         let call = rec.now();
-        if let Ok(resp) = client.range(&RangeRequest::new(KeySpan::key(key.as_bytes())), Consistency::Linearizable).await {
-            let v = resp.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        if let Ok(resp) = client
+            .range(
+                &RangeRequest::new(KeySpan::key(key.as_bytes())),
+                Consistency::Linearizable,
+            )
+            .await
+        {
+            let v = resp
+                .kvs
+                .first()
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
             rec.record(key, call, KvInput::Get, Outcome::Done(KvOutput::Value(v)));
         }
     }

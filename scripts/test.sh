@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, installing first what the tests need. Idempotent; safe
+# on a fresh Debian 12 machine with the Rust toolchain (and cargo-nextest) as the only givens.
+# Some tests need root (nftables partitions); CI runs as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# --- what the tests need -------------------------------------------------------------
+missing=()
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
+fi
+
+# --- checks ----------------------------------------------------------------------------
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo nextest run --workspace --locked --no-fail-fast
