@@ -83,7 +83,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         })?;
     let node = StoreNode::open(config).await?;
     let app = raft_store::service::router(node.clone());
-    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let serving = tokio::spawn(raft_store::service::serve(listener, app));
     node.bootstrap().await?;
     let id = &node.identity;
     eprintln!(

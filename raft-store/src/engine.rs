@@ -48,6 +48,10 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Txn(Txn),
+    /// Transactions from many clients in one log entry, applied in order as if each had its
+    /// own entry (each gets its own revision). The leader batches concurrent writes this way so
+    /// that one fsync covers many of them.
+    Batch(Vec<Txn>),
     /// Forget history older than this revision.
     Compact(Revision),
 }
@@ -59,6 +63,7 @@ pub enum Applied {
     #[default]
     Nothing,
     Txn(TxnResponse),
+    Batch(Vec<TxnResponse>),
     Compacted {
         revision: Revision,
     },
@@ -222,6 +227,9 @@ impl Engine {
                 results.push(match command {
                     None => Applied::Nothing,
                     Some(Command::Txn(txn)) => Applied::Txn(w.txn(txn)?),
+                    Some(Command::Batch(txns)) => {
+                        Applied::Batch(txns.iter().map(|t| w.txn(t)).collect::<Result<_, _>>()?)
+                    }
                     Some(Command::Compact(rev)) => match w.compact(*rev)? {
                         Ok(()) => Applied::Compacted { revision: *rev },
                         Err(refused) => Applied::Refused(refused),

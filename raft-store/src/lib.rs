@@ -6,6 +6,7 @@
 //! - [`raft`], [`log_store`]: openraft's state machine and log over redb files.
 //! - [`network`], [`service`], [`client`]: bincode over HTTP between members and from clients.
 //! - [`node`]: one member — identity, bootstrap/join, forwarding to the leader, membership.
+//! - [`proposer`]: leader-side batching of concurrent txns into one log entry.
 //! - [`watch`]: per-watcher tasks that pull from the change index and never block writers.
 
 pub mod client;
@@ -14,6 +15,7 @@ pub mod log_store;
 pub mod mvcc;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod raft;
 pub mod service;
 pub mod watch;

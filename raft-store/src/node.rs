@@ -20,6 +20,7 @@ use crate::mvcc::{
     TxnResponse,
 };
 use crate::network::{http_client, Network};
+use crate::proposer::Proposer;
 use crate::raft::{NodeId, Raft, StateMachine};
 use crate::watch::{self, WatchOptions, Watcher};
 
@@ -122,6 +123,7 @@ pub struct StoreNode {
     pub config: StoreConfig,
     raft: Raft,
     engine: Engine,
+    proposer: Proposer,
     http: reqwest::Client,
 }
 
@@ -215,11 +217,13 @@ impl StoreNode {
         let raft = Raft::new(identity.node_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let proposer = Proposer::start(raft.clone(), config.write_timeout);
         let node = Arc::new(StoreNode {
             identity,
             config,
             raft,
             engine,
+            proposer,
             http,
         });
         tokio::spawn(compaction_loop(Arc::downgrade(&node)));
@@ -328,14 +332,10 @@ impl StoreNode {
     /// read-only txn goes the same way: it adds no revision, and is linearizable for free.
     pub async fn txn(&self, txn: Txn, forwarded: bool) -> Result<TxnResponse, StoreError> {
         txn.validate(&self.config.limits)?;
-        match self.write(Command::Txn(txn.clone()), forwarded).await? {
-            Written::Here(Applied::Txn(resp)) => Ok(resp),
-            Written::Here(Applied::Refused(e)) => Err(e),
-            Written::Here(other) => {
-                Err(StoreError::Internal(format!("unexpected result {other:?}")))
-            }
-            Written::Forward(leader) => leader.txn(&txn).await,
+        if !self.is_leader() {
+            return self.leader_member(forwarded)?.txn(&txn).await;
         }
+        self.proposer.propose(txn).await
     }
 
     /// Compacts history before `revision` on every member.

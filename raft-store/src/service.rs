@@ -172,3 +172,15 @@ async fn watch(State(node): State<Arc<StoreNode>>, body: Bytes) -> Response {
     });
     Body::from_stream(frames).into_response()
 }
+
+/// Serves `app` on `listener` with Nagle's algorithm off: small request/response exchanges
+/// (votes, heartbeats, puts) must not wait for delayed ACKs.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app).await
+}

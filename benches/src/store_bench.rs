@@ -1,0 +1,442 @@
+//! Side-by-side benchmark of Drover's store and etcd, in one run on one machine.
+//!
+//! `store-bench throughput --system drover|etcd --members N` starts a fresh cluster of that
+//! system on loopback, drives it with durable puts (N concurrent clients, fixed value size) for
+//! a fixed time, and prints one JSON line: puts/s and latency percentiles.
+//! `store-bench failover --system drover|etcd` starts three members, keeps a light write load
+//! going, kill -9s the leader, and reports the time to the first acknowledged write after it.
+//!
+//! Both systems get the same load over HTTP/1.1 keep-alive connections: Drover through its
+//! store API, etcd through its v3 JSON gateway (etcd 3.4's `/v3/kv/put`). Clients talk to the
+//! leader, as an API server co-located with its store member would.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use base64::Engine as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use raft_store::{RemoteMember, Txn};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    mode: Mode,
+    #[arg(long, value_enum, global = true, default_value = "drover")]
+    system: System,
+    /// The drover binary (build it with --release first).
+    #[arg(long, global = true, default_value = "target/release/drover")]
+    drover: PathBuf,
+    #[arg(long, global = true, default_value = "etcd")]
+    etcd: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    Throughput {
+        #[arg(long, default_value_t = 3)]
+        members: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+    },
+    Failover {
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum System {
+    Drover,
+    Etcd,
+}
+
+/// A running cluster of either system.
+enum Running {
+    Drover(testkit::Cluster),
+    Etcd(EtcdCluster),
+}
+
+struct EtcdCluster {
+    _dir: tempfile::TempDir,
+    clients: Vec<String>,
+    children: Vec<Option<Child>>,
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port(ip: &str) -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .build()
+        .expect("client")
+}
+
+async fn start_etcd(bin: &PathBuf, members: usize, first_ip: u8) -> anyhow::Result<EtcdCluster> {
+    let dir = tempfile::tempdir()?;
+    let mut peers = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..members {
+        let ip = format!("127.0.0.{}", first_ip as usize + i);
+        peers.push(format!("http://{ip}:{}", free_port(&ip)?));
+        clients.push(format!("{ip}:{}", free_port(&ip)?));
+    }
+    let initial: Vec<String> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("m{i}={p}"))
+        .collect();
+    let mut children = Vec::new();
+    for i in 0..members {
+        let log = std::fs::File::create(dir.path().join(format!("m{i}.log")))?;
+        let child = Command::new(bin)
+            .args(["--name", &format!("m{i}")])
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("m{i}")))
+            .args(["--listen-client-urls", &format!("http://{}", clients[i])])
+            .args(["--advertise-client-urls", &format!("http://{}", clients[i])])
+            .args(["--listen-peer-urls", &peers[i]])
+            .args(["--initial-advertise-peer-urls", &peers[i]])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {} (apt-get install etcd-server)", bin.display()))?;
+        children.push(Some(child));
+    }
+    let c = EtcdCluster {
+        _dir: dir,
+        clients,
+        children,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while etcd_leader(&c).await.is_none() {
+        if Instant::now() > deadline {
+            bail!("etcd did not elect a leader");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(c)
+}
+
+/// The index of the etcd member that leads, asking every live member.
+async fn etcd_leader(c: &EtcdCluster) -> Option<usize> {
+    let http = http();
+    for (i, addr) in c.clients.iter().enumerate() {
+        if c.children[i].is_none() {
+            continue;
+        }
+        let Ok(resp) = http
+            .post(format!("http://{addr}/v3/maintenance/status"))
+            .timeout(Duration::from_millis(500))
+            .json(&json!({}))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(v) = resp.json::<serde_json::Value>().await else {
+            continue;
+        };
+        if v["leader"].is_string() && v["leader"] == v["header"]["member_id"] {
+            return Some(i);
+        }
+    }
+    None
+}
+
+impl Running {
+    async fn start(args: &Args, members: usize, first_ip: u8) -> anyhow::Result<Running> {
+        Ok(match args.system {
+            System::Drover => {
+                let mut c = testkit::Cluster::new(&args.drover, first_ip)?;
+                c.flags.clear(); // production timers
+                for _ in 0..members {
+                    c.add_member().await?;
+                }
+                Running::Drover(c)
+            }
+            System::Etcd => Running::Etcd(start_etcd(&args.etcd, members, first_ip).await?),
+        })
+    }
+
+    async fn leader(&self) -> anyhow::Result<usize> {
+        match self {
+            Running::Drover(c) => c.leader(Duration::from_secs(30)).await,
+            Running::Etcd(c) => {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if let Some(i) = etcd_leader(c).await {
+                        return Ok(i);
+                    }
+                    if Instant::now() > deadline {
+                        bail!("no etcd leader");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        match self {
+            Running::Drover(c) => c.members.iter().map(|m| m.addr.to_string()).collect(),
+            Running::Etcd(c) => c.clients.clone(),
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        match self {
+            Running::Drover(c) => c.kill(i),
+            Running::Etcd(c) => {
+                if let Some(mut child) = c.children[i].take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+    }
+}
+
+/// One durable put, the same shape for both systems.
+#[derive(Clone)]
+enum Putter {
+    Drover(RemoteMember),
+    Etcd { http: reqwest::Client, url: String },
+}
+
+impl Putter {
+    fn new(system: System, addr: &str, http: &reqwest::Client) -> Self {
+        match system {
+            System::Drover => Putter::Drover(RemoteMember::direct(http.clone(), addr)),
+            System::Etcd => Putter::Etcd {
+                http: http.clone(),
+                url: format!("http://{addr}/v3/kv/put"),
+            },
+        }
+    }
+
+    async fn put(&self, key: &[u8], value: &[u8], timeout: Duration) -> anyhow::Result<()> {
+        match self {
+            Putter::Drover(m) => {
+                tokio::time::timeout(timeout, m.txn(&Txn::put(key, value))).await??;
+            }
+            Putter::Etcd { http, url } => {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let resp = http
+                    .post(url)
+                    .timeout(timeout)
+                    .json(&json!({"key": b64.encode(key), "value": b64.encode(value)}))
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!("etcd answered {}", resp.status());
+                }
+                let v: serde_json::Value = resp.json().await?;
+                if v.get("error").is_some() {
+                    bail!("etcd: {v}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn throughput(
+    args: &Args,
+    members: usize,
+    clients: usize,
+    secs: u64,
+    value_size: usize,
+) -> anyhow::Result<()> {
+    let first_ip = if args.system == System::Drover {
+        61
+    } else {
+        71
+    };
+    let cluster = Running::start(args, members, first_ip).await?;
+    let leader = cluster.leader().await?;
+    let addr = cluster.addrs()[leader].clone();
+    let http = http();
+    let putter = Putter::new(args.system, &addr, &http);
+    let value = vec![b'v'; value_size];
+    let warmup = Duration::from_secs(2);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + Duration::from_secs(secs);
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (putter, value, hist, errors) =
+            (putter.clone(), value.clone(), hist.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut local = Histogram::<u64>::new(3).expect("histogram");
+            let mut n = 0u64;
+            while Instant::now() < end {
+                n += 1;
+                let key = format!("/bench/{c}/{}", n % 1000);
+                let t0 = Instant::now();
+                match putter
+                    .put(key.as_bytes(), &value, Duration::from_secs(10))
+                    .await
+                {
+                    Ok(()) if t0 >= measure_from => {
+                        local
+                            .record(t0.elapsed().as_micros() as u64)
+                            .expect("record");
+                    }
+                    Ok(()) => {}
+                    Err(_) => {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            hist.lock().await.add(local).expect("merge");
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = (Instant::now() - measure_from).as_secs_f64();
+    let h = hist.lock().await;
+    let result = json!({
+        "system": format!("{:?}", args.system).to_lowercase(),
+        "members": members,
+        "clients": clients,
+        "value_bytes": value_size,
+        "seconds": secs,
+        "puts_per_sec": (h.len() as f64 / elapsed).round(),
+        "p50_ms": h.value_at_quantile(0.50) as f64 / 1000.0,
+        "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
+        "errors": errors.load(std::sync::atomic::Ordering::Relaxed),
+    });
+    println!("{result}");
+    Ok(())
+}
+
+async fn failover(args: &Args, trials: usize) -> anyhow::Result<()> {
+    let mut times = Vec::new();
+    for trial in 0..trials {
+        let first_ip = if args.system == System::Drover {
+            81
+        } else {
+            91
+        };
+        let mut cluster = Running::start(args, 3, first_ip).await?;
+        let leader = cluster.leader().await?;
+        let addrs = cluster.addrs();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(200))
+            .tcp_nodelay(true)
+            .build()?;
+        // Writers against the two members that survive, as clients with several endpoints do.
+        let survivors: Vec<String> = addrs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != leader)
+            .map(|(_, a)| a.clone())
+            .collect();
+        let first_ack = Arc::new(Mutex::new(None::<Instant>));
+        let killed_at = Arc::new(Mutex::new(None::<Instant>));
+        let stop = Instant::now() + Duration::from_secs(20);
+        let mut tasks = Vec::new();
+        for (w, addr) in survivors.iter().cycle().take(4).enumerate() {
+            let putter = Putter::new(args.system, addr, &http);
+            let (first_ack, killed_at) = (first_ack.clone(), killed_at.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < stop {
+                    n += 1;
+                    let call = Instant::now();
+                    let ok = putter
+                        .put(
+                            format!("/fo/{w}/{n}").as_bytes(),
+                            b"x",
+                            Duration::from_millis(500),
+                        )
+                        .await
+                        .is_ok();
+                    if ok {
+                        let killed = *killed_at.lock().await;
+                        // Count only writes issued after the kill.
+                        if killed.is_some_and(|k| call >= k) {
+                            let mut f = first_ack.lock().await;
+                            if f.is_none() {
+                                *f = Some(Instant::now());
+                            }
+                            return;
+                        }
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        *killed_at.lock().await = Some(Instant::now());
+        cluster.kill(leader);
+        for t in tasks {
+            t.await?;
+        }
+        let (k, f) = (
+            killed_at.lock().await.expect("killed"),
+            *first_ack.lock().await,
+        );
+        match f {
+            Some(f) => {
+                let ms = (f - k).as_secs_f64() * 1000.0;
+                eprintln!("trial {trial}: {ms:.0} ms");
+                times.push(ms);
+            }
+            None => eprintln!("trial {trial}: no write succeeded within 20 s"),
+        }
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    let median = times.get(times.len() / 2).copied();
+    println!(
+        "{}",
+        json!({
+            "system": format!("{:?}", args.system).to_lowercase(),
+            "failover_ms_median": median.map(|m| m.round()),
+            "failover_ms_all": times.iter().map(|m| m.round()).collect::<Vec<_>>(),
+        })
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.mode {
+        Mode::Throughput {
+            members,
+            clients,
+            secs,
+            value_size,
+        } => throughput(&args, members, clients, secs, value_size).await,
+        Mode::Failover { trials } => failover(&args, trials).await,
+    }
+}
