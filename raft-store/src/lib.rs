@@ -3,7 +3,8 @@
 //!
 //! - [`mvcc`]: the data model (revisions, ranges, txns, watch events, errors) — plain data.
 //! - [`engine`]: the MVCC state on redb: apply, range at a revision, change index, compaction.
-//! - [`raft`], [`log_store`]: openraft's state machine and log over redb files.
+//! - [`raft`], [`log_store`], [`wal`]: openraft's state machine (on the engine) and its log
+//!   (an append-only WAL with group commit).
 //! - [`network`], [`service`], [`client`]: bincode over HTTP between members and from clients.
 //! - [`node`]: one member — identity, bootstrap/join, forwarding to the leader, membership.
 //! - [`proposer`]: leader-side batching of concurrent txns into one log entry.
@@ -18,6 +19,7 @@ pub mod node;
 pub mod proposer;
 pub mod raft;
 pub mod service;
+pub mod wal;
 pub mod watch;
 
 pub use client::{RemoteMember, StoreClient};

@@ -1,37 +1,30 @@
-//! The Raft log and vote, in their own redb file, written with group commit.
+//! The Raft log (a [`Wal`]) and the vote (a small meta file), written with group commit.
 //!
 //! openraft 0.9 hands the log one append per client write and waits for `append` to return
 //! before it handles the next message. An fsync per append would cap a member at one write per
 //! fsync. So `append` only queues its entries (they are readable at once, from memory) and
-//! returns; one writer thread takes everything queued, commits it in one redb transaction with
-//! `Durability::Immediate` (one fsync), and only then tells openraft the entries are flushed —
-//! the point after which a write may be acknowledged. Truncate, purge and vote writes go through
-//! the same queue, in order, and their callers wait for them.
+//! returns; one writer thread takes everything queued, writes it as one WAL frame and
+//! `fdatasync`s once, and only then tells openraft the entries are flushed — the point after
+//! which a write may be acknowledged. Truncate, purge and vote writes go through the same
+//! queue, in order, and their callers wait for them.
 //!
 //! The log lives apart from the state machine so its fsync never waits behind the state
-//! machine's commit. redb detects torn and corrupt pages (checksums, two commit slots): after a
-//! crash the file opens at its last completed commit, so a torn tail is exactly an
-//! un-acknowledged append.
+//! machine's commit. A torn tail after a crash is cut off by the WAL (it was never
+//! acknowledged); corruption anywhere else stops the member with a clear error.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::raft::{Entry, NodeId, TypeConfig};
-
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-
-const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
-const LAST_PURGED: &str = "last_purged";
+use crate::wal::Wal;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
@@ -42,6 +35,15 @@ fn write_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageIOError::write_logs(openraft::AnyError::error(e.to_string())).into()
 }
 
+/// What the log keeps beside its entries, rewritten atomically when it changes.
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct Meta {
+    vote: Option<Vote<NodeId>>,
+    last_purged: Option<LogId<NodeId>>,
+}
+
+type Done = oneshot::Sender<std::result::Result<(), String>>;
+
 /// Work for the writer thread, applied in queue order.
 enum LogOp {
     Append {
@@ -51,17 +53,16 @@ enum LogOp {
     /// Remove entries from this index on.
     Truncate {
         from: u64,
-        done: oneshot::Sender<std::result::Result<(), String>>,
+        done: Done,
     },
     /// Remove entries up to and including this log id, and remember it.
     Purge {
         upto: LogId<NodeId>,
-        done: oneshot::Sender<std::result::Result<(), String>>,
+        done: Done,
     },
-    Meta {
-        name: &'static str,
-        bytes: Vec<u8>,
-        done: oneshot::Sender<std::result::Result<(), String>>,
+    Vote {
+        vote: Vote<NodeId>,
+        done: Done,
     },
 }
 
@@ -70,52 +71,88 @@ type Pending = Arc<Mutex<BTreeMap<u64, (LogId<NodeId>, Entry)>>>;
 
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    wal: Arc<Mutex<Wal>>,
+    meta: Arc<Mutex<Meta>>,
     pending: Pending,
     queue: mpsc::Sender<LogOp>,
 }
 
+const META_FILE: &str = "raft-meta.bin";
+
+fn write_meta(dir: &Path, meta: &Meta) -> std::result::Result<(), String> {
+    let tmp = dir.join(format!("{META_FILE}.tmp"));
+    let bytes = bincode::serialize(meta).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, dir.join(META_FILE)))
+        .and_then(|_| std::fs::File::open(dir)?.sync_all())
+        .map_err(|e| format!("cannot write {META_FILE}: {e}"))
+}
+
 impl LogStore {
-    pub fn open(path: &Path) -> std::result::Result<LogStore, String> {
-        let db = Database::create(path)
-            .map_err(|e| format!("cannot open the Raft log {}: {e}", path.display()))?;
-        let tx = db.begin_write().map_err(|e| e.to_string())?;
-        tx.open_table(LOG).map_err(|e| e.to_string())?;
-        tx.open_table(META).map_err(|e| e.to_string())?;
-        tx.commit().map_err(|e| e.to_string())?;
-        let db = Arc::new(db);
-        // Decode every entry once at start: a corrupt log is reported now, clearly, instead of
-        // surfacing later as a failed replication.
-        verify(&db).map_err(|e| {
-            format!(
-                "the Raft log {} is damaged: {e}; restore this member from a peer",
-                path.display()
-            )
-        })?;
+    /// Opens the log in `dir` (created if new). Every entry is checked; a damaged log is
+    /// reported with what to do, instead of surfacing later as a failed replication.
+    pub fn open(dir: &Path) -> std::result::Result<LogStore, String> {
+        let damaged = |e: String| {
+            format!("the Raft log in {} is damaged: {e}; remove this member and join it again with a fresh data dir", dir.display())
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let meta: Meta = match std::fs::read(dir.join(META_FILE)) {
+            Ok(bytes) => {
+                bincode::deserialize(&bytes).map_err(|e| damaged(format!("{META_FILE}: {e}")))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta::default(),
+            Err(e) => {
+                return Err(format!(
+                    "cannot read {}: {e}",
+                    dir.join(META_FILE).display()
+                ))
+            }
+        };
+        let wal = Wal::open(dir, meta.last_purged.map(|l| l.index))
+            .map_err(|e| damaged(e.to_string()))?;
+        if wal.repaired_bytes > 0 {
+            tracing::warn!(
+                bytes = wal.repaired_bytes,
+                "cut a torn write off the end of the Raft log (a batch that was never acknowledged)"
+            );
+        }
+        for (index, loc) in wal.locate(..) {
+            let bytes = loc.read().map_err(|e| damaged(e.to_string()))?;
+            let entry: Entry = bincode::deserialize(&bytes)
+                .map_err(|e| damaged(format!("entry {index} does not decode: {e}")))?;
+            if entry.log_id.index != index {
+                return Err(damaged(format!(
+                    "record {index} holds entry {}",
+                    entry.log_id.index
+                )));
+            }
+        }
+        let wal = Arc::new(Mutex::new(wal));
+        let meta = Arc::new(Mutex::new(meta));
         let pending: Pending = Arc::default();
         let (queue, rx) = mpsc::channel();
-        let (wdb, wpending) = (db.clone(), pending.clone());
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            wal: wal.clone(),
+            meta: meta.clone(),
+            pending: pending.clone(),
+        };
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer(wdb, wpending, rx))
+            .spawn(move || writer.run(rx))
             .map_err(|e| format!("cannot start the log writer: {e}"))?;
-        Ok(LogStore { db, pending, queue })
-    }
-
-    fn meta<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
-        let tx = self.db.begin_read().map_err(read_err)?;
-        let meta = tx.open_table(META).map_err(read_err)?;
-        match meta.get(name).map_err(read_err)? {
-            Some(v) => Ok(Some(bincode::deserialize(v.value()).map_err(read_err)?)),
-            None => Ok(None),
-        }
+        Ok(LogStore {
+            wal,
+            meta,
+            pending,
+            queue,
+        })
     }
 
     /// Queues an operation and waits until the writer has made it durable.
-    async fn submit(
-        &self,
-        make: impl FnOnce(oneshot::Sender<std::result::Result<(), String>>) -> LogOp,
-    ) -> Result<()> {
+    async fn submit(&self, make: impl FnOnce(Done) -> LogOp) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.queue
             .send(make(tx))
@@ -124,104 +161,115 @@ impl LogStore {
             .map_err(|_| write_err("the log writer has stopped"))?
             .map_err(write_err)
     }
-
-    async fn put_meta<T: serde::Serialize>(&self, name: &'static str, value: &T) -> Result<()> {
-        let bytes = bincode::serialize(value).map_err(write_err)?;
-        self.submit(|done| LogOp::Meta { name, bytes, done }).await
-    }
 }
 
-fn verify(db: &Database) -> std::result::Result<(), String> {
-    let tx = db.begin_read().map_err(|e| e.to_string())?;
-    let log = tx.open_table(LOG).map_err(|e| e.to_string())?;
-    let mut expected: Option<u64> = None;
-    for row in log.iter().map_err(|e| e.to_string())? {
-        let (k, v) = row.map_err(|e| e.to_string())?;
-        let entry: Entry = bincode::deserialize(v.value())
-            .map_err(|e| format!("entry {} does not decode: {e}", k.value()))?;
-        if entry.log_id.index != k.value() || expected.is_some_and(|x| x != k.value()) {
-            return Err(format!("entry {} is out of sequence", k.value()));
-        }
-        expected = Some(k.value() + 1);
-    }
-    Ok(())
+/// The writer thread's state: the only code that changes the log on disk.
+struct Writer {
+    dir: PathBuf,
+    wal: Arc<Mutex<Wal>>,
+    meta: Arc<Mutex<Meta>>,
+    pending: Pending,
 }
 
-/// The writer thread: drains the queue, commits the batch with one fsync, then reports.
-fn writer(db: Arc<Database>, pending: Pending, rx: mpsc::Receiver<LogOp>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-        }
-        let result = commit_batch(&db, &batch);
-        if result.is_ok() {
-            // Flushed entries are on disk now; drop them from memory unless a truncate and a
-            // new append replaced them meanwhile.
-            let mut pending = pending.lock().expect("poisoned");
-            for op in &batch {
-                if let LogOp::Append { rows, .. } = op {
-                    for (log_id, _) in rows {
-                        if pending
-                            .get(&log_id.index)
-                            .is_some_and(|(id, _)| id == log_id)
-                        {
-                            pending.remove(&log_id.index);
+impl Writer {
+    /// Drains the queue, writes the appends of a batch as one frame with one fsync, reports.
+    fn run(self, rx: mpsc::Receiver<LogOp>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            let mut rows: Vec<(LogId<NodeId>, Vec<u8>)> = Vec::new();
+            let mut flushed: Vec<LogFlushed<TypeConfig>> = Vec::new();
+            for op in batch {
+                match op {
+                    LogOp::Append { rows: r, done } => {
+                        rows.extend(r);
+                        flushed.push(done);
+                    }
+                    // Anything else first writes out the appends queued before it, in order.
+                    other => {
+                        let result = self.write_appends(&mut rows);
+                        report(&mut flushed, &result);
+                        let result = result.and_then(|_| self.apply(&other));
+                        match other {
+                            LogOp::Truncate { done, .. }
+                            | LogOp::Purge { done, .. }
+                            | LogOp::Vote { done, .. } => {
+                                let _ = done.send(result);
+                            }
+                            LogOp::Append { .. } => unreachable!("handled above"),
                         }
                     }
                 }
             }
+            let result = self.write_appends(&mut rows);
+            report(&mut flushed, &result);
         }
-        for op in batch {
-            let outcome = result.clone();
-            match op {
-                LogOp::Append { done, .. } => {
-                    done.log_io_completed(outcome.map_err(std::io::Error::other))
-                }
-                LogOp::Truncate { done, .. }
-                | LogOp::Purge { done, .. }
-                | LogOp::Meta { done, .. } => {
-                    let _ = done.send(outcome);
-                }
+    }
+
+    fn write_appends(
+        &self,
+        rows: &mut Vec<(LogId<NodeId>, Vec<u8>)>,
+    ) -> std::result::Result<(), String> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<(u64, &[u8])> = rows
+            .iter()
+            .map(|(id, b)| (id.index, b.as_slice()))
+            .collect();
+        let mut wal = self.wal.lock().expect("poisoned");
+        wal.append(&records)
+            .and_then(|_| wal.sync())
+            .map_err(|e| format!("append to the Raft log: {e}"))?;
+        drop(wal);
+        // On disk now: drop from memory unless a truncate and a new append replaced them.
+        let mut pending = self.pending.lock().expect("poisoned");
+        for (id, _) in rows.iter() {
+            if pending.get(&id.index).is_some_and(|(p, _)| p == id) {
+                pending.remove(&id.index);
             }
+        }
+        rows.clear();
+        Ok(())
+    }
+
+    fn apply(&self, op: &LogOp) -> std::result::Result<(), String> {
+        match op {
+            LogOp::Truncate { from, .. } => self
+                .wal
+                .lock()
+                .expect("poisoned")
+                .truncate(*from)
+                .map_err(|e| format!("truncate the Raft log: {e}")),
+            LogOp::Purge { upto, .. } => {
+                let mut meta = self.meta.lock().expect("poisoned").clone();
+                meta.last_purged = Some(*upto);
+                write_meta(&self.dir, &meta)?;
+                *self.meta.lock().expect("poisoned") = meta;
+                self.wal
+                    .lock()
+                    .expect("poisoned")
+                    .purge(upto.index)
+                    .map_err(|e| format!("purge the Raft log: {e}"))
+            }
+            LogOp::Vote { vote, .. } => {
+                let mut meta = self.meta.lock().expect("poisoned").clone();
+                meta.vote = Some(*vote);
+                write_meta(&self.dir, &meta)?;
+                *self.meta.lock().expect("poisoned") = meta;
+                Ok(())
+            }
+            LogOp::Append { .. } => Ok(()),
         }
     }
 }
 
-fn commit_batch(db: &Database, batch: &[LogOp]) -> std::result::Result<(), String> {
-    let mut tx = db.begin_write().map_err(|e| e.to_string())?;
-    tx.set_durability(Durability::Immediate)
-        .map_err(|e| e.to_string())?;
-    {
-        let mut log = tx.open_table(LOG).map_err(|e| e.to_string())?;
-        let mut meta = tx.open_table(META).map_err(|e| e.to_string())?;
-        for op in batch {
-            match op {
-                LogOp::Append { rows, .. } => {
-                    for (log_id, bytes) in rows {
-                        log.insert(log_id.index, bytes.as_slice())
-                            .map_err(|e| e.to_string())?;
-                    }
-                }
-                LogOp::Truncate { from, .. } => {
-                    log.retain_in(*from.., |_, _| false)
-                        .map_err(|e| e.to_string())?;
-                }
-                LogOp::Purge { upto, .. } => {
-                    let bytes = bincode::serialize(upto).map_err(|e| e.to_string())?;
-                    meta.insert(LAST_PURGED, bytes.as_slice())
-                        .map_err(|e| e.to_string())?;
-                    log.retain_in(..=upto.index, |_, _| false)
-                        .map_err(|e| e.to_string())?;
-                }
-                LogOp::Meta { name, bytes, .. } => {
-                    meta.insert(*name, bytes.as_slice())
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-        }
+fn report(flushed: &mut Vec<LogFlushed<TypeConfig>>, result: &std::result::Result<(), String>) {
+    for done in flushed.drain(..) {
+        done.log_io_completed(result.clone().map_err(std::io::Error::other));
     }
-    tx.commit().map_err(|e| e.to_string())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -231,7 +279,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>> {
         let bounds: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
-        // Memory first, then disk: an entry that is flushed in between is then found on disk.
+        // Memory first, then disk: an entry flushed in between is then found on disk.
         let mut entries: BTreeMap<u64, Entry> = {
             let pending = self.pending.lock().expect("poisoned");
             pending
@@ -239,15 +287,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 .map(|(i, (_, e))| (*i, e.clone()))
                 .collect()
         };
-        let tx = self.db.begin_read().map_err(read_err)?;
-        let log = tx.open_table(LOG).map_err(read_err)?;
-        for row in log.range(bounds).map_err(read_err)? {
-            let (k, v) = row.map_err(read_err)?;
-            if !entries.contains_key(&k.value()) {
-                entries.insert(
-                    k.value(),
-                    bincode::deserialize(v.value()).map_err(read_err)?,
-                );
+        let located = self.wal.lock().expect("poisoned").locate(bounds);
+        for (index, loc) in located {
+            if let std::collections::btree_map::Entry::Vacant(slot) = entries.entry(index) {
+                let bytes = loc.read().map_err(read_err)?;
+                slot.insert(bincode::deserialize(&bytes).map_err(read_err)?);
             }
         }
         Ok(entries.into_values().collect())
@@ -265,15 +309,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .values()
             .next_back()
             .map(|(id, _)| *id);
-        let last_purged_log_id: Option<LogId<NodeId>> = self.meta(LAST_PURGED)?;
-        let tx = self.db.begin_read().map_err(read_err)?;
-        let log = tx.open_table(LOG).map_err(read_err)?;
-        let on_disk = match log.last().map_err(read_err)? {
-            Some((_, v)) => Some(
-                bincode::deserialize::<Entry>(v.value())
-                    .map_err(read_err)?
-                    .log_id,
-            ),
+        let last_purged_log_id = self.meta.lock().expect("poisoned").last_purged;
+        let last_on_disk = self.wal.lock().expect("poisoned").locate(..).pop();
+        let on_disk = match last_on_disk {
+            Some((_, loc)) => {
+                let bytes = loc.read().map_err(read_err)?;
+                Some(
+                    bincode::deserialize::<Entry>(&bytes)
+                        .map_err(read_err)?
+                        .log_id,
+                )
+            }
             None => None,
         };
         let last = in_memory.max(on_disk).or(last_purged_log_id);
@@ -288,33 +334,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
-        self.put_meta(VOTE, vote).await.map_err(|e| {
-            StorageIOError::write_vote(openraft::AnyError::error(e.to_string())).into()
-        })
+        let vote = *vote;
+        self.submit(|done| LogOp::Vote { vote, done })
+            .await
+            .map_err(|e| {
+                StorageIOError::write_vote(openraft::AnyError::error(e.to_string())).into()
+            })
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>> {
-        self.meta(VOTE)
+        Ok(self.meta.lock().expect("poisoned").vote)
     }
 
-    /// Queued without waiting: openraft calls this on every commit from its main loop, and an
-    /// fsync round trip there would serialise all writes. The committed id is only a hint for
-    /// how far to re-apply after a restart; it rides along with the next flush.
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        let bytes = bincode::serialize(&committed).map_err(write_err)?;
-        let (done, _ignored) = oneshot::channel();
-        self.queue
-            .send(LogOp::Meta {
-                name: COMMITTED,
-                bytes,
-                done,
-            })
-            .map_err(|_| write_err("the log writer has stopped"))
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
-        Ok(self.meta::<Option<LogId<NodeId>>>(COMMITTED)?.flatten())
-    }
+    // `save_committed` keeps openraft's default (not persisted): it would be called on every
+    // commit from openraft's main loop. After a restart the committed index is learned again
+    // from the leader (or, alone, by committing a new entry), and everything up to it replays.
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
     where

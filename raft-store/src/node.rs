@@ -195,7 +195,7 @@ impl StoreNode {
         }
 
         let engine = Engine::open(&dir.join("state.redb")).map_err(|e| data_err(e.to_string()))?;
-        let log = LogStore::open(&dir.join("raft-log.redb")).map_err(data_err)?;
+        let log = LogStore::open(&dir.join("raft-log")).map_err(data_err)?;
         let sm = StateMachine::new(engine.clone(), &dir);
         let raft_config = openraft::Config {
             cluster_name: "drover".into(),

@@ -15,7 +15,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Red
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = LogStore::open(&dir.path().join("raft-log.redb")).expect("log store");
+        let log = LogStore::open(&dir.path().join("raft-log")).expect("log store");
         let engine = Engine::open(&dir.path().join("state.redb")).expect("engine");
         let sm = StateMachine::new(engine, dir.path());
         Ok((dir, log, sm))
