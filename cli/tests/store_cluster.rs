@@ -334,12 +334,18 @@ async fn a_data_dir_is_tied_to_its_cluster_and_checked_at_start() {
     assert!(foreign.join("precious.txt").exists());
     // A damaged log (a flipped byte in an acknowledged entry) is reported, not replayed into
     // a panic and not silently cut off.
-    let segment = a.members[0].data_dir.join("raft-log").join("0000000000000000.wal");
+    let segment = a.members[0]
+        .data_dir
+        .join("raft-log")
+        .join("0000000000000000.wal");
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[20] ^= 0x5a;
     std::fs::write(&segment, bytes).unwrap();
     let (code, err) = run_server(&["--data-dir", &dir, "--listen", &listen]);
     assert_ne!(code, 0, "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    assert!(err.contains("Raft log") && err.contains("is damaged") && err.contains("corrupt at byte 0"), "{err}");
+    assert!(
+        err.contains("Raft log") && err.contains("is damaged") && err.contains("corrupt at byte 0"),
+        "{err}"
+    );
 }

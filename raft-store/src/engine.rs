@@ -1,28 +1,26 @@
-//! The MVCC engine: the replicated state machine's data, kept in one redb database.
+//! The MVCC engine: the replicated state machine's data, in memory.
 //!
 //! It owns revisions, per-key history, the change index that watches read, and compaction. It
 //! knows nothing of Raft: the Raft layer hands it committed commands in log order plus an opaque
-//! `applied` blob (last applied log id and membership) that is stored in the same transaction,
-//! so the data and the record of what was applied can never disagree.
+//! `applied` blob (last applied log id and membership) that is kept with the data, so the data
+//! and the record of what was applied can never disagree.
 //!
-//! Tables:
-//! - `latest`:  key → the live value (absent once deleted); serves reads at the head revision.
-//! - `history`: (key, revision) → the value written at that revision, or a tombstone.
+//! State:
+//! - `keys`:    key → its retained history, oldest first: (revision, value or tombstone). The
+//!   last entry is the key's live state; reads at a past revision search the history.
 //! - `changes`: revision → the keys written at that revision; watches walk it in order.
-//! - `meta`:    counters (`revision`, `compact_revision`) and the Raft `applied` blob.
+//! - counters (`revision`, `compact_revision`) and the `applied` blob.
 //!
-//! Durability: state-machine commits are not fsynced one by one (redb `Durability::None`); a
-//! durable commit happens at least every [`FLUSH_INTERVAL`] and before any snapshot. That is
-//! safe because the Raft log is fsynced before a write is acknowledged and is only purged up to
-//! a snapshot, which is built from durable state; after a crash the log replays what the engine
-//! lost.
+//! Durability comes from Raft, as in Nomad's and Consul's state stores: every applied command is
+//! in the fsynced log, snapshots of this state are written to disk before the log is purged,
+//! and a restarted member loads its snapshot and replays the log after it. Keeping the state in
+//! memory (rather than in an on-disk B-tree, as the first version did with redb) removed the
+//! largest CPU cost per write; the price is that the key space and its uncompacted history
+//! must fit in memory, which the compaction interval bounds.
 
-use std::ops::Bound;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -30,19 +28,6 @@ use crate::mvcc::{
     Event, EventKind, KeySpan, KeyValue, Op, OpResult, RangeRequest, RangeResponse, Revision,
     StoreError, Txn, TxnResponse, WatchBatch,
 };
-
-const LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("latest");
-const HISTORY: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("history");
-const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
-const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
-const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
-
-const REVISION: &str = "revision";
-const COMPACT_REVISION: &str = "compact_revision";
-const APPLIED: &str = "applied";
-
-/// Longest time a state-machine change may stay un-fsynced (the log still has it).
-pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A replicated command: what the Raft log carries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,10 +74,10 @@ struct Stored {
 }
 
 impl Stored {
-    fn with_key(self, key: &[u8]) -> KeyValue {
+    fn with_key(&self, key: &[u8]) -> KeyValue {
         KeyValue {
             key: key.to_vec(),
-            value: self.value,
+            value: self.value.clone(),
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
             version: self.version,
@@ -100,68 +85,259 @@ impl Stored {
     }
 }
 
-/// Everything the engine holds, as shipped in a Raft snapshot. `latest` is derived from
-/// `history` on install, so it is not carried.
-#[derive(Serialize, Deserialize)]
-struct SnapshotPayload {
+/// One key's retained history, oldest first.
+type History = Vec<(Revision, Option<Stored>)>;
+
+/// Everything the engine holds; also the payload of a Raft snapshot.
+#[derive(Default, Serialize, Deserialize)]
+struct State {
     revision: Revision,
     compact_revision: Revision,
     applied: Option<Vec<u8>>,
-    history: Vec<(Vec<u8>, Revision, Option<Stored>)>,
-    changes: Vec<(Revision, Vec<Vec<u8>>)>,
+    keys: BTreeMap<Vec<u8>, History>,
+    changes: BTreeMap<Revision, Vec<Vec<u8>>>,
 }
 
-fn storage_err(context: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Internal(format!("storage: {context}: {e}"))
-}
+impl State {
+    fn head(&self) -> Head {
+        Head {
+            revision: self.revision,
+            compact_revision: self.compact_revision,
+        }
+    }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    bincode::serialize(v).expect("in-memory bincode encoding cannot fail")
-}
+    fn keys_in<'a>(
+        &'a self,
+        span: &KeySpan,
+    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a History)> + 'a {
+        span.bounds()
+            .into_iter()
+            .flat_map(move |bounds| self.keys.range(bounds))
+    }
 
-fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    bincode::deserialize(bytes).map_err(|e| storage_err(&format!("corrupt {what}"), e))
+    fn latest(&self, key: &[u8]) -> Option<KeyValue> {
+        let (_, stored) = self.keys.get(key)?.last()?;
+        stored.as_ref().map(|s| s.with_key(key))
+    }
+
+    /// A read at the latest or a past revision.
+    fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StoreError> {
+        let at = if req.revision == 0 {
+            self.revision
+        } else {
+            req.revision
+        };
+        if at > self.revision {
+            return Err(StoreError::FutureRevision {
+                requested: at,
+                current: self.revision,
+            });
+        }
+        if at < self.compact_revision {
+            return Err(StoreError::Compacted {
+                requested: at,
+                compact_revision: self.compact_revision,
+            });
+        }
+        Ok(self.range_at(req, at))
+    }
+
+    /// The keys of `req.span` as they were at revision `at` (already checked to be readable).
+    fn range_at(&self, req: &RangeRequest, at: Revision) -> RangeResponse {
+        let limit = if req.limit == 0 { u64::MAX } else { req.limit };
+        let mut resp = RangeResponse {
+            kvs: Vec::new(),
+            more: false,
+            count: 0,
+            revision: at,
+        };
+        for (key, history) in self.keys_in(&req.span) {
+            // The newest entry at or before `at`; a tombstone or nothing means absent.
+            let idx = history.partition_point(|(r, _)| *r <= at);
+            let Some((_, Some(stored))) = idx.checked_sub(1).map(|i| &history[i]) else {
+                continue;
+            };
+            resp.count += 1;
+            if req.count_only {
+                continue;
+            }
+            if (resp.kvs.len() as u64) < limit {
+                resp.kvs.push(stored.with_key(key));
+            } else {
+                resp.more = true;
+            }
+        }
+        resp
+    }
+
+    /// The event that `key`'s entry at `rev` represents, with the value before it.
+    fn event_at(&self, key: &[u8], rev: Revision) -> Result<Event, StoreError> {
+        let missing = || {
+            StoreError::Internal(format!(
+                "history of {:?} has no entry for revision {rev}",
+                String::from_utf8_lossy(key)
+            ))
+        };
+        let history = self.keys.get(key).ok_or_else(missing)?;
+        let idx = history
+            .binary_search_by_key(&rev, |(r, _)| *r)
+            .map_err(|_| missing())?;
+        let prev = idx
+            .checked_sub(1)
+            .and_then(|i| history[i].1.as_ref())
+            .map(|s| s.with_key(key));
+        Ok(match &history[idx].1 {
+            Some(stored) => Event {
+                kind: EventKind::Put,
+                kv: stored.with_key(key),
+                prev_kv: prev,
+            },
+            None => Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    key: key.to_vec(),
+                    value: Vec::new(),
+                    create_revision: 0,
+                    mod_revision: rev,
+                    version: 0,
+                },
+                prev_kv: prev,
+            },
+        })
+    }
+
+    fn txn(&mut self, txn: &Txn) -> TxnResponse {
+        let succeeded = txn
+            .compare
+            .iter()
+            .all(|c| c.holds(self.latest(&c.key).as_ref()));
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        // Every write of this txn shares one new revision.
+        let rev = self.revision + 1;
+        let mut changed: Vec<Vec<u8>> = Vec::new();
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(match op {
+                Op::Put { key, value } => {
+                    let prev = self.latest(key);
+                    let stored = Stored {
+                        value: value.clone(),
+                        create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+                        mod_revision: rev,
+                        version: prev.as_ref().map_or(1, |p| p.version + 1),
+                    };
+                    self.keys
+                        .entry(key.clone())
+                        .or_default()
+                        .push((rev, Some(stored)));
+                    changed.push(key.clone());
+                    OpResult::Put { prev }
+                }
+                Op::Delete { span } => {
+                    let doomed: Vec<KeyValue> = self
+                        .keys_in(span)
+                        .filter_map(|(k, h)| h.last()?.1.as_ref().map(|s| s.with_key(k)))
+                        .collect();
+                    for kv in &doomed {
+                        self.keys
+                            .get_mut(&kv.key)
+                            .expect("just read")
+                            .push((rev, None));
+                        changed.push(kv.key.clone());
+                    }
+                    OpResult::Delete { deleted: doomed }
+                }
+                // A latest read sees this txn's earlier writes (at `rev`); a read at a revision
+                // that cannot be served returns nothing (a txn result carries no error).
+                Op::Range(req) => {
+                    let at = match req.revision {
+                        0 if changed.is_empty() => self.revision,
+                        0 => rev,
+                        r => r,
+                    };
+                    if at > rev || at < self.compact_revision {
+                        OpResult::Range(RangeResponse {
+                            kvs: Vec::new(),
+                            more: false,
+                            count: 0,
+                            revision: at,
+                        })
+                    } else {
+                        OpResult::Range(self.range_at(req, at))
+                    }
+                }
+            });
+        }
+        if !changed.is_empty() {
+            self.revision = rev;
+            self.changes.insert(rev, changed);
+            for r in &mut results {
+                if let OpResult::Range(resp) = r {
+                    resp.revision = rev;
+                }
+            }
+        }
+        TxnResponse {
+            succeeded,
+            revision: self.revision,
+            results,
+        }
+    }
+
+    /// Drops history that no read at or after `rev` and no watch from after `rev` can need:
+    /// per key, every entry older than the newest one at or before `rev`, and that one too if
+    /// it is a deletion.
+    fn compact(&mut self, rev: Revision) -> Result<(), StoreError> {
+        if rev > self.revision {
+            return Err(StoreError::FutureRevision {
+                requested: rev,
+                current: self.revision,
+            });
+        }
+        if rev <= self.compact_revision {
+            return Err(StoreError::Compacted {
+                requested: rev,
+                compact_revision: self.compact_revision,
+            });
+        }
+        self.keys.retain(|_, history| {
+            let idx = history.partition_point(|(r, _)| *r <= rev);
+            let keep_from = match idx.checked_sub(1) {
+                Some(newest) if history[newest].1.is_some() => newest,
+                _ => idx,
+            };
+            history.drain(..keep_from);
+            !history.is_empty()
+        });
+        self.changes = self.changes.split_off(&(rev + 1));
+        self.compact_revision = rev;
+        Ok(())
+    }
 }
 
 /// The engine. Cheap to clone; one writer (the Raft state machine), many concurrent readers.
 #[derive(Clone)]
 pub struct Engine {
-    db: Arc<Database>,
+    state: Arc<RwLock<State>>,
     head: Arc<watch::Sender<Head>>,
-    last_flush: Arc<Mutex<Instant>>,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Engine {
-    /// Opens (or creates) the engine's database file.
-    pub fn open(path: &Path) -> Result<Engine, StoreError> {
-        let db = Database::create(path)
-            .map_err(|e| storage_err(&format!("open {}", path.display()), e))?;
-        let engine = Engine {
-            db: Arc::new(db),
+    pub fn new() -> Engine {
+        Engine {
+            state: Arc::default(),
             head: Arc::new(watch::channel(Head::default()).0),
-            last_flush: Arc::new(Mutex::new(Instant::now())),
-        };
-        // Make sure every table exists so readers never meet a missing one.
-        let tx = engine
-            .db
-            .begin_write()
-            .map_err(|e| storage_err("begin", e))?;
-        {
-            tx.open_table(LATEST)
-                .map_err(|e| storage_err("create table", e))?;
-            tx.open_table(HISTORY)
-                .map_err(|e| storage_err("create table", e))?;
-            tx.open_table(CHANGES)
-                .map_err(|e| storage_err("create table", e))?;
-            tx.open_table(COUNTERS)
-                .map_err(|e| storage_err("create table", e))?;
-            tx.open_table(BLOBS)
-                .map_err(|e| storage_err("create table", e))?;
         }
-        tx.commit().map_err(|e| storage_err("commit", e))?;
-        let head = engine.read_head()?;
-        engine.head.send_replace(head);
-        Ok(engine)
     }
 
     /// The newest revision and compaction point, as last applied on this member.
@@ -175,105 +351,48 @@ impl Engine {
         self.head.subscribe()
     }
 
-    fn read_head(&self) -> Result<Head, StoreError> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| storage_err("begin read", e))?;
-        let counters = tx
-            .open_table(COUNTERS)
-            .map_err(|e| storage_err("open", e))?;
-        Ok(Head {
-            revision: counter(&counters, REVISION)?,
-            compact_revision: counter(&counters, COMPACT_REVISION)?,
-        })
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The opaque record of what has been applied, stored with the data it describes.
-    pub fn applied(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| storage_err("begin read", e))?;
-        let blobs = tx.open_table(BLOBS).map_err(|e| storage_err("open", e))?;
-        let applied = blobs
-            .get(APPLIED)
-            .map_err(|e| storage_err("read applied", e))?
-            .map(|g| g.value().to_vec());
-        Ok(applied)
+    /// The opaque record of what has been applied, kept with the data it describes.
+    pub fn applied(&self) -> Option<Vec<u8>> {
+        self.read().applied.clone()
     }
 
-    /// Applies commands in order in one transaction and records `applied` with them.
-    /// `None` entries are log entries without a command (blank, membership): they only move
-    /// `applied`.
-    pub fn apply(
-        &self,
-        commands: &[Option<Command>],
-        applied: &[u8],
-    ) -> Result<Vec<Applied>, StoreError> {
-        let mut tx = self.db.begin_write().map_err(|e| storage_err("begin", e))?;
-        let durable = self.last_flush.lock().expect("poisoned").elapsed() >= FLUSH_INTERVAL;
-        tx.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(|e| storage_err("durability", e))?;
-        let mut results = Vec::with_capacity(commands.len());
-        let head;
-        {
-            let mut w = Writer::open(&tx)?;
-            for command in commands {
-                results.push(match command {
-                    None => Applied::Nothing,
-                    Some(Command::Txn(txn)) => Applied::Txn(w.txn(txn)?),
-                    Some(Command::Batch(txns)) => {
-                        Applied::Batch(txns.iter().map(|t| w.txn(t)).collect::<Result<_, _>>()?)
-                    }
-                    Some(Command::Compact(rev)) => match w.compact(*rev)? {
-                        Ok(()) => Applied::Compacted { revision: *rev },
-                        Err(refused) => Applied::Refused(refused),
-                    },
-                });
-            }
-            w.blobs
-                .insert(APPLIED, applied)
-                .map_err(|e| storage_err("write applied", e))?;
-            w.save_head()?;
-            head = w.head;
-        }
-        tx.commit().map_err(|e| storage_err("commit", e))?;
-        if durable {
-            *self.last_flush.lock().expect("poisoned") = Instant::now();
-        }
+    /// Applies commands in order and records `applied` with them. `None` entries are log
+    /// entries without a command (blank, membership): they only move `applied`.
+    pub fn apply(&self, commands: &[Option<Command>], applied: &[u8]) -> Vec<Applied> {
+        let mut state = self
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let results = commands
+            .iter()
+            .map(|command| match command {
+                None => Applied::Nothing,
+                Some(Command::Txn(txn)) => Applied::Txn(state.txn(txn)),
+                Some(Command::Batch(txns)) => {
+                    Applied::Batch(txns.iter().map(|t| state.txn(t)).collect())
+                }
+                Some(Command::Compact(rev)) => match state.compact(*rev) {
+                    Ok(()) => Applied::Compacted { revision: *rev },
+                    Err(refused) => Applied::Refused(refused),
+                },
+            })
+            .collect();
+        state.applied = Some(applied.to_vec());
+        let head = state.head();
+        drop(state);
         self.head.send_replace(head);
-        Ok(results)
-    }
-
-    /// Makes every applied change durable now.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(|e| storage_err("begin", e))?;
-        tx.commit().map_err(|e| storage_err("flush", e))?;
-        *self.last_flush.lock().expect("poisoned") = Instant::now();
-        Ok(())
+        results
     }
 
     /// A read at the latest or a past revision.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StoreError> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| storage_err("begin read", e))?;
-        let counters = tx
-            .open_table(COUNTERS)
-            .map_err(|e| storage_err("open", e))?;
-        let head = Head {
-            revision: counter(&counters, REVISION)?,
-            compact_revision: counter(&counters, COMPACT_REVISION)?,
-        };
-        let latest = tx.open_table(LATEST).map_err(|e| storage_err("open", e))?;
-        let history = tx.open_table(HISTORY).map_err(|e| storage_err("open", e))?;
-        range_in(&latest, &history, head, req)
+        self.read().range(req)
     }
 
     /// The changes to keys in `span` from revision `from` on, for at most `max_revisions`
@@ -286,43 +405,29 @@ impl Engine {
         from: Revision,
         max_revisions: u64,
     ) -> Result<WatchBatch, StoreError> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| storage_err("begin read", e))?;
-        let counters = tx
-            .open_table(COUNTERS)
-            .map_err(|e| storage_err("open", e))?;
-        let revision = counter(&counters, REVISION)?;
-        let compact_revision = counter(&counters, COMPACT_REVISION)?;
+        let state = self.read();
         // Watching from the compaction point itself would need the events *of* that revision,
         // whose previous values are gone: only later revisions are complete.
-        if from <= compact_revision && compact_revision > 0 {
+        if from <= state.compact_revision && state.compact_revision > 0 {
             return Err(StoreError::Compacted {
                 requested: from,
-                compact_revision,
+                compact_revision: state.compact_revision,
             });
         }
         let from = from.max(1);
-        if from > revision {
+        if from > state.revision {
             return Ok(WatchBatch {
                 events: Vec::new(),
-                revision,
+                revision: state.revision,
             });
         }
-        let last = revision.min(from.saturating_add(max_revisions.max(1) - 1));
-        let changes = tx.open_table(CHANGES).map_err(|e| storage_err("open", e))?;
-        let history = tx.open_table(HISTORY).map_err(|e| storage_err("open", e))?;
+        let last = state
+            .revision
+            .min(from.saturating_add(max_revisions.max(1) - 1));
         let mut events = Vec::new();
-        for row in changes
-            .range(from..=last)
-            .map_err(|e| storage_err("scan changes", e))?
-        {
-            let (rev, keys) = row.map_err(|e| storage_err("scan changes", e))?;
-            let rev = rev.value();
-            let keys: Vec<Vec<u8>> = decode("change index", keys.value())?;
+        for (rev, keys) in state.changes.range(from..=last) {
             for key in keys.iter().filter(|k| span.contains(k)) {
-                events.push(event_at(&history, key, rev)?);
+                events.push(state.event_at(key, *rev)?);
             }
         }
         Ok(WatchBatch {
@@ -331,460 +436,26 @@ impl Engine {
         })
     }
 
-    /// Serialises the whole engine for a Raft snapshot, from one consistent read, after making
-    /// the applied state durable. Returns the payload and the `applied` blob it corresponds to.
-    pub fn export(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
-        self.flush()?;
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| storage_err("begin read", e))?;
-        let counters = tx
-            .open_table(COUNTERS)
-            .map_err(|e| storage_err("open", e))?;
-        let blobs = tx.open_table(BLOBS).map_err(|e| storage_err("open", e))?;
-        let applied = blobs
-            .get(APPLIED)
-            .map_err(|e| storage_err("read", e))?
-            .map(|g| g.value().to_vec());
-        let mut payload = SnapshotPayload {
-            revision: counter(&counters, REVISION)?,
-            compact_revision: counter(&counters, COMPACT_REVISION)?,
-            applied: applied.clone(),
-            history: Vec::new(),
-            changes: Vec::new(),
-        };
-        let history = tx.open_table(HISTORY).map_err(|e| storage_err("open", e))?;
-        for row in history.iter().map_err(|e| storage_err("scan", e))? {
-            let (k, v) = row.map_err(|e| storage_err("scan", e))?;
-            let (key, rev) = k.value();
-            payload
-                .history
-                .push((key.to_vec(), rev, decode("history", v.value())?));
-        }
-        let changes = tx.open_table(CHANGES).map_err(|e| storage_err("open", e))?;
-        for row in changes.iter().map_err(|e| storage_err("scan", e))? {
-            let (rev, keys) = row.map_err(|e| storage_err("scan", e))?;
-            payload
-                .changes
-                .push((rev.value(), decode("change index", keys.value())?));
-        }
-        Ok((encode(&payload), applied))
+    /// Serialises the whole engine for a Raft snapshot, from one consistent view. Returns the
+    /// payload and the `applied` blob it corresponds to.
+    pub fn export(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+        let state = self.read();
+        (
+            bincode::serialize(&*state).expect("in-memory bincode encoding cannot fail"),
+            state.applied.clone(),
+        )
     }
 
-    /// Replaces everything with a snapshot's contents, durably.
+    /// Replaces everything with a snapshot's contents.
     pub fn import(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        let payload: SnapshotPayload = decode("snapshot", bytes)?;
-        let tx = self.db.begin_write().map_err(|e| storage_err("begin", e))?;
-        let head = Head {
-            revision: payload.revision,
-            compact_revision: payload.compact_revision,
-        };
-        {
-            let mut latest = tx.open_table(LATEST).map_err(|e| storage_err("open", e))?;
-            let mut history = tx.open_table(HISTORY).map_err(|e| storage_err("open", e))?;
-            let mut changes = tx.open_table(CHANGES).map_err(|e| storage_err("open", e))?;
-            let mut counters = tx
-                .open_table(COUNTERS)
-                .map_err(|e| storage_err("open", e))?;
-            let mut blobs = tx.open_table(BLOBS).map_err(|e| storage_err("open", e))?;
-            latest
-                .retain(|_, _| false)
-                .map_err(|e| storage_err("clear", e))?;
-            history
-                .retain(|_, _| false)
-                .map_err(|e| storage_err("clear", e))?;
-            changes
-                .retain(|_, _| false)
-                .map_err(|e| storage_err("clear", e))?;
-            blobs
-                .retain(|_, _| false)
-                .map_err(|e| storage_err("clear", e))?;
-            // History is sorted by (key, revision): the last entry of each key is its live state.
-            let mut rows = payload.history.iter().peekable();
-            while let Some((key, rev, stored)) = rows.next() {
-                history
-                    .insert((key.as_slice(), *rev), encode(stored).as_slice())
-                    .map_err(|e| storage_err("write", e))?;
-                let is_last = rows.peek().is_none_or(|(next, _, _)| next != key);
-                if let (true, Some(stored)) = (is_last, stored) {
-                    latest
-                        .insert(key.as_slice(), encode(stored).as_slice())
-                        .map_err(|e| storage_err("write", e))?;
-                }
-            }
-            for (rev, keys) in &payload.changes {
-                changes
-                    .insert(*rev, encode(keys).as_slice())
-                    .map_err(|e| storage_err("write", e))?;
-            }
-            counters
-                .insert(REVISION, head.revision)
-                .map_err(|e| storage_err("write", e))?;
-            counters
-                .insert(COMPACT_REVISION, head.compact_revision)
-                .map_err(|e| storage_err("write", e))?;
-            if let Some(applied) = &payload.applied {
-                blobs
-                    .insert(APPLIED, applied.as_slice())
-                    .map_err(|e| storage_err("write", e))?;
-            }
-        }
-        tx.commit().map_err(|e| storage_err("commit", e))?;
-        *self.last_flush.lock().expect("poisoned") = Instant::now();
+        let imported: State = bincode::deserialize(bytes)
+            .map_err(|e| StoreError::Internal(format!("storage: corrupt snapshot: {e}")))?;
+        let head = imported.head();
+        *self
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = imported;
         self.head.send_replace(head);
         Ok(())
-    }
-}
-
-fn counter(t: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64, StoreError> {
-    Ok(t.get(name)
-        .map_err(|e| storage_err("read counter", e))?
-        .map_or(0, |g| g.value()))
-}
-
-/// The event that `key`'s entry at `rev` represents, with the value before it.
-fn event_at(
-    history: &impl ReadableTable<(&'static [u8], u64), &'static [u8]>,
-    key: &[u8],
-    rev: Revision,
-) -> Result<Event, StoreError> {
-    let mut rows = history
-        .range((key, 0u64)..=(key, rev))
-        .map_err(|e| storage_err("scan history", e))?
-        .rev();
-    let current = match rows.next() {
-        Some(row) => {
-            let (k, v) = row.map_err(|e| storage_err("scan history", e))?;
-            if k.value().1 != rev {
-                return Err(storage_err(
-                    "history",
-                    format!("no entry for a change at {rev}"),
-                ));
-            }
-            decode::<Option<Stored>>("history", v.value())?
-        }
-        None => {
-            return Err(storage_err(
-                "history",
-                format!("no entry for a change at {rev}"),
-            ))
-        }
-    };
-    let prev = match rows.next() {
-        Some(row) => {
-            let (_, v) = row.map_err(|e| storage_err("scan history", e))?;
-            decode::<Option<Stored>>("history", v.value())?.map(|s| s.with_key(key))
-        }
-        None => None,
-    };
-    Ok(match current {
-        Some(stored) => Event {
-            kind: EventKind::Put,
-            kv: stored.with_key(key),
-            prev_kv: prev,
-        },
-        None => Event {
-            kind: EventKind::Delete,
-            kv: KeyValue {
-                key: key.to_vec(),
-                value: Vec::new(),
-                create_revision: 0,
-                mod_revision: rev,
-                version: 0,
-            },
-            prev_kv: prev,
-        },
-    })
-}
-
-/// A range read over any readable view (a read transaction, or the write transaction of a txn
-/// whose earlier ops it must see).
-fn range_in(
-    latest: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    history: &impl ReadableTable<(&'static [u8], u64), &'static [u8]>,
-    head: Head,
-    req: &RangeRequest,
-) -> Result<RangeResponse, StoreError> {
-    let at = if req.revision == 0 {
-        head.revision
-    } else {
-        req.revision
-    };
-    if at > head.revision {
-        return Err(StoreError::FutureRevision {
-            requested: at,
-            current: head.revision,
-        });
-    }
-    if at < head.compact_revision {
-        return Err(StoreError::Compacted {
-            requested: at,
-            compact_revision: head.compact_revision,
-        });
-    }
-    let limit = if req.limit == 0 { u64::MAX } else { req.limit };
-    let mut resp = RangeResponse {
-        kvs: Vec::new(),
-        more: false,
-        count: 0,
-        revision: at,
-    };
-    let mut found = |kv: KeyValue| {
-        resp.count += 1;
-        if req.count_only {
-            return;
-        }
-        if (resp.kvs.len() as u64) < limit {
-            resp.kvs.push(kv);
-        } else {
-            resp.more = true;
-        }
-    };
-    let (start, end) = req.span.bounds();
-    if at == head.revision {
-        let end_ref = match &end {
-            Bound::Included(e) => Bound::Included(e.as_slice()),
-            Bound::Excluded(e) => Bound::Excluded(e.as_slice()),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let rows = latest
-            .range::<&[u8]>((Bound::Included(start.as_slice()), end_ref))
-            .map_err(|e| storage_err("scan", e))?;
-        for row in rows {
-            let (k, v) = row.map_err(|e| storage_err("scan", e))?;
-            let stored: Stored = decode("value", v.value())?;
-            found(stored.with_key(k.value()));
-        }
-    } else {
-        // Walk every retained entry of every key in the span, keeping per key the newest
-        // entry at or before `at`. Compaction bounds how many entries there are.
-        let end_ref = match &end {
-            Bound::Included(e) => Bound::Included((e.as_slice(), u64::MAX)),
-            Bound::Excluded(e) => Bound::Excluded((e.as_slice(), 0)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let rows = history
-            .range::<(&[u8], u64)>((Bound::Included((start.as_slice(), 0)), end_ref))
-            .map_err(|e| storage_err("scan history", e))?;
-        let mut current: Option<(Vec<u8>, Option<Stored>)> = None;
-        for row in rows {
-            let (k, v) = row.map_err(|e| storage_err("scan history", e))?;
-            let (key, rev) = k.value();
-            if current.as_ref().is_some_and(|(ck, _)| ck.as_slice() != key) {
-                if let Some((ck, Some(stored))) = current.take() {
-                    found(stored.with_key(&ck));
-                }
-                current = None;
-            }
-            if rev <= at {
-                current = Some((key.to_vec(), decode("history", v.value())?));
-            } else if current.is_none() {
-                current = Some((key.to_vec(), None));
-            }
-        }
-        if let Some((ck, Some(stored))) = current {
-            found(stored.with_key(&ck));
-        }
-    }
-    Ok(resp)
-}
-
-/// The tables of one write transaction, and the head as it moves.
-struct Writer<'tx> {
-    latest: redb::Table<'tx, &'static [u8], &'static [u8]>,
-    history: redb::Table<'tx, (&'static [u8], u64), &'static [u8]>,
-    changes: redb::Table<'tx, u64, &'static [u8]>,
-    counters: redb::Table<'tx, &'static str, u64>,
-    blobs: redb::Table<'tx, &'static str, &'static [u8]>,
-    head: Head,
-}
-
-impl<'tx> Writer<'tx> {
-    fn open(tx: &'tx redb::WriteTransaction) -> Result<Self, StoreError> {
-        let counters = tx
-            .open_table(COUNTERS)
-            .map_err(|e| storage_err("open", e))?;
-        let head = Head {
-            revision: counter(&counters, REVISION)?,
-            compact_revision: counter(&counters, COMPACT_REVISION)?,
-        };
-        Ok(Writer {
-            latest: tx.open_table(LATEST).map_err(|e| storage_err("open", e))?,
-            history: tx.open_table(HISTORY).map_err(|e| storage_err("open", e))?,
-            changes: tx.open_table(CHANGES).map_err(|e| storage_err("open", e))?,
-            counters,
-            blobs: tx.open_table(BLOBS).map_err(|e| storage_err("open", e))?,
-            head,
-        })
-    }
-
-    fn save_head(&mut self) -> Result<(), StoreError> {
-        self.counters
-            .insert(REVISION, self.head.revision)
-            .map_err(|e| storage_err("write", e))?;
-        self.counters
-            .insert(COMPACT_REVISION, self.head.compact_revision)
-            .map_err(|e| storage_err("write", e))?;
-        Ok(())
-    }
-
-    fn get_latest(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
-        match self.latest.get(key).map_err(|e| storage_err("read", e))? {
-            Some(v) => Ok(Some(decode::<Stored>("value", v.value())?.with_key(key))),
-            None => Ok(None),
-        }
-    }
-
-    fn txn(&mut self, txn: &Txn) -> Result<TxnResponse, StoreError> {
-        let mut succeeded = true;
-        for c in &txn.compare {
-            if !c.holds(self.get_latest(&c.key)?.as_ref()) {
-                succeeded = false;
-                break;
-            }
-        }
-        let ops = if succeeded {
-            &txn.success
-        } else {
-            &txn.failure
-        };
-        // Every write of this txn shares one new revision, assigned on its first write.
-        let rev = self.head.revision + 1;
-        let mut changed: Vec<Vec<u8>> = Vec::new();
-        let mut results = Vec::with_capacity(ops.len());
-        for op in ops {
-            results.push(match op {
-                Op::Put { key, value } => {
-                    let prev = self.get_latest(key)?;
-                    let stored = Stored {
-                        value: value.clone(),
-                        create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
-                        mod_revision: rev,
-                        version: prev.as_ref().map_or(1, |p| p.version + 1),
-                    };
-                    self.write(key, rev, Some(&stored))?;
-                    changed.push(key.clone());
-                    OpResult::Put { prev }
-                }
-                Op::Delete { span } => {
-                    let doomed = range_in(
-                        &self.latest,
-                        &self.history,
-                        self.head,
-                        &RangeRequest::new(span.clone()),
-                    )?
-                    .kvs;
-                    for kv in &doomed {
-                        self.write(&kv.key, rev, None)?;
-                        changed.push(kv.key.clone());
-                    }
-                    OpResult::Delete { deleted: doomed }
-                }
-                // A latest read sees this txn's earlier writes: they are already in `latest`.
-                Op::Range(req) => {
-                    OpResult::Range(range_in(&self.latest, &self.history, self.head, req)?)
-                }
-            });
-        }
-        if !changed.is_empty() {
-            self.head.revision = rev;
-            self.changes
-                .insert(rev, encode(&changed).as_slice())
-                .map_err(|e| storage_err("write change index", e))?;
-            for r in &mut results {
-                if let OpResult::Range(resp) = r {
-                    resp.revision = rev;
-                }
-            }
-        }
-        Ok(TxnResponse {
-            succeeded,
-            revision: self.head.revision,
-            results,
-        })
-    }
-
-    fn write(
-        &mut self,
-        key: &[u8],
-        rev: Revision,
-        stored: Option<&Stored>,
-    ) -> Result<(), StoreError> {
-        match stored {
-            Some(s) => self
-                .latest
-                .insert(key, encode(s).as_slice())
-                .map_err(|e| storage_err("write", e))?,
-            None => self
-                .latest
-                .remove(key)
-                .map_err(|e| storage_err("write", e))?,
-        };
-        self.history
-            .insert((key, rev), encode(&stored).as_slice())
-            .map_err(|e| storage_err("write history", e))?;
-        Ok(())
-    }
-
-    /// Drops history that no read at or after `rev` and no watch from after `rev` can need:
-    /// per key, every entry older than the newest one at or before `rev`, and that one too if
-    /// it is a deletion. The outer error is a storage failure; the inner one a refusal.
-    fn compact(&mut self, rev: Revision) -> Result<Result<(), StoreError>, StoreError> {
-        if rev > self.head.revision {
-            return Ok(Err(StoreError::FutureRevision {
-                requested: rev,
-                current: self.head.revision,
-            }));
-        }
-        if rev <= self.head.compact_revision {
-            return Ok(Err(StoreError::Compacted {
-                requested: rev,
-                compact_revision: self.head.compact_revision,
-            }));
-        }
-        let mut doomed: Vec<(Vec<u8>, u64)> = Vec::new();
-        {
-            // (key, rev, is_tombstone) of the newest entry at or before `rev` seen so far.
-            let mut newest: Option<(Vec<u8>, u64, bool)> = None;
-            for row in self
-                .history
-                .iter()
-                .map_err(|e| storage_err("scan history", e))?
-            {
-                let (k, v) = row.map_err(|e| storage_err("scan history", e))?;
-                let (key, r) = k.value();
-                let same_key = newest
-                    .as_ref()
-                    .is_some_and(|(nk, _, _)| nk.as_slice() == key);
-                if !same_key {
-                    if let Some((nk, nr, true)) = newest.take() {
-                        doomed.push((nk, nr));
-                    }
-                    newest = None;
-                }
-                if r > rev {
-                    continue;
-                }
-                if let Some((nk, nr, _)) = newest.take() {
-                    doomed.push((nk, nr));
-                }
-                let tombstone = decode::<Option<Stored>>("history", v.value())?.is_none();
-                newest = Some((key.to_vec(), r, tombstone));
-            }
-            if let Some((nk, nr, true)) = newest {
-                doomed.push((nk, nr));
-            }
-        }
-        for (key, r) in &doomed {
-            self.history
-                .remove((key.as_slice(), *r))
-                .map_err(|e| storage_err("compact history", e))?;
-        }
-        self.changes
-            .retain_in(..=rev, |_, _| false)
-            .map_err(|e| storage_err("compact change index", e))?;
-        self.head.compact_revision = rev;
-        Ok(Ok(()))
     }
 }

@@ -2,7 +2,7 @@
 //! in Kubernetes. It knows nothing of Kubernetes.
 //!
 //! - [`mvcc`]: the data model (revisions, ranges, txns, watch events, errors) — plain data.
-//! - [`engine`]: the MVCC state on redb: apply, range at a revision, change index, compaction.
+//! - [`engine`]: the MVCC state, in memory: apply, range at a revision, change index, compaction.
 //! - [`raft`], [`log_store`], [`wal`]: openraft's state machine (on the engine) and its log
 //!   (an append-only WAL with group commit).
 //! - [`network`], [`service`], [`client`]: bincode over HTTP between members and from clients.

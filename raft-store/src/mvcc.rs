@@ -44,9 +44,10 @@ impl KeySpan {
         KeySpan::Prefix(p.into())
     }
 
-    /// The span as a half-open byte range.
-    pub fn bounds(&self) -> (Vec<u8>, Bound<Vec<u8>>) {
-        match self {
+    /// The span as byte-string bounds, or `None` when it is empty (an end before its start),
+    /// so that callers never hand an inverted range to a map.
+    pub fn bounds(&self) -> Option<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+        let (start, end) = match self {
             KeySpan::Key(k) => (k.clone(), Bound::Included(k.clone())),
             KeySpan::Prefix(p) => (
                 p.clone(),
@@ -56,7 +57,13 @@ impl KeySpan {
                 start.clone(),
                 end.clone().map_or(Bound::Unbounded, Bound::Excluded),
             ),
-        }
+        };
+        let empty = match &end {
+            Bound::Included(e) => *e < start,
+            Bound::Excluded(e) => *e <= start,
+            Bound::Unbounded => false,
+        };
+        (!empty).then_some((Bound::Included(start), end))
     }
 
     pub fn contains(&self, key: &[u8]) -> bool {
@@ -73,12 +80,11 @@ impl KeySpan {
     pub fn after(&self, key: &[u8]) -> KeySpan {
         let mut start = key.to_vec();
         start.push(0);
-        let (_, end) = self.bounds();
-        let end = match end {
-            Bound::Excluded(e) => Some(e),
-            Bound::Unbounded => None,
-            // A single key has nothing after it: an empty range.
-            Bound::Included(_) => Some(start.clone()),
+        let end = match self.bounds() {
+            Some((_, Bound::Excluded(e))) => Some(e),
+            Some((_, Bound::Unbounded)) => None,
+            // A single key (or an empty span) has nothing after it: an empty range.
+            _ => Some(start.clone()),
         };
         KeySpan::Range { start, end }
     }
@@ -546,6 +552,12 @@ mod tests {
         };
         assert!(r.contains(b"b") && r.contains(b"c\xff") && !r.contains(b"d"));
         let after = p.after(b"/a/x");
+        let inverted = KeySpan::Range {
+            start: b"b".to_vec(),
+            end: Some(b"a".to_vec()),
+        };
+        assert!(inverted.bounds().is_none());
+        assert!(KeySpan::key("k").after(b"k").bounds().is_none());
         assert!(!after.contains(b"/a/x") && after.contains(b"/a/x\0") && !after.contains(b"/b"));
     }
 

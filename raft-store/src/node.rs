@@ -194,9 +194,9 @@ impl StoreNode {
             }
         }
 
-        let engine = Engine::open(&dir.join("state.redb")).map_err(|e| data_err(e.to_string()))?;
+        let engine = Engine::new();
         let log = LogStore::open(&dir.join("raft-log")).map_err(data_err)?;
-        let sm = StateMachine::new(engine.clone(), &dir);
+        let sm = StateMachine::open(engine.clone(), &dir).map_err(data_err)?;
         let raft_config = openraft::Config {
             cluster_name: "drover".into(),
             heartbeat_interval: config.heartbeat.as_millis() as u64,
@@ -298,7 +298,6 @@ impl StoreNode {
 
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
-        let _ = self.engine.flush();
     }
 
     fn leader(&self) -> Option<(NodeId, String)> {

@@ -56,15 +56,30 @@ struct SnapshotFile {
 }
 
 impl StateMachine {
-    pub fn new(engine: Engine, dir: &Path) -> Self {
-        StateMachine {
+    /// The state machine over `engine`, with its snapshot file in `dir`. A snapshot found there
+    /// is loaded into the engine: the state is in memory, and the snapshot plus the log after it
+    /// is how a restarted member gets it back.
+    pub fn open(engine: Engine, dir: &Path) -> Result<Self, String> {
+        let sm = StateMachine {
             engine,
             snapshot_path: dir.join("snapshot.bin"),
+        };
+        match std::fs::read(&sm.snapshot_path) {
+            Ok(bytes) => {
+                let file: SnapshotFile = bincode::deserialize(&bytes).map_err(|e| {
+                    format!("snapshot {} is damaged: {e}", sm.snapshot_path.display())
+                })?;
+                sm.engine.import(&file.payload).map_err(|e| e.to_string())?;
+                tracing::info!(snapshot = %file.meta.snapshot_id, "loaded snapshot");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot read {}: {e}", sm.snapshot_path.display())),
         }
+        Ok(sm)
     }
 
     fn applied_state(&self) -> Result<AppliedState, StorageError<NodeId>> {
-        match self.engine.applied().map_err(sm_err)? {
+        match self.engine.applied() {
             Some(bytes) => bincode::deserialize(&bytes).map_err(sm_err),
             None => Ok(AppliedState::default()),
         }
@@ -94,7 +109,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let (payload, applied) = this.engine.export().map_err(snap_err)?;
+            let (payload, applied) = this.engine.export();
             let applied: AppliedState = match applied {
                 Some(bytes) => bincode::deserialize(&bytes).map_err(snap_err)?,
                 None => AppliedState::default(),
@@ -153,7 +168,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || engine.apply(&commands, &applied))
             .await
-            .map_err(sm_err)?
             .map_err(sm_err)
     }
 

@@ -1,6 +1,6 @@
-//! MVCC semantics of the engine, on the real redb engine in a temporary directory:
-//! revisions, txn, ranges at past revisions, paging, watch resume, compaction, snapshots,
-//! and what survives a reopen.
+//! MVCC semantics of the engine: revisions, txn, ranges at past revisions, paging, watch
+//! resume, compaction, snapshots. (What survives a restart is tested end to end, with real
+//! processes, in `cli/tests/store_cluster.rs`.)
 
 use raft_store::engine::{Applied, Command, Engine, Head};
 use raft_store::{
@@ -9,21 +9,14 @@ use raft_store::{
 };
 
 struct Fixture {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
     engine: Engine,
     applied: u64,
 }
 
 impl Fixture {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.redb");
-        let engine = Engine::open(&path).unwrap();
         Fixture {
-            _dir: dir,
-            path,
-            engine,
+            engine: Engine::new(),
             applied: 0,
         }
     }
@@ -31,7 +24,7 @@ impl Fixture {
     fn apply(&mut self, cmd: Command) -> Applied {
         self.applied += 1;
         let marker = self.applied.to_be_bytes();
-        self.engine.apply(&[Some(cmd)], &marker).unwrap().remove(0)
+        self.engine.apply(&[Some(cmd)], &marker).remove(0)
     }
 
     fn txn(&mut self, txn: Txn) -> TxnResponse {
@@ -301,19 +294,20 @@ fn compaction_forgets_old_revisions_but_keeps_everything_after() {
 }
 
 #[test]
-fn export_and_import_round_trip_and_state_survives_reopen() {
+fn export_and_import_round_trip() {
     let mut f = Fixture::new();
     f.put("a", "1");
     f.put("a", "2");
     f.put("b", "1");
     f.apply(Command::Compact(2));
     f.put("c", "1");
-    let (payload, applied) = f.engine.export().unwrap();
+    let (payload, applied) = f.engine.export();
     assert_eq!(applied.unwrap(), f.applied.to_be_bytes());
 
     let other = Fixture::new();
     other.engine.import(&payload).unwrap();
     assert_eq!(other.engine.head(), f.engine.head());
+    assert_eq!(other.engine.applied(), f.engine.applied());
     for rev in [0, 2, 3, 4] {
         let req = RangeRequest::new(KeySpan::prefix("")).at(rev);
         assert_eq!(
@@ -329,20 +323,37 @@ fn export_and_import_round_trip_and_state_survives_reopen() {
             .unwrap(),
         f.engine.changes_since(&KeySpan::prefix(""), 3, 10).unwrap()
     );
+}
 
-    // Reopen after a flush: everything is there.
-    f.engine.flush().unwrap();
-    let head = f.engine.head();
-    let Fixture {
-        engine,
-        _dir,
-        path,
-        applied,
-    } = f;
-    drop(engine);
-    let engine = Engine::open(&path).unwrap();
-    assert_eq!(engine.head(), head);
-    assert_eq!(engine.applied().unwrap().unwrap(), applied.to_be_bytes());
+#[test]
+fn inverted_and_empty_spans_read_nothing_and_never_panic() {
+    let mut f = Fixture::new();
+    f.put("a", "1");
+    f.put("c", "1");
+    let inverted = KeySpan::Range {
+        start: b"c".to_vec(),
+        end: Some(b"a".to_vec()),
+    };
+    assert_eq!(
+        f.engine
+            .range(&RangeRequest::new(inverted.clone()))
+            .unwrap()
+            .count,
+        0
+    );
+    let r = f.txn(Txn {
+        success: vec![Op::Delete { span: inverted }],
+        ..Txn::default()
+    });
+    assert_eq!(r.revision, 2, "deleting nothing adds no revision");
+    let empty = KeySpan::Range {
+        start: b"b".to_vec(),
+        end: Some(b"b".to_vec()),
+    };
+    assert_eq!(
+        f.engine.changes_since(&empty, 1, 10).unwrap().events.len(),
+        0
+    );
 }
 
 #[test]
