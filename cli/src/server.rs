@@ -22,7 +22,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
     /// Raft election timeout range, in milliseconds: MIN-MAX.
-    #[arg(long, default_value = "400-700", value_parser = parse_range)]
+    #[arg(long, default_value = "250-450", value_parser = parse_range)]
     election_timeout_ms: (u64, u64),
     /// Build a Raft snapshot and purge the log after this many entries.
     #[arg(long, default_value_t = 100_000)]

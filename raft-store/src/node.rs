@@ -52,7 +52,7 @@ impl StoreConfig {
             listen,
             join: None,
             heartbeat: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(400), Duration::from_millis(700)),
+            election_timeout: (Duration::from_millis(250), Duration::from_millis(450)),
             snapshot_every: 100_000,
             compaction_interval: Duration::from_secs(300),
             limits: Limits::default(),
