@@ -22,6 +22,9 @@ pub struct KeyValue {
     pub version: u64,
 }
 
+/// A span as start and end bounds on byte-string keys.
+pub type KeyBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
 /// Which keys an operation touches.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeySpan {
@@ -46,7 +49,7 @@ impl KeySpan {
 
     /// The span as byte-string bounds, or `None` when it is empty (an end before its start),
     /// so that callers never hand an inverted range to a map.
-    pub fn bounds(&self) -> Option<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+    pub fn bounds(&self) -> Option<KeyBounds> {
         let (start, end) = match self {
             KeySpan::Key(k) => (k.clone(), Bound::Included(k.clone())),
             KeySpan::Prefix(p) => (
