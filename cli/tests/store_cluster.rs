@@ -315,6 +315,11 @@ async fn a_data_dir_is_tied_to_its_cluster_and_checked_at_start() {
         err.contains("belongs to cluster") && err.contains("fresh --data-dir"),
         "{err}"
     );
+    // A data dir in use by a running member is not opened twice.
+    let busy = b.members[0].data_dir.to_str().unwrap().to_string();
+    let (code, err) = run_server(&["--data-dir", &busy, "--listen", "127.0.0.54:3"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("in use by another drover process"), "{err}");
     // The same data dir on another address: refused with the fix named.
     let (code, err) = run_server(&["--data-dir", &dir, "--listen", "127.0.0.53:1"]);
     assert_ne!(code, 0);

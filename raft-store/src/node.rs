@@ -125,6 +125,8 @@ pub struct StoreNode {
     engine: Engine,
     proposer: Proposer,
     http: reqwest::Client,
+    /// Held for the member's lifetime: two processes on one data dir would corrupt it.
+    _lock: std::fs::File,
 }
 
 fn raft_err(e: impl std::fmt::Display) -> StoreError {
@@ -141,6 +143,7 @@ impl StoreNode {
             msg,
         };
         std::fs::create_dir_all(&dir).map_err(|e| data_err(format!("cannot create: {e}")))?;
+        let lock = lock_data_dir(&dir).map_err(data_err)?;
         let http = http_client(Some(config.listen.ip()));
         let addr = config.listen.to_string();
 
@@ -225,6 +228,7 @@ impl StoreNode {
             engine,
             proposer,
             http,
+            _lock: lock,
         });
         tokio::spawn(compaction_loop(Arc::downgrade(&node)));
         Ok(node)
@@ -560,6 +564,24 @@ async fn compaction_loop(node: std::sync::Weak<StoreNode>) {
 }
 
 const IDENTITY_FILE: &str = "member.json";
+const LOCK_FILE: &str = "LOCK";
+
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, String> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(|e| format!("cannot create {LOCK_FILE}: {e}"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(
+            "is in use by another drover process; stop it first, or choose another --data-dir"
+                .into(),
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {LOCK_FILE}: {e}")),
+    }
+}
 
 fn read_identity(dir: &Path) -> Result<Option<Identity>, String> {
     match std::fs::read(dir.join(IDENTITY_FILE)) {
@@ -570,7 +592,7 @@ fn read_identity(dir: &Path) -> Result<Option<Identity>, String> {
             let foreign = std::fs::read_dir(dir)
                 .map_err(|e| format!("cannot read: {e}"))?
                 .filter_map(Result::ok)
-                .any(|entry| entry.file_name() != "lost+found");
+                .any(|entry| entry.file_name() != "lost+found" && entry.file_name() != LOCK_FILE);
             if foreign {
                 return Err(format!(
                     "the directory is not empty and has no {IDENTITY_FILE}; \
