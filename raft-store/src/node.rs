@@ -493,18 +493,24 @@ impl StoreNode {
     }
 
     fn voters(&self) -> BTreeMap<NodeId, String> {
-        let m = self.raft.metrics().borrow().membership_config.clone();
-        m.membership()
-            .voter_ids()
-            .filter_map(|id| Some((id, m.membership().get_node(&id)?.addr.clone())))
-            .collect()
+        self.members(true)
     }
 
     fn learners(&self) -> BTreeMap<NodeId, String> {
-        let m = self.raft.metrics().borrow().membership_config.clone();
-        m.membership()
-            .learner_ids()
-            .filter_map(|id| Some((id, m.membership().get_node(&id)?.addr.clone())))
+        self.members(false)
+    }
+
+    /// The voters (or the learners) of the effective membership, with their addresses.
+    fn members(&self, voters: bool) -> BTreeMap<NodeId, String> {
+        let config = self.raft.metrics().borrow().membership_config.clone();
+        let m = config.membership();
+        let ids: Vec<NodeId> = if voters {
+            m.voter_ids().collect()
+        } else {
+            m.learner_ids().collect()
+        };
+        ids.into_iter()
+            .filter_map(|id| Some((id, m.get_node(&id)?.addr.clone())))
             .collect()
     }
 

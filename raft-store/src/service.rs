@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -45,10 +46,6 @@ fn bad_request(msg: String) -> Response {
     (StatusCode::BAD_REQUEST, msg).into_response()
 }
 
-fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    bincode::deserialize(body).map_err(|e| bad_request(format!("malformed request body: {e}")))
-}
-
 fn reply<T: Serialize>(value: &T) -> Response {
     match bincode::serialize(value) {
         Ok(bytes) => ([("content-type", "application/octet-stream")], bytes).into_response(),
@@ -56,112 +53,127 @@ fn reply<T: Serialize>(value: &T) -> Response {
     }
 }
 
-/// Peers must name this member's cluster; anything else is refused before Raft sees it.
-fn check_peer(node: &StoreNode, headers: &HeaderMap) -> Result<(), Response> {
-    let theirs = headers
-        .get(CLUSTER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if theirs != node.identity.cluster_id {
-        return Err((
-            StatusCode::CONFLICT,
-            format!(
-                "this member belongs to cluster {}, the request came from cluster {theirs:?}",
-                node.identity.cluster_id
-            ),
-        )
-            .into_response());
+/// A bincode request body; a malformed one is answered 400 before the handler runs.
+struct Bincode<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Bincode<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        bincode::deserialize(&body)
+            .map(Bincode)
+            .map_err(|e| bad_request(format!("malformed request body: {e}")))
     }
-    Ok(())
 }
 
-fn forwarded(headers: &HeaderMap) -> bool {
-    headers.contains_key(FORWARDED_HEADER)
+/// A request from a peer of this member's cluster; anything else is refused (409) before Raft
+/// sees it.
+struct Peer;
+
+impl FromRequestParts<Arc<StoreNode>> for Peer {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        node: &Arc<StoreNode>,
+    ) -> Result<Self, Response> {
+        let theirs = parts
+            .headers
+            .get(CLUSTER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if theirs != node.identity.cluster_id {
+            return Err((
+                StatusCode::CONFLICT,
+                format!(
+                    "this member belongs to cluster {}, the request came from cluster {theirs:?}",
+                    node.identity.cluster_id
+                ),
+            )
+                .into_response());
+        }
+        Ok(Peer)
+    }
 }
 
-async fn append(State(node): State<Arc<StoreNode>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = check_peer(&node, &headers) {
-        return r;
+/// Whether another member already forwarded this request (so it must not be forwarded again).
+struct Forwarded(bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for Forwarded {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Forwarded(parts.headers.contains_key(FORWARDED_HEADER)))
     }
-    let req: AppendEntriesRequest<TypeConfig> = match decode(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+}
+
+type Node = State<Arc<StoreNode>>;
+
+async fn append(
+    State(node): Node,
+    _: Peer,
+    Bincode(req): Bincode<AppendEntriesRequest<TypeConfig>>,
+) -> Response {
     reply(&node.raft().append_entries(req).await)
 }
 
-async fn vote(State(node): State<Arc<StoreNode>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = check_peer(&node, &headers) {
-        return r;
-    }
-    let req: VoteRequest<NodeId> = match decode(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+async fn vote(State(node): Node, _: Peer, Bincode(req): Bincode<VoteRequest<NodeId>>) -> Response {
     reply(&node.raft().vote(req).await)
 }
 
-async fn snapshot(State(node): State<Arc<StoreNode>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = check_peer(&node, &headers) {
-        return r;
-    }
-    let req: InstallSnapshotRequest<TypeConfig> = match decode(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+async fn snapshot(
+    State(node): Node,
+    _: Peer,
+    Bincode(req): Bincode<InstallSnapshotRequest<TypeConfig>>,
+) -> Response {
     reply(&node.raft().install_snapshot(req).await)
 }
 
-async fn status(State(node): State<Arc<StoreNode>>) -> Response {
+async fn status(State(node): Node) -> Response {
     Json(node.status()).into_response()
 }
 
-async fn txn(State(node): State<Arc<StoreNode>>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: Txn = match decode(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    reply(&node.txn(req, forwarded(&headers)).await)
+async fn txn(State(node): Node, Forwarded(fwd): Forwarded, Bincode(req): Bincode<Txn>) -> Response {
+    reply(&node.txn(req, fwd).await)
 }
 
-async fn range(State(node): State<Arc<StoreNode>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (req, consistency): (RangeRequest, Consistency) = match decode(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    reply(&node.range(req, consistency, forwarded(&headers)).await)
+async fn range(
+    State(node): Node,
+    Forwarded(fwd): Forwarded,
+    Bincode((req, consistency)): Bincode<(RangeRequest, Consistency)>,
+) -> Response {
+    reply(&node.range(req, consistency, fwd).await)
 }
 
-async fn compact(State(node): State<Arc<StoreNode>>, headers: HeaderMap, body: Bytes) -> Response {
-    let rev: Revision = match decode(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    reply(&node.compact(rev, forwarded(&headers)).await)
+async fn compact(
+    State(node): Node,
+    Forwarded(fwd): Forwarded,
+    Bincode(rev): Bincode<Revision>,
+) -> Response {
+    reply(&node.compact(rev, fwd).await)
 }
 
-async fn join(State(node): State<Arc<StoreNode>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (id, addr): (NodeId, String) = match decode(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    reply(&node.add_member(id, addr, forwarded(&headers)).await)
+async fn join(
+    State(node): Node,
+    Forwarded(fwd): Forwarded,
+    Bincode((id, addr)): Bincode<(NodeId, String)>,
+) -> Response {
+    reply(&node.add_member(id, addr, fwd).await)
 }
 
-async fn remove(State(node): State<Arc<StoreNode>>, headers: HeaderMap, body: Bytes) -> Response {
-    let id: NodeId = match decode(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    reply(&node.remove_member(id, forwarded(&headers)).await)
+async fn remove(
+    State(node): Node,
+    Forwarded(fwd): Forwarded,
+    Bincode(id): Bincode<NodeId>,
+) -> Response {
+    reply(&node.remove_member(id, fwd).await)
 }
 
 /// A watch served by this member from its own applied state, as a stream of frames.
-async fn watch(State(node): State<Arc<StoreNode>>, body: Bytes) -> Response {
-    let (span, from): (KeySpan, Revision) = match decode(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+async fn watch(State(node): Node, Bincode((span, from)): Bincode<(KeySpan, Revision)>) -> Response {
     if let Err(e) = node.config.limits.check_span(&span, "span") {
         return reply(&Err::<(), StoreError>(e));
     }

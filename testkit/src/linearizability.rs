@@ -106,20 +106,8 @@ pub fn check<M: Model>(model: &M, history: &[Operation<M::Input, M::Output>]) ->
     let mut state = model.init();
     let mut cursor = events[0].next;
     while events[0].next != end {
-        if cursor == end {
-            // Nothing more can be tried at this level: back up.
-            let Some((op, old)) = stack.pop() else {
-                return false;
-            };
-            state = old;
-            linearized[op / 64] &= !(1 << (op % 64));
-            relink(&mut events, ret_at[op]);
-            relink(&mut events, call_at[op]);
-            cursor = events[call_at[op]].next;
-            continue;
-        }
-        let ev = events[cursor];
-        if ev.is_call {
+        let ev = events.get(cursor).copied();
+        if let Some(ev) = ev.filter(|e| e.is_call) {
             let op = &history[ev.op];
             if let Some(next_state) = model.step(&state, &op.input, op.output.as_ref()) {
                 let mut key = linearized.clone();
@@ -135,7 +123,8 @@ pub fn check<M: Model>(model: &M, history: &[Operation<M::Input, M::Output>]) ->
             }
             cursor = ev.next;
         } else {
-            // A return whose call is not linearized yet: this branch is dead.
+            // A return whose call is not linearized yet (or nothing left to try): this branch
+            // is dead; undo the last choice and try the next candidate after it.
             let Some((op, old)) = stack.pop() else {
                 return false;
             };
