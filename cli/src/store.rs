@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
-use raft_store::{Consistency, EventKind, KeySpan, KeyValue, RangeRequest, StoreClient, Txn};
+use raft_store::{
+    Consistency, EventKind, KeySpan, KeyValue, RangeRequest, StoreClient, StoreError, Txn,
+};
 
 #[derive(clap::Args)]
 pub struct StoreArgs {
@@ -85,6 +87,16 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     if args.endpoints.is_empty() {
         bail!("no endpoints: pass --endpoints HOST:PORT");
     }
+    let endpoints = args.endpoints.join(",");
+    run_verb(args).await.map_err(|e| match e.downcast_ref::<StoreError>() {
+        Some(StoreError::Unavailable(_)) => e.context(format!(
+            "no member answered at {endpoints}: is `drover server` running there? (--endpoints HOST:PORT,...)"
+        )),
+        _ => e,
+    })
+}
+
+async fn run_verb(args: StoreArgs) -> anyhow::Result<()> {
     let client = StoreClient::new(&args.endpoints);
     match args.verb {
         Verb::Get {
