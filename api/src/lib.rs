@@ -1,5 +1,11 @@
-//! The Kubernetes object model: types (k8s-openapi), the kind registry (group, version,
-//! resource, namespaced, short names), defaulting, validation with field paths, label and
-//! field selectors, patch merge rules and table columns.
+//! The Kubernetes object model: the kind registry (group, version, resource, namespaced, short
+//! names, verbs), object metadata helpers and label selectors.
 //!
-//! Pure data and rules: no tokio, no HTTP, no storage. Filled by the API issue.
+//! Pure data and rules: no tokio, no HTTP, no storage. Objects are handled as JSON values here;
+//! typed validation with k8s-openapi comes with the rest of the API issue.
+
+pub mod object;
+pub mod registry;
+pub mod selector;
+
+pub use registry::{Resource, REGISTRY};
