@@ -20,7 +20,11 @@ pub fn labels(obj: &Value) -> BTreeMap<String, String> {
     metadata(obj)
         .and_then(|m| m.get("labels"))
         .and_then(Value::as_object)
-        .map(|l| l.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .map(|l| {
+            l.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -29,7 +33,9 @@ pub fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
     }
-    obj["metadata"].as_object_mut().expect("just made an object")
+    obj["metadata"]
+        .as_object_mut()
+        .expect("just made an object")
 }
 
 /// Why `name` is not a valid DNS-1123 subdomain (most object names), if it is not.
@@ -42,7 +48,9 @@ pub fn invalid_subdomain(name: &str) -> Option<String> {
     }
     let ok = name.split('.').all(|part| {
         !part.is_empty()
-            && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !part.starts_with('-')
             && !part.ends_with('-')
     });

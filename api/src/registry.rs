@@ -16,7 +16,16 @@ pub struct Resource {
 }
 
 /// The verbs every resource here supports.
-pub const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+pub const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 impl Resource {
     /// "v1" for the core group, else "group/version".
@@ -30,7 +39,11 @@ impl Resource {
 
     /// The store key prefix of this resource's objects, ending in '/'.
     pub fn key_prefix(&self) -> String {
-        let group = if self.group.is_empty() { "core" } else { self.group };
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            self.group
+        };
         format!("/registry/{group}/{}/", self.name)
     }
 
@@ -43,6 +56,7 @@ impl Resource {
     }
 }
 
+#[allow(clippy::too_many_arguments, reason = "one positional row per resource keeps the table below readable")]
 const fn r(
     group: &'static str,
     version: &'static str,
@@ -53,7 +67,16 @@ const fn r(
     short_names: &'static [&'static str],
     categories: &'static [&'static str],
 ) -> Resource {
-    Resource { group, version, name, singular, kind, namespaced, short_names, categories }
+    Resource {
+        group,
+        version,
+        name,
+        singular,
+        kind,
+        namespaced,
+        short_names,
+        categories,
+    }
 }
 
 const ALL: &[&str] = &["all"];
@@ -62,37 +85,228 @@ const NONE: &[&str] = &[];
 /// The served resources. Subresources (status, scale, binding, log, eviction) come with the
 /// handlers that give them meaning.
 pub static REGISTRY: &[Resource] = &[
-    r("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"], NONE),
+    r(
+        "",
+        "v1",
+        "namespaces",
+        "namespace",
+        "Namespace",
+        false,
+        &["ns"],
+        NONE,
+    ),
     r("", "v1", "pods", "pod", "Pod", true, &["po"], ALL),
-    r("", "v1", "services", "service", "Service", true, &["svc"], ALL),
-    r("", "v1", "endpoints", "endpoints", "Endpoints", true, &["ep"], NONE),
-    r("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], NONE),
+    r(
+        "",
+        "v1",
+        "services",
+        "service",
+        "Service",
+        true,
+        &["svc"],
+        ALL,
+    ),
+    r(
+        "",
+        "v1",
+        "endpoints",
+        "endpoints",
+        "Endpoints",
+        true,
+        &["ep"],
+        NONE,
+    ),
+    r(
+        "",
+        "v1",
+        "configmaps",
+        "configmap",
+        "ConfigMap",
+        true,
+        &["cm"],
+        NONE,
+    ),
     r("", "v1", "secrets", "secret", "Secret", true, NONE, NONE),
     r("", "v1", "nodes", "node", "Node", false, &["no"], NONE),
     r("", "v1", "events", "event", "Event", true, &["ev"], NONE),
-    r("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], NONE),
-    r("apps", "v1", "deployments", "deployment", "Deployment", true, &["deploy"], ALL),
-    r("apps", "v1", "replicasets", "replicaset", "ReplicaSet", true, &["rs"], ALL),
-    r("apps", "v1", "daemonsets", "daemonset", "DaemonSet", true, &["ds"], ALL),
-    r("apps", "v1", "statefulsets", "statefulset", "StatefulSet", true, &["sts"], ALL),
-    r("apps", "v1", "controllerrevisions", "controllerrevision", "ControllerRevision", true, NONE, NONE),
+    r(
+        "",
+        "v1",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        true,
+        &["sa"],
+        NONE,
+    ),
+    r(
+        "apps",
+        "v1",
+        "deployments",
+        "deployment",
+        "Deployment",
+        true,
+        &["deploy"],
+        ALL,
+    ),
+    r(
+        "apps",
+        "v1",
+        "replicasets",
+        "replicaset",
+        "ReplicaSet",
+        true,
+        &["rs"],
+        ALL,
+    ),
+    r(
+        "apps",
+        "v1",
+        "daemonsets",
+        "daemonset",
+        "DaemonSet",
+        true,
+        &["ds"],
+        ALL,
+    ),
+    r(
+        "apps",
+        "v1",
+        "statefulsets",
+        "statefulset",
+        "StatefulSet",
+        true,
+        &["sts"],
+        ALL,
+    ),
+    r(
+        "apps",
+        "v1",
+        "controllerrevisions",
+        "controllerrevision",
+        "ControllerRevision",
+        true,
+        NONE,
+        NONE,
+    ),
     r("batch", "v1", "jobs", "job", "Job", true, NONE, ALL),
-    r("batch", "v1", "cronjobs", "cronjob", "CronJob", true, &["cj"], ALL),
-    r("autoscaling", "v2", "horizontalpodautoscalers", "horizontalpodautoscaler", "HorizontalPodAutoscaler", true, &["hpa"], ALL),
-    r("networking.k8s.io", "v1", "networkpolicies", "networkpolicy", "NetworkPolicy", true, &["netpol"], NONE),
-    r("discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", true, NONE, NONE),
-    r("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, NONE, NONE),
-    r("node.k8s.io", "v1", "runtimeclasses", "runtimeclass", "RuntimeClass", false, NONE, NONE),
-    r("events.k8s.io", "v1", "events", "event", "Event", true, &["ev"], NONE),
-    r("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", true, NONE, NONE),
-    r("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", true, NONE, NONE),
-    r("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", false, NONE, NONE),
-    r("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, NONE, NONE),
+    r(
+        "batch",
+        "v1",
+        "cronjobs",
+        "cronjob",
+        "CronJob",
+        true,
+        &["cj"],
+        ALL,
+    ),
+    r(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        "HorizontalPodAutoscaler",
+        true,
+        &["hpa"],
+        ALL,
+    ),
+    r(
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "networkpolicy",
+        "NetworkPolicy",
+        true,
+        &["netpol"],
+        NONE,
+    ),
+    r(
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        "endpointslice",
+        "EndpointSlice",
+        true,
+        NONE,
+        NONE,
+    ),
+    r(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "lease",
+        "Lease",
+        true,
+        NONE,
+        NONE,
+    ),
+    r(
+        "node.k8s.io",
+        "v1",
+        "runtimeclasses",
+        "runtimeclass",
+        "RuntimeClass",
+        false,
+        NONE,
+        NONE,
+    ),
+    r(
+        "events.k8s.io",
+        "v1",
+        "events",
+        "event",
+        "Event",
+        true,
+        &["ev"],
+        NONE,
+    ),
+    r(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "roles",
+        "role",
+        "Role",
+        true,
+        NONE,
+        NONE,
+    ),
+    r(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "rolebinding",
+        "RoleBinding",
+        true,
+        NONE,
+        NONE,
+    ),
+    r(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "clusterrole",
+        "ClusterRole",
+        false,
+        NONE,
+        NONE,
+    ),
+    r(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+        NONE,
+        NONE,
+    ),
 ];
 
 /// The resource named `name` in `group`/`version`, if it is served.
 pub fn find(group: &str, version: &str, name: &str) -> Option<&'static Resource> {
-    REGISTRY.iter().find(|r| r.group == group && r.version == version && r.name == name)
+    REGISTRY
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.name == name)
 }
 
 /// The groups other than core, each with its one served version, in a stable order.
@@ -113,7 +327,10 @@ mod tests {
     #[test]
     fn keys_separate_groups_namespaces_and_names() {
         let pods = find("", "v1", "pods").unwrap();
-        assert_eq!(pods.key(Some("default"), "web"), "/registry/core/pods/default/web");
+        assert_eq!(
+            pods.key(Some("default"), "web"),
+            "/registry/core/pods/default/web"
+        );
         let ns = find("", "v1", "namespaces").unwrap();
         assert_eq!(ns.key(None, "default"), "/registry/core/namespaces/default");
         let deploy = find("apps", "v1", "deployments").unwrap();
@@ -128,7 +345,11 @@ mod tests {
     fn every_resource_is_listed_once_per_group() {
         for (i, a) in REGISTRY.iter().enumerate() {
             for b in &REGISTRY[i + 1..] {
-                assert!(!(a.group == b.group && a.name == b.name), "{} listed twice", a.name);
+                assert!(
+                    !(a.group == b.group && a.name == b.name),
+                    "{} listed twice",
+                    a.name
+                );
             }
         }
         assert!(groups().contains(&("apps", "v1")));

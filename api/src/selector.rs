@@ -46,16 +46,22 @@ fn split_top(s: &str) -> Vec<&str> {
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 317
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
 }
 
 fn valid_value(v: &str) -> bool {
-    v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 impl LabelSelector {
     pub fn parse(selector: &str) -> Result<LabelSelector, SelectorError> {
-        let err = |reason: String| SelectorError { selector: selector.to_string(), reason };
+        let err = |reason: String| SelectorError {
+            selector: selector.to_string(),
+            reason,
+        };
         let mut reqs = Vec::new();
         if selector.trim().is_empty() {
             return Ok(LabelSelector(reqs));
@@ -69,15 +75,25 @@ impl LabelSelector {
             } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
                 Requirement::Equals(k.trim().into(), v.trim().into())
             } else if let Some((k, rest)) = part.split_once(" notin ") {
-                Requirement::NotIn(k.trim().into(), set(rest).ok_or_else(|| err(format!("{part:?}: expected a (value, ...) set")))?)
+                Requirement::NotIn(
+                    k.trim().into(),
+                    set(rest)
+                        .ok_or_else(|| err(format!("{part:?}: expected a (value, ...) set")))?,
+                )
             } else if let Some((k, rest)) = part.split_once(" in ") {
-                Requirement::In(k.trim().into(), set(rest).ok_or_else(|| err(format!("{part:?}: expected a (value, ...) set")))?)
+                Requirement::In(
+                    k.trim().into(),
+                    set(rest)
+                        .ok_or_else(|| err(format!("{part:?}: expected a (value, ...) set")))?,
+                )
             } else {
                 Requirement::Exists(part.to_string())
             };
             let (key, values): (&str, Vec<&str>) = match &req {
                 Requirement::Equals(k, v) | Requirement::NotEquals(k, v) => (k, vec![v.as_str()]),
-                Requirement::In(k, vs) | Requirement::NotIn(k, vs) => (k, vs.iter().map(String::as_str).collect()),
+                Requirement::In(k, vs) | Requirement::NotIn(k, vs) => {
+                    (k, vs.iter().map(String::as_str).collect())
+                }
                 Requirement::Exists(k) | Requirement::DoesNotExist(k) => (k, vec![]),
             };
             if !valid_key(key) {
@@ -105,7 +121,13 @@ impl LabelSelector {
 
 fn set(s: &str) -> Option<Vec<String>> {
     let inner = s.trim().strip_prefix('(')?.strip_suffix(')')?;
-    Some(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+    Some(
+        inner
+            .split(',')
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect(),
+    )
 }
 
 /// A field selector: `path=value`, `path==value` or `path!=value`, comma-separated, on dotted
@@ -150,7 +172,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -173,7 +198,10 @@ mod tests {
         let err = LabelSelector::parse("app=in valid").unwrap_err();
         assert!(err.to_string().contains("not a valid label value"), "{err}");
         let err = LabelSelector::parse("tier in web").unwrap_err();
-        assert!(err.to_string().contains("expected a (value, ...) set"), "{err}");
+        assert!(
+            err.to_string().contains("expected a (value, ...) set"),
+            "{err}"
+        );
         assert!(FieldSelector::parse("metadata.name").is_err());
     }
 

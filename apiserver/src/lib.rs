@@ -1,4 +1,15 @@
-//! The Kubernetes-compatible HTTP API over `raft-store`: discovery, OpenAPI, CRUD, watch,
-//! patch, subresources, authn/authz and admission.
+//! The Kubernetes-compatible HTTP API over `raft-store`.
 //!
-//! The only crate that speaks HTTP to Kubernetes clients. Filled by the API issue.
+//! - [`pki`]: cluster CA, serving certificate, admin token, kubeconfig.
+//! - [`listener`]: one address for everything: TLS connections get the API, plaintext ones the
+//!   store's peer protocol.
+//! - [`path`]: parsing Kubernetes request paths.
+//! - [`discovery`], [`handlers`]: the API itself.
+//!
+//! The only crate that speaks HTTP to Kubernetes clients.
+
+pub mod discovery;
+pub mod handlers;
+pub mod listener;
+pub mod path;
+pub mod pki;

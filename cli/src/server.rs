@@ -30,6 +30,9 @@ pub struct ServerArgs {
     /// Compact history older than this many seconds (checked that often).
     #[arg(long, default_value_t = 300)]
     compaction_interval_secs: u64,
+    /// Where to write the admin kubeconfig (default: DATA_DIR/admin.kubeconfig).
+    #[arg(long)]
+    kubeconfig_out: Option<PathBuf>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -82,9 +85,54 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             )
         })?;
     let node = StoreNode::open(config).await?;
-    let app = raft_store::service::router(node.clone());
-    let serving = tokio::spawn(raft_store::service::serve(listener, app));
+
+    // The API: HTTPS with the cluster's certificates, beside the store's peer protocol.
+    let ip = args.listen.ip();
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if !ip.is_unspecified() && !hosts.contains(&ip.to_string()) {
+        hosts.push(ip.to_string());
+    }
+    let pki = apiserver::pki::load_or_create(&args.data_dir, &hosts).map_err(anyhow::Error::msg)?;
+    let tls = std::sync::Arc::new(apiserver::pki::server_tls(&pki).map_err(anyhow::Error::msg)?);
+    let host = if ip.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        ip.to_string()
+    };
+    let address = format!("{host}:{}", args.listen.port());
+    let kubeconfig = args
+        .kubeconfig_out
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
+    apiserver::pki::write_kubeconfig(&pki, &format!("https://{address}"), &kubeconfig)
+        .map_err(anyhow::Error::msg)?;
+    let api_state = std::sync::Arc::new(apiserver::handlers::ApiState {
+        store: node.clone(),
+        admin_token: pki.admin_token.clone(),
+        address,
+    });
+    let api = apiserver::handlers::router(api_state);
+    let store_routes = raft_store::service::router(node.clone());
+    let serving = tokio::spawn(apiserver::listener::serve(listener, tls, api, store_routes));
     node.bootstrap().await?;
+    // The system namespaces, once a leader can take the writes.
+    let boot = node.clone();
+    tokio::spawn(async move {
+        for _ in 0..600 {
+            match apiserver::handlers::bootstrap(&boot).await {
+                Ok(()) => return,
+                Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create the system namespaces");
+                    return;
+                }
+            }
+        }
+    });
+    eprintln!(
+        "drover server: kubeconfig for kubectl: {}",
+        kubeconfig.display()
+    );
     let id = &node.identity;
     eprintln!(
         "drover server: member {} of cluster {} serving on {}, data in {}",

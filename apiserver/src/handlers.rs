@@ -1,0 +1,1199 @@
+//! The API's request handling: authentication, then one dispatcher that parses the path and
+//! runs get, list, watch, create, update, patch or delete against raft-store.
+//!
+//! Objects are stored as JSON under `/registry/<group>/<resource>/[<namespace>/]<name>`. An
+//! object's `resourceVersion` is the store's `mod_revision` of its key: it is never stored, it
+//! is filled in on the way out, and writes that carry one are compare-and-swaps on it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use api::object::{self, status};
+use api::registry::{Resource, REGISTRY};
+use api::selector::{FieldSelector, LabelSelector};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use raft_store::{
+    Compare, CompareOp, Consistency, EventKind, KeySpan, KeyValue, Op, RangeRequest, StoreError,
+    StoreNode, Txn,
+};
+use serde_json::{json, Value};
+
+use crate::discovery;
+use crate::path::{self, ObjectPath, PathError, Target};
+
+pub struct ApiState {
+    pub store: Arc<StoreNode>,
+    pub admin_token: String,
+    /// host:port clients use to reach this server.
+    pub address: String,
+}
+
+/// The namespaces that exist from the start, as in Kubernetes.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route(
+            "/version",
+            get(|| async { json_response(StatusCode::OK, &discovery::version()) }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/openapi/v3",
+            get(|| async { json_response(StatusCode::OK, &discovery::openapi_v3_index()) }),
+        )
+        .route(
+            "/openapi/v3/{*path}",
+            get(
+                |axum::extract::Path(path): axum::extract::Path<String>| async move {
+                    match discovery::openapi_v3(&path) {
+                        Some(doc) => json_response(StatusCode::OK, &doc),
+                        None => failure(
+                            StatusCode::NOT_FOUND,
+                            "NotFound",
+                            "no such OpenAPI document",
+                        ),
+                    }
+                },
+            ),
+        )
+        .fallback(dispatch)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+/// Creates the system namespaces that are missing.
+pub async fn bootstrap(store: &StoreNode) -> Result<(), StoreError> {
+    let ns = api::registry::find("", "v1", "namespaces").expect("namespaces are registered");
+    for name in SYSTEM_NAMESPACES {
+        let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+        stamp_new(&mut obj);
+        let key = ns.key(None, name);
+        store
+            .txn(
+                Txn::put(key.as_bytes(), to_bytes(&obj))
+                    .when(Compare::exists(key.as_bytes(), false)),
+                false,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+fn failure(code: StatusCode, reason: &str, message: &str) -> Response {
+    json_response(code, &status(code.as_u16(), reason, message, None))
+}
+
+fn not_found(r: &Resource, name: &str) -> Response {
+    let msg = format!("{} \"{name}\" not found", r.name);
+    json_response(
+        StatusCode::NOT_FOUND,
+        &status(
+            404,
+            "NotFound",
+            &msg,
+            Some(json!({"name": name, "group": r.group, "kind": r.name})),
+        ),
+    )
+}
+
+fn invalid(r: &Resource, name: &str, field: &str, message: &str) -> Response {
+    let msg = format!(
+        "{} \"{name}\" is invalid: {field}: Invalid value: {message}",
+        r.kind
+    );
+    let details = json!({"name": name, "group": r.group, "kind": r.kind, "causes": [{"reason": "FieldValueInvalid", "message": format!("Invalid value: {message}"), "field": field}]});
+    json_response(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &status(422, "Invalid", &msg, Some(details)),
+    )
+}
+
+fn bad_request(message: &str) -> Response {
+    failure(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+/// A store failure as the client should see it.
+fn store_failure(e: StoreError) -> Response {
+    match e {
+        StoreError::Compacted { .. } => failure(
+            StatusCode::GONE,
+            "Expired",
+            &format!("too old resource version: {e}"),
+        ),
+        StoreError::InvalidArgument(m) => bad_request(&m),
+        StoreError::FutureRevision { .. } => failure(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Timeout",
+            &format!("Too large resource version: {e}"),
+        ),
+        StoreError::NoLeader | StoreError::Unavailable(_) => failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            &e.to_string(),
+        ),
+        other => failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &other.to_string(),
+        ),
+    }
+}
+
+/// Bearer-token authentication. Health and version are open, as `system:public-info-viewer`
+/// makes them in Kubernetes; everything else needs the admin token (RBAC comes later).
+async fn authenticate(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let open = matches!(
+        req.uri().path(),
+        "/version" | "/healthz" | "/livez" | "/readyz"
+    );
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if open || token.is_some_and(|t| constant_time_eq(t.as_bytes(), st.admin_token.as_bytes())) {
+        next.run(req).await
+    } else {
+        failure(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+type Query = HashMap<String, String>;
+
+async fn dispatch(
+    State(st): State<Arc<ApiState>>,
+    method: Method,
+    headers: HeaderMap,
+    req: Request,
+) -> Response {
+    let uri = req.uri().clone();
+    let query: Query = serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
+    let body = match axum::body::to_bytes(req.into_body(), 3 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(_) => {
+            return failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                "the request body is larger than 3 MiB",
+            )
+        }
+    };
+    // Bodies are JSON. client-go falls back to JSON when a server answers 415 to protobuf.
+    let sent_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !body.is_empty() && sent_type.contains("protobuf") {
+        return failure(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            &format!(
+                "the body of the request was in an unsupported format ({sent_type}); send JSON"
+            ),
+        );
+    }
+    let target = match path::parse(uri.path()) {
+        Ok(t) => t,
+        Err(PathError::NotFound) => {
+            return failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        }
+        Err(PathError::Scope(m)) => return failure(StatusCode::NOT_FOUND, "NotFound", &m),
+    };
+    if method != Method::GET && !matches!(target, Target::Object(_)) {
+        return failure(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "discovery documents are read-only",
+        );
+    }
+    match target {
+        Target::CoreVersions => {
+            json_response(StatusCode::OK, &discovery::core_versions(&st.address))
+        }
+        Target::Groups => json_response(StatusCode::OK, &discovery::groups()),
+        Target::Group(g) => match discovery::group(&g) {
+            Some(doc) => json_response(StatusCode::OK, &doc),
+            None => failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        },
+        Target::Resources { group, version } => match discovery::resources(&group, &version) {
+            Some(doc) => json_response(StatusCode::OK, &doc),
+            None => failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        },
+        Target::Object(o) => {
+            let table = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("as=Table"));
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/json")
+                .to_string();
+            let call = Call {
+                st: &st,
+                o: &o,
+                query: &query,
+                table,
+            };
+            match (&method, &o.name) {
+                (&Method::GET, Some(name)) => call.get(name).await,
+                (&Method::GET, None) if is_true(query.get("watch")) => call.watch().await,
+                (&Method::GET, None) => call.list().await,
+                (&Method::POST, None) => call.create(&body).await,
+                (&Method::PUT, Some(name)) => call.update(name, &body).await,
+                (&Method::PATCH, Some(name)) => call.patch(name, &content_type, &body).await,
+                (&Method::DELETE, Some(name)) => call.delete(name).await,
+                (&Method::DELETE, None) => call.delete_collection().await,
+                _ => failure(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    &format!("{method} is not supported here"),
+                ),
+            }
+        }
+    }
+}
+
+fn is_true(v: Option<&String>) -> bool {
+    v.is_some_and(|v| v == "true" || v == "1")
+}
+
+fn to_bytes(obj: &Value) -> Vec<u8> {
+    let mut stored = obj.clone();
+    // The resourceVersion is the key's mod revision; it is never stored.
+    if let Some(m) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&stored).expect("a JSON value serialises")
+}
+
+/// The stored object with its resourceVersion filled in.
+fn from_kv(kv: &KeyValue) -> Value {
+    let mut obj: Value = serde_json::from_slice(&kv.value).unwrap_or_else(|_| json!({}));
+    object::metadata_mut(&mut obj)
+        .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+    obj
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn new_uid() -> String {
+    let b: [u8; 16] = rand::random();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// What every new object gets: uid, creation time, generation.
+fn stamp_new(obj: &mut Value) {
+    let m = object::metadata_mut(obj);
+    m.insert("uid".into(), json!(new_uid()));
+    m.insert("creationTimestamp".into(), json!(now_rfc3339()));
+    m.insert("generation".into(), json!(1));
+    m.remove("resourceVersion");
+}
+
+/// How long ago `ts` was, as kubectl prints ages.
+fn age(ts: Option<&str>) -> String {
+    let Some(t) = ts.and_then(|t| humantime::parse_rfc3339(t).ok()) else {
+        return "<unknown>".into();
+    };
+    let s = SystemTime::now()
+        .duration_since(t)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=599 => format!("{}m{}s", s / 60, s % 60),
+        600..=10799 => format!("{}m", s / 60),
+        10800..=172799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// One request against one resource.
+struct Call<'a> {
+    st: &'a ApiState,
+    o: &'a ObjectPath,
+    query: &'a Query,
+    table: bool,
+}
+
+impl Call<'_> {
+    fn resource(&self) -> &'static Resource {
+        self.o.resource
+    }
+
+    fn key(&self, name: &str) -> String {
+        self.resource().key(self.o.namespace.as_deref(), name)
+    }
+
+    /// The key prefix of the collection addressed (one namespace, or all).
+    fn prefix(&self) -> String {
+        match &self.o.namespace {
+            Some(ns) if self.resource().namespaced => {
+                format!("{}{ns}/", self.resource().key_prefix())
+            }
+            _ => self.resource().key_prefix(),
+        }
+    }
+
+    async fn read(&self, name: &str) -> Result<Option<KeyValue>, StoreError> {
+        let resp = self
+            .st
+            .store
+            .range(
+                RangeRequest::new(KeySpan::key(self.key(name))),
+                Consistency::Linearizable,
+                false,
+            )
+            .await?;
+        Ok(resp.kvs.into_iter().next())
+    }
+
+    fn respond(&self, code: StatusCode, obj: Value) -> Response {
+        if self.table {
+            return json_response(code, &self.to_table(std::slice::from_ref(&obj), None));
+        }
+        json_response(code, &obj)
+    }
+
+    async fn get(&self, name: &str) -> Response {
+        match self.read(name).await {
+            Ok(Some(kv)) => self.respond(StatusCode::OK, from_kv(&kv)),
+            Ok(None) => not_found(self.resource(), name),
+            Err(e) => store_failure(e),
+        }
+    }
+
+    fn selectors(&self) -> Result<(LabelSelector, FieldSelector), Response> {
+        let labels =
+            LabelSelector::parse(self.query.get("labelSelector").map_or("", String::as_str))
+                .map_err(|e| bad_request(&e.to_string()))?;
+        let fields =
+            FieldSelector::parse(self.query.get("fieldSelector").map_or("", String::as_str))
+                .map_err(|e| bad_request(&e.to_string()))?;
+        Ok((labels, fields))
+    }
+
+    async fn list(&self) -> Response {
+        let (labels, fields) = match self.selectors() {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        // `continue` carries the revision and the last key of the previous page.
+        let (revision, start) = match self.query.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => match decode_continue(token) {
+                Some(c) => c,
+                None => return bad_request("invalid continue token"),
+            },
+            None => {
+                let rv = self
+                    .query
+                    .get("resourceVersion")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let exact = self
+                    .query
+                    .get("resourceVersionMatch")
+                    .is_some_and(|m| m == "Exact");
+                (if exact { rv } else { 0 }, None)
+            }
+        };
+        let limit = self
+            .query
+            .get("limit")
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|l| *l > 0);
+        let prefix = self.prefix();
+        let span = match &start {
+            Some(after) => KeySpan::prefix(prefix.clone()).after(after.as_bytes()),
+            None => KeySpan::prefix(prefix.clone()),
+        };
+        let resp = match self
+            .st
+            .store
+            .range(
+                RangeRequest::new(span).at(revision),
+                Consistency::Linearizable,
+                false,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return store_failure(e),
+        };
+        let mut items = Vec::new();
+        let mut next = None;
+        for kv in &resp.kvs {
+            let obj = from_kv(kv);
+            if !labels.matches(&object::labels(&obj)) || !fields.matches(&obj) {
+                continue;
+            }
+            if limit.is_some_and(|l| items.len() >= l) {
+                let last = items
+                    .last()
+                    .map(|(k, _): &(String, Value)| k.clone())
+                    .unwrap_or_default();
+                next = Some(encode_continue(resp.revision, &last));
+                break;
+            }
+            items.push((String::from_utf8_lossy(&kv.key).into_owned(), obj));
+        }
+        let objects: Vec<Value> = items.into_iter().map(|(_, o)| o).collect();
+        let mut meta = json!({"resourceVersion": resp.revision.to_string()});
+        if let Some(token) = next {
+            meta["continue"] = json!(token);
+        }
+        if self.table {
+            return json_response(StatusCode::OK, &self.to_table(&objects, Some(meta)));
+        }
+        let r = self.resource();
+        json_response(
+            StatusCode::OK,
+            &json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": meta, "items": objects}),
+        )
+    }
+
+    /// Checks and completes an object a client sent for `name` (None: a create that may use
+    /// generateName). Returns the object and its name.
+    fn admit(&self, body: &Bytes, name: Option<&str>) -> Result<(Value, String), Response> {
+        let r = self.resource();
+        let mut obj: Value = serde_json::from_slice(body).map_err(|e| {
+            bad_request(&format!(
+                "the body of the request was in an unknown format: {e}"
+            ))
+        })?;
+        if !obj.is_object() {
+            return Err(bad_request("the body must be a JSON object"));
+        }
+        let api_version = r.api_version();
+        match obj.get("kind").and_then(Value::as_str) {
+            Some(kind) if kind != r.kind => {
+                return Err(bad_request(&format!(
+                    "the kind {kind:?} does not match the resource {} (kind {})",
+                    r.name, r.kind
+                )))
+            }
+            _ => obj["kind"] = json!(r.kind),
+        }
+        match obj.get("apiVersion").and_then(Value::as_str) {
+            Some(v) if v != api_version => {
+                return Err(bad_request(&format!(
+                    "apiVersion {v:?} is not served for {}; use {api_version}",
+                    r.name
+                )))
+            }
+            _ => obj["apiVersion"] = json!(api_version),
+        }
+        let body_name = object::name(&obj).map(str::to_string);
+        let name = match (name, body_name) {
+            (Some(url), Some(b)) if url != b => {
+                return Err(bad_request(&format!(
+                    "the name of the object ({b}) does not match the name on the URL ({url})"
+                )))
+            }
+            (Some(url), _) => url.to_string(),
+            (None, Some(b)) => b,
+            (None, None) => match object::metadata(&obj)
+                .and_then(|m| m.get("generateName"))
+                .and_then(Value::as_str)
+            {
+                Some(prefix) => {
+                    let suffix: String = (0..5)
+                        .map(|_| {
+                            "bcdfghjklmnpqrstvwxz2456789".as_bytes()
+                                [rand::random::<u8>() as usize % 27]
+                                as char
+                        })
+                        .collect();
+                    format!("{prefix}{suffix}")
+                }
+                None => {
+                    return Err(invalid(
+                        r,
+                        "",
+                        "metadata.name",
+                        "name or generateName is required",
+                    ))
+                }
+            },
+        };
+        let rule = if r.name == "namespaces" {
+            object::invalid_label(&name)
+        } else {
+            object::invalid_subdomain(&name)
+        };
+        if let Some(why) = rule {
+            return Err(invalid(
+                r,
+                &name,
+                "metadata.name",
+                &format!("\"{name}\": {why}"),
+            ));
+        }
+        let body_ns = object::namespace(&obj).map(str::to_string);
+        let meta = object::metadata_mut(&mut obj);
+        meta.insert("name".into(), json!(name));
+        if r.namespaced {
+            let ns = self.o.namespace.clone().unwrap_or_else(|| "default".into());
+            if body_ns.as_ref().is_some_and(|b| *b != ns) {
+                return Err(bad_request(&format!(
+                    "the namespace of the provided object ({}) does not match the namespace sent on the request ({ns})",
+                    body_ns.unwrap_or_default()
+                )));
+            }
+            meta.insert("namespace".into(), json!(ns));
+        } else {
+            meta.remove("namespace");
+        }
+        Ok((obj, name))
+    }
+
+    async fn namespace_exists(&self) -> Result<bool, StoreError> {
+        let Some(ns) = &self.o.namespace else {
+            return Ok(true);
+        };
+        let nsr = api::registry::find("", "v1", "namespaces").expect("registered");
+        let resp = self
+            .st
+            .store
+            .range(
+                RangeRequest::new(KeySpan::key(nsr.key(None, ns))),
+                Consistency::Linearizable,
+                false,
+            )
+            .await?;
+        Ok(!resp.kvs.is_empty())
+    }
+
+    async fn create(&self, body: &Bytes) -> Response {
+        let (mut obj, name) = match self.admit(body, None) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        if self.resource().namespaced {
+            match self.namespace_exists().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let ns = self.o.namespace.clone().unwrap_or_default();
+                    return not_found(
+                        api::registry::find("", "v1", "namespaces").expect("registered"),
+                        &ns,
+                    );
+                }
+                Err(e) => return store_failure(e),
+            }
+        }
+        stamp_new(&mut obj);
+        if self.resource().name == "namespaces" {
+            obj["status"] = json!({"phase": "Active"});
+        }
+        let key = self.key(&name);
+        let txn =
+            Txn::put(key.as_bytes(), to_bytes(&obj)).when(Compare::exists(key.as_bytes(), false));
+        match self.st.store.txn(txn, false).await {
+            Ok(resp) if resp.succeeded => {
+                object::metadata_mut(&mut obj)
+                    .insert("resourceVersion".into(), json!(resp.revision.to_string()));
+                self.respond(StatusCode::CREATED, obj)
+            }
+            Ok(_) => {
+                let r = self.resource();
+                let msg = format!("{} \"{name}\" already exists", r.name);
+                json_response(
+                    StatusCode::CONFLICT,
+                    &status(
+                        409,
+                        "AlreadyExists",
+                        &msg,
+                        Some(json!({"name": name, "group": r.group, "kind": r.name})),
+                    ),
+                )
+            }
+            Err(e) => store_failure(e),
+        }
+    }
+
+    /// Writes `obj` over the stored `current` if it has not changed since (`current`'s revision).
+    async fn replace(
+        &self,
+        name: &str,
+        current: &KeyValue,
+        mut obj: Value,
+    ) -> Result<Value, Response> {
+        let old = from_kv(current);
+        // What the server owns is kept: identity, creation time; generation moves with spec.
+        let meta = object::metadata_mut(&mut obj);
+        for field in ["uid", "creationTimestamp"] {
+            match old["metadata"].get(field) {
+                Some(v) => meta.insert(field.into(), v.clone()),
+                None => meta.remove(field),
+            };
+        }
+        let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+        let spec_changed = old.get("spec") != obj.get("spec");
+        object::metadata_mut(&mut obj).insert(
+            "generation".into(),
+            json!(if spec_changed {
+                generation + 1
+            } else {
+                generation
+            }),
+        );
+        let key = self.key(name);
+        let txn = Txn::put(key.as_bytes(), to_bytes(&obj)).when(Compare::mod_revision(
+            key.as_bytes(),
+            CompareOp::Equal,
+            current.mod_revision,
+        ));
+        match self.st.store.txn(txn, false).await {
+            Ok(resp) if resp.succeeded => {
+                object::metadata_mut(&mut obj)
+                    .insert("resourceVersion".into(), json!(resp.revision.to_string()));
+                Ok(obj)
+            }
+            Ok(_) => Err(self.conflict(name)),
+            Err(e) => Err(store_failure(e)),
+        }
+    }
+
+    fn conflict(&self, name: &str) -> Response {
+        let r = self.resource();
+        let msg = format!(
+            "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+            r.name
+        );
+        json_response(
+            StatusCode::CONFLICT,
+            &status(
+                409,
+                "Conflict",
+                &msg,
+                Some(json!({"name": name, "group": r.group, "kind": r.name})),
+            ),
+        )
+    }
+
+    async fn update(&self, name: &str, body: &Bytes) -> Response {
+        let (obj, _) = match self.admit(body, Some(name)) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        let current = match self.read(name).await {
+            Ok(Some(kv)) => kv,
+            Ok(None) => return not_found(self.resource(), name),
+            Err(e) => return store_failure(e),
+        };
+        // A resourceVersion in the body must be the current one: optimistic concurrency.
+        if let Some(rv) = object::metadata(&obj)
+            .and_then(|m| m.get("resourceVersion"))
+            .and_then(Value::as_str)
+        {
+            if rv.parse::<u64>().ok() != Some(current.mod_revision) {
+                return self.conflict(name);
+            }
+        }
+        match self.replace(name, &current, obj).await {
+            Ok(obj) => self.respond(StatusCode::OK, obj),
+            Err(r) => r,
+        }
+    }
+
+    async fn patch(&self, name: &str, content_type: &str, body: &Bytes) -> Response {
+        let patch: Value = match serde_json::from_slice(body) {
+            Ok(p) => p,
+            Err(e) => return bad_request(&format!("the patch is not valid JSON: {e}")),
+        };
+        // A patch is applied to the latest version and retried if that moved meanwhile.
+        for _ in 0..5 {
+            let current = match self.read(name).await {
+                Ok(Some(kv)) => kv,
+                Ok(None) => return not_found(self.resource(), name),
+                Err(e) => return store_failure(e),
+            };
+            let mut obj = from_kv(&current);
+            let applied = match content_type.split(';').next().unwrap_or("").trim() {
+                "application/json-patch+json" => {
+                    match serde_json::from_value::<json_patch::Patch>(patch.clone()) {
+                        Ok(p) => json_patch::patch(&mut obj, &p).map_err(|e| e.to_string()),
+                        Err(e) => Err(format!("not a JSON patch: {e}")),
+                    }
+                }
+                "application/merge-patch+json" => {
+                    json_patch::merge(&mut obj, &patch);
+                    Ok(())
+                }
+                "application/strategic-merge-patch+json" => {
+                    strategic_merge(&mut obj, &patch);
+                    Ok(())
+                }
+                other => return failure(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    &format!(
+                        "the patch type {other:?} is not supported (server-side apply comes later)"
+                    ),
+                ),
+            };
+            if let Err(e) = applied {
+                return json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &status(422, "Invalid", &e, None),
+                );
+            }
+            let bytes = Bytes::from(serde_json::to_vec(&obj).expect("serialises"));
+            let (obj, _) = match self.admit(&bytes, Some(name)) {
+                Ok(x) => x,
+                Err(r) => return r,
+            };
+            match self.replace(name, &current, obj).await {
+                Ok(obj) => return self.respond(StatusCode::OK, obj),
+                Err(r) if r.status() == StatusCode::CONFLICT => continue,
+                Err(r) => return r,
+            }
+        }
+        self.conflict(name)
+    }
+
+    async fn delete(&self, name: &str) -> Response {
+        let current = match self.read(name).await {
+            Ok(Some(kv)) => kv,
+            Ok(None) => return not_found(self.resource(), name),
+            Err(e) => return store_failure(e),
+        };
+        let key = self.key(name);
+        let mut ops = vec![Op::delete(key.as_bytes())];
+        // Deleting a namespace deletes what is in it, in the same transaction.
+        if self.resource().name == "namespaces" {
+            for r in REGISTRY.iter().filter(|r| r.namespaced) {
+                ops.push(Op::Delete {
+                    span: KeySpan::prefix(format!("{}{name}/", r.key_prefix())),
+                });
+            }
+        }
+        let txn = Txn {
+            compare: vec![Compare::mod_revision(
+                key.as_bytes(),
+                CompareOp::Equal,
+                current.mod_revision,
+            )],
+            success: ops,
+            failure: vec![],
+        };
+        match self.st.store.txn(txn, false).await {
+            Ok(resp) if resp.succeeded => {
+                let mut obj = from_kv(&current);
+                if self.resource().name == "namespaces" {
+                    obj["status"] = json!({"phase": "Terminating"});
+                }
+                self.respond(StatusCode::OK, obj)
+            }
+            Ok(_) => self.conflict(name),
+            Err(e) => store_failure(e),
+        }
+    }
+
+    async fn delete_collection(&self) -> Response {
+        let (labels, fields) = match self.selectors() {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        let resp = match self
+            .st
+            .store
+            .range(
+                RangeRequest::new(KeySpan::prefix(self.prefix())),
+                Consistency::Linearizable,
+                false,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return store_failure(e),
+        };
+        let mut deleted = Vec::new();
+        for kv in &resp.kvs {
+            let obj = from_kv(kv);
+            if !labels.matches(&object::labels(&obj)) || !fields.matches(&obj) {
+                continue;
+            }
+            let txn = Txn::delete(kv.key.clone()).when(Compare::mod_revision(
+                kv.key.clone(),
+                CompareOp::Equal,
+                kv.mod_revision,
+            ));
+            match self.st.store.txn(txn, false).await {
+                Ok(r) if r.succeeded => deleted.push(obj),
+                Ok(_) => {} // changed meantime: it is no longer the object that matched
+                Err(e) => return store_failure(e),
+            }
+        }
+        let r = self.resource();
+        json_response(
+            StatusCode::OK,
+            &json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": {"resourceVersion": resp.revision.to_string()}, "items": deleted}),
+        )
+    }
+
+    async fn watch(&self) -> Response {
+        let (labels, fields) = match self.selectors() {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        let rv = self
+            .query
+            .get("resourceVersion")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let bookmarks = is_true(self.query.get("allowWatchBookmarks"));
+        let timeout = self
+            .query
+            .get("timeoutSeconds")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let prefix = self.prefix();
+        // Without a resourceVersion a watch starts with the current objects as ADDED events.
+        let mut initial = Vec::new();
+        let from = if rv == 0 {
+            match self
+                .st
+                .store
+                .range(
+                    RangeRequest::new(KeySpan::prefix(prefix.clone())),
+                    Consistency::Linearizable,
+                    false,
+                )
+                .await
+            {
+                Ok(resp) => {
+                    initial = resp
+                        .kvs
+                        .iter()
+                        .map(from_kv)
+                        .map(|o| json!({"type": "ADDED", "object": o}))
+                        .collect();
+                    resp.revision + 1
+                }
+                Err(e) => return store_failure(e),
+            }
+        } else {
+            rv + 1
+        };
+        let initial: Vec<Value> = initial
+            .into_iter()
+            .filter(|e| {
+                labels.matches(&object::labels(&e["object"])) && fields.matches(&e["object"])
+            })
+            .collect();
+        let watcher = self.st.store.watch(KeySpan::prefix(prefix), from);
+        let r = self.resource();
+        let (kind, api_version) = (r.kind, r.api_version());
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let stream = futures_util::stream::unfold(
+            (initial.into_iter(), watcher, false),
+            move |(mut initial, mut watcher, done)| {
+                let (labels, fields, api_version) =
+                    (labels.clone(), fields.clone(), api_version.clone());
+                async move {
+                    if done {
+                        return None;
+                    }
+                    if let Some(ev) = initial.next() {
+                        return Some((
+                            Ok::<_, std::io::Error>(line(&ev)),
+                            (initial, watcher, false),
+                        ));
+                    }
+                    loop {
+                        let next = match deadline {
+                            Some(d) => match tokio::time::timeout_at(d, watcher.next()).await {
+                                Ok(n) => n,
+                                Err(_) => return None,
+                            },
+                            None => watcher.next().await,
+                        };
+                        match next? {
+                            Ok(batch) => {
+                                let mut out = Vec::new();
+                                for ev in &batch.events {
+                                    let (kind_str, obj) = match ev.kind {
+                                        EventKind::Put if ev.prev_kv.is_none() => {
+                                            ("ADDED", from_kv(&ev.kv))
+                                        }
+                                        EventKind::Put => ("MODIFIED", from_kv(&ev.kv)),
+                                        EventKind::Delete => {
+                                            let Some(prev) = &ev.prev_kv else { continue };
+                                            let mut o = from_kv(prev);
+                                            object::metadata_mut(&mut o).insert(
+                                                "resourceVersion".into(),
+                                                json!(ev.kv.mod_revision.to_string()),
+                                            );
+                                            ("DELETED", o)
+                                        }
+                                    };
+                                    if labels.matches(&object::labels(&obj)) && fields.matches(&obj)
+                                    {
+                                        out.extend_from_slice(&line(
+                                            &json!({"type": kind_str, "object": obj}),
+                                        ));
+                                    }
+                                }
+                                if out.is_empty() && batch.events.is_empty() && bookmarks {
+                                    let bm = json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": batch.revision.to_string()}}});
+                                    out.extend_from_slice(&line(&bm));
+                                }
+                                if !out.is_empty() {
+                                    return Some((Ok(Bytes::from(out)), (initial, watcher, false)));
+                                }
+                            }
+                            Err(e) => {
+                                let (code, reason) = match e {
+                                    StoreError::Compacted { .. } => (410, "Expired"),
+                                    _ => (500, "InternalError"),
+                                };
+                                let ev = json!({"type": "ERROR", "object": status(code, reason, &e.to_string(), None)});
+                                return Some((Ok(line(&ev)), (initial, watcher, true)));
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            Body::from_stream(stream),
+        )
+            .into_response()
+    }
+
+    /// A `meta.k8s.io/v1` Table for `kubectl get`, with the usual columns of the kind.
+    fn to_table(&self, objects: &[Value], list_meta: Option<Value>) -> Value {
+        let r = self.resource();
+        let mut columns = vec![
+            json!({"name": "Name", "type": "string", "format": "name", "description": "Name of the object", "priority": 0}),
+        ];
+        let extra: &[(&str, &str)] = match r.name {
+            "namespaces" => &[("Status", "status.phase")],
+            "pods" => &[
+                ("Status", "status.phase"),
+                ("IP", "status.podIP"),
+                ("Node", "spec.nodeName"),
+            ],
+            "nodes" => &[("Status", "")],
+            _ => &[],
+        };
+        for (name, _) in extra {
+            columns.push(json!({"name": name, "type": "string", "format": "", "description": name, "priority": 0}));
+        }
+        columns.push(json!({"name": "Age", "type": "string", "format": "", "description": "Time since creation", "priority": 0}));
+        let rows: Vec<Value> = objects
+            .iter()
+            .map(|o| {
+                let mut cells = vec![json!(object::name(o).unwrap_or(""))];
+                for (_, path) in extra {
+                    let v = path.split('.').try_fold(o, |v, p| v.get(p)).and_then(Value::as_str).unwrap_or("");
+                    cells.push(json!(v));
+                }
+                cells.push(json!(age(o["metadata"]["creationTimestamp"].as_str())));
+                json!({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}})
+            })
+            .collect();
+        json!({
+            "kind": "Table",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": list_meta.unwrap_or_else(|| json!({})),
+            "columnDefinitions": columns,
+            "rows": rows,
+        })
+    }
+}
+
+fn line(v: &Value) -> Bytes {
+    let mut bytes = serde_json::to_vec(v).expect("serialises");
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}
+
+fn encode_continue(revision: u64, last_key: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        serde_json::to_vec(&json!({"rv": revision, "start": last_key})).expect("serialises"),
+    )
+}
+
+fn decode_continue(token: &str) -> Option<(u64, Option<String>)> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    Some((v["rv"].as_u64()?, Some(v["start"].as_str()?.to_string())))
+}
+
+/// Strategic merge patch, enough for kubectl: maps merge recursively, `null` deletes, lists of
+/// objects merge by their merge key (`name`, `containerPort`, `port`, `ip`, `type`), other
+/// lists are replaced, and the `$`-directives kubectl adds (`$setElementOrder/...`,
+/// `$retainKeys`, `$patch`) are honoured or dropped rather than stored.
+pub fn strategic_merge(target: &mut Value, patch: &Value) {
+    let Value::Object(patch_map) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if patch_map.get("$patch").and_then(Value::as_str) == Some("replace") {
+        let mut replacement = patch.clone();
+        replacement
+            .as_object_mut()
+            .expect("object")
+            .remove("$patch");
+        *target = replacement;
+        return;
+    }
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let target_map = target.as_object_mut().expect("object");
+    for (k, v) in patch_map {
+        if k.starts_with('$') {
+            continue;
+        }
+        match v {
+            Value::Null => {
+                target_map.remove(k);
+            }
+            Value::Array(items) => {
+                let merged = match target_map.get(k) {
+                    Some(Value::Array(existing)) => merge_lists(existing, items),
+                    _ => items
+                        .iter()
+                        .filter(|i| i.get("$patch").is_none())
+                        .cloned()
+                        .collect(),
+                };
+                target_map.insert(k.clone(), Value::Array(merged));
+            }
+            Value::Object(_) => {
+                strategic_merge(target_map.entry(k.clone()).or_insert(Value::Null), v)
+            }
+            other => {
+                target_map.insert(k.clone(), other.clone());
+            }
+        }
+    }
+}
+
+const MERGE_KEYS: &[&str] = &[
+    "name",
+    "containerPort",
+    "port",
+    "ip",
+    "type",
+    "mountPath",
+    "devicePath",
+];
+
+fn merge_lists(existing: &[Value], patch: &[Value]) -> Vec<Value> {
+    let key = MERGE_KEYS
+        .iter()
+        .find(|k| patch.iter().all(|p| p.get(**k).is_some()) && !patch.is_empty());
+    let Some(key) = key else {
+        return patch.to_vec();
+    };
+    let mut out: Vec<Value> = existing.to_vec();
+    for p in patch {
+        let pos = out.iter().position(|e| e.get(*key) == p.get(*key));
+        let delete = p.get("$patch").and_then(Value::as_str) == Some("delete");
+        match (pos, delete) {
+            (Some(i), true) => {
+                out.remove(i);
+            }
+            (Some(i), false) => strategic_merge(&mut out[i], p),
+            (None, false) => {
+                let mut item = Value::Null;
+                strategic_merge(&mut item, p);
+                out.push(item);
+            }
+            (None, true) => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategic_merge_merges_containers_by_name_and_drops_directives() {
+        let mut obj = json!({"spec": {"replicas": 1, "containers": [{"name": "a", "image": "x:1"}, {"name": "b", "image": "y:1"}]}});
+        let patch = json!({"spec": {"replicas": 3, "$setElementOrder/containers": [{"name": "a"}, {"name": "b"}], "containers": [{"name": "b", "image": "y:2"}]}, "metadata": {"labels": {"l": "v"}}});
+        strategic_merge(&mut obj, &patch);
+        assert_eq!(obj["spec"]["replicas"], 3);
+        assert_eq!(obj["spec"]["containers"][0]["image"], "x:1");
+        assert_eq!(obj["spec"]["containers"][1]["image"], "y:2");
+        assert!(obj["spec"].get("$setElementOrder/containers").is_none());
+        assert_eq!(obj["metadata"]["labels"]["l"], "v");
+        strategic_merge(
+            &mut obj,
+            &json!({"spec": {"containers": [{"name": "a", "$patch": "delete"}]}}),
+        );
+        assert_eq!(obj["spec"]["containers"].as_array().unwrap().len(), 1);
+        strategic_merge(&mut obj, &json!({"metadata": {"labels": {"l": null}}}));
+        assert!(obj["metadata"]["labels"].get("l").is_none());
+    }
+
+    #[test]
+    fn continue_tokens_round_trip_and_reject_garbage() {
+        let t = encode_continue(42, "/registry/core/pods/default/web");
+        assert_eq!(
+            decode_continue(&t),
+            Some((42, Some("/registry/core/pods/default/web".into())))
+        );
+        assert_eq!(decode_continue("%%%"), None);
+    }
+}

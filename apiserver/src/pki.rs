@@ -1,0 +1,140 @@
+//! The cluster's certificates and the admin credential, made at first start and kept in the
+//! data dir (`pki/`): a cluster CA, a serving certificate for the API signed by it, and an admin
+//! bearer token; plus a kubeconfig that the real kubectl uses as it is.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+pub struct Pki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub admin_token: String,
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Loads the PKI from `data_dir/pki`, creating it on first start for the given host names and
+/// addresses (the serving certificate's subject alternative names).
+pub fn load_or_create(data_dir: &Path, hosts: &[String]) -> Result<Pki, String> {
+    let dir = data_dir.join("pki");
+    let files = ["ca.crt", "apiserver.crt", "apiserver.key", "admin.token"].map(|f| dir.join(f));
+    if files.iter().all(|f| f.exists()) {
+        return Ok(Pki {
+            ca_pem: read(&files[0])?,
+            cert_pem: read(&files[1])?,
+            key_pem: read(&files[2])?,
+            admin_token: read(&files[3])?.trim().to_string(),
+        });
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let err = |e: rcgen::Error| format!("cannot make certificates: {e}");
+
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "drover-ca");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
+    let ca_key_pem = ca_key.serialize_pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "drover-apiserver");
+    for host in hosts {
+        params.subject_alt_names.push(match host.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(host.clone().try_into().map_err(err)?),
+        });
+    }
+    let key = KeyPair::generate().map_err(err)?;
+    let cert = params.signed_by(&key, &issuer).map_err(err)?;
+    let token: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+
+    let pki = Pki {
+        ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        admin_token: token,
+    };
+    write_private(&dir.join("ca.key"), &ca_key_pem)?;
+    write_private(&files[0], &pki.ca_pem)?;
+    write_private(&files[1], &pki.cert_pem)?;
+    write_private(&files[2], &pki.key_pem)?;
+    write_private(&files[3], &pki.admin_token)?;
+    Ok(pki)
+}
+
+/// A kubeconfig for the admin, pointing at `server` (an https URL).
+pub fn kubeconfig(pki: &Pki, server: &str) -> String {
+    let ca = base64::engine::general_purpose::STANDARD.encode(&pki.ca_pem);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: drover\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
+         users:\n- name: drover-admin\n  user:\n    token: {token}\n\
+         contexts:\n- name: drover\n  context:\n    cluster: drover\n    user: drover-admin\n\
+         current-context: drover\n",
+        token = pki.admin_token
+    )
+}
+
+/// Writes the admin kubeconfig to `path` (0600) and returns the path.
+pub fn write_kubeconfig(pki: &Pki, server: &str, path: &Path) -> Result<PathBuf, String> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    write_private(path, &kubeconfig(pki, server))?;
+    Ok(path.to_path_buf())
+}
+
+/// The rustls configuration that serves the API certificate, offering HTTP/2 and HTTP/1.1.
+pub fn server_tls(pki: &Pki) -> Result<rustls::ServerConfig, String> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pki.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad serving certificate: {e}"))?;
+    let key = rustls_pemfile::private_key(&mut pki.key_pem.as_bytes())
+        .map_err(|e| format!("bad serving key: {e}"))?
+        .ok_or("no serving key in apiserver.key")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("bad serving certificate: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}

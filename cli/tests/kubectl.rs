@@ -1,0 +1,285 @@
+//! The real kubectl (v1.32, on every machine here) against a real `drover server`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use testkit::Cluster;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_drover"))
+}
+
+struct Kubectl {
+    _cluster: Cluster,
+    kubeconfig: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Kubectl {
+    async fn start(ip: u8) -> Kubectl {
+        let cluster = Cluster::start(bin(), ip, 1)
+            .await
+            .expect("start drover server");
+        let kubeconfig = cluster.members[0].data_dir.join("admin.kubeconfig");
+        let k = Kubectl {
+            _cluster: cluster,
+            kubeconfig,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        // The system namespaces are written right after the member comes up.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !k.run(&["get", "namespace", "kube-system"]).0 {
+            assert!(Instant::now() < deadline, "kube-system never appeared");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        k
+    }
+
+    /// Runs kubectl; returns (success, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path()) // no cache shared between tests
+            .output()
+            .expect("kubectl is installed on every machine here");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "kubectl {args:?} failed:\n{out}\n{err}");
+        out
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(!ok, "kubectl {args:?} should have failed:\n{out}");
+        err
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+}
+
+const MANIFEST: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: invoice-config
+  namespace: shop
+  labels: {app: invoice, environment: prod}
+data:
+  currency: EUR
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: other-config
+  namespace: shop
+  labels: {app: invoice, environment: dev}
+data:
+  currency: USD
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_info_namespaces_and_discovery() {
+    let k = Kubectl::start(101).await;
+    assert!(k.ok(&["cluster-info"]).contains("is running at https://"));
+    let ns = k.ok(&["get", "namespaces"]);
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            ns.lines()
+                .any(|l| l.starts_with(name) && l.contains("Active")),
+            "{name} missing:\n{ns}"
+        );
+    }
+    let resources = k.ok(&["api-resources"]);
+    for line in [
+        "deployments",
+        "configmaps",
+        "networkpolicies",
+        "horizontalpodautoscalers",
+    ] {
+        assert!(resources.contains(line), "{line} missing:\n{resources}");
+    }
+    assert!(k.ok(&["version"]).contains("Server Version: v1.32"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_label_annotate_patch_watch_delete() {
+    let k = Kubectl::start(102).await;
+    let file = k.write("shop.yaml", MANIFEST);
+    let out = k.ok(&["apply", "-f", &file]);
+    assert!(
+        out.contains("namespace/shop created") && out.contains("configmap/invoice-config created"),
+        "{out}"
+    );
+    // Applying again changes nothing.
+    let out = k.ok(&["apply", "-f", &file]);
+    assert!(out.contains("configmap/invoice-config unchanged"), "{out}");
+    // An edited manifest is patched in.
+    let edited = k.write(
+        "shop2.yaml",
+        &MANIFEST.replace("currency: EUR", "currency: CHF"),
+    );
+    assert!(k
+        .ok(&["apply", "-f", &edited])
+        .contains("configmap/invoice-config configured"));
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "cm",
+            "invoice-config",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.data.currency}"
+        ]),
+        "CHF"
+    );
+
+    // Selectors, output formats.
+    let out = k.ok(&[
+        "get",
+        "configmaps",
+        "-n",
+        "shop",
+        "-l",
+        "environment=prod,app=invoice",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(out.trim(), "configmap/invoice-config");
+    let all = k.ok(&["get", "configmaps", "--all-namespaces"]);
+    assert!(
+        all.contains("shop") && all.contains("other-config"),
+        "{all}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "cm", "invoice-config", "-n", "shop", "-o", "json"]))
+            .unwrap();
+    assert_eq!(json["metadata"]["labels"]["app"], "invoice");
+    assert!(json["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse::<u64>()
+        .is_ok());
+    assert!(k
+        .ok(&["get", "cm", "invoice-config", "-n", "shop", "-o", "yaml"])
+        .contains("currency: CHF"));
+
+    k.ok(&["label", "cm", "invoice-config", "-n", "shop", "tier=web"]);
+    k.ok(&[
+        "annotate",
+        "cm",
+        "invoice-config",
+        "-n",
+        "shop",
+        "owner=billing",
+    ]);
+    k.ok(&[
+        "patch",
+        "cm",
+        "invoice-config",
+        "-n",
+        "shop",
+        "-p",
+        r#"{"data":{"rounding":"up"}}"#,
+    ]);
+    let described = k.ok(&["describe", "cm", "invoice-config", "-n", "shop"]);
+    assert!(
+        described.contains("tier=web")
+            && described.contains("owner: billing")
+            && described.contains("rounding"),
+        "{described}"
+    );
+
+    // A watch sees a change made while it runs.
+    let mut watch = Command::new("kubectl")
+        .args([
+            "get",
+            "cm",
+            "-n",
+            "shop",
+            "-w",
+            "-o",
+            "name",
+            "--request-timeout=20s",
+        ])
+        .env("KUBECONFIG", &k.kubeconfig)
+        .env("HOME", k.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    k.ok(&[
+        "create",
+        "-f",
+        &k.write(
+            "new.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late, namespace: shop}\n",
+        ),
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    watch.kill().unwrap();
+    let seen = String::from_utf8_lossy(&watch.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        seen.contains("configmap/late"),
+        "the watch did not see the new object:\n{seen}"
+    );
+
+    // Delete by label, then the rest with the manifest.
+    assert!(k
+        .ok(&["delete", "cm", "-n", "shop", "-l", "environment=dev"])
+        .contains("other-config"));
+    k.ok(&["delete", "-f", &edited, "--ignore-not-found"]);
+    let err = k.fails(&["get", "cm", "late", "-n", "shop"]);
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "deleting the namespace deletes its contents: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_kubernetes_errors() {
+    let k = Kubectl::start(103).await;
+    let bad = k.write(
+        "bad.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n",
+    );
+    let err = k.fails(&["create", "-f", &bad]);
+    assert!(
+        err.contains("metadata.name") && err.contains("Invalid value"),
+        "{err}"
+    );
+    let err = k.fails(&["get", "cm", "missing"]);
+    assert!(err.contains("configmaps \"missing\" not found"), "{err}");
+    let err = k.fails(&["--token=not-the-token", "get", "namespaces"]);
+    assert!(err.contains("Unauthorized"), "{err}");
+    let missing_ns = k.write(
+        "nons.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: nowhere}\n",
+    );
+    let err = k.fails(&["create", "-f", &missing_ns]);
+    assert!(err.contains("namespaces \"nowhere\" not found"), "{err}");
+    let dup = k.write(
+        "dup.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: twice}\n",
+    );
+    k.ok(&["create", "-f", &dup]);
+    let err = k.fails(&["create", "-f", &dup]);
+    assert!(err.contains("already exists"), "{err}");
+}
