@@ -56,7 +56,10 @@ impl Resource {
     }
 }
 
-#[allow(clippy::too_many_arguments, reason = "one positional row per resource keeps the table below readable")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one positional row per resource keeps the table below readable"
+)]
 const fn r(
     group: &'static str,
     version: &'static str,

@@ -772,13 +772,15 @@ impl Call<'_> {
                     strategic_merge(&mut obj, &patch);
                     Ok(())
                 }
-                other => return failure(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "UnsupportedMediaType",
-                    &format!(
+                other => {
+                    return failure(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "UnsupportedMediaType",
+                        &format!(
                         "the patch type {other:?} is not supported (server-side apply comes later)"
                     ),
-                ),
+                    )
+                }
             };
             if let Err(e) = applied {
                 return json_response(
