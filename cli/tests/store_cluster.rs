@@ -157,11 +157,13 @@ async fn root_three_members_stay_linearizable_through_kill_restart_partition_and
 async fn acknowledged_writes_survive_kill_9_of_a_single_member() {
     let mut c = Cluster::start(bin(), 41, 1).await.unwrap();
     let client = c.client();
+    let mut last = 0;
     for i in 0..200 {
-        client
+        last = client
             .put(format!("/k/{i:03}").as_bytes(), format!("v{i}").as_bytes())
             .await
-            .unwrap();
+            .unwrap()
+            .revision;
     }
     c.kill(0);
     c.restart(0).await.unwrap();
@@ -174,7 +176,11 @@ async fn acknowledged_writes_survive_kill_9_of_a_single_member() {
         .await
         .unwrap();
     assert_eq!(resp.count, 200);
-    assert_eq!(resp.revision, 200);
+    assert!(
+        resp.revision >= last,
+        "revision went back from {last} to {}",
+        resp.revision
+    );
     assert_eq!(resp.kvs[199].value, b"v199");
 }
 
@@ -185,14 +191,16 @@ async fn snapshots_purge_the_log_and_bring_a_new_member_up_to_date() {
         .extend(["--snapshot-every".to_string(), "200".to_string()]);
     c.add_member().await.unwrap();
     let client = c.client();
+    let mut last = 0;
     for i in 0..700 {
-        client
+        last = client
             .put(
                 format!("/s/{}", i % 50).as_bytes(),
                 format!("v{i}").as_bytes(),
             )
             .await
-            .unwrap();
+            .unwrap()
+            .revision;
     }
     assert!(
         c.members[0].data_dir.join("snapshot.bin").exists(),
@@ -210,13 +218,13 @@ async fn snapshots_purge_the_log_and_bring_a_new_member_up_to_date() {
         .await
         .unwrap();
     assert_eq!(resp.count, 50);
-    assert_eq!(resp.revision, 700);
+    assert_eq!(resp.revision, last);
     // And a restart of a snapshotted member recovers everything, history included.
     c.kill(0);
     c.restart(0).await.unwrap();
     let resp = StoreClient::new(&[c.members[0].addr.to_string()])
         .range(
-            &RangeRequest::new(KeySpan::prefix("/s/")).at(650),
+            &RangeRequest::new(KeySpan::prefix("/s/")).at(last - 50),
             Consistency::Serializable,
         )
         .await
