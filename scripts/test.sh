@@ -14,6 +14,12 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# The Python `kubernetes` client is the API's second acceptance client.
+if ! python3 -c 'import kubernetes' >/dev/null 2>&1; then
+  echo "installing: the Python kubernetes client (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes
+fi
+command -v kubectl >/dev/null 2>&1 || { echo "kubectl (v1.32) is expected on this machine and is missing" >&2; exit 1; }
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
