@@ -4,6 +4,7 @@
 //! Pure data and rules: no tokio, no HTTP, no storage. Objects are handled as JSON values here;
 //! typed validation with k8s-openapi comes with the rest of the API issue.
 
+pub mod columns;
 pub mod object;
 pub mod registry;
 pub mod selector;

@@ -290,6 +290,29 @@ async fn dispatch(
     }
 }
 
+/// Kinds whose `status` is written only through `/status`.
+fn has_status(r: &Resource) -> bool {
+    matches!(
+        r.name,
+        "pods"
+            | "services"
+            | "nodes"
+            | "namespaces"
+            | "deployments"
+            | "replicasets"
+            | "daemonsets"
+            | "statefulsets"
+            | "jobs"
+            | "cronjobs"
+            | "horizontalpodautoscalers"
+    )
+}
+
+/// Kinds with a `/scale` subresource.
+fn has_scale(r: &Resource) -> bool {
+    matches!(r.name, "deployments" | "replicasets" | "statefulsets")
+}
+
 fn is_true(v: Option<&String>) -> bool {
     v.is_some_and(|v| v == "true" || v == "1")
 }
@@ -403,8 +426,11 @@ impl Call<'_> {
     }
 
     async fn get(&self, name: &str) -> Response {
+        if let Err(r) = self.check_subresource() {
+            return r;
+        }
         match self.read(name).await {
-            Ok(Some(kv)) => self.respond(StatusCode::OK, from_kv(&kv)),
+            Ok(Some(kv)) => self.respond(StatusCode::OK, self.view(from_kv(&kv))),
             Ok(None) => not_found(self.resource(), name),
             Err(e) => store_failure(e),
         }
@@ -720,17 +746,24 @@ impl Call<'_> {
     }
 
     async fn update(&self, name: &str, body: &Bytes) -> Response {
-        let (obj, _) = match self.admit(body, Some(name)) {
-            Ok(x) => x,
-            Err(r) => return r,
-        };
+        if let Err(r) = self.check_subresource() {
+            return r;
+        }
         let current = match self.read(name).await {
             Ok(Some(kv)) => kv,
             Ok(None) => return not_found(self.resource(), name),
             Err(e) => return store_failure(e),
         };
+        let incoming: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                return bad_request(&format!(
+                    "the body of the request was in an unknown format: {e}"
+                ))
+            }
+        };
         // A resourceVersion in the body must be the current one: optimistic concurrency.
-        if let Some(rv) = object::metadata(&obj)
+        if let Some(rv) = object::metadata(&incoming)
             .and_then(|m| m.get("resourceVersion"))
             .and_then(Value::as_str)
         {
@@ -738,13 +771,115 @@ impl Call<'_> {
                 return self.conflict(name);
             }
         }
-        match self.replace(name, &current, obj).await {
-            Ok(obj) => self.respond(StatusCode::OK, obj),
-            Err(r) => r,
+        self.write_view(name, &current, incoming)
+            .await
+            .unwrap_or_else(|r| r)
+    }
+
+    /// Writes `incoming` — the object, or its status or scale view — over `current`.
+    async fn write_view(
+        &self,
+        name: &str,
+        current: &KeyValue,
+        incoming: Value,
+    ) -> Result<Response, Response> {
+        let stored = from_kv(current);
+        let merged = self.unview(&stored, incoming)?;
+        let bytes = Bytes::from(serde_json::to_vec(&merged).expect("serialises"));
+        let (obj, _) = self.admit(&bytes, Some(name))?;
+        let obj = self.replace(name, current, obj).await?;
+        Ok(self.respond(StatusCode::OK, self.view(obj)))
+    }
+
+    fn check_subresource(&self) -> Result<(), Response> {
+        let r = self.resource();
+        match self.o.subresource.as_deref() {
+            None => Ok(()),
+            Some("status") if has_status(r) => Ok(()),
+            Some("scale") if has_scale(r) => Ok(()),
+            Some(other) => Err(failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!(
+                    "the server could not find the requested resource ({}/{other} is not served)",
+                    r.name
+                ),
+            )),
+        }
+    }
+
+    /// What a request to this path sees of a stored object: the object, or its Scale.
+    fn view(&self, obj: Value) -> Value {
+        if self.o.subresource.as_deref() != Some("scale") {
+            return obj;
+        }
+        let m = &obj["metadata"];
+        let selector = obj["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .map(|l| {
+                l.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        json!({
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"], "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"]},
+            "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+            "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+        })
+    }
+
+    /// The whole object to store when `incoming` is written through this path over `stored`:
+    /// the main endpoint cannot change status, `/status` changes only status, `/scale` only
+    /// `spec.replicas`.
+    fn unview(&self, stored: &Value, incoming: Value) -> Result<Value, Response> {
+        let r = self.resource();
+        match self.o.subresource.as_deref() {
+            None => {
+                let mut obj = incoming;
+                if has_status(r) && r.name != "namespaces" {
+                    match stored.get("status") {
+                        Some(st) => obj["status"] = st.clone(),
+                        None => {
+                            obj.as_object_mut().map(|m| m.remove("status"));
+                        }
+                    }
+                }
+                Ok(obj)
+            }
+            Some("status") => {
+                let mut obj = stored.clone();
+                obj["status"] = incoming.get("status").cloned().unwrap_or(Value::Null);
+                Ok(obj)
+            }
+            Some("scale") => {
+                let Some(replicas) = incoming["spec"]["replicas"].as_i64().filter(|n| *n >= 0)
+                else {
+                    let name = object::name(stored).unwrap_or("");
+                    return Err(invalid(
+                        r,
+                        name,
+                        "spec.replicas",
+                        "must be a non-negative integer",
+                    ));
+                };
+                let mut obj = stored.clone();
+                obj["spec"]["replicas"] = json!(replicas);
+                Ok(obj)
+            }
+            Some(_) => Err(self
+                .check_subresource()
+                .expect_err("only served subresources get here")),
         }
     }
 
     async fn patch(&self, name: &str, content_type: &str, body: &Bytes) -> Response {
+        if let Err(r) = self.check_subresource() {
+            return r;
+        }
         let patch: Value = match serde_json::from_slice(body) {
             Ok(p) => p,
             Err(e) => return bad_request(&format!("the patch is not valid JSON: {e}")),
@@ -756,7 +891,7 @@ impl Call<'_> {
                 Ok(None) => return not_found(self.resource(), name),
                 Err(e) => return store_failure(e),
             };
-            let mut obj = from_kv(&current);
+            let mut obj = self.view(from_kv(&current));
             let applied = match content_type.split(';').next().unwrap_or("").trim() {
                 "application/json-patch+json" => {
                     match serde_json::from_value::<json_patch::Patch>(patch.clone()) {
@@ -788,13 +923,8 @@ impl Call<'_> {
                     &status(422, "Invalid", &e, None),
                 );
             }
-            let bytes = Bytes::from(serde_json::to_vec(&obj).expect("serialises"));
-            let (obj, _) = match self.admit(&bytes, Some(name)) {
-                Ok(x) => x,
-                Err(r) => return r,
-            };
-            match self.replace(name, &current, obj).await {
-                Ok(obj) => return self.respond(StatusCode::OK, obj),
+            match self.write_view(name, &current, obj).await {
+                Ok(resp) => return resp,
                 Err(r) if r.status() == StatusCode::CONFLICT => continue,
                 Err(r) => return r,
             }
@@ -1016,32 +1146,16 @@ impl Call<'_> {
 
     /// A `meta.k8s.io/v1` Table for `kubectl get`, with the usual columns of the kind.
     fn to_table(&self, objects: &[Value], list_meta: Option<Value>) -> Value {
-        let r = self.resource();
-        let mut columns = vec![
-            json!({"name": "Name", "type": "string", "format": "name", "description": "Name of the object", "priority": 0}),
-        ];
-        let extra: &[(&str, &str)] = match r.name {
-            "namespaces" => &[("Status", "status.phase")],
-            "pods" => &[
-                ("Status", "status.phase"),
-                ("IP", "status.podIP"),
-                ("Node", "spec.nodeName"),
-            ],
-            "nodes" => &[("Status", "")],
-            _ => &[],
-        };
-        for (name, _) in extra {
-            columns.push(json!({"name": name, "type": "string", "format": "", "description": name, "priority": 0}));
-        }
-        columns.push(json!({"name": "Age", "type": "string", "format": "", "description": "Time since creation", "priority": 0}));
+        let kind_columns = api::columns::columns(self.resource().name);
+        let column = |name: &str, priority: u8, format: &str| json!({"name": name, "type": "string", "format": format, "description": name, "priority": priority});
+        let mut columns = vec![column("Name", 0, "name")];
+        columns.extend(kind_columns.iter().map(|c| column(c.name, c.priority, "")));
+        columns.push(column("Age", 0, ""));
         let rows: Vec<Value> = objects
             .iter()
             .map(|o| {
                 let mut cells = vec![json!(object::name(o).unwrap_or(""))];
-                for (_, path) in extra {
-                    let v = path.split('.').try_fold(o, |v, p| v.get(p)).and_then(Value::as_str).unwrap_or("");
-                    cells.push(json!(v));
-                }
+                cells.extend(kind_columns.iter().map(|c| json!((c.cell)(o))));
                 cells.push(json!(age(o["metadata"]["creationTimestamp"].as_str())));
                 json!({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}})
             })

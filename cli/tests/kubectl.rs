@@ -283,3 +283,118 @@ async fn bad_requests_get_kubernetes_errors() {
     let err = k.fails(&["create", "-f", &dup]);
     assert!(err.contains("already exists"), "{err}");
 }
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: hw-demo-deployment
+  labels: {app: hw}
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: hw}
+  template:
+    metadata:
+      labels: {app: hw}
+    spec:
+      containers:
+      - name: hw
+        image: example/hello-world:1
+        ports:
+        - containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: hw-svc
+spec:
+  type: NodePort
+  selector: {app: hw}
+  ports:
+  - port: 8080
+    nodePort: 30080
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_scale_set_image_status_and_columns() {
+    let k = Kubectl::start(104).await;
+    let file = k.write("hw.yaml", DEPLOYMENT);
+    k.ok(&["apply", "-f", &file]);
+    let wide = k.ok(&["get", "deployments", "-o", "wide"]);
+    let header = wide.lines().next().unwrap();
+    for col in [
+        "READY",
+        "UP-TO-DATE",
+        "AVAILABLE",
+        "CONTAINERS",
+        "IMAGES",
+        "SELECTOR",
+    ] {
+        assert!(header.contains(col), "{wide}");
+    }
+    assert!(
+        wide.contains("0/3") && wide.contains("example/hello-world:1"),
+        "{wide}"
+    );
+    let svc = k.ok(&["get", "service", "hw-svc"]);
+    assert!(
+        svc.contains("NodePort") && svc.contains("8080:30080/TCP"),
+        "{svc}"
+    );
+    assert!(k
+        .ok(&["get", "all"])
+        .contains("deployment.apps/hw-demo-deployment"));
+
+    // kubectl scale goes through the scale subresource.
+    assert!(k
+        .ok(&["scale", "deployment", "hw-demo-deployment", "--replicas=5"])
+        .contains("scaled"));
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deploy",
+            "hw-demo-deployment",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "5"
+    );
+    k.ok(&[
+        "set",
+        "image",
+        "deployment/hw-demo-deployment",
+        "hw=example/hello-world:2",
+    ]);
+    let image = k.ok(&[
+        "get",
+        "deploy",
+        "hw-demo-deployment",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
+    assert_eq!(image, "example/hello-world:2");
+
+    // Status is written only through /status; the main endpoint leaves it alone.
+    k.ok(&[
+        "patch",
+        "deploy",
+        "hw-demo-deployment",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"readyReplicas":4}}"#,
+    ]);
+    k.ok(&[
+        "patch",
+        "deploy",
+        "hw-demo-deployment",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"readyReplicas":99}}"#,
+    ]);
+    assert!(k
+        .ok(&["get", "deploy", "hw-demo-deployment"])
+        .contains("4/5"));
+    let err = k.fails(&["scale", "deployment", "hw-demo-deployment", "--replicas=-1"]);
+    assert!(err.contains("replicas"), "{err}");
+}
