@@ -188,6 +188,32 @@ fn replicas_ready(v: &Value) -> String {
     )
 }
 
+/// `cpu: 12%/50%` for each resource metric, as kubectl shows HPA targets.
+fn hpa_targets(v: &Value) -> String {
+    let current = array(v, "status.currentMetrics");
+    let targets: Vec<String> = array(v, "spec.metrics")
+        .iter()
+        .filter(|m| m["type"] == "Resource")
+        .map(|m| {
+            let name = m["resource"]["name"].as_str().unwrap_or("");
+            let target = &m["resource"]["target"];
+            let now = current
+                .iter()
+                .find(|c| c["resource"]["name"] == name)
+                .and_then(|c| c["resource"]["current"]["averageUtilization"].as_i64())
+                .map_or("<unknown>".to_string(), |u| format!("{u}%"));
+            match target["averageUtilization"].as_i64() {
+                Some(u) => format!("{name}: {now}/{u}%"),
+                None => format!(
+                    "{name}: {now}/{}",
+                    target["averageValue"].as_str().unwrap_or("?")
+                ),
+            }
+        })
+        .collect();
+    or_none(targets.join(", "))
+}
+
 /// The kind-specific columns of `resource` (by plural name).
 pub fn columns(resource: &str) -> Vec<Column> {
     match resource {
@@ -281,6 +307,7 @@ pub fn columns(resource: &str) -> Vec<Column> {
                     text(v, "spec.scaleTargetRef.name")
                 )
             }),
+            col("Targets", 0, hpa_targets),
             col("MinPods", 0, |v| {
                 at(v, "spec.minReplicas").as_i64().unwrap_or(1).to_string()
             }),

@@ -5,6 +5,8 @@
 //! typed validation with k8s-openapi comes with the rest of the API issue.
 
 pub mod columns;
+pub mod convert;
+pub mod defaults;
 pub mod object;
 pub mod registry;
 pub mod selector;

@@ -37,6 +37,29 @@ impl Resource {
         }
     }
 
+    /// Whether `status` is written only through the `/status` subresource.
+    pub fn has_status(&self) -> bool {
+        matches!(
+            self.name,
+            "pods"
+                | "services"
+                | "nodes"
+                | "namespaces"
+                | "deployments"
+                | "replicasets"
+                | "daemonsets"
+                | "statefulsets"
+                | "jobs"
+                | "cronjobs"
+                | "horizontalpodautoscalers"
+        )
+    }
+
+    /// Whether the resource has a `/scale` subresource (an `autoscaling/v1` Scale).
+    pub fn has_scale(&self) -> bool {
+        matches!(self.name, "deployments" | "replicasets" | "statefulsets")
+    }
+
     /// The store key prefix of this resource's objects, ending in '/'.
     pub fn key_prefix(&self) -> String {
         let group = if self.group.is_empty() {
@@ -87,222 +110,36 @@ const NONE: &[&str] = &[];
 
 /// The served resources. Subresources (status, scale, binding, log, eviction) come with the
 /// handlers that give them meaning.
+#[rustfmt::skip]
 pub static REGISTRY: &[Resource] = &[
-    r(
-        "",
-        "v1",
-        "namespaces",
-        "namespace",
-        "Namespace",
-        false,
-        &["ns"],
-        NONE,
-    ),
+    r("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"], NONE),
     r("", "v1", "pods", "pod", "Pod", true, &["po"], ALL),
-    r(
-        "",
-        "v1",
-        "services",
-        "service",
-        "Service",
-        true,
-        &["svc"],
-        ALL,
-    ),
-    r(
-        "",
-        "v1",
-        "endpoints",
-        "endpoints",
-        "Endpoints",
-        true,
-        &["ep"],
-        NONE,
-    ),
-    r(
-        "",
-        "v1",
-        "configmaps",
-        "configmap",
-        "ConfigMap",
-        true,
-        &["cm"],
-        NONE,
-    ),
+    r("", "v1", "services", "service", "Service", true, &["svc"], ALL),
+    r("", "v1", "endpoints", "endpoints", "Endpoints", true, &["ep"], NONE),
+    r("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], NONE),
     r("", "v1", "secrets", "secret", "Secret", true, NONE, NONE),
     r("", "v1", "nodes", "node", "Node", false, &["no"], NONE),
     r("", "v1", "events", "event", "Event", true, &["ev"], NONE),
-    r(
-        "",
-        "v1",
-        "serviceaccounts",
-        "serviceaccount",
-        "ServiceAccount",
-        true,
-        &["sa"],
-        NONE,
-    ),
-    r(
-        "apps",
-        "v1",
-        "deployments",
-        "deployment",
-        "Deployment",
-        true,
-        &["deploy"],
-        ALL,
-    ),
-    r(
-        "apps",
-        "v1",
-        "replicasets",
-        "replicaset",
-        "ReplicaSet",
-        true,
-        &["rs"],
-        ALL,
-    ),
-    r(
-        "apps",
-        "v1",
-        "daemonsets",
-        "daemonset",
-        "DaemonSet",
-        true,
-        &["ds"],
-        ALL,
-    ),
-    r(
-        "apps",
-        "v1",
-        "statefulsets",
-        "statefulset",
-        "StatefulSet",
-        true,
-        &["sts"],
-        ALL,
-    ),
-    r(
-        "apps",
-        "v1",
-        "controllerrevisions",
-        "controllerrevision",
-        "ControllerRevision",
-        true,
-        NONE,
-        NONE,
-    ),
+    r("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], NONE),
+    r("apps", "v1", "deployments", "deployment", "Deployment", true, &["deploy"], ALL),
+    r("apps", "v1", "replicasets", "replicaset", "ReplicaSet", true, &["rs"], ALL),
+    r("apps", "v1", "daemonsets", "daemonset", "DaemonSet", true, &["ds"], ALL),
+    r("apps", "v1", "statefulsets", "statefulset", "StatefulSet", true, &["sts"], ALL),
+    r("apps", "v1", "controllerrevisions", "controllerrevision", "ControllerRevision", true, NONE, NONE),
     r("batch", "v1", "jobs", "job", "Job", true, NONE, ALL),
-    r(
-        "batch",
-        "v1",
-        "cronjobs",
-        "cronjob",
-        "CronJob",
-        true,
-        &["cj"],
-        ALL,
-    ),
-    r(
-        "autoscaling",
-        "v2",
-        "horizontalpodautoscalers",
-        "horizontalpodautoscaler",
-        "HorizontalPodAutoscaler",
-        true,
-        &["hpa"],
-        ALL,
-    ),
-    r(
-        "networking.k8s.io",
-        "v1",
-        "networkpolicies",
-        "networkpolicy",
-        "NetworkPolicy",
-        true,
-        &["netpol"],
-        NONE,
-    ),
-    r(
-        "discovery.k8s.io",
-        "v1",
-        "endpointslices",
-        "endpointslice",
-        "EndpointSlice",
-        true,
-        NONE,
-        NONE,
-    ),
-    r(
-        "coordination.k8s.io",
-        "v1",
-        "leases",
-        "lease",
-        "Lease",
-        true,
-        NONE,
-        NONE,
-    ),
-    r(
-        "node.k8s.io",
-        "v1",
-        "runtimeclasses",
-        "runtimeclass",
-        "RuntimeClass",
-        false,
-        NONE,
-        NONE,
-    ),
-    r(
-        "events.k8s.io",
-        "v1",
-        "events",
-        "event",
-        "Event",
-        true,
-        &["ev"],
-        NONE,
-    ),
-    r(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "roles",
-        "role",
-        "Role",
-        true,
-        NONE,
-        NONE,
-    ),
-    r(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "rolebindings",
-        "rolebinding",
-        "RoleBinding",
-        true,
-        NONE,
-        NONE,
-    ),
-    r(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "clusterroles",
-        "clusterrole",
-        "ClusterRole",
-        false,
-        NONE,
-        NONE,
-    ),
-    r(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "clusterrolebindings",
-        "clusterrolebinding",
-        "ClusterRoleBinding",
-        false,
-        NONE,
-        NONE,
-    ),
+    r("batch", "v1", "cronjobs", "cronjob", "CronJob", true, &["cj"], ALL),
+    r("autoscaling", "v2", "horizontalpodautoscalers", "horizontalpodautoscaler", "HorizontalPodAutoscaler", true, &["hpa"], ALL),
+    // Served too (kubectl autoscale writes v1); stored as v2 and converted by `convert`.
+    r("autoscaling", "v1", "horizontalpodautoscalers", "horizontalpodautoscaler", "HorizontalPodAutoscaler", true, &["hpa"], ALL),
+    r("networking.k8s.io", "v1", "networkpolicies", "networkpolicy", "NetworkPolicy", true, &["netpol"], NONE),
+    r("discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", true, NONE, NONE),
+    r("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, NONE, NONE),
+    r("node.k8s.io", "v1", "runtimeclasses", "runtimeclass", "RuntimeClass", false, NONE, NONE),
+    r("events.k8s.io", "v1", "events", "event", "Event", true, &["ev"], NONE),
+    r("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", true, NONE, NONE),
+    r("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", true, NONE, NONE),
+    r("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", false, NONE, NONE),
+    r("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, NONE, NONE),
 ];
 
 /// The resource named `name` in `group`/`version`, if it is served.
@@ -312,15 +149,26 @@ pub fn find(group: &str, version: &str, name: &str) -> Option<&'static Resource>
         .find(|r| r.group == group && r.version == version && r.name == name)
 }
 
-/// The groups other than core, each with its one served version, in a stable order.
-pub fn groups() -> Vec<(&'static str, &'static str)> {
-    let mut out: Vec<(&str, &str)> = Vec::new();
+/// The groups other than core with their served versions, the preferred (storage) version
+/// first, in a stable order.
+pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
     for r in REGISTRY.iter().filter(|r| !r.group.is_empty()) {
-        if !out.iter().any(|(g, _)| *g == r.group) {
-            out.push((r.group, r.version));
+        match out.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
+            Some(_) => {}
+            None => out.push((r.group, vec![r.version])),
         }
     }
     out
+}
+
+/// The version objects of this resource are stored in: the first one registered.
+pub fn storage_version(r: &Resource) -> &'static str {
+    REGISTRY
+        .iter()
+        .find(|s| s.group == r.group && s.name == r.name)
+        .map_or(r.version, |s| s.version)
 }
 
 #[cfg(test)]
@@ -345,16 +193,14 @@ mod tests {
     }
 
     #[test]
-    fn every_resource_is_listed_once_per_group() {
+    fn every_resource_is_listed_once_per_group_version() {
         for (i, a) in REGISTRY.iter().enumerate() {
             for b in &REGISTRY[i + 1..] {
-                assert!(
-                    !(a.group == b.group && a.name == b.name),
-                    "{} listed twice",
-                    a.name
-                );
+                let same = a.group == b.group && a.name == b.name && a.version == b.version;
+                assert!(!same, "{} listed twice", a.name);
             }
         }
-        assert!(groups().contains(&("apps", "v1")));
+        assert!(groups().contains(&("apps", vec!["v1"])));
+        assert!(groups().contains(&("autoscaling", vec!["v2", "v1"])));
     }
 }

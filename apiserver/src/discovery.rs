@@ -26,22 +26,25 @@ pub fn core_versions(server_address: &str) -> Value {
     })
 }
 
-fn group_doc(group: &str, version: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+fn group_doc(group: &str, versions: &[&str]) -> Value {
+    let gvs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    json!({"name": group, "versions": gvs, "preferredVersion": gvs[0]})
 }
 
 pub fn groups() -> Value {
     let groups: Vec<Value> = registry::groups()
         .into_iter()
-        .map(|(g, v)| group_doc(g, v))
+        .map(|(g, v)| group_doc(g, &v))
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub fn group(name: &str) -> Option<Value> {
     let (g, v) = registry::groups().into_iter().find(|(g, _)| *g == name)?;
-    let mut doc = group_doc(g, v);
+    let mut doc = group_doc(g, &v);
     doc["kind"] = json!("APIGroup");
     doc["apiVersion"] = json!("v1");
     Some(doc)
@@ -51,7 +54,7 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
     let resources: Vec<Value> = registry::REGISTRY
         .iter()
         .filter(|r| r.group == group && r.version == version)
-        .map(|r| {
+        .flat_map(|r| {
             let mut doc = json!({
                 "name": r.name,
                 "singularName": r.singular,
@@ -65,7 +68,15 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
             if !r.categories.is_empty() {
                 doc["categories"] = json!(r.categories);
             }
-            doc
+            let mut docs = vec![doc];
+            let sub_verbs = ["get", "patch", "update"];
+            if r.has_status() {
+                docs.push(json!({"name": format!("{}/status", r.name), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": sub_verbs}));
+            }
+            if r.has_scale() {
+                docs.push(json!({"name": format!("{}/scale", r.name), "singularName": "", "namespaced": r.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": sub_verbs}));
+            }
+            docs
         })
         .collect();
     if resources.is_empty() {
@@ -88,7 +99,7 @@ pub fn openapi_v3_index() -> Value {
     gvs.extend(
         registry::groups()
             .into_iter()
-            .map(|(g, v)| format!("apis/{g}/{v}")),
+            .flat_map(|(g, vs)| vs.into_iter().map(move |v| format!("apis/{g}/{v}"))),
     );
     for gv in gvs {
         paths.insert(gv.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={}", env!("CARGO_PKG_VERSION"))}));

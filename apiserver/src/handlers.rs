@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use api::convert;
 use api::object::{self, status};
 use api::registry::{Resource, REGISTRY};
 use api::selector::{FieldSelector, LabelSelector};
@@ -202,20 +203,19 @@ async fn dispatch(
             )
         }
     };
-    // Bodies are JSON. client-go falls back to JSON when a server answers 415 to protobuf.
+    // Typed clients (kubectl's generators among them) send built-in objects as protobuf.
     let sent_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !body.is_empty() && sent_type.contains("protobuf") {
-        return failure(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            &format!(
-                "the body of the request was in an unsupported format ({sent_type}); send JSON"
-            ),
-        );
-    }
+    let body = if !body.is_empty() && sent_type.contains("protobuf") {
+        match crate::protobuf::decode_body(&body) {
+            Ok(obj) => Bytes::from(serde_json::to_vec(&obj).expect("serialises")),
+            Err(e) => return bad_request(&format!("the protobuf body could not be decoded: {e}")),
+        }
+    } else {
+        body
+    };
     let target = match path::parse(uri.path()) {
         Ok(t) => t,
         Err(PathError::NotFound) => {
@@ -288,29 +288,6 @@ async fn dispatch(
             }
         }
     }
-}
-
-/// Kinds whose `status` is written only through `/status`.
-fn has_status(r: &Resource) -> bool {
-    matches!(
-        r.name,
-        "pods"
-            | "services"
-            | "nodes"
-            | "namespaces"
-            | "deployments"
-            | "replicasets"
-            | "daemonsets"
-            | "statefulsets"
-            | "jobs"
-            | "cronjobs"
-            | "horizontalpodautoscalers"
-    )
-}
-
-/// Kinds with a `/scale` subresource.
-fn has_scale(r: &Resource) -> bool {
-    matches!(r.name, "deployments" | "replicasets" | "statefulsets")
 }
 
 fn is_true(v: Option<&String>) -> bool {
@@ -395,6 +372,11 @@ impl Call<'_> {
         self.resource().key(self.o.namespace.as_deref(), name)
     }
 
+    /// A stored object, in the version this request addressed.
+    fn load(&self, kv: &KeyValue) -> Value {
+        convert::from_storage(self.resource(), from_kv(kv))
+    }
+
     /// The key prefix of the collection addressed (one namespace, or all).
     fn prefix(&self) -> String {
         match &self.o.namespace {
@@ -430,7 +412,7 @@ impl Call<'_> {
             return r;
         }
         match self.read(name).await {
-            Ok(Some(kv)) => self.respond(StatusCode::OK, self.view(from_kv(&kv))),
+            Ok(Some(kv)) => self.respond(StatusCode::OK, self.view(self.load(&kv))),
             Ok(None) => not_found(self.resource(), name),
             Err(e) => store_failure(e),
         }
@@ -496,7 +478,7 @@ impl Call<'_> {
         let mut items = Vec::new();
         let mut next = None;
         for kv in &resp.kvs {
-            let obj = from_kv(kv);
+            let obj = self.load(kv);
             if !labels.matches(&object::labels(&obj)) || !fields.matches(&obj) {
                 continue;
             }
@@ -656,12 +638,16 @@ impl Call<'_> {
             }
         }
         stamp_new(&mut obj);
+        api::defaults::apply(self.resource().name, &mut obj);
         if self.resource().name == "namespaces" {
             obj["status"] = json!({"phase": "Active"});
         }
         let key = self.key(&name);
-        let txn =
-            Txn::put(key.as_bytes(), to_bytes(&obj)).when(Compare::exists(key.as_bytes(), false));
+        let txn = Txn::put(
+            key.as_bytes(),
+            to_bytes(&convert::to_storage(self.resource(), obj.clone())),
+        )
+        .when(Compare::exists(key.as_bytes(), false));
         match self.st.store.txn(txn, false).await {
             Ok(resp) if resp.succeeded => {
                 object::metadata_mut(&mut obj)
@@ -692,7 +678,7 @@ impl Call<'_> {
         current: &KeyValue,
         mut obj: Value,
     ) -> Result<Value, Response> {
-        let old = from_kv(current);
+        let old = self.load(current);
         // What the server owns is kept: identity, creation time; generation moves with spec.
         let meta = object::metadata_mut(&mut obj);
         for field in ["uid", "creationTimestamp"] {
@@ -712,7 +698,11 @@ impl Call<'_> {
             }),
         );
         let key = self.key(name);
-        let txn = Txn::put(key.as_bytes(), to_bytes(&obj)).when(Compare::mod_revision(
+        let txn = Txn::put(
+            key.as_bytes(),
+            to_bytes(&convert::to_storage(self.resource(), obj.clone())),
+        )
+        .when(Compare::mod_revision(
             key.as_bytes(),
             CompareOp::Equal,
             current.mod_revision,
@@ -783,7 +773,7 @@ impl Call<'_> {
         current: &KeyValue,
         incoming: Value,
     ) -> Result<Response, Response> {
-        let stored = from_kv(current);
+        let stored = self.load(current);
         let merged = self.unview(&stored, incoming)?;
         let bytes = Bytes::from(serde_json::to_vec(&merged).expect("serialises"));
         let (obj, _) = self.admit(&bytes, Some(name))?;
@@ -795,8 +785,8 @@ impl Call<'_> {
         let r = self.resource();
         match self.o.subresource.as_deref() {
             None => Ok(()),
-            Some("status") if has_status(r) => Ok(()),
-            Some("scale") if has_scale(r) => Ok(()),
+            Some("status") if r.has_status() => Ok(()),
+            Some("scale") if r.has_scale() => Ok(()),
             Some(other) => Err(failure(
                 StatusCode::NOT_FOUND,
                 "NotFound",
@@ -840,7 +830,7 @@ impl Call<'_> {
         match self.o.subresource.as_deref() {
             None => {
                 let mut obj = incoming;
-                if has_status(r) && r.name != "namespaces" {
+                if r.has_status() && r.name != "namespaces" {
                     match stored.get("status") {
                         Some(st) => obj["status"] = st.clone(),
                         None => {
@@ -891,7 +881,7 @@ impl Call<'_> {
                 Ok(None) => return not_found(self.resource(), name),
                 Err(e) => return store_failure(e),
             };
-            let mut obj = self.view(from_kv(&current));
+            let mut obj = self.view(self.load(&current));
             let applied = match content_type.split(';').next().unwrap_or("").trim() {
                 "application/json-patch+json" => {
                     match serde_json::from_value::<json_patch::Patch>(patch.clone()) {
@@ -959,7 +949,7 @@ impl Call<'_> {
         };
         match self.st.store.txn(txn, false).await {
             Ok(resp) if resp.succeeded => {
-                let mut obj = from_kv(&current);
+                let mut obj = self.load(&current);
                 if self.resource().name == "namespaces" {
                     obj["status"] = json!({"phase": "Terminating"});
                 }
@@ -990,7 +980,7 @@ impl Call<'_> {
         };
         let mut deleted = Vec::new();
         for kv in &resp.kvs {
-            let obj = from_kv(kv);
+            let obj = self.load(kv);
             if !labels.matches(&object::labels(&obj)) || !fields.matches(&obj) {
                 continue;
             }
@@ -1031,6 +1021,8 @@ impl Call<'_> {
         let prefix = self.prefix();
         // Without a resourceVersion a watch starts with the current objects as ADDED events.
         let mut initial = Vec::new();
+        let r = self.resource();
+        let load = move |kv: &KeyValue| convert::from_storage(r, from_kv(kv));
         let from = if rv == 0 {
             match self
                 .st
@@ -1046,7 +1038,7 @@ impl Call<'_> {
                     initial = resp
                         .kvs
                         .iter()
-                        .map(from_kv)
+                        .map(load)
                         .map(|o| json!({"type": "ADDED", "object": o}))
                         .collect();
                     resp.revision + 1
@@ -1063,7 +1055,6 @@ impl Call<'_> {
             })
             .collect();
         let watcher = self.st.store.watch(KeySpan::prefix(prefix), from);
-        let r = self.resource();
         let (kind, api_version) = (r.kind, r.api_version());
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let stream = futures_util::stream::unfold(
@@ -1095,12 +1086,12 @@ impl Call<'_> {
                                 for ev in &batch.events {
                                     let (kind_str, obj) = match ev.kind {
                                         EventKind::Put if ev.prev_kv.is_none() => {
-                                            ("ADDED", from_kv(&ev.kv))
+                                            ("ADDED", load(&ev.kv))
                                         }
-                                        EventKind::Put => ("MODIFIED", from_kv(&ev.kv)),
+                                        EventKind::Put => ("MODIFIED", load(&ev.kv)),
                                         EventKind::Delete => {
                                             let Some(prev) = &ev.prev_kv else { continue };
-                                            let mut o = from_kv(prev);
+                                            let mut o = load(prev);
                                             object::metadata_mut(&mut o).insert(
                                                 "resourceVersion".into(),
                                                 json!(ev.kv.mod_revision.to_string()),

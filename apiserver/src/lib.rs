@@ -4,7 +4,7 @@
 //! - [`listener`]: one address for everything: TLS connections get the API, plaintext ones the
 //!   store's peer protocol.
 //! - [`path`]: parsing Kubernetes request paths.
-//! - [`discovery`], [`handlers`]: the API itself.
+//! - [`discovery`], [`handlers`]: the API itself; [`protobuf`]: protobuf request bodies → JSON.
 //!
 //! The only crate that speaks HTTP to Kubernetes clients.
 
@@ -13,3 +13,4 @@ pub mod handlers;
 pub mod listener;
 pub mod path;
 pub mod pki;
+pub mod protobuf;

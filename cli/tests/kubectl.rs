@@ -398,3 +398,126 @@ async fn deployments_scale_set_image_status_and_columns() {
     let err = k.fails(&["scale", "deployment", "hw-demo-deployment", "--replicas=-1"]);
     assert!(err.contains("replicas"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generators_send_protobuf_and_it_is_understood() {
+    let k = Kubectl::start(105).await;
+    // These kubectl commands use client-go's typed clients, which send protobuf bodies.
+    k.ok(&["create", "namespace", "gen"]);
+    k.ok(&[
+        "create",
+        "configmap",
+        "c1",
+        "-n",
+        "gen",
+        "--from-literal=a=1",
+        "--from-literal=b=2",
+    ]);
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s1",
+        "-n",
+        "gen",
+        "--from-literal=pw=hunter2",
+    ]);
+    k.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "-n",
+        "gen",
+        "--image=nginx:1",
+        "--replicas=2",
+    ]);
+    k.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "-n",
+        "gen",
+        "--port=80",
+        "--target-port=8080",
+        "--type=NodePort",
+    ]);
+    k.ok(&[
+        "run",
+        "one",
+        "-n",
+        "gen",
+        "--image=busybox",
+        "--labels=app=one",
+    ]);
+    k.ok(&[
+        "autoscale",
+        "deployment",
+        "web",
+        "-n",
+        "gen",
+        "--cpu-percent=50",
+        "--min=1",
+        "--max=10",
+    ]);
+
+    assert_eq!(
+        k.ok(&["get", "cm", "c1", "-n", "gen", "-o", "jsonpath={.data.b}"]),
+        "2"
+    );
+    let secret = k.ok(&["get", "secret", "s1", "-n", "gen"]);
+    assert!(
+        secret.contains("Opaque"),
+        "secrets default to Opaque: {secret}"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "secret",
+            "s1",
+            "-n",
+            "gen",
+            "-o",
+            "jsonpath={.data.pw}"
+        ]),
+        "aHVudGVyMg=="
+    );
+    let svc: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "svc", "web", "-n", "gen", "-o", "json"])).unwrap();
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(svc["spec"]["selector"]["app"], "web");
+    assert_eq!(svc["spec"]["type"], "NodePort");
+    let pod = k.ok(&["get", "pods", "-n", "gen", "-l", "app=one"]);
+    assert!(
+        pod.contains("one") && pod.contains("0/1") && pod.contains("Pending"),
+        "{pod}"
+    );
+    let deploy: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "deploy", "web", "-n", "gen", "-o", "json"])).unwrap();
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    assert_eq!(
+        deploy["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1"
+    );
+    assert_eq!(
+        deploy["spec"]["strategy"]["type"], "RollingUpdate",
+        "defaults are filled in"
+    );
+    // kubectl autoscale writes autoscaling/v1; it is stored and served as v2 too.
+    let hpa = k.ok(&["get", "hpa", "-n", "gen"]);
+    assert!(
+        hpa.contains("Deployment/web") && hpa.contains("cpu: <unknown>/50%"),
+        "{hpa}"
+    );
+    let v2 = k.ok(&[
+        "get",
+        "--raw",
+        "/apis/autoscaling/v2/namespaces/gen/horizontalpodautoscalers/web",
+    ]);
+    assert!(v2.contains("\"averageUtilization\":50"), "{v2}");
+    let v1 = k.ok(&[
+        "get",
+        "--raw",
+        "/apis/autoscaling/v1/namespaces/gen/horizontalpodautoscalers/web",
+    ]);
+    assert!(v1.contains("\"targetCPUUtilizationPercentage\":50"), "{v1}");
+}
