@@ -26,6 +26,7 @@ use raft_store::{
 };
 use serde_json::{json, Value};
 
+use crate::admission;
 use crate::discovery;
 use crate::path::{self, ObjectPath, PathError, Target};
 
@@ -73,22 +74,54 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-/// Creates the system namespaces that are missing.
-pub async fn bootstrap(store: &StoreNode) -> Result<(), StoreError> {
-    let ns = api::registry::find("", "v1", "namespaces").expect("namespaces are registered");
+/// Creates what a cluster has from the start, where it is missing: the system namespaces, and
+/// the `kubernetes` Service (10.96.0.1:443) with Endpoints pointing at this API server.
+pub async fn bootstrap(store: &StoreNode, api_address: &str) -> Result<(), StoreError> {
+    let create = |key: String, obj: Value, extra: Option<String>| async move {
+        let mut txn =
+            Txn::put(key.as_bytes(), to_bytes(&obj)).when(Compare::exists(key.as_bytes(), false));
+        if let Some(reservation) = extra {
+            txn = txn.and_then(Op::put(
+                reservation.as_bytes(),
+                b"default/kubernetes".to_vec(),
+            ));
+        }
+        store.txn(txn, false).await.map(|_| ())
+    };
+    let find = |name| api::registry::find("", "v1", name).expect("registered");
     for name in SYSTEM_NAMESPACES {
         let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
         stamp_new(&mut obj);
-        let key = ns.key(None, name);
-        store
-            .txn(
-                Txn::put(key.as_bytes(), to_bytes(&obj))
-                    .when(Compare::exists(key.as_bytes(), false)),
-                false,
-            )
-            .await?;
+        create(find("namespaces").key(None, name), obj, None).await?;
     }
-    Ok(())
+    let (host, port) = api_address
+        .rsplit_once(':')
+        .unwrap_or((api_address, "6443"));
+    let port: u16 = port.parse().unwrap_or(6443);
+    let ip = admission::API_SERVICE_IP.to_string();
+    let mut svc = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "sessionAffinity": "None",
+                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+        "status": {"loadBalancer": {}}});
+    stamp_new(&mut svc);
+    let reservation = admission::service_reservations(&svc).into_iter().next();
+    create(
+        find("services").key(Some("default"), "kubernetes"),
+        svc,
+        reservation,
+    )
+    .await?;
+    let mut ep = json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": host}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]});
+    stamp_new(&mut ep);
+    create(
+        find("endpoints").key(Some("default"), "kubernetes"),
+        ep,
+        None,
+    )
+    .await
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
@@ -288,6 +321,17 @@ async fn dispatch(
             }
         }
     }
+}
+
+/// The operations that release what a stored object holds (a Service's IP and node ports).
+fn release_ops(r: &Resource, obj: &Value) -> Vec<Op> {
+    if r.name != "services" {
+        return Vec::new();
+    }
+    admission::service_reservations(obj)
+        .into_iter()
+        .map(|k| Op::delete(k.as_bytes()))
+        .collect()
 }
 
 fn is_true(v: Option<&String>) -> bool {
@@ -642,33 +686,82 @@ impl Call<'_> {
         if self.resource().name == "namespaces" {
             obj["status"] = json!({"phase": "Active"});
         }
+        let r = self.resource();
         let key = self.key(&name);
-        let txn = Txn::put(
-            key.as_bytes(),
-            to_bytes(&convert::to_storage(self.resource(), obj.clone())),
-        )
-        .when(Compare::exists(key.as_bytes(), false));
-        match self.st.store.txn(txn, false).await {
-            Ok(resp) if resp.succeeded => {
-                object::metadata_mut(&mut obj)
+        let holder = format!("{}/{name}", self.o.namespace.as_deref().unwrap_or(""));
+        // Reservations (a Service's IP and ports) are picked at random; a clash with another
+        // create fails the transaction's comparison and the next attempt picks again.
+        for _attempt in 0..16 {
+            let mut candidate = obj.clone();
+            let reservations = if r.name == "services" {
+                match admission::service_create(&mut candidate) {
+                    Ok(v) => v,
+                    Err((field, msg)) => return invalid(r, &name, &field, &msg),
+                }
+            } else {
+                Vec::new()
+            };
+            let mut txn = Txn::put(
+                key.as_bytes(),
+                to_bytes(&convert::to_storage(r, candidate.clone())),
+            )
+            .when(Compare::exists(key.as_bytes(), false))
+            .or_else(Op::get(key.as_bytes()));
+            for res in &reservations {
+                txn = txn
+                    .when(Compare::exists(res.key.as_bytes(), false))
+                    .and_then(Op::put(res.key.as_bytes(), holder.as_bytes()));
+            }
+            let resp = match self.st.store.txn(txn, false).await {
+                Ok(resp) => resp,
+                Err(e) => return store_failure(e),
+            };
+            if resp.succeeded {
+                object::metadata_mut(&mut candidate)
                     .insert("resourceVersion".into(), json!(resp.revision.to_string()));
-                self.respond(StatusCode::CREATED, obj)
+                return self.respond(StatusCode::CREATED, candidate);
             }
-            Ok(_) => {
-                let r = self.resource();
+            if resp
+                .range(0)
+                .is_some_and(|existing| !existing.kvs.is_empty())
+            {
                 let msg = format!("{} \"{name}\" already exists", r.name);
-                json_response(
+                let details = json!({"name": name, "group": r.group, "kind": r.name});
+                return json_response(
                     StatusCode::CONFLICT,
-                    &status(
-                        409,
-                        "AlreadyExists",
-                        &msg,
-                        Some(json!({"name": name, "group": r.group, "kind": r.name})),
-                    ),
-                )
+                    &status(409, "AlreadyExists", &msg, Some(details)),
+                );
             }
-            Err(e) => store_failure(e),
+            // A reservation clashed. If the client chose it, that is the client's error.
+            for res in reservations.iter().filter(|res| res.chosen_by_client) {
+                let taken = self
+                    .st
+                    .store
+                    .range(
+                        RangeRequest::new(KeySpan::key(res.key.as_bytes())),
+                        Consistency::Linearizable,
+                        false,
+                    )
+                    .await;
+                if taken.is_ok_and(|t| !t.kvs.is_empty()) {
+                    let (field, value) = res.what.split_once(": ").unwrap_or((&res.what, ""));
+                    return invalid(
+                        r,
+                        &name,
+                        field,
+                        &format!(
+                            "{value}: provided {} is already allocated",
+                            if field.contains("IP") { "IP" } else { "port" }
+                        ),
+                    );
+                }
+            }
         }
+        failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "could not allocate a free ClusterIP or NodePort; the ranges may be full",
+        )
     }
 
     /// Writes `obj` over the stored `current` if it has not changed since (`current`'s revision).
@@ -679,6 +772,11 @@ impl Call<'_> {
         mut obj: Value,
     ) -> Result<Value, Response> {
         let old = self.load(current);
+        if self.resource().name == "services" {
+            if let Err((field, msg)) = admission::service_update(&old, &mut obj) {
+                return Err(invalid(self.resource(), name, &field, &msg));
+            }
+        }
         // What the server owns is kept: identity, creation time; generation moves with spec.
         let meta = object::metadata_mut(&mut obj);
         for field in ["uid", "creationTimestamp"] {
@@ -930,12 +1028,34 @@ impl Call<'_> {
         };
         let key = self.key(name);
         let mut ops = vec![Op::delete(key.as_bytes())];
-        // Deleting a namespace deletes what is in it, in the same transaction.
+        ops.extend(release_ops(self.resource(), &from_kv(&current)));
+        // Deleting a namespace deletes what is in it, and what its Services hold, in the same
+        // transaction.
         if self.resource().name == "namespaces" {
-            for r in REGISTRY.iter().filter(|r| r.namespaced) {
-                ops.push(Op::Delete {
-                    span: KeySpan::prefix(format!("{}{name}/", r.key_prefix())),
-                });
+            let mut prefixes: Vec<String> = REGISTRY
+                .iter()
+                .filter(|r| r.namespaced)
+                .map(|r| format!("{}{name}/", r.key_prefix()))
+                .collect();
+            prefixes.dedup();
+            ops.extend(prefixes.into_iter().map(|p| Op::Delete {
+                span: KeySpan::prefix(p),
+            }));
+            let services = api::registry::find("", "v1", "services").expect("registered");
+            let in_ns =
+                RangeRequest::new(KeySpan::prefix(format!("{}{name}/", services.key_prefix())));
+            match self
+                .st
+                .store
+                .range(in_ns, Consistency::Linearizable, false)
+                .await
+            {
+                Ok(resp) => ops.extend(
+                    resp.kvs
+                        .iter()
+                        .flat_map(|kv| release_ops(services, &from_kv(kv))),
+                ),
+                Err(e) => return store_failure(e),
             }
         }
         let txn = Txn {
@@ -984,11 +1104,13 @@ impl Call<'_> {
             if !labels.matches(&object::labels(&obj)) || !fields.matches(&obj) {
                 continue;
             }
-            let txn = Txn::delete(kv.key.clone()).when(Compare::mod_revision(
+            let mut txn = Txn::delete(kv.key.clone()).when(Compare::mod_revision(
                 kv.key.clone(),
                 CompareOp::Equal,
                 kv.mod_revision,
             ));
+            txn.success
+                .extend(release_ops(self.resource(), &from_kv(kv)));
             match self.st.store.txn(txn, false).await {
                 Ok(r) if r.succeeded => deleted.push(obj),
                 Ok(_) => {} // changed meantime: it is no longer the object that matched

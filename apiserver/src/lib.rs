@@ -4,10 +4,12 @@
 //! - [`listener`]: one address for everything: TLS connections get the API, plaintext ones the
 //!   store's peer protocol.
 //! - [`path`]: parsing Kubernetes request paths.
+//! - [`admission`]: ClusterIP and NodePort allocation for Services.
 //! - [`discovery`], [`handlers`]: the API itself; [`protobuf`]: protobuf request bodies → JSON.
 //!
 //! The only crate that speaks HTTP to Kubernetes clients.
 
+pub mod admission;
 pub mod discovery;
 pub mod handlers;
 pub mod listener;

@@ -109,7 +109,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let api_state = std::sync::Arc::new(apiserver::handlers::ApiState {
         store: node.clone(),
         admin_token: pki.admin_token.clone(),
-        address,
+        address: address.clone(),
     });
     let api = apiserver::handlers::router(api_state);
     let store_routes = raft_store::service::router(node.clone());
@@ -119,7 +119,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let boot = node.clone();
     tokio::spawn(async move {
         for _ in 0..600 {
-            match apiserver::handlers::bootstrap(&boot).await {
+            match apiserver::handlers::bootstrap(&boot, &address).await {
                 Ok(()) => return,
                 Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(100)).await,
                 Err(e) => {

@@ -1,0 +1,150 @@
+//! Service IP and port allocation against a real single-member store, through the API router
+//! in process: concurrent creates never share a ClusterIP or NodePort, and deletes release them.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use apiserver::handlers::{bootstrap, router, ApiState};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use raft_store::{Consistency, KeySpan, RangeRequest, StoreConfig, StoreNode};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+async fn start() -> (tempfile::TempDir, Arc<StoreNode>, axum::Router) {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = StoreNode::open(StoreConfig::new(
+        dir.path().join("data"),
+        listener.local_addr().unwrap(),
+    ))
+    .await
+    .unwrap();
+    tokio::spawn(raft_store::service::serve(
+        listener,
+        raft_store::service::router(node.clone()),
+    ));
+    node.bootstrap().await.unwrap();
+    let addr = node.identity.addr.clone();
+    for _ in 0..100 {
+        if bootstrap(&node, &addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let state = Arc::new(ApiState {
+        store: node.clone(),
+        admin_token: "t".into(),
+        address: addr,
+    });
+    (dir, node, router(state))
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", "Bearer t")
+        .header("content-type", "application/json")
+        .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn service(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+           "spec": {"type": "NodePort", "selector": {"app": name}, "ports": [{"port": 80}, {"port": 443}]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_never_share_an_ip_or_port_and_deletes_release_them() {
+    let (_dir, node, app) = start().await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            call(
+                &app,
+                "POST",
+                "/api/v1/namespaces/default/services",
+                Some(service(&format!("s{i}"))),
+            )
+            .await
+        }));
+    }
+    let (mut ips, mut ports) = (HashSet::new(), HashSet::new());
+    for t in tasks {
+        let (code, svc) = t.await.unwrap();
+        assert_eq!(code, StatusCode::CREATED, "{svc}");
+        assert!(
+            ips.insert(svc["spec"]["clusterIP"].as_str().unwrap().to_string()),
+            "duplicate IP: {svc}"
+        );
+        for p in svc["spec"]["ports"].as_array().unwrap() {
+            assert!(
+                ports.insert(p["nodePort"].as_i64().unwrap()),
+                "duplicate node port: {svc}"
+            );
+        }
+    }
+    assert!(
+        !ips.contains("10.96.0.1"),
+        "the kubernetes Service's IP is never handed out"
+    );
+
+    // A port someone holds cannot be taken by name, and the error names the field.
+    let held = *ports.iter().next().unwrap();
+    let mut clash = service("clash");
+    clash["spec"]["ports"][0]["nodePort"] = json!(held);
+    let (code, status) = call(
+        &app,
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(clash),
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    assert_eq!(
+        status["details"]["causes"][0]["field"],
+        "spec.ports[0].nodePort"
+    );
+
+    // Deleting releases: only the kubernetes Service's reservation is left.
+    for i in 0..40 {
+        let (code, _) = call(
+            &app,
+            "DELETE",
+            &format!("/api/v1/namespaces/default/services/s{i}"),
+            None,
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK);
+    }
+    let left = node
+        .range(
+            RangeRequest::new(KeySpan::prefix("/registry/ranges/")),
+            Consistency::Linearizable,
+            false,
+        )
+        .await
+        .unwrap();
+    let keys: Vec<String> = left
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect();
+    assert_eq!(keys, vec!["/registry/ranges/serviceips/10.96.0.1"]);
+}
