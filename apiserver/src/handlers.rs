@@ -311,7 +311,7 @@ async fn dispatch(
                 (&Method::POST, None) => call.create(&body).await,
                 (&Method::PUT, Some(name)) => call.update(name, &body).await,
                 (&Method::PATCH, Some(name)) => call.patch(name, &content_type, &body).await,
-                (&Method::DELETE, Some(name)) => call.delete(name).await,
+                (&Method::DELETE, Some(name)) => call.delete(name, &body).await,
                 (&Method::DELETE, None) => call.delete_collection().await,
                 _ => failure(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -321,6 +321,12 @@ async fn dispatch(
             }
         }
     }
+}
+
+fn has_finalizers(obj: &Value) -> bool {
+    obj["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
 }
 
 /// The operations that release what a stored object holds (a Service's IP and node ports).
@@ -795,12 +801,26 @@ impl Call<'_> {
                 generation
             }),
         );
+        // A deletion in progress cannot be undone by an update; once the last finalizer is
+        // gone, the update completes the deletion instead.
+        for field in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+            if let Some(v) = old["metadata"].get(field) {
+                object::metadata_mut(&mut obj).insert(field.into(), v.clone());
+            }
+        }
         let key = self.key(name);
-        let txn = Txn::put(
+        let finished = old["metadata"].get("deletionTimestamp").is_some()
+            && !has_finalizers(&obj)
+            && !self.graceful_pod(&obj);
+        let mut txn = Txn::put(
             key.as_bytes(),
             to_bytes(&convert::to_storage(self.resource(), obj.clone())),
-        )
-        .when(Compare::mod_revision(
+        );
+        if finished {
+            txn = Txn::delete(key.as_bytes());
+            txn.success.extend(release_ops(self.resource(), &obj));
+        }
+        let txn = txn.when(Compare::mod_revision(
             key.as_bytes(),
             CompareOp::Equal,
             current.mod_revision,
@@ -1020,12 +1040,109 @@ impl Call<'_> {
         self.conflict(name)
     }
 
-    async fn delete(&self, name: &str) -> Response {
+    /// Whether `obj` is a pod on a node, which the node must stop before it goes.
+    fn graceful_pod(&self, obj: &Value) -> bool {
+        self.resource().name == "pods"
+            && obj["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty())
+            && obj["metadata"]["deletionGracePeriodSeconds"].as_i64() != Some(0)
+    }
+
+    async fn delete(&self, name: &str, body: &Bytes) -> Response {
         let current = match self.read(name).await {
             Ok(Some(kv)) => kv,
             Ok(None) => return not_found(self.resource(), name),
             Err(e) => return store_failure(e),
         };
+        let options: Value = if body.is_empty() {
+            json!({})
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => {
+                    return bad_request(&format!("the DeleteOptions body is not valid JSON: {e}"))
+                }
+            }
+        };
+        let mut obj = self.load(&current);
+        // Preconditions: the caller means this object, at this version.
+        let pre = &options["preconditions"];
+        for (field, have) in [
+            ("uid", obj["metadata"]["uid"].clone()),
+            (
+                "resourceVersion",
+                obj["metadata"]["resourceVersion"].clone(),
+            ),
+        ] {
+            if let Some(want) = pre[field].as_str() {
+                if Some(want) != have.as_str() {
+                    let msg = format!(
+                        "Precondition failed: {field} in precondition: {want}, {field} in object meta: {}",
+                        have.as_str().unwrap_or("")
+                    );
+                    return failure(StatusCode::CONFLICT, "Conflict", &msg);
+                }
+            }
+        }
+        let policy = self
+            .query
+            .get("propagationPolicy")
+            .cloned()
+            .or_else(|| options["propagationPolicy"].as_str().map(String::from));
+        let grace = self
+            .query
+            .get("gracePeriodSeconds")
+            .and_then(|g| g.parse::<i64>().ok())
+            .or_else(|| options["gracePeriodSeconds"].as_i64())
+            .unwrap_or_else(|| {
+                obj["spec"]["terminationGracePeriodSeconds"]
+                    .as_i64()
+                    .unwrap_or(30)
+            });
+        if policy.as_deref() == Some("Foreground") {
+            let finalizers = object::metadata_mut(&mut obj)
+                .entry("finalizers")
+                .or_insert_with(|| json!([]));
+            if let Some(list) = finalizers
+                .as_array_mut()
+                .filter(|l| !l.contains(&json!("foregroundDeletion")))
+            {
+                list.push(json!("foregroundDeletion"));
+            }
+        }
+        if self.resource().name == "pods" && grace == 0 {
+            object::metadata_mut(&mut obj).insert("deletionGracePeriodSeconds".into(), json!(0));
+        }
+        // Finalizers, or a pod on a node: mark the object as being deleted and keep it until
+        // the finalizers are removed or the node has stopped the pod (and deletes with grace 0).
+        if has_finalizers(&obj) || self.graceful_pod(&obj) {
+            let grace_left = if has_finalizers(&obj) { 0 } else { grace };
+            let meta = object::metadata_mut(&mut obj);
+            if meta.get("deletionTimestamp").is_none() {
+                meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+                meta.insert("deletionGracePeriodSeconds".into(), json!(grace_left));
+            }
+            let key = self.key(name);
+            let txn = Txn::put(
+                key.as_bytes(),
+                to_bytes(&convert::to_storage(self.resource(), obj.clone())),
+            )
+            .when(Compare::mod_revision(
+                key.as_bytes(),
+                CompareOp::Equal,
+                current.mod_revision,
+            ));
+            return match self.st.store.txn(txn, false).await {
+                Ok(resp) if resp.succeeded => {
+                    object::metadata_mut(&mut obj)
+                        .insert("resourceVersion".into(), json!(resp.revision.to_string()));
+                    self.respond(StatusCode::OK, obj)
+                }
+                Ok(_) => self.conflict(name),
+                Err(e) => store_failure(e),
+            };
+        }
         let key = self.key(name);
         let mut ops = vec![Op::delete(key.as_bytes())];
         ops.extend(release_ops(self.resource(), &from_kv(&current)));

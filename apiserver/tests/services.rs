@@ -1,68 +1,14 @@
 //! Service IP and port allocation against a real single-member store, through the API router
 //! in process: concurrent creates never share a ClusterIP or NodePort, and deletes release them.
 
+mod common;
+
 use std::collections::HashSet;
-use std::sync::Arc;
 
-use apiserver::handlers::{bootstrap, router, ApiState};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use raft_store::{Consistency, KeySpan, RangeRequest, StoreConfig, StoreNode};
+use axum::http::StatusCode;
+use common::{call, start};
+use raft_store::{Consistency, KeySpan, RangeRequest};
 use serde_json::{json, Value};
-use tower::ServiceExt;
-
-async fn start() -> (tempfile::TempDir, Arc<StoreNode>, axum::Router) {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let node = StoreNode::open(StoreConfig::new(
-        dir.path().join("data"),
-        listener.local_addr().unwrap(),
-    ))
-    .await
-    .unwrap();
-    tokio::spawn(raft_store::service::serve(
-        listener,
-        raft_store::service::router(node.clone()),
-    ));
-    node.bootstrap().await.unwrap();
-    let addr = node.identity.addr.clone();
-    for _ in 0..100 {
-        if bootstrap(&node, &addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let state = Arc::new(ApiState {
-        store: node.clone(),
-        admin_token: "t".into(),
-        address: addr,
-    });
-    (dir, node, router(state))
-}
-
-async fn call(
-    app: &axum::Router,
-    method: &str,
-    uri: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("authorization", "Bearer t")
-        .header("content-type", "application/json")
-        .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
 
 fn service(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},

@@ -1,0 +1,84 @@
+//! Shared by the API tests: a real single-member store and the API router, called in process.
+
+use std::sync::Arc;
+
+use apiserver::handlers::{bootstrap, router, ApiState};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use raft_store::{StoreConfig, StoreNode};
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub async fn start() -> (tempfile::TempDir, Arc<StoreNode>, axum::Router) {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = StoreNode::open(StoreConfig::new(
+        dir.path().join("data"),
+        listener.local_addr().unwrap(),
+    ))
+    .await
+    .unwrap();
+    tokio::spawn(raft_store::service::serve(
+        listener,
+        raft_store::service::router(node.clone()),
+    ));
+    node.bootstrap().await.unwrap();
+    let addr = node.identity.addr.clone();
+    for _ in 0..100 {
+        if bootstrap(&node, &addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let state = Arc::new(ApiState {
+        store: node.clone(),
+        admin_token: "t".into(),
+        address: addr,
+    });
+    (dir, node, router(state))
+}
+
+pub async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    call_with_type(
+        app,
+        method,
+        uri,
+        body.unwrap_or(Value::Null),
+        "application/json",
+    )
+    .await
+}
+
+pub async fn call_with_type(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: Value,
+    content_type: &str,
+) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", "Bearer t")
+        .header("content-type", content_type)
+        .body(if body.is_null() {
+            Body::empty()
+        } else {
+            Body::from(body.to_string())
+        })
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
