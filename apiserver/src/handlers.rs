@@ -422,6 +422,14 @@ impl Call<'_> {
         self.resource().key(self.o.namespace.as_deref(), name)
     }
 
+    /// A linearizable read from the store.
+    async fn range(&self, req: RangeRequest) -> Result<raft_store::RangeResponse, StoreError> {
+        self.st
+            .store
+            .range(req, Consistency::Linearizable, false)
+            .await
+    }
+
     /// A stored object, in the version this request addressed.
     fn load(&self, kv: &KeyValue) -> Value {
         convert::from_storage(self.resource(), from_kv(kv))
@@ -439,13 +447,7 @@ impl Call<'_> {
 
     async fn read(&self, name: &str) -> Result<Option<KeyValue>, StoreError> {
         let resp = self
-            .st
-            .store
-            .range(
-                RangeRequest::new(KeySpan::key(self.key(name))),
-                Consistency::Linearizable,
-                false,
-            )
+            .range(RangeRequest::new(KeySpan::key(self.key(name))))
             .await?;
         Ok(resp.kvs.into_iter().next())
     }
@@ -512,16 +514,7 @@ impl Call<'_> {
             Some(after) => KeySpan::prefix(prefix.clone()).after(after.as_bytes()),
             None => KeySpan::prefix(prefix.clone()),
         };
-        let resp = match self
-            .st
-            .store
-            .range(
-                RangeRequest::new(span).at(revision),
-                Consistency::Linearizable,
-                false,
-            )
-            .await
-        {
+        let resp = match self.range(RangeRequest::new(span).at(revision)).await {
             Ok(r) => r,
             Err(e) => return store_failure(e),
         };
@@ -658,13 +651,7 @@ impl Call<'_> {
         };
         let nsr = api::registry::find("", "v1", "namespaces").expect("registered");
         let resp = self
-            .st
-            .store
-            .range(
-                RangeRequest::new(KeySpan::key(nsr.key(None, ns))),
-                Consistency::Linearizable,
-                false,
-            )
+            .range(RangeRequest::new(KeySpan::key(nsr.key(None, ns))))
             .await?;
         Ok(!resp.kvs.is_empty())
     }
@@ -741,13 +728,7 @@ impl Call<'_> {
             // A reservation clashed. If the client chose it, that is the client's error.
             for res in reservations.iter().filter(|res| res.chosen_by_client) {
                 let taken = self
-                    .st
-                    .store
-                    .range(
-                        RangeRequest::new(KeySpan::key(res.key.as_bytes())),
-                        Consistency::Linearizable,
-                        false,
-                    )
+                    .range(RangeRequest::new(KeySpan::key(res.key.as_bytes())))
                     .await;
                 if taken.is_ok_and(|t| !t.kvs.is_empty()) {
                     let (field, value) = res.what.split_once(": ").unwrap_or((&res.what, ""));
@@ -1161,12 +1142,7 @@ impl Call<'_> {
             let services = api::registry::find("", "v1", "services").expect("registered");
             let in_ns =
                 RangeRequest::new(KeySpan::prefix(format!("{}{name}/", services.key_prefix())));
-            match self
-                .st
-                .store
-                .range(in_ns, Consistency::Linearizable, false)
-                .await
-            {
+            match self.range(in_ns).await {
                 Ok(resp) => ops.extend(
                     resp.kvs
                         .iter()
@@ -1203,13 +1179,7 @@ impl Call<'_> {
             Err(r) => return r,
         };
         let resp = match self
-            .st
-            .store
-            .range(
-                RangeRequest::new(KeySpan::prefix(self.prefix())),
-                Consistency::Linearizable,
-                false,
-            )
+            .range(RangeRequest::new(KeySpan::prefix(self.prefix())))
             .await
         {
             Ok(r) => r,
@@ -1264,13 +1234,7 @@ impl Call<'_> {
         let load = move |kv: &KeyValue| convert::from_storage(r, from_kv(kv));
         let from = if rv == 0 {
             match self
-                .st
-                .store
-                .range(
-                    RangeRequest::new(KeySpan::prefix(prefix.clone())),
-                    Consistency::Linearizable,
-                    false,
-                )
+                .range(RangeRequest::new(KeySpan::prefix(prefix.clone())))
                 .await
             {
                 Ok(resp) => {
