@@ -614,6 +614,23 @@ impl Call<'_> {
                 }
             },
         };
+        // The object must fit its type; with strict field validation (kubectl's default),
+        // unknown fields are errors too.
+        let strict = self
+            .query
+            .get("fieldValidation")
+            .is_some_and(|v| v == "Strict");
+        match api::validate::check(r.group, r.version, r.kind, &obj, strict) {
+            Ok(()) => {}
+            Err(api::validate::ShapeError::Invalid { field, message }) => {
+                return Err(invalid(r, &name, &field, &message))
+            }
+            Err(api::validate::ShapeError::UnknownField(field)) => {
+                return Err(bad_request(&format!(
+                    "strict decoding error: unknown field \"{field}\""
+                )))
+            }
+        }
         let rule = if r.name == "namespaces" {
             object::invalid_label(&name)
         } else {

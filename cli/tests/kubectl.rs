@@ -265,6 +265,24 @@ async fn bad_requests_get_kubernetes_errors() {
         err.contains("metadata.name") && err.contains("Invalid value"),
         "{err}"
     );
+    let wrong_type = k.write(
+        "three.yaml",
+        &DEPLOYMENT.replace("replicas: 3", "replicas: three"),
+    );
+    let err = k.fails(&["apply", "-f", &wrong_type]);
+    assert!(
+        err.contains("spec.replicas") && err.contains("invalid"),
+        "{err}"
+    );
+    let typo = k.write(
+        "typo.yaml",
+        &DEPLOYMENT.replace("image: example", "imagee: example"),
+    );
+    let err = k.fails(&["apply", "-f", &typo]);
+    assert!(
+        err.contains("unknown field \"spec.template.spec.containers[0].imagee\""),
+        "{err}"
+    );
     let err = k.fails(&["get", "cm", "missing"]);
     assert!(err.contains("configmaps \"missing\" not found"), "{err}");
     let err = k.fails(&["--token=not-the-token", "get", "namespaces"]);

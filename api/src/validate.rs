@@ -1,0 +1,180 @@
+//! Validation of an object's shape against its Kubernetes type (from k8s-openapi): wrong types
+//! are reported with the field's path (`spec.replicas: invalid type: string "three", expected
+//! i32`), and with strict field validation (what kubectl asks for) unknown fields are errors
+//! naming the field (`unknown field "spec.replicass"`), as kube-apiserver reports them.
+
+use k8s_openapi::api::{
+    apps, autoscaling, batch, coordination, core, discovery, events, networking, node, rbac,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+/// Why an object does not fit its type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShapeError {
+    /// A field has the wrong type or an impossible value (HTTP 422, field named).
+    Invalid { field: String, message: String },
+    /// A field the type does not have (HTTP 400 under strict field validation).
+    UnknownField(String),
+}
+
+fn check_as<T: DeserializeOwned + Serialize>(obj: &Value, strict: bool) -> Result<(), ShapeError> {
+    let typed: T = serde_path_to_error::deserialize(obj).map_err(|e| {
+        let field = e.path().to_string();
+        ShapeError::Invalid {
+            field: if field == "." { String::new() } else { field },
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    if strict {
+        let known = serde_json::to_value(&typed).map_err(|e| ShapeError::Invalid {
+            field: String::new(),
+            message: e.to_string(),
+        })?;
+        if let Some(path) = first_unknown(obj, &known, "") {
+            return Err(ShapeError::UnknownField(path));
+        }
+    }
+    Ok(())
+}
+
+/// The first key of `sent` that the typed round trip `known` dropped, as a dotted path.
+fn first_unknown(sent: &Value, known: &Value, path: &str) -> Option<String> {
+    match (sent, known) {
+        (Value::Object(s), Value::Object(k)) => s.iter().find_map(|(key, v)| {
+            let here = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            match k.get(key) {
+                Some(kv) => first_unknown(v, kv, &here),
+                // A null or empty value the type leaves out is not an unknown field.
+                None if v.is_null()
+                    || v == &Value::Object(Default::default())
+                    || v == &Value::Array(vec![]) =>
+                {
+                    None
+                }
+                None if ["apiVersion", "kind"].contains(&key.as_str()) && path.is_empty() => None,
+                None => Some(here),
+            }
+        }),
+        (Value::Array(s), Value::Array(k)) => s
+            .iter()
+            .zip(k)
+            .enumerate()
+            .find_map(|(i, (sv, kv))| first_unknown(sv, kv, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// Checks `obj` against the type of `group`/`version` `kind`. Kinds without a known type pass.
+pub fn check(
+    group: &str,
+    version: &str,
+    kind: &str,
+    obj: &Value,
+    strict: bool,
+) -> Result<(), ShapeError> {
+    match (group, version, kind) {
+        ("", "v1", "Namespace") => check_as::<core::v1::Namespace>(obj, strict),
+        ("", "v1", "Pod") => check_as::<core::v1::Pod>(obj, strict),
+        ("", "v1", "Service") => check_as::<core::v1::Service>(obj, strict),
+        ("", "v1", "Endpoints") => check_as::<core::v1::Endpoints>(obj, strict),
+        ("", "v1", "ConfigMap") => check_as::<core::v1::ConfigMap>(obj, strict),
+        ("", "v1", "Secret") => check_as::<core::v1::Secret>(obj, strict),
+        ("", "v1", "Node") => check_as::<core::v1::Node>(obj, strict),
+        ("", "v1", "Event") => check_as::<core::v1::Event>(obj, strict),
+        ("", "v1", "ServiceAccount") => check_as::<core::v1::ServiceAccount>(obj, strict),
+        ("apps", "v1", "Deployment") => check_as::<apps::v1::Deployment>(obj, strict),
+        ("apps", "v1", "ReplicaSet") => check_as::<apps::v1::ReplicaSet>(obj, strict),
+        ("apps", "v1", "DaemonSet") => check_as::<apps::v1::DaemonSet>(obj, strict),
+        ("apps", "v1", "StatefulSet") => check_as::<apps::v1::StatefulSet>(obj, strict),
+        ("apps", "v1", "ControllerRevision") => {
+            check_as::<apps::v1::ControllerRevision>(obj, strict)
+        }
+        ("batch", "v1", "Job") => check_as::<batch::v1::Job>(obj, strict),
+        ("batch", "v1", "CronJob") => check_as::<batch::v1::CronJob>(obj, strict),
+        ("autoscaling", "v2", "HorizontalPodAutoscaler") => {
+            check_as::<autoscaling::v2::HorizontalPodAutoscaler>(obj, strict)
+        }
+        ("autoscaling", "v1", "HorizontalPodAutoscaler") => {
+            check_as::<autoscaling::v1::HorizontalPodAutoscaler>(obj, strict)
+        }
+        ("networking.k8s.io", "v1", "NetworkPolicy") => {
+            check_as::<networking::v1::NetworkPolicy>(obj, strict)
+        }
+        ("discovery.k8s.io", "v1", "EndpointSlice") => {
+            check_as::<discovery::v1::EndpointSlice>(obj, strict)
+        }
+        ("coordination.k8s.io", "v1", "Lease") => check_as::<coordination::v1::Lease>(obj, strict),
+        ("node.k8s.io", "v1", "RuntimeClass") => check_as::<node::v1::RuntimeClass>(obj, strict),
+        ("events.k8s.io", "v1", "Event") => check_as::<events::v1::Event>(obj, strict),
+        ("rbac.authorization.k8s.io", "v1", "Role") => check_as::<rbac::v1::Role>(obj, strict),
+        ("rbac.authorization.k8s.io", "v1", "RoleBinding") => {
+            check_as::<rbac::v1::RoleBinding>(obj, strict)
+        }
+        ("rbac.authorization.k8s.io", "v1", "ClusterRole") => {
+            check_as::<rbac::v1::ClusterRole>(obj, strict)
+        }
+        ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding") => {
+            check_as::<rbac::v1::ClusterRoleBinding>(obj, strict)
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment(spec: Value) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": spec})
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let bad = deployment(json!({"replicas": "three", "selector": {}, "template": {}}));
+        match check("apps", "v1", "Deployment", &bad, true) {
+            Err(ShapeError::Invalid { field, message }) => {
+                assert_eq!(field, "spec.replicas");
+                assert!(message.contains("invalid type"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_found_when_strict() {
+        let typo = deployment(
+            json!({"replicass": 3, "selector": {}, "template": {"spec": {"containers": [{"name": "a", "imagee": "x"}]}}}),
+        );
+        assert_eq!(
+            check("apps", "v1", "Deployment", &typo, true),
+            Err(ShapeError::UnknownField("spec.replicass".into()))
+        );
+        assert!(check("apps", "v1", "Deployment", &typo, false).is_ok());
+        let nested = deployment(
+            json!({"selector": {}, "template": {"spec": {"containers": [{"name": "a", "imagee": "x"}]}}}),
+        );
+        assert_eq!(
+            check("apps", "v1", "Deployment", &nested, true),
+            Err(ShapeError::UnknownField(
+                "spec.template.spec.containers[0].imagee".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn valid_objects_pass_including_int_or_string_and_quantities() {
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "labels": {"a": "b"}},
+            "spec": {"ports": [{"port": 80, "targetPort": "http"}], "selector": {"app": "x"}}});
+        assert_eq!(check("", "v1", "Service", &svc, true), Ok(()));
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": {"memory": "64Mi", "cpu": "250m"}}}]}});
+        assert_eq!(check("", "v1", "Pod", &pod, true), Ok(()));
+    }
+}
