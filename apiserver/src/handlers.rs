@@ -74,6 +74,45 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
+/// The cluster's CA and admin token, shared by all members through the store: the first member
+/// to ask makes them (create-if-absent), the others read what it made. They are stored as they
+/// are: encryption at rest comes with Secrets encryption, and peer traffic is not yet TLS.
+pub async fn cluster_secrets(store: &StoreNode) -> Result<crate::pki::ClusterSecrets, StoreError> {
+    const KEY: &str = "/drover/pki/cluster";
+    let decode = |kv: &KeyValue| -> Result<crate::pki::ClusterSecrets, StoreError> {
+        let v: Value = serde_json::from_slice(&kv.value)
+            .map_err(|e| StoreError::Internal(format!("{KEY}: {e}")))?;
+        let field = |f: &str| {
+            v[f].as_str()
+                .map(String::from)
+                .ok_or_else(|| StoreError::Internal(format!("{KEY} has no {f}")))
+        };
+        Ok(crate::pki::ClusterSecrets {
+            ca_pem: field("ca")?,
+            ca_key_pem: field("caKey")?,
+            admin_token: field("token")?,
+        })
+    };
+    let fresh = crate::pki::ClusterSecrets::generate().map_err(StoreError::Internal)?;
+    let value = json!({"ca": fresh.ca_pem, "caKey": fresh.ca_key_pem, "token": fresh.admin_token});
+    let txn = Txn::put(
+        KEY.as_bytes(),
+        serde_json::to_vec(&value).expect("serialises"),
+    )
+    .when(Compare::exists(KEY.as_bytes(), false))
+    .or_else(Op::get(KEY.as_bytes()));
+    let resp = store.txn(txn, false).await?;
+    if resp.succeeded {
+        return Ok(fresh);
+    }
+    match resp.range(0).and_then(|r| r.kvs.first()) {
+        Some(kv) => decode(kv),
+        None => Err(StoreError::Internal(format!(
+            "{KEY} vanished while it was read"
+        ))),
+    }
+}
+
 /// Creates what a cluster has from the start, where it is missing: the system namespaces, and
 /// the `kubernetes` Service (10.96.0.1:443) with Endpoints pointing at this API server.
 pub async fn bootstrap(store: &StoreNode, api_address: &str) -> Result<(), StoreError> {

@@ -5,7 +5,7 @@
 //! Sniffing the first byte keeps the design's "one address per member" while the peer protocol
 //! has not moved to TLS yet; when it does, the plaintext branch goes away.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -14,16 +14,15 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+/// The API's TLS configuration and routes, filled in once the member has its certificates (a
+/// joining member gets them from the cluster, after it has joined); until then TLS connections
+/// are closed.
+pub type ApiSlot = Arc<RwLock<Option<(Arc<rustls::ServerConfig>, Router)>>>;
+
 /// The first byte of every TLS connection: a handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    api: Router,
-    store: Router,
-) -> std::io::Result<()> {
-    let acceptor = TlsAcceptor::from(tls);
+pub async fn serve(listener: TcpListener, api: ApiSlot, store: Router) -> std::io::Result<()> {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -35,9 +34,9 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, api, store) = (acceptor.clone(), api.clone(), store.clone());
+        let (api, store) = (api.clone(), store.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(tcp, acceptor, api, store).await {
+            if let Err(e) = handle(tcp, api, store).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -46,8 +45,7 @@ pub async fn serve(
 
 async fn handle(
     tcp: TcpStream,
-    acceptor: TlsAcceptor,
-    api: Router,
+    api: ApiSlot,
     store: Router,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut first = [0u8; 1];
@@ -59,10 +57,16 @@ async fn handle(
     }
     let builder = auto::Builder::new(TokioExecutor::new());
     if first[0] == TLS_HANDSHAKE {
-        let tls = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
-            .await??;
+        let Some((tls, router)) = api.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Ok(()); // no certificates yet
+        };
+        let tls = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            TlsAcceptor::from(tls).accept(tcp),
+        )
+        .await??;
         builder
-            .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(api))
+            .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(router))
             .await
     } else {
         builder

@@ -36,64 +36,97 @@ fn read(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-/// Loads the PKI from `data_dir/pki`, creating it on first start for the given host names and
-/// addresses (the serving certificate's subject alternative names).
-pub fn load_or_create(data_dir: &Path, hosts: &[String]) -> Result<Pki, String> {
-    let dir = data_dir.join("pki");
-    let files = ["ca.crt", "apiserver.crt", "apiserver.key", "admin.token"].map(|f| dir.join(f));
-    if files.iter().all(|f| f.exists()) {
-        return Ok(Pki {
-            ca_pem: read(&files[0])?,
-            cert_pem: read(&files[1])?,
-            key_pem: read(&files[2])?,
-            admin_token: read(&files[3])?.trim().to_string(),
-        });
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let err = |e: rcgen::Error| format!("cannot make certificates: {e}");
-
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
+/// The CA's parameters. Rebuilt identically wherever a member signs with the shared CA key, so
+/// the certificates it signs name the CA exactly as the CA certificate does.
+fn ca_params() -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
         .distinguished_name
         .push(DnType::CommonName, "drover-ca");
-    ca_params.key_usages = vec![
+    params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let ca_key = KeyPair::generate().map_err(err)?;
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
-    let ca_key_pem = ca_key.serialize_pem();
-    let issuer = Issuer::new(ca_params, ca_key);
+    Ok(params)
+}
 
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+fn cert_err(e: rcgen::Error) -> String {
+    format!("cannot make certificates: {e}")
+}
+
+/// What every member of a cluster shares: the CA and the admin token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSecrets {
+    pub ca_pem: String,
+    pub ca_key_pem: String,
+    pub admin_token: String,
+}
+
+impl ClusterSecrets {
+    /// A new CA and token, for a new cluster.
+    pub fn generate() -> Result<ClusterSecrets, String> {
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let cert = ca_params()
+            .map_err(cert_err)?
+            .self_signed(&key)
+            .map_err(cert_err)?;
+        let admin_token = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        Ok(ClusterSecrets {
+            ca_pem: cert.pem(),
+            ca_key_pem: key.serialize_pem(),
+            admin_token,
+        })
+    }
+}
+
+/// The PKI this member already made, if it made one (restarts need no store to serve TLS).
+pub fn load(data_dir: &Path) -> Result<Option<Pki>, String> {
+    let dir = data_dir.join("pki");
+    let files = ["ca.crt", "apiserver.crt", "apiserver.key", "admin.token"].map(|f| dir.join(f));
+    if !files.iter().all(|f| f.exists()) {
+        return Ok(None);
+    }
+    Ok(Some(Pki {
+        ca_pem: read(&files[0])?,
+        cert_pem: read(&files[1])?,
+        key_pem: read(&files[2])?,
+        admin_token: read(&files[3])?.trim().to_string(),
+    }))
+}
+
+/// Makes this member's serving certificate for `hosts`, signed by the cluster CA, and keeps it
+/// with the CA certificate and token in `data_dir/pki` (0600).
+pub fn create(data_dir: &Path, hosts: &[String], secrets: &ClusterSecrets) -> Result<Pki, String> {
+    let dir = data_dir.join("pki");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let ca_key = KeyPair::from_pem(&secrets.ca_key_pem).map_err(cert_err)?;
+    let issuer = Issuer::new(ca_params().map_err(cert_err)?, ca_key);
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
     params
         .distinguished_name
         .push(DnType::CommonName, "drover-apiserver");
     for host in hosts {
         params.subject_alt_names.push(match host.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(host.clone().try_into().map_err(err)?),
+            Err(_) => SanType::DnsName(host.clone().try_into().map_err(cert_err)?),
         });
     }
-    let key = KeyPair::generate().map_err(err)?;
-    let cert = params.signed_by(&key, &issuer).map_err(err)?;
-    let token: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
-
+    let key = KeyPair::generate().map_err(cert_err)?;
+    let cert = params.signed_by(&key, &issuer).map_err(cert_err)?;
     let pki = Pki {
-        ca_pem: ca_cert.pem(),
+        ca_pem: secrets.ca_pem.clone(),
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
-        admin_token: token,
+        admin_token: secrets.admin_token.clone(),
     };
-    write_private(&dir.join("ca.key"), &ca_key_pem)?;
-    write_private(&files[0], &pki.ca_pem)?;
-    write_private(&files[1], &pki.cert_pem)?;
-    write_private(&files[2], &pki.key_pem)?;
-    write_private(&files[3], &pki.admin_token)?;
+    write_private(&dir.join("ca.crt"), &pki.ca_pem)?;
+    write_private(&dir.join("apiserver.crt"), &pki.cert_pem)?;
+    write_private(&dir.join("apiserver.key"), &pki.key_pem)?;
+    write_private(&dir.join("admin.token"), &pki.admin_token)?;
     Ok(pki)
 }
 

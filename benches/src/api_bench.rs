@@ -84,6 +84,15 @@ async fn main() -> anyhow::Result<()> {
     cluster.flags.clear();
     cluster.add_member().await?;
     let data = &cluster.members[0].data_dir;
+    // The member writes its certificates once it is up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !data.join("pki/admin.token").exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the member never wrote its certificates"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let ca = reqwest::Certificate::from_pem(&std::fs::read(data.join("pki/ca.crt"))?)?;
     let token = std::fs::read_to_string(data.join("pki/admin.token"))?
         .trim()

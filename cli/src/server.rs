@@ -56,6 +56,24 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
+/// Retries `op` while the store says it may work later (no leader yet, a member restarting).
+async fn with_retry<T, F, Fut>(op: F) -> anyhow::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, raft_store::StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -86,20 +104,36 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         })?;
     let node = StoreNode::open(config).await?;
 
-    // The API: HTTPS with the cluster's certificates, beside the store's peer protocol.
+    // The API: HTTPS with the cluster's certificates, beside the store's peer protocol. A
+    // restarted member has its certificates already; a new one gets the cluster's CA and admin
+    // token through the store once it is a member, so the TLS side opens after bootstrap.
     let ip = args.listen.ip();
     let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     if !ip.is_unspecified() && !hosts.contains(&ip.to_string()) {
         hosts.push(ip.to_string());
     }
-    let pki = apiserver::pki::load_or_create(&args.data_dir, &hosts).map_err(anyhow::Error::msg)?;
-    let tls = std::sync::Arc::new(apiserver::pki::server_tls(&pki).map_err(anyhow::Error::msg)?);
     let host = if ip.is_unspecified() {
         "127.0.0.1".to_string()
     } else {
         ip.to_string()
     };
     let address = format!("{host}:{}", args.listen.port());
+    let api_slot: apiserver::listener::ApiSlot = Default::default();
+    let store_routes = raft_store::service::router(node.clone());
+    let serving = tokio::spawn(apiserver::listener::serve(
+        listener,
+        api_slot.clone(),
+        store_routes,
+    ));
+    node.bootstrap().await?;
+    let pki = match apiserver::pki::load(&args.data_dir).map_err(anyhow::Error::msg)? {
+        Some(pki) => pki,
+        None => {
+            let secrets = with_retry(|| apiserver::handlers::cluster_secrets(&node)).await?;
+            apiserver::pki::create(&args.data_dir, &hosts, &secrets).map_err(anyhow::Error::msg)?
+        }
+    };
+    let tls = std::sync::Arc::new(apiserver::pki::server_tls(&pki).map_err(anyhow::Error::msg)?);
     let kubeconfig = args
         .kubeconfig_out
         .clone()
@@ -111,22 +145,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         admin_token: pki.admin_token.clone(),
         address: address.clone(),
     });
-    let api = apiserver::handlers::router(api_state);
-    let store_routes = raft_store::service::router(node.clone());
-    let serving = tokio::spawn(apiserver::listener::serve(listener, tls, api, store_routes));
-    node.bootstrap().await?;
-    // The system namespaces, once a leader can take the writes.
+    *api_slot.write().unwrap_or_else(|p| p.into_inner()) =
+        Some((tls, apiserver::handlers::router(api_state)));
+    // The system namespaces and the kubernetes Service, once a leader can take the writes.
     let boot = node.clone();
     tokio::spawn(async move {
-        for _ in 0..600 {
-            match apiserver::handlers::bootstrap(&boot, &address).await {
-                Ok(()) => return,
-                Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(100)).await,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot create the system namespaces");
-                    return;
-                }
-            }
+        if let Err(e) = with_retry(|| apiserver::handlers::bootstrap(&boot, &address)).await {
+            tracing::error!(error = %e, "cannot create the system namespaces");
         }
     });
     eprintln!(

@@ -539,3 +539,61 @@ async fn generators_send_protobuf_and_it_is_understood() {
     ]);
     assert!(v1.contains("\"targetCPUUtilizationPercentage\":50"), "{v1}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_server_of_a_cluster_answers_with_the_same_credentials() {
+    let c = Cluster::start(bin(), 106, 2).await.expect("two members");
+    let dir = tempfile::tempdir().unwrap();
+    // Each member writes its kubeconfig once it has its certificates.
+    let path = c.members[0].data_dir.join("admin.kubeconfig");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "no kubeconfig from member 0");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let config0 = std::fs::read_to_string(path).unwrap();
+    // Member 0's kubeconfig, pointed at member 1: same CA, same token.
+    let config1 = config0.replace(
+        &c.members[0].addr.to_string(),
+        &c.members[1].addr.to_string(),
+    );
+    assert_ne!(config0, config1);
+    let (path0, path1) = (dir.path().join("k0"), dir.path().join("k1"));
+    std::fs::write(&path0, config0).unwrap();
+    std::fs::write(&path1, config1).unwrap();
+    let kubectl = |config: &Path, args: &[&str]| {
+        let out = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", config)
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !kubectl(&path1, &["get", "namespace", "default"]).0 {
+        assert!(
+            Instant::now() < deadline,
+            "member 1 never answered: {}",
+            kubectl(&path1, &["get", "ns"]).1
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, out) = kubectl(
+        &path1,
+        &["create", "configmap", "via-one", "--from-literal=k=v"],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(
+        &path0,
+        &["get", "configmap", "via-one", "-o", "jsonpath={.data.k}"],
+    );
+    assert!(
+        ok && out == "v",
+        "a write through member 1 is read through member 0: {out}"
+    );
+}
