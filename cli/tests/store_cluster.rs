@@ -222,6 +222,8 @@ async fn snapshots_purge_the_log_and_bring_a_new_member_up_to_date() {
     // And a restart of a snapshotted member recovers everything, history included.
     c.kill(0);
     c.restart(0).await.unwrap();
+    // It loads its snapshot, then replays the log after it once it learns the commit index.
+    converge(&c).await.unwrap();
     let resp = StoreClient::new(&[c.members[0].addr.to_string()])
         .range(
             &RangeRequest::new(KeySpan::prefix("/s/")).at(last - 50),
