@@ -1357,23 +1357,26 @@ impl Call<'_> {
                             Ok(batch) => {
                                 let mut out = Vec::new();
                                 for ev in &batch.events {
-                                    let (kind_str, obj) = match ev.kind {
-                                        EventKind::Put if ev.prev_kv.is_none() => {
-                                            ("ADDED", load(&ev.kv))
+                                    let matches = |o: &Value| {
+                                        labels.matches(&object::labels(o)) && fields.matches(o)
+                                    };
+                                    let prev = ev.prev_kv.as_ref().map(load);
+                                    let before = prev.as_ref().map(matches);
+                                    let (after, obj) = match ev.kind {
+                                        EventKind::Put => {
+                                            let o = load(&ev.kv);
+                                            (Some(matches(&o)), o)
                                         }
-                                        EventKind::Put => ("MODIFIED", load(&ev.kv)),
                                         EventKind::Delete => {
-                                            let Some(prev) = &ev.prev_kv else { continue };
-                                            let mut o = load(prev);
+                                            let Some(mut o) = prev else { continue };
                                             object::metadata_mut(&mut o).insert(
                                                 "resourceVersion".into(),
                                                 json!(ev.kv.mod_revision.to_string()),
                                             );
-                                            ("DELETED", o)
+                                            (None, o)
                                         }
                                     };
-                                    if labels.matches(&object::labels(&obj)) && fields.matches(&obj)
-                                    {
+                                    if let Some(kind_str) = watch_event_type(before, after) {
                                         out.extend_from_slice(&line(
                                             &json!({"type": kind_str, "object": obj}),
                                         ));
@@ -1504,6 +1507,18 @@ fn render_list(
     serde_json::to_writer(&mut out, &meta).ok()?;
     out.push(b'}');
     Some(out)
+}
+
+/// What a change is to a watcher with selectors, as kube-apiserver tells it: `before` and
+/// `after` say whether the object matched before and after the change (`None`: it did not
+/// exist). An object that starts matching is ADDED, one that stops matching is DELETED.
+fn watch_event_type(before: Option<bool>, after: Option<bool>) -> Option<&'static str> {
+    match (before, after) {
+        (None | Some(false), Some(true)) => Some("ADDED"),
+        (Some(true), Some(true)) => Some("MODIFIED"),
+        (Some(true), Some(false) | None) => Some("DELETED"),
+        _ => None,
+    }
 }
 
 fn line(v: &Value) -> Bytes {
@@ -1637,6 +1652,18 @@ mod tests {
         assert_eq!(obj["spec"]["containers"].as_array().unwrap().len(), 1);
         strategic_merge(&mut obj, &json!({"metadata": {"labels": {"l": null}}}));
         assert!(obj["metadata"]["labels"].get("l").is_none());
+    }
+
+    #[test]
+    fn watchers_with_selectors_see_objects_enter_and_leave() {
+        assert_eq!(watch_event_type(None, Some(true)), Some("ADDED"));
+        assert_eq!(watch_event_type(Some(false), Some(true)), Some("ADDED"));
+        assert_eq!(watch_event_type(Some(true), Some(true)), Some("MODIFIED"));
+        assert_eq!(watch_event_type(Some(true), Some(false)), Some("DELETED"));
+        assert_eq!(watch_event_type(Some(true), None), Some("DELETED"));
+        assert_eq!(watch_event_type(Some(false), Some(false)), None);
+        assert_eq!(watch_event_type(Some(false), None), None);
+        assert_eq!(watch_event_type(None, Some(false)), None);
     }
 
     #[test]

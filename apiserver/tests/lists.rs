@@ -89,3 +89,59 @@ async fn pages_cover_every_object_once_at_one_revision() {
         "the seven and the late one"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selector_watch_sees_objects_enter_and_leave_the_selection() {
+    let (_dir, _node, app) = start().await;
+    let (_, list) = call(&app, "GET", CM, None).await;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let watch_app = app.clone();
+    let watch = tokio::spawn(async move {
+        let uri =
+            format!("{CM}?watch=1&resourceVersion={rv}&labelSelector=app%3Da&timeoutSeconds=2");
+        common::call_raw(&watch_app, "GET", &uri).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    call(
+        &app,
+        "POST",
+        CM,
+        Some(json!({"metadata": {"name": "x", "labels": {"app": "a"}}})),
+    )
+    .await;
+    let merge = "application/merge-patch+json";
+    let relabel = |value: &str| json!({"metadata": {"labels": {"app": value}}});
+    let (code, patched) =
+        common::call_with_type(&app, "PATCH", &format!("{CM}/x"), relabel("b"), merge).await;
+    assert_eq!(
+        (code, &patched["metadata"]["labels"]["app"]),
+        (StatusCode::OK, &json!("b"))
+    );
+    common::call_with_type(&app, "PATCH", &format!("{CM}/x"), relabel("a"), merge).await;
+    call(&app, "DELETE", &format!("{CM}/x"), None).await;
+    call(
+        &app,
+        "POST",
+        CM,
+        Some(json!({"metadata": {"name": "other", "labels": {"app": "b"}}})),
+    )
+    .await;
+    let body = watch.await.unwrap();
+    let types: Vec<String> = body
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        types,
+        vec!["ADDED", "DELETED", "ADDED", "DELETED"],
+        "{body}"
+    );
+}

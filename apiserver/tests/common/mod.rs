@@ -82,3 +82,25 @@ pub async fn call_with_type(
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
 }
+
+/// The whole body of a response as text (for watches that end by `timeoutSeconds`).
+#[allow(
+    dead_code,
+    reason = "used by some of the test binaries that include this module"
+)]
+pub async fn call_raw(app: &axum::Router, method: &str, uri: &str) -> String {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", "Bearer t")
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap()
+}
