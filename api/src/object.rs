@@ -72,14 +72,6 @@ pub fn invalid_label(name: &str) -> Option<String> {
     invalid_subdomain(name)
 }
 
-/// One field-level cause of a failure, as in a Status's `details.causes`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cause {
-    pub field: String,
-    pub message: String,
-    pub reason: &'static str,
-}
-
 /// A Kubernetes `Status` failure object.
 pub fn status(code: u16, reason: &str, message: &str, details: Option<Value>) -> Value {
     let mut s = json!({

@@ -324,13 +324,6 @@ impl Txn {
         self
     }
 
-    pub fn is_read_only(&self) -> bool {
-        self.success
-            .iter()
-            .chain(&self.failure)
-            .all(|op| matches!(op, Op::Range(_)))
-    }
-
     /// Checks sizes and shape before the transaction is proposed, so a bad request is refused
     /// with a clear message and never reaches the log.
     pub fn validate(&self, limits: &Limits) -> Result<(), StoreError> {
@@ -341,30 +334,43 @@ impl Txn {
                 limits.max_txn_ops
             )));
         }
+        // Field names are only formatted for an error: this runs for every write.
+        let fail = |field: String, why: String| Err(StoreError::invalid(format!("{field}: {why}")));
         for (i, c) in self.compare.iter().enumerate() {
-            limits.check_key(&c.key, &format!("compare[{i}].key"))?;
+            if let Some(why) = limits.key_problem(&c.key) {
+                return fail(format!("compare[{i}].key"), why);
+            }
             if let CompareTarget::Value(v) = &c.target {
-                limits.check_value(v, &format!("compare[{i}].value"))?;
+                if let Some(why) = limits.value_problem(v) {
+                    return fail(format!("compare[{i}].value"), why);
+                }
             }
         }
         for (branch, ops) in [("success", &self.success), ("failure", &self.failure)] {
             let mut written: Vec<&[u8]> = Vec::new();
             for (i, op) in ops.iter().enumerate() {
-                let field = format!("{branch}[{i}]");
                 match op {
                     Op::Put { key, value } => {
-                        limits.check_key(key, &format!("{field}.key"))?;
-                        limits.check_value(value, &format!("{field}.value"))?;
+                        if let Some(why) = limits.key_problem(key) {
+                            return fail(format!("{branch}[{i}].key"), why);
+                        }
+                        if let Some(why) = limits.value_problem(value) {
+                            return fail(format!("{branch}[{i}].value"), why);
+                        }
                         if written.contains(&key.as_slice()) {
-                            return Err(StoreError::invalid(format!(
-                                "{field}.key: key {:?} is written twice in one txn",
+                            let why = format!(
+                                "key {:?} is written twice in one txn",
                                 String::from_utf8_lossy(key)
-                            )));
+                            );
+                            return fail(format!("{branch}[{i}].key"), why);
                         }
                         written.push(key);
                     }
-                    Op::Delete { span } => limits.check_span(span, &format!("{field}.span"))?,
-                    Op::Range(r) => limits.check_span(&r.span, &format!("{field}.span"))?,
+                    Op::Delete { span } | Op::Range(RangeRequest { span, .. }) => {
+                        if let Some(why) = limits.span_problem(span) {
+                            return fail(format!("{branch}[{i}].span"), why);
+                        }
+                    }
                 }
             }
         }
@@ -443,42 +449,48 @@ impl Default for Limits {
 }
 
 impl Limits {
-    fn check_key(&self, key: &[u8], field: &str) -> Result<(), StoreError> {
+    fn key_problem(&self, key: &[u8]) -> Option<String> {
         if key.is_empty() {
-            return Err(StoreError::invalid(format!(
-                "{field}: key must not be empty"
-            )));
+            return Some("key must not be empty".into());
         }
-        if key.len() > self.max_key_bytes {
-            return Err(StoreError::invalid(format!(
-                "{field}: key is {} bytes; the limit is {}",
+        (key.len() > self.max_key_bytes).then(|| {
+            format!(
+                "key is {} bytes; the limit is {}",
                 key.len(),
                 self.max_key_bytes
-            )));
-        }
-        Ok(())
+            )
+        })
     }
-    fn check_value(&self, value: &[u8], field: &str) -> Result<(), StoreError> {
-        if value.len() > self.max_value_bytes {
-            return Err(StoreError::invalid(format!(
-                "{field}: value is {} bytes; the limit is {}",
+
+    fn value_problem(&self, value: &[u8]) -> Option<String> {
+        (value.len() > self.max_value_bytes).then(|| {
+            format!(
+                "value is {} bytes; the limit is {}",
                 value.len(),
                 self.max_value_bytes
-            )));
-        }
-        Ok(())
+            )
+        })
     }
-    pub fn check_span(&self, span: &KeySpan, field: &str) -> Result<(), StoreError> {
+
+    fn span_problem(&self, span: &KeySpan) -> Option<String> {
         if span.longest_key() > self.max_key_bytes {
-            return Err(StoreError::invalid(format!(
-                "{field}: key is longer than the limit of {} bytes",
+            return Some(format!(
+                "key is longer than the limit of {} bytes",
                 self.max_key_bytes
-            )));
+            ));
         }
-        if let KeySpan::Key(k) = span {
-            self.check_key(k, field)?;
+        match span {
+            KeySpan::Key(k) => self.key_problem(k),
+            _ => None,
         }
-        Ok(())
+    }
+
+    /// Checks a span a read or watch names; the error names `field`.
+    pub fn check_span(&self, span: &KeySpan, field: &str) -> Result<(), StoreError> {
+        match self.span_problem(span) {
+            Some(why) => Err(StoreError::invalid(format!("{field}: {why}"))),
+            None => Ok(()),
+        }
     }
 }
 
