@@ -27,6 +27,7 @@ use raft_store::{
 use serde_json::{json, Value};
 
 use crate::admission;
+use crate::cache::{Feed, WatchCache};
 use crate::discovery;
 use crate::path::{self, ObjectPath, PathError, Target};
 
@@ -35,7 +36,25 @@ pub struct ApiState {
     pub admin_token: String,
     /// host:port clients use to reach this server.
     pub address: String,
+    pub cache: Arc<WatchCache>,
 }
+
+impl ApiState {
+    /// The API's state over a store member; starts the watch cache (inside a Tokio runtime).
+    pub fn new(store: Arc<StoreNode>, admin_token: String, address: String) -> Arc<ApiState> {
+        let cache = WatchCache::start(store.engine().clone(), &[]);
+        Arc::new(ApiState {
+            store,
+            admin_token,
+            address,
+            cache,
+        })
+    }
+}
+
+/// How long a list waits for the watch cache to reach the store's current revision before it
+/// reads the store instead.
+const CACHE_WAIT: Duration = Duration::from_secs(3);
 
 /// The namespaces that exist from the start, as in Kubernetes.
 pub const SYSTEM_NAMESPACES: &[&str] =
@@ -524,36 +543,12 @@ impl Call<'_> {
             Ok(s) => s,
             Err(r) => return r,
         };
-        // `continue` carries the revision and the last key of the previous page.
-        let (revision, start) = match self.query.get("continue").filter(|c| !c.is_empty()) {
-            Some(token) => match decode_continue(token) {
-                Some(c) => c,
-                None => return bad_request("invalid continue token"),
-            },
-            None => {
-                let rv = self
-                    .query
-                    .get("resourceVersion")
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-                let exact = self
-                    .query
-                    .get("resourceVersionMatch")
-                    .is_some_and(|m| m == "Exact");
-                (if exact { rv } else { 0 }, None)
-            }
-        };
         let limit = self
             .query
             .get("limit")
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|l| *l > 0);
-        let prefix = self.prefix();
-        let span = match &start {
-            Some(after) => KeySpan::prefix(prefix.clone()).after(after.as_bytes()),
-            None => KeySpan::prefix(prefix.clone()),
-        };
-        let resp = match self.range(RangeRequest::new(span).at(revision)).await {
+        let resp = match self.list_range().await {
             Ok(r) => r,
             Err(e) => return store_failure(e),
         };
@@ -601,6 +596,56 @@ impl Call<'_> {
             StatusCode::OK,
             &json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": meta, "items": objects}),
         )
+    }
+
+    /// The objects a list returns, before selectors. A first page is served by the watch
+    /// cache (at least as new as the resourceVersion asked for, or as the store's current
+    /// revision when none is given); later pages and exact past revisions by the store, at the
+    /// revision pinned in the continue token.
+    async fn list_range(&self) -> Result<raft_store::RangeResponse, StoreError> {
+        let prefix = self.prefix();
+        if let Some(token) = self.query.get("continue").filter(|c| !c.is_empty()) {
+            let Some((revision, after)) = decode_continue(token) else {
+                return Err(StoreError::invalid("invalid continue token"));
+            };
+            let span = match &after {
+                Some(after) => KeySpan::prefix(prefix).after(after.as_bytes()),
+                None => KeySpan::prefix(prefix),
+            };
+            return self.range(RangeRequest::new(span).at(revision)).await;
+        }
+        let rv = self.query.get("resourceVersion").filter(|v| !v.is_empty());
+        let rv_number = rv.and_then(|v| v.parse::<u64>().ok());
+        if rv.is_some() && rv_number.is_none() {
+            return Err(StoreError::invalid(
+                "resourceVersion: Invalid value: it must be a number",
+            ));
+        }
+        let exact = self
+            .query
+            .get("resourceVersionMatch")
+            .is_some_and(|m| m == "Exact");
+        if exact {
+            let span = KeySpan::prefix(prefix);
+            return self
+                .range(RangeRequest::new(span).at(rv_number.unwrap_or(0)))
+                .await;
+        }
+        let at_least = match rv_number {
+            Some(n) => n,
+            None => self.current_revision().await?,
+        };
+        if self.st.cache.wait_for(at_least, CACHE_WAIT).await {
+            return Ok(self.st.cache.range(&prefix, None));
+        }
+        self.range(RangeRequest::new(KeySpan::prefix(prefix))).await
+    }
+
+    /// The store's current revision, by a linearizable read: everything acknowledged before
+    /// this call is at or below it.
+    async fn current_revision(&self) -> Result<u64, StoreError> {
+        let probe = RangeRequest::new(KeySpan::key(crate::cache::CACHED_PREFIX)).count_only();
+        Ok(self.range(probe).await?.revision)
     }
 
     /// Checks and completes an object a client sent for `name` (None: a create that may use
@@ -1303,10 +1348,7 @@ impl Call<'_> {
         let r = self.resource();
         let load = move |kv: &KeyValue| convert::from_storage(r, from_kv(kv));
         let from = if rv == 0 {
-            match self
-                .range(RangeRequest::new(KeySpan::prefix(prefix.clone())))
-                .await
-            {
+            match self.list_range().await {
                 Ok(resp) => {
                     initial = resp
                         .kvs
@@ -1327,14 +1369,19 @@ impl Call<'_> {
                 labels.matches(&object::labels(&e["object"])) && fields.matches(&e["object"])
             })
             .collect();
-        let watcher = self.st.store.watch(KeySpan::prefix(prefix), from);
+        let watcher = Feed::Cache(self.st.cache.watch(prefix, from));
+        let store = self.st.store.clone();
         let (kind, api_version) = (r.kind, r.api_version());
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let stream = futures_util::stream::unfold(
             (initial.into_iter(), watcher, false),
             move |(mut initial, mut watcher, done)| {
-                let (labels, fields, api_version) =
-                    (labels.clone(), fields.clone(), api_version.clone());
+                let (labels, fields, api_version, store) = (
+                    labels.clone(),
+                    fields.clone(),
+                    api_version.clone(),
+                    store.clone(),
+                );
                 async move {
                     if done {
                         return None;
@@ -1347,11 +1394,12 @@ impl Call<'_> {
                     }
                     loop {
                         let next = match deadline {
-                            Some(d) => match tokio::time::timeout_at(d, watcher.next()).await {
+                            Some(d) => match tokio::time::timeout_at(d, watcher.next(&store)).await
+                            {
                                 Ok(n) => n,
                                 Err(_) => return None,
                             },
-                            None => watcher.next().await,
+                            None => watcher.next(&store).await,
                         };
                         match next? {
                             Ok(batch) => {

@@ -4,12 +4,14 @@
 //! - [`listener`]: one address for everything: TLS connections get the API, plaintext ones the
 //!   store's peer protocol.
 //! - [`path`]: parsing Kubernetes request paths.
+//! - [`cache`]: the watch cache that serves lists and watches from memory.
 //! - [`admission`]: ClusterIP and NodePort allocation for Services.
 //! - [`discovery`], [`handlers`]: the API itself; [`protobuf`]: protobuf request bodies → JSON.
 //!
 //! The only crate that speaks HTTP to Kubernetes clients.
 
 pub mod admission;
+pub mod cache;
 pub mod discovery;
 pub mod handlers;
 pub mod listener;

@@ -140,11 +140,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
     apiserver::pki::write_kubeconfig(&pki, &format!("https://{address}"), &kubeconfig)
         .map_err(anyhow::Error::msg)?;
-    let api_state = std::sync::Arc::new(apiserver::handlers::ApiState {
-        store: node.clone(),
-        admin_token: pki.admin_token.clone(),
-        address: address.clone(),
-    });
+    let api_state =
+        apiserver::handlers::ApiState::new(node.clone(), pki.admin_token.clone(), address.clone());
     *api_slot.write().unwrap_or_else(|p| p.into_inner()) =
         Some((tls, apiserver::handlers::router(api_state)));
     // The system namespaces and the kubernetes Service, once a leader can take the writes.

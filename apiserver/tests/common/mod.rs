@@ -1,4 +1,5 @@
 //! Shared by the API tests: a real single-member store and the API router, called in process.
+#![allow(dead_code)] // each test binary uses a different part
 
 use std::sync::Arc;
 
@@ -30,11 +31,7 @@ pub async fn start() -> (tempfile::TempDir, Arc<StoreNode>, axum::Router) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let state = Arc::new(ApiState {
-        store: node.clone(),
-        admin_token: "t".into(),
-        address: addr,
-    });
+    let state = ApiState::new(node.clone(), "t".into(), addr);
     (dir, node, router(state))
 }
 
