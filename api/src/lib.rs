@@ -8,6 +8,7 @@ pub mod columns;
 pub mod convert;
 pub mod defaults;
 pub mod object;
+pub mod rbac;
 pub mod registry;
 pub mod selector;
 pub mod validate;

@@ -15,6 +15,16 @@ pub struct Resource {
     pub categories: &'static [&'static str],
 }
 
+/// A subresource that performs an action (see [`Resource::actions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Action {
+    pub name: &'static str,
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub verbs: &'static [&'static str],
+}
+
 /// The verbs every resource here supports.
 pub const VERBS: &[&str] = &[
     "create",
@@ -58,6 +68,37 @@ impl Resource {
     /// Whether the resource has a `/scale` subresource (an `autoscaling/v1` Scale).
     pub fn has_scale(&self) -> bool {
         matches!(self.name, "deployments" | "replicasets" | "statefulsets")
+    }
+
+    /// Subresources that act rather than store (POST only, or a stream): name, the group and
+    /// version of the kind they take, that kind, and the verbs.
+    pub fn actions(&self) -> &'static [Action] {
+        match self.name {
+            "pods" => &[
+                Action {
+                    name: "binding",
+                    group: "",
+                    version: "v1",
+                    kind: "Binding",
+                    verbs: &["create"],
+                },
+                Action {
+                    name: "eviction",
+                    group: "policy",
+                    version: "v1",
+                    kind: "Eviction",
+                    verbs: &["create"],
+                },
+            ],
+            "serviceaccounts" => &[Action {
+                name: "token",
+                group: "authentication.k8s.io",
+                version: "v1",
+                kind: "TokenRequest",
+                verbs: &["create"],
+            }],
+            _ => &[],
+        }
     }
 
     /// The store key prefix of this resource's objects, ending in '/'.

@@ -172,6 +172,11 @@ impl WatchCache {
         matches!(reached, Ok(Ok(_)))
     }
 
+    /// One object as of the cache's revision.
+    pub fn get(&self, key: &str) -> Option<Arc<KeyValue>> {
+        self.read().objects.get(key.as_bytes()).cloned()
+    }
+
     /// The objects under `prefix` (after `after`, if given) as of the cache's revision.
     pub fn range(&self, prefix: &str, after: Option<&[u8]>) -> RangeResponse {
         let st = self.read();

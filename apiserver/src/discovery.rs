@@ -76,6 +76,9 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
             if r.has_scale() {
                 docs.push(json!({"name": format!("{}/scale", r.name), "singularName": "", "namespaced": r.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": sub_verbs}));
             }
+            for a in r.actions() {
+                docs.push(json!({"name": format!("{}/{}", r.name, a.name), "singularName": "", "namespaced": r.namespaced, "group": a.group, "version": a.version, "kind": a.kind, "verbs": a.verbs}));
+            }
             docs
         })
         .collect();

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use api::convert;
 use api::object::{self, status};
+use api::rbac::User;
 use api::registry::{Resource, REGISTRY};
 use api::selector::{FieldSelector, LabelSelector};
 use axum::body::{Body, Bytes};
@@ -27,26 +28,27 @@ use raft_store::{
 use serde_json::{json, Value};
 
 use crate::admission;
+use crate::auth::{self, Auth, RequestInfo};
 use crate::cache::{Feed, WatchCache};
 use crate::discovery;
 use crate::path::{self, ObjectPath, PathError, Target};
 
 pub struct ApiState {
     pub store: Arc<StoreNode>,
-    pub admin_token: String,
     /// host:port clients use to reach this server.
     pub address: String,
     pub cache: Arc<WatchCache>,
+    pub auth: Auth,
 }
 
 impl ApiState {
     /// The API's state over a store member; starts the watch cache (inside a Tokio runtime).
     pub fn new(store: Arc<StoreNode>, admin_token: String, address: String) -> Arc<ApiState> {
-        let cache = WatchCache::start(store.engine().clone(), &[]);
+        let cache = WatchCache::start(store.engine().clone(), &[auth::RBAC_PREFIX]);
         Arc::new(ApiState {
             store,
-            admin_token,
             address,
+            auth: Auth::new(admin_token, cache.clone()),
             cache,
         })
     }
@@ -132,8 +134,9 @@ pub async fn cluster_secrets(store: &StoreNode) -> Result<crate::pki::ClusterSec
     }
 }
 
-/// Creates what a cluster has from the start, where it is missing: the system namespaces, and
-/// the `kubernetes` Service (10.96.0.1:443) with Endpoints pointing at this API server.
+/// Creates what a cluster has from the start, where it is missing: the system namespaces, the
+/// `kubernetes` Service (10.96.0.1:443) with Endpoints pointing at this API server, and the
+/// default RBAC roles.
 pub async fn bootstrap(store: &StoreNode, api_address: &str) -> Result<(), StoreError> {
     let create = |key: String, obj: Value, extra: Option<String>| async move {
         let mut txn =
@@ -179,7 +182,20 @@ pub async fn bootstrap(store: &StoreNode, api_address: &str) -> Result<(), Store
         ep,
         None,
     )
-    .await
+    .await?;
+    // The default ClusterRoles and their bindings (cluster-admin for system:masters, discovery
+    // for every authenticated user); made once, so that an operator may edit them after.
+    let rbac =
+        |name| api::registry::find("rbac.authorization.k8s.io", "v1", name).expect("registered");
+    let (roles, bindings) = api::rbac::default_roles();
+    for (resource, objects) in [("clusterroles", roles), ("clusterrolebindings", bindings)] {
+        for mut obj in objects {
+            stamp_new(&mut obj);
+            let name = object::name(&obj).unwrap_or_default().to_string();
+            create(rbac(resource).key(None, &name), obj, None).await?;
+        }
+    }
+    Ok(())
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
@@ -220,6 +236,13 @@ fn invalid(r: &Resource, name: &str, field: &str, message: &str) -> Response {
     )
 }
 
+fn forbidden(message: &str) -> Response {
+    json_response(
+        StatusCode::FORBIDDEN,
+        &status(403, "Forbidden", message, None),
+    )
+}
+
 fn bad_request(message: &str) -> Response {
     failure(StatusCode::BAD_REQUEST, "BadRequest", message)
 }
@@ -251,27 +274,51 @@ fn store_failure(e: StoreError) -> Response {
     }
 }
 
-/// Bearer-token authentication. Health and version are open, as `system:public-info-viewer`
-/// makes them in Kubernetes; everything else needs the admin token (RBAC comes later).
-async fn authenticate(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+/// Authentication, then authorization, for every request. Health and version are open to
+/// anybody, as `system:public-info-viewer` makes them in Kubernetes.
+async fn authenticate(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> Response {
     let open = matches!(
         req.uri().path(),
         "/version" | "/healthz" | "/livez" | "/readyz"
     );
-    let token = req
+    let user = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if open || token.is_some_and(|t| constant_time_eq(t.as_bytes(), st.admin_token.as_bytes())) {
-        next.run(req).await
-    } else {
-        failure(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|token| st.auth.authenticate(token.trim()));
+    let Some(user) = user else {
+        if open {
+            return next.run(req).await;
+        }
+        return failure(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    };
+    let watch = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+    let info = RequestInfo::new(req.method(), req.uri().path(), watch);
+    let mut allowed = open || st.auth.allows(&user, &info);
+    if !allowed {
+        // RBAC is read from the watch cache, which follows this member's store a moment
+        // behind: a binding written just before this request must still count.
+        let head = st.store.engine().head().revision;
+        if st.cache.wait_for(head, Duration::from_secs(1)).await {
+            allowed = st.auth.allows(&user, &info);
+        }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    if !allowed {
+        let message = api::rbac::forbidden_message(&user, &info.attributes());
+        let details = info.resource.as_ref().map(
+            |(group, resource, _, _, name)| json!({"name": name, "group": group, "kind": resource}),
+        );
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &status(403, "Forbidden", &message, details),
+        );
+    }
+    req.extensions_mut().insert(user);
+    next.run(req).await
 }
 
 type Query = HashMap<String, String>;
@@ -283,6 +330,14 @@ async fn dispatch(
     req: Request,
 ) -> Response {
     let uri = req.uri().clone();
+    let user = req
+        .extensions()
+        .get::<User>()
+        .cloned()
+        .unwrap_or_else(|| User {
+            name: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+        });
     let query: Query = serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
     let body = match axum::body::to_bytes(req.into_body(), 3 * 1024 * 1024).await {
         Ok(b) => b,
@@ -361,8 +416,18 @@ async fn dispatch(
                 o: &o,
                 query: &query,
                 table,
+                user: &user,
             };
             match (&method, &o.name) {
+                (&Method::POST, Some(name)) if o.subresource.as_deref() == Some("token") => {
+                    call.token_request(name, &body).await
+                }
+                (&Method::POST, Some(name)) if o.subresource.as_deref() == Some("binding") => {
+                    call.bind(name, &body).await
+                }
+                (&Method::POST, Some(name)) if o.subresource.as_deref() == Some("eviction") => {
+                    call.evict(name, &body).await
+                }
                 (&Method::GET, Some(name)) => call.get(name).await,
                 (&Method::GET, None) if is_true(query.get("watch")) => call.watch().await,
                 (&Method::GET, None) => call.list().await,
@@ -469,6 +534,7 @@ struct Call<'a> {
     o: &'a ObjectPath,
     query: &'a Query,
     table: bool,
+    user: &'a User,
 }
 
 impl Call<'_> {
@@ -757,7 +823,235 @@ impl Call<'_> {
         } else {
             meta.remove("namespace");
         }
+        self.check_grants(&obj, &name)?;
+        if let Some(node) = self.user.node_name() {
+            if r.name == "nodes" && name != node {
+                return Err(forbidden(&format!(
+                    "node {node:?} may not write the Node {name:?}: a node writes only its own"
+                )));
+            }
+        }
         Ok((obj, name))
+    }
+
+    /// RBAC's escalation rule: a Role or ClusterRole may only grant what its writer holds, and
+    /// a binding may only be made by one who holds what the role grants (or may `bind` it).
+    fn check_grants(&self, obj: &Value, name: &str) -> Result<(), Response> {
+        let r = self.resource();
+        if r.group != "rbac.authorization.k8s.io" {
+            return Ok(());
+        }
+        let rbac = self.st.auth.rbac();
+        let ns = object::namespace(obj).unwrap_or("");
+        let may = |verb: &str, resource: &str, role: &str| {
+            let a = api::rbac::Attributes {
+                verb,
+                resource: Some(api::rbac::ResourceAttributes {
+                    group: "rbac.authorization.k8s.io",
+                    resource,
+                    namespace: ns,
+                    name: role,
+                    ..Default::default()
+                }),
+                path: "",
+            };
+            rbac.allows(self.user, &a)
+        };
+        let outcome = match r.name {
+            "roles" | "clusterroles" => {
+                if may("escalate", r.name, name) {
+                    return Ok(());
+                }
+                let rules = obj["rules"].as_array().cloned().unwrap_or_default();
+                rbac.covers(self.user, ns, &rules)
+            }
+            "rolebindings" | "clusterrolebindings" => {
+                let kind = obj["roleRef"]["kind"].as_str().unwrap_or("");
+                let role = obj["roleRef"]["name"].as_str().unwrap_or("");
+                let resource = if kind == "Role" {
+                    "roles"
+                } else {
+                    "clusterroles"
+                };
+                if may("bind", resource, role) {
+                    return Ok(());
+                }
+                match rbac.rules_of_ref(ns, kind, role) {
+                    Some(rules) => rbac.covers(self.user, ns, &rules),
+                    None => Err(format!("roleRef: the {kind} {role:?} does not exist")),
+                }
+            }
+            _ => Ok(()),
+        };
+        outcome.map_err(|why| forbidden(&format!("{} {name:?} is forbidden: {why}", r.name)))
+    }
+
+    /// `pods/{name}/binding`: the scheduler's decision, setting `spec.nodeName` once. A pod
+    /// already bound elsewhere is a conflict, as in Kubernetes.
+    async fn bind(&self, name: &str, body: &Bytes) -> Response {
+        let r = self.resource();
+        if r.name != "pods" {
+            return not_found(r, name);
+        }
+        let binding: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return bad_request(&format!("the Binding is not valid JSON: {e}")),
+        };
+        let Some(node) = binding["target"]["name"].as_str().filter(|n| !n.is_empty()) else {
+            return invalid(
+                r,
+                name,
+                "target.name",
+                "Required value: the node to bind to",
+            );
+        };
+        if binding["target"]["kind"]
+            .as_str()
+            .is_some_and(|k| k != "Node")
+        {
+            return invalid(r, name, "target.kind", "must be Node");
+        }
+        for _ in 0..5 {
+            let current = match self.read(name).await {
+                Ok(Some(kv)) => kv,
+                Ok(None) => return not_found(r, name),
+                Err(e) => return store_failure(e),
+            };
+            let mut pod = self.load(&current);
+            match pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+                Some(bound) => {
+                    return failure(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        &format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{bound}\""),
+                    )
+                }
+                None => pod["spec"]["nodeName"] = json!(node),
+            }
+            if pod["metadata"]["deletionTimestamp"].is_string() {
+                return failure(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    &format!("pod {name} is being deleted, cannot be assigned to a host"),
+                );
+            }
+            let txn =
+                Txn::put(self.key(name).as_bytes(), to_bytes(&pod)).when(Compare::mod_revision(
+                    self.key(name).as_bytes(),
+                    CompareOp::Equal,
+                    current.mod_revision,
+                ));
+            match self.st.store.txn(txn, false).await {
+                Ok(resp) if resp.succeeded => {
+                    return json_response(
+                        StatusCode::CREATED,
+                        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                    )
+                }
+                Ok(_) => continue,
+                Err(e) => return store_failure(e),
+            }
+        }
+        self.conflict(name)
+    }
+
+    /// `pods/{name}/eviction`: a graceful delete of the pod with the Eviction's DeleteOptions
+    /// (no PodDisruptionBudgets are served, so none can refuse it).
+    async fn evict(&self, name: &str, body: &Bytes) -> Response {
+        let r = self.resource();
+        if r.name != "pods" {
+            return not_found(r, name);
+        }
+        let eviction: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return bad_request(&format!("the Eviction is not valid JSON: {e}")),
+        };
+        let options = eviction.get("deleteOptions").cloned().unwrap_or(json!({}));
+        let path = ObjectPath {
+            subresource: None,
+            ..self.o.clone()
+        };
+        let plain = Call { o: &path, ..*self };
+        let resp = plain
+            .delete(
+                name,
+                &Bytes::from(serde_json::to_vec(&options).expect("serialises")),
+            )
+            .await;
+        if !resp.status().is_success() {
+            return resp;
+        }
+        json_response(
+            StatusCode::CREATED,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        )
+    }
+
+    /// `serviceaccounts/{name}/token` and `nodes/{name}/token`: a TokenRequest answered with a
+    /// token this cluster signed for the ServiceAccount, or for the node's agent.
+    async fn token_request(&self, name: &str, body: &Bytes) -> Response {
+        let r = self.resource();
+        let request: Value = if body.is_empty() {
+            json!({})
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => return bad_request(&format!("the TokenRequest is not valid JSON: {e}")),
+            }
+        };
+        let default_ttl = if r.name == "nodes" { 365 * 86400 } else { 3600 };
+        let ttl = match request["spec"]["expirationSeconds"].as_i64() {
+            None => default_ttl,
+            Some(s) if (600..=(1i64 << 32)).contains(&s) => s as u64,
+            Some(_) => {
+                return invalid(
+                    r,
+                    name,
+                    "spec.expirationSeconds",
+                    "may not specify a duration less than 10 minutes or more than 2^32 seconds",
+                )
+            }
+        };
+        let (user, uid) = match r.name {
+            "serviceaccounts" => {
+                let ns = self.o.namespace.clone().unwrap_or_default();
+                let sa = match self.read(name).await {
+                    Ok(Some(kv)) => from_kv(&kv),
+                    Ok(None) => return not_found(r, name),
+                    Err(e) => return store_failure(e),
+                };
+                let uid = sa["metadata"]["uid"].as_str().map(str::to_string);
+                (auth::service_account_user(&ns, name), uid)
+            }
+            "nodes" => (auth::node_user(name), None),
+            _ => {
+                return failure(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{}/token is not served", r.name),
+                )
+            }
+        };
+        let exp = auth::unix_now() + ttl;
+        let token = self.st.auth.signer.issue(&auth::Claims {
+            sub: user.name,
+            groups: user.groups,
+            exp,
+            uid,
+        });
+        let expires =
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp))
+                .to_string();
+        json_response(
+            StatusCode::CREATED,
+            &json!({
+                "kind": "TokenRequest",
+                "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"name": name, "namespace": self.o.namespace, "creationTimestamp": now_rfc3339()},
+                "spec": {"audiences": request["spec"]["audiences"].as_array().cloned().unwrap_or_default(), "expirationSeconds": ttl},
+                "status": {"token": token, "expirationTimestamp": expires},
+            }),
+        )
     }
 
     async fn namespace_exists(&self) -> Result<bool, StoreError> {

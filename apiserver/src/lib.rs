@@ -5,12 +5,14 @@
 //!   store's peer protocol.
 //! - [`path`]: parsing Kubernetes request paths.
 //! - [`cache`]: the watch cache that serves lists and watches from memory.
+//! - [`auth`]: bearer tokens (admin, ServiceAccounts, nodes), the node authorizer and RBAC.
 //! - [`admission`]: ClusterIP and NodePort allocation for Services.
 //! - [`discovery`], [`handlers`]: the API itself; [`protobuf`]: protobuf request bodies → JSON.
 //!
 //! The only crate that speaks HTTP to Kubernetes clients.
 
 pub mod admission;
+pub mod auth;
 pub mod cache;
 pub mod discovery;
 pub mod handlers;

@@ -597,3 +597,36 @@ async fn every_server_of_a_cluster_answers_with_the_same_credentials() {
         "a write through member 1 is read through member 0: {out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_rights_is_forbidden_until_rbac_grants_it() {
+    let k = Kubectl::start(32).await;
+    k.ok(&["create", "serviceaccount", "reader"]);
+    let token = k.ok(&["create", "token", "reader"]).trim().to_string();
+    let as_reader = format!("--token={token}");
+    let err = k.fails(&[&as_reader, "get", "pods"]);
+    assert!(
+        err.contains("Forbidden")
+            && err.contains(
+                "User \"system:serviceaccount:default:reader\" cannot list resource \"pods\""
+            ),
+        "{err}"
+    );
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "reader-view",
+        "--clusterrole=view",
+        "--serviceaccount=default:reader",
+    ]);
+    k.ok(&[&as_reader, "get", "pods"]);
+    let err = k.fails(&[&as_reader, "create", "configmap", "x", "--from-literal=a=b"]);
+    assert!(err.contains("forbidden"), "{err}");
+    let roles = k.ok(&["get", "clusterroles"]);
+    for role in ["cluster-admin", "admin", "edit", "view"] {
+        assert!(roles.contains(role), "{roles}");
+    }
+    k.ok(&["delete", "serviceaccount", "reader"]);
+    let err = k.fails(&[&as_reader, "get", "pods"]);
+    assert!(err.contains("Unauthorized"), "{err}");
+}

@@ -58,10 +58,37 @@ pub async fn call_with_type(
     body: Value,
     content_type: &str,
 ) -> (StatusCode, Value) {
+    call_as_with_type(app, "t", method, uri, body, content_type).await
+}
+
+/// A JSON call with the bearer token `token` ("t" is the admin's).
+pub async fn call_as(
+    app: &axum::Router,
+    token: &str,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let body = body.unwrap_or(Value::Null);
+    let content_type = match method {
+        "PATCH" => "application/merge-patch+json",
+        _ => "application/json",
+    };
+    call_as_with_type(app, token, method, uri, body, content_type).await
+}
+
+async fn call_as_with_type(
+    app: &axum::Router,
+    token: &str,
+    method: &str,
+    uri: &str,
+    body: Value,
+    content_type: &str,
+) -> (StatusCode, Value) {
     let req = Request::builder()
         .method(method)
         .uri(uri)
-        .header("authorization", "Bearer t")
+        .header("authorization", format!("Bearer {token}"))
         .header("content-type", content_type)
         .body(if body.is_null() {
             Body::empty()

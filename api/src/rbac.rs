@@ -1,0 +1,721 @@
+//! Authorization decisions: Kubernetes RBAC over Role/ClusterRole/RoleBinding/ClusterRoleBinding
+//! objects, the node authorizer's rules, and the default cluster roles. Pure: the API server
+//! hands in the objects and the request, and gets a yes or no.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+/// Who is asking, as authentication established it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+/// The group whose members may do anything, as in Kubernetes (the admin token's user is in it).
+pub const MASTERS: &str = "system:masters";
+/// The group every node's user is in; node users are named `system:node:<node name>`.
+pub const NODES: &str = "system:nodes";
+
+impl User {
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
+
+    /// The node this user speaks for, if it is a node's credential.
+    pub fn node_name(&self) -> Option<&str> {
+        self.name
+            .strip_prefix("system:node:")
+            .filter(|_| self.in_group(NODES))
+    }
+
+    /// `(namespace, name)` if this is a ServiceAccount's user.
+    pub fn service_account(&self) -> Option<(&str, &str)> {
+        self.name
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+    }
+}
+
+/// What a request wants to do, in RBAC's terms.
+#[derive(Clone, Debug, Default)]
+pub struct Attributes<'a> {
+    pub verb: &'a str,
+    /// Set for resource requests.
+    pub resource: Option<ResourceAttributes<'a>>,
+    /// The URL path of a non-resource request (`/version`, `/apis`, ...).
+    pub path: &'a str,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ResourceAttributes<'a> {
+    pub group: &'a str,
+    pub resource: &'a str,
+    pub subresource: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+impl ResourceAttributes<'_> {
+    /// `pods` or `pods/status`.
+    pub fn full_resource(&self) -> String {
+        if self.subresource.is_empty() {
+            self.resource.to_string()
+        } else {
+            format!("{}/{}", self.resource, self.subresource)
+        }
+    }
+}
+
+/// The message Kubernetes gives a forbidden request.
+pub fn forbidden_message(user: &User, a: &Attributes) -> String {
+    match &a.resource {
+        Some(r) => {
+            let what = match r.name {
+                "" => r.full_resource().to_string(),
+                name => format!("{} {name:?}", r.full_resource()),
+            };
+            let scope = match r.namespace {
+                "" => "at the cluster scope".to_string(),
+                ns => format!("in the namespace {ns:?}"),
+            };
+            format!(
+                "{what} is forbidden: User {:?} cannot {} resource {:?} in API group {:?} {scope}",
+                user.name,
+                a.verb,
+                r.full_resource(),
+                r.group
+            )
+        }
+        None => format!(
+            "forbidden: User {:?} cannot {} path {:?}",
+            user.name, a.verb, a.path
+        ),
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PolicyRule {
+    verbs: Vec<String>,
+    api_groups: Vec<String>,
+    resources: Vec<String>,
+    resource_names: Vec<String>,
+    non_resource_urls: Vec<String>,
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl PolicyRule {
+    fn from_json(v: &Value) -> PolicyRule {
+        PolicyRule {
+            verbs: strings(&v["verbs"]),
+            api_groups: strings(&v["apiGroups"]),
+            resources: strings(&v["resources"]),
+            resource_names: strings(&v["resourceNames"]),
+            non_resource_urls: strings(&v["nonResourceURLs"]),
+        }
+    }
+
+    fn rules_of(role: &Value) -> Vec<PolicyRule> {
+        role["rules"]
+            .as_array()
+            .map(|r| r.iter().map(PolicyRule::from_json).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether this rule grants the request (Kubernetes' `RuleAllows`).
+    pub fn allows(&self, a: &Attributes) -> bool {
+        let any = |list: &[String], x: &str| list.iter().any(|v| v == "*" || v == x);
+        if !any(&self.verbs, a.verb) {
+            return false;
+        }
+        match &a.resource {
+            Some(r) => {
+                let full = r.full_resource();
+                let resource_ok = self.resources.iter().any(|v| {
+                    v == "*"
+                        || *v == full
+                        || (!r.subresource.is_empty()
+                            && v.strip_prefix("*/") == Some(r.subresource))
+                });
+                any(&self.api_groups, r.group)
+                    && resource_ok
+                    && (self.resource_names.is_empty()
+                        || self.resource_names.iter().any(|n| n == r.name))
+            }
+            None => self.non_resource_urls.iter().any(|u| {
+                u == "*"
+                    || u == a.path
+                    || u.strip_suffix('*').is_some_and(|p| a.path.starts_with(p))
+            }),
+        }
+    }
+
+    /// The (verb, group, resource) triples this rule grants, for escalation checks; wildcards
+    /// stay literal, so only a holder of the same wildcard covers them.
+    fn grants(&self) -> Vec<(String, String, String, String)> {
+        let mut out = Vec::new();
+        let names: Vec<String> = if self.resource_names.is_empty() {
+            vec![String::new()]
+        } else {
+            self.resource_names.clone()
+        };
+        for verb in &self.verbs {
+            for group in &self.api_groups {
+                for resource in &self.resources {
+                    for name in &names {
+                        out.push((verb.clone(), group.clone(), resource.clone(), name.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Binding {
+    /// None for a ClusterRoleBinding.
+    namespace: Option<String>,
+    role_kind: String,
+    role_name: String,
+    subjects: Vec<(String, String, String)>, // kind, name, namespace
+}
+
+impl Binding {
+    fn from_json(v: &Value, namespaced: bool) -> Binding {
+        Binding {
+            namespace: namespaced.then(|| {
+                v["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            }),
+            role_kind: v["roleRef"]["kind"].as_str().unwrap_or("").to_string(),
+            role_name: v["roleRef"]["name"].as_str().unwrap_or("").to_string(),
+            subjects: v["subjects"]
+                .as_array()
+                .map(|s| {
+                    s.iter()
+                        .map(|s| {
+                            let f = |k: &str| s[k].as_str().unwrap_or("").to_string();
+                            (f("kind"), f("name"), f("namespace"))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    fn applies_to(&self, user: &User) -> bool {
+        self.subjects
+            .iter()
+            .any(|(kind, name, ns)| match kind.as_str() {
+                "User" => *name == user.name,
+                "Group" => user.in_group(name),
+                "ServiceAccount" => {
+                    let ns = if ns.is_empty() {
+                        self.namespace.as_deref().unwrap_or("")
+                    } else {
+                        ns
+                    };
+                    user.name == format!("system:serviceaccount:{ns}:{name}")
+                }
+                _ => false,
+            })
+    }
+}
+
+/// Every RBAC object of the cluster, parsed.
+#[derive(Clone, Debug, Default)]
+pub struct Rbac {
+    cluster_roles: HashMap<String, Vec<PolicyRule>>,
+    roles: HashMap<(String, String), Vec<PolicyRule>>,
+    bindings: Vec<Binding>,
+}
+
+impl Rbac {
+    pub fn from_objects(
+        cluster_roles: &[Value],
+        roles: &[Value],
+        cluster_role_bindings: &[Value],
+        role_bindings: &[Value],
+    ) -> Rbac {
+        let name = |v: &Value, f: &str| v["metadata"][f].as_str().unwrap_or("").to_string();
+        Rbac {
+            cluster_roles: cluster_roles
+                .iter()
+                .map(|r| (name(r, "name"), PolicyRule::rules_of(r)))
+                .collect(),
+            roles: roles
+                .iter()
+                .map(|r| {
+                    (
+                        (name(r, "namespace"), name(r, "name")),
+                        PolicyRule::rules_of(r),
+                    )
+                })
+                .collect(),
+            bindings: cluster_role_bindings
+                .iter()
+                .map(|b| Binding::from_json(b, false))
+                .chain(role_bindings.iter().map(|b| Binding::from_json(b, true)))
+                .collect(),
+        }
+    }
+
+    fn role_rules(&self, b: &Binding) -> &[PolicyRule] {
+        let rules = match (b.role_kind.as_str(), &b.namespace) {
+            ("ClusterRole", _) => self.cluster_roles.get(&b.role_name),
+            ("Role", Some(ns)) => self.roles.get(&(ns.clone(), b.role_name.clone())),
+            _ => None,
+        };
+        rules.map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Whether RBAC (or membership of system:masters) grants the request.
+    pub fn allows(&self, user: &User, a: &Attributes) -> bool {
+        if user.in_group(MASTERS) {
+            return true;
+        }
+        let namespace = a.resource.as_ref().map(|r| r.namespace).unwrap_or("");
+        self.bindings.iter().any(|b| {
+            // A RoleBinding grants only inside its namespace.
+            let in_scope = match &b.namespace {
+                None => true,
+                Some(ns) => !namespace.is_empty() && ns == namespace,
+            };
+            in_scope && b.applies_to(user) && self.role_rules(b).iter().any(|r| r.allows(a))
+        })
+    }
+
+    /// Whether `user` holds every permission of `rules` in `namespace` ("" for cluster-wide):
+    /// Kubernetes refuses to let anybody grant what they do not have themselves.
+    pub fn covers(&self, user: &User, namespace: &str, rules: &[Value]) -> Result<(), String> {
+        for rule in rules.iter().map(PolicyRule::from_json) {
+            for (verb, group, resource, name) in rule.grants() {
+                let (resource, sub) = resource.split_once('/').unwrap_or((&resource, ""));
+                let a = Attributes {
+                    verb: &verb,
+                    resource: Some(ResourceAttributes {
+                        group: &group,
+                        resource,
+                        subresource: sub,
+                        namespace,
+                        name: &name,
+                    }),
+                    path: "",
+                };
+                if !self.allows(user, &a) {
+                    return Err(format!(
+                        "user {:?} cannot grant {verb} on {resource}{} in API group {group:?}: they do not hold it themselves",
+                        user.name,
+                        if sub.is_empty() { String::new() } else { format!("/{sub}") }
+                    ));
+                }
+            }
+            for url in &rule.non_resource_urls {
+                for verb in &rule.verbs {
+                    let a = Attributes {
+                        verb,
+                        resource: None,
+                        path: url,
+                    };
+                    if !self.allows(user, &a) {
+                        return Err(format!(
+                            "user {:?} cannot grant {verb} on {url}: they do not hold it themselves",
+                            user.name
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The rules of the role a binding refers to, if it exists.
+    pub fn rules_of_ref(&self, namespace: &str, kind: &str, name: &str) -> Option<Vec<Value>> {
+        let rules = match kind {
+            "ClusterRole" => self.cluster_roles.get(name)?,
+            "Role" => self.roles.get(&(namespace.to_string(), name.to_string()))?,
+            _ => return None,
+        };
+        Some(
+            rules
+                .iter()
+                .map(|r| {
+                    json!({"verbs": r.verbs, "apiGroups": r.api_groups, "resources": r.resources,
+                           "resourceNames": r.resource_names, "nonResourceURLs": r.non_resource_urls})
+                })
+                .collect(),
+        )
+    }
+}
+
+/// What the node authorizer decides for a node's own credential. `pod_node` tells which node a
+/// pod is bound to. Nodes read what they need to run pods and program the network, and change
+/// only their own Node, their own Lease and the pods bound to them, as the `NodeRestriction`
+/// admission and node authorizer allow in Kubernetes.
+pub fn node_allows(
+    node: &str,
+    a: &Attributes,
+    pod_node: impl Fn(&str, &str) -> Option<String>,
+) -> bool {
+    let Some(r) = &a.resource else {
+        return matches!(a.verb, "get") && is_discovery_path(a.path);
+    };
+    let reads = matches!(a.verb, "get" | "list" | "watch");
+    let writes = matches!(a.verb, "create" | "update" | "patch" | "delete");
+    match (r.group, r.resource, r.subresource) {
+        (g, _, _) if g == "rbac.authorization.k8s.io" => false,
+        ("", "nodes", "" | "status") if writes => r.name == node || r.name.is_empty(),
+        ("coordination.k8s.io", "leases", "") if writes || reads => {
+            r.namespace == "kube-node-lease"
+                && (r.name == node || (r.name.is_empty() && a.verb == "create"))
+        }
+        ("", "pods", "" | "status") if matches!(a.verb, "update" | "patch" | "delete") => {
+            pod_node(r.namespace, r.name).as_deref() == Some(node)
+        }
+        ("", "events", "") | ("events.k8s.io", "events", "") => {
+            reads || matches!(a.verb, "create" | "update" | "patch")
+        }
+        ("", "serviceaccounts", "token") => a.verb == "create",
+        _ => reads && r.subresource.is_empty(),
+    }
+}
+
+/// Paths every authenticated user may read: discovery, OpenAPI, version, health.
+pub fn is_discovery_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/api" | "/apis" | "/version" | "/healthz" | "/livez" | "/readyz" | "/openapi/v2"
+    ) || path.starts_with("/api/")
+        || path.starts_with("/apis/")
+        || path.starts_with("/openapi/")
+}
+
+/// A rule as JSON, for the default roles below.
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
+    json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
+}
+
+const READ: &[&str] = &["get", "list", "watch"];
+const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
+
+/// The namespaced resources the `view`/`edit`/`admin` roles cover, by API group.
+const WORKLOADS: &[(&str, &[&str])] = &[
+    (
+        "",
+        &[
+            "pods",
+            "pods/log",
+            "pods/status",
+            "services",
+            "services/status",
+            "endpoints",
+            "configmaps",
+            "serviceaccounts",
+            "events",
+            "replicationcontrollers",
+            "persistentvolumeclaims",
+        ],
+    ),
+    (
+        "apps",
+        &[
+            "deployments",
+            "deployments/scale",
+            "deployments/status",
+            "replicasets",
+            "replicasets/scale",
+            "replicasets/status",
+            "daemonsets",
+            "daemonsets/status",
+            "statefulsets",
+            "statefulsets/scale",
+            "statefulsets/status",
+            "controllerrevisions",
+        ],
+    ),
+    (
+        "batch",
+        &["jobs", "jobs/status", "cronjobs", "cronjobs/status"],
+    ),
+    (
+        "autoscaling",
+        &[
+            "horizontalpodautoscalers",
+            "horizontalpodautoscalers/status",
+        ],
+    ),
+    ("networking.k8s.io", &["networkpolicies"]),
+    ("discovery.k8s.io", &["endpointslices"]),
+    ("events.k8s.io", &["events"]),
+];
+
+/// The default ClusterRoles (cluster-admin, admin, edit, view, system:discovery) and the
+/// bindings that give system:masters everything and every authenticated user discovery.
+pub fn default_roles() -> (Vec<Value>, Vec<Value>) {
+    let view_rules: Vec<Value> = WORKLOADS
+        .iter()
+        .map(|(g, r)| rule(&[g], r, READ))
+        .chain([rule(&[""], &["namespaces"], READ)])
+        .collect();
+    let mut edit_rules = view_rules.clone();
+    edit_rules.extend(WORKLOADS.iter().map(|(g, r)| {
+        let writable: Vec<&str> = r
+            .iter()
+            .copied()
+            .filter(|r| !r.ends_with("/status") && !r.ends_with("/log"))
+            .filter(|r| !matches!(*r, "events" | "controllerrevisions"))
+            .collect();
+        rule(&[g], &writable, WRITE)
+    }));
+    edit_rules.push(rule(
+        &[""],
+        &["secrets"],
+        &[
+            "get",
+            "list",
+            "watch",
+            "create",
+            "delete",
+            "deletecollection",
+            "patch",
+            "update",
+        ],
+    ));
+    edit_rules.push(rule(
+        &[""],
+        &["pods/eviction", "serviceaccounts/token", "pods/binding"],
+        &["create"],
+    ));
+    let mut admin_rules = edit_rules.clone();
+    admin_rules.push(rule(
+        &["rbac.authorization.k8s.io"],
+        &["roles", "rolebindings"],
+        &[
+            "get",
+            "list",
+            "watch",
+            "create",
+            "delete",
+            "deletecollection",
+            "patch",
+            "update",
+        ],
+    ));
+    let cluster_role = |name: &str, rules: Vec<Value>| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+               "rules": rules})
+    };
+    let roles = vec![
+        cluster_role(
+            "cluster-admin",
+            vec![
+                rule(&["*"], &["*"], &["*"]),
+                json!({"nonResourceURLs": ["*"], "verbs": ["*"]}),
+            ],
+        ),
+        cluster_role("admin", admin_rules),
+        cluster_role("edit", edit_rules),
+        cluster_role("view", view_rules),
+        cluster_role(
+            "system:discovery",
+            vec![
+                json!({"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/openapi", "/openapi/*", "/version", "/version/", "/healthz", "/livez", "/readyz"], "verbs": ["get"]}),
+            ],
+        ),
+    ];
+    let binding = |name: &str, role: &str, group: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]})
+    };
+    let bindings = vec![
+        binding("cluster-admin", "cluster-admin", MASTERS),
+        binding(
+            "system:discovery",
+            "system:discovery",
+            "system:authenticated",
+        ),
+    ];
+    (roles, bindings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, groups: &[&str]) -> User {
+        User {
+            name: name.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    fn res<'a>(verb: &'a str, group: &'a str, resource: &'a str, ns: &'a str) -> Attributes<'a> {
+        Attributes {
+            verb,
+            resource: Some(ResourceAttributes {
+                group,
+                resource,
+                namespace: ns,
+                ..Default::default()
+            }),
+            path: "",
+        }
+    }
+
+    fn defaults_plus(bindings: &[Value]) -> Rbac {
+        let (roles, mut crbs) = default_roles();
+        let mut rbs = Vec::new();
+        for b in bindings {
+            if b["kind"] == "RoleBinding" {
+                rbs.push(b.clone());
+            } else {
+                crbs.push(b.clone());
+            }
+        }
+        Rbac::from_objects(&roles, &[], &crbs, &rbs)
+    }
+
+    #[test]
+    fn masters_may_do_anything_and_strangers_only_discovery() {
+        let rbac = defaults_plus(&[]);
+        let admin = user("admin", &[MASTERS, "system:authenticated"]);
+        let sa = user("system:serviceaccount:default:x", &["system:authenticated"]);
+        assert!(rbac.allows(&admin, &res("delete", "", "nodes", "")));
+        assert!(!rbac.allows(&sa, &res("list", "", "pods", "default")));
+        let version = Attributes {
+            verb: "get",
+            resource: None,
+            path: "/version",
+        };
+        assert!(rbac.allows(&sa, &version));
+        let apis = Attributes {
+            verb: "get",
+            resource: None,
+            path: "/apis/apps/v1",
+        };
+        assert!(rbac.allows(&sa, &apis));
+    }
+
+    #[test]
+    fn a_role_binding_grants_its_role_only_in_its_namespace() {
+        let rb = json!({"kind": "RoleBinding", "metadata": {"name": "v", "namespace": "shop"},
+            "roleRef": {"kind": "ClusterRole", "name": "view"},
+            "subjects": [{"kind": "ServiceAccount", "name": "x", "namespace": "default"}]});
+        let rbac = defaults_plus(&[rb]);
+        let sa = user("system:serviceaccount:default:x", &["system:authenticated"]);
+        assert!(rbac.allows(&sa, &res("list", "", "pods", "shop")));
+        assert!(rbac.allows(&sa, &res("get", "apps", "deployments", "shop")));
+        assert!(!rbac.allows(&sa, &res("create", "", "pods", "shop")));
+        assert!(
+            !rbac.allows(&sa, &res("list", "", "secrets", "shop")),
+            "view excludes secrets"
+        );
+        assert!(!rbac.allows(&sa, &res("list", "", "pods", "default")));
+        assert!(
+            !rbac.allows(&sa, &res("list", "", "pods", "")),
+            "not across namespaces"
+        );
+    }
+
+    #[test]
+    fn rules_match_subresources_names_and_wildcards() {
+        let r = PolicyRule::from_json(&json!({"apiGroups": ["apps"], "resources": ["*/scale"],
+            "verbs": ["update"], "resourceNames": ["web"]}));
+        let mut a = res("update", "apps", "deployments", "d");
+        if let Some(x) = a.resource.as_mut() {
+            x.subresource = "scale";
+            x.name = "web";
+        }
+        assert!(r.allows(&a));
+        if let Some(x) = a.resource.as_mut() {
+            x.name = "other";
+        }
+        assert!(!r.allows(&a));
+        let urls =
+            PolicyRule::from_json(&json!({"nonResourceURLs": ["/healthz/*"], "verbs": ["get"]}));
+        assert!(urls.allows(&Attributes {
+            verb: "get",
+            resource: None,
+            path: "/healthz/etcd"
+        }));
+        assert!(!urls.allows(&Attributes {
+            verb: "get",
+            resource: None,
+            path: "/version"
+        }));
+    }
+
+    #[test]
+    fn nobody_grants_what_they_do_not_hold() {
+        let rb = json!({"kind": "RoleBinding", "metadata": {"name": "e", "namespace": "shop"},
+            "roleRef": {"kind": "ClusterRole", "name": "admin"},
+            "subjects": [{"kind": "User", "name": "alice"}]});
+        let rbac = defaults_plus(&[rb]);
+        let alice = user("alice", &["system:authenticated"]);
+        let pods = [rule(&[""], &["pods"], &["get", "create"])];
+        assert!(rbac.covers(&alice, "shop", &pods).is_ok());
+        assert!(rbac.covers(&alice, "default", &pods).is_err());
+        let nodes = [rule(&[""], &["nodes"], &["get"])];
+        assert!(rbac.covers(&alice, "shop", &nodes).is_err());
+        let everything = [rule(&["*"], &["*"], &["*"])];
+        assert!(rbac.covers(&alice, "shop", &everything).is_err());
+    }
+
+    #[test]
+    fn nodes_change_only_their_own_node_lease_and_pods() {
+        let on =
+            |ns: &str, name: &str| (ns == "default" && name == "mine").then(|| "n1".to_string());
+        let mut a = res("update", "", "nodes", "");
+        let set_name = |a: &mut Attributes, n: &'static str| {
+            if let Some(r) = a.resource.as_mut() {
+                r.name = n;
+            }
+        };
+        set_name(&mut a, "n1");
+        assert!(node_allows("n1", &a, on));
+        set_name(&mut a, "n2");
+        assert!(!node_allows("n1", &a, on));
+        let mut p = res("delete", "", "pods", "default");
+        set_name(&mut p, "mine");
+        assert!(node_allows("n1", &p, on));
+        set_name(&mut p, "theirs");
+        assert!(!node_allows("n1", &p, on));
+        let mut l = res("update", "coordination.k8s.io", "leases", "kube-node-lease");
+        set_name(&mut l, "n1");
+        assert!(node_allows("n1", &l, on));
+        set_name(&mut l, "n2");
+        assert!(!node_allows("n1", &l, on));
+        assert!(node_allows("n1", &res("watch", "", "pods", ""), on));
+        assert!(!node_allows(
+            "n1",
+            &res("create", "", "pods", "default"),
+            on
+        ));
+        assert!(!node_allows(
+            "n1",
+            &res("create", "apps", "deployments", "default"),
+            on
+        ));
+        assert!(!node_allows(
+            "n1",
+            &res("list", "rbac.authorization.k8s.io", "roles", ""),
+            on
+        ));
+    }
+}

@@ -1,0 +1,309 @@
+//! Who a request is from, and whether they may make it.
+//!
+//! Authentication: a bearer token is either the cluster's admin token (user `admin` in
+//! `system:masters`) or a token this cluster signed — issued through the TokenRequest
+//! subresources `serviceaccounts/token` (what `kubectl create token` calls) and `nodes/token`
+//! (a node's credential, user `system:node:<name>` in `system:nodes`). Signed tokens are
+//! `drover.<claims>.<HMAC-SHA256>`, base64url, with the key derived from the cluster secret;
+//! a ServiceAccount's token stops working when the ServiceAccount is deleted (its uid is in
+//! the claims), and every token expires. Hand-written rather than JWT: no client ever parses
+//! these tokens, and an HMAC over a few JSON fields needs no more than `ring`, already here for
+//! TLS.
+//!
+//! Authorization: the node authorizer for node users, then RBAC over the roles and bindings in
+//! the watch cache (decisions in `api::rbac`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use api::rbac::{self, Attributes, Rbac, ResourceAttributes, User};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::WatchCache;
+use crate::path::{self, Target};
+
+/// Where the RBAC objects live; the watch cache tracks when they last changed.
+pub const RBAC_PREFIX: &str = "/registry/rbac.authorization.k8s.io/";
+
+const TOKEN_PREFIX: &str = "drover.";
+
+/// What a signed token says about its holder.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// The user name.
+    pub sub: String,
+    pub groups: Vec<String>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// For a ServiceAccount's token: the ServiceAccount's uid, which must still exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+pub struct TokenSigner {
+    key: hmac::Key,
+}
+
+impl TokenSigner {
+    /// A signer whose key is derived from the cluster's secret (every member derives the same).
+    pub fn new(cluster_secret: &str) -> TokenSigner {
+        let derived = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("drover token signing v1:{cluster_secret}").as_bytes(),
+        );
+        TokenSigner {
+            key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+        }
+    }
+
+    pub fn issue(&self, claims: &Claims) -> String {
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialise"));
+        let tag = hmac::sign(&self.key, body.as_bytes());
+        format!(
+            "{TOKEN_PREFIX}{body}.{}",
+            URL_SAFE_NO_PAD.encode(tag.as_ref())
+        )
+    }
+
+    /// The claims of a token this cluster signed and that has not expired.
+    pub fn verify(&self, token: &str, now: u64) -> Option<Claims> {
+        let (body, tag) = token.strip_prefix(TOKEN_PREFIX)?.split_once('.')?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        hmac::verify(&self.key, body.as_bytes(), &tag).ok()?;
+        let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).ok()?).ok()?;
+        (claims.exp > now).then_some(claims)
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The user a ServiceAccount's token authenticates as.
+pub fn service_account_user(namespace: &str, name: &str) -> User {
+    User {
+        name: format!("system:serviceaccount:{namespace}:{name}"),
+        groups: vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{namespace}"),
+            "system:authenticated".into(),
+        ],
+    }
+}
+
+/// The user a node's credential authenticates as.
+pub fn node_user(node: &str) -> User {
+    User {
+        name: format!("system:node:{node}"),
+        groups: vec![rbac::NODES.into(), "system:authenticated".into()],
+    }
+}
+
+pub fn admin_user() -> User {
+    User {
+        name: "admin".into(),
+        groups: vec![rbac::MASTERS.into(), "system:authenticated".into()],
+    }
+}
+
+/// The Kubernetes verb of a request.
+pub fn verb(method: &axum::http::Method, has_name: bool, watch: bool) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET | Method::HEAD if has_name => "get",
+        Method::GET | Method::HEAD if watch => "watch",
+        Method::GET | Method::HEAD => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if has_name => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+/// The parts of a request RBAC looks at, owned (see [`RequestInfo::attributes`]).
+pub struct RequestInfo {
+    pub verb: &'static str,
+    pub path: String,
+    pub resource: Option<(String, &'static str, String, String, String)>, // group, resource, sub, ns, name
+}
+
+impl RequestInfo {
+    pub fn new(method: &axum::http::Method, path_str: &str, watch: bool) -> RequestInfo {
+        match path::parse(path_str) {
+            Ok(Target::Object(o)) => {
+                let name = o.name.clone().unwrap_or_default();
+                // A Namespace's own namespace is itself, so RoleBindings in it can grant it.
+                let namespace = if o.resource.name == "namespaces" {
+                    name.clone()
+                } else {
+                    o.namespace.clone().unwrap_or_default()
+                };
+                RequestInfo {
+                    verb: verb(method, o.name.is_some(), watch),
+                    path: path_str.to_string(),
+                    resource: Some((
+                        o.resource.group.to_string(),
+                        o.resource.name,
+                        o.subresource.clone().unwrap_or_default(),
+                        namespace,
+                        name,
+                    )),
+                }
+            }
+            _ => RequestInfo {
+                verb: match *method {
+                    axum::http::Method::GET | axum::http::Method::HEAD => "get",
+                    axum::http::Method::POST => "post",
+                    axum::http::Method::PUT => "put",
+                    axum::http::Method::PATCH => "patch",
+                    axum::http::Method::DELETE => "delete",
+                    _ => "unknown",
+                },
+                path: path_str.to_string(),
+                resource: None,
+            },
+        }
+    }
+
+    pub fn attributes(&self) -> Attributes<'_> {
+        Attributes {
+            verb: self.verb,
+            path: &self.path,
+            resource: self
+                .resource
+                .as_ref()
+                .map(|(group, resource, sub, ns, name)| ResourceAttributes {
+                    group,
+                    resource,
+                    subresource: sub,
+                    namespace: ns,
+                    name,
+                }),
+        }
+    }
+}
+
+/// Authentication and authorization for one API server.
+pub struct Auth {
+    admin_token: String,
+    pub signer: TokenSigner,
+    cache: Arc<WatchCache>,
+    /// The parsed RBAC objects and the revision of the last RBAC change they reflect.
+    rbac: Mutex<(u64, Arc<Rbac>)>,
+}
+
+impl Auth {
+    pub fn new(admin_token: String, cache: Arc<WatchCache>) -> Auth {
+        Auth {
+            signer: TokenSigner::new(&admin_token),
+            admin_token,
+            cache,
+            rbac: Mutex::new((u64::MAX, Arc::new(Rbac::default()))),
+        }
+    }
+
+    /// The user a bearer token belongs to, if any.
+    pub fn authenticate(&self, token: &str) -> Option<User> {
+        if constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
+            return Some(admin_user());
+        }
+        let claims = self.signer.verify(token, unix_now())?;
+        if let Some(uid) = &claims.uid {
+            // A ServiceAccount's token lives as long as the ServiceAccount it was issued for.
+            let (ns, name) = claims
+                .sub
+                .strip_prefix("system:serviceaccount:")?
+                .split_once(':')?;
+            let key = format!("/registry/core/serviceaccounts/{ns}/{name}");
+            let sa = self.cache.get(&key)?;
+            let sa: serde_json::Value = serde_json::from_slice(&sa.value).ok()?;
+            if sa["metadata"]["uid"].as_str() != Some(uid) {
+                return None;
+            }
+        }
+        Some(User {
+            name: claims.sub,
+            groups: claims.groups,
+        })
+    }
+
+    /// The RBAC objects as of the watch cache, re-read only when one of them changed.
+    pub fn rbac(&self) -> Arc<Rbac> {
+        let changed = self.cache.changed_at(RBAC_PREFIX);
+        let mut memo = self.rbac.lock().unwrap_or_else(|p| p.into_inner());
+        if memo.0 != changed {
+            let load = |resource: &str| -> Vec<serde_json::Value> {
+                self.cache
+                    .range(&format!("{RBAC_PREFIX}{resource}/"), None)
+                    .kvs
+                    .iter()
+                    .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+                    .collect()
+            };
+            let rbac = Rbac::from_objects(
+                &load("clusterroles"),
+                &load("roles"),
+                &load("clusterrolebindings"),
+                &load("rolebindings"),
+            );
+            *memo = (changed, Arc::new(rbac));
+        }
+        memo.1.clone()
+    }
+
+    /// Whether `user` may do what `info` describes.
+    pub fn allows(&self, user: &User, info: &RequestInfo) -> bool {
+        let a = info.attributes();
+        if let Some(node) = user.node_name() {
+            let pod_node = |ns: &str, name: &str| -> Option<String> {
+                let kv = self
+                    .cache
+                    .get(&format!("/registry/core/pods/{ns}/{name}"))?;
+                let pod: serde_json::Value = serde_json::from_slice(&kv.value).ok()?;
+                pod["spec"]["nodeName"].as_str().map(str::to_string)
+            };
+            if rbac::node_allows(node, &a, pod_node) {
+                return true;
+            }
+        }
+        self.rbac().allows(user, &a)
+    }
+}
+
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_tokens_verify_until_they_expire_and_not_when_tampered() {
+        let signer = TokenSigner::new("secret");
+        let claims = Claims {
+            sub: "system:node:n1".into(),
+            groups: vec!["system:nodes".into()],
+            exp: 1_000,
+            uid: None,
+        };
+        let token = signer.issue(&claims);
+        assert_eq!(signer.verify(&token, 999), Some(claims.clone()));
+        assert_eq!(signer.verify(&token, 1_000), None, "expired");
+        assert_eq!(TokenSigner::new("other").verify(&token, 0), None);
+        let mut forged = claims;
+        forged.sub = "admin".into();
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
+        let tag = token.rsplit('.').next().unwrap();
+        assert_eq!(signer.verify(&format!("drover.{body}.{tag}"), 0), None);
+        assert_eq!(signer.verify("drover.garbage", 0), None);
+    }
+}

@@ -1,0 +1,265 @@
+//! Authentication and authorization through the API router against a real store: node
+//! credentials, ServiceAccount tokens, RBAC and its escalation rule, binding and eviction.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{call, call_as};
+use serde_json::{json, Value};
+
+async fn token_for(app: &axum::Router, uri: &str) -> String {
+    let (code, body) = call(app, "POST", uri, Some(json!({"spec": {}}))).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    body["status"]["token"].as_str().unwrap().to_string()
+}
+
+fn pod(name: &str, node: Option<&str>) -> Value {
+    let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "hello.wasm"}]}});
+    if let Some(n) = node {
+        p["spec"]["nodeName"] = json!(n);
+    }
+    p
+}
+
+#[tokio::test]
+async fn a_node_changes_only_its_own_node_lease_and_pods() {
+    let (_dir, _node, app) = common::start().await;
+    let n1 = token_for(&app, "/api/v1/nodes/n1/token").await;
+    let node = |name: &str| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+    let (code, _) = call_as(&app, &n1, "POST", "/api/v1/nodes", Some(node("n1"))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, body) = call_as(&app, &n1, "POST", "/api/v1/nodes", Some(node("n2"))).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    call(&app, "POST", "/api/v1/nodes", Some(node("n2"))).await;
+    let (code, _) = call_as(&app, &n1, "DELETE", "/api/v1/nodes/n2", None).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+    let (code, _) = call_as(&app, &n1, "PATCH", "/api/v1/nodes/n1/status", Some(status)).await;
+    assert_eq!(code, StatusCode::OK);
+
+    for (name, on) in [
+        ("mine", Some("n1")),
+        ("theirs", Some("n2")),
+        ("loose", None),
+    ] {
+        let (code, _) = call(
+            &app,
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(pod(name, on)),
+        )
+        .await;
+        assert_eq!(code, StatusCode::CREATED);
+    }
+    let running = json!({"status": {"phase": "Running"}});
+    let uri = |n: &str| format!("/api/v1/namespaces/default/pods/{n}/status");
+    let (code, _) = call_as(&app, &n1, "PATCH", &uri("mine"), Some(running.clone())).await;
+    assert_eq!(code, StatusCode::OK);
+    for other in ["theirs", "loose"] {
+        let (code, _) = call_as(&app, &n1, "PATCH", &uri(other), Some(running.clone())).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{other}");
+    }
+    let (code, _) = call_as(
+        &app,
+        &n1,
+        "GET",
+        "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1",
+        None,
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "nodes read pods");
+    let (code, _) = call_as(
+        &app,
+        &n1,
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        Some(pod("new", None)),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "nodes do not create pods");
+
+    let lease = |n: &str| json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": n}});
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+    let (code, _) = call_as(&app, &n1, "POST", leases, Some(lease("n1"))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, _) = call_as(&app, &n1, "PUT", &format!("{leases}/n2"), Some(lease("n2"))).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let (code, _) = call_as(
+        &app,
+        &n1,
+        "GET",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        None,
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    // A node cannot mint credentials, for itself or others.
+    let (code, _) = call_as(&app, &n1, "POST", "/api/v1/nodes/n2/token", Some(json!({}))).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    // Forged and unknown tokens are not anybody.
+    let (code, _) = call_as(&app, &format!("{n1}x"), "GET", "/api/v1/pods", None).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn service_account_tokens_get_what_rbac_grants_and_no_more() {
+    let (_dir, _node, app) = common::start().await;
+    let sa =
+        |n: &str| json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": n}});
+    call(
+        &app,
+        "POST",
+        "/api/v1/namespaces",
+        Some(json!({"metadata": {"name": "team"}})),
+    )
+    .await;
+    for name in ["reader", "lead"] {
+        let (code, _) = call(
+            &app,
+            "POST",
+            "/api/v1/namespaces/team/serviceaccounts",
+            Some(sa(name)),
+        )
+        .await;
+        assert_eq!(code, StatusCode::CREATED);
+    }
+    let reader = token_for(&app, "/api/v1/namespaces/team/serviceaccounts/reader/token").await;
+    let lead = token_for(&app, "/api/v1/namespaces/team/serviceaccounts/lead/token").await;
+    let pods = "/api/v1/namespaces/team/pods";
+
+    let (code, body) = call_as(&app, &reader, "GET", pods, None).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert_eq!(body["reason"], "Forbidden");
+    assert!(body["message"].as_str().unwrap().contains(
+        "User \"system:serviceaccount:team:reader\" cannot list resource \"pods\" in API group \"\" in the namespace \"team\""
+    ), "{body}");
+    let (code, _) = call_as(&app, &reader, "GET", "/apis/apps/v1", None).await;
+    assert_eq!(
+        code,
+        StatusCode::OK,
+        "discovery is open to every authenticated user"
+    );
+
+    let binding = |name: &str, role: &str, who: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": name}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": who, "namespace": "team"}]})
+    };
+    let rolebindings = "/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings";
+    let (code, _) = call(
+        &app,
+        "POST",
+        rolebindings,
+        Some(binding("lead-admin", "admin", "lead")),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED);
+    // An admin of the namespace may grant view there, but not cluster-admin.
+    let (code, body) = call_as(
+        &app,
+        &lead,
+        "POST",
+        rolebindings,
+        Some(binding("reader-view", "view", "reader")),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let (code, body) = call_as(
+        &app,
+        &lead,
+        "POST",
+        rolebindings,
+        Some(binding("sneaky", "cluster-admin", "reader")),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+
+    let (code, _) = call_as(&app, &reader, "GET", pods, None).await;
+    assert_eq!(code, StatusCode::OK, "view granted");
+    let (code, _) = call_as(
+        &app,
+        &reader,
+        "GET",
+        "/api/v1/namespaces/default/pods",
+        None,
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "only in its namespace");
+    let (code, _) = call_as(&app, &reader, "POST", pods, Some(pod("p", None))).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "view does not create");
+    let (code, _) = call_as(
+        &app,
+        &reader,
+        "GET",
+        "/api/v1/namespaces/team/secrets",
+        None,
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "view does not read secrets");
+    let (code, _) = call_as(&app, &lead, "POST", pods, Some(pod("p", None))).await;
+    assert_eq!(code, StatusCode::CREATED, "admin creates");
+
+    // Deleting the ServiceAccount revokes its tokens.
+    call(
+        &app,
+        "DELETE",
+        "/api/v1/namespaces/team/serviceaccounts/reader",
+        None,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (code, _) = call_as(&app, &reader, "GET", pods, None).await;
+        if code == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "token still works: {code}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (code, _) = call(
+        &app,
+        "POST",
+        "/api/v1/namespaces/team/serviceaccounts/ghost/token",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn binding_assigns_a_pod_once_and_eviction_deletes_it() {
+    let (_dir, _node, app) = common::start().await;
+    call(
+        &app,
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        Some(pod("p", None)),
+    )
+    .await;
+    let bind = |node: &str| json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": node}});
+    let uri = "/api/v1/namespaces/default/pods/p/binding";
+    let (code, body) = call(&app, "POST", uri, Some(bind("n1"))).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let (_, p) = call(&app, "GET", "/api/v1/namespaces/default/pods/p", None).await;
+    assert_eq!(p["spec"]["nodeName"], "n1");
+    let (code, _) = call(&app, "POST", uri, Some(bind("n2"))).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    let (code, _) = call(&app, "POST", uri, Some(json!({"target": {}}))).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let eviction = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p"}, "deleteOptions": {"gracePeriodSeconds": 0}});
+    let (code, body) = call(
+        &app,
+        "POST",
+        "/api/v1/namespaces/default/pods/p/eviction",
+        Some(eviction),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let (code, _) = call(&app, "GET", "/api/v1/namespaces/default/pods/p", None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
