@@ -376,7 +376,7 @@ pub fn node_allows(
     let reads = matches!(a.verb, "get" | "list" | "watch");
     let writes = matches!(a.verb, "create" | "update" | "patch" | "delete");
     match (r.group, r.resource, r.subresource) {
-        (g, _, _) if g == "rbac.authorization.k8s.io" => false,
+        ("rbac.authorization.k8s.io", _, _) => false,
         ("", "nodes", "" | "status") if writes => r.name == node || r.name.is_empty(),
         ("coordination.k8s.io", "leases", "") if writes || reads => {
             r.namespace == "kube-node-lease"
