@@ -51,8 +51,12 @@ struct CacheState {
     prefix_changed: BTreeMap<&'static str, Revision>,
 }
 
+/// What the cache does to each value it reads from the store (opening sealed Secrets).
+pub type Opener = Arc<dyn Fn(&mut KeyValue) + Send + Sync>;
+
 pub struct WatchCache {
     engine: Engine,
+    opener: Opener,
     state: RwLock<CacheState>,
     revision: watch::Sender<Revision>,
     /// Prefixes whose last change revision is tracked (for the RBAC rules' memo).
@@ -63,18 +67,24 @@ pub struct WatchCache {
 
 impl WatchCache {
     /// Loads the current objects from the local engine and starts following it.
-    pub fn start(engine: Engine, tracked: &'static [&'static str]) -> Arc<WatchCache> {
-        Self::with_window(engine, tracked, WINDOW_EVENTS)
+    pub fn start(
+        engine: Engine,
+        tracked: &'static [&'static str],
+        opener: Opener,
+    ) -> Arc<WatchCache> {
+        Self::with_window(engine, tracked, opener, WINDOW_EVENTS)
     }
 
     /// [`WatchCache::start`] with a window of `window` events.
     pub fn with_window(
         engine: Engine,
         tracked: &'static [&'static str],
+        opener: Opener,
         window: usize,
     ) -> Arc<WatchCache> {
         let cache = Arc::new(WatchCache {
             engine,
+            opener,
             state: RwLock::new(CacheState::default()),
             revision: watch::channel(0).0,
             tracked,
@@ -118,7 +128,10 @@ impl WatchCache {
         st.objects = resp
             .kvs
             .into_iter()
-            .map(|kv| (kv.key.clone(), Arc::new(kv)))
+            .map(|mut kv| {
+                (self.opener)(&mut kv);
+                (kv.key.clone(), Arc::new(kv))
+            })
             .collect();
         st.events.clear();
         st.horizon = resp.revision;
@@ -132,7 +145,8 @@ impl WatchCache {
 
     fn apply(&self, batch: WatchBatch) {
         let mut st = self.write();
-        for ev in batch.events {
+        for mut ev in batch.events {
+            open_event(&self.opener, &mut ev);
             let revision = ev.kv.mod_revision;
             let prev = ev.prev_kv.map(Arc::new);
             let kv = Arc::new(ev.kv);
@@ -292,10 +306,17 @@ impl CacheWatcher {
     }
 }
 
+fn open_event(opener: &Opener, ev: &mut Event) {
+    opener(&mut ev.kv);
+    if let Some(prev) = ev.prev_kv.as_mut() {
+        opener(prev);
+    }
+}
+
 /// Where a watch's events come from: the cache's window while it can, then the store.
 pub enum Feed {
     Cache(CacheWatcher),
-    Store(raft_store::watch::Watcher),
+    Store(raft_store::watch::Watcher, Opener),
 }
 
 impl Feed {
@@ -305,12 +326,19 @@ impl Feed {
     ) -> Option<Result<WatchBatch, StoreError>> {
         loop {
             match self {
-                Feed::Store(w) => return w.next().await,
+                Feed::Store(w, opener) => {
+                    let mut batch = w.next().await;
+                    if let Some(Ok(b)) = batch.as_mut() {
+                        b.events.iter_mut().for_each(|ev| open_event(opener, ev));
+                    }
+                    return batch;
+                }
                 Feed::Cache(w) => match w.next().await? {
                     Ok(batch) => return Some(Ok(batch)),
                     Err(OutOfWindow { from }) => {
                         let span = w.span.clone();
-                        *self = Feed::Store(store.watch(span, from));
+                        let opener = w.cache.opener.clone();
+                        *self = Feed::Store(store.watch(span, from), opener);
                     }
                 },
             }

@@ -31,6 +31,7 @@ use crate::admission;
 use crate::auth::{self, Auth, RequestInfo};
 use crate::cache::{Feed, WatchCache};
 use crate::discovery;
+use crate::encryption::SecretBox;
 use crate::path::{self, ObjectPath, PathError, Target};
 
 pub struct ApiState {
@@ -39,18 +40,36 @@ pub struct ApiState {
     pub address: String,
     pub cache: Arc<WatchCache>,
     pub auth: Auth,
+    /// Seals Secrets on their way into the store and opens them on the way out.
+    pub sealer: Arc<SecretBox>,
 }
 
 impl ApiState {
     /// The API's state over a store member; starts the watch cache (inside a Tokio runtime).
-    pub fn new(store: Arc<StoreNode>, admin_token: String, address: String) -> Arc<ApiState> {
-        let cache = WatchCache::start(store.engine().clone(), &[auth::RBAC_PREFIX]);
+    pub fn new(
+        store: Arc<StoreNode>,
+        admin_token: String,
+        address: String,
+        sealer: Arc<SecretBox>,
+    ) -> Arc<ApiState> {
+        let opener = sealer.clone();
+        let cache = WatchCache::start(
+            store.engine().clone(),
+            &[auth::RBAC_PREFIX],
+            Arc::new(move |kv: &mut KeyValue| opener.open_kv(kv)),
+        );
         Arc::new(ApiState {
             store,
             address,
             auth: Auth::new(admin_token, cache.clone()),
             cache,
+            sealer,
         })
+    }
+
+    /// A write to the store, with Secrets sealed.
+    async fn txn(&self, txn: Txn) -> Result<raft_store::TxnResponse, StoreError> {
+        self.store.txn(self.sealer.seal_txn(txn), false).await
     }
 }
 
@@ -96,12 +115,18 @@ pub fn router(state: Arc<ApiState>) -> Router {
 }
 
 /// The cluster's CA and admin token, shared by all members through the store: the first member
-/// to ask makes them (create-if-absent), the others read what it made. They are stored as they
-/// are: encryption at rest comes with Secrets encryption, and peer traffic is not yet TLS.
-pub async fn cluster_secrets(store: &StoreNode) -> Result<crate::pki::ClusterSecrets, StoreError> {
+/// to ask makes them (create-if-absent), the others read what it made. They are sealed with the
+/// cluster's encryption key, like Secrets.
+pub async fn cluster_secrets(
+    store: &StoreNode,
+    sealer: &SecretBox,
+) -> Result<crate::pki::ClusterSecrets, StoreError> {
     const KEY: &str = "/drover/pki/cluster";
     let decode = |kv: &KeyValue| -> Result<crate::pki::ClusterSecrets, StoreError> {
-        let v: Value = serde_json::from_slice(&kv.value)
+        let plain = sealer
+            .open(&kv.key, &kv.value)
+            .map_err(StoreError::Internal)?;
+        let v: Value = serde_json::from_slice(&plain)
             .map_err(|e| StoreError::Internal(format!("{KEY}: {e}")))?;
         let field = |f: &str| {
             v[f].as_str()
@@ -122,7 +147,7 @@ pub async fn cluster_secrets(store: &StoreNode) -> Result<crate::pki::ClusterSec
     )
     .when(Compare::exists(KEY.as_bytes(), false))
     .or_else(Op::get(KEY.as_bytes()));
-    let resp = store.txn(txn, false).await?;
+    let resp = store.txn(sealer.seal_txn(txn), false).await?;
     if resp.succeeded {
         return Ok(fresh);
     }
@@ -548,10 +573,15 @@ impl Call<'_> {
 
     /// A linearizable read from the store.
     async fn range(&self, req: RangeRequest) -> Result<raft_store::RangeResponse, StoreError> {
-        self.st
+        let mut resp = self
+            .st
             .store
             .range(req, Consistency::Linearizable, false)
-            .await
+            .await?;
+        resp.kvs
+            .iter_mut()
+            .for_each(|kv| self.st.sealer.open_kv(kv));
+        Ok(resp)
     }
 
     /// A stored object, in the version this request addressed.
@@ -941,7 +971,7 @@ impl Call<'_> {
                     CompareOp::Equal,
                     current.mod_revision,
                 ));
-            match self.st.store.txn(txn, false).await {
+            match self.st.txn(txn).await {
                 Ok(resp) if resp.succeeded => {
                     return json_response(
                         StatusCode::CREATED,
@@ -1114,7 +1144,7 @@ impl Call<'_> {
                     .when(Compare::exists(res.key.as_bytes(), false))
                     .and_then(Op::put(res.key.as_bytes(), holder.as_bytes()));
             }
-            let resp = match self.st.store.txn(txn, false).await {
+            let resp = match self.st.txn(txn).await {
                 Ok(resp) => resp,
                 Err(e) => return store_failure(e),
             };
@@ -1215,7 +1245,7 @@ impl Call<'_> {
             CompareOp::Equal,
             current.mod_revision,
         ));
-        match self.st.store.txn(txn, false).await {
+        match self.st.txn(txn).await {
             Ok(resp) if resp.succeeded => {
                 object::metadata_mut(&mut obj)
                     .insert("resourceVersion".into(), json!(resp.revision.to_string()));
@@ -1523,7 +1553,7 @@ impl Call<'_> {
                 CompareOp::Equal,
                 current.mod_revision,
             ));
-            return match self.st.store.txn(txn, false).await {
+            return match self.st.txn(txn).await {
                 Ok(resp) if resp.succeeded => {
                     object::metadata_mut(&mut obj)
                         .insert("resourceVersion".into(), json!(resp.revision.to_string()));
@@ -1569,7 +1599,7 @@ impl Call<'_> {
             success: ops,
             failure: vec![],
         };
-        match self.st.store.txn(txn, false).await {
+        match self.st.txn(txn).await {
             Ok(resp) if resp.succeeded => {
                 let mut obj = self.load(&current);
                 if self.resource().name == "namespaces" {
@@ -1607,7 +1637,7 @@ impl Call<'_> {
             ));
             txn.success
                 .extend(release_ops(self.resource(), &from_kv(kv)));
-            match self.st.store.txn(txn, false).await {
+            match self.st.txn(txn).await {
                 Ok(r) if r.succeeded => deleted.push(obj),
                 Ok(_) => {} // changed meantime: it is no longer the object that matched
                 Err(e) => return store_failure(e),

@@ -6,6 +6,7 @@
 //! - [`path`]: parsing Kubernetes request paths.
 //! - [`cache`]: the watch cache that serves lists and watches from memory.
 //! - [`auth`]: bearer tokens (admin, ServiceAccounts, nodes), the node authorizer and RBAC.
+//! - [`encryption`]: Secrets (and the cluster CA key) sealed with AES-GCM in the store.
 //! - [`admission`]: ClusterIP and NodePort allocation for Services.
 //! - [`discovery`], [`handlers`]: the API itself; [`protobuf`]: protobuf request bodies → JSON.
 //!
@@ -15,6 +16,7 @@ pub mod admission;
 pub mod auth;
 pub mod cache;
 pub mod discovery;
+pub mod encryption;
 pub mod handlers;
 pub mod listener;
 pub mod path;

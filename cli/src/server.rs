@@ -33,6 +33,10 @@ pub struct ServerArgs {
     /// Where to write the admin kubeconfig (default: DATA_DIR/admin.kubeconfig).
     #[arg(long)]
     kubeconfig_out: Option<PathBuf>,
+    /// The key that encrypts Secrets in the store (default: DATA_DIR/encryption.key). The first
+    /// member makes it; every member joining later needs a copy.
+    #[arg(long)]
+    encryption_key_file: Option<PathBuf>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -83,6 +87,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
+    // The encryption key first: a joining member without it is told so before it joins.
+    let key_file = args
+        .encryption_key_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("encryption.key"));
+    let sealer = std::sync::Arc::new(apiserver::encryption::SecretBox::load_or_create(
+        &key_file,
+        args.join.is_none(),
+    )?);
+
     let mut config = StoreConfig::new(&args.data_dir, args.listen);
     config.join = args.join;
     config.heartbeat = Duration::from_millis(args.heartbeat_ms);
@@ -129,7 +143,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let pki = match apiserver::pki::load(&args.data_dir).map_err(anyhow::Error::msg)? {
         Some(pki) => pki,
         None => {
-            let secrets = with_retry(|| apiserver::handlers::cluster_secrets(&node)).await?;
+            let secrets =
+                with_retry(|| apiserver::handlers::cluster_secrets(&node, &sealer)).await?;
             apiserver::pki::create(&args.data_dir, &hosts, &secrets).map_err(anyhow::Error::msg)?
         }
     };
@@ -140,8 +155,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
     apiserver::pki::write_kubeconfig(&pki, &format!("https://{address}"), &kubeconfig)
         .map_err(anyhow::Error::msg)?;
-    let api_state =
-        apiserver::handlers::ApiState::new(node.clone(), pki.admin_token.clone(), address.clone());
+    let api_state = apiserver::handlers::ApiState::new(
+        node.clone(),
+        pki.admin_token.clone(),
+        address.clone(),
+        sealer.clone(),
+    );
     *api_slot.write().unwrap_or_else(|p| p.into_inner()) =
         Some((tls, apiserver::handlers::router(api_state)));
     // The system namespaces and the kubernetes Service, once a leader can take the writes.

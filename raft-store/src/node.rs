@@ -598,7 +598,13 @@ fn read_identity(dir: &Path) -> Result<Option<Identity>, String> {
             let foreign = std::fs::read_dir(dir)
                 .map_err(|e| format!("cannot read: {e}"))?
                 .filter_map(Result::ok)
-                .any(|entry| entry.file_name() != "lost+found" && entry.file_name() != LOCK_FILE);
+                .any(|entry| {
+                    // An operator copies the API server's encryption key in before a join.
+                    !matches!(
+                        entry.file_name().to_str(),
+                        Some("lost+found" | LOCK_FILE | "encryption.key")
+                    )
+                });
             if foreign {
                 return Err(format!(
                     "the directory is not empty and has no {IDENTITY_FILE}; \

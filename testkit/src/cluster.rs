@@ -80,9 +80,19 @@ impl Cluster {
             .iter()
             .find(|m| m.is_running())
             .map(|m| m.addr.to_string());
+        let data_dir = self.dir.path().join(format!("member-{i}"));
+        // A joining member needs the cluster's encryption key, as an operator would copy it.
+        if let Some(first) = self.members.first().filter(|_| join.is_some()) {
+            std::fs::create_dir_all(&data_dir)?;
+            std::fs::copy(
+                first.data_dir.join("encryption.key"),
+                data_dir.join("encryption.key"),
+            )
+            .context("copy the cluster's encryption.key to the new member")?;
+        }
         self.members.push(Member {
             addr: free_addr(ip)?,
-            data_dir: self.dir.path().join(format!("member-{i}")),
+            data_dir,
             log: self.dir.path().join(format!("member-{i}.log")),
             join,
             child: None,

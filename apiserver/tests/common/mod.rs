@@ -31,7 +31,8 @@ pub async fn start() -> (tempfile::TempDir, Arc<StoreNode>, axum::Router) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let state = ApiState::new(node.clone(), "t".into(), addr);
+    let sealer = Arc::new(apiserver::encryption::SecretBox::new(&[1; 32]));
+    let state = ApiState::new(node.clone(), "t".into(), addr, sealer);
     (dir, node, router(state))
 }
 
