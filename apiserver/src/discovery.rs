@@ -1,7 +1,10 @@
 //! Discovery documents, built from the kind registry: `/version`, `/api`, `/apis`, and the
 //! resource list of each group version.
 
+use std::collections::BTreeMap;
+
 use api::registry::{self, VERBS};
+use bytes::Bytes;
 use serde_json::{json, Value};
 
 pub fn version() -> Value {
@@ -95,38 +98,93 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
     )
 }
 
-/// The OpenAPI v3 index: one document per group version.
+/// The schemas of every served kind, with Kubernetes' descriptions, generated from
+/// k8s-openapi by `tools/gen-openapi` (see there to regenerate).
+static SCHEMAS: &str = include_str!("openapi_schemas.json");
+
+/// Each group version's OpenAPI v3 document, serialised once, and its hash for the index.
+static OPENAPI_V3: std::sync::LazyLock<BTreeMap<String, (Bytes, String)>> =
+    std::sync::LazyLock::new(|| {
+        let all: Value = serde_json::from_str(SCHEMAS).expect("the embedded schemas are JSON");
+        let mut gvs: Vec<(String, String)> = vec![(String::new(), "v1".into())];
+        gvs.extend(
+            registry::groups()
+                .into_iter()
+                .flat_map(|(g, vs)| vs.into_iter().map(move |v| (g.to_string(), v.to_string()))),
+        );
+        gvs.into_iter()
+            .map(|(group, version)| {
+                let doc = openapi_v3_document(&all, &group, &version);
+                let bytes = serde_json::to_vec(&doc).expect("serialises");
+                let hash = format!("{:016X}", fnv1a(&bytes));
+                let path = if group.is_empty() {
+                    format!("api/{version}")
+                } else {
+                    format!("apis/{group}/{version}")
+                };
+                (path, (Bytes::from(bytes), hash))
+            })
+            .collect()
+    });
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// The OpenAPI v3 index: one document per group version, with a hash clients cache by.
 pub fn openapi_v3_index() -> Value {
-    let mut paths = serde_json::Map::new();
-    let mut gvs: Vec<String> = vec!["api/v1".into()];
-    gvs.extend(
-        registry::groups()
-            .into_iter()
-            .flat_map(|(g, vs)| vs.into_iter().map(move |v| format!("apis/{g}/{v}"))),
-    );
-    for gv in gvs {
-        paths.insert(gv.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={}", env!("CARGO_PKG_VERSION"))}));
-    }
+    let paths: serde_json::Map<String, Value> = OPENAPI_V3
+        .iter()
+        .map(|(path, (_, hash))| {
+            (
+                path.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+            )
+        })
+        .collect();
     json!({"paths": paths})
 }
 
 /// The OpenAPI v3 document of one group version (`api/v1` or `apis/{group}/{version}`).
-///
-/// The schemas are permissive for now (any object of the kind is accepted here, and the server
-/// checks what it needs): enough for kubectl's client-side validation to find every kind. The
-/// real schemas, for `kubectl explain` and strict validation, come with typed validation.
-pub fn openapi_v3(path: &str) -> Option<Value> {
-    let (group, version) = match path
-        .trim_matches('/')
-        .split('/')
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["api", v] => (String::new(), (*v).to_string()),
-        ["apis", g, v] => ((*g).to_string(), (*v).to_string()),
-        _ => return None,
+pub fn openapi_v3(path: &str) -> Option<Bytes> {
+    OPENAPI_V3
+        .get(path.trim_matches('/'))
+        .map(|(b, _)| b.clone())
+}
+
+/// The names of the schemas `name` refers to, transitively.
+fn referenced(all: &Value, name: &str, into: &mut BTreeMap<String, Value>) {
+    if into.contains_key(name) {
+        return;
+    }
+    let Some(schema) = all["schemas"].get(name) else {
+        return;
     };
-    let mut schemas = serde_json::Map::new();
+    into.insert(name.to_string(), schema.clone());
+    let mut refs = Vec::new();
+    collect_refs(schema, &mut refs);
+    for r in refs {
+        referenced(all, &r, into);
+    }
+}
+
+fn collect_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(r) = m.get("$ref").and_then(Value::as_str) {
+                out.push(r.trim_start_matches("#/components/schemas/").to_string());
+            }
+            m.values().for_each(|x| collect_refs(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_refs(x, out)),
+        _ => {}
+    }
+}
+
+fn openapi_v3_document(all: &Value, group: &str, version: &str) -> Value {
+    let mut schemas = BTreeMap::new();
     let mut paths = serde_json::Map::new();
     for r in registry::REGISTRY
         .iter()
@@ -157,27 +215,23 @@ pub fn openapi_v3(path: &str) -> Option<Value> {
                 "responses": {"200": {"description": "OK"}},
             }}),
         );
-        let go_group = if group.is_empty() {
-            "core".to_string()
-        } else {
-            group.split('.').next().unwrap_or("").to_string()
-        };
-        schemas.insert(
-            format!("io.k8s.api.{go_group}.{version}.{}", r.kind),
-            json!({
-                "type": "object",
-                "x-kubernetes-preserve-unknown-fields": true,
-                "x-kubernetes-group-version-kind": [{"group": group, "kind": r.kind, "version": version}],
-            }),
-        );
+        let kind_schema = all["kinds"].as_object().and_then(|kinds| {
+            kinds.iter().find_map(|(name, gvks)| {
+                let g = &gvks[0];
+                (g["group"] == group && g["version"] == version && g["kind"] == r.kind)
+                    .then(|| name.clone())
+            })
+        });
+        if let Some(name) = kind_schema {
+            referenced(all, &name, &mut schemas);
+            schemas.get_mut(&name).expect("just added")["x-kubernetes-group-version-kind"] =
+                json!([gvk]);
+        }
     }
-    if schemas.is_empty() {
-        return None;
-    }
-    Some(json!({
+    json!({
         "openapi": "3.0.0",
-        "info": {"title": "Drover", "version": version},
+        "info": {"title": "Kubernetes", "version": "v1.32.0"},
         "paths": paths,
         "components": {"schemas": schemas},
-    }))
+    })
 }

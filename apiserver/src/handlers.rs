@@ -99,7 +99,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(
                 |axum::extract::Path(path): axum::extract::Path<String>| async move {
                     match discovery::openapi_v3(&path) {
-                        Some(doc) => json_response(StatusCode::OK, &doc),
+                        Some(doc) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "application/json")],
+                            doc,
+                        )
+                            .into_response(),
                         None => failure(
                             StatusCode::NOT_FOUND,
                             "NotFound",

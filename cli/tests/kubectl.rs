@@ -116,6 +116,16 @@ async fn cluster_info_namespaces_and_discovery() {
         assert!(resources.contains(line), "{line} missing:\n{resources}");
     }
     assert!(k.ok(&["version"]).contains("Server Version: v1.32"));
+    // explain reads the OpenAPI v3 schemas, descriptions included.
+    let explained = k.ok(&["explain", "deployment.spec.template.spec.containers.ports"]);
+    assert!(explained.contains("FIELD: ports <[]ContainerPort>"), "{explained}");
+    assert!(explained.contains("containerPort\t<integer> -required-"), "{explained}");
+    let pods = k.ok(&["explain", "pods"]);
+    assert!(pods.contains("Pod is a collection of containers"), "{pods}");
+    let hpa = k.ok(&["explain", "hpa.spec", "--api-version=autoscaling/v1"]);
+    assert!(hpa.contains("targetCPUUtilizationPercentage"), "{hpa}");
+    let err = k.fails(&["explain", "pods.spec.nonsense"]);
+    assert!(err.contains("nonsense"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
