@@ -4,10 +4,12 @@
 //! Pure data and rules: no tokio, no HTTP, no storage. Objects are handled as JSON values;
 //! `validate` checks them against the k8s-openapi types.
 
+pub mod apply;
 pub mod columns;
 pub mod convert;
 pub mod defaults;
 pub mod object;
+pub mod patch;
 pub mod rbac;
 pub mod registry;
 pub mod selector;

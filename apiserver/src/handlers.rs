@@ -1413,6 +1413,9 @@ impl Call<'_> {
         if let Err(r) = self.check_subresource() {
             return r;
         }
+        if content_type.starts_with("application/apply-patch") {
+            return self.server_side_apply(name, body).await;
+        }
         let patch: Value = match serde_json::from_slice(body) {
             Ok(p) => p,
             Err(e) => return bad_request(&format!("the patch is not valid JSON: {e}")),
@@ -1437,7 +1440,7 @@ impl Call<'_> {
                     Ok(())
                 }
                 "application/strategic-merge-patch+json" => {
-                    strategic_merge(&mut obj, &patch);
+                    api::patch::strategic_merge(&mut obj, &patch);
                     Ok(())
                 }
                 other => {
@@ -1460,6 +1463,91 @@ impl Call<'_> {
                 Ok(resp) => return resp,
                 Err(r) if r.status() == StatusCode::CONFLICT => continue,
                 Err(r) => return r,
+            }
+        }
+        self.conflict(name)
+    }
+
+    /// Server-side apply (`kubectl apply --server-side`): creates the object, or merges the
+    /// applied configuration into it with field ownership (see `api::apply`).
+    async fn server_side_apply(&self, name: &str, body: &Bytes) -> Response {
+        let r = self.resource();
+        let Some(manager) = self.query.get("fieldManager").filter(|m| !m.is_empty()) else {
+            return bad_request("fieldManager is required for apply requests");
+        };
+        if self.o.subresource.is_some() {
+            return bad_request("apply is served on the object itself, not on a subresource");
+        }
+        let force = is_true(self.query.get("force"));
+        let applied: Value = match serde_json::from_slice(body) {
+            Ok(v @ Value::Object(_)) => v,
+            Ok(_) => return bad_request("the applied configuration must be an object"),
+            Err(e) => {
+                return bad_request(&format!(
+                    "the applied configuration must be JSON (YAML in its JSON form): {e}"
+                ))
+            }
+        };
+        if object::name(&applied).is_some_and(|n| n != name) {
+            return bad_request(&format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                object::name(&applied).unwrap_or("")
+            ));
+        }
+        let api_version = r.api_version();
+        for _ in 0..5 {
+            let current = match self.read(name).await {
+                Ok(c) => c,
+                Err(e) => return store_failure(e),
+            };
+            let live = current.as_ref().map(|kv| self.load(kv));
+            let merged = match api::apply::apply(
+                live.as_ref(),
+                &applied,
+                manager,
+                force,
+                &api_version,
+                &now_rfc3339(),
+            ) {
+                Ok(m) => m,
+                Err(api::apply::Conflicts(conflicts)) => {
+                    let causes: Vec<Value> = conflicts
+                        .iter()
+                        .map(|(m, f)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{m}\""), "field": f}))
+                        .collect();
+                    let list: Vec<String> = conflicts
+                        .iter()
+                        .map(|(m, f)| format!("- {m}: {f}"))
+                        .collect();
+                    let message = format!(
+                        "Apply failed with {} conflict{}: {}",
+                        conflicts.len(),
+                        if conflicts.len() == 1 { "" } else { "s" },
+                        list.join("\n")
+                    );
+                    return json_response(
+                        StatusCode::CONFLICT,
+                        &status(
+                            409,
+                            "Conflict",
+                            &message,
+                            Some(json!({"name": name, "kind": r.name, "causes": causes})),
+                        ),
+                    );
+                }
+            };
+            let Some(current) = current else {
+                let bytes = Bytes::from(serde_json::to_vec(&merged).expect("serialises"));
+                let created = self.create(&bytes).await;
+                if created.status() == StatusCode::CONFLICT {
+                    continue; // created meanwhile: apply over it
+                }
+                return created;
+            };
+            match self.write_view(name, &current, merged).await {
+                Ok(resp) => return resp,
+                Err(resp) if resp.status() == StatusCode::CONFLICT => continue,
+                Err(resp) => return resp,
             }
         }
         self.conflict(name)
@@ -1920,116 +2008,9 @@ fn decode_continue(token: &str) -> Option<(u64, Option<String>)> {
     Some((v["rv"].as_u64()?, Some(v["start"].as_str()?.to_string())))
 }
 
-/// Strategic merge patch, enough for kubectl: maps merge recursively, `null` deletes, lists of
-/// objects merge by their merge key (`name`, `containerPort`, `port`, `ip`, `type`), other
-/// lists are replaced, and the `$`-directives kubectl adds (`$setElementOrder/...`,
-/// `$retainKeys`, `$patch`) are honoured or dropped rather than stored.
-pub fn strategic_merge(target: &mut Value, patch: &Value) {
-    let Value::Object(patch_map) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if patch_map.get("$patch").and_then(Value::as_str) == Some("replace") {
-        let mut replacement = patch.clone();
-        replacement
-            .as_object_mut()
-            .expect("object")
-            .remove("$patch");
-        *target = replacement;
-        return;
-    }
-    if !target.is_object() {
-        *target = json!({});
-    }
-    let target_map = target.as_object_mut().expect("object");
-    for (k, v) in patch_map {
-        if k.starts_with('$') {
-            continue;
-        }
-        match v {
-            Value::Null => {
-                target_map.remove(k);
-            }
-            Value::Array(items) => {
-                let merged = match target_map.get(k) {
-                    Some(Value::Array(existing)) => merge_lists(existing, items),
-                    _ => items
-                        .iter()
-                        .filter(|i| i.get("$patch").is_none())
-                        .cloned()
-                        .collect(),
-                };
-                target_map.insert(k.clone(), Value::Array(merged));
-            }
-            Value::Object(_) => {
-                strategic_merge(target_map.entry(k.clone()).or_insert(Value::Null), v)
-            }
-            other => {
-                target_map.insert(k.clone(), other.clone());
-            }
-        }
-    }
-}
-
-const MERGE_KEYS: &[&str] = &[
-    "name",
-    "containerPort",
-    "port",
-    "ip",
-    "type",
-    "mountPath",
-    "devicePath",
-];
-
-fn merge_lists(existing: &[Value], patch: &[Value]) -> Vec<Value> {
-    let key = MERGE_KEYS
-        .iter()
-        .find(|k| patch.iter().all(|p| p.get(**k).is_some()) && !patch.is_empty());
-    let Some(key) = key else {
-        return patch.to_vec();
-    };
-    let mut out: Vec<Value> = existing.to_vec();
-    for p in patch {
-        let pos = out.iter().position(|e| e.get(*key) == p.get(*key));
-        let delete = p.get("$patch").and_then(Value::as_str) == Some("delete");
-        match (pos, delete) {
-            (Some(i), true) => {
-                out.remove(i);
-            }
-            (Some(i), false) => strategic_merge(&mut out[i], p),
-            (None, false) => {
-                let mut item = Value::Null;
-                strategic_merge(&mut item, p);
-                out.push(item);
-            }
-            (None, true) => {}
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn strategic_merge_merges_containers_by_name_and_drops_directives() {
-        let mut obj = json!({"spec": {"replicas": 1, "containers": [{"name": "a", "image": "x:1"}, {"name": "b", "image": "y:1"}]}});
-        let patch = json!({"spec": {"replicas": 3, "$setElementOrder/containers": [{"name": "a"}, {"name": "b"}], "containers": [{"name": "b", "image": "y:2"}]}, "metadata": {"labels": {"l": "v"}}});
-        strategic_merge(&mut obj, &patch);
-        assert_eq!(obj["spec"]["replicas"], 3);
-        assert_eq!(obj["spec"]["containers"][0]["image"], "x:1");
-        assert_eq!(obj["spec"]["containers"][1]["image"], "y:2");
-        assert!(obj["spec"].get("$setElementOrder/containers").is_none());
-        assert_eq!(obj["metadata"]["labels"]["l"], "v");
-        strategic_merge(
-            &mut obj,
-            &json!({"spec": {"containers": [{"name": "a", "$patch": "delete"}]}}),
-        );
-        assert_eq!(obj["spec"]["containers"].as_array().unwrap().len(), 1);
-        strategic_merge(&mut obj, &json!({"metadata": {"labels": {"l": null}}}));
-        assert!(obj["metadata"]["labels"].get("l").is_none());
-    }
 
     #[test]
     fn watchers_with_selectors_see_objects_enter_and_leave() {

@@ -118,8 +118,14 @@ async fn cluster_info_namespaces_and_discovery() {
     assert!(k.ok(&["version"]).contains("Server Version: v1.32"));
     // explain reads the OpenAPI v3 schemas, descriptions included.
     let explained = k.ok(&["explain", "deployment.spec.template.spec.containers.ports"]);
-    assert!(explained.contains("FIELD: ports <[]ContainerPort>"), "{explained}");
-    assert!(explained.contains("containerPort\t<integer> -required-"), "{explained}");
+    assert!(
+        explained.contains("FIELD: ports <[]ContainerPort>"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("containerPort\t<integer> -required-"),
+        "{explained}"
+    );
     let pods = k.ok(&["explain", "pods"]);
     assert!(pods.contains("Pod is a collection of containers"), "{pods}");
     let hpa = k.ok(&["explain", "hpa.spec", "--api-version=autoscaling/v1"]);
@@ -703,4 +709,95 @@ async fn secrets_are_encrypted_in_the_store_and_readable_after_a_restart() {
     }
     let again = k.ok(&["get", "secret", "db", "-o", "jsonpath={.data.password}"]);
     assert_eq!(again, encoded);
+}
+
+const SSA_DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: ssa
+  labels: {app: ssa, tier: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: ssa}}
+  template:
+    metadata: {labels: {app: ssa}}
+    spec:
+      containers:
+      - {name: main, image: main.wasm}
+      - {name: sidecar, image: sidecar.wasm}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_owns_fields_removes_dropped_ones_and_reports_conflicts() {
+    let k = Kubectl::start(34).await;
+    let file = k.write("ssa.yaml", SSA_DEPLOYMENT);
+    let out = k.ok(&["apply", "--server-side", "-f", &file]);
+    assert!(
+        out.contains("deployment.apps/ssa serverside-applied"),
+        "{out}"
+    );
+    let out = k.ok(&["apply", "--server-side", "-f", &file]);
+    assert!(out.contains("serverside-applied"), "{out}");
+    // The edited manifest drops the sidecar and a label: both go.
+    let edited = SSA_DEPLOYMENT
+        .replace("      - {name: sidecar, image: sidecar.wasm}\n", "")
+        .replace(", tier: web", "")
+        .replace("image: main.wasm", "image: main-v2.wasm");
+    let edited = k.write("ssa2.yaml", &edited);
+    k.ok(&["apply", "--server-side", "-f", &edited]);
+    let d: serde_json::Value = serde_json::from_str(&k.ok(&[
+        "get",
+        "deploy",
+        "ssa",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]))
+    .unwrap();
+    let containers = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    assert_eq!(containers.len(), 1, "{d}");
+    assert_eq!(containers[0]["image"], "main-v2.wasm");
+    assert!(d["metadata"]["labels"].get("tier").is_none(), "{d}");
+    assert_eq!(d["metadata"]["managedFields"][0]["manager"], "kubectl");
+    assert_eq!(d["metadata"]["managedFields"][0]["operation"], "Apply");
+    // Another manager applying a different replica count conflicts, until it forces.
+    let other = k.write(
+        "other.yaml",
+        &SSA_DEPLOYMENT.replace("replicas: 2", "replicas: 7"),
+    );
+    let err = k.fails(&[
+        "apply",
+        "--server-side",
+        "--field-manager=ops",
+        "-f",
+        &other,
+    ]);
+    assert!(
+        err.contains("conflict") && err.contains(".spec.replicas"),
+        "{err}"
+    );
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=ops",
+        "--force-conflicts",
+        "-f",
+        &other,
+    ]);
+    assert_eq!(
+        k.ok(&["get", "deploy", "ssa", "-o", "jsonpath={.spec.replicas}"]),
+        "7"
+    );
+    let err = k.fails(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &k.write(
+            "bad.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: 1}\n",
+        ),
+    ]);
+    assert!(err.contains("data.a") || err.contains("data"), "{err}");
 }

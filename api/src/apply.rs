@@ -1,0 +1,425 @@
+//! Server-side apply: merging an applied configuration into the live object, with the fields
+//! each manager applied recorded in `metadata.managedFields` (FieldsV1), so that
+//!
+//! - a field a manager applied before and leaves out now is removed (unless another manager
+//!   also applied it),
+//! - a manager that applies a different value to a field another manager applied gets a
+//!   conflict, unless it forces, and then takes the field over.
+//!
+//! Lists of objects with a merge key (containers by name, ports by port, ...) are associative:
+//! each item is owned on its own (`k:{"name":"web"}`); other lists are owned whole. Only Apply
+//! operations record ownership here: plain updates (PUT, PATCH) do not take fields, so they
+//! never cause apply conflicts — simpler than Kubernetes, which tracks them too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Map, Value};
+
+use crate::patch::{merge_key, strategic_merge};
+
+/// One step of a field path: a map field, or a list item named by its key (`{"name":"web"}`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Seg {
+    Field(String),
+    Key(String),
+}
+
+pub type FieldPath = Vec<Seg>;
+pub type FieldSet = BTreeSet<FieldPath>;
+
+/// Metadata fields the server owns; never part of a manager's set.
+const SERVER_METADATA: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
+];
+
+/// The fields `obj` sets, as an apply configuration owns them.
+pub fn field_set(obj: &Value) -> FieldSet {
+    let mut out = FieldSet::new();
+    if let Value::Object(m) = obj {
+        for (k, v) in m {
+            if k == "apiVersion" || k == "kind" || k == "status" {
+                continue;
+            }
+            let mut path = vec![Seg::Field(k.clone())];
+            if k == "metadata" {
+                if let Value::Object(meta) = v {
+                    for (mk, mv) in meta
+                        .iter()
+                        .filter(|(mk, _)| !SERVER_METADATA.contains(&mk.as_str()))
+                    {
+                        path.push(Seg::Field(mk.clone()));
+                        collect(mv, &mut path, &mut out);
+                        path.pop();
+                    }
+                }
+                continue;
+            }
+            collect(v, &mut path, &mut out);
+        }
+    }
+    out
+}
+
+fn collect(v: &Value, path: &mut FieldPath, out: &mut FieldSet) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, child) in m {
+                path.push(Seg::Field(k.clone()));
+                collect(child, path, out);
+                path.pop();
+            }
+        }
+        Value::Array(items) => match merge_key(items) {
+            Some(key) => {
+                for item in items {
+                    path.push(Seg::Key(json!({key: item[key]}).to_string()));
+                    out.insert(path.clone());
+                    collect(item, path, out);
+                    path.pop();
+                }
+            }
+            None => {
+                out.insert(path.clone());
+            }
+        },
+        _ => {
+            out.insert(path.clone());
+        }
+    }
+}
+
+/// The FieldsV1 form of a set (`{"f:spec":{"f:replicas":{}}}`).
+pub fn to_fields_v1(set: &FieldSet) -> Value {
+    let mut root = Map::new();
+    for path in set {
+        let mut node = &mut root;
+        for seg in path {
+            let name = match seg {
+                Seg::Field(f) => format!("f:{f}"),
+                Seg::Key(k) => format!("k:{k}"),
+            };
+            node = node
+                .entry(name)
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .expect("FieldsV1 nodes are objects");
+        }
+        if matches!(path.last(), Some(Seg::Key(_))) {
+            node.insert(".".into(), json!({}));
+        }
+    }
+    Value::Object(root)
+}
+
+/// The set a FieldsV1 value describes.
+pub fn from_fields_v1(v: &Value) -> FieldSet {
+    let mut out = FieldSet::new();
+    read_fields_v1(v, &mut Vec::new(), &mut out);
+    out
+}
+
+fn read_fields_v1(v: &Value, path: &mut FieldPath, out: &mut FieldSet) {
+    let Value::Object(m) = v else { return };
+    for (k, child) in m {
+        let seg = if k == "." {
+            out.insert(path.clone());
+            continue;
+        } else if let Some(f) = k.strip_prefix("f:") {
+            Seg::Field(f.to_string())
+        } else if let Some(key) = k.strip_prefix("k:") {
+            Seg::Key(key.to_string())
+        } else {
+            continue; // v: (set items) and i: are not produced here
+        };
+        path.push(seg);
+        if child.as_object().is_some_and(Map::is_empty) {
+            out.insert(path.clone());
+        } else {
+            read_fields_v1(child, path, out);
+        }
+        path.pop();
+    }
+}
+
+fn key_matches(item: &Value, key: &str) -> bool {
+    let Ok(Value::Object(k)) = serde_json::from_str::<Value>(key) else {
+        return false;
+    };
+    k.iter().all(|(name, want)| item.get(name) == Some(want))
+}
+
+/// The value at `path`, if there is one.
+pub fn value_at<'a>(obj: &'a Value, path: &[Seg]) -> Option<&'a Value> {
+    path.iter().try_fold(obj, |v, seg| match seg {
+        Seg::Field(f) => v.get(f),
+        Seg::Key(k) => v.as_array()?.iter().find(|i| key_matches(i, k)),
+    })
+}
+
+/// Removes what `path` names from `obj` (a map entry, or a list item).
+fn remove_at(obj: &mut Value, path: &[Seg]) {
+    let Some((last, parent_path)) = path.split_last() else {
+        return;
+    };
+    let mut parent = obj;
+    for seg in parent_path {
+        let next = match seg {
+            Seg::Field(f) => parent.get_mut(f),
+            Seg::Key(k) => parent
+                .as_array_mut()
+                .and_then(|a| a.iter_mut().find(|i| key_matches(i, k))),
+        };
+        match next {
+            Some(n) => parent = n,
+            None => return,
+        }
+    }
+    match last {
+        Seg::Field(f) => {
+            if let Some(m) = parent.as_object_mut() {
+                m.remove(f);
+            }
+        }
+        Seg::Key(k) => {
+            if let Some(a) = parent.as_array_mut() {
+                a.retain(|i| !key_matches(i, k));
+            }
+        }
+    }
+}
+
+/// A dotted rendering of a path, as conflicts name fields (`.spec.replicas`).
+pub fn render(path: &[Seg]) -> String {
+    path.iter()
+        .map(|s| match s {
+            Seg::Field(f) => format!(".{f}"),
+            Seg::Key(k) => format!("[{k}]"),
+        })
+        .collect()
+}
+
+/// Fields another manager applied with a different value: (manager, field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflicts(pub Vec<(String, String)>);
+
+struct Entry {
+    manager: String,
+    operation: String,
+    raw: Value,
+    fields: FieldSet,
+}
+
+/// Applies `applied` for `manager` over `live` (None: the object does not exist yet) and
+/// returns the object to store, `managedFields` updated. `api_version` and `now` go into the
+/// manager's entry.
+pub fn apply(
+    live: Option<&Value>,
+    applied: &Value,
+    manager: &str,
+    force: bool,
+    api_version: &str,
+    now: &str,
+) -> Result<Value, Conflicts> {
+    let empty = json!({});
+    let live = live.unwrap_or(&empty);
+    let mut entries: Vec<Entry> = live["metadata"]["managedFields"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| Entry {
+                    manager: e["manager"].as_str().unwrap_or("").to_string(),
+                    operation: e["operation"].as_str().unwrap_or("").to_string(),
+                    fields: from_fields_v1(&e["fieldsV1"]),
+                    raw: e.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mine = |e: &Entry| e.manager == manager && e.operation == "Apply";
+    let new = field_set(applied);
+    let previous = entries
+        .iter()
+        .find(|e| mine(e))
+        .map(|e| e.fields.clone())
+        .unwrap_or_default();
+
+    let mut conflicts = Vec::new();
+    for e in entries
+        .iter_mut()
+        .filter(|e| !mine(e) && e.operation == "Apply")
+    {
+        let contested: Vec<FieldPath> = e
+            .fields
+            .intersection(&new)
+            .filter(|p| value_at(live, p) != value_at(applied, p))
+            .cloned()
+            .collect();
+        if force {
+            contested.iter().for_each(|p| {
+                e.fields.remove(p);
+            });
+        } else {
+            conflicts.extend(contested.iter().map(|p| (e.manager.clone(), render(p))));
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(Conflicts(conflicts));
+    }
+
+    let mut obj = live.clone();
+    let others: BTreeSet<&FieldPath> = entries
+        .iter()
+        .filter(|e| !mine(e))
+        .flat_map(|e| e.fields.iter())
+        .collect();
+    let dropped: BTreeSet<&FieldPath> = previous
+        .difference(&new)
+        .filter(|p| !others.contains(p))
+        .collect();
+    // A dropped list item goes whole; its own fields need no removal (and once its key field
+    // is gone, the item could no longer be found).
+    for p in &dropped {
+        if !(1..p.len()).any(|n| dropped.contains(&p[..n].to_vec())) {
+            remove_at(&mut obj, p);
+        }
+    }
+    let mut config = applied.clone();
+    if let Some(m) = config.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("managedFields");
+    }
+    strategic_merge(&mut obj, &config);
+
+    entries.retain(|e| !mine(e) && !e.fields.is_empty());
+    let mut managed: Vec<Value> = entries
+        .into_iter()
+        .map(|e| {
+            let mut raw = e.raw;
+            raw["fieldsV1"] = to_fields_v1(&e.fields);
+            raw
+        })
+        .collect();
+    managed.push(json!({
+        "manager": manager,
+        "operation": "Apply",
+        "apiVersion": api_version,
+        "time": now,
+        "fieldsType": "FieldsV1",
+        "fieldsV1": to_fields_v1(&new),
+    }));
+    let meta = obj
+        .as_object_mut()
+        .map(|m| m.entry("metadata").or_insert_with(|| json!({})));
+    if let Some(Value::Object(meta)) = meta {
+        meta.insert("managedFields".into(), Value::Array(managed));
+    }
+    Ok(obj)
+}
+
+/// How many fields each manager owns (for messages and tests).
+pub fn owners(obj: &Value) -> BTreeMap<String, usize> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    let n = from_fields_v1(&e["fieldsV1"]).len();
+                    (e["manager"].as_str().unwrap_or("").to_string(), n)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deploy(replicas: i64, containers: Value) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "web", "labels": {"app": "web"}},
+               "spec": {"replicas": replicas, "template": {"spec": {"containers": containers}}}})
+    }
+
+    #[test]
+    fn fields_v1_round_trips() {
+        let obj = deploy(2, json!([{"name": "a", "image": "x", "args": ["1", "2"]}]));
+        let set = field_set(&obj);
+        let v1 = to_fields_v1(&set);
+        assert_eq!(from_fields_v1(&v1), set);
+        assert!(
+            v1["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"a\"}"]["."]
+                .is_object()
+        );
+        assert!(v1["f:metadata"]["f:labels"]["f:app"].is_object());
+        assert!(
+            v1["f:metadata"].get("f:name").is_none(),
+            "the server owns names"
+        );
+    }
+
+    #[test]
+    fn reapplying_without_a_field_removes_it_and_keeps_others_changes() {
+        let first = deploy(
+            2,
+            json!([{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]),
+        );
+        let live = apply(None, &first, "kubectl", false, "apps/v1", "t").unwrap();
+        // Someone else changes something outside the applied config.
+        let mut live = live;
+        live["spec"]["paused"] = json!(true);
+        let mut second = deploy(2, json!([{"name": "a", "image": "x2"}]));
+        second["metadata"]["labels"] = json!({});
+        let out = apply(Some(&live), &second, "kubectl", false, "apps/v1", "t").unwrap();
+        let containers = out["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap();
+        assert_eq!(containers.len(), 1, "b was removed: {out}");
+        assert_eq!(containers[0]["image"], "x2");
+        assert_eq!(out["spec"]["paused"], true, "not ours to remove");
+        assert!(out["metadata"]["labels"].get("app").is_none());
+        assert_eq!(
+            out["metadata"]["managedFields"].as_array().unwrap().len(),
+            1
+        );
+    }
+
+    #[test]
+    fn another_managers_field_conflicts_unless_forced() {
+        let live = apply(
+            None,
+            &deploy(2, json!([{"name": "a", "image": "x"}])),
+            "alice",
+            false,
+            "apps/v1",
+            "t",
+        )
+        .unwrap();
+        let bobs = deploy(5, json!([{"name": "a", "image": "x"}]));
+        match apply(Some(&live), &bobs, "bob", false, "apps/v1", "t") {
+            Err(Conflicts(c)) => {
+                assert_eq!(c, vec![("alice".to_string(), ".spec.replicas".to_string())])
+            }
+            Ok(o) => panic!("no conflict: {o}"),
+        }
+        // The same value is shared ownership, not a conflict.
+        let same = deploy(2, json!([{"name": "a", "image": "x"}]));
+        let shared = apply(Some(&live), &same, "bob", false, "apps/v1", "t").unwrap();
+        assert_eq!(owners(&shared).len(), 2);
+        let forced = apply(Some(&live), &bobs, "bob", true, "apps/v1", "t").unwrap();
+        assert_eq!(forced["spec"]["replicas"], 5);
+        // Alice no longer owns replicas: leaving it out of her next apply does not remove it.
+        let alice_again = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
+        let out = apply(Some(&forced), &alice_again, "alice", false, "apps/v1", "t").unwrap();
+        assert_eq!(out["spec"]["replicas"], 5);
+    }
+}
