@@ -25,8 +25,11 @@ fn default(obj: &mut Value, key: &str, value: Value) {
     }
 }
 
-fn pod_spec(spec: &mut Value) {
-    default(spec, "restartPolicy", json!("Always"));
+/// Pod spec defaults; Jobs' pods get no restart policy (they must choose OnFailure or Never).
+fn pod_spec(spec: &mut Value, restart_policy: Option<&str>) {
+    if let Some(policy) = restart_policy {
+        default(spec, "restartPolicy", json!(policy));
+    }
     default(spec, "dnsPolicy", json!("ClusterFirst"));
     default(spec, "terminationGracePeriodSeconds", json!(30));
     default(spec, "schedulerName", json!("default-scheduler"));
@@ -73,7 +76,7 @@ pub fn apply(resource: &str, obj: &mut Value) {
         }
         "pods" => {
             default(obj, "spec", json!({}));
-            pod_spec(&mut obj["spec"]);
+            pod_spec(&mut obj["spec"], Some("Always"));
             default(
                 obj,
                 "status",
@@ -101,7 +104,8 @@ pub fn apply(resource: &str, obj: &mut Value) {
                 default(spec, "parallelism", json!(1));
             }
             if let Some(template) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
-                pod_spec(template);
+                let policy = (resource != "jobs").then_some("Always");
+                pod_spec(template, policy);
             }
             default(obj, "status", json!({}));
         }

@@ -13,6 +13,7 @@ pub mod patch;
 pub mod rbac;
 pub mod registry;
 pub mod selector;
+pub mod semantic;
 pub mod validate;
 
 pub use registry::{Resource, REGISTRY};

@@ -255,11 +255,32 @@ fn not_found(r: &Resource, name: &str) -> Response {
 }
 
 fn invalid(r: &Resource, name: &str, field: &str, message: &str) -> Response {
-    let msg = format!(
-        "{} \"{name}\" is invalid: {field}: Invalid value: {message}",
-        r.kind
-    );
-    let details = json!({"name": name, "group": r.group, "kind": r.kind, "causes": [{"reason": "FieldValueInvalid", "message": format!("Invalid value: {message}"), "field": field}]});
+    let cause = api::semantic::Cause {
+        field: field.to_string(),
+        reason: "FieldValueInvalid",
+        message: format!("Invalid value: {message}"),
+    };
+    invalid_causes(r, name, &[cause])
+}
+
+/// 422 Invalid, worded as kube-apiserver does: `Deployment.apps "web" is invalid: [a, b]`.
+fn invalid_causes(r: &Resource, name: &str, causes: &[api::semantic::Cause]) -> Response {
+    let kind = if r.group.is_empty() {
+        r.kind.to_string()
+    } else {
+        format!("{}.{}", r.kind, r.group)
+    };
+    let lines: Vec<String> = causes.iter().map(|c| c.line()).collect();
+    let listed = match lines.as_slice() {
+        [one] => one.clone(),
+        many => format!("[{}]", many.join(", ")),
+    };
+    let msg = format!("{kind} \"{name}\" is invalid: {listed}");
+    let causes: Vec<Value> = causes
+        .iter()
+        .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+        .collect();
+    let details = json!({"name": name, "group": r.group, "kind": r.kind, "causes": causes});
     json_response(
         StatusCode::UNPROCESSABLE_ENTITY,
         &status(422, "Invalid", &msg, Some(details)),
@@ -858,6 +879,12 @@ impl Call<'_> {
         } else {
             meta.remove("namespace");
         }
+        // Defaults, then the rules beyond the shape (after defaulting, as Kubernetes does).
+        api::defaults::apply(r.name, &mut obj);
+        let causes = api::semantic::check(r.name, &obj);
+        if !causes.is_empty() {
+            return Err(invalid_causes(r, &name, &causes));
+        }
         self.check_grants(&obj, &name)?;
         if let Some(node) = self.user.node_name() {
             if r.name == "nodes" && name != node {
@@ -1119,7 +1146,6 @@ impl Call<'_> {
             }
         }
         stamp_new(&mut obj);
-        api::defaults::apply(self.resource().name, &mut obj);
         if self.resource().name == "namespaces" {
             obj["status"] = json!({"phase": "Active"});
         }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 fn service(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-           "spec": {"type": "NodePort", "selector": {"app": name}, "ports": [{"port": 80}, {"port": 443}]}})
+           "spec": {"type": "NodePort", "selector": {"app": name}, "ports": [{"name": "http", "port": 80}, {"name": "https", "port": 443}]}})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -290,6 +290,26 @@ async fn bad_requests_get_kubernetes_errors() {
         err.contains("spec.replicas") && err.contains("invalid"),
         "{err}"
     );
+    // Semantic rules: every bad field is named, as kube-apiserver lists them.
+    let mismatched = DEPLOYMENT
+        .replace(
+            "      labels: {app: hw}\n    spec:",
+            "      labels: {app: other}\n    spec:",
+        )
+        .replace(
+            "        - containerPort: 8080",
+            "        - containerPort: 80800",
+        );
+    let err = k.fails(&["apply", "-f", &k.write("mismatch.yaml", &mismatched)]);
+    assert!(
+        err.contains("The Deployment \"hw-demo-deployment\" is invalid")
+            && err.contains("spec.template.metadata.labels: Invalid value")
+            && err.contains("`selector` does not match template `labels`")
+            && err.contains(
+                "spec.template.spec.containers[0].ports[0].containerPort: Invalid value: 80800"
+            ),
+        "{err}"
+    );
     let typo = k.write(
         "typo.yaml",
         &DEPLOYMENT.replace("image: example", "imagee: example"),
