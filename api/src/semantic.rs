@@ -629,7 +629,7 @@ fn service(spec: &Value, c: &mut Vec<Cause>) {
         }
         if !seen.insert((p["port"].as_i64(), proto.to_string())) {
             c.push(Cause::duplicate(
-                format!("{at}"),
+                at.clone(),
                 &Value::String(format!("{}/{proto}", p["port"])),
             ));
         }
