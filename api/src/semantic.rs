@@ -193,6 +193,32 @@ fn metadata(obj: &Value, c: &mut Vec<Cause>) {
             c.push(Cause::invalid("metadata.labels", v, &why));
         }
     }
+    let mut controllers = Vec::new();
+    for (i, owner) in meta["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        for f in ["apiVersion", "kind", "name", "uid"] {
+            if owner[f].as_str().is_none_or(str::is_empty) {
+                c.push(Cause::required(
+                    format!("metadata.ownerReferences[{i}].{f}"),
+                    "",
+                ));
+            }
+        }
+        if owner["controller"] == true {
+            controllers.push(owner["name"].as_str().unwrap_or("").to_string());
+        }
+    }
+    if controllers.len() > 1 {
+        c.push(Cause::invalid(
+            "metadata.ownerReferences",
+            &Value::from(controllers.len()),
+            &format!("Only one reference can have Controller set to true. Found \"true\" in references for {}", controllers.join(" and ")),
+        ));
+    }
     let mut size = 0;
     for (k, v) in meta["annotations"].as_object().into_iter().flatten() {
         if let Some(why) = invalid_qualified_name(&k.to_lowercase()) {
@@ -740,6 +766,13 @@ mod tests {
         assert!(fields("cronjobs", ok).is_empty());
         let hpa = json!({"spec": {"minReplicas": 3, "maxReplicas": 2, "scaleTargetRef": {"kind": "Deployment", "name": "d"}}});
         assert_eq!(fields("horizontalpodautoscalers", hpa).len(), 1);
+        let owned = json!({"metadata": {"ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "a", "uid": "1", "controller": true},
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "b", "controller": true}]}});
+        let causes = fields("configmaps", owned);
+        assert_eq!(causes.len(), 2, "{causes:?}");
+        assert!(causes[0].starts_with("metadata.ownerReferences[1].uid: Required value"));
+        assert!(causes[1].contains("Only one reference can have Controller set to true"));
         let cm = json!({"data": {"ok.key": "v", "bad/key": "v"}});
         assert_eq!(fields("configmaps", cm).len(), 1);
     }

@@ -146,22 +146,105 @@ pub fn service_reservations(svc: &Value) -> Vec<String> {
     keys
 }
 
-/// The fields that cannot change once a Service exists: its ClusterIP. A client that leaves it
-/// out of an update keeps the old one.
-pub fn service_update(old: &Value, new: &mut Value) -> Result<(), (String, String)> {
+/// What a Service update changes in the reservations: keys to take (that must be free) and
+/// keys to give back.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ServiceChange {
+    pub acquire: Vec<Reservation>,
+    pub release: Vec<String>,
+}
+
+/// Checks and completes a Service update. The ClusterIP cannot change (a client that leaves it
+/// out keeps the old one). Node ports follow the type: a NodePort or LoadBalancer Service keeps
+/// the node port each of its ports had (by port and protocol), gets a new one for a new port,
+/// or takes the one the client chose; any other type gives its node ports back.
+pub fn service_update(old: &Value, new: &mut Value) -> Result<ServiceChange, (String, String)> {
     let before = old["spec"]["clusterIP"].clone();
     match new["spec"]["clusterIP"].as_str() {
         None | Some("") => {
             new["spec"]["clusterIP"] = before;
             new["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
-            Ok(())
         }
-        Some(ip) if Some(ip) == before.as_str() => Ok(()),
-        Some(ip) => Err((
-            "spec.clusterIP".into(),
-            format!("\"{ip}\": field is immutable"),
-        )),
+        Some(ip) if Some(ip) == before.as_str() => {}
+        Some(ip) => {
+            return Err((
+                "spec.clusterIP".into(),
+                format!("\"{ip}\": field is immutable"),
+            ))
+        }
     }
+    let port_key = |p: &Value| {
+        (
+            p["port"].as_i64(),
+            p["protocol"].as_str().unwrap_or("TCP").to_string(),
+        )
+    };
+    let previous: std::collections::HashMap<_, i64> = old["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((port_key(p), p["nodePort"].as_i64().filter(|n| *n != 0)?)))
+        .collect();
+    let old_keys = service_reservations(old);
+    let kind = new["spec"]["type"]
+        .as_str()
+        .unwrap_or("ClusterIP")
+        .to_string();
+    let mut acquire = Vec::new();
+    for (i, p) in new["spec"]["ports"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if kind != "NodePort" && kind != "LoadBalancer" {
+            if let Some(m) = p.as_object_mut() {
+                m.remove("nodePort");
+            }
+            continue;
+        }
+        let (n, chosen_by_client) = match p["nodePort"].as_i64().filter(|n| *n != 0) {
+            Some(n) => (n, true),
+            None => match previous.get(&port_key(p)) {
+                Some(kept) => (*kept, false),
+                None => {
+                    let span = u32::from(NODE_PORTS.end() - NODE_PORTS.start()) + 1;
+                    let n = NODE_PORTS.start() + (rand::random::<u32>() % span) as u16;
+                    (i64::from(n), false)
+                }
+            },
+        };
+        if !u16::try_from(n).is_ok_and(|n| NODE_PORTS.contains(&n)) {
+            return Err((
+                format!("spec.ports[{i}].nodePort"),
+                format!("{n}: provided port is not in the valid range. The range of valid ports is 30000-32767"),
+            ));
+        }
+        p["nodePort"] = json!(n);
+        let key = format!("{PORT_PREFIX}{n}");
+        if acquire.iter().any(|r: &Reservation| r.key == key) {
+            return Err((
+                "spec.ports".into(),
+                format!("spec.ports[{i}].nodePort: {n}: duplicate node port"),
+            ));
+        }
+        acquire.push(Reservation {
+            key,
+            chosen_by_client,
+            what: format!("spec.ports[{i}].nodePort: {n}"),
+        });
+    }
+    let new_keys = service_reservations(new);
+    Ok(ServiceChange {
+        acquire: acquire
+            .into_iter()
+            .filter(|r| !old_keys.contains(&r.key))
+            .collect(),
+        release: old_keys
+            .into_iter()
+            .filter(|k| !new_keys.contains(k))
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -204,6 +287,39 @@ mod tests {
             .contains("duplicate"));
         let mut headless = json!({"spec": {"clusterIP": "None"}});
         assert!(service_create(&mut headless).unwrap().is_empty());
+    }
+
+    #[test]
+    fn node_ports_follow_the_type_and_are_kept_by_port() {
+        let old = json!({"spec": {"type": "NodePort", "clusterIP": "10.96.0.9", "ports": [
+            {"port": 80, "nodePort": 30080}, {"port": 443, "nodePort": 30443}]}});
+        // Same ports, no nodePort sent: each keeps its own, nothing changes hands.
+        let mut same =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 443}, {"port": 80}]}});
+        assert_eq!(
+            service_update(&old, &mut same).unwrap(),
+            ServiceChange::default()
+        );
+        assert_eq!(same["spec"]["ports"][0]["nodePort"], 30443);
+        // A new port gets a new node port; a dropped one is given back; a chosen one is taken.
+        let mut changed = json!({"spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 8080}, {"port": 9090, "nodePort": 31000}]}});
+        let c = service_update(&old, &mut changed).unwrap();
+        assert_eq!(c.release, vec![format!("{PORT_PREFIX}30443")]);
+        assert_eq!(c.acquire.len(), 2);
+        assert!(!c.acquire[0].chosen_by_client && c.acquire[1].chosen_by_client);
+        assert_eq!(c.acquire[1].key, format!("{PORT_PREFIX}31000"));
+        // ClusterIP again: all node ports go back.
+        let mut plain =
+            json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80, "nodePort": 30080}]}});
+        let c = service_update(&old, &mut plain).unwrap();
+        assert!(plain["spec"]["ports"][0].get("nodePort").is_none());
+        assert_eq!(c.release.len(), 2);
+        let mut bad =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 80}]}});
+        assert_eq!(
+            service_update(&old, &mut bad).unwrap_err().0,
+            "spec.ports[0].nodePort"
+        );
     }
 
     #[test]

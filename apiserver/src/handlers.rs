@@ -1229,9 +1229,11 @@ impl Call<'_> {
         mut obj: Value,
     ) -> Result<Value, Response> {
         let old = self.load(current);
+        let mut change = admission::ServiceChange::default();
         if self.resource().name == "services" {
-            if let Err((field, msg)) = admission::service_update(&old, &mut obj) {
-                return Err(invalid(self.resource(), name, &field, &msg));
+            match admission::service_update(&old, &mut obj) {
+                Ok(c) => change = c,
+                Err((field, msg)) => return Err(invalid(self.resource(), name, &field, &msg)),
             }
         }
         // What the server owns is kept: identity, creation time; generation moves with spec.
@@ -1271,16 +1273,57 @@ impl Call<'_> {
             txn = Txn::delete(key.as_bytes());
             txn.success.extend(release_ops(self.resource(), &obj));
         }
-        let txn = txn.when(Compare::mod_revision(
+        let mut txn = txn.when(Compare::mod_revision(
             key.as_bytes(),
             CompareOp::Equal,
             current.mod_revision,
         ));
+        if !finished {
+            let holder = format!("{}/{name}", self.o.namespace.as_deref().unwrap_or(""));
+            for res in &change.acquire {
+                txn = txn
+                    .when(Compare::exists(res.key.as_bytes(), false))
+                    .and_then(Op::put(res.key.as_bytes(), holder.as_bytes()));
+            }
+            for k in &change.release {
+                txn = txn.and_then(Op::delete(k.as_bytes()));
+            }
+        }
         match self.st.txn(txn).await {
             Ok(resp) if resp.succeeded => {
                 object::metadata_mut(&mut obj)
                     .insert("resourceVersion".into(), json!(resp.revision.to_string()));
                 Ok(obj)
+            }
+            Ok(_) if !change.acquire.is_empty() => {
+                // The object moved (a conflict), or a node port is taken.
+                if self
+                    .read(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|kv| kv.mod_revision)
+                    != Some(current.mod_revision)
+                {
+                    return Err(self.conflict(name));
+                }
+                let taken = change
+                    .acquire
+                    .iter()
+                    .find(|r| r.chosen_by_client)
+                    .map(|r| r.what.clone())
+                    .unwrap_or_else(|| "spec.ports: a node port".into());
+                let (field, value) = taken.split_once(": ").unwrap_or((&taken, ""));
+                // A port picked at random that clashed is retried by the caller as a conflict.
+                if !change.acquire.iter().any(|r| r.chosen_by_client) {
+                    return Err(self.conflict(name));
+                }
+                Err(invalid(
+                    self.resource(),
+                    name,
+                    field,
+                    &format!("{value}: provided port is already allocated"),
+                ))
             }
             Ok(_) => Err(self.conflict(name)),
             Err(e) => Err(store_failure(e)),

@@ -94,3 +94,69 @@ async fn concurrent_creates_never_share_an_ip_or_port_and_deletes_release_them()
         .collect();
     assert_eq!(keys, vec!["/registry/ranges/serviceips/10.96.0.1"]);
 }
+
+#[tokio::test]
+async fn updates_take_and_give_back_node_ports() {
+    let (_dir, _node, app) = start().await;
+    let svcs = "/api/v1/namespaces/default/services";
+    let mut a = service("a");
+    a["spec"]["ports"][0]["nodePort"] = json!(30080);
+    assert_eq!(
+        call(&app, "POST", svcs, Some(a)).await.0,
+        StatusCode::CREATED
+    );
+    let mut b = service("b");
+    b["spec"]["ports"][0]["nodePort"] = json!(30081);
+    assert_eq!(
+        call(&app, "POST", svcs, Some(b)).await.0,
+        StatusCode::CREATED
+    );
+
+    // b cannot move onto a's port, and the error names the field.
+    let patch = |ports: Value| json!({"spec": {"ports": ports}});
+    let (code, status) = common::call_as(
+        &app,
+        "t",
+        "PATCH",
+        &format!("{svcs}/b"),
+        Some(patch(json!([{"name": "http", "port": 80, "nodePort": 30080}, {"name": "https", "port": 443}]))),
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("already allocated"),
+        "{status}"
+    );
+
+    // a becomes a ClusterIP Service: its node ports are free, and b can take one.
+    let (code, a) = common::call_as(
+        &app,
+        "t",
+        "PATCH",
+        &format!("{svcs}/a"),
+        Some(json!({"spec": {"type": "ClusterIP"}})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{a}");
+    assert!(a["spec"]["ports"][0].get("nodePort").is_none(), "{a}");
+    let (code, b) = common::call_as(
+        &app,
+        "t",
+        "PATCH",
+        &format!("{svcs}/b"),
+        Some(patch(json!([{"name": "http", "port": 80, "nodePort": 30080}, {"name": "https", "port": 443}]))),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{b}");
+    assert_eq!(b["spec"]["ports"][0]["nodePort"], 30080);
+    // b's old port 30081 went back: a new Service may have it.
+    let mut c = service("c");
+    c["spec"]["ports"][0]["nodePort"] = json!(30081);
+    assert_eq!(
+        call(&app, "POST", svcs, Some(c)).await.0,
+        StatusCode::CREATED
+    );
+}
