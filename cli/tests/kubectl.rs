@@ -390,6 +390,10 @@ async fn deployments_scale_set_image_status_and_columns() {
         wide.contains("0/3") && wide.contains("example/hello-world:1"),
         "{wide}"
     );
+    assert_eq!(
+        k.ok(&["get", "service", "hw-svc", "-o", "name"]),
+        "service/hw-svc\n"
+    );
     let svc = k.ok(&["get", "service", "hw-svc"]);
     assert!(
         svc.contains("NodePort") && svc.contains("8080:30080/TCP"),
