@@ -389,6 +389,8 @@ pub fn node_allows(
             reads || matches!(a.verb, "create" | "update" | "patch")
         }
         ("", "serviceaccounts", "token") => a.verb == "create",
+        // A node checks the tokens callers of its log endpoint present.
+        ("authentication.k8s.io", "tokenreviews", "") => a.verb == "create",
         _ => reads && r.subresource.is_empty(),
     }
 }
@@ -519,7 +521,7 @@ pub fn default_roles() -> (Vec<Value>, Vec<Value>) {
                "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
                "rules": rules})
     };
-    let roles = vec![
+    let mut roles = vec![
         cluster_role(
             "cluster-admin",
             vec![
@@ -537,6 +539,14 @@ pub fn default_roles() -> (Vec<Value>, Vec<Value>) {
             ],
         ),
     ];
+    roles.push(cluster_role(
+        "system:basic-user",
+        vec![rule(
+            &["authorization.k8s.io"],
+            &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+            &["create"],
+        )],
+    ));
     let binding = |name: &str, role: &str, group: &str| {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
@@ -548,6 +558,11 @@ pub fn default_roles() -> (Vec<Value>, Vec<Value>) {
         binding(
             "system:discovery",
             "system:discovery",
+            "system:authenticated",
+        ),
+        binding(
+            "system:basic-user",
+            "system:basic-user",
             "system:authenticated",
         ),
     ];

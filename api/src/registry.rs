@@ -70,6 +70,13 @@ impl Resource {
         matches!(self.name, "deployments" | "replicasets" | "statefulsets")
     }
 
+    /// Whether this is a review (create-only, never stored; see [`REVIEWS`]).
+    pub fn is_review(&self) -> bool {
+        REVIEWS
+            .iter()
+            .any(|r| r.name == self.name && r.group == self.group)
+    }
+
     /// Subresources that act rather than store (POST only, or a stream): name, the group and
     /// version of the kind they take, that kind, and the verbs.
     pub fn actions(&self) -> &'static [Action] {
@@ -183,10 +190,19 @@ pub static REGISTRY: &[Resource] = &[
     r("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, NONE, NONE),
 ];
 
+/// Reviews: resources that are only ever created, answered and never stored (TokenReview for
+/// nodes checking the API server's tokens, SelfSubjectAccessReview for `kubectl auth can-i`).
+#[rustfmt::skip]
+pub static REVIEWS: &[Resource] = &[
+    r("authentication.k8s.io", "v1", "tokenreviews", "tokenreview", "TokenReview", false, NONE, NONE),
+    r("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "selfsubjectaccessreview", "SelfSubjectAccessReview", false, NONE, NONE),
+];
+
 /// The resource named `name` in `group`/`version`, if it is served.
 pub fn find(group: &str, version: &str, name: &str) -> Option<&'static Resource> {
     REGISTRY
         .iter()
+        .chain(REVIEWS)
         .find(|r| r.group == group && r.version == version && r.name == name)
 }
 
@@ -194,7 +210,11 @@ pub fn find(group: &str, version: &str, name: &str) -> Option<&'static Resource>
 /// first, in a stable order.
 pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
-    for r in REGISTRY.iter().filter(|r| !r.group.is_empty()) {
+    for r in REGISTRY
+        .iter()
+        .chain(REVIEWS)
+        .filter(|r| !r.group.is_empty())
+    {
         match out.iter_mut().find(|(g, _)| *g == r.group) {
             Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
             Some(_) => {}

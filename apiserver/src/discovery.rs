@@ -54,6 +54,10 @@ pub fn group(name: &str) -> Option<Value> {
 }
 
 pub fn resources(group: &str, version: &str) -> Option<Value> {
+    let reviews = registry::REVIEWS
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .map(|r| json!({"name": r.name, "singularName": r.singular, "namespaced": false, "kind": r.kind, "verbs": ["create"]}));
     let resources: Vec<Value> = registry::REGISTRY
         .iter()
         .filter(|r| r.group == group && r.version == version)
@@ -84,6 +88,7 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
             }
             docs
         })
+        .chain(reviews)
         .collect();
     if resources.is_empty() {
         return None;

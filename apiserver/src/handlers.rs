@@ -469,7 +469,20 @@ async fn dispatch(
                 table,
                 user: &user,
             };
+            if o.resource.is_review() {
+                return match (&method, &o.name) {
+                    (&Method::POST, None) => call.review(&body),
+                    _ => failure(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "MethodNotAllowed",
+                        &format!("{} can only be created", o.resource.name),
+                    ),
+                };
+            }
             match (&method, &o.name) {
+                (&Method::GET, Some(name)) if o.subresource.as_deref() == Some("log") => {
+                    call.pod_log(name).await
+                }
                 (&Method::POST, Some(name)) if o.subresource.as_deref() == Some("token") => {
                     call.token_request(name, &body).await
                 }
@@ -948,6 +961,177 @@ impl Call<'_> {
         outcome.map_err(|why| forbidden(&format!("{} {name:?} is forbidden: {why}", r.name)))
     }
 
+    /// TokenReview (is this token valid, for these audiences, and whose is it?) and
+    /// SelfSubjectAccessReview (may I do this?), answered and not stored.
+    fn review(&self, body: &Bytes) -> Response {
+        let r = self.resource();
+        let review: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return bad_request(&format!("the {} is not valid JSON: {e}", r.kind)),
+        };
+        let spec = &review["spec"];
+        let status = match r.name {
+            "tokenreviews" => {
+                let Some(token) = spec["token"].as_str() else {
+                    return invalid(r, "", "spec.token", "Required value");
+                };
+                let audiences: Vec<String> = spec["audiences"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str().map(str::to_string))
+                    .collect();
+                match self.st.auth.review(token, &audiences) {
+                    Some(user) => {
+                        json!({"authenticated": true, "user": {"username": user.name, "groups": user.groups}, "audiences": audiences})
+                    }
+                    None => json!({"authenticated": false, "error": "invalid bearer token"}),
+                }
+            }
+            _ => {
+                let ra = &spec["resourceAttributes"];
+                let nra = &spec["nonResourceAttributes"];
+                let field = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+                let (verb, group, resource, sub, ns, name, path) = (
+                    field(if ra.is_object() { ra } else { nra }, "verb"),
+                    field(ra, "group"),
+                    field(ra, "resource"),
+                    field(ra, "subresource"),
+                    field(ra, "namespace"),
+                    field(ra, "name"),
+                    field(nra, "path"),
+                );
+                let a = api::rbac::Attributes {
+                    verb: &verb,
+                    resource: ra.is_object().then_some(api::rbac::ResourceAttributes {
+                        group: &group,
+                        resource: &resource,
+                        subresource: &sub,
+                        namespace: &ns,
+                        name: &name,
+                    }),
+                    path: &path,
+                };
+                let allowed = self.st.auth.allows_attributes(self.user, &a);
+                json!({"allowed": allowed, "reason": if allowed { "allowed by RBAC" } else { "" }})
+            }
+        };
+        let mut out = review;
+        out["status"] = status;
+        out["apiVersion"] = json!(r.api_version());
+        out["kind"] = json!(r.kind);
+        json_response(StatusCode::CREATED, &out)
+    }
+
+    /// `pods/{name}/log`: proxied to the node the pod runs on, with a short-lived token the
+    /// node accepts only for itself.
+    async fn pod_log(&self, name: &str) -> Response {
+        let r = self.resource();
+        if r.name != "pods" {
+            return not_found(r, name);
+        }
+        let pod = match self.read(name).await {
+            Ok(Some(kv)) => from_kv(&kv),
+            Ok(None) => return not_found(r, name),
+            Err(e) => return store_failure(e),
+        };
+        let names = |list: &str| -> Vec<String> {
+            pod["spec"][list]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .collect()
+        };
+        let (main, init) = (names("containers"), names("initContainers"));
+        let container = match self.query.get("container").filter(|c| !c.is_empty()) {
+            Some(c) if main.contains(c) || init.contains(c) => c.clone(),
+            Some(c) => {
+                return bad_request(&format!("container {c} is not valid for pod {name}"));
+            }
+            None if main.len() == 1 => main[0].clone(),
+            None => {
+                return bad_request(&format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    main.join(" ")
+                ))
+            }
+        };
+        let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+            return bad_request(&format!("pod {name} does not have a host assigned"));
+        };
+        let node_key = api::registry::find("", "v1", "nodes")
+            .expect("registered")
+            .key(None, node_name);
+        let node = match self.st.cache.get(&node_key) {
+            Some(kv) => from_kv(&kv),
+            None => {
+                return bad_request(&format!("node {node_name} of pod {name} is not registered"))
+            }
+        };
+        let address = node["status"]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == "InternalIP")
+            .and_then(|a| a["address"].as_str())
+            .and_then(|a| a.parse::<std::net::IpAddr>().ok());
+        let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok());
+        let (Some(address), Some(port)) = (address, port) else {
+            return failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                &format!("node {node_name} has not published its address"),
+            );
+        };
+        let token = self.st.auth.signer.issue(&auth::Claims {
+            sub: "system:kube-apiserver".into(),
+            groups: vec![],
+            exp: auth::unix_now() + 60,
+            uid: None,
+            aud: Some(format!("drover-node:{node_name}")),
+        });
+        let mut query = Vec::new();
+        for key in ["follow", "previous", "timestamps", "tailLines"] {
+            if let Some(v) = self.query.get(key) {
+                query.push(format!("{key}={v}"));
+            }
+        }
+        let ns = self.o.namespace.clone().unwrap_or_default();
+        let path = format!("/containerLogs/{ns}/{name}/{container}?{}", query.join("&"));
+        match crate::proxy::get(std::net::SocketAddr::new(address, port), &path, &token).await {
+            Ok(resp) if resp.status().is_success() => (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain")],
+                Body::new(resp.into_body()),
+            )
+                .into_response(),
+            Ok(resp) => {
+                let code = resp.status();
+                let text = axum::body::to_bytes(Body::new(resp.into_body()), 64 * 1024)
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+                    .unwrap_or_default();
+                failure(
+                    if code.is_client_error() {
+                        StatusCode::BAD_REQUEST
+                    } else {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    },
+                    "BadRequest",
+                    &text,
+                )
+            }
+            Err(e) => failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                &format!("cannot reach node {node_name} at {address}:{port} for logs: {e}"),
+            ),
+        }
+    }
+
     /// `pods/{name}/binding`: the scheduler's decision, setting `spec.nodeName` once. A pod
     /// already bound elsewhere is a conflict, as in Kubernetes.
     async fn bind(&self, name: &str, body: &Bytes) -> Response {
@@ -1100,6 +1284,7 @@ impl Call<'_> {
             groups: user.groups,
             exp,
             uid,
+            aud: None,
         });
         let expires =
             humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp))

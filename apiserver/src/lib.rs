@@ -22,3 +22,4 @@ pub mod listener;
 pub mod path;
 pub mod pki;
 pub mod protobuf;
+pub mod proxy;

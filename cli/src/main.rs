@@ -1,8 +1,11 @@
 //! `drover`: one binary for the control plane, the node agent and the command-line client.
 //! Thin: each verb parses its flags and calls into the library crates.
 
+mod image;
+mod node;
 mod server;
 mod store;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -19,8 +22,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a control-plane member (the replicated store; the API server comes next).
+    /// Run a whole one-node cluster in this process: control plane and a node for Wasm pods.
+    Up(up::UpArgs),
+    /// Run a control-plane member: the replicated store and the Kubernetes API.
     Server(server::ServerArgs),
+    /// Run a node agent that joins a cluster and runs its pods.
+    Node(node::NodeArgs),
+    /// Manage the images of this machine's node.
+    Image(image::ImageArgs),
     /// Debug client for the replicated store.
     Store(store::StoreArgs),
 }
@@ -39,7 +48,10 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Up(args) => up::run(args).await,
             Command::Server(args) => server::run(args).await,
+            Command::Node(args) => node::run(args).await,
+            Command::Image(args) => image::run(args),
             Command::Store(args) => store::run(args).await,
         }
     });

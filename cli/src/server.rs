@@ -39,7 +39,13 @@ pub struct ServerArgs {
     encryption_key_file: Option<PathBuf>,
 }
 
-fn default_data_dir() -> PathBuf {
+impl ServerArgs {
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+}
+
+pub fn default_data_dir() -> PathBuf {
     match std::env::var_os("HOME") {
         Some(home) if !home.is_empty() && home != "/" => {
             PathBuf::from(home).join(".local/share/drover")
@@ -78,15 +84,54 @@ where
     }
 }
 
-pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+/// Logs to stderr, filtered by DROVER_LOG.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
                 .unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .with_writer(std::io::stderr)
-        .init();
+        .try_init();
+}
 
+/// A running control-plane member.
+pub struct Member {
+    pub node: std::sync::Arc<StoreNode>,
+    pub api: std::sync::Arc<apiserver::handlers::ApiState>,
+    pub pki: apiserver::pki::Pki,
+    /// `https://host:port` of this member's API.
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    serving: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging();
+    let member = start(&args).await?;
+    member.wait_for_signal().await
+}
+
+impl Member {
+    /// Serves until SIGINT or SIGTERM, then shuts the store down cleanly.
+    pub async fn wait_for_signal(self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut serving = self.serving;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            res = &mut serving => {
+                res.context("server task")??;
+            }
+        }
+        eprintln!("drover: shutting down");
+        self.node.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Starts a member: the store, then the API once the member has its certificates.
+pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     // The encryption key first: a joining member without it is told so before it joins.
     let key_file = args
         .encryption_key_file
@@ -98,7 +143,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     )?);
 
     let mut config = StoreConfig::new(&args.data_dir, args.listen);
-    config.join = args.join;
+    config.join = args.join.clone();
     config.heartbeat = Duration::from_millis(args.heartbeat_ms);
     config.election_timeout = (
         Duration::from_millis(args.election_timeout_ms.0),
@@ -162,11 +207,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         sealer.clone(),
     );
     *api_slot.write().unwrap_or_else(|p| p.into_inner()) =
-        Some((tls, apiserver::handlers::router(api_state)));
+        Some((tls, apiserver::handlers::router(api_state.clone())));
     // The system namespaces and the kubernetes Service, once a leader can take the writes.
     let boot = node.clone();
+    let boot_address = address.clone();
     tokio::spawn(async move {
-        if let Err(e) = with_retry(|| apiserver::handlers::bootstrap(&boot, &address)).await {
+        if let Err(e) = with_retry(|| apiserver::handlers::bootstrap(&boot, &boot_address)).await {
             tracing::error!(error = %e, "cannot create the system namespaces");
         }
     });
@@ -183,15 +229,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         args.data_dir.display()
     );
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        res = serving => {
-            res.context("server task")?.context("serving")?;
-        }
-    }
-    eprintln!("drover server: shutting down");
-    node.shutdown().await;
-    Ok(())
+    Ok(Member {
+        node,
+        api: api_state,
+        pki,
+        url: format!("https://{address}"),
+        kubeconfig,
+        serving: tokio::spawn(
+            async move { serving.await.context("server task")?.context("serving") },
+        ),
+    })
 }

@@ -1,4 +1,17 @@
-//! The node agent: registration and heartbeats, pod workers and their lifecycle state
-//! machine, probes, volumes, logs, stats, pod networking and cluster DNS.
+//! The node agent: registers the Node and renews its Lease ([`agent`]), runs one worker per pod
+//! bound to it ([`pod`]) through the runtimes of the `runtime` crate, with the pod lifecycle as
+//! pure rules ([`lifecycle`]), probes ([`probe`]), environment ([`env`]) and volumes
+//! ([`volumes`]), and serves container logs to the API server ([`logserver`]).
 //!
-//! Talks to the cluster only through the API. Filled by the node issue.
+//! Talks to the cluster only through the Kubernetes API (kube-rs), with the node's own
+//! credential: a node may change only its Node, its Lease and the pods bound to it.
+
+pub mod agent;
+pub mod client;
+pub mod env;
+pub mod lifecycle;
+pub mod logserver;
+pub mod pod;
+pub mod probe;
+pub mod quantity;
+pub mod volumes;

@@ -1,4 +1,125 @@
-//! The `Runtime` trait with its `wasm` (wasmtime) and `oci` (libcontainer) backends and
-//! the image store.
+//! Drover's container runtimes: the [`Runtime`] trait the node agent drives, its `wasm`
+//! backend on wasmtime ([`wasm::WasmRuntime`]), the content-addressed [`images::ImageStore`],
+//! and the container log files ([`logs`]).
 //!
-//! Knows pods as specs and never talks to the API server. Filled by the node issue.
+//! Knows containers as [`ContainerSpec`]s and never talks to the API server: the node agent
+//! turns pods into specs and exit statuses back into pod status.
+
+pub mod images;
+pub mod logs;
+pub mod wasm;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, watch};
+
+/// Everything a runtime needs to start one container of a pod.
+#[derive(Clone, Debug)]
+pub struct ContainerSpec {
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    pub container: String,
+    /// The image, already in the node's store.
+    pub image: images::StoredImage,
+    /// argv, the program name first.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub mounts: Vec<Mount>,
+    /// Where the container's stdout and stderr go.
+    pub log: logs::LogFile,
+    /// Bytes of linear memory an instance may have.
+    pub memory_limit: Option<u64>,
+    /// Where an HTTP function listens (the pod's address and the container's port).
+    pub listen: Option<SocketAddr>,
+}
+
+/// A host directory the container sees at `guest_path`.
+#[derive(Clone, Debug)]
+pub struct Mount {
+    pub host_path: PathBuf,
+    pub guest_path: String,
+    pub read_only: bool,
+}
+
+/// How a container ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// The program exited with this code.
+    Exited(i32),
+    /// It needed more memory than its limit allowed.
+    OomKilled,
+    /// It was stopped from outside (pod deletion, liveness failure).
+    Stopped,
+    /// It could not start or it trapped: the reason, for the container's status message.
+    Failed { exit_code: i32, message: String },
+}
+
+impl ExitStatus {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitStatus::Exited(c) => *c,
+            ExitStatus::OomKilled | ExitStatus::Stopped => 137,
+            ExitStatus::Failed { exit_code, .. } => *exit_code,
+        }
+    }
+}
+
+/// Why a container could not be started at all.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The image is not something this runtime can run (reason for `CreateContainerError`).
+    #[error("{0}")]
+    InvalidImage(String),
+    /// The configuration cannot be applied (a mount, a port in use, a limit too small).
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A started container: its end, and the means to stop it.
+pub struct Running {
+    pub exit: oneshot::Receiver<ExitStatus>,
+    stop: watch::Sender<bool>,
+}
+
+impl Running {
+    pub fn new(exit: oneshot::Receiver<ExitStatus>, stop: watch::Sender<bool>) -> Running {
+        Running { exit, stop }
+    }
+
+    /// Asks the container to stop; its `exit` then reports `Stopped`.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// A handle that can stop the container after `Running` is consumed.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop.clone())
+    }
+}
+
+#[derive(Clone)]
+pub struct Stopper(watch::Sender<bool>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A way of running containers (a RuntimeClass handler).
+pub trait Runtime: Send + Sync {
+    /// The RuntimeClass handler name (`wasm`, later `oci`).
+    fn handler(&self) -> &'static str;
+
+    /// Starts a container; resolves once it is running (or could not start).
+    fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<Running, StartError>>;
+}
+
+pub type SharedRuntime = Arc<dyn Runtime>;

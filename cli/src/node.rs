@@ -1,0 +1,106 @@
+//! `drover node`: runs the node agent against a cluster's API server.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// The API server's URL, e.g. https://10.0.0.1:6443.
+    #[arg(long, env = "DROVER_SERVER")]
+    server: String,
+    /// The node's credential (`drover token node NAME` on the control plane makes one).
+    #[arg(long, env = "DROVER_TOKEN")]
+    token: String,
+    /// The cluster CA certificate (DATA_DIR/pki/ca.crt on a control-plane member).
+    #[arg(long)]
+    ca_file: PathBuf,
+    #[command(flatten)]
+    node: NodeOptions,
+    #[command(flatten)]
+    dir: NodeDir,
+}
+
+/// What `drover node` and `drover up` share.
+#[derive(clap::Args, Clone)]
+pub struct NodeOptions {
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The address the cluster reaches this node at.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub node_address: IpAddr,
+    /// The port of the node's log endpoint (the kubelet's is 10250).
+    #[arg(long, default_value_t = 10250)]
+    pub node_port: u16,
+    /// Pods get addresses from this /16 of loopback addresses until pod networking lands.
+    #[arg(long, default_value = "127.1.0.0")]
+    pub pod_ip_range: Ipv4Addr,
+    /// The first crash-loop back-off; it doubles per restart up to 5 minutes.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub crash_backoff: Duration,
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "drover-node".into())
+}
+
+pub fn default_node_dir() -> PathBuf {
+    crate::server::default_data_dir().join("node")
+}
+
+/// Builds the agent for `client` with its wasm runtime and image store under `data_dir`.
+pub fn agent(
+    options: &NodeOptions,
+    data_dir: PathBuf,
+    client: kube::Client,
+) -> anyhow::Result<Arc<node::agent::NodeAgent>> {
+    let wasm = runtime::wasm::WasmRuntime::new(data_dir.join("wasm-cache"))
+        .context("cannot start the wasm runtime")?;
+    let images = runtime::images::ImageStore::open(&data_dir.join("images"))?;
+    let config = node::agent::NodeConfig {
+        name: options.name.clone().unwrap_or_else(hostname),
+        address: options.node_address,
+        port: options.node_port,
+        data_dir,
+        backoff_base: options.crash_backoff,
+        pod_ip_base: options.pod_ip_range,
+    };
+    Ok(Arc::new(node::agent::NodeAgent::new(
+        config,
+        client,
+        Arc::new(wasm),
+        Arc::new(images),
+    )))
+}
+
+#[derive(clap::Args)]
+pub struct NodeDir {
+    /// Where the node keeps its images, compiled code and pod files.
+    #[arg(long, env = "DROVER_NODE_DIR", default_value_os_t = default_node_dir())]
+    pub node_dir: PathBuf,
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    crate::server::init_logging();
+    let ca = std::fs::read_to_string(&args.ca_file)
+        .with_context(|| format!("cannot read --ca-file {}", args.ca_file.display()))?;
+    let client = node::client::connect(&args.server, &ca, &args.token)?;
+    let agent = agent(&args.node, args.dir.node_dir, client)?;
+    let running = tokio::spawn(agent.run());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        res = running => res.context("node agent")??,
+    }
+    eprintln!("drover node: stopped");
+    Ok(())
+}

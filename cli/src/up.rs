@@ -1,0 +1,113 @@
+//! `drover up`: a whole cluster in one process — the replicated store and API server of
+//! `drover server`, and a node agent running Wasm pods — for one machine.
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
+use kube::runtime::watcher;
+use kube::Api;
+
+use crate::node::{NodeDir, NodeOptions};
+use crate::server::ServerArgs;
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    node: NodeOptions,
+}
+
+/// Binds pods that name no node to this one. A one-node cluster's whole scheduling decision;
+/// the scheduler (with filters and scores for many nodes) takes this job over.
+async fn bind_unscheduled(client: kube::Client, node: String) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let stream = watcher(pods, watcher::Config::default().fields("spec.nodeName="));
+    futures_util::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        let pod = match event {
+            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!("binder: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let bound = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| !n.is_empty());
+        if bound || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let (Some(ns), Some(name)) = (pod.metadata.namespace.clone(), pod.metadata.name.clone())
+        else {
+            continue;
+        };
+        let binding = serde_json::json!({
+            "apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": name, "namespace": ns},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        });
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let body = serde_json::to_vec(&binding).expect("serialises");
+        if let Err(e) = api
+            .create_subresource::<serde_json::Value>("binding", &name, &PostParams::default(), body)
+            .await
+        {
+            tracing::warn!("binder: cannot bind {ns}/{name}: {e}");
+        }
+    }
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    crate::server::init_logging();
+    let member = crate::server::start(&args.server).await?;
+    let node_name = args.node.name.clone().unwrap_or_else(crate::node::hostname);
+    // The node's credential, signed here: the node talks to the API like any other node.
+    let token = member.api.auth.signer.issue(&apiserver::auth::Claims {
+        sub: format!("system:node:{node_name}"),
+        groups: vec!["system:nodes".into(), "system:authenticated".into()],
+        exp: apiserver::auth::unix_now() + 10 * 365 * 86400,
+        uid: None,
+        aud: None,
+    });
+    let node_client = node::client::connect(&member.url, &member.pki.ca_pem, &token)?;
+    let admin_client =
+        node::client::connect(&member.url, &member.pki.ca_pem, &member.pki.admin_token)?;
+    let options = NodeOptions {
+        name: Some(node_name.clone()),
+        ..args.node.clone()
+    };
+    let node_dir = NodeDir {
+        node_dir: args.server.data_dir().join("node"),
+    };
+    let agent = crate::node::agent(&options, node_dir.node_dir.clone(), node_client)
+        .context("cannot start the node")?;
+    let agent_task = tokio::spawn(agent.run());
+    tokio::spawn(bind_unscheduled(admin_client, node_name.clone()));
+    let kubeconfig = member.kubeconfig.display().to_string();
+    let data_dir = args.server.data_dir().display().to_string();
+    eprintln!(
+        "\ndrover up: a one-node cluster is running (node {node_name}, API {url}, data in {data_dir}).\n\
+         Try:\n  \
+           export KUBECONFIG={kubeconfig}\n  \
+           kubectl get nodes\n  \
+           drover image import examples/target/wasm32-wasip2/release/hello_world.wasm hello-world:v1\n  \
+           kubectl apply -f examples/hello-world.yaml\n  \
+           kubectl get pods -o wide\n  \
+           curl http://<pod IP>:8080/\n\
+         Stop with Ctrl-C; `drover up` again resumes this cluster.\n",
+        url = member.url
+    );
+    tokio::select! {
+        res = member.wait_for_signal() => res,
+        res = agent_task => {
+            res.context("node agent")??;
+            Ok(())
+        }
+    }
+}

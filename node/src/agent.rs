@@ -1,0 +1,418 @@
+//! The node agent: registers this node's Node object, renews its Lease every 10 s, watches the
+//! pods bound to it and keeps one worker (`pod.rs`) per pod, and serves container logs.
+//!
+//! Pod addresses: until pod networking gives every pod a network namespace, each pod gets a
+//! loopback address of its own from 127.1.0.0/16 (Linux routes all of 127/8 to lo), so pods can
+//! listen on the same port side by side and probes reach them. A restarted agent gives a pod
+//! back the address it reported.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::Api;
+use runtime::images::ImageStore;
+use runtime::SharedRuntime;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::logserver::{LogIndex, LogServer};
+use crate::pod::{self, NodeContext, PodUpdate};
+
+/// How often the node renews its Lease (the kubelet's default).
+pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+const LEASE_DURATION_SECONDS: i32 = 40;
+
+pub struct NodeConfig {
+    pub name: String,
+    /// The node's address as other parts of the cluster reach it (logs endpoint, hostIP).
+    pub address: IpAddr,
+    /// Port of the node's log endpoint.
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub backoff_base: Duration,
+    /// The /16 of loopback addresses pods get (until pod networking).
+    pub pod_ip_base: Ipv4Addr,
+}
+
+/// Hands out pod addresses from a /16 of loopback addresses (127.1.0.0/16 by default).
+pub struct PodIps {
+    base: u32,
+    used: Mutex<BTreeSet<u32>>,
+}
+
+impl Default for PodIps {
+    fn default() -> Self {
+        PodIps::new(Ipv4Addr::new(127, 1, 0, 0))
+    }
+}
+
+impl PodIps {
+    pub fn new(base: Ipv4Addr) -> PodIps {
+        PodIps {
+            base: u32::from(base) & 0xffff_0000,
+            used: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// `wanted` if it is free and in range (the pod had it before), else the next free one.
+    pub fn take(&self, wanted: Option<IpAddr>) -> Option<IpAddr> {
+        let range = self.base + 1..self.base + 0xffff;
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(IpAddr::V4(w)) = wanted {
+            let n = u32::from(w);
+            if range.contains(&n) && used.insert(n) {
+                return Some(IpAddr::V4(w));
+            }
+        }
+        let n = range.clone().find(|n| !used.contains(n))?;
+        used.insert(n);
+        Some(IpAddr::V4(Ipv4Addr::from(n)))
+    }
+
+    pub fn release(&self, ip: IpAddr) {
+        if let IpAddr::V4(v) = ip {
+            self.used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&u32::from(v));
+        }
+    }
+}
+
+fn rfc3339_micros(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// What this machine offers, for the Node's status.
+fn node_status(config: &NodeConfig, handlers: &[&str]) -> serde_json::Value {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mem_kib = read_trimmed("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let os_image = read_trimmed("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "Linux".into());
+    let resources =
+        json!({"cpu": cpus.to_string(), "memory": format!("{mem_kib}Ki"), "pods": "1000"});
+    let now = rfc3339_micros(std::time::SystemTime::now());
+    let condition = |t: &str, status: &str, reason: &str, message: &str| {
+        json!({"type": t, "status": status, "reason": reason, "message": message,
+               "lastHeartbeatTime": now.clone(), "lastTransitionTime": now.clone()})
+    };
+    json!({
+        "capacity": resources,
+        "allocatable": resources,
+        "addresses": [
+            {"type": "InternalIP", "address": config.address.to_string()},
+            {"type": "Hostname", "address": config.name},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": config.port}},
+        "nodeInfo": {
+            "machineID": read_trimmed("/etc/machine-id"),
+            "systemUUID": "",
+            "bootID": read_trimmed("/proc/sys/kernel/random/boot_id"),
+            "kernelVersion": read_trimmed("/proc/sys/kernel/osrelease"),
+            "osImage": os_image,
+            "containerRuntimeVersion": "wasmtime://48.0.8",
+            "kubeletVersion": format!("v1.32.0-drover.{}", env!("CARGO_PKG_VERSION")),
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
+        },
+        "runtimeHandlers": handlers.iter().map(|h| json!({"name": h, "features": {"recursiveReadOnlyMounts": false, "userNamespaces": false}})).collect::<Vec<_>>(),
+        "conditions": [
+            condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "drover node has sufficient memory available"),
+            condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "drover node has no disk pressure"),
+            condition("PIDPressure", "False", "KubeletHasSufficientPID", "drover node has sufficient PID available"),
+            condition("Ready", "True", "KubeletReady", "drover node agent is posting ready status"),
+        ],
+    })
+}
+
+pub struct NodeAgent {
+    config: NodeConfig,
+    client: kube::Client,
+    ctx: Arc<NodeContext>,
+    ips: Arc<PodIps>,
+}
+
+impl NodeAgent {
+    pub fn new(
+        config: NodeConfig,
+        client: kube::Client,
+        runtime: SharedRuntime,
+        images: Arc<ImageStore>,
+    ) -> NodeAgent {
+        let ctx = Arc::new(NodeContext {
+            node_name: config.name.clone(),
+            host_ip: config.address,
+            pods_dir: config.data_dir.join("pods"),
+            runtime,
+            images,
+            client: client.clone(),
+            backoff_base: config.backoff_base,
+            logs: Arc::new(LogIndex::default()),
+        });
+        NodeAgent {
+            ips: Arc::new(PodIps::new(config.pod_ip_base)),
+            config,
+            client,
+            ctx,
+        }
+    }
+
+    /// Creates or refreshes the Node object.
+    pub async fn register(&self) -> anyhow::Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let name = &self.config.name;
+        if nodes.get_opt(name).await?.is_none() {
+            let node: Node = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
+                    "drover.dev/runtime-wasm": "true",
+                }},
+                "spec": {},
+            }))?;
+            match nodes.create(&PostParams::default(), &node).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let handlers = [self.ctx.runtime.handler()];
+        let status = json!({"status": node_status(&self.config, &handlers)});
+        nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+        Ok(())
+    }
+
+    /// Renews the node's Lease in kube-node-lease (creating it the first time).
+    async fn renew_lease(&self) -> anyhow::Result<()> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
+        let name = &self.config.name;
+        let now = rfc3339_micros(std::time::SystemTime::now());
+        let patch = json!({"spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": now}});
+        match leases
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                let lease: Lease = serde_json::from_value(json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": name, "namespace": "kube-node-lease"},
+                    "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": now},
+                }))?;
+                leases.create(&PostParams::default(), &lease).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs the agent until the task is dropped.
+    pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.ctx.pods_dir)?;
+        let mut attempt = 0u32;
+        while let Err(e) = self.register().await {
+            attempt += 1;
+            if attempt % 10 == 1 {
+                tracing::warn!("cannot register node {}: {e:#}; retrying", self.config.name);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tracing::info!("node {} registered", self.config.name);
+
+        let logs = Arc::new(LogServer::new(
+            self.config.name.clone(),
+            self.ctx.pods_dir.clone(),
+            self.ctx.logs.clone(),
+            self.client.clone(),
+        ));
+        let addr = SocketAddr::new(self.config.address, self.config.port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve container logs on {addr}: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, logs.router()).await {
+                tracing::error!("log endpoint failed: {e}");
+            }
+        });
+
+        let heartbeat = self.clone();
+        tokio::spawn(async move {
+            let mut beats = 0u64;
+            loop {
+                if let Err(e) = heartbeat.renew_lease().await {
+                    tracing::warn!("cannot renew the node lease: {e:#}");
+                }
+                // The Node's conditions are refreshed less often, as the kubelet does.
+                if beats % 6 == 5 {
+                    if let Err(e) = heartbeat.register().await {
+                        tracing::warn!("cannot refresh the node status: {e:#}");
+                    }
+                }
+                beats += 1;
+                tokio::time::sleep(LEASE_RENEW).await;
+            }
+        });
+
+        self.watch_pods().await
+    }
+
+    /// Keeps one worker per pod bound to this node, from a watch of those pods.
+    async fn watch_pods(&self) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let selector = format!("spec.nodeName={}", self.config.name);
+        let stream = watcher(pods, watcher::Config::default().fields(&selector));
+        futures_util::pin_mut!(stream);
+        let mut workers: HashMap<String, (mpsc::UnboundedSender<PodUpdate>, IpAddr)> =
+            HashMap::new();
+        let mut seen_in_relist: Option<BTreeSet<String>> = None;
+        while let Some(event) = stream.next().await {
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!("pod watch: {e}; resuming");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            match event {
+                watcher::Event::Init => seen_in_relist = Some(BTreeSet::new()),
+                watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                    if let Some(seen) = seen_in_relist.as_mut() {
+                        seen.insert(pod.metadata.uid.clone().unwrap_or_default());
+                    }
+                    self.apply(&mut workers, pod);
+                }
+                watcher::Event::InitDone => {
+                    // Pods that vanished while the watch was down are gone.
+                    if let Some(seen) = seen_in_relist.take() {
+                        let gone: Vec<String> = workers
+                            .keys()
+                            .filter(|u| !seen.contains(*u))
+                            .cloned()
+                            .collect();
+                        for uid in gone {
+                            self.remove(&mut workers, &uid);
+                        }
+                    }
+                }
+                watcher::Event::Delete(pod) => {
+                    let uid = pod.metadata.uid.clone().unwrap_or_default();
+                    self.remove(&mut workers, &uid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(
+        &self,
+        workers: &mut HashMap<String, (mpsc::UnboundedSender<PodUpdate>, IpAddr)>,
+        pod: Pod,
+    ) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if let Some((tx, ip)) = workers.get(&uid) {
+            let ip = *ip;
+            match tx.send(PodUpdate::Changed(Box::new(pod))) {
+                Ok(()) => return,
+                Err(returned) => {
+                    // The worker ended but the pod is still here (its final delete failed):
+                    // a new worker finishes the job.
+                    workers.remove(&uid);
+                    self.ips.release(ip);
+                    let PodUpdate::Changed(p) = returned.0 else {
+                        return;
+                    };
+                    return self.apply(workers, *p);
+                }
+            }
+        }
+        // A pod that has finished and will not run again needs no worker after a restart.
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        if (phase == "Succeeded" || phase == "Failed") && pod.metadata.deletion_timestamp.is_none()
+        {
+            return;
+        }
+        let previous = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok());
+        let Some(ip) = self.ips.take(previous) else {
+            tracing::error!("no pod address left for {uid}");
+            return;
+        };
+        let tx = pod::spawn(self.ctx.clone(), pod, ip);
+        workers.insert(uid, (tx, ip));
+    }
+
+    fn remove(
+        &self,
+        workers: &mut HashMap<String, (mpsc::UnboundedSender<PodUpdate>, IpAddr)>,
+        uid: &str,
+    ) {
+        if let Some((tx, ip)) = workers.remove(uid) {
+            let _ = tx.send(PodUpdate::Gone);
+            // The address goes back once the worker has had time to stop its listeners.
+            let ips = self.ips.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                ips.release(ip);
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_addresses_are_unique_and_come_back() {
+        let ips = PodIps::default();
+        let a = ips.take(None).unwrap();
+        let b = ips.take(None).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(ips.take(Some(a)).map(|x| x != a), Some(true), "a is taken");
+        let wanted: IpAddr = "127.1.3.4".parse().unwrap();
+        assert_eq!(ips.take(Some(wanted)), Some(wanted));
+        ips.release(a);
+        assert_eq!(ips.take(Some(a)), Some(a));
+        assert_ne!(
+            ips.take(Some("10.0.0.1".parse().unwrap())).unwrap(),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+}

@@ -1,0 +1,797 @@
+//! One pod on this node: a worker task that prepares its volumes, runs its init containers
+//! then its containers through the runtime, restarts them under the restart policy with
+//! crash-loop back-off, runs its probes, reports its status to the API, and on deletion stops
+//! everything within the grace period and removes the pod.
+//!
+//! Decisions come from `lifecycle` (pure); this file does the I/O. Everything that happens to
+//! the pod arrives as a [`Msg`] on one channel, so the worker's state is only ever touched by
+//! its own loop.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::Api;
+use runtime::images::ImageStore;
+use runtime::logs::LogFile;
+use runtime::{ContainerSpec, ExitStatus, SharedRuntime, StartError, Stopper};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::env::{self, Sources};
+use crate::lifecycle::{
+    self, backoff, termination_reason, ContainerState, ContainerStatus, RestartPolicy,
+    BACKOFF_RESET_AFTER,
+};
+use crate::probe::{self, Counter, Kind};
+use crate::volumes;
+
+/// What every pod worker on this node shares.
+pub struct NodeContext {
+    pub node_name: String,
+    pub host_ip: IpAddr,
+    pub pods_dir: PathBuf,
+    pub runtime: SharedRuntime,
+    pub images: Arc<ImageStore>,
+    pub client: kube::Client,
+    /// The first crash-loop back-off (Kubernetes: 10 s), doubled per restart up to 5 min.
+    pub backoff_base: Duration,
+    pub logs: Arc<crate::logserver::LogIndex>,
+}
+
+/// News of the pod from the API.
+pub enum PodUpdate {
+    Changed(Box<Pod>),
+    /// The pod is gone from the API (deleted without grace, or bound elsewhere).
+    Gone,
+}
+
+enum Msg {
+    Update(PodUpdate),
+    Exited {
+        index: usize,
+        generation: u64,
+        status: ExitStatus,
+    },
+    Probe(probe::Outcome),
+    /// A container's back-off (or image/config retry) is over.
+    Retry {
+        index: usize,
+        generation: u64,
+    },
+    /// Time to refresh configMap and secret volume files.
+    Refresh,
+}
+
+/// A running container's handle and probe state.
+struct Live {
+    stopper: Stopper,
+    started: Instant,
+    probes: Vec<tokio::task::JoinHandle<()>>,
+    liveness: Counter,
+    readiness: Counter,
+    startup: Counter,
+    /// Stopped by us (liveness failure or deletion), not exited by itself.
+    killed: Option<String>,
+}
+
+struct Slot {
+    spec: Container,
+    init: bool,
+    status: ContainerStatus,
+    generation: u64,
+    live: Option<Live>,
+    /// Restarts since the back-off was last reset.
+    backoff_level: u32,
+}
+
+/// Starts the worker of `pod`, with the pod address the agent chose; returns its mailbox.
+pub fn spawn(ctx: Arc<NodeContext>, pod: Pod, pod_ip: IpAddr) -> mpsc::UnboundedSender<PodUpdate> {
+    let (updates_tx, mut updates_rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let forward = tx.clone();
+    tokio::spawn(async move {
+        while let Some(u) = updates_rx.recv().await {
+            if forward.send(Msg::Update(u)).is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut worker = Worker::new(ctx, pod, pod_ip, tx);
+        worker.run(rx).await;
+    });
+    updates_tx
+}
+
+struct Worker {
+    ctx: Arc<NodeContext>,
+    pod: Pod,
+    api: Api<Pod>,
+    sources: Sources,
+    pod_ip: IpAddr,
+    dir: PathBuf,
+    policy: RestartPolicy,
+    slots: Vec<Slot>,
+    volumes: BTreeMap<String, (PathBuf, bool)>,
+    volumes_ready: bool,
+    start_time: String,
+    tx: mpsc::UnboundedSender<Msg>,
+    probe_tx: mpsc::Sender<probe::Outcome>,
+    probe_rx: Option<mpsc::Receiver<probe::Outcome>>,
+    terminating: bool,
+}
+
+fn name_of(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap_or_default()
+}
+
+impl Worker {
+    fn new(
+        ctx: Arc<NodeContext>,
+        pod: Pod,
+        pod_ip: IpAddr,
+        tx: mpsc::UnboundedSender<Msg>,
+    ) -> Worker {
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let previous = pod.status.clone().unwrap_or_default();
+        // A restarted node takes its pods back: restart counts carry on from what it reported.
+        let restarts_of =
+            |name: &str, statuses: &Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>| {
+                statuses
+                    .iter()
+                    .flatten()
+                    .find(|s| s.name == name)
+                    .map(|s| s.restart_count.max(0) as u32)
+                    .unwrap_or(0)
+            };
+        let mut slots = Vec::new();
+        for (init, list) in [
+            (true, spec.init_containers.clone().unwrap_or_default()),
+            (false, spec.containers.clone()),
+        ] {
+            for c in list {
+                let mut status = ContainerStatus::new(&c.name, c.image.as_deref().unwrap_or(""));
+                status.restart_count = restarts_of(
+                    &c.name,
+                    if init {
+                        &previous.init_container_statuses
+                    } else {
+                        &previous.container_statuses
+                    },
+                );
+                slots.push(Slot {
+                    spec: c,
+                    init,
+                    status,
+                    generation: 0,
+                    live: None,
+                    backoff_level: 0,
+                });
+            }
+        }
+        let (probe_tx, probe_rx) = mpsc::channel(64);
+        let start_time = previous
+            .start_time
+            .map(|t| {
+                t.0.to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true)
+            })
+            .unwrap_or_else(|| humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+        Worker {
+            api: Api::namespaced(ctx.client.clone(), &ns),
+            sources: Sources {
+                configmaps: Api::namespaced(ctx.client.clone(), &ns),
+                secrets: Api::namespaced(ctx.client.clone(), &ns),
+            },
+            dir: ctx.pods_dir.join(format!("{ns}_{}_{uid}", name_of(&pod))),
+            policy: RestartPolicy::parse(spec.restart_policy.as_deref()),
+            ctx,
+            pod,
+            pod_ip,
+            slots,
+            volumes: BTreeMap::new(),
+            volumes_ready: false,
+            start_time,
+            tx,
+            probe_tx,
+            probe_rx: Some(probe_rx),
+            terminating: false,
+        }
+    }
+
+    fn pod_namespace(&self) -> String {
+        self.pod.metadata.namespace.clone().unwrap_or_default()
+    }
+
+    fn log_name(&self) -> String {
+        format!(
+            "{}/{}",
+            self.pod.metadata.namespace.as_deref().unwrap_or(""),
+            name_of(&self.pod)
+        )
+    }
+
+    async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let mut probes = self.probe_rx.take().expect("taken once");
+        let refresh = self.tx.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if refresh.send(Msg::Refresh).is_err() {
+                    return;
+                }
+            }
+        });
+        if self.pod.metadata.deletion_timestamp.is_some() {
+            self.finish_deletion(&mut rx).await;
+            ticker.abort();
+            return;
+        }
+        self.prepare_volumes().await;
+        self.advance().await;
+        self.report().await;
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => match m { Some(m) => m, None => break },
+                Some(p) = probes.recv() => Msg::Probe(p),
+            };
+            match msg {
+                Msg::Update(PodUpdate::Gone) => {
+                    self.stop_all(&mut rx, "the pod was removed").await;
+                    break;
+                }
+                Msg::Update(PodUpdate::Changed(pod)) => {
+                    let deleting = pod.metadata.deletion_timestamp.is_some();
+                    self.pod = *pod;
+                    if deleting && !self.terminating {
+                        self.finish_deletion(&mut rx).await;
+                        break;
+                    }
+                    continue;
+                }
+                Msg::Exited {
+                    index,
+                    generation,
+                    status,
+                } => {
+                    if self.slots[index].generation != generation {
+                        continue;
+                    }
+                    self.on_exit(index, status);
+                    self.advance().await;
+                }
+                Msg::Retry { index, generation } => {
+                    if self.slots[index].generation != generation || self.terminating {
+                        continue;
+                    }
+                    self.start(index).await;
+                    self.advance().await;
+                }
+                Msg::Probe(outcome) => {
+                    if !self.on_probe(outcome) {
+                        continue;
+                    }
+                }
+                Msg::Refresh => {
+                    if self.volumes_ready {
+                        if let Ok(v) = volumes::sync(&self.pod, &self.dir, &self.sources).await {
+                            self.volumes = v;
+                        }
+                        continue;
+                    }
+                    self.prepare_volumes().await;
+                    self.advance().await;
+                }
+            }
+            self.report().await;
+        }
+        ticker.abort();
+    }
+
+    async fn prepare_volumes(&mut self) {
+        match volumes::sync(&self.pod, &self.dir, &self.sources).await {
+            Ok(v) => {
+                self.volumes = v;
+                self.volumes_ready = true;
+            }
+            Err(e) => {
+                for s in self
+                    .slots
+                    .iter_mut()
+                    .filter(|s| s.live.is_none() && !s.status.done)
+                {
+                    s.status.state =
+                        ContainerState::waiting("CreateContainerConfigError", Some(e.0.clone()));
+                }
+            }
+        }
+    }
+
+    fn init_done(&self) -> bool {
+        self.slots
+            .iter()
+            .filter(|s| s.init)
+            .all(|s| s.status.done && s.status.state_exit_code() == Some(0))
+    }
+
+    fn init_failed(&self) -> bool {
+        self.slots
+            .iter()
+            .filter(|s| s.init)
+            .any(|s| s.status.done && s.status.state_exit_code() != Some(0))
+    }
+
+    /// Starts whatever should run now: the next init container, or every container once the
+    /// init containers are done.
+    async fn advance(&mut self) {
+        if !self.volumes_ready || self.terminating || self.init_failed() {
+            return;
+        }
+        let idle = |s: &Slot| s.live.is_none() && !s.status.done && s.generation == 0;
+        if let Some(i) = self.slots.iter().position(|s| s.init && !s.status.done) {
+            if idle(&self.slots[i]) {
+                self.start(i).await;
+            }
+            return;
+        }
+        let pending: Vec<usize> = (0..self.slots.len())
+            .filter(|i| !self.slots[*i].init && idle(&self.slots[*i]))
+            .collect();
+        for i in pending {
+            self.start(i).await;
+        }
+    }
+
+    fn schedule_retry(&self, index: usize, after: Duration) {
+        let tx = self.tx.clone();
+        let generation = self.slots[index].generation;
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = tx.send(Msg::Retry { index, generation });
+        });
+    }
+
+    /// Starts container `index` (again).
+    async fn start(&mut self, index: usize) {
+        self.slots[index].generation += 1;
+        let container = self.slots[index].spec.clone();
+        let image_ref = container.image.clone().unwrap_or_default();
+        let Some(image) = self.ctx.images.resolve(&image_ref) else {
+            let message = format!(
+                "image {image_ref:?} is not in this node's image store and registry pulls are not available yet; \
+                 import it with `drover image import FILE.wasm {image_ref}`"
+            );
+            let s = &mut self.slots[index].status;
+            let reason = if matches!(&s.state, ContainerState::Waiting { reason, .. } if reason == "ErrImagePull" || reason == "ImagePullBackOff")
+            {
+                "ImagePullBackOff"
+            } else {
+                "ErrImagePull"
+            };
+            s.state = ContainerState::waiting(reason, Some(message));
+            self.schedule_retry(index, Duration::from_secs(5));
+            return;
+        };
+        let host_ip = self.ctx.host_ip.to_string();
+        let pod_ip = self.pod_ip.to_string();
+        let env =
+            match env::environment(&self.pod, &container, &self.sources, &pod_ip, &host_ip).await {
+                Ok(e) => e,
+                Err(e) => {
+                    self.slots[index].status.state =
+                        ContainerState::waiting("CreateContainerConfigError", Some(e.0));
+                    self.schedule_retry(index, Duration::from_secs(5));
+                    return;
+                }
+            };
+        let mounts = match volumes::mounts(&container, &self.volumes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.slots[index].status.state =
+                    ContainerState::waiting("CreateContainerConfigError", Some(e.0));
+                self.schedule_retry(index, Duration::from_secs(5));
+                return;
+            }
+        };
+        let restarts = self.slots[index].status.restart_count;
+        let log_path = self
+            .dir
+            .join("containers")
+            .join(&container.name)
+            .join(format!("{restarts}.log"));
+        let log = match LogFile::create(&log_path) {
+            Ok(l) => l,
+            Err(e) => {
+                self.slots[index].status.state = ContainerState::waiting(
+                    "RunContainerError",
+                    Some(format!("cannot open its log: {e}")),
+                );
+                self.schedule_retry(index, Duration::from_secs(5));
+                return;
+            }
+        };
+        let mut args: Vec<String> = container.command.clone().unwrap_or_default();
+        if args.is_empty() {
+            args.push(container.name.clone());
+        }
+        args.extend(
+            container
+                .args
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| env::expand(&a, &env)),
+        );
+        let memory_limit = container
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("memory"))
+            .and_then(|q| crate::quantity::bytes(&q.0));
+        let listen = container
+            .ports
+            .iter()
+            .flatten()
+            .next()
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .map(|port| SocketAddr::new(self.pod_ip, port));
+        let spec = ContainerSpec {
+            pod_namespace: self.pod.metadata.namespace.clone().unwrap_or_default(),
+            pod_name: name_of(&self.pod),
+            pod_uid: self.pod.metadata.uid.clone().unwrap_or_default(),
+            container: container.name.clone(),
+            image: image.clone(),
+            args,
+            env,
+            mounts,
+            log,
+            memory_limit,
+            listen,
+        };
+        self.slots[index].status.image_id = image.digest.clone();
+        match self.ctx.runtime.start(spec).await {
+            Ok(running) => {
+                let generation = self.slots[index].generation;
+                let stopper = running.stopper();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let status = running.exit.await.unwrap_or(ExitStatus::Stopped);
+                    let _ = tx.send(Msg::Exited {
+                        index,
+                        generation,
+                        status,
+                    });
+                });
+                let mut probes = Vec::new();
+                let has_startup = container.startup_probe.is_some();
+                for (kind, probe) in [
+                    (Kind::Startup, &container.startup_probe),
+                    (Kind::Liveness, &container.liveness_probe),
+                    (Kind::Readiness, &container.readiness_probe),
+                ] {
+                    if let Some(p) = probe {
+                        probes.push(probe::spawn(
+                            kind,
+                            p.clone(),
+                            container.clone(),
+                            index,
+                            generation,
+                            self.pod_ip,
+                            self.probe_tx.clone(),
+                        ));
+                    }
+                }
+                let slot = &mut self.slots[index];
+                slot.status.state = ContainerState::Running {
+                    started_at: SystemTime::now(),
+                };
+                slot.status.started = !has_startup;
+                // Without a readiness probe a running container is ready.
+                slot.status.ready = container.readiness_probe.is_none() && !has_startup;
+                slot.live = Some(Live {
+                    stopper,
+                    started: Instant::now(),
+                    probes,
+                    liveness: Counter::default(),
+                    readiness: Counter::default(),
+                    startup: Counter::default(),
+                    killed: None,
+                });
+                self.ctx.logs.set_running(
+                    &self.pod_namespace(),
+                    &name_of(&self.pod),
+                    &container.name,
+                    true,
+                );
+                tracing::info!(pod = %self.log_name(), container = %container.name, "started");
+            }
+            Err(e) => {
+                let reason = match e {
+                    StartError::InvalidImage(_) => "CreateContainerError",
+                    StartError::Config(_) => "RunContainerError",
+                };
+                tracing::warn!(pod = %self.log_name(), container = %container.name, "cannot start: {e}");
+                let slot = &mut self.slots[index];
+                slot.backoff_level += 1;
+                slot.status.state = ContainerState::waiting(reason, Some(e.to_string()));
+                let delay = backoff(self.ctx.backoff_base, slot.backoff_level);
+                self.schedule_retry(index, delay);
+            }
+        }
+    }
+
+    /// A container ended: record it, then restart it (after back-off) or leave it done.
+    fn on_exit(&mut self, index: usize, status: ExitStatus) {
+        let policy = if self.slots[index].init && self.policy == RestartPolicy::Always {
+            RestartPolicy::OnFailure // init containers never rerun after success
+        } else {
+            self.policy
+        };
+        let (ns, pod) = (self.pod_namespace(), name_of(&self.pod));
+        let slot = &mut self.slots[index];
+        let Some(live) = slot.live.take() else { return };
+        self.ctx.logs.set_running(&ns, &pod, &slot.spec.name, false);
+        live.probes.iter().for_each(|p| p.abort());
+        let started_at = match &slot.status.state {
+            ContainerState::Running { started_at } => Some(*started_at),
+            _ => None,
+        };
+        let oom = status == ExitStatus::OomKilled;
+        let exit_code = status.exit_code();
+        let message = match (&status, &live.killed) {
+            (_, Some(why)) => Some(why.clone()),
+            (ExitStatus::Failed { message, .. }, None) => Some(message.clone()),
+            _ => None,
+        };
+        let reason = if live.killed.is_some() {
+            "Error"
+        } else {
+            termination_reason(exit_code, oom)
+        };
+        let terminated = ContainerState::Terminated {
+            exit_code,
+            reason: reason.into(),
+            message,
+            started_at,
+            finished_at: SystemTime::now(),
+        };
+        slot.status.ready = false;
+        slot.status.started = false;
+        tracing::info!(container = %slot.spec.name, ?status, "exited");
+        if self.terminating {
+            slot.status.state = terminated;
+            slot.status.done = true;
+            return;
+        }
+        if live.started.elapsed() >= BACKOFF_RESET_AFTER {
+            slot.backoff_level = 0;
+        }
+        if policy.restarts_after(exit_code) {
+            slot.backoff_level += 1;
+            let delay = backoff(self.ctx.backoff_base, slot.backoff_level);
+            slot.status.last_state = Some(terminated);
+            slot.status.restart_count += 1;
+            slot.status.state = ContainerState::waiting(
+                "CrashLoopBackOff",
+                Some(format!(
+                    "back-off {} restarting failed container={} pod={}",
+                    humantime::format_duration(delay),
+                    slot.spec.name,
+                    name_of(&self.pod)
+                )),
+            );
+            self.schedule_retry(index, delay);
+        } else {
+            slot.status.state = terminated;
+            slot.status.done = true;
+        }
+    }
+
+    /// A probe result; true when the pod's status changed.
+    fn on_probe(&mut self, outcome: probe::Outcome) -> bool {
+        let slot = &mut self.slots[outcome.container];
+        if slot.generation != outcome.generation {
+            return false;
+        }
+        let spec = slot.spec.clone();
+        let Some(live) = slot.live.as_mut() else {
+            return false;
+        };
+        let ok = outcome.failure.is_none();
+        match outcome.kind {
+            Kind::Startup => {
+                let Some(p) = &spec.startup_probe else {
+                    return false;
+                };
+                match live.startup.record(ok, p) {
+                    Some(true) if !slot.status.started => {
+                        slot.status.started = true;
+                        slot.status.ready = spec.readiness_probe.is_none();
+                        true
+                    }
+                    Some(false) if !slot.status.started => {
+                        live.killed = Some(format!(
+                            "Startup probe failed: {}",
+                            outcome.failure.unwrap_or_default()
+                        ));
+                        live.stopper.stop();
+                        false
+                    }
+                    _ => false,
+                }
+            }
+            Kind::Liveness => {
+                let Some(p) = &spec.liveness_probe else {
+                    return false;
+                };
+                if !slot.status.started {
+                    return false;
+                }
+                if live.liveness.record(ok, p) == Some(false) && live.killed.is_none() {
+                    let why = format!(
+                        "Container {} failed liveness probe, will be restarted: {}",
+                        spec.name,
+                        outcome.failure.unwrap_or_default()
+                    );
+                    tracing::info!(pod = %name_of(&self.pod), "{why}");
+                    live.killed = Some(why);
+                    live.stopper.stop();
+                }
+                false
+            }
+            Kind::Readiness => {
+                let Some(p) = &spec.readiness_probe else {
+                    return false;
+                };
+                if !slot.status.started {
+                    return false;
+                }
+                match live.readiness.record(ok, p) {
+                    Some(ready) if ready != slot.status.ready => {
+                        slot.status.ready = ready;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    /// Stops every running container and waits, at most the grace period, for their exits.
+    async fn stop_all(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>, why: &str) {
+        self.terminating = true;
+        for slot in self.slots.iter_mut() {
+            if let Some(live) = slot.live.as_mut() {
+                live.killed.get_or_insert_with(|| why.to_string());
+                live.stopper.stop();
+            }
+        }
+        let grace = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| {
+                self.pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
+            .unwrap_or(30)
+            .max(1) as u64;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
+        while self.slots.iter().any(|s| s.live.is_some()) {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Msg::Exited {
+                    index,
+                    generation,
+                    status,
+                })) => {
+                    if self.slots[index].generation == generation {
+                        self.on_exit(index, status);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        for slot in self.slots.iter_mut().filter(|s| s.live.is_some()) {
+            tracing::warn!(container = %slot.spec.name, "did not stop within {grace}s");
+            if let Some(live) = slot.live.take() {
+                live.probes.iter().for_each(|p| p.abort());
+            }
+        }
+    }
+
+    /// The pod is being deleted: stop it, then remove it from the API.
+    async fn finish_deletion(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>) {
+        self.stop_all(rx, "the pod is being deleted").await;
+        let uid = self.pod.metadata.uid.clone();
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid,
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        if let Err(e) = self.api.delete(&name_of(&self.pod), &params).await {
+            if !matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409) {
+                tracing::warn!(pod = %self.log_name(), "final delete failed: {e}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let init: Vec<ContainerStatus> = self
+            .slots
+            .iter()
+            .filter(|s| s.init)
+            .map(|s| s.status.clone())
+            .collect();
+        let main: Vec<ContainerStatus> = self
+            .slots
+            .iter()
+            .filter(|s| !s.init)
+            .map(|s| s.status.clone())
+            .collect();
+        let init_done = self.init_done();
+        let phase = lifecycle::phase(init_done, self.init_failed(), &main);
+        let now = SystemTime::now();
+        let mut status = json!({
+            "phase": phase.as_str(),
+            "conditions": lifecycle::conditions(init_done, &main, now),
+            "hostIP": self.ctx.host_ip.to_string(),
+            "hostIPs": [{"ip": self.ctx.host_ip.to_string()}],
+            "podIP": self.pod_ip.to_string(),
+            "podIPs": [{"ip": self.pod_ip.to_string()}],
+            "startTime": self.start_time,
+            "containerStatuses": main.iter().map(ContainerStatus::to_json).collect::<Vec<_>>(),
+            "qosClass": "BestEffort",
+        });
+        if !init.is_empty() {
+            status["initContainerStatuses"] = json!(init
+                .iter()
+                .map(ContainerStatus::to_json)
+                .collect::<Vec<_>>());
+        }
+        status
+    }
+
+    async fn report(&self) {
+        if self.terminating {
+            return;
+        }
+        let patch = json!({"status": self.status_json()});
+        if let Err(e) = self
+            .api
+            .patch_status(
+                &name_of(&self.pod),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            tracing::warn!(pod = %self.log_name(), "cannot report status: {e}");
+        }
+    }
+}
+
+impl ContainerStatus {
+    fn state_exit_code(&self) -> Option<i32> {
+        match &self.state {
+            ContainerState::Terminated { exit_code, .. } => Some(*exit_code),
+            _ => None,
+        }
+    }
+}
