@@ -23,8 +23,11 @@ command -v kubectl >/dev/null 2>&1 || { echo "kubectl (v1.32) is expected on thi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
+# The example workloads are WebAssembly programs built for wasm32-wasip2.
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 # --- checks ----------------------------------------------------------------------------
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build --manifest-path examples/Cargo.toml --target wasm32-wasip2 --release --locked
 cargo nextest run --workspace --locked --no-fail-fast

@@ -1,0 +1,506 @@
+//! Wasm pods end to end: a real `drover up` (store, API, node agent, wasmtime) driven by the
+//! real kubectl, with the example programs built for wasm32-wasip2 (`scripts/test.sh` builds
+//! them; a test builds them itself if they are missing).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_drover"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The examples' .wasm files, built once per test process.
+fn examples() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = repo().join("examples/target/wasm32-wasip2/release");
+        let status = Command::new("cargo")
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(repo().join("examples/Cargo.toml"))
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building the examples failed; is the wasm32-wasip2 target installed (rustup target add wasm32-wasip2)?"
+        );
+        out
+    })
+}
+
+/// One `drover up` with its own addresses, data dir and kubectl home.
+struct Up {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    kubeconfig: PathBuf,
+}
+
+impl Up {
+    /// `n` picks distinct addresses for tests running side by side.
+    fn start(n: u8) -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let args: Vec<String> = vec![
+            "up".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--listen".into(),
+            format!("127.0.{n}.1:6443"),
+            "--node-address".into(),
+            format!("127.0.{n}.1"),
+            "--node-port".into(),
+            "10250".into(),
+            "--pod-ip-range".into(),
+            format!("127.{}.0.0", 100 + n),
+            "--crash-backoff".into(),
+            "1s".into(),
+            "--name".into(),
+            format!("node-{n}"),
+        ];
+        let mut up = Up {
+            child: None,
+            kubeconfig: data.join("admin.kubeconfig"),
+            dir,
+            args,
+        };
+        up.spawn();
+        up
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("up.log"))
+            .unwrap();
+        let child = Command::new(bin())
+            .args(&self.args)
+            .env("DROVER_LOG", "info,openraft=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("drover starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (ok, out, _) = self.run(&["get", "nodes", "--no-headers"]);
+            if ok && out.contains(" Ready") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node never became Ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    fn import(&self, file: &str, reference: &str) {
+        let node_dir = self.dir.path().join("data/node");
+        let out = Command::new(bin())
+            .args(["image", "import", "--node-dir"])
+            .arg(&node_dir)
+            .arg(examples().join(file))
+            .arg(reference)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("kubectl is installed on every machine here");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(
+            ok,
+            "kubectl {args:?} failed:\n{out}\n{err}\n--- drover:\n{}",
+            self.log()
+        );
+        out
+    }
+
+    fn apply(&self, name: &str, yaml: &str) {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        self.ok(&["apply", "-f", path.to_str().unwrap()]);
+    }
+
+    fn jsonpath(&self, pod: &str, path: &str) -> String {
+        self.run(&["get", "pod", pod, "-o", &format!("jsonpath={path}")])
+            .1
+    }
+
+    /// Waits until `check` holds of the pod's JSONPath value.
+    fn wait_for(
+        &self,
+        pod: &str,
+        path: &str,
+        what: &str,
+        secs: u64,
+        check: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = self.jsonpath(pod, path);
+            if check(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pod {pod}: {path} never became {what} (last: {v:?})\n{}\n--- drover:\n{}",
+                self.run(&["get", "pod", pod, "-o", "yaml"]).1,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((code, body))
+}
+
+#[test]
+fn a_batch_pod_succeeds_sees_its_config_and_kubectl_logs_shows_its_output() {
+    let up = Up::start(41);
+    up.import("batch.wasm", "batch:v1");
+    up.apply(
+        "config.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {greeting: hello from a configmap, mode: fast}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\nstringData: {password: s3cret}\n",
+    );
+    up.apply(
+        "batch.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: batch}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: batch
+    image: batch:v1
+    args: ["--run", "$(GREETING)"]
+    env:
+    - {name: GREETING, valueFrom: {configMapKeyRef: {name: settings, key: greeting}}}
+    - {name: PASSWORD, valueFrom: {secretKeyRef: {name: creds, key: password}}}
+    - {name: READ_DIR, value: /etc/settings}
+    volumeMounts:
+    - {name: settings, mountPath: /etc/settings}
+    - {name: creds, mountPath: /etc/creds}
+  volumes:
+  - {name: settings, configMap: {name: settings}}
+  - {name: creds, secret: {secretName: creds}}
+"#,
+    );
+    up.wait_for("batch", "{.status.phase}", "Succeeded", 60, |p| {
+        p == "Succeeded"
+    });
+    let reason = up.jsonpath(
+        "batch",
+        "{.status.containerStatuses[0].state.terminated.reason}",
+    );
+    assert_eq!(reason, "Completed");
+    assert_eq!(
+        up.jsonpath(
+            "batch",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "0"
+    );
+    let logs = up.ok(&["logs", "batch"]);
+    for want in [
+        "batch: started with args [\"--run\", \"hello from a configmap\"]",
+        "batch: HOSTNAME=batch",
+        "batch: GREETING=hello from a configmap",
+        "batch: PASSWORD=s3cret",
+        "batch: file /etc/settings/greeting = hello from a configmap",
+        "batch: file /etc/settings/mode = fast",
+        "batch: step 3",
+        "batch: done",
+    ] {
+        assert!(logs.contains(want), "missing {want:?} in:\n{logs}");
+    }
+    let tail = up.ok(&["logs", "batch", "--tail=1"]);
+    assert_eq!(tail.trim(), "batch: done");
+    let stamped = up.ok(&["logs", "batch", "--timestamps", "--tail=1"]);
+    assert!(
+        stamped.starts_with("20") && stamped.contains("Z batch: done"),
+        "{stamped}"
+    );
+    let conditions = up.jsonpath("batch", "{.status.conditions[*].type}");
+    assert_eq!(conditions, "PodScheduled Initialized ContainersReady Ready");
+    // A missing secret key is the pod's problem, reported with the reason Kubernetes uses.
+    up.apply(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: broken}\nspec:\n  containers:\n  - name: c\n    image: batch:v1\n    env:\n    - {name: X, valueFrom: {secretKeyRef: {name: creds, key: nope}}}\n",
+    );
+    let reason = up.wait_for(
+        "broken",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        "CreateContainerConfigError",
+        30,
+        |r| r == "CreateContainerConfigError",
+    );
+    assert_eq!(reason, "CreateContainerConfigError");
+    assert!(up
+        .jsonpath(
+            "broken",
+            "{.status.containerStatuses[0].state.waiting.message}"
+        )
+        .contains("couldn't find key nope in Secret default/creds"));
+    // So is an image the node does not have.
+    up.apply(
+        "missing.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: missing}\nspec:\n  containers:\n  - {name: c, image: nowhere:v9}\n",
+    );
+    up.wait_for(
+        "missing",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        "ErrImagePull",
+        30,
+        |r| r == "ErrImagePull" || r == "ImagePullBackOff",
+    );
+}
+
+#[test]
+fn crashing_pods_back_off_longer_each_time_and_memory_hogs_are_oom_killed() {
+    let up = Up::start(42);
+    up.import("crash.wasm", "crash:v1");
+    up.apply(
+        "crash.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: crash}\nspec:\n  containers:\n  - {name: crash, image: crash:v1}\n",
+    );
+    up.wait_for(
+        "crash",
+        "{.status.containerStatuses[0].restartCount}",
+        "≥ 3",
+        60,
+        |r| r.parse::<u32>().unwrap_or(0) >= 3,
+    );
+    let waiting = up.wait_for(
+        "crash",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        "CrashLoopBackOff",
+        30,
+        |r| r == "CrashLoopBackOff",
+    );
+    assert_eq!(waiting, "CrashLoopBackOff");
+    assert_eq!(up.jsonpath("crash", "{.status.phase}"), "Running");
+    assert_eq!(
+        up.jsonpath(
+            "crash",
+            "{.status.containerStatuses[0].lastState.terminated.reason}"
+        ),
+        "Error"
+    );
+    // The back-off grows: the fourth restart waits 8 s (base 1 s, doubled each time).
+    let message = up.wait_for(
+        "crash",
+        "{.status.containerStatuses[0].state.waiting.message}",
+        "back-off 8s",
+        60,
+        |m| m.contains("back-off 8s"),
+    );
+    assert!(
+        message.contains("restarting failed container=crash pod=crash"),
+        "{message}"
+    );
+    let previous = up.ok(&["logs", "crash", "--previous"]);
+    assert!(
+        previous.contains("crash: something went wrong"),
+        "{previous}"
+    );
+    assert!(up.ok(&["get", "pods"]).contains("CrashLoopBackOff"));
+
+    up.apply(
+        "hog.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: hog}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: hog\n    image: crash:v1\n    env: [{name: MODE, value: oom}]\n    resources: {limits: {memory: 32Mi}}\n",
+    );
+    up.wait_for("hog", "{.status.phase}", "Failed", 60, |p| p == "Failed");
+    assert_eq!(
+        up.jsonpath(
+            "hog",
+            "{.status.containerStatuses[0].state.terminated.reason}"
+        ),
+        "OOMKilled"
+    );
+    assert_eq!(
+        up.jsonpath(
+            "hog",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "137"
+    );
+}
+
+#[test]
+fn http_functions_answer_with_their_pod_name_probes_restart_them_and_deletion_stops_them() {
+    let up = Up::start(43);
+    up.import("hello_world.wasm", "hello-world:v1");
+    up.apply(
+        "hello.yaml",
+        &std::fs::read_to_string(repo().join("examples/hello-pod.yaml")).unwrap(),
+    );
+    up.wait_for(
+        "hello",
+        "{.status.containerStatuses[0].ready}",
+        "true",
+        60,
+        |r| r == "true",
+    );
+    let ip = up.jsonpath("hello", "{.status.podIP}");
+    let addr = format!("{ip}:8080");
+    let (code, body) = http_get(&addr, "/").expect("the function answers");
+    assert_eq!(code, 200);
+    assert_eq!(
+        body.trim(),
+        "Hello world from hello! Your app is up and running in a cluster!"
+    );
+    assert_eq!(http_get(&addr, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(&addr, "/nope").unwrap().0, 404);
+
+    // A liveness probe that fails restarts the function; the count grows.
+    up.apply(
+        "sick.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: sick}\nspec:\n  containers:\n  - name: hw\n    image: hello-world:v1\n    ports: [{containerPort: 8080}]\n    livenessProbe: {httpGet: {path: /nope, port: 8080}, periodSeconds: 1, failureThreshold: 2}\n",
+    );
+    up.wait_for(
+        "sick",
+        "{.status.containerStatuses[0].restartCount}",
+        "≥ 2",
+        60,
+        |r| r.parse::<u32>().unwrap_or(0) >= 2,
+    );
+    let last = up.jsonpath(
+        "sick",
+        "{.status.containerStatuses[0].lastState.terminated.message}",
+    );
+    assert!(
+        last.contains("failed liveness probe") && last.contains("404"),
+        "{last}"
+    );
+
+    // Deleting stops the instance within the grace period, and the pod is gone.
+    let started = Instant::now();
+    up.ok(&["delete", "pod", "hello", "--wait=true"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(&addr, "/").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the function still answers after its pod was deleted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(up.run(&["get", "pod", "hello"]).2.contains("NotFound"));
+}
+
+#[test]
+fn a_restarted_node_takes_its_pods_back_without_duplicates() {
+    let mut up = Up::start(44);
+    up.import("hello_world.wasm", "hello-world:v1");
+    up.import("batch.wasm", "batch:v1");
+    up.apply(
+        "pods.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - {name: hw, image: hello-world:v1, ports: [{containerPort: 8080}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: once}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: batch, image: batch:v1}\n",
+    );
+    up.wait_for(
+        "web",
+        "{.status.containerStatuses[0].ready}",
+        "true",
+        60,
+        |r| r == "true",
+    );
+    up.wait_for("once", "{.status.phase}", "Succeeded", 60, |p| {
+        p == "Succeeded"
+    });
+    let ip = up.jsonpath("web", "{.status.podIP}");
+    let uid = up.jsonpath("web", "{.metadata.uid}");
+    up.kill();
+    assert!(
+        http_get(&format!("{ip}:8080"), "/").is_none(),
+        "the node is down"
+    );
+    up.spawn();
+    up.wait_for(
+        "web",
+        "{.status.containerStatuses[0].ready}",
+        "true",
+        60,
+        |r| r == "true",
+    );
+    // The same pod at the same address, serving again; one pod of each, nothing rerun.
+    assert_eq!(up.jsonpath("web", "{.metadata.uid}"), uid);
+    assert_eq!(up.jsonpath("web", "{.status.podIP}"), ip);
+    let (code, body) = http_get(&format!("{ip}:8080"), "/").expect("serving again");
+    assert_eq!(code, 200, "{body}");
+    let names = up.ok(&["get", "pods", "-o", "name"]);
+    assert_eq!(names.lines().count(), 2, "{names}");
+    assert_eq!(up.jsonpath("once", "{.status.phase}"), "Succeeded");
+    let logs = up.ok(&["logs", "once"]);
+    assert_eq!(
+        logs.matches("batch: done").count(),
+        1,
+        "the finished pod did not run again:\n{logs}"
+    );
+}
