@@ -93,13 +93,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = args.server.data_dir().display().to_string();
     eprintln!(
         "\ndrover up: a one-node cluster is running (node {node_name}, API {url}, data in {data_dir}).\n\
-         Try:\n  \
+         Next, from the repository's root (README.md, \"Next: run a Wasm pod\"):\n  \
            export KUBECONFIG={kubeconfig}\n  \
            kubectl get nodes\n  \
-           drover image import examples/target/wasm32-wasip2/release/hello_world.wasm hello-world:v1\n  \
-           kubectl apply -f examples/hello-world.yaml\n  \
-           kubectl get pods -o wide\n  \
-           curl http://<pod IP>:8080/\n\
+           cargo build --manifest-path examples/Cargo.toml --target wasm32-wasip2 --release\n  \
+           ./target/release/drover image import examples/target/wasm32-wasip2/release/hello_world.wasm hello-world:v1\n  \
+           kubectl apply -f examples/hello-pod.yaml\n  \
+           kubectl wait --for=condition=Ready pod/hello --timeout=60s\n  \
+           curl -s http://$(kubectl get pod hello -o jsonpath='{{.status.podIP}}'):8080/\n\
          Stop with Ctrl-C; `drover up` again resumes this cluster.\n",
         url = member.url
     );

@@ -504,3 +504,70 @@ fn a_restarted_node_takes_its_pods_back_without_duplicates() {
         "the finished pod did not run again:\n{logs}"
     );
 }
+
+/// The commands README.md lists after `drover up`, run as written (with the test's binary for
+/// `./target/release/drover`), against `drover up` on its defaults in a fresh home directory.
+#[test]
+fn drover_up_then_the_readme_commands_work_as_written() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let block = readme
+        .split("<!-- next-commands -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- /next-commands -->").next())
+        .expect("README.md has the next-commands block");
+    let script: String = block
+        .lines()
+        .filter(|l| !l.starts_with("```"))
+        .map(|l| l.replace("./target/release/drover", &bin().display().to_string()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    examples();
+    let home = tempfile::tempdir().unwrap();
+    let real_home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let tool_env = |cmd: &mut Command| {
+        cmd.env("HOME", home.path())
+            .env(
+                "CARGO_HOME",
+                std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{real_home}/.cargo")),
+            )
+            .env(
+                "RUSTUP_HOME",
+                std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{real_home}/.rustup")),
+            )
+            .env_remove("KUBECONFIG")
+            .current_dir(repo());
+    };
+    let log = std::fs::File::create(home.path().join("up.log")).unwrap();
+    let mut up = Command::new(bin());
+    up.args(["up"]).stdout(log.try_clone().unwrap()).stderr(log);
+    tool_env(&mut up);
+    let mut child = up.spawn().unwrap();
+    let kubeconfig = home.path().join(".local/share/drover/admin.kubeconfig");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !kubeconfig.exists() {
+        assert!(Instant::now() < deadline, "drover up wrote no kubeconfig");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut sh = Command::new("bash");
+    sh.args(["-euo", "pipefail", "-c", &script]);
+    tool_env(&mut sh);
+    let out = sh.output().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let up_log = std::fs::read_to_string(home.path().join("up.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "the README's commands failed:\n{stdout}\n{}\n--- drover up:\n{up_log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Hello world from hello! Your app is up and running in a cluster!"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("pod \"hello\" deleted"), "{stdout}");
+    assert!(
+        up_log.contains("kubectl get nodes"),
+        "drover up suggests the next commands"
+    );
+}
