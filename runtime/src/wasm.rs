@@ -600,6 +600,38 @@ fn error_response(
     resp
 }
 
+impl WasmRuntime {
+    /// Times `n` instantiations of an HTTP function's image from its pre-instantiated form,
+    /// each in a fresh store with the WASI context a request gets (for benchmarks).
+    pub async fn time_instantiation(
+        &self,
+        spec: &ContainerSpec,
+        n: usize,
+    ) -> Result<Vec<Duration>, StartError> {
+        let Prepared::Http(pre) = self.prepare(&spec.image).await? else {
+            return Err(invalid("not an HTTP function"));
+        };
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut b = wasi_builder(spec)?;
+            let host = Host {
+                wasi: b.build(),
+                http: WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+                hooks: NoOutboundHttp,
+                limits: limit(spec),
+            };
+            let mut store = Store::new(&self.engine, host);
+            store.limiter(|h| &mut h.limits);
+            yield_every_tick(&mut store);
+            let t = std::time::Instant::now();
+            pre.instantiate_async(&mut store).await.map_err(invalid)?;
+            out.push(t.elapsed());
+        }
+        Ok(out)
+    }
+}
+
 impl Runtime for WasmRuntime {
     fn handler(&self) -> &'static str {
         "wasm"

