@@ -265,6 +265,18 @@ pub fn columns(resource: &str) -> Vec<Column> {
             col("Selector", 1, |v| selector(v, "spec.selector")),
         ],
         "configmaps" => vec![col("Data", 0, count_data)],
+        "events" => vec![
+            col("Type", 0, |v| text(v, "type")),
+            col("Reason", 0, |v| text(v, "reason")),
+            col("Object", 0, |v| {
+                format!(
+                    "{}/{}",
+                    text(v, "involvedObject.kind").to_lowercase(),
+                    text(v, "involvedObject.name")
+                )
+            }),
+            col("Message", 0, |v| text(v, "message")),
+        ],
         "secrets" => vec![
             col("Type", 0, |v| text(v, "type")),
             col("Data", 0, count_data),

@@ -360,6 +360,28 @@ fn crashing_pods_back_off_longer_each_time_and_memory_hogs_are_oom_killed() {
         message.contains("restarting failed container=crash pod=crash"),
         "{message}"
     );
+    // The story is in the pod's events, as kubectl describe shows them.
+    let described = up.ok(&["describe", "pod", "crash"]);
+    for want in [
+        "Started container crash",
+        "BackOff",
+        "Back-off restarting failed container crash in pod crash_default",
+    ] {
+        assert!(
+            described.contains(want),
+            "missing {want:?} in:\n{described}"
+        );
+    }
+    let events = up.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=crash",
+    ]);
+    assert!(
+        events.contains("BackOff") && events.contains("Warning"),
+        "{events}"
+    );
     let previous = up.ok(&["logs", "crash", "--previous"]);
     assert!(
         previous.contains("crash: something went wrong"),
@@ -433,6 +455,11 @@ fn http_functions_answer_with_their_pod_name_probes_restart_them_and_deletion_st
     assert!(
         last.contains("failed liveness probe") && last.contains("404"),
         "{last}"
+    );
+    let described = up.ok(&["describe", "pod", "sick"]);
+    assert!(
+        described.contains("Liveness probe failed: HTTP probe failed with statuscode: 404"),
+        "{described}"
     );
 
     // Deleting stops the instance within the grace period, and the pod is gone.

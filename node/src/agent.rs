@@ -173,6 +173,10 @@ impl NodeAgent {
             client: client.clone(),
             backoff_base: config.backoff_base,
             logs: Arc::new(LogIndex::default()),
+            events: Arc::new(crate::events::Recorder::new(
+                client.clone(),
+                config.name.clone(),
+            )),
         });
         NodeAgent {
             ips: Arc::new(PodIps::new(config.pod_ip_base)),

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod client;
 pub mod env;
+pub mod events;
 pub mod lifecycle;
 pub mod logserver;
 pub mod pod;

@@ -23,6 +23,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::env::{self, Sources};
+use crate::events::Type::{Normal, Warning};
 use crate::lifecycle::{
     self, backoff, termination_reason, ContainerState, ContainerStatus, RestartPolicy,
     BACKOFF_RESET_AFTER,
@@ -41,6 +42,7 @@ pub struct NodeContext {
     /// The first crash-loop back-off (Kubernetes: 10 s), doubled per restart up to 5 min.
     pub backoff_base: Duration,
     pub logs: Arc<crate::logserver::LogIndex>,
+    pub events: Arc<crate::events::Recorder>,
 }
 
 /// News of the pod from the API.
@@ -209,6 +211,18 @@ impl Worker {
         }
     }
 
+    fn event(
+        &self,
+        container: Option<&str>,
+        kind: crate::events::Type,
+        reason: &str,
+        message: &str,
+    ) {
+        self.ctx
+            .events
+            .pod(&self.pod, container, kind, reason, message);
+    }
+
     fn pod_namespace(&self) -> String {
         self.pod.metadata.namespace.clone().unwrap_or_default()
     }
@@ -371,6 +385,12 @@ impl Worker {
                 "image {image_ref:?} is not in this node's image store and registry pulls are not available yet; \
                  import it with `drover image import FILE.wasm {image_ref}`"
             );
+            self.event(
+                Some(&container.name),
+                Warning,
+                "Failed",
+                &format!("Failed to pull image {image_ref:?}: {message}"),
+            );
             let s = &mut self.slots[index].status;
             let reason = if matches!(&s.state, ContainerState::Waiting { reason, .. } if reason == "ErrImagePull" || reason == "ImagePullBackOff")
             {
@@ -388,6 +408,12 @@ impl Worker {
             match env::environment(&self.pod, &container, &self.sources, &pod_ip, &host_ip).await {
                 Ok(e) => e,
                 Err(e) => {
+                    self.event(
+                        Some(&container.name),
+                        Warning,
+                        "Failed",
+                        &format!("Error: {}", e.0),
+                    );
                     self.slots[index].status.state =
                         ContainerState::waiting("CreateContainerConfigError", Some(e.0));
                     self.schedule_retry(index, Duration::from_secs(5));
@@ -514,6 +540,21 @@ impl Worker {
                     true,
                 );
                 tracing::info!(pod = %self.log_name(), container = %container.name, "started");
+                let c = Some(container.name.as_str());
+                let pulled = format!("Container image {image_ref:?} already present on machine");
+                self.event(c, Normal, "Pulled", &pulled);
+                self.event(
+                    c,
+                    Normal,
+                    "Created",
+                    &format!("Created container {}", container.name),
+                );
+                self.event(
+                    c,
+                    Normal,
+                    "Started",
+                    &format!("Started container {}", container.name),
+                );
             }
             Err(e) => {
                 let reason = match e {
@@ -521,6 +562,12 @@ impl Worker {
                     StartError::Config(_) => "RunContainerError",
                 };
                 tracing::warn!(pod = %self.log_name(), container = %container.name, "cannot start: {e}");
+                self.event(
+                    Some(&container.name),
+                    Warning,
+                    "Failed",
+                    &format!("Error: {e}"),
+                );
                 let slot = &mut self.slots[index];
                 slot.backoff_level += 1;
                 slot.status.state = ContainerState::waiting(reason, Some(e.to_string()));
@@ -581,6 +628,20 @@ impl Worker {
             let delay = backoff(self.ctx.backoff_base, slot.backoff_level);
             slot.status.last_state = Some(terminated);
             slot.status.restart_count += 1;
+            let message = format!(
+                "Back-off restarting failed container {} in pod {}_{}({})",
+                slot.spec.name,
+                name_of(&self.pod),
+                ns,
+                self.pod.metadata.uid.as_deref().unwrap_or("")
+            );
+            self.ctx.events.pod(
+                &self.pod,
+                Some(&slot.spec.name),
+                Warning,
+                "BackOff",
+                &message,
+            );
             slot.status.state = ContainerState::waiting(
                 "CrashLoopBackOff",
                 Some(format!(
@@ -641,9 +702,19 @@ impl Worker {
                     let why = format!(
                         "Container {} failed liveness probe, will be restarted: {}",
                         spec.name,
-                        outcome.failure.unwrap_or_default()
+                        outcome.failure.as_deref().unwrap_or_default()
                     );
                     tracing::info!(pod = %name_of(&self.pod), "{why}");
+                    let failed = format!(
+                        "Liveness probe failed: {}",
+                        outcome.failure.as_deref().unwrap_or_default()
+                    );
+                    self.ctx
+                        .events
+                        .pod(&self.pod, Some(&spec.name), Warning, "Unhealthy", &failed);
+                    self.ctx
+                        .events
+                        .pod(&self.pod, Some(&spec.name), Normal, "Killing", &why);
                     live.killed = Some(why);
                     live.stopper.stop();
                 }
@@ -655,6 +726,16 @@ impl Worker {
                 };
                 if !slot.status.started {
                     return false;
+                }
+                if let Some(f) = &outcome.failure {
+                    let message = format!("Readiness probe failed: {f}");
+                    self.ctx.events.pod(
+                        &self.pod,
+                        Some(&spec.name),
+                        Warning,
+                        "Unhealthy",
+                        &message,
+                    );
                 }
                 match live.readiness.record(ok, p) {
                     Some(ready) if ready != slot.status.ready => {
@@ -674,6 +755,14 @@ impl Worker {
             if let Some(live) = slot.live.as_mut() {
                 live.killed.get_or_insert_with(|| why.to_string());
                 live.stopper.stop();
+                let message = format!("Stopping container {}", slot.spec.name);
+                self.ctx.events.pod(
+                    &self.pod,
+                    Some(&slot.spec.name),
+                    Normal,
+                    "Killing",
+                    &message,
+                );
             }
         }
         let grace = self
