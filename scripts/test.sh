@@ -8,11 +8,19 @@ cd "$(dirname "$0")/.."
 # --- what the tests need -------------------------------------------------------------
 missing=()
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
+# A real OCI registry for the image-pull tests (Docker's distribution, packaged by Debian).
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # The packaged registry would start a system service on :5000; tests start their own.
+  policy_added=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_added=1
+  fi
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ "$policy_added" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 # The Python `kubernetes` client is the API's second acceptance client.
 if ! python3 -c 'import kubernetes' >/dev/null 2>&1; then

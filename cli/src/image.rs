@@ -20,9 +20,17 @@ enum ImageCommand {
         #[command(flatten)]
         dir: NodeDir,
     },
+    /// Push a .wasm file to an OCI registry as REGISTRY/NAME:TAG, in the CNCF Wasm layout.
+    Push {
+        file: PathBuf,
+        reference: String,
+        /// A registry (host:port) to reach over plain HTTP (loopback ones always are).
+        #[arg(long = "insecure-registry")]
+        insecure: Vec<String>,
+    },
 }
 
-pub fn run(args: ImageArgs) -> anyhow::Result<()> {
+pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
     match args.command {
         ImageCommand::Import {
             file,
@@ -32,6 +40,19 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
             let store = runtime::images::ImageStore::open(&dir.node_dir.join("images"))?;
             let image = store.import(&file, &reference)?;
             println!("{} {}", image.reference, image.digest);
+            Ok(())
+        }
+        ImageCommand::Push {
+            file,
+            reference,
+            insecure,
+        } => {
+            let wasm = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let digest = runtime::registry::Registries::new(insecure)
+                .push(wasm, &reference)
+                .await?;
+            println!("{reference} {digest}");
             Ok(())
         }
     }

@@ -51,7 +51,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Server(args) => server::run(args).await,
             Command::Node(args) => node::run(args).await,
-            Command::Image(args) => image::run(args),
+            Command::Image(args) => image::run(args).await,
             Command::Store(args) => store::run(args).await,
         }
     });

@@ -42,6 +42,9 @@ pub struct NodeOptions {
     /// The first crash-loop back-off; it doubles per restart up to 5 minutes.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub crash_backoff: Duration,
+    /// A registry (host:port) to reach over plain HTTP (loopback ones always are). Repeatable.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
 }
 
 pub fn hostname() -> String {
@@ -72,6 +75,7 @@ pub fn agent(
         data_dir,
         backoff_base: options.crash_backoff,
         pod_ip_base: options.pod_ip_range,
+        insecure_registries: options.insecure_registries.clone(),
     };
     Ok(Arc::new(node::agent::NodeAgent::new(
         config,

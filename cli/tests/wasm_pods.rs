@@ -306,7 +306,7 @@ spec:
     // So is an image the node does not have.
     up.apply(
         "missing.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: missing}\nspec:\n  containers:\n  - {name: c, image: nowhere:v9}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: missing}\nspec:\n  containers:\n  - {name: c, image: \"127.0.0.1:1/nowhere:v9\"}\n",
     );
     up.wait_for(
         "missing",
@@ -596,5 +596,150 @@ fn drover_up_then_the_readme_commands_work_as_written() {
     assert!(
         up_log.contains("kubectl get nodes"),
         "drover up suggests the next commands"
+    );
+}
+
+/// A real registry (Debian's docker-registry) on 127.0.0.1, stopped on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n  secret: test\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry is installed (scripts/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(&addr, "/v2/").map(|r| r.0) != Some(200) {
+            assert!(Instant::now() < deadline, "the registry never answered");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Registry {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn images_are_pushed_to_and_pulled_from_a_real_registry() {
+    let registry = Registry::start();
+    let image = format!("{}/demo/hello:v1", registry.addr);
+    let out = Command::new(bin())
+        .args(["image", "push"])
+        .arg(examples().join("hello_world.wasm"))
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sha256:"));
+    // The manifest is in the CNCF Wasm layout.
+    let manifest = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&registry.addr).unwrap();
+        write!(
+            s,
+            "GET /v2/demo/hello/manifests/v1 HTTP/1.1\r\nHost: {}\r\nAccept: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n",
+            registry.addr
+        )
+        .unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).unwrap();
+        buf
+    };
+    assert!(manifest.starts_with("HTTP/1.1 200"), "{manifest}");
+    assert!(
+        manifest.contains("application/vnd.wasm.config.v0+json")
+            && manifest.contains("\"application/wasm\""),
+        "{manifest}"
+    );
+
+    let up = Up::start(45);
+    up.apply(
+        "pulled.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: pulled}}\nspec:\n  containers:\n  - {{name: hw, image: \"{image}\", imagePullPolicy: Always, ports: [{{containerPort: 8080}}]}}\n"),
+    );
+    up.wait_for(
+        "pulled",
+        "{.status.containerStatuses[0].ready}",
+        "true",
+        60,
+        |r| r == "true",
+    );
+    let ip = up.jsonpath("pulled", "{.status.podIP}");
+    let (code, body) = http_get(&format!("{ip}:8080"), "/").unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("Hello world from pulled!"), "{body}");
+    let image_id = up.jsonpath("pulled", "{.status.containerStatuses[0].imageID}");
+    assert!(image_id.starts_with("sha256:"), "{image_id}");
+    let described = up.ok(&["describe", "pod", "pulled"]);
+    assert!(
+        described.contains("Successfully pulled image"),
+        "{described}"
+    );
+
+    // A tag the registry does not have: ErrImagePull, then ImagePullBackOff, with the reason.
+    let missing = format!("{}/demo/hello:nope", registry.addr);
+    up.apply(
+        "nope.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: nope}}\nspec:\n  containers:\n  - {{name: hw, image: \"{missing}\"}}\n"),
+    );
+    up.wait_for(
+        "nope",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        "ImagePullBackOff",
+        60,
+        |r| r == "ImagePullBackOff",
+    );
+    let message = up.jsonpath(
+        "nope",
+        "{.status.containerStatuses[0].state.waiting.message}",
+    );
+    assert!(message.contains("hello:nope"), "{message}");
+    // Never means the node's store only.
+    up.apply(
+        "never.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: never}}\nspec:\n  containers:\n  - {{name: hw, image: \"{registry}/demo/other:v1\", imagePullPolicy: Never}}\n", registry = registry.addr),
+    );
+    up.wait_for(
+        "never",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        "ErrImageNeverPull",
+        30,
+        |r| r == "ErrImageNeverPull",
     );
 }

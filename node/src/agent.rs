@@ -40,6 +40,8 @@ pub struct NodeConfig {
     pub backoff_base: Duration,
     /// The /16 of loopback addresses pods get (until pod networking).
     pub pod_ip_base: Ipv4Addr,
+    /// Registries (`host:port`) reached over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
 }
 
 /// Hands out pod addresses from a /16 of loopback addresses (127.1.0.0/16 by default).
@@ -176,6 +178,9 @@ impl NodeAgent {
             events: Arc::new(crate::events::Recorder::new(
                 client.clone(),
                 config.name.clone(),
+            )),
+            registries: Arc::new(runtime::registry::Registries::new(
+                config.insecure_registries.clone(),
             )),
         });
         NodeAgent {

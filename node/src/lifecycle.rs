@@ -128,6 +128,8 @@ pub struct ContainerStatus {
     pub started: bool,
     /// Will not run again (exited under its restart policy).
     pub done: bool,
+    /// Failed image pulls in a row (their back-off).
+    pub backoff_pulls: u32,
 }
 
 impl ContainerStatus {
@@ -142,6 +144,7 @@ impl ContainerStatus {
             ready: false,
             started: false,
             done: false,
+            backoff_pulls: 0,
         }
     }
 

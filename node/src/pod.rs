@@ -43,6 +43,7 @@ pub struct NodeContext {
     pub backoff_base: Duration,
     pub logs: Arc<crate::logserver::LogIndex>,
     pub events: Arc<crate::events::Recorder>,
+    pub registries: Arc<runtime::registry::Registries>,
 }
 
 /// News of the pod from the API.
@@ -380,27 +381,24 @@ impl Worker {
         self.slots[index].generation += 1;
         let container = self.slots[index].spec.clone();
         let image_ref = container.image.clone().unwrap_or_default();
-        let Some(image) = self.ctx.images.resolve(&image_ref) else {
-            let message = format!(
-                "image {image_ref:?} is not in this node's image store and registry pulls are not available yet; \
-                 import it with `drover image import FILE.wasm {image_ref}`"
-            );
-            self.event(
-                Some(&container.name),
-                Warning,
-                "Failed",
-                &format!("Failed to pull image {image_ref:?}: {message}"),
-            );
-            let s = &mut self.slots[index].status;
-            let reason = if matches!(&s.state, ContainerState::Waiting { reason, .. } if reason == "ErrImagePull" || reason == "ImagePullBackOff")
-            {
-                "ImagePullBackOff"
-            } else {
-                "ErrImagePull"
-            };
-            s.state = ContainerState::waiting(reason, Some(message));
-            self.schedule_retry(index, Duration::from_secs(5));
-            return;
+        let image = match self.image(&container).await {
+            Ok(image) => image,
+            Err((reason, message)) => {
+                self.event(Some(&container.name), Warning, "Failed", &message);
+                let s = &mut self.slots[index].status;
+                let was_pulling = matches!(&s.state, ContainerState::Waiting { reason, .. }
+                    if reason == "ErrImagePull" || reason == "ImagePullBackOff");
+                let reason = if reason == "ErrImagePull" && was_pulling {
+                    "ImagePullBackOff"
+                } else {
+                    reason
+                };
+                s.state = ContainerState::waiting(reason, Some(message));
+                s.backoff_pulls += 1;
+                let delay = backoff(self.ctx.backoff_base, s.backoff_pulls);
+                self.schedule_retry(index, delay);
+                return;
+            }
         };
         let host_ip = self.ctx.host_ip.to_string();
         let pod_ip = self.pod_ip.to_string();
@@ -573,6 +571,73 @@ impl Worker {
                 slot.status.state = ContainerState::waiting(reason, Some(e.to_string()));
                 let delay = backoff(self.ctx.backoff_base, slot.backoff_level);
                 self.schedule_retry(index, delay);
+            }
+        }
+    }
+
+    /// The container's image, from the node's store or pulled, as its imagePullPolicy says
+    /// (`Always` for `:latest`, `IfNotPresent` otherwise). An image imported into the store
+    /// (`drover image import`) is used when `Always` cannot reach a registry: Wasm images are
+    /// often local files, and a failed pull should not stop a one-node cluster.
+    async fn image(
+        &self,
+        container: &Container,
+    ) -> Result<runtime::images::StoredImage, (&'static str, String)> {
+        let reference = container.image.clone().unwrap_or_default();
+        let policy = container
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| "IfNotPresent".into());
+        let local = self.ctx.images.resolve(&reference);
+        match (policy.as_str(), local) {
+            ("Never", Some(img)) | ("IfNotPresent", Some(img)) => return Ok(img),
+            ("Never", None) => {
+                return Err((
+                    "ErrImageNeverPull",
+                    format!(
+                        "Container image {reference:?} is not present with pull policy of Never; \
+                         import it with `drover image import FILE.wasm {reference}`"
+                    ),
+                ))
+            }
+            (_, local) => {
+                let c = Some(container.name.as_str());
+                self.event(
+                    c,
+                    Normal,
+                    "Pulling",
+                    &format!("Pulling image {reference:?}"),
+                );
+                let started = Instant::now();
+                let pulled = tokio::time::timeout(
+                    Duration::from_secs(120),
+                    self.ctx.registries.pull(&reference, &self.ctx.images),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(runtime::registry::PullError::Registry(format!(
+                        "pulling {reference:?} timed out"
+                    )))
+                });
+                match (pulled, local) {
+                    (Ok(img), _) => {
+                        let took = humantime::format_duration(Duration::from_millis(
+                            started.elapsed().as_millis() as u64,
+                        ));
+                        self.event(
+                            c,
+                            Normal,
+                            "Pulled",
+                            &format!("Successfully pulled image {reference:?} in {took}"),
+                        );
+                        Ok(img)
+                    }
+                    (Err(e), Some(img)) => {
+                        tracing::info!("using the stored {reference}: {e}");
+                        Ok(img)
+                    }
+                    (Err(e), None) => Err(("ErrImagePull", e.to_string())),
+                }
             }
         }
     }

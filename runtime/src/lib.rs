@@ -7,6 +7,7 @@
 
 pub mod images;
 pub mod logs;
+pub mod registry;
 pub mod wasm;
 
 use std::future::Future;
