@@ -77,7 +77,7 @@ impl Registries {
     /// Pulls `image` into `store` under the reference the pod uses.
     pub async fn pull(&self, image: &str, store: &ImageStore) -> Result<StoredImage, PullError> {
         let reference = Self::parse(image)?;
-        let client = self.client(&reference.resolve_registry().to_string())?;
+        let client = self.client(reference.resolve_registry())?;
         let pulled = client
             .pull(
                 &reference,
@@ -108,7 +108,7 @@ impl Registries {
             return Err(PullError::NotWasm("the file is not WebAssembly".into()));
         }
         let reference = Self::parse(image)?;
-        let client = self.client(&reference.resolve_registry().to_string())?;
+        let client = self.client(reference.resolve_registry())?;
         let component = wasm.get(4..8) == Some(&[0x0d, 0x00, 0x01, 0x00]);
         let layer = ImageLayer::new(wasm, WASM_LAYER.to_string(), None);
         let config = serde_json::json!({
