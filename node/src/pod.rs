@@ -590,16 +590,14 @@ impl Worker {
             .unwrap_or_else(|| "IfNotPresent".into());
         let local = self.ctx.images.resolve(&reference);
         match (policy.as_str(), local) {
-            ("Never", Some(img)) | ("IfNotPresent", Some(img)) => return Ok(img),
-            ("Never", None) => {
-                return Err((
-                    "ErrImageNeverPull",
-                    format!(
-                        "Container image {reference:?} is not present with pull policy of Never; \
+            ("Never", Some(img)) | ("IfNotPresent", Some(img)) => Ok(img),
+            ("Never", None) => Err((
+                "ErrImageNeverPull",
+                format!(
+                    "Container image {reference:?} is not present with pull policy of Never; \
                          import it with `drover image import FILE.wasm {reference}`"
-                    ),
-                ))
-            }
+                ),
+            )),
             (_, local) => {
                 let c = Some(container.name.as_str());
                 self.event(
