@@ -141,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
             mounts: vec![],
             log: runtime::logs::LogFile::create(&dir.path().join("bench.log"))?,
             memory_limit: None,
+            cpu_limit: None,
             listen: None,
         };
         let times = rt

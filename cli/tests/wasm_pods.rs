@@ -238,7 +238,7 @@ spec:
     env:
     - {name: GREETING, valueFrom: {configMapKeyRef: {name: settings, key: greeting}}}
     - {name: PASSWORD, valueFrom: {secretKeyRef: {name: creds, key: password}}}
-    - {name: READ_DIR, value: /etc/settings}
+    - {name: READ_DIR, value: "/etc/settings:/etc/creds"}
     volumeMounts:
     - {name: settings, mountPath: /etc/settings}
     - {name: creds, mountPath: /etc/creds}
@@ -270,11 +270,15 @@ spec:
         "batch: PASSWORD=s3cret",
         "batch: file /etc/settings/greeting = hello from a configmap",
         "batch: file /etc/settings/mode = fast",
+        "batch: file /etc/creds/password = s3cret",
         "batch: step 3",
         "batch: done",
     ] {
         assert!(logs.contains(want), "missing {want:?} in:\n{logs}");
     }
+    // Following a finished container's log ends with it.
+    let followed = up.ok(&["logs", "-f", "batch"]);
+    assert_eq!(followed, logs);
     let tail = up.ok(&["logs", "batch", "--tail=1"]);
     assert_eq!(tail.trim(), "batch: done");
     let stamped = up.ok(&["logs", "batch", "--timestamps", "--tail=1"]);

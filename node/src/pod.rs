@@ -462,6 +462,12 @@ impl Worker {
             .and_then(|r| r.limits.as_ref())
             .and_then(|l| l.get("memory"))
             .and_then(|q| crate::quantity::bytes(&q.0));
+        let cpu_limit = container
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("cpu"))
+            .and_then(|q| crate::quantity::millicores(&q.0));
         let listen = container
             .ports
             .iter()
@@ -480,6 +486,7 @@ impl Worker {
             mounts,
             log,
             memory_limit,
+            cpu_limit,
             listen,
         };
         self.slots[index].status.image_id = image.digest.clone();

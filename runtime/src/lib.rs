@@ -35,6 +35,8 @@ pub struct ContainerSpec {
     pub log: logs::LogFile,
     /// Bytes of linear memory an instance may have.
     pub memory_limit: Option<u64>,
+    /// Share of one CPU an instance may use, in millicores.
+    pub cpu_limit: Option<u64>,
     /// Where an HTTP function listens (the pod's address and the container's port).
     pub listen: Option<SocketAddr>,
 }

@@ -375,9 +375,28 @@ fn limit(spec: &ContainerSpec) -> MemoryLimit {
     }
 }
 
-/// Every running instance yields at each epoch tick, so it never holds a thread for long.
-fn yield_every_tick<T: Send>(store: &mut Store<T>) {
-    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+/// How long an instance with a CPU limit of `millicores` pauses after each tick it ran, so that
+/// it runs `millicores`/1000 of the time (500m: one tick on, one tick off).
+pub fn cpu_pause(millicores: u64) -> Duration {
+    let m = millicores.clamp(1, 1000);
+    EPOCH_TICK * (1000 - m) as u32 / m as u32
+}
+
+/// Every running instance yields at each epoch tick, so it never holds a thread for long; one
+/// with a CPU limit also pauses in proportion (the limit enforced by epoch interruption).
+fn yield_every_tick<T: Send>(store: &mut Store<T>, cpu_limit: Option<u64>) {
+    match cpu_limit.filter(|m| *m < 1000) {
+        Some(millicores) => {
+            let pause = cpu_pause(millicores);
+            store.epoch_deadline_callback(move |_| {
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::time::sleep(pause)),
+                ))
+            });
+        }
+        None => store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1))),
+    }
     store.set_epoch_deadline(1);
 }
 
@@ -411,11 +430,12 @@ impl WasmRuntime {
         let (exit_tx, exit_rx) = oneshot::channel();
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let limits = limit(&spec);
+        let cpu_limit = spec.cpu_limit;
         let builder = wasi_builder(&spec)?;
         let engine = self.engine.clone();
         let log = spec.log.clone();
         tokio::spawn(async move {
-            let run = run_program(engine, prepared, builder, limits.clone());
+            let run = run_program(engine, prepared, builder, limits.clone(), cpu_limit);
             let result = tokio::select! {
                 r = run => Some(r),
                 _ = stop_rx.wait_for(|s| *s) => None,
@@ -436,6 +456,7 @@ async fn run_program(
     prepared: Prepared,
     mut builder: WasiCtxBuilder,
     limits: MemoryLimit,
+    cpu_limit: Option<u64>,
 ) -> wasmtime::Result<i32> {
     match prepared {
         Prepared::Command(pre) => {
@@ -448,7 +469,7 @@ async fn run_program(
             };
             let mut store = Store::new(&engine, host);
             store.limiter(|h| &mut h.limits);
-            yield_every_tick(&mut store);
+            yield_every_tick(&mut store, cpu_limit);
             let command = pre.instantiate_async(&mut store).await?;
             match command.wasi_cli_run().call_run(&mut store).await? {
                 Ok(()) => Ok(0),
@@ -462,7 +483,7 @@ async fn run_program(
             };
             let mut store = Store::new(&engine, host);
             store.limiter(|h| &mut h.limits);
-            yield_every_tick(&mut store);
+            yield_every_tick(&mut store, cpu_limit);
             let instance = pre.instantiate_async(&mut store).await?;
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call_async(&mut store, ()).await?;
@@ -481,6 +502,7 @@ async fn serve_request(
 ) -> anyhow::Result<hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>> {
     use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
     let builder = wasi_builder(&spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cpu_limit = spec.cpu_limit;
     let mut b = builder;
     let host = Host {
         wasi: b.build(),
@@ -491,7 +513,7 @@ async fn serve_request(
     };
     let mut store = Store::new(&engine, host);
     store.limiter(|h| &mut h.limits);
-    yield_every_tick(&mut store);
+    yield_every_tick(&mut store, cpu_limit);
     let (tx, rx) = oneshot::channel();
     let incoming = store
         .data_mut()
@@ -612,6 +634,7 @@ impl WasmRuntime {
             return Err(invalid("not an HTTP function"));
         };
         let mut out = Vec::with_capacity(n);
+        let cpu_limit = spec.cpu_limit;
         for _ in 0..n {
             let mut b = wasi_builder(spec)?;
             let host = Host {
@@ -623,7 +646,7 @@ impl WasmRuntime {
             };
             let mut store = Store::new(&self.engine, host);
             store.limiter(|h| &mut h.limits);
-            yield_every_tick(&mut store);
+            yield_every_tick(&mut store, cpu_limit);
             let t = std::time::Instant::now();
             pre.instantiate_async(&mut store).await.map_err(invalid)?;
             out.push(t.elapsed());
@@ -645,5 +668,18 @@ impl Runtime for WasmRuntime {
                 other => self.start_program(other, spec),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_limits_pause_in_proportion() {
+        assert_eq!(cpu_pause(500), EPOCH_TICK);
+        assert_eq!(cpu_pause(250), EPOCH_TICK * 3);
+        assert_eq!(cpu_pause(1000), Duration::ZERO);
+        assert_eq!(cpu_pause(0), EPOCH_TICK * 999);
     }
 }

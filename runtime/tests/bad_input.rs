@@ -30,6 +30,7 @@ fn spec(dir: &std::path::Path, bytes: &[u8], memory_limit: Option<u64>) -> Conta
         mounts: vec![],
         log: LogFile::create(&dir.join("c.log")).unwrap(),
         memory_limit,
+        cpu_limit: None,
         listen: None,
     }
 }

@@ -10,8 +10,9 @@ fn main() {
         }
     }
     // Files the pod mounts (configMap and secret volumes) show up as preopened directories.
-    if let Ok(dir) = std::env::var("READ_DIR") {
-        match std::fs::read_dir(&dir) {
+    // READ_DIR may name several directories, separated by ':'.
+    for dir in std::env::var("READ_DIR").unwrap_or_default().split(':').filter(|d| !d.is_empty()) {
+        match std::fs::read_dir(dir) {
             Ok(entries) => {
                 let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
                 names.sort();
