@@ -12,6 +12,6 @@ if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
 wasmtime=$(find "$venv" -type f -name wasmtime -path '*wasmtime_cli*' | head -1)
 chmod +x "$wasmtime"
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
-cargo build --manifest-path examples/Cargo.toml --target wasm32-wasip2 --release --locked
+cargo build --manifest-path examples/Cargo.toml --target-dir examples/target --target wasm32-wasip2 --release --locked
 cargo build --release --locked --bin drover --bin node-bench
 target/release/node-bench --wasmtime "$wasmtime" "$@"

@@ -37,5 +37,5 @@ rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add was
 # --- checks ----------------------------------------------------------------------------
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo build --manifest-path examples/Cargo.toml --target wasm32-wasip2 --release --locked
+cargo build --manifest-path examples/Cargo.toml --target-dir examples/target --target wasm32-wasip2 --release --locked
 cargo nextest run --workspace --locked --no-fail-fast

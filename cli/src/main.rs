@@ -5,6 +5,7 @@ mod image;
 mod node;
 mod server;
 mod store;
+mod token;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ enum Command {
     Node(node::NodeArgs),
     /// Manage the images of this machine's node.
     Image(image::ImageArgs),
+    /// Make credentials: `drover token node NAME` for a node to join with.
+    Token(token::TokenArgs),
     /// Debug client for the replicated store.
     Store(store::StoreArgs),
 }
@@ -52,6 +55,7 @@ fn main() -> std::process::ExitCode {
             Command::Server(args) => server::run(args).await,
             Command::Node(args) => node::run(args).await,
             Command::Image(args) => image::run(args).await,
+            Command::Token(args) => token::run(args).await,
             Command::Store(args) => store::run(args).await,
         }
     });

@@ -96,7 +96,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
          Next, from the repository's root (README.md, \"Next: run a Wasm pod\"):\n  \
            export KUBECONFIG={kubeconfig}\n  \
            kubectl get nodes\n  \
-           cargo build --manifest-path examples/Cargo.toml --target wasm32-wasip2 --release\n  \
+           cargo build --manifest-path examples/Cargo.toml --target-dir examples/target --target wasm32-wasip2 --release\n  \
            ./target/release/drover image import examples/target/wasm32-wasip2/release/hello_world.wasm hello-world:v1\n  \
            kubectl apply -f examples/hello-pod.yaml\n  \
            kubectl wait --for=condition=Ready pod/hello --timeout=60s\n  \

@@ -23,6 +23,8 @@ fn examples() -> &'static Path {
         let status = Command::new("cargo")
             .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
             .arg(repo().join("examples/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(repo().join("examples/target"))
             .status()
             .expect("cargo runs");
         assert!(
@@ -746,4 +748,82 @@ fn images_are_pushed_to_and_pulled_from_a_real_registry() {
         30,
         |r| r == "ErrImageNeverPull",
     );
+}
+
+/// A second machine's node joins with `drover token node` and `drover node`, runs the pods
+/// bound to it, and its logs are reachable through the API.
+#[test]
+fn a_second_node_joins_with_a_token_and_runs_its_pods() {
+    let up = Up::start(46);
+    let data = up.dir.path().join("data");
+    let token = Command::new(bin())
+        .args(["token", "node", "second", "--kubeconfig"])
+        .arg(&up.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("drover."), "{token}");
+    let node_dir = up.dir.path().join("second");
+    let log = std::fs::File::create(up.dir.path().join("second.log")).unwrap();
+    let mut second = Command::new(bin())
+        .args([
+            "node",
+            "--server",
+            "https://127.0.46.1:6443",
+            "--token",
+            &token,
+            "--ca-file",
+        ])
+        .arg(data.join("pki/ca.crt"))
+        .args([
+            "--name",
+            "second",
+            "--node-address",
+            "127.0.46.2",
+            "--node-port",
+            "10250",
+        ])
+        .args(["--pod-ip-range", "127.246.0.0", "--node-dir"])
+        .arg(&node_dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !up.run(&["get", "node", "second"]).1.contains(" Ready") {
+        assert!(
+            Instant::now() < deadline,
+            "the second node never became Ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new(bin())
+        .args(["image", "import", "--node-dir"])
+        .arg(&node_dir)
+        .arg(examples().join("batch.wasm"))
+        .arg("batch:v1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    up.apply(
+        "there.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: there}\nspec:\n  nodeName: second\n  restartPolicy: Never\n  containers:\n  - {name: batch, image: batch:v1}\n",
+    );
+    up.wait_for("there", "{.status.phase}", "Succeeded", 60, |p| {
+        p == "Succeeded"
+    });
+    assert!(up
+        .jsonpath("there", "{.status.podIP}")
+        .starts_with("127.246."));
+    assert!(up.ok(&["logs", "there"]).contains("batch: done"));
+    // The node's credential cannot do what an admin does.
+    let (ok, _, err) = up.run(&["--token", &token, "delete", "node", "node-46"]);
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+    let _ = second.kill();
+    let _ = second.wait();
 }

@@ -1,0 +1,60 @@
+//! `drover token node NAME`: a credential for a node to join with (`drover node --token`),
+//! from the API's `nodes/NAME/token` subresource (admins only).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+#[derive(clap::Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum TokenCommand {
+    /// Print a token for the node NAME (it may change only its own Node, Lease and pods).
+    Node {
+        name: String,
+        /// An admin kubeconfig (default: $KUBECONFIG, else DATA_DIR/admin.kubeconfig).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// How long the token is valid.
+        #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+}
+
+pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
+    match args.command {
+        TokenCommand::Node {
+            name,
+            kubeconfig,
+            ttl,
+        } => {
+            let path = kubeconfig
+                .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
+                .unwrap_or_else(|| crate::server::default_data_dir().join("admin.kubeconfig"));
+            let file = kube::config::Kubeconfig::read_from(&path)
+                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+            let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await?;
+            let client = kube::Client::try_from(config)?;
+            let body = serde_json::json!({
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"expirationSeconds": ttl.as_secs()},
+            });
+            let req = http::Request::post(format!("/api/v1/nodes/{name}/token"))
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&body)?)?;
+            let answer: serde_json::Value = client
+                .request(req)
+                .await
+                .with_context(|| format!("cannot get a token for node {name}"))?;
+            let token = answer["status"]["token"]
+                .as_str()
+                .context("the API answered without a token")?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
