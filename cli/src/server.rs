@@ -216,6 +216,14 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
             tracing::error!(error = %e, "cannot create the system namespaces");
         }
     });
+    // Controllers run on whichever member leads, through the API like any client.
+    let admin =
+        node::client::connect(&format!("https://{address}"), &pki.ca_pem, &pki.admin_token)?;
+    let leader_of = node.clone();
+    tokio::spawn(controllers::run_while_leader(admin, move || {
+        let status = leader_of.status();
+        status.leader == Some(status.node_id)
+    }));
     eprintln!(
         "drover server: kubeconfig for kubectl: {}",
         kubeconfig.display()

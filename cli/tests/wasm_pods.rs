@@ -827,3 +827,167 @@ fn a_second_node_joins_with_a_token_and_runs_its_pods() {
     let _ = second.kill();
     let _ = second.wait();
 }
+
+/// The seed's Deployment on Drover: 3/3 ready, a deleted pod replaced, `kubectl set image`
+/// rolled out without ever dropping below the available minimum, and `kubectl rollout undo`.
+#[test]
+fn the_seed_deployment_runs_heals_rolls_out_and_rolls_back() {
+    let up = Up::start(47);
+    up.import("hello_world.wasm", "hello-world:v1");
+    up.import("hello_world.wasm", "hello-world:v2");
+    up.ok(&[
+        "apply",
+        "-f",
+        repo().join("examples/hello-world.yaml").to_str().unwrap(),
+    ]);
+    let status = up.ok(&[
+        "rollout",
+        "status",
+        "deployment/hw-demo-deployment",
+        "--timeout=60s",
+    ]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let ready = up.ok(&[
+        "get",
+        "deploy",
+        "hw-demo-deployment",
+        "-o",
+        "jsonpath={.status.readyReplicas}/{.spec.replicas}",
+    ]);
+    assert_eq!(ready, "3/3");
+    let pods = |up: &Up| -> Vec<String> {
+        up.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=hw",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {end}",
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+    };
+    let before = pods(&up);
+    assert_eq!(before.len(), 3, "{before:?}");
+    up.ok(&["delete", "pod", &before[0]]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = pods(&up);
+        let ready = up.ok(&[
+            "get",
+            "deploy",
+            "hw-demo-deployment",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ]);
+        if now.len() == 3 && !now.contains(&before[0]) && ready == "3" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted pod was not replaced: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Roll out v2, watching availability: maxUnavailable is 25% of 3, i.e. 0.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let lowest = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
+    let (kubeconfig, home) = (up.kubeconfig.clone(), up.dir.path().to_path_buf());
+    let watcher = {
+        let (watching, lowest) = (watching.clone(), lowest.clone());
+        std::thread::spawn(move || {
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new("kubectl")
+                    .args(["get", "pods", "-l", "app=hw", "-o", "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\" \"}{.metadata.deletionTimestamp}{\"\\n\"}{end}"])
+                    .env("KUBECONFIG", &kubeconfig)
+                    .env("HOME", &home)
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                let ready = text.lines().filter(|l| l.trim() == "True").count() as i64;
+                if out.status.success() {
+                    lowest.fetch_min(ready, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    up.ok(&[
+        "set",
+        "image",
+        "deployment/hw-demo-deployment",
+        "hw=hello-world:v2",
+    ]);
+    let status = up.ok(&[
+        "rollout",
+        "status",
+        "deployment/hw-demo-deployment",
+        "--timeout=60s",
+    ]);
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert!(status.contains("successfully rolled out"), "{status}");
+    assert!(
+        lowest.load(std::sync::atomic::Ordering::Relaxed) >= 3,
+        "fewer than 3 ready pods during the rollout"
+    );
+    let images = up.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=hw",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert_eq!(
+        images
+            .split_whitespace()
+            .filter(|i| *i == "hello-world:v2")
+            .count(),
+        3,
+        "{images}"
+    );
+    let history = up.ok(&["rollout", "history", "deployment/hw-demo-deployment"]);
+    assert!(
+        history.contains("1 ") && history.contains("2 "),
+        "{history}"
+    );
+
+    // Back to v1: the first ReplicaSet becomes current again, with the next revision.
+    up.ok(&["rollout", "undo", "deployment/hw-demo-deployment"]);
+    up.ok(&[
+        "rollout",
+        "status",
+        "deployment/hw-demo-deployment",
+        "--timeout=60s",
+    ]);
+    let image = up.ok(&[
+        "get",
+        "deploy",
+        "hw-demo-deployment",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
+    assert_eq!(image, "hello-world:v1");
+    let rs = up.ok(&["get", "rs", "-l", "app=hw", "-o", "name"]);
+    assert_eq!(rs.lines().count(), 2, "the old ReplicaSet was reused: {rs}");
+    let revision = up.ok(&[
+        "get",
+        "deploy",
+        "hw-demo-deployment",
+        "-o",
+        "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}",
+    ]);
+    assert_eq!(revision, "3");
+    up.ok(&["scale", "deployment", "hw-demo-deployment", "--replicas=5"]);
+    let status = up.ok(&[
+        "rollout",
+        "status",
+        "deployment/hw-demo-deployment",
+        "--timeout=60s",
+    ]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    assert_eq!(pods(&up).len(), 5);
+}

@@ -1,0 +1,405 @@
+//! The ReplicaSet controller: keeps `spec.replicas` pods of the template, adopting orphans
+//! that match the selector, releasing owned pods that stopped matching, and deleting the least
+//! useful pods first (unscheduled, then not running, then not ready, then the newest).
+//!
+//! [`plan`] decides from the cache alone; [`reconcile`] carries the plan out through the API.
+//! Creations and deletions not yet seen in the cache are remembered for a while
+//! ([`Expectations`]), so a reconcile racing the watch does not create or delete twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::selector;
+
+/// What the controller should do for one ReplicaSet.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub create: usize,
+    /// Pod names to delete, least useful first.
+    pub delete: Vec<String>,
+    /// Orphan pods to take over.
+    pub adopt: Vec<String>,
+    /// Owned pods that no longer match the selector.
+    pub release: Vec<String>,
+    pub replicas: i32,
+    pub ready: i32,
+    pub available: i32,
+    pub fully_labeled: i32,
+}
+
+pub fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn controller_uid(p: &Pod) -> Option<&str> {
+    p.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
+}
+
+/// Lower is deleted first.
+fn usefulness(p: &Pod) -> (u8, u8, u8, std::cmp::Reverse<String>) {
+    let scheduled = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_ref())
+        .is_some_and(|n| !n.is_empty());
+    let phase = p
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    let created = p
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.to_rfc3339())
+        .unwrap_or_default();
+    (
+        scheduled as u8,
+        (phase == "Running") as u8,
+        is_ready(p) as u8,
+        std::cmp::Reverse(created),
+    )
+}
+
+/// The plan for `rs` given the pods of its namespace in the cache, and the names created or
+/// deleted lately that the cache may not show yet.
+pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], pending: &Pending) -> Plan {
+    let uid = rs.metadata.uid.clone().unwrap_or_default();
+    let spec = rs.spec.clone().unwrap_or_default();
+    let desired = spec.replicas.unwrap_or(1).max(0) as usize;
+    let mut out = Plan::default();
+    let mut active: Vec<&Pod> = Vec::new();
+    for p in pods {
+        let labels = p.labels();
+        let matching = selector::matches(&spec.selector, labels);
+        let owner = controller_uid(p);
+        let terminating = p.metadata.deletion_timestamp.is_some();
+        let finished = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
+        match (owner, matching) {
+            (Some(o), true) if o == uid => {}
+            (Some(o), false) if o == uid => {
+                out.release.push(p.name_any());
+                continue;
+            }
+            (None, true) if !terminating && !finished => out.adopt.push(p.name_any()),
+            _ => continue,
+        }
+        if terminating || finished || pending.deleted.contains_key(&p.name_any()) {
+            continue;
+        }
+        active.push(p);
+    }
+    let seen: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+    let unseen_creates = pending.created.keys().filter(|n| !seen.contains(n)).count();
+    let have = active.len() + unseen_creates;
+    if have < desired {
+        out.create = desired - have;
+    } else if active.len() > desired {
+        let mut ranked = active.clone();
+        ranked.sort_by_key(|p| usefulness(p));
+        out.delete = ranked
+            .iter()
+            .take(active.len() - desired)
+            .map(|p| p.name_any())
+            .collect();
+    }
+    out.replicas = active.len() as i32;
+    out.ready = active.iter().filter(|p| is_ready(p)).count() as i32;
+    out.available = out.ready;
+    let template_labels = spec
+        .template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    out.fully_labeled = active
+        .iter()
+        .filter(|p| {
+            template_labels
+                .iter()
+                .all(|(k, v)| p.labels().get(k) == Some(v))
+        })
+        .count() as i32;
+    out
+}
+
+/// Names created or deleted lately for one ReplicaSet, with when.
+#[derive(Debug, Default, Clone)]
+pub struct Pending {
+    pub created: HashMap<String, Instant>,
+    pub deleted: HashMap<String, Instant>,
+}
+
+/// How long a creation or deletion is expected to show up in the cache.
+const EXPECTATION_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+pub struct Expectations(Mutex<HashMap<String, Pending>>);
+
+impl Expectations {
+    fn get(&self, uid: &str, pods: &[Arc<Pod>]) -> Pending {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = all.entry(uid.to_string()).or_default();
+        let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+        entry
+            .created
+            .retain(|n, at| at.elapsed() < EXPECTATION_TTL && !names.contains(n));
+        entry.deleted.retain(|n, at| {
+            at.elapsed() < EXPECTATION_TTL
+                && pods
+                    .iter()
+                    .any(|p| p.name_any() == *n && p.metadata.deletion_timestamp.is_none())
+        });
+        entry.clone()
+    }
+
+    fn created(&self, uid: &str, name: String) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.entry(uid.to_string())
+            .or_default()
+            .created
+            .insert(name, Instant::now());
+    }
+
+    fn deleted(&self, uid: &str, name: String) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.entry(uid.to_string())
+            .or_default()
+            .deleted
+            .insert(name, Instant::now());
+    }
+}
+
+pub struct Context {
+    pub client: kube::Client,
+    pub pods: Store<Pod>,
+    pub expectations: Expectations,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Kube(#[from] kube::Error),
+}
+
+fn owner_ref(rs: &ReplicaSet) -> OwnerReference {
+    OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "ReplicaSet".into(),
+        name: rs.name_any(),
+        uid: rs.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Carries out the plan for one ReplicaSet.
+pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = rs.namespace().unwrap_or_else(|| "default".into());
+    let uid = rs.metadata.uid.clone().unwrap_or_default();
+    if rs.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+        .collect();
+    let pending = ctx.expectations.get(&uid, &pods);
+    let plan = plan(&rs, &pods, &pending);
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for name in &plan.adopt {
+        let patch = json!({"metadata": {"ownerReferences": [owner_ref(&rs)]}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    for name in &plan.release {
+        let patch = json!({"metadata": {"ownerReferences": null}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    if plan.create > 0 {
+        let template = rs
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.clone())
+            .unwrap_or_default();
+        for _ in 0..plan.create.min(500) {
+            let mut meta = template.metadata.clone().unwrap_or_default();
+            meta.name = None;
+            meta.generate_name = Some(format!("{}-", rs.name_any()));
+            meta.namespace = Some(ns.clone());
+            meta.owner_references = Some(vec![owner_ref(&rs)]);
+            let pod = Pod {
+                metadata: meta,
+                spec: template.spec.clone(),
+                status: None,
+            };
+            let created = api.create(&PostParams::default(), &pod).await?;
+            ctx.expectations.created(&uid, created.name_any());
+        }
+    }
+    for name in &plan.delete {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => ctx.expectations.deleted(&uid, name.clone()),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let generation = rs.metadata.generation.unwrap_or(0);
+    let status = json!({"status": {
+        "replicas": plan.replicas, "readyReplicas": plan.ready, "availableReplicas": plan.available,
+        "fullyLabeledReplicas": plan.fully_labeled, "observedGeneration": generation,
+    }});
+    let current = rs.status.clone().unwrap_or_default();
+    let changed = current.replicas != plan.replicas
+        || current.ready_replicas.unwrap_or(0) != plan.ready
+        || current.available_replicas.unwrap_or(0) != plan.available
+        || current.fully_labeled_replicas.unwrap_or(0) != plan.fully_labeled
+        || current.observed_generation.unwrap_or(0) != generation;
+    if changed {
+        let rss: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+        rss.patch_status(
+            &rs.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+pub fn error_policy(_rs: Arc<ReplicaSet>, e: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!("replicaset: {e}");
+    Action::requeue(Duration::from_secs(1))
+}
+
+/// Labels of a pod template as a map (for tests and the deployment controller).
+pub fn template_labels(rs: &ReplicaSet) -> BTreeMap<String, String> {
+    rs.spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rs(replicas: i32) -> ReplicaSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "namespace": "default", "uid": "rs-uid"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}
+        }))
+        .unwrap()
+    }
+
+    fn pod(
+        name: &str,
+        owner: Option<&str>,
+        node: Option<&str>,
+        ready: bool,
+        created: &str,
+    ) -> Arc<Pod> {
+        let mut p = json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}, "creationTimestamp": created},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": if node.is_some() { "Running" } else { "Pending" },
+                       "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}});
+        if let Some(o) = owner {
+            p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": o, "controller": true}]);
+        }
+        if let Some(n) = node {
+            p["spec"]["nodeName"] = json!(n);
+        }
+        Arc::new(serde_json::from_value(p).unwrap())
+    }
+
+    #[test]
+    fn creates_the_missing_and_counts_what_is_on_its_way() {
+        let pods = vec![pod(
+            "a",
+            Some("rs-uid"),
+            Some("n"),
+            true,
+            "2026-01-01T00:00:00Z",
+        )];
+        let p = plan(&rs(3), &pods, &Pending::default());
+        assert_eq!(p.create, 2);
+        assert_eq!((p.replicas, p.ready), (1, 1));
+        let mut pending = Pending::default();
+        pending.created.insert("b".into(), Instant::now());
+        assert_eq!(plan(&rs(3), &pods, &pending).create, 1, "b is on its way");
+    }
+
+    #[test]
+    fn deletes_the_least_useful_first_and_adopts_orphans() {
+        let pods = vec![
+            pod(
+                "ready-old",
+                Some("rs-uid"),
+                Some("n"),
+                true,
+                "2026-01-01T00:00:00Z",
+            ),
+            pod(
+                "ready-new",
+                Some("rs-uid"),
+                Some("n"),
+                true,
+                "2026-01-02T00:00:00Z",
+            ),
+            pod(
+                "unready",
+                Some("rs-uid"),
+                Some("n"),
+                false,
+                "2026-01-01T00:00:00Z",
+            ),
+            pod(
+                "unscheduled",
+                Some("rs-uid"),
+                None,
+                false,
+                "2026-01-01T00:00:00Z",
+            ),
+            pod("orphan", None, Some("n"), true, "2026-01-01T00:00:00Z"),
+            pod(
+                "theirs",
+                Some("other"),
+                Some("n"),
+                true,
+                "2026-01-01T00:00:00Z",
+            ),
+        ];
+        let p = plan(&rs(2), &pods, &Pending::default());
+        assert_eq!(p.adopt, vec!["orphan".to_string()]);
+        assert_eq!(p.delete, vec!["unscheduled", "unready", "ready-new"]);
+        assert_eq!(p.create, 0);
+    }
+}
