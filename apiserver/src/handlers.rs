@@ -1867,15 +1867,22 @@ impl Call<'_> {
                     .as_i64()
                     .unwrap_or(30)
             });
-        if policy.as_deref() == Some("Foreground") {
+        // Foreground: the garbage collector deletes the dependents first; Orphan: it frees
+        // them. Either way a finalizer holds the object until it has.
+        let finalizer = match policy.as_deref() {
+            Some("Foreground") => Some("foregroundDeletion"),
+            Some("Orphan") => Some("orphan"),
+            _ => None,
+        };
+        if let Some(finalizer) = finalizer {
             let finalizers = object::metadata_mut(&mut obj)
                 .entry("finalizers")
                 .or_insert_with(|| json!([]));
             if let Some(list) = finalizers
                 .as_array_mut()
-                .filter(|l| !l.contains(&json!("foregroundDeletion")))
+                .filter(|l| !l.contains(&json!(finalizer)))
             {
-                list.push(json!("foregroundDeletion"));
+                list.push(json!(finalizer));
             }
         }
         if self.resource().name == "pods" && grace == 0 {

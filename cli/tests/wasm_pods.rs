@@ -990,4 +990,18 @@ fn the_seed_deployment_runs_heals_rolls_out_and_rolls_back() {
     ]);
     assert!(status.contains("successfully rolled out"), "{status}");
     assert_eq!(pods(&up).len(), 5);
+
+    // Every namespace has its default ServiceAccount, as in Kubernetes.
+    up.ok(&["get", "serviceaccount", "default"]);
+    // Deleting the Deployment takes its ReplicaSets and their pods with it.
+    up.ok(&["delete", "deployment", "hw-demo-deployment"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = up.ok(&["get", "rs,pods", "-l", "app=hw", "-o", "name"]);
+        if left.trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still there after the Deployment went:\n{left}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -8,8 +8,10 @@
 //!
 //! - [`replicaset`]: N pods of a template, adoption, least-useful-first deletion.
 //! - [`deployment`]: ReplicaSets per template, RollingUpdate and Recreate, revisions.
+//! - [`gc`]: the garbage collector over ownerReferences; default ServiceAccounts.
 
 pub mod deployment;
+pub mod gc;
 pub mod replicaset;
 pub mod selector;
 
@@ -74,7 +76,7 @@ pub async fn run(client: kube::Client) {
     )
     .run(deployment::reconcile, deployment::error_policy, d_ctx)
     .for_each(|_| async {});
-    tokio::join!(rs, deployments);
+    tokio::join!(rs, deployments, gc::run(client.clone()));
 }
 
 /// Runs the controllers whenever `is_leader` says this member leads, and stops them when it
