@@ -1001,7 +1001,10 @@ fn the_seed_deployment_runs_heals_rolls_out_and_rolls_back() {
         if left.trim().is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "still there after the Deployment went:\n{left}");
+        assert!(
+            Instant::now() < deadline,
+            "still there after the Deployment went:\n{left}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
