@@ -373,7 +373,15 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
             )
             .await?;
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    // A rollout in progress is looked at again soon, whatever the watches deliver.
+    let done = plan.scale.is_empty()
+        && plan.create.is_none()
+        && plan.status["conditions"][1]["reason"] == "NewReplicaSetAvailable";
+    Ok(Action::requeue(Duration::from_secs(if done {
+        300
+    } else {
+        2
+    })))
 }
 
 pub fn error_policy(_d: Arc<Deployment>, e: &Error, _ctx: Arc<Context>) -> Action {

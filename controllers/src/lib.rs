@@ -24,8 +24,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::Api;
 
-/// A cache of every object of a kind, kept by list + watch in the background.
-async fn cache<K>(api: Api<K>) -> reflector::Store<K>
+/// A cache of every object of a kind, kept by list + watch in a task of `tasks` (so it stops
+/// when the controllers do).
+async fn cache<K>(api: Api<K>, tasks: &mut tokio::task::JoinSet<()>) -> reflector::Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -40,7 +41,7 @@ where
         .default_backoff()
         .touched_objects()
         .for_each(|_| async {});
-    tokio::spawn(stream);
+    tasks.spawn(stream);
     // Deciding from an empty cache would create what already exists.
     let _ = store.wait_until_ready().await;
     store
@@ -48,8 +49,10 @@ where
 
 /// Runs every controller until the returned future is dropped.
 pub async fn run(client: kube::Client) {
-    let pods = cache(Api::<Pod>::all(client.clone())).await;
-    let replicasets = cache(Api::<ReplicaSet>::all(client.clone())).await;
+    // Dropped (and its tasks aborted) when this future is.
+    let mut caches = tokio::task::JoinSet::new();
+    let pods = cache(Api::<Pod>::all(client.clone()), &mut caches).await;
+    let replicasets = cache(Api::<ReplicaSet>::all(client.clone()), &mut caches).await;
     let rs_ctx = Arc::new(replicaset::Context {
         client: client.clone(),
         pods,
@@ -77,6 +80,7 @@ pub async fn run(client: kube::Client) {
     .run(deployment::reconcile, deployment::error_policy, d_ctx)
     .for_each(|_| async {});
     tokio::join!(rs, deployments, gc::run(client.clone()));
+    drop(caches);
 }
 
 /// Runs the controllers whenever `is_leader` says this member leads, and stops them when it
@@ -88,6 +92,10 @@ where
     let mut running: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let leader = is_leader();
+        if running.as_ref().is_some_and(|t| t.is_finished()) {
+            tracing::warn!("controllers: stopped unexpectedly; restarting");
+            running = None;
+        }
         match (&running, leader) {
             (None, true) => {
                 tracing::info!("controllers: this member leads; starting");

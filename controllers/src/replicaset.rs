@@ -289,7 +289,16 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
         )
         .await?;
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    // Work left (pods on their way, or going) is looked at again soon, in case the cache
+    // that woke this reconcile ran ahead of the one it decided from.
+    let busy = plan.create > 0
+        || !plan.delete.is_empty()
+        || plan.replicas != rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    Ok(Action::requeue(Duration::from_secs(if busy {
+        2
+    } else {
+        300
+    })))
 }
 
 pub fn error_policy(_rs: Arc<ReplicaSet>, e: &Error, _ctx: Arc<Context>) -> Action {

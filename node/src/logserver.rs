@@ -139,13 +139,15 @@ fn text(code: StatusCode, message: &str) -> Response {
 
 /// The directory of a container's logs, for the pod named (any uid).
 fn container_dir(pods_dir: &Path, ns: &str, pod: &str, container: &str) -> Option<PathBuf> {
+    // A pod recreated under the same name has a new uid: the newest directory is its.
     let prefix = format!("{ns}_{pod}_");
     std::fs::read_dir(pods_dir)
         .ok()?
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
         .map(|e| e.path().join("containers").join(container))
-        .find(|p| p.is_dir())
+        .filter(|p| p.is_dir())
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
 }
 
 /// The numbered log files of a container, oldest first.
@@ -232,12 +234,14 @@ async fn container_logs(
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(offset);
+                // A rotated file starts again from its beginning.
+                let offset = if len < offset { 0 } else { offset };
                 if len > offset {
                     let bytes = std::fs::read(&path).unwrap_or_default();
-                    let new = String::from_utf8_lossy(
-                        &bytes[offset as usize..bytes.len().min(len as usize)],
-                    )
-                    .into_owned();
+                    let len = bytes.len() as u64;
+                    let new =
+                        String::from_utf8_lossy(bytes.get(offset as usize..).unwrap_or_default())
+                            .into_owned();
                     let out: String = new
                         .lines()
                         .filter_map(runtime::logs::parse_line)

@@ -263,6 +263,8 @@ impl Worker {
             match msg {
                 Msg::Update(PodUpdate::Gone) => {
                     self.stop_all(&mut rx, "the pod was removed").await;
+                    // Its files (secret volumes among them) go with it.
+                    let _ = std::fs::remove_dir_all(&self.dir);
                     break;
                 }
                 Msg::Update(PodUpdate::Changed(pod)) => {

@@ -11,6 +11,15 @@ use runtime::Mount;
 
 use crate::env::{ConfigError, Sources};
 
+/// Whether `p` is a relative path of plain names (no `..`, no root, no `.`), so joining it
+/// to a volume's directory stays inside it.
+fn plain_relative(p: &str) -> bool {
+    !p.is_empty()
+        && std::path::Path::new(p)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
 /// Writes a volume's files: `items` chooses and renames keys; otherwise every key is a file.
 /// Files of keys no longer there are removed.
 fn write_files(
@@ -28,7 +37,7 @@ fn write_files(
         None => data.iter().map(|(k, v)| (k.clone(), v)).collect(),
     };
     for (path, value) in &wanted {
-        if path.contains("..") || path.starts_with('/') {
+        if !plain_relative(path) {
             return Err(ConfigError(format!("invalid volume file path {path:?}")));
         }
         let file = dir.join(path);
@@ -132,7 +141,7 @@ pub fn mounts(
             return Err(ConfigError(format!("volume {:?} not found", m.name)));
         };
         let host_path = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            Some(sub) if !sub.contains("..") => path.join(sub),
+            Some(sub) if plain_relative(sub) => path.join(sub),
             Some(sub) => return Err(ConfigError(format!("invalid subPath {sub:?}"))),
             None => path.clone(),
         };

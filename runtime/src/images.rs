@@ -55,6 +55,15 @@ pub fn normalize(reference: &str) -> Result<String, ImageError> {
     }
 }
 
+/// Whether `d` is `sha256:` and 64 lowercase hex digits (anything else never becomes a path).
+pub fn valid_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 pub fn sha256_digest(bytes: &[u8]) -> String {
     let hash = Sha256::digest(bytes);
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
@@ -137,21 +146,28 @@ impl ImageStore {
     }
 
     /// The stored image a reference names, if the store has it. The table is read from disk
-    /// each time: `drover image import` may have added to it from another process.
+    /// each time: `drover image import` may have added to it from another process. A reference
+    /// pinned by digest (`name@sha256:...`, the manifest's digest when pulled) is looked up in
+    /// the table first, then as a blob digest.
     pub fn resolve(&self, reference: &str) -> Option<StoredImage> {
         let reference = normalize(reference).ok()?;
-        let digest = match reference.split_once('@') {
-            Some((_, d)) if d.starts_with("sha256:") => d.to_string(),
-            _ => {
-                let mut refs = self.refs.lock().unwrap_or_else(|p| p.into_inner());
-                if let Ok(bytes) = std::fs::read(self.dir.join("refs.json")) {
-                    if let Ok(on_disk) = serde_json::from_slice(&bytes) {
-                        *refs = on_disk;
-                    }
+        let listed = {
+            let mut refs = self.refs.lock().unwrap_or_else(|p| p.into_inner());
+            if let Ok(bytes) = std::fs::read(self.dir.join("refs.json")) {
+                if let Ok(on_disk) = serde_json::from_slice(&bytes) {
+                    *refs = on_disk;
                 }
-                refs.get(&reference)?.clone()
             }
+            refs.get(&reference).cloned()
         };
+        let digest = match (listed, reference.split_once('@')) {
+            (Some(d), _) => d,
+            (None, Some((_, d))) => d.to_string(),
+            (None, None) => return None,
+        };
+        if !valid_digest(&digest) {
+            return None;
+        }
         let path = self.blob_path(&digest);
         path.exists().then_some(StoredImage {
             reference,
@@ -190,6 +206,9 @@ mod tests {
             Err(ImageError::NotWasm { .. })
         ));
         assert_eq!(normalize("reg:5000/a/b").unwrap(), "reg:5000/a/b:latest");
+        // A digest is never a path.
+        assert!(store.resolve("x@sha256:../../../etc/passwd").is_none());
+        assert!(!valid_digest("sha256:ABC"));
         assert_eq!(normalize("reg:5000/a/b:v1").unwrap(), "reg:5000/a/b:v1");
     }
 }
