@@ -412,6 +412,16 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
+const READ_WRITE: &[&str] = &[
+    "get",
+    "list",
+    "watch",
+    "create",
+    "delete",
+    "deletecollection",
+    "patch",
+    "update",
+];
 
 /// The namespaced resources the `view`/`edit`/`admin` roles cover, by API group.
 const WORKLOADS: &[(&str, &[&str])] = &[
@@ -482,39 +492,17 @@ pub fn default_roles() -> (Vec<Value>, Vec<Value>) {
             .collect();
         rule(&[g], &writable, WRITE)
     }));
+    edit_rules.push(rule(&[""], &["secrets"], READ_WRITE));
     edit_rules.push(rule(
         &[""],
-        &["secrets"],
-        &[
-            "get",
-            "list",
-            "watch",
-            "create",
-            "delete",
-            "deletecollection",
-            "patch",
-            "update",
-        ],
-    ));
-    edit_rules.push(rule(
-        &[""],
-        &["pods/eviction", "serviceaccounts/token", "pods/binding"],
+        &["pods/eviction", "serviceaccounts/token"],
         &["create"],
     ));
     let mut admin_rules = edit_rules.clone();
     admin_rules.push(rule(
         &["rbac.authorization.k8s.io"],
         &["roles", "rolebindings"],
-        &[
-            "get",
-            "list",
-            "watch",
-            "create",
-            "delete",
-            "deletecollection",
-            "patch",
-            "update",
-        ],
+        READ_WRITE,
     ));
     let cluster_role = |name: &str, rules: Vec<Value>| {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
@@ -646,6 +634,31 @@ mod tests {
             !rbac.allows(&sa, &res("list", "", "pods", "")),
             "not across namespaces"
         );
+    }
+
+    #[test]
+    fn editors_write_workloads_but_neither_bind_pods_nor_grant_roles() {
+        let rb = json!({"kind": "RoleBinding", "metadata": {"name": "e", "namespace": "shop"},
+            "roleRef": {"kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"kind": "User", "name": "ed"}]});
+        let rbac = defaults_plus(&[rb]);
+        let ed = user("ed", &["system:authenticated"]);
+        assert!(rbac.allows(&ed, &res("create", "apps", "deployments", "shop")));
+        assert!(rbac.allows(&ed, &res("get", "", "secrets", "shop")));
+        let mut bind = res("create", "", "pods", "shop");
+        if let Some(r) = bind.resource.as_mut() {
+            r.subresource = "binding";
+        }
+        assert!(!rbac.allows(&ed, &bind), "binding is the scheduler's");
+        assert!(!rbac.allows(
+            &ed,
+            &res(
+                "create",
+                "rbac.authorization.k8s.io",
+                "rolebindings",
+                "shop"
+            )
+        ));
     }
 
     #[test]
