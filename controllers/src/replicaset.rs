@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::chrono::{DateTime, Utc};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
@@ -35,6 +36,20 @@ pub struct Plan {
     pub ready: i32,
     pub available: i32,
     pub fully_labeled: i32,
+    /// When the next ready pod becomes available (ready for minReadySeconds), if one waits.
+    pub next_available_in: Option<Duration>,
+}
+
+/// How long `p` has been Ready, or None when it is not.
+fn ready_for(p: &Pod, now: DateTime<Utc>) -> Option<Duration> {
+    let ready = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+    let since = ready.last_transition_time.as_ref().map_or(now, |t| t.0);
+    Some((now - since).to_std().unwrap_or_default())
 }
 
 pub fn is_ready(p: &Pod) -> bool {
@@ -81,7 +96,7 @@ fn usefulness(p: &Pod) -> (u8, u8, u8, std::cmp::Reverse<String>) {
 
 /// The plan for `rs` given the pods of its namespace in the cache, and the names created or
 /// deleted lately that the cache may not show yet.
-pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], pending: &Pending) -> Plan {
+pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], pending: &Pending, now: DateTime<Utc>) -> Plan {
     let uid = rs.metadata.uid.clone().unwrap_or_default();
     let spec = rs.spec.clone().unwrap_or_default();
     let desired = spec.replicas.unwrap_or(1).max(0) as usize;
@@ -127,7 +142,18 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], pending: &Pending) -> Plan {
     }
     out.replicas = active.len() as i32;
     out.ready = active.iter().filter(|p| is_ready(p)).count() as i32;
-    out.available = out.ready;
+    // Available: Ready for at least minReadySeconds.
+    let min_ready = Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
+    for p in &active {
+        match ready_for(p, now) {
+            Some(d) if d >= min_ready => out.available += 1,
+            Some(d) => {
+                let wait = min_ready - d;
+                out.next_available_in = Some(out.next_available_in.map_or(wait, |w| w.min(wait)));
+            }
+            None => {}
+        }
+    }
     let template_labels = spec
         .template
         .as_ref()
@@ -229,7 +255,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
         .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
         .collect();
     let pending = ctx.expectations.get(&uid, &pods);
-    let plan = plan(&rs, &pods, &pending);
+    let plan = plan(&rs, &pods, &pending, Utc::now());
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for name in &plan.adopt {
         let patch = json!({"metadata": {"ownerReferences": [owner_ref(&rs)]}});
@@ -294,11 +320,11 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
     let busy = plan.create > 0
         || !plan.delete.is_empty()
         || plan.replicas != rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    Ok(Action::requeue(Duration::from_secs(if busy {
-        2
-    } else {
-        300
-    })))
+    let mut again = Duration::from_secs(if busy { 2 } else { 300 });
+    if let Some(wait) = plan.next_available_in {
+        again = again.min(wait + Duration::from_millis(100));
+    }
+    Ok(Action::requeue(again))
 }
 
 pub fn error_policy(_rs: Arc<ReplicaSet>, e: &Error, _ctx: Arc<Context>) -> Action {
@@ -319,6 +345,7 @@ pub fn template_labels(rs: &ReplicaSet) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::chrono;
 
     fn rs(replicas: i32) -> ReplicaSet {
         serde_json::from_value(json!({
@@ -358,12 +385,16 @@ mod tests {
             true,
             "2026-01-01T00:00:00Z",
         )];
-        let p = plan(&rs(3), &pods, &Pending::default());
+        let p = plan(&rs(3), &pods, &Pending::default(), Utc::now());
         assert_eq!(p.create, 2);
         assert_eq!((p.replicas, p.ready), (1, 1));
         let mut pending = Pending::default();
         pending.created.insert("b".into(), Instant::now());
-        assert_eq!(plan(&rs(3), &pods, &pending).create, 1, "b is on its way");
+        assert_eq!(
+            plan(&rs(3), &pods, &pending, Utc::now()).create,
+            1,
+            "b is on its way"
+        );
     }
 
     #[test]
@@ -406,9 +437,38 @@ mod tests {
                 "2026-01-01T00:00:00Z",
             ),
         ];
-        let p = plan(&rs(2), &pods, &Pending::default());
+        let p = plan(&rs(2), &pods, &Pending::default(), Utc::now());
         assert_eq!(p.adopt, vec!["orphan".to_string()]);
         assert_eq!(p.delete, vec!["unscheduled", "unready", "ready-new"]);
         assert_eq!(p.create, 0);
+    }
+
+    #[test]
+    fn a_pod_is_available_only_after_min_ready_seconds() {
+        let mut set = rs(1);
+        set.spec.as_mut().unwrap().min_ready_seconds = Some(10);
+        let mut p = (*pod("a", Some("rs-uid"), Some("n"), true, "2026-01-01T00:00:00Z")).clone();
+        let since: DateTime<Utc> = "2026-01-01T00:01:00Z".parse().unwrap();
+        p.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].last_transition_time =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(since));
+        let pods = vec![Arc::new(p)];
+        let early = plan(
+            &set,
+            &pods,
+            &Pending::default(),
+            since + chrono::Duration::seconds(4),
+        );
+        assert_eq!((early.ready, early.available), (1, 0));
+        assert_eq!(early.next_available_in, Some(Duration::from_secs(6)));
+        let late = plan(
+            &set,
+            &pods,
+            &Pending::default(),
+            since + chrono::Duration::seconds(10),
+        );
+        assert_eq!(
+            (late.ready, late.available, late.next_available_in),
+            (1, 1, None)
+        );
     }
 }
