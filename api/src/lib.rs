@@ -10,6 +10,7 @@ pub mod convert;
 pub mod defaults;
 pub mod object;
 pub mod patch;
+pub mod quantity;
 pub mod rbac;
 pub mod registry;
 pub mod selector;

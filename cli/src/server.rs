@@ -37,6 +37,10 @@ pub struct ServerArgs {
     /// member makes it; every member joining later needs a copy.
     #[arg(long)]
     encryption_key_file: Option<PathBuf>,
+    /// How long a node's agent may be silent before the node is unreachable and its pods are
+    /// evicted (Kubernetes: 40s, then 300s of default toleration).
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
 }
 
 impl ServerArgs {
@@ -220,10 +224,23 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     let admin =
         node::client::connect(&format!("https://{address}"), &pki.ca_pem, &pki.admin_token)?;
     let leader_of = node.clone();
-    tokio::spawn(controllers::run_while_leader(admin, move || {
+    let nodes = controllers::nodelifecycle::Settings {
+        grace: args.node_monitor_grace_period,
+    };
+    let is_leader = move || {
         let status = leader_of.status();
         status.leader == Some(status.node_id)
-    }));
+    };
+    tokio::spawn(controllers::run_while_leader(
+        admin,
+        is_leader,
+        move |client: kube::Client| async move {
+            tokio::join!(
+                controllers::run(client.clone(), nodes),
+                scheduler::run(client)
+            );
+        },
+    ));
     eprintln!(
         "drover server: kubeconfig for kubectl: {}",
         kubeconfig.display()

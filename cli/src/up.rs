@@ -1,12 +1,8 @@
 //! `drover up`: a whole cluster in one process — the replicated store and API server of
-//! `drover server`, and a node agent running Wasm pods — for one machine.
+//! `drover server` (with the controllers and the scheduler), and a node agent running Wasm
+//! pods — for one machine.
 
 use anyhow::Context;
-use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
-use kube::runtime::watcher;
-use kube::Api;
 
 use crate::node::{NodeDir, NodeOptions};
 use crate::server::ServerArgs;
@@ -17,50 +13,6 @@ pub struct UpArgs {
     server: ServerArgs,
     #[command(flatten)]
     node: NodeOptions,
-}
-
-/// Binds pods that name no node to this one. A one-node cluster's whole scheduling decision;
-/// the scheduler (with filters and scores for many nodes) takes this job over.
-async fn bind_unscheduled(client: kube::Client, node: String) {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let stream = watcher(pods, watcher::Config::default().fields("spec.nodeName="));
-    futures_util::pin_mut!(stream);
-    while let Some(event) = stream.next().await {
-        let pod = match event {
-            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::warn!("binder: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let bound = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .is_some_and(|n| !n.is_empty());
-        if bound || pod.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let (Some(ns), Some(name)) = (pod.metadata.namespace.clone(), pod.metadata.name.clone())
-        else {
-            continue;
-        };
-        let binding = serde_json::json!({
-            "apiVersion": "v1", "kind": "Binding",
-            "metadata": {"name": name, "namespace": ns},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-        });
-        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let body = serde_json::to_vec(&binding).expect("serialises");
-        if let Err(e) = api
-            .create_subresource::<serde_json::Value>("binding", &name, &PostParams::default(), body)
-            .await
-        {
-            tracing::warn!("binder: cannot bind {ns}/{name}: {e}");
-        }
-    }
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -76,8 +28,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         aud: None,
     });
     let node_client = node::client::connect(&member.url, &member.pki.ca_pem, &token)?;
-    let admin_client =
-        node::client::connect(&member.url, &member.pki.ca_pem, &member.pki.admin_token)?;
     let options = NodeOptions {
         name: Some(node_name.clone()),
         ..args.node.clone()
@@ -88,7 +38,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let agent = crate::node::agent(&options, node_dir.node_dir.clone(), node_client)
         .context("cannot start the node")?;
     let agent_task = tokio::spawn(agent.run());
-    tokio::spawn(bind_unscheduled(admin_client, node_name.clone()));
     let kubeconfig = member.kubeconfig.display().to_string();
     let data_dir = args.server.data_dir().display().to_string();
     eprintln!(

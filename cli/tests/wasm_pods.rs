@@ -111,6 +111,78 @@ impl Up {
         }
     }
 
+    /// Starts a second node agent, "second" at 127.0.N.2, joined with a node token; returns
+    /// its process, its token and its node dir.
+    fn second_node(&self) -> (Child, String, PathBuf) {
+        let data = self.dir.path().join("data");
+        let token = Command::new(bin())
+            .args(["token", "node", "second", "--kubeconfig"])
+            .arg(&self.kubeconfig)
+            .output()
+            .unwrap();
+        assert!(
+            token.status.success(),
+            "{}",
+            String::from_utf8_lossy(&token.stderr)
+        );
+        let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+        assert!(token.starts_with("drover."), "{token}");
+        let node_dir = self.dir.path().join("second");
+        let log = std::fs::File::create(self.dir.path().join("second.log")).unwrap();
+        let server = &self.args[4];
+        let ip = server
+            .trim_end_matches(":6443")
+            .trim_end_matches(".1")
+            .to_string()
+            + ".2";
+        let n: u8 = ip.split('.').nth(2).unwrap().parse().unwrap();
+        let second = Command::new(bin())
+            .args([
+                "node",
+                "--server",
+                &format!("https://{server}"),
+                "--token",
+                &token,
+                "--ca-file",
+            ])
+            .arg(data.join("pki/ca.crt"))
+            .args([
+                "--name",
+                "second",
+                "--node-address",
+                &ip,
+                "--node-port",
+                "10250",
+            ])
+            .args([
+                "--pod-ip-range",
+                &format!("127.{}.0.0", 200 + n as u16),
+                "--node-dir",
+            ])
+            .arg(&node_dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        (second, token, node_dir)
+    }
+
+    /// Waits up to `secs` for `check` to give a value.
+    fn until<T>(&self, secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen in {secs}s\n--- drover:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn log(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -755,45 +827,7 @@ fn images_are_pushed_to_and_pulled_from_a_real_registry() {
 #[test]
 fn a_second_node_joins_with_a_token_and_runs_its_pods() {
     let up = Up::start(46);
-    let data = up.dir.path().join("data");
-    let token = Command::new(bin())
-        .args(["token", "node", "second", "--kubeconfig"])
-        .arg(&up.kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        token.status.success(),
-        "{}",
-        String::from_utf8_lossy(&token.stderr)
-    );
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
-    assert!(token.starts_with("drover."), "{token}");
-    let node_dir = up.dir.path().join("second");
-    let log = std::fs::File::create(up.dir.path().join("second.log")).unwrap();
-    let mut second = Command::new(bin())
-        .args([
-            "node",
-            "--server",
-            "https://127.0.46.1:6443",
-            "--token",
-            &token,
-            "--ca-file",
-        ])
-        .arg(data.join("pki/ca.crt"))
-        .args([
-            "--name",
-            "second",
-            "--node-address",
-            "127.0.46.2",
-            "--node-port",
-            "10250",
-        ])
-        .args(["--pod-ip-range", "127.246.0.0", "--node-dir"])
-        .arg(&node_dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let (mut second, token, node_dir) = up.second_node();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !up.run(&["get", "node", "second"]).1.contains(" Ready") {
         assert!(
@@ -1007,4 +1041,218 @@ fn the_seed_deployment_runs_heals_rolls_out_and_rolls_back() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Where each pod of `selector` runs: (name, node) pairs of the pods not being deleted.
+fn placements(up: &Up, selector: &str) -> Vec<(String, String)> {
+    up.ok(&[
+        "get",
+        "pods",
+        "-l",
+        selector,
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.spec.nodeName}={.metadata.deletionTimestamp}={.status.conditions[?(@.type==\"Ready\")].status} {end}",
+    ])
+    .split_whitespace()
+    .filter_map(|p| {
+        let f: Vec<&str> = p.split('=').collect();
+        (f.len() == 4 && f[2].is_empty() && f[3] == "True").then(|| (f[0].to_string(), f[1].to_string()))
+    })
+    .collect()
+}
+
+/// Two nodes: the scheduler spreads a Deployment over both; `kubectl cordon` and `drain` move
+/// its pods off one; a node killed with SIGKILL is marked unreachable and its pods run on the
+/// other node within seconds (the grace period is 6 s).
+#[test]
+fn pods_spread_over_nodes_drain_moves_them_and_a_killed_node_loses_them_to_the_other() {
+    let up = Up::start(48);
+    let (mut second, _token, node_dir) = up.second_node();
+    up.until(60, "the second node Ready", || {
+        up.run(&["get", "node", "second"])
+            .1
+            .contains(" Ready")
+            .then_some(())
+    });
+    up.import("hello_world.wasm", "hello-world:v1");
+    let out = Command::new(bin())
+        .args(["image", "import", "--node-dir"])
+        .arg(&node_dir)
+        .arg(examples().join("hello_world.wasm"))
+        .arg("hello-world:v1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    up.apply(
+        "web.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 4\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - name: hw\n        image: hello-world:v1\n        ports: [{containerPort: 8080}]\n        readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}\n",
+    );
+    let on = |p: &[(String, String)], node: &str| p.iter().filter(|(_, n)| n == node).count();
+    let spread = up.until(60, "4 ready pods", || {
+        let p = placements(&up, "app=web");
+        (p.len() == 4).then_some(p)
+    });
+    assert_eq!(
+        (on(&spread, "node-48"), on(&spread, "second")),
+        (2, 2),
+        "least allocated spreads: {spread:?}"
+    );
+    let events = up.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=Scheduled",
+        "-o",
+        "name",
+    ]);
+    assert!(events.lines().count() >= 4, "Scheduled events: {events}");
+
+    // Drain: cordoned, its pods evicted and recreated on node-48.
+    up.ok(&["drain", "second", "--ignore-daemonsets", "--timeout=60s"]);
+    assert!(up
+        .ok(&["get", "node", "second"])
+        .contains("SchedulingDisabled"));
+    up.until(60, "all pods on node-48 after the drain", || {
+        let p = placements(&up, "app=web");
+        (p.len() == 4 && on(&p, "node-48") == 4).then_some(())
+    });
+    // Nothing fits anywhere: the pod waits, with the reason in an event.
+    up.ok(&["cordon", "node-48"]);
+    up.apply("waiting.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: waiting}\nspec:\n  containers:\n  - {name: hw, image: hello-world:v1}\n");
+    let why = up.until(30, "a FailedScheduling event", || {
+        let e = up.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=waiting,reason=FailedScheduling",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        (!e.is_empty()).then_some(e)
+    });
+    assert!(
+        why.contains("0/2 nodes are available: 2 node(s) were unschedulable."),
+        "{why}"
+    );
+    up.ok(&["uncordon", "node-48", "second"]);
+    up.wait_for("waiting", "{.spec.nodeName}", "bound", 30, |n| {
+        !n.is_empty()
+    });
+    up.ok(&["delete", "pod", "waiting", "--wait=false"]);
+
+    // Scaled up, the new pods go to the emptier second node; then it dies.
+    up.ok(&["scale", "deployment", "web", "--replicas=6"]);
+    let placed = up.until(60, "6 ready pods with some on second", || {
+        let p = placements(&up, "app=web");
+        (p.len() == 6 && on(&p, "second") >= 1).then_some(p)
+    });
+    let lost: Vec<String> = placed
+        .iter()
+        .filter(|(_, n)| n == "second")
+        .map(|(p, _)| p.clone())
+        .collect();
+    let _ = second.kill();
+    let _ = second.wait();
+    let killed = Instant::now();
+    up.until(60, "6 ready pods on node-48 after the kill", || {
+        let p = placements(&up, "app=web");
+        (p.len() == 6 && on(&p, "node-48") == 6).then_some(())
+    });
+    eprintln!(
+        "pods of the killed node ran elsewhere after {:?}",
+        killed.elapsed()
+    );
+    let node = up.ok(&[
+        "get",
+        "node",
+        "second",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.spec.taints[*].key}",
+    ]);
+    assert!(
+        node.starts_with("Unknown") && node.contains("node.kubernetes.io/unreachable"),
+        "{node}"
+    );
+    for p in lost {
+        let (_, out, _) = up.run(&[
+            "get",
+            "pod",
+            &p,
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ]);
+        assert!(
+            !out.is_empty() || !up.run(&["get", "pod", &p]).0,
+            "{p} was not evicted"
+        );
+    }
+}
+
+/// A Job runs its pods to the requested completions; a CronJob starts Jobs on its schedule;
+/// `kubectl create job --from=cronjob/...` starts one by hand.
+#[test]
+fn jobs_run_to_completion_and_cronjobs_fire_on_schedule() {
+    let up = Up::start(49);
+    up.import("batch.wasm", "batch:v1");
+    up.apply(
+        "job.yaml",
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: count}\nspec:\n  completions: 3\n  parallelism: 2\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - {name: batch, image: batch:v1}\n",
+    );
+    up.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/count",
+        "--timeout=60s",
+    ]);
+    let status = up.ok(&[
+        "get",
+        "job",
+        "count",
+        "-o",
+        "jsonpath={.status.succeeded} {.status.completionTime}",
+    ]);
+    assert!(status.starts_with("3 "), "{status}");
+    let pods = up.ok(&["get", "pods", "-l", "job-name=count", "-o", "name"]);
+    assert_eq!(pods.lines().count(), 3, "{pods}");
+    let logs = up.ok(&["logs", "job/count"]);
+    assert!(logs.contains("batch: done"), "{logs}");
+
+    up.apply(
+        "cron.yaml",
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: tick}\nspec:\n  schedule: '@every 5s'\n  successfulJobsHistoryLimit: 2\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers:\n          - {name: batch, image: batch:v1}\n",
+    );
+    let job = up.until(40, "a Job from the CronJob", || {
+        let out = up.ok(&["get", "jobs", "-o", "jsonpath={range .items[?(@.metadata.ownerReferences[0].name==\"tick\")]}{.metadata.name} {end}"]);
+        out.split_whitespace().next().map(str::to_string)
+    });
+    up.ok(&[
+        "wait",
+        "--for=condition=complete",
+        &format!("job/{job}"),
+        "--timeout=60s",
+    ]);
+    let last = up.until(20, "lastScheduleTime", || {
+        let t = up.ok(&[
+            "get",
+            "cronjob",
+            "tick",
+            "-o",
+            "jsonpath={.status.lastScheduleTime}",
+        ]);
+        (!t.is_empty()).then_some(t)
+    });
+    assert!(last.ends_with('Z'), "{last}");
+    up.ok(&["create", "job", "by-hand", "--from=cronjob/tick"]);
+    up.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/by-hand",
+        "--timeout=60s",
+    ]);
+    // Deleting the CronJob takes its Jobs with it.
+    up.ok(&["delete", "cronjob", "tick"]);
+    up.until(30, "the CronJob's Jobs collected", || {
+        let out = up.ok(&["get", "jobs", "-o", "jsonpath={range .items[?(@.metadata.ownerReferences[0].name==\"tick\")]}{.metadata.name} {end}"]);
+        out.trim().is_empty().then_some(())
+    });
 }

@@ -9,11 +9,19 @@
 //!
 //! - [`replicaset`]: N pods of a template, adoption, least-useful-first deletion.
 //! - [`deployment`]: ReplicaSets per template, RollingUpdate and Recreate, revisions.
+//! - [`job`]: pods run to completion (parallelism, completions, backoffLimit, deadlines, TTL).
+//! - [`cronjob`]: Jobs on a cron schedule in a time zone, with concurrency policies.
+//! - [`nodelifecycle`]: nodes Unknown and tainted when their agents go silent; eviction.
+//! - [`events`]: the Event recorder the controllers and the scheduler share.
 //! - [`gc`]: the garbage collector over ownerReferences; default ServiceAccounts.
 
+pub mod cronjob;
 pub mod deployment;
+pub mod events;
 pub mod gc;
 pub mod informer;
+pub mod job;
+pub mod nodelifecycle;
 pub mod replicaset;
 pub mod selector;
 
@@ -22,19 +30,28 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::Controller;
 use kube::Api;
 
 use informer::Informer;
 
 /// Runs every controller until the returned future is dropped.
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, nodes_settings: nodelifecycle::Settings) {
     // Dropped (and the informers' tasks aborted) when this future is.
     let mut tasks = tokio::task::JoinSet::new();
     let pods = Informer::<Pod>::start(Api::all(client.clone()), &mut tasks);
     let replicasets = Informer::<ReplicaSet>::start(Api::all(client.clone()), &mut tasks);
     let deployments = Informer::<Deployment>::start(Api::all(client.clone()), &mut tasks);
+    let nodes = Informer::<Node>::start(Api::all(client.clone()), &mut tasks);
+    let leases = Informer::<Lease>::start(
+        Api::namespaced(client.clone(), "kube-node-lease"),
+        &mut tasks,
+    );
+    let jobs = Informer::<Job>::start(Api::all(client.clone()), &mut tasks);
+    let cronjobs = Informer::<CronJob>::start(Api::all(client.clone()), &mut tasks);
 
     let rs = Controller::for_stream(replicasets.subscribe(), replicasets.store())
         .owns_stream(pods.subscribe())
@@ -59,33 +76,69 @@ pub async fn run(client: kube::Client) {
             }),
         )
         .for_each(|_| async {});
+    let job = Controller::for_stream(jobs.subscribe(), jobs.store())
+        .owns_stream(pods.subscribe())
+        .run(
+            job::reconcile,
+            job::error_policy,
+            Arc::new(job::Context {
+                client: client.clone(),
+                pods: pods.store(),
+            }),
+        )
+        .for_each(|_| async {});
+    let cronjob = Controller::for_stream(cronjobs.subscribe(), cronjobs.store())
+        .owns_stream(jobs.subscribe())
+        .run(
+            cronjob::reconcile,
+            cronjob::error_policy,
+            Arc::new(cronjob::Context {
+                client: client.clone(),
+                jobs: jobs.store(),
+            }),
+        )
+        .for_each(|_| async {});
+    let lifecycle = nodelifecycle::run(Arc::new(nodelifecycle::Context {
+        client: client.clone(),
+        nodes: nodes.store(),
+        leases: leases.store(),
+        pods: pods.store(),
+        events: events::Recorder::new(client.clone(), "node-controller"),
+        settings: nodes_settings,
+    }));
+    nodes.ready().await;
+    leases.ready().await;
     pods.ready().await;
     replicasets.ready().await;
     deployments.ready().await;
-    tokio::join!(rs, deploy, gc::run(client.clone()));
+    jobs.ready().await;
+    cronjobs.ready().await;
+    tokio::join!(rs, deploy, job, cronjob, lifecycle, gc::run(client.clone()));
     drop(tasks);
 }
 
-/// Runs the controllers whenever `is_leader` says this member leads, and stops them when it
-/// no longer does, so exactly one member reconciles at a time.
-pub async fn run_while_leader<F>(client: kube::Client, is_leader: F)
+/// Runs `work` (the controllers, the scheduler) whenever `is_leader` says this member leads,
+/// and stops it when it no longer does, so exactly one member reconciles at a time.
+pub async fn run_while_leader<F, W, Fut>(client: kube::Client, is_leader: F, work: W)
 where
     F: Fn() -> bool + Send + 'static,
+    W: Fn(kube::Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut running: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let leader = is_leader();
         if running.as_ref().is_some_and(|t| t.is_finished()) {
-            tracing::warn!("controllers: stopped unexpectedly; restarting");
+            tracing::warn!("control loops: stopped unexpectedly; restarting");
             running = None;
         }
         match (&running, leader) {
             (None, true) => {
-                tracing::info!("controllers: this member leads; starting");
-                running = Some(tokio::spawn(run(client.clone())));
+                tracing::info!("control loops: this member leads; starting");
+                running = Some(tokio::spawn(work(client.clone())));
             }
             (Some(task), false) => {
-                tracing::info!("controllers: leadership moved; stopping");
+                tracing::info!("control loops: leadership moved; stopping");
                 task.abort();
                 running = None;
             }

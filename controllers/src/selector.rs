@@ -34,6 +34,30 @@ pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
     labels_ok && expressions_ok
 }
 
+/// Whether one of `tolerations` tolerates `taint` (key, value and effect, with the Exists
+/// operator and empty keys and effects as wildcards).
+pub fn tolerates(
+    tolerations: &[k8s_openapi::api::core::v1::Toleration],
+    taint: &k8s_openapi::api::core::v1::Taint,
+) -> bool {
+    tolerations.iter().any(|t| {
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == taint.effect);
+        let key = t.key.as_deref().unwrap_or("");
+        let exists = t.operator.as_deref() == Some("Exists");
+        let key_ok = if key.is_empty() {
+            exists
+        } else {
+            key == taint.key
+        };
+        let value_ok =
+            exists || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("");
+        effect_ok && key_ok && value_ok
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

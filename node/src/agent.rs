@@ -1,4 +1,4 @@
-//! The node agent: registers this node's Node object, renews its Lease every 10 s, watches the
+//! The node agent: registers this node's Node object, renews its Lease every 2 s, watches the
 //! pods bound to it and keeps one worker (`pod.rs`) per pod, and serves container logs.
 //!
 //! Pod addresses: until pod networking gives every pod a network namespace, each pod gets a
@@ -26,9 +26,13 @@ use tokio::sync::mpsc;
 use crate::logserver::{LogIndex, LogServer};
 use crate::pod::{self, NodeContext, PodUpdate};
 
-/// How often the node renews its Lease (the kubelet's default).
-pub const LEASE_RENEW: Duration = Duration::from_secs(10);
-const LEASE_DURATION_SECONDS: i32 = 40;
+/// How often the node renews its Lease. The kubelet renews every 10 s and is given 40 s;
+/// Drover's control plane gives a node 6 s (see controllers::nodelifecycle), so that a lost
+/// node's pods run elsewhere within seconds. A renewal is one small write.
+pub const LEASE_RENEW: Duration = Duration::from_secs(2);
+const LEASE_DURATION_SECONDS: i32 = 6;
+/// How often the Node's status (conditions, capacity) is posted while nothing happens.
+const STATUS_EVERY_BEATS: u64 = 30;
 
 pub struct NodeConfig {
     pub name: String,
@@ -276,12 +280,17 @@ impl NodeAgent {
         let heartbeat = self.clone();
         tokio::spawn(async move {
             let mut beats = 0u64;
+            let mut last_renewed = std::time::Instant::now();
             loop {
-                if let Err(e) = heartbeat.renew_lease().await {
-                    tracing::warn!("cannot renew the node lease: {e:#}");
+                let silent_for = last_renewed.elapsed();
+                match heartbeat.renew_lease().await {
+                    Ok(()) => last_renewed = std::time::Instant::now(),
+                    Err(e) => tracing::warn!("cannot renew the node lease: {e:#}"),
                 }
-                // The Node's conditions are refreshed less often, as the kubelet does.
-                if beats % 6 == 5 {
+                // The Node's conditions are refreshed less often, as the kubelet does, and at
+                // once after a silence (the control plane has marked them Unknown meanwhile).
+                let after_silence = silent_for > 2 * LEASE_RENEW;
+                if beats % STATUS_EVERY_BEATS == STATUS_EVERY_BEATS - 1 || after_silence {
                     if let Err(e) = heartbeat.register().await {
                         tracing::warn!("cannot refresh the node status: {e:#}");
                     }

@@ -189,10 +189,8 @@ pub async fn environment(
                         let q = map?.get(name)?;
                         let _ = kind;
                         Some(match name {
-                            "memory" => crate::quantity::bytes(&q.0)?.to_string(),
-                            "cpu" => crate::quantity::millicores(&q.0)?
-                                .div_ceil(1000)
-                                .to_string(),
+                            "memory" => api::quantity::bytes(&q.0)?.to_string(),
+                            "cpu" => api::quantity::millicores(&q.0)?.div_ceil(1000).to_string(),
                             _ => q.0.clone(),
                         })
                     };

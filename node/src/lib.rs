@@ -14,5 +14,4 @@ pub mod lifecycle;
 pub mod logserver;
 pub mod pod;
 pub mod probe;
-pub mod quantity;
 pub mod volumes;

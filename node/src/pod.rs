@@ -463,13 +463,13 @@ impl Worker {
             .as_ref()
             .and_then(|r| r.limits.as_ref())
             .and_then(|l| l.get("memory"))
-            .and_then(|q| crate::quantity::bytes(&q.0));
+            .and_then(|q| api::quantity::bytes(&q.0));
         let cpu_limit = container
             .resources
             .as_ref()
             .and_then(|r| r.limits.as_ref())
             .and_then(|l| l.get("cpu"))
-            .and_then(|q| crate::quantity::millicores(&q.0));
+            .and_then(|q| api::quantity::millicores(&q.0));
         let listen = container
             .ports
             .iter()

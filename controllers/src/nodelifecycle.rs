@@ -1,0 +1,445 @@
+//! The node lifecycle controller: a node is healthy while its agent renews its Lease; past
+//! the grace period its conditions become Unknown and it is tainted
+//! `node.kubernetes.io/unreachable` (NoSchedule and NoExecute), or `not-ready` when the agent
+//! itself reports NotReady. Pods on a NoExecute-tainted node are evicted (deleted) unless they
+//! tolerate the taint, after their tolerationSeconds when they give one, so their controllers
+//! recreate them on other nodes. Terminating pods of nodes that no longer exist are removed
+//! (nothing will ever confirm their end).
+//!
+//! Kubernetes waits 40 s before a silent node is unreachable and then 300 s (the default
+//! tolerations) before evicting: a lost node's pods run elsewhere after about 6 minutes.
+//! Drover's agents renew every 2 s, the grace period is 6 s and pods get no default
+//! toleration, so they run elsewhere within about 10 s ([`Settings`], `drover server
+//! --node-monitor-grace-period`).
+//!
+//! [`decide`] and [`evictions`] are pure; [`run`] is a pass every second over the informers'
+//! caches.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::chrono::{DateTime, Utc};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::events::{Recorder, Type};
+
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// How long a node may be silent before it is unreachable.
+    pub grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            grace: Duration::from_secs(6),
+        }
+    }
+}
+
+/// What a node should look like now.
+#[derive(Debug, Default, PartialEq)]
+pub struct Decision {
+    /// Mark the node's conditions Unknown (its agent went silent).
+    pub mark_unknown: bool,
+    /// The node's new taints, when they must change.
+    pub taints: Option<Vec<Taint>>,
+}
+
+fn ready_condition(node: &Node) -> Option<(String, Option<DateTime<Utc>>)> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| {
+            (
+                c.status.clone(),
+                c.last_heartbeat_time.as_ref().map(|t| t.0),
+            )
+        })
+}
+
+/// The node's last sign of life: its Lease's renewTime, its Ready heartbeat, or its creation.
+pub fn last_heartbeat(node: &Node, lease: Option<&Lease>) -> Option<DateTime<Utc>> {
+    let renewed = lease
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| s.renew_time.as_ref())
+        .map(|t| t.0);
+    let posted = ready_condition(node).and_then(|(_, t)| t);
+    let created = node.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    [renewed, posted, created].into_iter().flatten().max()
+}
+
+pub fn decide(
+    node: &Node,
+    heartbeat: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    settings: &Settings,
+) -> Decision {
+    let silent = heartbeat.is_none_or(|h| (now - h).to_std().unwrap_or_default() > settings.grace);
+    let status = ready_condition(node).map(|(s, _)| s).unwrap_or_default();
+    let mut out = Decision {
+        mark_unknown: silent && status != "Unknown",
+        ..Default::default()
+    };
+    let health_taint = if silent {
+        Some(UNREACHABLE)
+    } else if status == "False" {
+        Some(NOT_READY)
+    } else {
+        None
+    };
+    let current: Vec<Taint> = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let ours = |t: &Taint| t.key == UNREACHABLE || t.key == NOT_READY;
+    let have: BTreeSet<(String, String)> = current
+        .iter()
+        .filter(|t| ours(t))
+        .map(|t| (t.key.clone(), t.effect.clone()))
+        .collect();
+    let want: BTreeSet<(String, String)> = health_taint
+        .into_iter()
+        .flat_map(|k| {
+            [
+                (k.to_string(), "NoSchedule".to_string()),
+                (k.to_string(), "NoExecute".to_string()),
+            ]
+        })
+        .collect();
+    if have != want {
+        let mut taints: Vec<Taint> = current
+            .iter()
+            .filter(|t| !ours(t) || want.contains(&(t.key.clone(), t.effect.clone())))
+            .cloned()
+            .collect();
+        for (key, effect) in &want {
+            if !have.contains(&(key.clone(), effect.clone())) {
+                taints.push(Taint {
+                    key: key.clone(),
+                    effect: effect.clone(),
+                    time_added: Some(Time(now)),
+                    value: None,
+                });
+            }
+        }
+        out.taints = Some(taints);
+    }
+    out
+}
+
+/// Which of `pods` (on `node`) to evict now, and when the next one is due.
+pub fn evictions(
+    node: &Node,
+    pods: &[Arc<Pod>],
+    now: DateTime<Utc>,
+) -> (Vec<Arc<Pod>>, Option<Duration>) {
+    let taints: Vec<&Taint> = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|t| t.effect == "NoExecute")
+        .collect();
+    let mut evict = Vec::new();
+    let mut next: Option<Duration> = None;
+    if taints.is_empty() {
+        return (evict, next);
+    }
+    for pod in pods {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let tolerations = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.clone())
+            .unwrap_or_default();
+        // The pod stays for the shortest toleration among the taints (none: forever).
+        let mut stay: Option<Duration> = None;
+        let mut untolerated = false;
+        for t in &taints {
+            let matching = tolerations
+                .iter()
+                .find(|tol| crate::selector::tolerates(std::slice::from_ref(tol), t));
+            match matching {
+                None => untolerated = true,
+                Some(tol) => {
+                    if let Some(secs) = tol.toleration_seconds {
+                        let added = t.time_added.as_ref().map_or(now, |a| a.0);
+                        let until = added + k8s_openapi::chrono::Duration::seconds(secs.max(0));
+                        let left = (until - now).to_std().unwrap_or_default();
+                        stay = Some(stay.map_or(left, |s| s.min(left)));
+                    }
+                }
+            }
+        }
+        match (untolerated, stay) {
+            (true, _) => evict.push(pod.clone()),
+            (false, Some(left)) if left.is_zero() => evict.push(pod.clone()),
+            (false, Some(left)) => next = Some(next.map_or(left, |n| n.min(left))),
+            (false, None) => {}
+        }
+    }
+    (evict, next)
+}
+
+pub struct Context {
+    pub client: kube::Client,
+    pub nodes: Store<Node>,
+    pub leases: Store<Lease>,
+    pub pods: Store<Pod>,
+    pub events: Recorder,
+    pub settings: Settings,
+}
+
+async fn apply(
+    ctx: &Context,
+    node: &Node,
+    decision: Decision,
+    now: DateTime<Utc>,
+) -> kube::Result<()> {
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let name = node.name_any();
+    if decision.mark_unknown {
+        let at = now.to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true);
+        let conditions: Vec<serde_json::Value> = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                json!({"type": c.type_, "status": "Unknown", "reason": "NodeStatusUnknown",
+                "message": "Kubelet stopped posting node status.", "lastTransitionTime": at})
+            })
+            .collect();
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Strategic(&json!({"status": {"conditions": conditions}})),
+        )
+        .await?;
+        ctx.events.record(
+            node,
+            Type::Normal,
+            "NodeNotReady",
+            &format!("Node {name} status is now: NodeNotReady"),
+        );
+    }
+    if let Some(taints) = decision.taints {
+        // The resourceVersion makes this a compare-and-swap: a concurrent cordon or taint by
+        // a user is not overwritten (the next pass decides again).
+        let patch = json!({"metadata": {"resourceVersion": node.resource_version()},
+                           "spec": {"taints": taints}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    Ok(())
+}
+
+async fn evict(ctx: &Context, pod: &Pod) {
+    let ns = pod.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
+    match api.delete(&pod.name_any(), &DeleteParams::default()).await {
+        Ok(_) => {
+            tracing::info!("node {node}: evicted {ns}/{}", pod.name_any());
+            ctx.events.record(
+                pod,
+                Type::Normal,
+                "TaintManagerEviction",
+                &format!("Marking for deletion Pod {ns}/{}", pod.name_any()),
+            );
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => tracing::warn!("cannot evict {ns}/{}: {e}", pod.name_any()),
+    }
+}
+
+/// One pass over every node and the pods on them.
+pub async fn pass(ctx: &Context) {
+    let now = Utc::now();
+    let pods = ctx.pods.state();
+    let mut by_node: std::collections::HashMap<String, Vec<Arc<Pod>>> = Default::default();
+    for p in &pods {
+        if let Some(n) = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty())
+        {
+            by_node.entry(n).or_default().push(p.clone());
+        }
+    }
+    for node in ctx.nodes.state() {
+        let name = node.name_any();
+        let lease = ctx
+            .leases
+            .get(&ObjectRef::new(&name).within("kube-node-lease"));
+        let decision = decide(
+            &node,
+            last_heartbeat(&node, lease.as_deref()),
+            now,
+            &ctx.settings,
+        );
+        if decision != Decision::default() {
+            if let Some(taints) = &decision.taints {
+                tracing::info!(
+                    "node {name}: taints now {:?}",
+                    taints
+                        .iter()
+                        .map(|t| format!("{}:{}", t.key, t.effect))
+                        .collect::<Vec<_>>()
+                );
+            }
+            if let Err(e) = apply(ctx, &node, decision, now).await {
+                tracing::debug!("node {name}: {e}");
+            }
+            continue; // pods are looked at once the taints are in the cache
+        }
+        let on_node = by_node.remove(&name).unwrap_or_default();
+        let (evict_now, _) = evictions(&node, &on_node, now);
+        for pod in evict_now {
+            evict(ctx, &pod).await;
+        }
+    }
+    // What is left are pods of nodes that do not exist: terminating ones are removed.
+    for pod in by_node.into_values().flatten() {
+        if pod.metadata.deletion_timestamp.is_some() {
+            let ns = pod.namespace().unwrap_or_default();
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+            let _ = api
+                .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
+                .await;
+        }
+    }
+}
+
+/// Runs passes every second until dropped.
+pub async fn run(ctx: Arc<Context>) {
+    loop {
+        pass(&ctx).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::chrono::TimeZone;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn node(ready: &str, taints: serde_json::Value) -> Node {
+        serde_json::from_value(
+            json!({"metadata": {"name": "n1", "creationTimestamp": "2027-01-15T08:00:00Z"},
+            "spec": {"taints": taints},
+            "status": {"conditions": [{"type": "Ready", "status": ready}]}}),
+        )
+        .unwrap()
+    }
+
+    fn pod(tolerations: serde_json::Value) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "default"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c"}], "tolerations": tolerations}}))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_silent_node_becomes_unknown_and_unreachable_and_recovers() {
+        let s = Settings::default();
+        let fresh = decide(&node("True", json!([])), Some(at(0)), at(5), &s);
+        assert_eq!(fresh, Decision::default());
+        let silent = decide(
+            &node("True", json!([{"key": "user", "effect": "NoSchedule"}])),
+            Some(at(0)),
+            at(7),
+            &s,
+        );
+        assert!(silent.mark_unknown);
+        let keys: Vec<String> = silent
+            .taints
+            .clone()
+            .unwrap()
+            .iter()
+            .map(|t| format!("{}:{}", t.key, t.effect))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "user:NoSchedule",
+                "node.kubernetes.io/unreachable:NoExecute",
+                "node.kubernetes.io/unreachable:NoSchedule"
+            ]
+        );
+        // Once marked, nothing more to do while silent.
+        let tainted = serde_json::to_value(silent.taints.unwrap()).unwrap();
+        assert_eq!(
+            decide(&node("Unknown", tainted.clone()), Some(at(0)), at(9), &s),
+            Decision::default()
+        );
+        // Heard from again: the taints go, the user's stays.
+        let back = decide(&node("True", tainted), Some(at(10)), at(11), &s);
+        assert!(!back.mark_unknown);
+        assert_eq!(back.taints.unwrap().len(), 1);
+        // An agent reporting NotReady gets not-ready taints.
+        let nr = decide(&node("False", json!([])), Some(at(10)), at(11), &s);
+        assert_eq!(nr.taints.unwrap()[0].key, NOT_READY);
+    }
+
+    #[test]
+    fn pods_are_evicted_unless_tolerated_and_after_their_toleration_seconds() {
+        let n = node(
+            "Unknown",
+            json!([{"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": "2027-01-15T08:00:00Z"}]),
+        );
+        let added: DateTime<Utc> = "2027-01-15T08:00:00Z".parse().unwrap();
+        let plain = pod(json!([]));
+        let forever =
+            pod(json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute"}]));
+        let thirty = pod(
+            json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]),
+        );
+        let pods = vec![plain.clone(), forever, thirty];
+        let (now, next) = evictions(
+            &n,
+            &pods,
+            added + k8s_openapi::chrono::Duration::seconds(10),
+        );
+        assert_eq!(now.len(), 1);
+        assert_eq!(next, Some(Duration::from_secs(20)));
+        let (later, _) = evictions(
+            &n,
+            &pods,
+            added + k8s_openapi::chrono::Duration::seconds(30),
+        );
+        assert_eq!(later.len(), 2, "the 30 s toleration ran out");
+        // A NoSchedule taint alone evicts nothing.
+        let cordoned = node("True", json!([{"key": "x", "effect": "NoSchedule"}]));
+        assert!(evictions(&cordoned, &[plain], added).0.is_empty());
+    }
+}
