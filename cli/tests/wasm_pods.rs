@@ -889,6 +889,12 @@ fn the_seed_deployment_runs_heals_rolls_out_and_rolls_back() {
         "jsonpath={.status.readyReplicas}/{.spec.replicas}",
     ]);
     assert_eq!(ready, "3/3");
+    // What the controllers did is in the events `kubectl describe` shows.
+    let described = up.ok(&["describe", "deployment", "hw-demo-deployment"]);
+    assert!(
+        described.contains("ScalingReplicaSet") && described.contains("Scaled up replica set"),
+        "{described}"
+    );
     let pods = |up: &Up| -> Vec<String> {
         up.ok(&[
             "get",

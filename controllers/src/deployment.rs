@@ -258,6 +258,7 @@ pub fn plan(d: &Deployment, owned: &[Arc<ReplicaSet>]) -> Plan {
 pub struct Context {
     pub client: kube::Client,
     pub replicasets: Store<ReplicaSet>,
+    pub events: crate::events::Recorder,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -316,12 +317,23 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
             .await?;
     }
     for (name, replicas) in &plan.scale {
-        if plan.create.as_ref().is_some_and(|(n, _)| n == name) {
-            continue;
+        let from = owned
+            .iter()
+            .find(|rs| rs.name_any() == *name)
+            .and_then(|rs| rs.spec.as_ref().and_then(|s| s.replicas))
+            .unwrap_or(0);
+        if !plan.create.as_ref().is_some_and(|(n, _)| n == name) {
+            let patch = json!({"spec": {"replicas": replicas}});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
         }
-        let patch = json!({"spec": {"replicas": replicas}});
-        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
+        let verb = if *replicas >= from { "up" } else { "down" };
+        ctx.events.record(
+            &*d,
+            crate::events::Type::Normal,
+            "ScalingReplicaSet",
+            &format!("Scaled {verb} replica set {name} from {from} to {replicas}"),
+        );
     }
     for name in &plan.delete {
         let _ = api.delete(name, &DeleteParams::background()).await;

@@ -17,6 +17,7 @@
 
 pub mod cronjob;
 pub mod deployment;
+pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod informer;
@@ -62,6 +63,7 @@ pub async fn run(client: kube::Client, nodes_settings: nodelifecycle::Settings) 
                 client: client.clone(),
                 pods: pods.store(),
                 expectations: Default::default(),
+                events: events::Recorder::new(client.clone(), "replicaset-controller"),
             }),
         )
         .for_each(|_| async {});
@@ -73,6 +75,7 @@ pub async fn run(client: kube::Client, nodes_settings: nodelifecycle::Settings) 
             Arc::new(deployment::Context {
                 client: client.clone(),
                 replicasets: replicasets.store(),
+                events: events::Recorder::new(client.clone(), "deployment-controller"),
             }),
         )
         .for_each(|_| async {});

@@ -222,6 +222,7 @@ pub struct Context {
     pub client: kube::Client,
     pub pods: Store<Pod>,
     pub expectations: Expectations,
+    pub events: crate::events::Recorder,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -286,11 +287,25 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
             };
             let created = api.create(&PostParams::default(), &pod).await?;
             ctx.expectations.created(&uid, created.name_any());
+            ctx.events.record(
+                &*rs,
+                crate::events::Type::Normal,
+                "SuccessfulCreate",
+                &format!("Created pod: {}", created.name_any()),
+            );
         }
     }
     for name in &plan.delete {
         match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => ctx.expectations.deleted(&uid, name.clone()),
+            Ok(_) => {
+                ctx.expectations.deleted(&uid, name.clone());
+                ctx.events.record(
+                    &*rs,
+                    crate::events::Type::Normal,
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {name}"),
+                );
+            }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
