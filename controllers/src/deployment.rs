@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::chrono::{DateTime, SecondsFormat, Utc};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
@@ -98,7 +99,7 @@ fn without_empties(v: Value) -> Value {
     }
 }
 
-pub fn plan(d: &Deployment, owned: &[Arc<ReplicaSet>]) -> Plan {
+pub fn plan(d: &Deployment, owned: &[Arc<ReplicaSet>], now: DateTime<Utc>) -> Plan {
     let spec = d.spec.clone().unwrap_or_default();
     let desired = spec.replicas.unwrap_or(1).max(0);
     let template = serde_json::to_value(&spec.template).unwrap_or_default();
@@ -229,12 +230,93 @@ pub fn plan(d: &Deployment, owned: &[Arc<ReplicaSet>]) -> Plan {
     };
     let is_available = available >= desired - unavailable_allowed;
     let complete = updated == desired && replicas == desired && available == desired;
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let condition = |t: &str, ok: bool, reason: &str, message: String| {
-        json!({"type": t, "status": if ok { "True" } else { "False" }, "reason": reason, "message": message,
-               "lastUpdateTime": now, "lastTransitionTime": now})
+    let previous = |t: &str| {
+        d.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == t).cloned())
+    };
+    let stamp = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+    // A condition keeps its transition time while its status stays, and its update time
+    // while nothing about it changes.
+    let condition = |t: &str, status: &str, reason: &str, message: String, updated: bool| {
+        let prev = previous(t);
+        let same_status = prev.as_ref().is_some_and(|p| p.status == status);
+        let same = same_status
+            && prev
+                .as_ref()
+                .is_some_and(|p| p.reason.as_deref() == Some(reason));
+        let kept = |v: Option<DateTime<Utc>>| stamp(v.unwrap_or(now));
+        let transition = if same_status {
+            kept(
+                prev.as_ref()
+                    .and_then(|p| p.last_transition_time.as_ref().map(|t| t.0)),
+            )
+        } else {
+            stamp(now)
+        };
+        let update = if same && !updated {
+            kept(
+                prev.as_ref()
+                    .and_then(|p| p.last_update_time.as_ref().map(|t| t.0)),
+            )
+        } else {
+            stamp(now)
+        };
+        json!({"type": t, "status": status, "reason": reason, "message": message,
+               "lastUpdateTime": update, "lastTransitionTime": transition})
     };
     let rs_name = current.map(|rs| rs.name_any()).unwrap_or(name);
+    // Progress: a new ReplicaSet, a scale, or counts that moved since the last status.
+    let old_status = d.status.clone().unwrap_or_default();
+    let progressed = out.create.is_some()
+        || !out.scale.is_empty()
+        || old_status.replicas.unwrap_or(0) != replicas
+        || old_status.updated_replicas.unwrap_or(0) != updated
+        || old_status.ready_replicas.unwrap_or(0) != ready
+        || old_status.available_replicas.unwrap_or(0) != available;
+    let deadline = Duration::from_secs(spec.progress_deadline_seconds.unwrap_or(600).max(0) as u64);
+    let last_progress = previous("Progressing")
+        .filter(|p| p.status == "True")
+        .and_then(|p| p.last_update_time.map(|t| t.0));
+    let stalled = !complete
+        && !progressed
+        && last_progress.is_some_and(|t| (now - t).to_std().unwrap_or_default() > deadline);
+    let already_exceeded = previous("Progressing")
+        .is_some_and(|p| p.reason.as_deref() == Some("ProgressDeadlineExceeded"));
+    let progressing = if paused {
+        condition(
+            "Progressing",
+            "Unknown",
+            "DeploymentPaused",
+            "Deployment is paused".into(),
+            false,
+        )
+    } else if complete {
+        condition(
+            "Progressing",
+            "True",
+            "NewReplicaSetAvailable",
+            format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
+            progressed,
+        )
+    } else if stalled || (already_exceeded && !progressed) {
+        condition(
+            "Progressing",
+            "False",
+            "ProgressDeadlineExceeded",
+            format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
+            false,
+        )
+    } else {
+        condition(
+            "Progressing",
+            "True",
+            "ReplicaSetUpdated",
+            format!("ReplicaSet \"{rs_name}\" is progressing."),
+            progressed,
+        )
+    };
     out.status = json!({
         "observedGeneration": d.metadata.generation.unwrap_or(0),
         "replicas": replicas,
@@ -243,13 +325,10 @@ pub fn plan(d: &Deployment, owned: &[Arc<ReplicaSet>]) -> Plan {
         "availableReplicas": available,
         "unavailableReplicas": (desired - available).max(0),
         "conditions": [
-            condition("Available", is_available,
+            condition("Available", if is_available { "True" } else { "False" },
                 if is_available { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
-                format!("Deployment {}.", if is_available { "has minimum availability" } else { "does not have minimum availability" })),
-            condition("Progressing", true,
-                if complete { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" },
-                if complete { format!("ReplicaSet \"{rs_name}\" has successfully progressed.") }
-                else { format!("ReplicaSet \"{rs_name}\" is progressing.") }),
+                format!("Deployment {}.", if is_available { "has minimum availability" } else { "does not have minimum availability" }), false),
+            progressing,
         ],
     });
     out
@@ -284,7 +363,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
                 .any(|o| o.uid == uid && o.controller == Some(true))
         })
         .collect();
-    let plan = plan(&d, &owned);
+    let plan = plan(&d, &owned, Utc::now());
     let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
     let spec = d.spec.clone().unwrap_or_default();
     if let Some((name, revision)) = &plan.create {
@@ -439,7 +518,7 @@ mod tests {
     #[test]
     fn a_new_deployment_gets_its_first_replicaset_at_full_scale() {
         let d = deploy(3, "v1");
-        let p = plan(&d, &[]);
+        let p = plan(&d, &[], Utc::now());
         let (name, revision) = p.create.clone().unwrap();
         assert_eq!(revision, 1);
         assert_eq!(p.scale.get(&name), Some(&3));
@@ -450,7 +529,7 @@ mod tests {
         let d = deploy(3, "v2");
         let old = rs(&d, "v1", 3, 3, 1);
         // Step 1: a new ReplicaSet with one pod (surge 1); one old pod may go (unavailable 1).
-        let p = plan(&d, std::slice::from_ref(&old));
+        let p = plan(&d, std::slice::from_ref(&old), Utc::now());
         let (new_name, revision) = p.create.clone().unwrap();
         assert_eq!(revision, 2);
         assert_eq!(p.scale.get(&new_name), Some(&1));
@@ -458,7 +537,7 @@ mod tests {
         // Later: new has 2 ready of 2, old has 2 (available 2): total 4 = 3 + surge.
         let new = rs(&d, "v2", 2, 2, 2);
         let old = rs(&d, "v1", 2, 2, 1);
-        let p = plan(&d, &[old.clone(), new.clone()]);
+        let p = plan(&d, &[old.clone(), new.clone()], Utc::now());
         assert_eq!(p.scale.get(&new.name_any()), None, "no room to surge");
         assert_eq!(
             p.scale.get(&old.name_any()),
@@ -468,7 +547,7 @@ mod tests {
         // Done: old at 0, new at 3 and available.
         let new = rs(&d, "v2", 3, 3, 2);
         let old = rs(&d, "v1", 0, 0, 1);
-        let p = plan(&d, &[old, new]);
+        let p = plan(&d, &[old, new], Utc::now());
         assert!(p.scale.is_empty() && p.create.is_none());
         assert_eq!(p.status["updatedReplicas"], 3);
         assert_eq!(
@@ -482,7 +561,7 @@ mod tests {
         let d = deploy(3, "v1");
         let v1 = rs(&d, "v1", 0, 0, 1);
         let v2 = rs(&d, "v2", 3, 3, 2);
-        let p = plan(&d, &[v1.clone(), v2]);
+        let p = plan(&d, &[v1.clone(), v2], Utc::now());
         assert!(p.create.is_none());
         assert_eq!(p.bump_revision, Some((v1.name_any(), 3)));
         assert_eq!(
@@ -490,5 +569,48 @@ mod tests {
             Some(&1),
             "scales up within the surge"
         );
+    }
+
+    #[test]
+    fn a_rollout_without_progress_past_its_deadline_is_reported() {
+        let mut d = deploy(3, "v2");
+        d.spec.as_mut().unwrap().progress_deadline_seconds = Some(30);
+        // The new pods never become available: one of three is.
+        let stuck = [rs(&d, "v1", 0, 0, 1), rs(&d, "v2", 3, 1, 2)];
+        let start: DateTime<Utc> = "2027-01-15T08:00:00Z".parse().unwrap();
+        let first = plan(&d, &stuck, start);
+        assert!(first.scale.is_empty() && first.create.is_none());
+        assert_eq!(first.status["conditions"][1]["reason"], "ReplicaSetUpdated");
+        d.status = Some(serde_json::from_value(first.status.clone()).unwrap());
+        // Nothing moves for 20 s: within the deadline, and the progress time is kept.
+        let quiet = plan(
+            &d,
+            &stuck,
+            start + k8s_openapi::chrono::Duration::seconds(20),
+        );
+        assert_eq!(quiet.status["conditions"][1]["reason"], "ReplicaSetUpdated");
+        assert_eq!(
+            quiet.status["conditions"][1]["lastUpdateTime"],
+            "2027-01-15T08:00:00Z"
+        );
+        let late = plan(
+            &d,
+            &stuck,
+            start + k8s_openapi::chrono::Duration::seconds(31),
+        );
+        assert_eq!(late.status["conditions"][1]["status"], "False");
+        assert_eq!(
+            late.status["conditions"][1]["reason"],
+            "ProgressDeadlineExceeded"
+        );
+        // Progress again (a pod became available) clears it.
+        d.status = Some(serde_json::from_value(late.status.clone()).unwrap());
+        let moving = [rs(&d, "v1", 0, 0, 1), rs(&d, "v2", 3, 2, 2)];
+        let again = plan(
+            &d,
+            &moving,
+            start + k8s_openapi::chrono::Duration::seconds(40),
+        );
+        assert_eq!(again.status["conditions"][1]["reason"], "ReplicaSetUpdated");
     }
 }
