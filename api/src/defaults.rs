@@ -98,6 +98,23 @@ pub fn apply(resource: &str, obj: &mut Value) {
                 default(spec, "revisionHistoryLimit", json!(10));
                 default(spec, "progressDeadlineSeconds", json!(600));
             }
+            if resource == "daemonsets" {
+                default(
+                    spec,
+                    "updateStrategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+                );
+                default(spec, "revisionHistoryLimit", json!(10));
+            }
+            if resource == "statefulsets" {
+                default(
+                    spec,
+                    "updateStrategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+                );
+                default(spec, "podManagementPolicy", json!("OrderedReady"));
+                default(spec, "revisionHistoryLimit", json!(10));
+            }
             if resource == "jobs" {
                 default(spec, "backoffLimit", json!(6));
                 default(spec, "completions", json!(1));

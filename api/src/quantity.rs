@@ -29,20 +29,29 @@ pub fn bytes(q: &str) -> Option<u64> {
     (v >= 0.0).then(|| v.ceil() as u64)
 }
 
-/// Millicores of a CPU quantity.
+/// Millicores of a CPU quantity, rounded up.
 pub fn millicores(q: &str) -> Option<u64> {
+    millicores_exact(q).map(|v| v.ceil() as u64)
+}
+
+/// Millicores of a CPU quantity, with fractions (`250000n` is 0.25m: metrics are written in
+/// nanocores).
+pub fn millicores_exact(q: &str) -> Option<f64> {
     let q = q.trim();
-    if let Some(m) = q.strip_suffix('m') {
-        return m
-            .parse::<f64>()
-            .ok()
-            .filter(|v| *v >= 0.0)
-            .map(|v| v.ceil() as u64);
-    }
-    q.parse::<f64>()
+    let (number, scale) = if let Some(n) = q.strip_suffix('n') {
+        (n, 1e-6)
+    } else if let Some(u) = q.strip_suffix('u') {
+        (u, 1e-3)
+    } else if let Some(m) = q.strip_suffix('m') {
+        (m, 1.0)
+    } else {
+        (q, 1000.0)
+    };
+    number
+        .parse::<f64>()
         .ok()
-        .filter(|v| *v >= 0.0)
-        .map(|v| (v * 1000.0).ceil() as u64)
+        .filter(|v| *v >= 0.0 && v.is_finite())
+        .map(|v| v * scale)
 }
 
 #[cfg(test)]
@@ -58,6 +67,11 @@ mod tests {
         assert_eq!(bytes("1024"), Some(1024));
         assert_eq!(bytes("lots"), None);
         assert_eq!(bytes("-1Mi"), None);
+        assert_eq!(millicores("250m"), Some(250));
+        assert_eq!(millicores("1.5"), Some(1500));
+        assert_eq!(millicores_exact("250000n"), Some(0.25));
+        assert_eq!(millicores_exact("30u"), Some(0.03));
+        assert_eq!(millicores("lots"), None);
         assert_eq!(millicores("250m"), Some(250));
         assert_eq!(millicores("1.5"), Some(1500));
         assert_eq!(millicores("2"), Some(2000));

@@ -77,6 +77,11 @@ impl Resource {
             .any(|r| r.name == self.name && r.group == self.group)
     }
 
+    /// Whether this is a resource metrics kind (see [`METRICS`]).
+    pub fn is_metrics(&self) -> bool {
+        self.group == "metrics.k8s.io"
+    }
+
     /// Subresources that act rather than store (POST only, or a stream): name, the group and
     /// version of the kind they take, that kind, and the verbs.
     pub fn actions(&self) -> &'static [Action] {
@@ -198,11 +203,20 @@ pub static REVIEWS: &[Resource] = &[
     r("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "selfsubjectaccessreview", "SelfSubjectAccessReview", false, NONE, NONE),
 ];
 
+/// Resource metrics (metrics.k8s.io, what metrics-server serves in Kubernetes): read-only,
+/// never stored, gathered from the nodes on each request (`kubectl top`, the autoscaler).
+#[rustfmt::skip]
+pub static METRICS: &[Resource] = &[
+    r("metrics.k8s.io", "v1beta1", "pods", "", "PodMetrics", true, NONE, NONE),
+    r("metrics.k8s.io", "v1beta1", "nodes", "", "NodeMetrics", false, NONE, NONE),
+];
+
 /// The resource named `name` in `group`/`version`, if it is served.
 pub fn find(group: &str, version: &str, name: &str) -> Option<&'static Resource> {
     REGISTRY
         .iter()
         .chain(REVIEWS)
+        .chain(METRICS)
         .find(|r| r.group == group && r.version == version && r.name == name)
 }
 
@@ -213,6 +227,7 @@ pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
     for r in REGISTRY
         .iter()
         .chain(REVIEWS)
+        .chain(METRICS)
         .filter(|r| !r.group.is_empty())
     {
         match out.iter_mut().find(|(g, _)| *g == r.group) {

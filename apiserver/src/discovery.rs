@@ -58,6 +58,10 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
         .iter()
         .filter(|r| r.group == group && r.version == version)
         .map(|r| json!({"name": r.name, "singularName": r.singular, "namespaced": false, "kind": r.kind, "verbs": ["create"]}));
+    let metrics = registry::METRICS
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .map(|r| json!({"name": r.name, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "list"]}));
     let resources: Vec<Value> = registry::REGISTRY
         .iter()
         .filter(|r| r.group == group && r.version == version)
@@ -89,6 +93,7 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
             docs
         })
         .chain(reviews)
+        .chain(metrics)
         .collect();
     if resources.is_empty() {
         return None;

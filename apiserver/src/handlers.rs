@@ -228,7 +228,7 @@ pub async fn bootstrap(store: &StoreNode, api_address: &str) -> Result<(), Store
     Ok(())
 }
 
-fn json_response(code: StatusCode, value: &Value) -> Response {
+pub(crate) fn json_response(code: StatusCode, value: &Value) -> Response {
     (
         code,
         [(header::CONTENT_TYPE, "application/json")],
@@ -237,7 +237,7 @@ fn json_response(code: StatusCode, value: &Value) -> Response {
         .into_response()
 }
 
-fn failure(code: StatusCode, reason: &str, message: &str) -> Response {
+pub(crate) fn failure(code: StatusCode, reason: &str, message: &str) -> Response {
     json_response(code, &status(code.as_u16(), reason, message, None))
 }
 
@@ -469,6 +469,25 @@ async fn dispatch(
                 table,
                 user: &user,
             };
+            if o.resource.is_metrics() {
+                return match (&method, &o.subresource) {
+                    (&Method::GET, None) => {
+                        crate::metrics::serve(
+                            &st,
+                            o.resource,
+                            o.namespace.as_deref(),
+                            o.name.as_deref(),
+                            &query,
+                        )
+                        .await
+                    }
+                    _ => failure(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "MethodNotAllowed",
+                        "resource metrics are read-only",
+                    ),
+                };
+            }
             if o.resource.is_review() {
                 return match (&method, &o.name) {
                     (&Method::POST, None) => call.review(&body),
@@ -541,7 +560,7 @@ fn to_bytes(obj: &Value) -> Vec<u8> {
 }
 
 /// The stored object with its resourceVersion filled in.
-fn from_kv(kv: &KeyValue) -> Value {
+pub(crate) fn from_kv(kv: &KeyValue) -> Value {
     let mut obj: Value = serde_json::from_slice(&kv.value).unwrap_or_else(|_| json!({}));
     object::metadata_mut(&mut obj)
         .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
@@ -1069,30 +1088,14 @@ impl Call<'_> {
                 return bad_request(&format!("node {node_name} of pod {name} is not registered"))
             }
         };
-        let address = node["status"]["addresses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| a["type"] == "InternalIP")
-            .and_then(|a| a["address"].as_str())
-            .and_then(|a| a.parse::<std::net::IpAddr>().ok());
-        let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok());
-        let (Some(address), Some(port)) = (address, port) else {
+        let Some(endpoint) = crate::metrics::node_endpoint(&node) else {
             return failure(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
                 &format!("node {node_name} has not published its address"),
             );
         };
-        let token = self.st.auth.signer.issue(&auth::Claims {
-            sub: "system:kube-apiserver".into(),
-            groups: vec![],
-            exp: auth::unix_now() + 60,
-            uid: None,
-            aud: Some(format!("drover-node:{node_name}")),
-        });
+        let token = crate::metrics::node_token(self.st, node_name);
         let mut query = Vec::new();
         for key in ["follow", "previous", "timestamps", "tailLines"] {
             if let Some(v) = self.query.get(key) {
@@ -1101,7 +1104,7 @@ impl Call<'_> {
         }
         let ns = self.o.namespace.clone().unwrap_or_default();
         let path = format!("/containerLogs/{ns}/{name}/{container}?{}", query.join("&"));
-        match crate::proxy::get(std::net::SocketAddr::new(address, port), &path, &token).await {
+        match crate::proxy::get(endpoint, &path, &token).await {
             Ok(resp) if resp.status().is_success() => (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "text/plain")],
@@ -1127,7 +1130,7 @@ impl Call<'_> {
             Err(e) => failure(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
-                &format!("cannot reach node {node_name} at {address}:{port} for logs: {e}"),
+                &format!("cannot reach node {node_name} at {endpoint} for logs: {e}"),
             ),
         }
     }

@@ -19,6 +19,7 @@ pub mod discovery;
 pub mod encryption;
 pub mod handlers;
 pub mod listener;
+pub mod metrics;
 pub mod path;
 pub mod pki;
 pub mod protobuf;

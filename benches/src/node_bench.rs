@@ -143,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
             memory_limit: None,
             cpu_limit: None,
             listen: None,
+            usage: Default::default(),
         };
         let times = rt
             .time_instantiation(&spec, args.instantiations)

@@ -41,6 +41,9 @@ pub struct ServerArgs {
     /// evicted (Kubernetes: 40s, then 300s of default toleration).
     #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
     node_monitor_grace_period: std::time::Duration,
+    /// How often HorizontalPodAutoscalers are evaluated (Kubernetes: 15s).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    horizontal_pod_autoscaler_sync_period: std::time::Duration,
 }
 
 impl ServerArgs {
@@ -224,8 +227,13 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     let admin =
         node::client::connect(&format!("https://{address}"), &pki.ca_pem, &pki.admin_token)?;
     let leader_of = node.clone();
-    let nodes = controllers::nodelifecycle::Settings {
-        grace: args.node_monitor_grace_period,
+    let settings = controllers::Settings {
+        nodes: controllers::nodelifecycle::Settings {
+            grace: args.node_monitor_grace_period,
+        },
+        hpa: controllers::hpa::Settings {
+            sync_period: args.horizontal_pod_autoscaler_sync_period,
+        },
     };
     let is_leader = move || {
         let status = leader_of.status();
@@ -236,7 +244,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
         is_leader,
         move |client: kube::Client| async move {
             tokio::join!(
-                controllers::run(client.clone(), nodes),
+                controllers::run(client.clone(), settings),
                 scheduler::run(client)
             );
         },

@@ -46,9 +46,14 @@ struct Up {
 impl Up {
     /// `n` picks distinct addresses for tests running side by side.
     fn start(n: u8) -> Up {
+        Up::start_with(n, &[])
+    }
+
+    /// Like [`Up::start`], with more `drover up` flags.
+    fn start_with(n: u8, extra: &[&str]) -> Up {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let args: Vec<String> = vec![
+        let args: Vec<String> = [
             "up".into(),
             "--data-dir".into(),
             data.display().to_string(),
@@ -64,7 +69,10 @@ impl Up {
             "1s".into(),
             "--name".into(),
             format!("node-{n}"),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect();
         let mut up = Up {
             child: None,
             kubeconfig: data.join("admin.kubeconfig"),
@@ -889,6 +897,39 @@ fn the_seed_deployment_runs_heals_rolls_out_and_rolls_back() {
         "jsonpath={.status.readyReplicas}/{.spec.replicas}",
     ]);
     assert_eq!(ready, "3/3");
+    // The Service's Endpoints and EndpointSlice list the three ready pods.
+    let ips = up.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=hw",
+        "-o",
+        "jsonpath={.items[*].status.podIP}",
+    ]);
+    let mut ips: Vec<&str> = ips.split_whitespace().collect();
+    ips.sort();
+    let endpoints = up.until(30, "the Service's Endpoints", || {
+        let e = up.ok(&[
+            "get",
+            "endpoints",
+            "hw-svc",
+            "-o",
+            "jsonpath={.subsets[*].addresses[*].ip}",
+        ]);
+        let mut e: Vec<String> = e.split_whitespace().map(str::to_string).collect();
+        e.sort();
+        (e.len() == 3).then_some(e)
+    });
+    assert_eq!(endpoints, ips);
+    let slice = up.ok(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=hw-svc",
+        "-o",
+        "jsonpath={.items[0].endpoints[*].conditions.ready}",
+    ]);
+    assert_eq!(slice, "true true true");
     // What the controllers did is in the events `kubectl describe` shows.
     let described = up.ok(&["describe", "deployment", "hw-demo-deployment"]);
     assert!(
@@ -1261,4 +1302,142 @@ fn jobs_run_to_completion_and_cronjobs_fire_on_schedule() {
         let out = up.ok(&["get", "jobs", "-o", "jsonpath={range .items[?(@.metadata.ownerReferences[0].name==\"tick\")]}{.metadata.name} {end}"]);
         out.trim().is_empty().then_some(())
     });
+}
+
+/// `kubectl autoscale` on an HTTP function: under load its CPU use (measured by the node per
+/// Wasm instance, served as metrics.k8s.io for `kubectl top`) scales the Deployment up; idle,
+/// back down.
+#[test]
+fn the_autoscaler_scales_a_loaded_http_function_up_and_back_down() {
+    let up = Up::start_with(50, &["--horizontal-pod-autoscaler-sync-period", "2s"]);
+    up.import("hello_world.wasm", "hello-world:v1");
+    up.apply(
+        "fn.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: fn}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: fn}}\n  template:\n    metadata: {labels: {app: fn}}\n    spec:\n      containers:\n      - name: hw\n        image: hello-world:v1\n        ports: [{containerPort: 8080}]\n        resources: {requests: {cpu: 10m}}\n",
+    );
+    up.ok(&["rollout", "status", "deployment/fn", "--timeout=60s"]);
+    up.ok(&[
+        "autoscale",
+        "deployment",
+        "fn",
+        "--cpu-percent=50",
+        "--min=1",
+        "--max=4",
+    ]);
+    up.ok(&[
+        "patch",
+        "hpa",
+        "fn",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":4}}}}"#,
+    ]);
+    let pod = up.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=fn",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let ip = up.jsonpath(&pod, "{.status.podIP}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, ip) = (stop.clone(), ip.clone());
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut s) = std::net::TcpStream::connect((ip.as_str(), 8080)) else {
+                        continue;
+                    };
+                    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: fn\r\nConnection: close\r\n\r\n");
+                    let _ = s.read_to_end(&mut Vec::new());
+                }
+            })
+        })
+        .collect();
+    let scaled = up.until(60, "a scale-up under load", || {
+        let r = up.ok(&["get", "deployment", "fn", "-o", "jsonpath={.spec.replicas}"]);
+        (r.parse::<i32>().unwrap_or(0) > 1).then_some(r)
+    });
+    eprintln!("scaled to {scaled} replicas under load");
+    let top = up.ok(&["top", "pod", "-l", "app=fn"]);
+    assert!(top.contains(&pod) && top.contains("CPU(cores)"), "{top}");
+    let hpa = up.ok(&["get", "hpa", "fn"]);
+    assert!(hpa.contains("cpu: ") && hpa.contains("%/50%"), "{hpa}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in load {
+        let _ = t.join();
+    }
+    up.until(60, "the scale-down when idle", || {
+        let r = up.ok(&["get", "deployment", "fn", "-o", "jsonpath={.spec.replicas}"]);
+        (r == "1").then_some(())
+    });
+    let events = up.ok(&["describe", "hpa", "fn"]);
+    assert!(events.contains("SuccessfulRescale"), "{events}");
+}
+
+/// A DaemonSet runs one pod per node, also on a node that joins later; a StatefulSet starts
+/// its pods in order with stable names.
+#[test]
+fn daemonsets_cover_every_node_and_statefulsets_start_in_order() {
+    let up = Up::start(52);
+    up.import("hello_world.wasm", "hello-world:v1");
+    up.apply(
+        "ds.yaml",
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent}\nspec:\n  selector: {matchLabels: {app: agent}}\n  template:\n    metadata: {labels: {app: agent}}\n    spec:\n      containers:\n      - {name: hw, image: hello-world:v1, ports: [{containerPort: 8080}]}\n",
+    );
+    up.ok(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    let (mut second, _token, node_dir) = up.second_node();
+    let out = Command::new(bin())
+        .args(["image", "import", "--node-dir"])
+        .arg(&node_dir)
+        .arg(examples().join("hello_world.wasm"))
+        .arg("hello-world:v1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    up.until(60, "a daemon pod on each of the two nodes", || {
+        let p = placements(&up, "app=agent");
+        let mut nodes: Vec<&str> = p.iter().map(|(_, n)| n.as_str()).collect();
+        nodes.sort();
+        (nodes == ["node-52", "second"]).then_some(())
+    });
+    // The second node goes for good: its Node object too (its pods are then removed).
+    let _ = second.kill();
+    let _ = second.wait();
+    up.ok(&["delete", "node", "second"]);
+    up.until(30, "the daemon pod of the removed node gone", || {
+        (placements(&up, "app=agent").len() == 1).then_some(())
+    });
+
+    up.apply(
+        "sts.yaml",
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\nspec:\n  serviceName: db\n  replicas: 3\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec:\n      containers:\n      - name: hw\n        image: hello-world:v1\n        ports: [{containerPort: 8080}]\n        readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}\n",
+    );
+    up.ok(&["rollout", "status", "sts/db", "--timeout=90s"]);
+    let created: Vec<String> = ["db-0", "db-1", "db-2"]
+        .iter()
+        .map(|p| up.jsonpath(p, "{.metadata.creationTimestamp}"))
+        .collect();
+    assert!(created.windows(2).all(|w| w[0] <= w[1]), "{created:?}");
+    assert_eq!(
+        up.jsonpath("db-1", "{.spec.hostname}.{.spec.subdomain}"),
+        "db-1.db"
+    );
+    // A deleted member comes back with its name. (Without --wait: the replacement can come
+    // between kubectl's read and its watch, and kubectl would then wait for it to go too.)
+    let uid = up.jsonpath("db-1", "{.metadata.uid}");
+    up.ok(&["delete", "pod", "db-1", "--wait=false"]);
+    up.wait_for("db-1", "{.metadata.uid}", "a new pod", 60, |u| {
+        !u.is_empty() && u != uid
+    });
+    up.wait_for(
+        "db-1",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "Ready again",
+        60,
+        |s| s == "True",
+    );
 }

@@ -401,7 +401,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
             .find(|rs| rs.name_any() == *name)
             .and_then(|rs| rs.spec.as_ref().and_then(|s| s.replicas))
             .unwrap_or(0);
-        if !plan.create.as_ref().is_some_and(|(n, _)| n == name) {
+        if plan.create.as_ref().is_none_or(|(n, _)| n != name) {
             let patch = json!({"spec": {"replicas": replicas}});
             api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;

@@ -9,38 +9,54 @@
 //!
 //! - [`replicaset`]: N pods of a template, adoption, least-useful-first deletion.
 //! - [`deployment`]: ReplicaSets per template, RollingUpdate and Recreate, revisions.
+//! - [`daemonset`]: one pod per eligible node, rolling updates.
+//! - [`statefulset`]: stable names, ordered start and stop, rolling updates with partitions.
+//! - [`endpoints`]: Endpoints and EndpointSlices of Services from their ready pods.
 //! - [`job`]: pods run to completion (parallelism, completions, backoffLimit, deadlines, TTL).
 //! - [`cronjob`]: Jobs on a cron schedule in a time zone, with concurrency policies.
+//! - [`hpa`]: HorizontalPodAutoscalers from metrics.k8s.io (CPU, requests per second).
 //! - [`nodelifecycle`]: nodes Unknown and tainted when their agents go silent; eviction.
 //! - [`events`]: the Event recorder the controllers and the scheduler share.
 //! - [`gc`]: the garbage collector over ownerReferences; default ServiceAccounts.
 
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod hpa;
 pub mod informer;
 pub mod job;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod selector;
+pub mod statefulset;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::Controller;
 use kube::Api;
 
 use informer::Informer;
 
 /// Runs every controller until the returned future is dropped.
-pub async fn run(client: kube::Client, nodes_settings: nodelifecycle::Settings) {
+/// What the controllers can be tuned with (`drover server` flags).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settings {
+    pub nodes: nodelifecycle::Settings,
+    pub hpa: hpa::Settings,
+}
+
+pub async fn run(client: kube::Client, settings: Settings) {
     // Dropped (and the informers' tasks aborted) when this future is.
     let mut tasks = tokio::task::JoinSet::new();
     let pods = Informer::<Pod>::start(Api::all(client.clone()), &mut tasks);
@@ -107,16 +123,102 @@ pub async fn run(client: kube::Client, nodes_settings: nodelifecycle::Settings) 
         leases: leases.store(),
         pods: pods.store(),
         events: events::Recorder::new(client.clone(), "node-controller"),
-        settings: nodes_settings,
+        settings: settings.nodes,
+    }));
+    let hpas = Informer::<HorizontalPodAutoscaler>::start(Api::all(client.clone()), &mut tasks);
+    let autoscaler = hpa::run(Arc::new(hpa::Context {
+        client: client.clone(),
+        hpas: hpas.store(),
+        pods: pods.store(),
+        events: events::Recorder::new(client.clone(), "horizontal-pod-autoscaler"),
+        settings: settings.hpa,
     }));
     nodes.ready().await;
     leases.ready().await;
+    let daemonsets = Informer::<DaemonSet>::start(Api::all(client.clone()), &mut tasks);
+    let daemons = Controller::for_stream(daemonsets.subscribe(), daemonsets.store())
+        .owns_stream(pods.subscribe())
+        // A node that comes, goes or changes may need a daemon pod or lose one.
+        .reconcile_all_on(nodes.subscribe().map(|_| ()))
+        .run(
+            daemonset::reconcile,
+            daemonset::error_policy,
+            Arc::new(daemonset::Context {
+                client: client.clone(),
+                pods: pods.store(),
+                nodes: nodes.store(),
+            }),
+        )
+        .for_each(|_| async {});
+    let statefulsets = Informer::<StatefulSet>::start(Api::all(client.clone()), &mut tasks);
+    let stateful = Controller::for_stream(statefulsets.subscribe(), statefulsets.store())
+        .owns_stream(pods.subscribe())
+        .run(
+            statefulset::reconcile,
+            statefulset::error_policy,
+            Arc::new(statefulset::Context {
+                client: client.clone(),
+                pods: pods.store(),
+            }),
+        )
+        .for_each(|_| async {});
+    let services = Informer::<Service>::start(Api::all(client.clone()), &mut tasks);
+    let endpoints_inf = Informer::<Endpoints>::start(Api::all(client.clone()), &mut tasks);
+    let slices = Informer::<EndpointSlice>::start(Api::all(client.clone()), &mut tasks);
+    let endpoints_ctx = Arc::new(endpoints::Context {
+        client: client.clone(),
+        pods: pods.store(),
+        endpoints: endpoints_inf.store(),
+        slices: slices.store(),
+    });
+    let (service_store, slice_store) = (services.store(), slices.store());
+    let endpoint_controller = Controller::for_stream(services.subscribe(), services.store())
+        .owns_stream(slices.subscribe())
+        .watches_stream(pods.subscribe(), move |p: Pod| {
+            endpoints::services_for_pod(&service_store.state(), &slice_store.state(), &p)
+        })
+        .watches_stream(endpoints_inf.subscribe(), |e: Endpoints| {
+            endpoints::service_of_endpoints(&e)
+        })
+        .run(
+            endpoints::reconcile,
+            endpoints::error_policy,
+            endpoints_ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let service_store = services.store();
+    let endpoint_cleanup = async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            if let Err(e) = endpoints::cleanup_orphans(&endpoints_ctx, &service_store).await {
+                tracing::warn!("endpoints: {e}");
+            }
+        }
+    };
     pods.ready().await;
     replicasets.ready().await;
     deployments.ready().await;
     jobs.ready().await;
     cronjobs.ready().await;
-    tokio::join!(rs, deploy, job, cronjob, lifecycle, gc::run(client.clone()));
+    hpas.ready().await;
+    daemonsets.ready().await;
+    statefulsets.ready().await;
+    services.ready().await;
+    endpoints_inf.ready().await;
+    slices.ready().await;
+    tokio::join!(
+        rs,
+        deploy,
+        job,
+        cronjob,
+        lifecycle,
+        autoscaler,
+        daemons,
+        stateful,
+        endpoint_controller,
+        endpoint_cleanup,
+        gc::run(client.clone())
+    );
     drop(tasks);
 }
 

@@ -186,6 +186,7 @@ impl NodeAgent {
             registries: Arc::new(runtime::registry::Registries::new(
                 config.insecure_registries.clone(),
             )),
+            usage: Arc::default(),
         });
         NodeAgent {
             ips: Arc::new(PodIps::new(config.pod_ip_base)),
@@ -265,8 +266,10 @@ impl NodeAgent {
             self.config.name.clone(),
             self.ctx.pods_dir.clone(),
             self.ctx.logs.clone(),
+            self.ctx.usage.clone(),
             self.client.clone(),
         ));
+        tokio::spawn(self.ctx.usage.clone().run());
         let addr = SocketAddr::new(self.config.address, self.config.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await

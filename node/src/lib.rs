@@ -12,6 +12,7 @@ pub mod env;
 pub mod events;
 pub mod lifecycle;
 pub mod logserver;
+pub mod metrics;
 pub mod pod;
 pub mod probe;
 pub mod volumes;

@@ -1,5 +1,6 @@
-//! The node's log endpoint, which the API server's `pods/log` proxies to:
-//! `GET /containerLogs/{namespace}/{pod}/{container}?follow&tailLines&previous&timestamps`.
+//! The node's endpoint for the API server: container logs, which `pods/log` proxies to
+//! (`GET /containerLogs/{namespace}/{pod}/{container}?follow&tailLines&previous&timestamps`),
+//! and the pods' resource usage, which metrics.k8s.io serves (`GET /metrics/pods`).
 //!
 //! Callers authenticate with a bearer token the API server signed for this node's audience;
 //! the node asks the API server to review it (TokenReview, as the kubelet does) and accepts
@@ -50,6 +51,7 @@ pub struct LogServer {
     pub node_name: String,
     pub pods_dir: PathBuf,
     pub index: Arc<LogIndex>,
+    pub usage: Arc<crate::metrics::PodUsage>,
     pub client: kube::Client,
     reviewed: Mutex<HashMap<String, Instant>>,
 }
@@ -67,12 +69,14 @@ impl LogServer {
         node_name: String,
         pods_dir: PathBuf,
         index: Arc<LogIndex>,
+        usage: Arc<crate::metrics::PodUsage>,
         client: kube::Client,
     ) -> LogServer {
         LogServer {
             node_name,
             pods_dir,
             index,
+            usage,
             client,
             reviewed: Mutex::new(HashMap::new()),
         }
@@ -81,6 +85,7 @@ impl LogServer {
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+            .route("/metrics/pods", get(pod_metrics))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self)
     }
@@ -166,19 +171,34 @@ fn runs(dir: &Path) -> Vec<(u32, PathBuf)> {
     out
 }
 
+/// Whether the request carries the API server's token for this node.
+async fn from_api_server(server: &LogServer, headers: &HeaderMap) -> bool {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token {
+        Some(t) => server.authorized(t).await,
+        None => false,
+    }
+}
+
+async fn pod_metrics(State(server): State<Arc<LogServer>>, headers: HeaderMap) -> Response {
+    if !from_api_server(&server, &headers).await {
+        return text(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    let body = serde_json::to_vec(&server.usage.report()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 async fn container_logs(
     State(server): State<Arc<LogServer>>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     Query(q): Query<LogQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match token {
-        Some(t) if server.authorized(t).await => {}
-        _ => return text(StatusCode::UNAUTHORIZED, "Unauthorized"),
+    if !from_api_server(&server, &headers).await {
+        return text(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
     let Some(dir) = container_dir(&server.pods_dir, &ns, &pod, &container) else {
         return text(

@@ -44,6 +44,7 @@ pub struct NodeContext {
     pub logs: Arc<crate::logserver::LogIndex>,
     pub events: Arc<crate::events::Recorder>,
     pub registries: Arc<runtime::registry::Registries>,
+    pub usage: Arc<crate::metrics::PodUsage>,
 }
 
 /// News of the pod from the API.
@@ -265,6 +266,9 @@ impl Worker {
                     self.stop_all(&mut rx, "the pod was removed").await;
                     // Its files (secret volumes among them) go with it.
                     let _ = std::fs::remove_dir_all(&self.dir);
+                    self.ctx
+                        .usage
+                        .forget(self.pod.metadata.uid.as_deref().unwrap_or_default());
                     break;
                 }
                 Msg::Update(PodUpdate::Changed(pod)) => {
@@ -490,6 +494,12 @@ impl Worker {
             memory_limit,
             cpu_limit,
             listen,
+            usage: self.ctx.usage.container(
+                &self.pod.metadata.namespace.clone().unwrap_or_default(),
+                &name_of(&self.pod),
+                &self.pod.metadata.uid.clone().unwrap_or_default(),
+                &container.name,
+            ),
         };
         self.slots[index].status.image_id = image.digest.clone();
         match self.ctx.runtime.start(spec).await {
@@ -891,6 +901,9 @@ impl Worker {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        self.ctx
+            .usage
+            .forget(self.pod.metadata.uid.as_deref().unwrap_or_default());
     }
 
     fn status_json(&self) -> serde_json::Value {

@@ -8,6 +8,7 @@
 pub mod images;
 pub mod logs;
 pub mod registry;
+pub mod usage;
 pub mod wasm;
 
 use std::future::Future;
@@ -39,6 +40,8 @@ pub struct ContainerSpec {
     pub cpu_limit: Option<u64>,
     /// Where an HTTP function listens (the pod's address and the container's port).
     pub listen: Option<SocketAddr>,
+    /// Where the runtime counts what the container uses.
+    pub usage: Arc<usage::Usage>,
 }
 
 /// A host directory the container sees at `guest_path`.

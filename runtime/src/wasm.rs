@@ -106,6 +106,7 @@ struct CoreHost {
 struct MemoryLimit {
     max: Option<usize>,
     hit: Arc<AtomicBool>,
+    usage: Arc<crate::usage::Usage>,
 }
 
 impl ResourceLimiter for MemoryLimit {
@@ -119,6 +120,7 @@ impl ResourceLimiter for MemoryLimit {
             self.hit.store(true, Ordering::Relaxed);
             return Ok(false);
         }
+        self.usage.set_memory(desired as u64);
         Ok(true)
     }
 
@@ -372,6 +374,7 @@ fn limit(spec: &ContainerSpec) -> MemoryLimit {
     MemoryLimit {
         max: spec.memory_limit.map(|m| m as usize),
         hit: Arc::new(AtomicBool::new(false)),
+        usage: spec.usage.clone(),
     }
 }
 
@@ -434,8 +437,12 @@ impl WasmRuntime {
         let builder = wasi_builder(&spec)?;
         let engine = self.engine.clone();
         let log = spec.log.clone();
+        let usage = spec.usage.clone();
         tokio::spawn(async move {
-            let run = run_program(engine, prepared, builder, limits.clone(), cpu_limit);
+            let run = crate::usage::Metered::new(
+                run_program(engine, prepared, builder, limits.clone(), cpu_limit),
+                usage,
+            );
             let result = tokio::select! {
                 r = run => Some(r),
                 _ = stop_rx.wait_for(|s| *s) => None,
@@ -520,13 +527,15 @@ async fn serve_request(
         .http()
         .new_incoming_request(Scheme::Http, req)?;
     let out = store.data_mut().http().new_response_outparam(tx)?;
-    let task = tokio::spawn(async move {
+    spec.usage.request();
+    let handle = async move {
         let proxy = pre.instantiate_async(&mut store).await?;
         proxy
             .wasi_http_incoming_handler()
             .call_handle(&mut store, incoming, out)
             .await
-    });
+    };
+    let task = tokio::spawn(crate::usage::Metered::new(handle, spec.usage.clone()));
     match rx.await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(code)) => Err(anyhow::anyhow!("the function failed the request: {code:?}")),

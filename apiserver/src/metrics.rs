@@ -1,0 +1,202 @@
+//! metrics.k8s.io/v1beta1, served by the API server itself (Kubernetes needs metrics-server
+//! for it): PodMetrics and NodeMetrics, gathered on each request from the nodes' usage
+//! endpoints (`/metrics/pods`, rates over the last seconds). `kubectl top` and the
+//! HorizontalPodAutoscaler read them. Beside cpu and memory, a container's usage carries
+//! `drover.dev/requests-per-second` for HTTP functions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use api::object;
+use api::selector::LabelSelector;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use crate::handlers::{failure, from_kv, json_response, ApiState};
+
+pub const REQUESTS_PER_SECOND: &str = "drover.dev/requests-per-second";
+
+/// Where a node's agent serves the API server (logs, usage), from its status.
+pub fn node_endpoint(node: &Value) -> Option<SocketAddr> {
+    let address = node["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .and_then(|a| a.parse::<IpAddr>().ok())?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())?;
+    Some(SocketAddr::new(address, port))
+}
+
+/// A short-lived token the node accepts as the API server's.
+pub fn node_token(st: &ApiState, node: &str) -> String {
+    st.auth.signer.issue(&crate::auth::Claims {
+        sub: "system:kube-apiserver".into(),
+        groups: vec![],
+        exp: crate::auth::unix_now() + 60,
+        uid: None,
+        aud: Some(format!("drover-node:{node}")),
+    })
+}
+
+/// One node's report, or None when it cannot be reached in time.
+async fn node_report(st: &ApiState, name: String, node: Value) -> Option<(String, Value)> {
+    let addr = node_endpoint(&node)?;
+    let token = node_token(st, &name);
+    let fetch = async {
+        let resp = crate::proxy::get(addr, "/metrics/pods", &token)
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body = axum::body::to_bytes(axum::body::Body::new(resp.into_body()), 16 << 20)
+            .await
+            .ok()?;
+        serde_json::from_slice::<Value>(&body).ok()
+    };
+    let report = tokio::time::timeout(Duration::from_secs(3), fetch)
+        .await
+        .ok()??;
+    Some((name, report))
+}
+
+fn quantity_cpu(nanocores: u64) -> String {
+    format!("{nanocores}n")
+}
+
+fn quantity_memory(bytes: u64) -> String {
+    format!("{}Ki", bytes.div_ceil(1024))
+}
+
+/// Serves GET on pods or nodes of metrics.k8s.io (a list, or one object by name).
+pub async fn serve(
+    st: &ApiState,
+    resource: &api::registry::Resource,
+    namespace: Option<&str>,
+    name: Option<&str>,
+    query: &HashMap<String, String>,
+) -> Response {
+    let selector = match LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            return failure(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string());
+        }
+    };
+    let nodes_resource = api::registry::find("", "v1", "nodes").expect("registered");
+    let nodes: Vec<(String, Value)> = st
+        .cache
+        .range(&nodes_resource.key_prefix(), None)
+        .kvs
+        .iter()
+        .map(from_kv)
+        .filter_map(|n| Some((n["metadata"]["name"].as_str()?.to_string(), n)))
+        .filter(|(n, _)| resource.name != "nodes" || name.is_none_or(|want| want == n))
+        .collect();
+    let reports: Vec<(String, Value)> = futures_util::future::join_all(
+        nodes
+            .iter()
+            .map(|(n, v)| node_report(st, n.clone(), v.clone())),
+    )
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+    let kind = resource.kind;
+    let mut items = Vec::new();
+    if resource.name == "pods" {
+        let pods_resource = api::registry::find("", "v1", "pods").expect("registered");
+        for (_, report) in &reports {
+            for p in report["pods"].as_array().into_iter().flatten() {
+                let (Some(ns), Some(pod)) = (p["namespace"].as_str(), p["name"].as_str()) else {
+                    continue;
+                };
+                if namespace.is_some_and(|want| want != ns) || name.is_some_and(|want| want != pod)
+                {
+                    continue;
+                }
+                // Only pods that exist, with their labels for the selector.
+                let Some(kv) = st.cache.get(&pods_resource.key(Some(ns), pod)) else {
+                    continue;
+                };
+                let obj = from_kv(&kv);
+                let labels = object::labels(&obj);
+                if !selector.matches(&labels) {
+                    continue;
+                }
+                let containers: Vec<Value> = p["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        json!({"name": c["name"], "usage": {
+                            "cpu": quantity_cpu(c["cpuNanoCores"].as_u64().unwrap_or(0)),
+                            "memory": quantity_memory(c["memoryBytes"].as_u64().unwrap_or(0)),
+                            REQUESTS_PER_SECOND: format!("{}m", (c["requestsPerSecond"].as_f64().unwrap_or(0.0) * 1000.0).round() as u64),
+                        }})
+                    })
+                    .collect();
+                if containers.is_empty() {
+                    continue; // not sampled twice yet: no rates to give
+                }
+                items.push(json!({
+                    "kind": kind, "apiVersion": "metrics.k8s.io/v1beta1",
+                    "metadata": {"name": pod, "namespace": ns, "labels": labels,
+                                 "creationTimestamp": obj["metadata"]["creationTimestamp"]},
+                    "timestamp": p["timestamp"],
+                    "window": format!("{}s", p["windowSeconds"].as_f64().unwrap_or(0.0).round() as u64),
+                    "containers": containers,
+                }));
+            }
+        }
+    } else {
+        let by_name: BTreeMap<&str, &Value> = nodes.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        for (node, report) in &reports {
+            let labels = by_name
+                .get(node.as_str())
+                .map(|n| object::labels(n))
+                .unwrap_or_default();
+            if !selector.matches(&labels) {
+                continue;
+            }
+            let (mut cpu, mut memory) = (0u64, 0u64);
+            for c in report["pods"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|p| p["containers"].as_array().into_iter().flatten())
+            {
+                cpu += c["cpuNanoCores"].as_u64().unwrap_or(0);
+                memory += c["memoryBytes"].as_u64().unwrap_or(0);
+            }
+            items.push(json!({
+                "kind": kind, "apiVersion": "metrics.k8s.io/v1beta1",
+                "metadata": {"name": node, "labels": labels},
+                "timestamp": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                "window": "4s",
+                "usage": {"cpu": quantity_cpu(cpu), "memory": quantity_memory(memory)},
+            }));
+        }
+    }
+    match name {
+        Some(n) => match items.into_iter().next() {
+            Some(item) => json_response(StatusCode::OK, &item),
+            None => failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{}.metrics.k8s.io \"{n}\" not found", resource.name),
+            ),
+        },
+        None => json_response(
+            StatusCode::OK,
+            &json!({"kind": format!("{kind}List"), "apiVersion": "metrics.k8s.io/v1beta1",
+                    "metadata": {}, "items": items}),
+        ),
+    }
+}
