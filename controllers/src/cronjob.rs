@@ -28,7 +28,7 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -36,7 +36,11 @@ use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
 
+use crate::error::failed;
 use crate::job;
+use crate::pods::controller_ref;
+
+pub use crate::error::Error;
 
 /// The annotation on a started Job: its scheduled time, RFC 3339, in the CronJob's zone.
 pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -164,17 +168,6 @@ pub fn job_name(cj: &CronJob, scheduled: DateTime<Utc>) -> String {
     format!("{}-{}", cj.name_any(), scheduled.timestamp().div_euclid(60))
 }
 
-fn owner_ref(cj: &CronJob) -> OwnerReference {
-    OwnerReference {
-        api_version: "batch/v1".into(),
-        kind: "CronJob".into(),
-        name: cj.name_any(),
-        uid: cj.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 /// The Job to start for the time `scheduled`: the jobTemplate's labels, annotations and spec.
 pub fn job_for(cj: &CronJob, scheduled: DateTime<Utc>, tz: Tz) -> Job {
     let template = cj
@@ -196,7 +189,7 @@ pub fn job_for(cj: &CronJob, scheduled: DateTime<Utc>, tz: Tz) -> Job {
             namespace: cj.namespace(),
             labels: meta.labels,
             annotations: Some(annotations),
-            owner_references: Some(vec![owner_ref(cj)]),
+            owner_references: Some(vec![controller_ref(cj)]),
             ..ObjectMeta::default()
         },
         spec: template.spec,
@@ -393,17 +386,6 @@ pub fn plan(cj: &CronJob, jobs: &[Arc<Job>], now: DateTime<Utc>) -> Result<Plan,
 pub struct Context {
     pub client: kube::Client,
     pub jobs: Store<Job>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{what}: {source}")]
-    Kube { what: String, source: kube::Error },
-}
-
-fn failed(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Kube { what, source }
 }
 
 /// Carries out the plan for one CronJob.

@@ -35,15 +35,14 @@
 //! Not done: maxSurge, a back-off for pods that keep failing on one node, conditions.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     PodSpec, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::chrono::{DateTime, Utc};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -52,7 +51,12 @@ use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
+use crate::error::failed;
+use crate::expectations::Expectations;
+use crate::pods::{controller_ref, controller_uid, is_ready, ready_for, scheduled, terminal};
 use crate::selector;
+
+pub use crate::error::Error;
 
 /// The label carrying the hash of the template a pod was made from.
 pub const REVISION_HASH_LABEL: &str = "controller-revision-hash";
@@ -62,13 +66,9 @@ pub const TEMPLATE_GENERATION_LABEL: &str = "pod-template-generation";
 /// At most this many pods are created or deleted in one pass, as in Kubernetes.
 const MAX_PER_PASS: usize = 500;
 
-/// Pods created or deleted lately for one DaemonSet that the cache may not show yet.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Pending {
-    /// Created pod name → the node it is for.
-    pub created: BTreeMap<String, String>,
-    pub deleted: BTreeSet<String>,
-}
+/// Pods created or deleted lately for one DaemonSet that the cache may not show yet: created
+/// pod name → the node it is for.
+pub type Pending = crate::expectations::Pending<String>;
 
 /// What the controller should do for one DaemonSet.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -85,45 +85,6 @@ pub struct Plan {
     pub status: DaemonSetStatus,
     /// When a ready pod becomes available (minReadySeconds): look again then.
     pub wake_in: Option<Duration>,
-}
-
-fn phase(p: &Pod) -> &str {
-    p.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("")
-}
-
-fn terminal(p: &Pod) -> bool {
-    matches!(phase(p), "Failed" | "Succeeded")
-}
-
-fn controller_uid(p: &Pod) -> Option<&str> {
-    p.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.as_str())
-}
-
-/// How long `p` has been Ready, or None when it is not.
-fn ready_for(p: &Pod, now: DateTime<Utc>) -> Option<Duration> {
-    let ready = p
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())?
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")?;
-    let since = ready.last_transition_time.as_ref().map_or(now, |t| t.0);
-    Some((now - since).to_std().unwrap_or_default())
-}
-
-fn scheduled(p: &Pod) -> bool {
-    p.spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .is_some_and(|n| !n.is_empty())
 }
 
 /// The tolerations Kubernetes gives every daemon pod, added to (or replacing an equal one of)
@@ -162,49 +123,6 @@ pub fn daemon_tolerations(spec: &PodSpec) -> Vec<Toleration> {
     out
 }
 
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let number = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| number(v)),
-                values.first().and_then(|b| number(b)),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-/// A node selector term: all its expressions (labels) and fields (`metadata.name`) hold; an
-/// empty term matches no node.
-fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    let labels = node.labels();
-    let name = node.name_any();
-    exprs
-        .iter()
-        .all(|r| requirement_matches(r, labels.get(&r.key)))
-        && fields
-            .iter()
-            .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&name)))
-}
-
 /// Whether a daemon pod with `spec` (its tolerations already [`daemon_tolerations`]) should run
 /// on `node` (a new pod is made for it), and whether one there may keep running.
 pub fn eligibility(spec: &PodSpec, node: &Node) -> (bool, bool) {
@@ -216,22 +134,15 @@ pub fn eligibility(spec: &PodSpec, node: &Node) -> (bool, bool) {
     {
         return (false, false);
     }
-    let labels = node.labels();
-    let selector_ok = spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let affinity_ok = spec
+    let required = spec
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|a| {
             a.required_during_scheduling_ignored_during_execution
                 .as_ref()
-        })
-        .is_none_or(|s| s.node_selector_terms.iter().any(|t| term_matches(t, node)));
-    if !selector_ok || !affinity_ok {
+        });
+    if !selector::node_matches(spec.node_selector.as_ref(), required, node.labels(), &name) {
         return (false, false);
     }
     let tolerations = spec.tolerations.as_deref().unwrap_or_default();
@@ -322,7 +233,7 @@ fn keep_order(p: &Pod, deleting: bool) -> (bool, bool, bool, bool, DateTime<Utc>
     (
         deleting,
         terminal(p),
-        !crate::replicaset::is_ready(p),
+        !is_ready(p),
         !scheduled(p),
         p.metadata
             .creation_timestamp
@@ -421,7 +332,7 @@ pub fn plan(
             status.desired_number_scheduled += 1;
             if let Some(best) = here.first() {
                 status.current_number_scheduled += 1;
-                if crate::replicaset::is_ready(best) {
+                if is_ready(best) {
                     status.number_ready += 1;
                     if available(best, &mut out) {
                         *status.number_available.get_or_insert(0) += 1;
@@ -521,17 +432,6 @@ pub fn plan(
     out
 }
 
-fn owner_ref(ds: &DaemonSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "DaemonSet".into(),
-        name: ds.name_any(),
-        uid: ds.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 /// The pod to create for `ds` on `node`: the template, its labels plus the revision hash and
 /// template generation, the DaemonSet as controller, the automatic tolerations, and pinned to
 /// the node by required node affinity.
@@ -547,7 +447,7 @@ pub fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
     meta.namespace = ds.namespace();
     meta.resource_version = None;
     meta.uid = None;
-    meta.owner_references = Some(vec![owner_ref(ds)]);
+    meta.owner_references = Some(vec![controller_ref(ds)]);
     let labels = meta.labels.get_or_insert_with(BTreeMap::new);
     labels.insert(REVISION_HASH_LABEL.into(), hash.to_string());
     labels.insert(
@@ -564,81 +464,15 @@ pub fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
     }
 }
 
-/// How long a creation or deletion is expected to show up in the cache.
-const EXPECTATION_TTL: Duration = Duration::from_secs(30);
-
-#[derive(Default)]
-struct Expected {
-    created: BTreeMap<String, (Instant, String)>,
-    deleted: BTreeMap<String, Instant>,
-}
-
-/// Creations and deletions per DaemonSet uid not yet seen in the cache. A static rather than
-/// a field of [`Context`]: it only ever holds what this process did in the last
-/// [`EXPECTATION_TTL`].
-struct Expectations(Mutex<BTreeMap<String, Expected>>);
-
-static EXPECTATIONS: Expectations = Expectations(Mutex::new(BTreeMap::new()));
-
-impl Expectations {
-    /// What is still pending for `uid`, given the DaemonSet's namespace's pods in the cache.
-    fn pending(&self, uid: &str, pods: &[Arc<Pod>]) -> Pending {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(entry) = all.get_mut(uid) else {
-            return Pending::default();
-        };
-        let names: BTreeMap<String, &Pod> = pods.iter().map(|p| (p.name_any(), &**p)).collect();
-        entry
-            .created
-            .retain(|n, (at, _)| at.elapsed() < EXPECTATION_TTL && !names.contains_key(n));
-        entry.deleted.retain(|n, at| {
-            at.elapsed() < EXPECTATION_TTL
-                && names
-                    .get(n)
-                    .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
-        });
-        let pending = Pending {
-            created: entry
-                .created
-                .iter()
-                .map(|(n, (_, node))| (n.clone(), node.clone()))
-                .collect(),
-            deleted: entry.deleted.keys().cloned().collect(),
-        };
-        if entry.created.is_empty() && entry.deleted.is_empty() {
-            all.remove(uid);
-        }
-        pending
-    }
-
-    fn created(&self, uid: &str, name: String, node: String) {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = all.entry(uid.to_string()).or_default();
-        entry.created.insert(name, (Instant::now(), node));
-    }
-
-    fn deleted(&self, uid: &str, name: String) {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = all.entry(uid.to_string()).or_default();
-        entry.deleted.insert(name, Instant::now());
-    }
-}
+/// Creations and deletions per DaemonSet uid not yet seen in the cache (with the node each
+/// created pod is for). A static rather than a field of [`Context`]: it only ever holds what
+/// this process did in the last [`EXPECTATION_TTL`](crate::expectations::EXPECTATION_TTL).
+static EXPECTATIONS: Expectations<String> = Expectations::new();
 
 pub struct Context {
     pub client: kube::Client,
     pub pods: Store<Pod>,
     pub nodes: Store<Node>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{what}: {source}")]
-    Kube { what: String, source: kube::Error },
-}
-
-fn failed(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Kube { what, source }
 }
 
 /// The status fields this controller owns, as a merge patch.
@@ -685,7 +519,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
     let spec = ds.spec.clone().unwrap_or_default();
     let record = crate::statefulset::Revision {
         namespace: &ns,
-        owner: owner_ref(&ds),
+        owner: controller_ref(&*ds),
         name: format!("{name}-{hash}"),
         hash: hash.clone(),
         template: &spec.template,
@@ -698,7 +532,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
 
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for pod in &plan.adopt {
-        let patch = json!({"metadata": {"ownerReferences": [owner_ref(&ds)]}});
+        let patch = json!({"metadata": {"ownerReferences": [controller_ref(&*ds)]}});
         api.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(failed(format!("daemonset {ns}/{name}: adopting pod {pod}")))?;

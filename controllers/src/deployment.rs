@@ -380,7 +380,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
             "apiVersion": "apps/v1", "kind": "ReplicaSet",
             "metadata": {"name": name, "namespace": ns, "labels": labels,
                 "annotations": {REVISION: revision.to_string(), "deployment.kubernetes.io/desired-replicas": spec.replicas.unwrap_or(1).to_string()},
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": d.name_any(), "uid": uid, "controller": true, "blockOwnerDeletion": true}]},
+                "ownerReferences": [crate::pods::controller_ref(&*d)]},
             "spec": {"replicas": initial, "minReadySeconds": spec.min_ready_seconds.unwrap_or(0), "selector": selector, "template": template},
         });
         let rs: ReplicaSet = serde_json::from_value(rs).map_err(kube::Error::SerdeError)?;

@@ -44,12 +44,17 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::{
     Endpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
+
+use crate::error::failed;
+use crate::pods::{controller_ref, is_ready, scheduled, terminal};
+
+pub use crate::error::Error;
 
 /// The label that names a slice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -124,14 +129,6 @@ fn service_ports(svc: &Service) -> &[ServicePort] {
         .unwrap_or(&[])
 }
 
-/// The pod's Ready condition is True.
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 fn is_terminating(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_some()
 }
@@ -139,17 +136,10 @@ fn is_terminating(p: &Pod) -> bool {
 /// Whether the pod may have an address at all: an IP, a node, not finished, and (unless
 /// `include_terminating`) not being deleted.
 fn eligible(p: &Pod, include_terminating: bool) -> bool {
-    let finished = p
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
-    let on_node = p
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .is_some_and(|n| !n.is_empty());
-    !finished && on_node && !pod_ips(p).is_empty() && (include_terminating || !is_terminating(p))
+    !terminal(p)
+        && scheduled(p)
+        && !pod_ips(p).is_empty()
+        && (include_terminating || !is_terminating(p))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -514,17 +504,6 @@ fn endpoints_update(current: &Endpoints, desired: &Endpoints) -> Endpoints {
 // ---------------------------------------------------------------------------------------------
 // EndpointSlices.
 
-fn owner_ref(svc: &Service) -> OwnerReference {
-    OwnerReference {
-        api_version: "v1".into(),
-        kind: "Service".into(),
-        name: svc.name_any(),
-        uid: svc.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 fn slice_labels(svc: &Service) -> BTreeMap<String, String> {
     let mut labels = derived_labels(svc, &[SERVICE_NAME_LABEL, SLICE_MANAGED_BY_LABEL]);
     labels.insert(SERVICE_NAME_LABEL.into(), svc.name_any());
@@ -543,7 +522,7 @@ fn new_slice(
             generate_name: Some(format!("{}-", svc.name_any())),
             namespace: svc.namespace(),
             labels: Some(slice_labels(svc)),
-            owner_references: Some(vec![owner_ref(svc)]),
+            owner_references: Some(vec![controller_ref(svc)]),
             ..Default::default()
         },
         address_type: family.address_type().into(),
@@ -804,17 +783,6 @@ pub struct Context {
     pub pods: Store<Pod>,
     pub endpoints: Store<Endpoints>,
     pub slices: Store<EndpointSlice>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{what}: {source}")]
-    Kube { what: String, source: kube::Error },
-}
-
-fn failed(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Kube { what, source }
 }
 
 /// What a slice write should look like in the cache once the watch has brought it.

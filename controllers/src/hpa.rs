@@ -211,7 +211,7 @@ fn requests_of(pod: &Pod) -> BTreeMap<String, f64> {
 }
 
 fn is_ready(pod: &Pod) -> bool {
-    crate::replicaset::is_ready(pod) && pod.metadata.deletion_timestamp.is_none()
+    crate::pods::is_ready(pod) && pod.metadata.deletion_timestamp.is_none()
 }
 
 /// The usage of the pods selected by `selector` in `ns`, from metrics.k8s.io: pod name →

@@ -21,19 +21,25 @@
 //! Creations and deletions not yet seen in the cache are remembered for a while (see
 //! [`Pending`]), so a reconcile racing the watch does not create or delete twice.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::chrono::{self, DateTime, SubsecRound, Utc};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
+
+use crate::error::failed;
+use crate::expectations::Expectations;
+use crate::pods::{controller_ref, controller_uid, is_ready, phase, scheduled};
+
+pub use crate::error::Error;
 
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 pub const LEGACY_JOB_NAME_LABEL: &str = "job-name";
@@ -50,13 +56,9 @@ const MAX_PER_PASS: usize = 500;
 const FAILURE_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(360);
 
-/// Pods created or deleted lately for one Job that the cache may not show yet.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Pending {
-    /// Created pod names, with the completion index each was made for (Indexed Jobs).
-    pub created: BTreeMap<String, Option<i32>>,
-    pub deleted: BTreeSet<String>,
-}
+/// Pods created or deleted lately for one Job that the cache may not show yet: created pod
+/// names, with the completion index each was made for (Indexed Jobs).
+pub type Pending = crate::expectations::Pending<Option<i32>>;
 
 /// What the controller should do for one Job.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -72,29 +74,6 @@ pub struct Plan {
     /// When something is due without any change in the cluster (a deadline, a TTL, the end of
     /// a failure backoff): look again then at the latest.
     pub wake_in: Option<Duration>,
-}
-
-fn phase(p: &Pod) -> &str {
-    p.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("")
-}
-
-fn controller_uid(p: &Pod) -> Option<&str> {
-    p.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.as_str())
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The completion index of an Indexed Job's pod, from its annotation (or label).
@@ -147,14 +126,9 @@ fn restarts(p: &Pod) -> i32 {
 
 /// Lower is deleted first: unscheduled, then not running, then not ready, then the newest.
 fn usefulness(p: &Pod) -> (bool, bool, bool, std::cmp::Reverse<Option<DateTime<Utc>>>) {
-    let scheduled = p
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_ref())
-        .is_some_and(|n| !n.is_empty());
     let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
     (
-        scheduled,
+        scheduled(p),
         phase(p) == "Running",
         is_ready(p),
         std::cmp::Reverse(created),
@@ -577,7 +551,7 @@ pub fn pod_for(job: &Job, index: Option<i32>) -> Pod {
     meta.namespace = job.namespace();
     meta.resource_version = None;
     meta.uid = None;
-    meta.owner_references = Some(vec![owner_ref(job)]);
+    meta.owner_references = Some(vec![controller_ref(job)]);
     let labels = meta.labels.get_or_insert_with(BTreeMap::new);
     labels.insert(JOB_NAME_LABEL.into(), name.clone());
     labels.insert(LEGACY_JOB_NAME_LABEL.into(), name.clone());
@@ -616,96 +590,15 @@ pub fn pod_for(job: &Job, index: Option<i32>) -> Pod {
     }
 }
 
-fn owner_ref(job: &Job) -> OwnerReference {
-    OwnerReference {
-        api_version: "batch/v1".into(),
-        kind: "Job".into(),
-        name: job.name_any(),
-        uid: job.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
-/// How long a creation or deletion is expected to show up in the cache.
-const EXPECTATION_TTL: Duration = Duration::from_secs(30);
-
-#[derive(Default)]
-struct Expected {
-    created: HashMap<String, (Instant, Option<i32>)>,
-    deleted: HashMap<String, Instant>,
-}
-
-/// Creations and deletions per Job uid not yet seen in the cache. A static rather than a
-/// field of [`Context`], whose fields are the client and the caches alone: it only ever holds
-/// what this process did in the last [`EXPECTATION_TTL`].
-struct Expectations(Mutex<BTreeMap<String, Expected>>);
-
-static EXPECTATIONS: Expectations = Expectations(Mutex::new(BTreeMap::new()));
-
-impl Expectations {
-    /// What is still pending for `uid`, given the Job's namespace's pods in the cache.
-    fn pending(&self, uid: &str, pods: &[Arc<Pod>]) -> Pending {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(entry) = all.get_mut(uid) else {
-            return Pending::default();
-        };
-        let names: HashMap<String, &Pod> = pods.iter().map(|p| (p.name_any(), &**p)).collect();
-        entry
-            .created
-            .retain(|n, (at, _)| at.elapsed() < EXPECTATION_TTL && !names.contains_key(n));
-        entry.deleted.retain(|n, at| {
-            at.elapsed() < EXPECTATION_TTL
-                && names
-                    .get(n)
-                    .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
-        });
-        let pending = Pending {
-            created: entry
-                .created
-                .iter()
-                .map(|(n, (_, i))| (n.clone(), *i))
-                .collect(),
-            deleted: entry.deleted.keys().cloned().collect(),
-        };
-        if entry.created.is_empty() && entry.deleted.is_empty() {
-            all.remove(uid);
-        }
-        pending
-    }
-
-    fn created(&self, uid: &str, name: String, index: Option<i32>) {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = all.entry(uid.to_string()).or_default();
-        entry.created.insert(name, (Instant::now(), index));
-    }
-
-    fn deleted(&self, uid: &str, name: String) {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = all.entry(uid.to_string()).or_default();
-        entry.deleted.insert(name, Instant::now());
-    }
-
-    fn forget(&self, uid: &str) {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        all.remove(uid);
-    }
-}
+/// Creations and deletions per Job uid not yet seen in the cache (with the completion index
+/// of each created pod). A static rather than a field of [`Context`], whose fields are the
+/// client and the caches alone: it only ever holds what this process did in the last
+/// [`EXPECTATION_TTL`](crate::expectations::EXPECTATION_TTL).
+static EXPECTATIONS: Expectations<Option<i32>> = Expectations::new();
 
 pub struct Context {
     pub client: kube::Client,
     pub pods: Store<Pod>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{what}: {source}")]
-    Kube { what: String, source: kube::Error },
-}
-
-fn failed(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Kube { what, source }
 }
 
 /// A merge patch that turns status `old` into `new`: fields `new` lacks are set to null.

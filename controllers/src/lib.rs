@@ -18,17 +18,25 @@
 //! - [`nodelifecycle`]: nodes Unknown and tainted when their agents go silent; eviction.
 //! - [`events`]: the Event recorder the controllers and the scheduler share.
 //! - [`gc`]: the garbage collector over ownerReferences; default ServiceAccounts.
+//!
+//! Shared by the controllers: [`pods`] (what they ask of a pod; the controller
+//! ownerReference), [`expectations`] (their own writes the cache does not show yet),
+//! [`selector`] (label and node selectors, tolerations; the scheduler's too) and [`error`]
+//! (a kube call that failed, and while doing what).
 
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod error;
 pub mod events;
+pub mod expectations;
 pub mod gc;
 pub mod hpa;
 pub mod informer;
 pub mod job;
 pub mod nodelifecycle;
+pub mod pods;
 pub mod replicaset;
 pub mod selector;
 pub mod statefulset;

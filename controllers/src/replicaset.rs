@@ -6,13 +6,12 @@
 //! Creations and deletions not yet seen in the cache are remembered for a while
 //! ([`Expectations`]), so a reconcile racing the watch does not create or delete twice.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::chrono::{DateTime, Utc};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -20,6 +19,10 @@ use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
+use crate::expectations::Expectations;
+use crate::pods::{
+    controller_ref, controller_uid, is_ready, phase, ready_for, scheduled, terminal,
+};
 use crate::selector;
 
 /// What the controller should do for one ReplicaSet.
@@ -40,46 +43,8 @@ pub struct Plan {
     pub next_available_in: Option<Duration>,
 }
 
-/// How long `p` has been Ready, or None when it is not.
-fn ready_for(p: &Pod, now: DateTime<Utc>) -> Option<Duration> {
-    let ready = p
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())?
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")?;
-    let since = ready.last_transition_time.as_ref().map_or(now, |t| t.0);
-    Some((now - since).to_std().unwrap_or_default())
-}
-
-pub fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn controller_uid(p: &Pod) -> Option<&str> {
-    p.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.as_str())
-}
-
 /// Lower is deleted first.
 fn usefulness(p: &Pod) -> (u8, u8, u8, std::cmp::Reverse<String>) {
-    let scheduled = p
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_ref())
-        .is_some_and(|n| !n.is_empty());
-    let phase = p
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.clone())
-        .unwrap_or_default();
     let created = p
         .metadata
         .creation_timestamp
@@ -87,8 +52,8 @@ fn usefulness(p: &Pod) -> (u8, u8, u8, std::cmp::Reverse<String>) {
         .map(|t| t.0.to_rfc3339())
         .unwrap_or_default();
     (
-        scheduled as u8,
-        (phase == "Running") as u8,
+        scheduled(p) as u8,
+        (phase(p) == "Running") as u8,
         is_ready(p) as u8,
         std::cmp::Reverse(created),
     )
@@ -107,11 +72,7 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], pending: &Pending, now: DateTime
         let matching = selector::matches(&spec.selector, labels);
         let owner = controller_uid(p);
         let terminating = p.metadata.deletion_timestamp.is_some();
-        let finished = p
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
+        let finished = terminal(p);
         match (owner, matching) {
             (Some(o), true) if o == uid => {}
             (Some(o), false) if o == uid => {
@@ -121,7 +82,7 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], pending: &Pending, now: DateTime
             (None, true) if !terminating && !finished => out.adopt.push(p.name_any()),
             _ => continue,
         }
-        if terminating || finished || pending.deleted.contains_key(&p.name_any()) {
+        if terminating || finished || pending.deleted.contains(&p.name_any()) {
             continue;
         }
         active.push(p);
@@ -171,57 +132,14 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], pending: &Pending, now: DateTime
     out
 }
 
-/// Names created or deleted lately for one ReplicaSet, with when.
-#[derive(Debug, Default, Clone)]
-pub struct Pending {
-    pub created: HashMap<String, Instant>,
-    pub deleted: HashMap<String, Instant>,
-}
-
-/// How long a creation or deletion is expected to show up in the cache.
-const EXPECTATION_TTL: Duration = Duration::from_secs(30);
-
-#[derive(Default)]
-pub struct Expectations(Mutex<HashMap<String, Pending>>);
-
-impl Expectations {
-    fn get(&self, uid: &str, pods: &[Arc<Pod>]) -> Pending {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = all.entry(uid.to_string()).or_default();
-        let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
-        entry
-            .created
-            .retain(|n, at| at.elapsed() < EXPECTATION_TTL && !names.contains(n));
-        entry.deleted.retain(|n, at| {
-            at.elapsed() < EXPECTATION_TTL
-                && pods
-                    .iter()
-                    .any(|p| p.name_any() == *n && p.metadata.deletion_timestamp.is_none())
-        });
-        entry.clone()
-    }
-
-    fn created(&self, uid: &str, name: String) {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        all.entry(uid.to_string())
-            .or_default()
-            .created
-            .insert(name, Instant::now());
-    }
-
-    fn deleted(&self, uid: &str, name: String) {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        all.entry(uid.to_string())
-            .or_default()
-            .deleted
-            .insert(name, Instant::now());
-    }
-}
+/// Names created or deleted lately for one ReplicaSet that the cache may not show yet.
+pub type Pending = crate::expectations::Pending<()>;
 
 pub struct Context {
     pub client: kube::Client,
     pub pods: Store<Pod>,
-    pub expectations: Expectations,
+    /// Creations and deletions per ReplicaSet uid not yet seen in the cache.
+    pub expectations: Expectations<()>,
     pub events: crate::events::Recorder,
 }
 
@@ -229,17 +147,6 @@ pub struct Context {
 pub enum Error {
     #[error("{0}")]
     Kube(#[from] kube::Error),
-}
-
-fn owner_ref(rs: &ReplicaSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
-        name: rs.name_any(),
-        uid: rs.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
 }
 
 /// Carries out the plan for one ReplicaSet.
@@ -255,11 +162,11 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
         .into_iter()
         .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
         .collect();
-    let pending = ctx.expectations.get(&uid, &pods);
+    let pending = ctx.expectations.pending(&uid, &pods);
     let plan = plan(&rs, &pods, &pending, Utc::now());
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for name in &plan.adopt {
-        let patch = json!({"metadata": {"ownerReferences": [owner_ref(&rs)]}});
+        let patch = json!({"metadata": {"ownerReferences": [controller_ref(&*rs)]}});
         api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
     }
@@ -279,14 +186,14 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
             meta.name = None;
             meta.generate_name = Some(format!("{}-", rs.name_any()));
             meta.namespace = Some(ns.clone());
-            meta.owner_references = Some(vec![owner_ref(&rs)]);
+            meta.owner_references = Some(vec![controller_ref(&*rs)]);
             let pod = Pod {
                 metadata: meta,
                 spec: template.spec.clone(),
                 status: None,
             };
             let created = api.create(&PostParams::default(), &pod).await?;
-            ctx.expectations.created(&uid, created.name_any());
+            ctx.expectations.created(&uid, created.name_any(), ());
             ctx.events.record(
                 &*rs,
                 crate::events::Type::Normal,
@@ -404,7 +311,7 @@ mod tests {
         assert_eq!(p.create, 2);
         assert_eq!((p.replicas, p.ready), (1, 1));
         let mut pending = Pending::default();
-        pending.created.insert("b".into(), Instant::now());
+        pending.created.insert("b".into(), ());
         assert_eq!(
             plan(&rs(3), &pods, &pending, Utc::now()).create,
             1,

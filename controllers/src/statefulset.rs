@@ -47,7 +47,11 @@ use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
 
+use crate::error::failed;
+use crate::pods::{controller_ref, controller_uid, is_ready, phase, ready_for, terminal};
 use crate::selector;
+
+pub use crate::error::Error;
 
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
@@ -70,45 +74,13 @@ pub struct Plan {
     pub wake_in: Option<Duration>,
 }
 
-fn phase(p: &Pod) -> &str {
-    p.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("")
-}
-
-fn terminal(p: &Pod) -> bool {
-    matches!(phase(p), "Failed" | "Succeeded")
-}
-
 fn deleting(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_some()
 }
 
-fn controller_uid(p: &Pod) -> Option<&str> {
-    p.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.as_str())
-}
-
-/// How long `p` has been Ready, or None when it is not.
-fn ready_for(p: &Pod, now: DateTime<Utc>) -> Option<Duration> {
-    let ready = p
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())?
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")?;
-    let since = ready.last_transition_time.as_ref().map_or(now, |t| t.0);
-    Some((now - since).to_std().unwrap_or_default())
-}
-
 /// Running, Ready and not being deleted.
 fn healthy(p: &Pod) -> bool {
-    phase(p) == "Running" && crate::replicaset::is_ready(p) && !deleting(p)
+    phase(p) == "Running" && is_ready(p) && !deleting(p)
 }
 
 fn revision_of(p: &Pod) -> Option<&String> {
@@ -336,17 +308,6 @@ pub fn plan(sts: &StatefulSet, pods: &[Arc<Pod>], now: DateTime<Utc>) -> Plan {
     out
 }
 
-fn owner_ref(sts: &StatefulSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "StatefulSet".into(),
-        name: sts.name_any(),
-        uid: sts.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 /// The pod for `ordinal` of `sts`, from `template` at `revision`.
 pub fn pod_for(sts: &StatefulSet, ordinal: i32, revision: &str, template: &PodTemplateSpec) -> Pod {
     let name = format!("{}-{ordinal}", sts.name_any());
@@ -356,7 +317,7 @@ pub fn pod_for(sts: &StatefulSet, ordinal: i32, revision: &str, template: &PodTe
     meta.namespace = sts.namespace();
     meta.resource_version = None;
     meta.uid = None;
-    meta.owner_references = Some(vec![owner_ref(sts)]);
+    meta.owner_references = Some(vec![controller_ref(sts)]);
     let labels = meta.labels.get_or_insert_with(BTreeMap::new);
     labels.insert(POD_NAME_LABEL.into(), name.clone());
     labels.insert(POD_INDEX_LABEL.into(), ordinal.to_string());
@@ -547,17 +508,6 @@ pub struct Context {
     pub pods: Store<Pod>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{what}: {source}")]
-    Kube { what: String, source: kube::Error },
-}
-
-fn failed(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Kube { what, source }
-}
-
 fn status_patch(s: &StatefulSetStatus) -> Value {
     json!({"status": {
         "replicas": s.replicas,
@@ -612,7 +562,7 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Actio
     in_use.extend(plan.status.current_revision.clone());
     let record = Revision {
         namespace: &ns,
-        owner: owner_ref(&sts),
+        owner: controller_ref(&*sts),
         hash: update_rev
             .strip_prefix(&format!("{name}-"))
             .unwrap_or_default()
@@ -628,7 +578,7 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Actio
 
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for pod in &plan.adopt {
-        let patch = json!({"metadata": {"ownerReferences": [owner_ref(&sts)]}});
+        let patch = json!({"metadata": {"ownerReferences": [controller_ref(&*sts)]}});
         api.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(failed(format!(

@@ -68,18 +68,11 @@ impl Shared {
     }
 }
 
-fn is_finished(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .is_some_and(|p| p == "Succeeded" || p == "Failed")
-}
-
 /// Keeps the cluster picture and the queue up to date from the pod watch.
 fn on_pod(shared: &Shared, pod: &Pod, deleted: bool) {
     let info = Arc::new(shared.pod_info(pod));
     let mut st = shared.lock();
-    let gone = deleted || is_finished(pod);
+    let gone = deleted || controllers::pods::terminal(pod);
     match (&info.node_name, gone) {
         (_, true) => {
             st.queue.remove(&info.key);

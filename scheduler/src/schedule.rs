@@ -9,12 +9,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use k8s_openapi::api::core::v1::{
-    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodAffinityTerm, Taint,
-};
+use k8s_openapi::api::core::v1::{PodAffinityTerm, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use controllers::selector::tolerates;
+use controllers::selector::{node_term_matches, tolerates};
 
 use crate::cluster::{Cluster, NodeState, PodInfo};
 
@@ -97,56 +95,15 @@ pub fn feasible_to_find(nodes: usize) -> usize {
     (nodes * percent / 100).max(100)
 }
 
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let number = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| number(v)),
-                values.first().and_then(|b| number(b)),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-fn term_matches(term: &NodeSelectorTerm, node: &NodeState) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false; // an empty term matches no node
-    }
-    exprs
-        .iter()
-        .all(|r| requirement_matches(r, node.labels.get(&r.key)))
-        && fields
-            .iter()
-            .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&node.name)))
-}
-
-/// nodeSelector and required node affinity (terms ORed).
+/// nodeSelector and required node affinity (terms ORed), as the DaemonSet controller reads
+/// them ([`controllers::selector::node_matches`]): by reference, nothing allocated per node.
 pub fn node_matches(pod: &PodInfo, node: &NodeState) -> bool {
-    pod.node_selector
-        .iter()
-        .all(|(k, v)| node.labels.get(k) == Some(v))
-        && pod
-            .required_node_affinity
-            .as_ref()
-            .is_none_or(|s: &NodeSelector| {
-                s.node_selector_terms.iter().any(|t| term_matches(t, node))
-            })
+    controllers::selector::node_matches(
+        Some(&pod.node_selector),
+        pod.required_node_affinity.as_ref(),
+        &node.labels,
+        &node.name,
+    )
 }
 
 /// Whether a label selector of a pod affinity term or spread constraint selects `labels`: a
@@ -517,7 +474,7 @@ fn raw_scores(pod: &PodInfo, node: &NodeState, pre: &PreFilter) -> Raw {
     raw.node_affinity = pod
         .preferred_node_affinity
         .iter()
-        .filter(|p| term_matches(&p.preference, node))
+        .filter(|p| node_term_matches(&p.preference, &node.labels, &node.name))
         .map(|p| i64::from(p.weight))
         .sum();
     raw.inter_pod = pre
