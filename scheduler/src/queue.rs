@@ -38,6 +38,8 @@ pub struct Queue {
     /// (priority, Reverse(ticket)) → key: highest priority, then first in.
     active: BinaryHeap<(i32, Reverse<u64>, String)>,
     backoff: BTreeSet<(Instant, String)>,
+    /// Parked pods by when they were parked, so releasing them never scans the whole queue.
+    parked: BTreeSet<(Instant, String)>,
     next_ticket: u64,
 }
 
@@ -63,8 +65,14 @@ impl Queue {
         self.next_ticket += 1;
         let ticket = self.next_ticket;
         if let Some(e) = self.entries.get_mut(key) {
-            if let Where::BackingOff(at) = e.place {
-                self.backoff.remove(&(at, key.to_string()));
+            match e.place {
+                Where::BackingOff(at) => {
+                    self.backoff.remove(&(at, key.to_string()));
+                }
+                Where::Parked(since) => {
+                    self.parked.remove(&(since, key.to_string()));
+                }
+                _ => {}
             }
             e.place = Where::Active;
             e.ticket = ticket;
@@ -102,8 +110,14 @@ impl Queue {
     /// A pod that is gone or no longer pending.
     pub fn remove(&mut self, key: &str) {
         if let Some(e) = self.entries.remove(key) {
-            if let Where::BackingOff(at) = e.place {
-                self.backoff.remove(&(at, key.to_string()));
+            match e.place {
+                Where::BackingOff(at) => {
+                    self.backoff.remove(&(at, key.to_string()));
+                }
+                Where::Parked(since) => {
+                    self.parked.remove(&(since, key.to_string()));
+                }
+                _ => {}
             }
         }
     }
@@ -151,6 +165,7 @@ impl Queue {
     pub fn unschedulable(&mut self, key: &str, now: Instant) {
         if let Some(e) = self.entries.get_mut(key) {
             e.place = Where::Parked(now);
+            self.parked.insert((now, key.to_string()));
         }
     }
 
@@ -175,17 +190,13 @@ impl Queue {
     }
 
     fn release_parked(&mut self, now: Instant, due: impl Fn(Instant) -> bool) {
-        let parked: Vec<(String, u32)> = self
-            .entries
-            .iter()
-            .filter_map(|(k, e)| match e.place {
-                Where::Parked(since) if due(since) => Some((k.clone(), e.attempts)),
-                _ => None,
-            })
-            .collect();
-        for (key, attempts) in parked {
-            let at = now + backoff(attempts);
+        while let Some((since, key)) = self.parked.first().cloned() {
+            if !due(since) {
+                break; // the rest were parked later
+            }
+            self.parked.pop_first();
             if let Some(e) = self.entries.get_mut(&key) {
+                let at = now + backoff(e.attempts);
                 e.place = Where::BackingOff(at);
                 self.backoff.insert((at, key));
             }
@@ -194,10 +205,7 @@ impl Queue {
 
     /// How many pods are parked as unschedulable (for logs and tests).
     pub fn parked(&self) -> usize {
-        self.entries
-            .values()
-            .filter(|e| matches!(e.place, Where::Parked(_)))
-            .count()
+        self.parked.len()
     }
 }
 
