@@ -1167,6 +1167,19 @@ impl Call<'_> {
                 Err(e) => return store_failure(e),
             };
             let mut pod = self.load(&current);
+            // A binding names the pod it was decided for; a same-named successor is another.
+            let want_uid = binding["metadata"]["uid"]
+                .as_str()
+                .filter(|u| !u.is_empty());
+            if let Some(uid) = want_uid {
+                if pod["metadata"]["uid"].as_str() != Some(uid) {
+                    return failure(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        &format!("Operation cannot be fulfilled on pods/binding \"{name}\": the pod's UID is not {uid} (the pod was replaced)"),
+                    );
+                }
+            }
             match pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
                 Some(bound) => {
                     return failure(

@@ -146,11 +146,18 @@ pub fn recommend(
             }
             _ => continue,
         };
-        let desired = if (ratio - 1.0).abs() <= TOLERANCE {
+        let mut desired = if (ratio - 1.0).abs() <= TOLERANCE {
             current_replicas
         } else {
             (ratio * n).ceil() as i32
         };
+        // Counted over the measured pods only: when some are missing (not ready, no metrics
+        // yet), never move against the metric's direction.
+        if (ratio > 1.0 && desired < current_replicas)
+            || (ratio < 1.0 && desired > current_replicas)
+        {
+            desired = current_replicas;
+        }
         best = Some(best.map_or(desired, |b| b.max(desired)));
     }
     best.map(|b| (b, currents))
@@ -307,6 +314,22 @@ async fn sync_one(
         )
     })?;
     let current = scale["spec"]["replicas"].as_i64().unwrap_or(0) as i32;
+    if current == 0 && spec.min_replicas.unwrap_or(1) > 0 {
+        // Scaled to zero by hand: autoscaling is off until someone scales it up, as in
+        // Kubernetes.
+        let status = json!({"currentReplicas": 0, "desiredReplicas": 0,
+            "conditions": [{"type": "ScalingActive", "status": "False", "reason": "ScalingDisabled",
+                "message": "scaling is disabled since the replica count of the target is zero"}]});
+        let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch_status(
+            &hpa.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": status})),
+        )
+        .await
+        .map_err(|e| format!("cannot write the status: {e}"))?;
+        return Ok(());
+    }
     let selector = scale["status"]["selector"]
         .as_str()
         .unwrap_or("")
@@ -461,6 +484,9 @@ mod tests {
         // Idle: down to 1.
         let idle = [pod(100.0, Some(1.0)), pod(100.0, Some(0.0))];
         assert_eq!(recommend(&cpu_metric(50), 2, &idle).unwrap().0, 1);
+        // Over target with only 4 of 10 pods measured: never a scale-down.
+        let few: Vec<PodSample> = (0..4).map(|_| pod(100.0, Some(75.0))).collect();
+        assert_eq!(recommend(&cpu_metric(50), 10, &few).unwrap().0, 10);
         // No metrics yet: no recommendation.
         assert!(recommend(&cpu_metric(50), 2, &[pod(100.0, None)]).is_none());
     }

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use futures_util::{Stream, StreamExt};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use tokio::sync::mpsc;
@@ -42,9 +42,12 @@ where
         let (store, writer) = reflector::store();
         let subscribers: Subscribers<K> = Arc::default();
         let fanout = subscribers.clone();
+        let reader = store.clone();
         // Objects of a (re)list reach the cache all at once at InitDone, so their
-        // notifications wait for it too.
+        // notifications wait for it too; objects the relist no longer has were deleted while
+        // the watch was away, and are told as deletions (gone from the cache by then).
         let mut relisted: Vec<K> = Vec::new();
+        let mut before: Vec<Arc<K>> = Vec::new();
         let events = reflector::reflector(writer, watcher(api, watcher::Config::default()))
             .default_backoff()
             .for_each(move |event| {
@@ -52,13 +55,24 @@ where
                     Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => vec![o],
                     Ok(watcher::Event::Init) => {
                         relisted.clear();
+                        before = reader.state();
                         vec![]
                     }
                     Ok(watcher::Event::InitApply(o)) => {
                         relisted.push(o);
                         vec![]
                     }
-                    Ok(watcher::Event::InitDone) => std::mem::take(&mut relisted),
+                    Ok(watcher::Event::InitDone) => {
+                        let kept: std::collections::HashSet<ObjectRef<K>> =
+                            relisted.iter().map(ObjectRef::from_obj).collect();
+                        let gone = std::mem::take(&mut before)
+                            .into_iter()
+                            .filter(|o| !kept.contains(&ObjectRef::from_obj(&**o)))
+                            .map(|o| (*o).clone());
+                        let mut touched = std::mem::take(&mut relisted);
+                        touched.extend(gone);
+                        touched
+                    }
                     Err(e) => {
                         tracing::debug!("informer: {e}");
                         vec![]

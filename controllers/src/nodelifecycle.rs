@@ -15,9 +15,9 @@
 //! [`decide`] and [`evictions`] are pure; [`run`] is a pass every second over the informers'
 //! caches.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
@@ -82,13 +82,16 @@ pub fn last_heartbeat(node: &Node, lease: Option<&Lease>) -> Option<DateTime<Utc
     [renewed, posted, created].into_iter().flatten().max()
 }
 
+/// `silent_for`: how long since this controller last saw the node's heartbeat change, on its
+/// own clock (the times in the Lease are the node's clock; comparing them with this one's
+/// would make clock skew look like silence).
 pub fn decide(
     node: &Node,
-    heartbeat: Option<DateTime<Utc>>,
+    silent_for: Duration,
     now: DateTime<Utc>,
     settings: &Settings,
 ) -> Decision {
-    let silent = heartbeat.is_none_or(|h| (now - h).to_std().unwrap_or_default() > settings.grace);
+    let silent = silent_for > settings.grace;
     let status = ready_condition(node).map(|(s, _)| s).unwrap_or_default();
     let mut out = Decision {
         mark_unknown: silent && status != "Unknown",
@@ -199,6 +202,9 @@ pub fn evictions(
     (evict, next)
 }
 
+/// Node name → (the heartbeat value last seen, when this controller first saw it).
+pub type Observed = HashMap<String, (Option<DateTime<Utc>>, Instant)>;
+
 pub struct Context {
     pub client: kube::Client,
     pub nodes: Store<Node>,
@@ -206,6 +212,23 @@ pub struct Context {
     pub pods: Store<Pod>,
     pub events: Recorder,
     pub settings: Settings,
+    /// Per node: the last heartbeat value seen and when (this clock) it was first seen.
+    pub observed: std::sync::Mutex<Observed>,
+}
+
+impl Context {
+    /// How long the node's heartbeat has not changed, as this controller saw it. A node first
+    /// seen now (or after this member became leader) gets the full grace period.
+    fn silent_for(&self, node: &str, heartbeat: Option<DateTime<Utc>>) -> Duration {
+        let mut seen = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = seen
+            .entry(node.to_string())
+            .or_insert((heartbeat, Instant::now()));
+        if entry.0 != heartbeat {
+            *entry = (heartbeat, Instant::now());
+        }
+        entry.1.elapsed()
+    }
 }
 
 async fn apply(
@@ -216,19 +239,34 @@ async fn apply(
 ) -> kube::Result<()> {
     let api: Api<Node> = Api::all(ctx.client.clone());
     let name = node.name_any();
+    // Taints first: their patch is a compare-and-swap on the cached resourceVersion, which
+    // the status write would change.
+    if let Some(taints) = decision.taints {
+        // A concurrent cordon or taint by a user is not overwritten (the next pass decides
+        // again).
+        let patch = json!({"metadata": {"resourceVersion": node.resource_version()},
+                           "spec": {"taints": taints}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
     if decision.mark_unknown {
         let at = now.to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true);
-        let conditions: Vec<serde_json::Value> = node
+        let unknown = |t: &str| {
+            json!({"type": t, "status": "Unknown", "reason": "NodeStatusUnknown",
+                   "message": "Kubelet stopped posting node status.", "lastTransitionTime": at})
+        };
+        let mut conditions: Vec<serde_json::Value> = node
             .status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .into_iter()
             .flatten()
-            .map(|c| {
-                json!({"type": c.type_, "status": "Unknown", "reason": "NodeStatusUnknown",
-                "message": "Kubelet stopped posting node status.", "lastTransitionTime": at})
-            })
+            .map(|c| unknown(&c.type_))
             .collect();
+        // A node that never posted conditions gets a Ready one, so it is marked once.
+        if !conditions.iter().any(|c| c["type"] == "Ready") {
+            conditions.push(unknown("Ready"));
+        }
         api.patch_status(
             &name,
             &PatchParams::default(),
@@ -241,14 +279,6 @@ async fn apply(
             "NodeNotReady",
             &format!("Node {name} status is now: NodeNotReady"),
         );
-    }
-    if let Some(taints) = decision.taints {
-        // The resourceVersion makes this a compare-and-swap: a concurrent cordon or taint by
-        // a user is not overwritten (the next pass decides again).
-        let patch = json!({"metadata": {"resourceVersion": node.resource_version()},
-                           "spec": {"taints": taints}});
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
     }
     Ok(())
 }
@@ -296,12 +326,10 @@ pub async fn pass(ctx: &Context) {
         let lease = ctx
             .leases
             .get(&ObjectRef::new(&name).within("kube-node-lease"));
-        let decision = decide(
-            &node,
-            last_heartbeat(&node, lease.as_deref()),
-            now,
-            &ctx.settings,
-        );
+        let silent_for = ctx.silent_for(&name, last_heartbeat(&node, lease.as_deref()));
+        let decision = decide(&node, silent_for, now, &ctx.settings);
+        // This node's pods are this node's business, whatever is decided below.
+        let on_node = by_node.remove(&name).unwrap_or_default();
         if decision != Decision::default() {
             if let Some(taints) = &decision.taints {
                 tracing::info!(
@@ -317,12 +345,17 @@ pub async fn pass(ctx: &Context) {
             }
             continue; // pods are looked at once the taints are in the cache
         }
-        let on_node = by_node.remove(&name).unwrap_or_default();
         let (evict_now, _) = evictions(&node, &on_node, now);
         for pod in evict_now {
             evict(ctx, &pod).await;
         }
     }
+    let nodes: std::collections::HashSet<String> =
+        ctx.nodes.state().iter().map(|n| n.name_any()).collect();
+    ctx.observed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|n, _| nodes.contains(n));
     // What is left are pods of nodes that do not exist: terminating ones are removed.
     for pod in by_node.into_values().flatten() {
         if pod.metadata.deletion_timestamp.is_some() {
@@ -372,11 +405,12 @@ mod tests {
     #[test]
     fn a_silent_node_becomes_unknown_and_unreachable_and_recovers() {
         let s = Settings::default();
-        let fresh = decide(&node("True", json!([])), Some(at(0)), at(5), &s);
+        let secs = Duration::from_secs;
+        let fresh = decide(&node("True", json!([])), secs(5), at(5), &s);
         assert_eq!(fresh, Decision::default());
         let silent = decide(
             &node("True", json!([{"key": "user", "effect": "NoSchedule"}])),
-            Some(at(0)),
+            secs(7),
             at(7),
             &s,
         );
@@ -399,15 +433,15 @@ mod tests {
         // Once marked, nothing more to do while silent.
         let tainted = serde_json::to_value(silent.taints.unwrap()).unwrap();
         assert_eq!(
-            decide(&node("Unknown", tainted.clone()), Some(at(0)), at(9), &s),
+            decide(&node("Unknown", tainted.clone()), secs(9), at(9), &s),
             Decision::default()
         );
         // Heard from again: the taints go, the user's stays.
-        let back = decide(&node("True", tainted), Some(at(10)), at(11), &s);
+        let back = decide(&node("True", tainted), secs(1), at(11), &s);
         assert!(!back.mark_unknown);
         assert_eq!(back.taints.unwrap().len(), 1);
         // An agent reporting NotReady gets not-ready taints.
-        let nr = decide(&node("False", json!([])), Some(at(10)), at(11), &s);
+        let nr = decide(&node("False", json!([])), secs(1), at(11), &s);
         assert_eq!(nr.taints.unwrap()[0].key, NOT_READY);
     }
 

@@ -285,17 +285,32 @@ impl NodeAgent {
             let mut beats = 0u64;
             let mut last_renewed = std::time::Instant::now();
             loop {
+                // Bounded: a request that hangs (a half-open connection) must not stop the
+                // heartbeat, or a live node would be declared lost.
+                let renewed = tokio::time::timeout(LEASE_RENEW, heartbeat.renew_lease()).await;
+                // The gap since the previous renewal, this one's duration included.
                 let silent_for = last_renewed.elapsed();
-                match heartbeat.renew_lease().await {
-                    Ok(()) => last_renewed = std::time::Instant::now(),
-                    Err(e) => tracing::warn!("cannot renew the node lease: {e:#}"),
+                let ok = match renewed {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        tracing::warn!("cannot renew the node lease: {e:#}");
+                        false
+                    }
+                    Err(_) => {
+                        tracing::warn!("renewing the node lease took over {LEASE_RENEW:?}");
+                        false
+                    }
+                };
+                if ok {
+                    last_renewed = std::time::Instant::now();
                 }
                 // The Node's conditions are refreshed less often, as the kubelet does, and at
                 // once after a silence (the control plane has marked them Unknown meanwhile).
-                let after_silence = silent_for > 2 * LEASE_RENEW;
+                let after_silence = ok && silent_for > 2 * LEASE_RENEW;
                 if beats % STATUS_EVERY_BEATS == STATUS_EVERY_BEATS - 1 || after_silence {
-                    if let Err(e) = heartbeat.register().await {
-                        tracing::warn!("cannot refresh the node status: {e:#}");
+                    let posted = tokio::time::timeout(4 * LEASE_RENEW, heartbeat.register()).await;
+                    if !matches!(posted, Ok(Ok(()))) {
+                        tracing::warn!("cannot refresh the node status");
                     }
                 }
                 beats += 1;

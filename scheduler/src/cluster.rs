@@ -312,11 +312,21 @@ impl Cluster {
         self.nodes.get(i).and_then(|n| n.as_ref())
     }
 
-    /// Adds or updates a node, keeping what is placed on it.
-    pub fn upsert_node(&mut self, mut state: NodeState) {
+    /// Adds or updates a node, keeping what is placed on it. Returns whether anything a
+    /// decision looks at changed (a new node, labels, taints, cordon, allocatable, runtime
+    /// handlers, images): only then may parked pods fit now.
+    pub fn upsert_node(&mut self, mut state: NodeState) -> bool {
         self.node_generation += 1;
         match self.index.get(&state.name) {
             Some(&i) => {
+                let relevant = self.nodes[i].as_ref().is_none_or(|old| {
+                    old.labels != state.labels
+                        || old.taints != state.taints
+                        || old.unschedulable != state.unschedulable
+                        || old.allocatable != state.allocatable
+                        || old.handlers != state.handlers
+                        || old.images.len() != state.images.len()
+                });
                 if let Some(old) = self.nodes[i].take() {
                     state.requested = old.requested;
                     state.nonzero_requested = old.nonzero_requested;
@@ -324,6 +334,7 @@ impl Cluster {
                     state.pods = old.pods;
                 }
                 self.nodes[i] = Some(state);
+                relevant
             }
             None => {
                 let i = match self.free.pop() {
@@ -345,22 +356,25 @@ impl Cluster {
                 for pod in arrived {
                     self.place(pod, &name, false);
                 }
+                true
             }
         }
     }
 
-    /// Forgets a node; its pods are forgotten too (they will be deleted or rebound).
+    /// Forgets a node. Pods the watch showed on it wait for it to come back (an agent
+    /// re-registers its Node); pods only assumed there are forgotten.
     pub fn remove_node(&mut self, name: &str) {
         self.node_generation += 1;
         if let Some(i) = self.index.remove(name) {
             if let Some(n) = self.nodes[i].take() {
-                for key in n.pods.keys() {
+                for (key, pod) in &n.pods {
                     self.placed.remove(key);
                     self.with_anti_affinity.remove(key);
-                    self.assumed.remove(key);
-                }
-                for pod in n.pods.values() {
                     self.unindex(pod, i);
+                    if !self.assumed.remove(key) {
+                        self.waiting
+                            .insert(key.clone(), (name.to_string(), pod.clone()));
+                    }
                 }
             }
             self.free.push(i);

@@ -101,13 +101,18 @@ fn on_pod(shared: &Shared, pod: &Pod, deleted: bool) {
 
 fn on_node(shared: &Shared, node: &Node, deleted: bool) {
     let mut st = shared.lock();
-    if deleted {
+    let changed = if deleted {
         st.scheduler.cluster.remove_node(&node.name_any());
+        false // fewer nodes fit no more pods
     } else {
-        st.scheduler.cluster.upsert_node(NodeState::from_node(node));
+        st.scheduler.cluster.upsert_node(NodeState::from_node(node))
+    };
+    // Only a change that can make a parked pod fit releases them: agents re-post their
+    // status every minute, which must not retry every unschedulable pod each time.
+    if changed {
+        st.queue.cluster_changed(Instant::now());
+        shared.wake.notify_one();
     }
-    st.queue.cluster_changed(Instant::now());
-    shared.wake.notify_one();
 }
 
 async fn bind(shared: Arc<Shared>, pod: Arc<PodInfo>, node: String) {
@@ -133,7 +138,11 @@ async fn bind(shared: Arc<Shared>, pod: Arc<PodInfo>, node: String) {
         }
         Err(e) => {
             let mut st = shared.lock();
-            st.scheduler.cluster.remove_pod(&pod.key);
+            // Only an assumption is undone: if the watch has meanwhile shown the pod bound
+            // (the write committed though the answer failed), that placement stands.
+            if st.scheduler.cluster.is_assumed(&pod.key) {
+                st.scheduler.cluster.remove_pod(&pod.key);
+            }
             match &e {
                 // Gone, or bound by someone else: nothing to retry.
                 kube::Error::Api(s) if s.code == 404 || s.code == 409 => st.queue.done(&pod.key),
@@ -253,8 +262,14 @@ pub async fn run(client: kube::Client) {
         runtime_classes: classes.store(),
         pods: pods.store(),
     });
-    // The subscriptions deliver the initial lists too (pods may come before their nodes:
-    // the cluster picture holds them until the node shows up).
+    // The picture is complete before the first decision: the nodes, then every pod (the
+    // subscriptions deliver these again; taking them twice changes nothing).
+    for n in nodes.store().state() {
+        on_node(&shared, &n, false);
+    }
+    for p in pods.store().state() {
+        on_pod(&shared, &p, false);
+    }
     let node_store = nodes.store();
     let s = shared.clone();
     let watch_nodes = node_events.for_each(move |n| {
