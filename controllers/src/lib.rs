@@ -133,6 +133,7 @@ pub async fn run(client: kube::Client, settings: Settings) {
         events: events::Recorder::new(client.clone(), "node-controller"),
         settings: settings.nodes,
         observed: Default::default(),
+        orphaned: Default::default(),
     }));
     let hpas = Informer::<HorizontalPodAutoscaler>::start(Api::all(client.clone()), &mut tasks);
     let autoscaler = hpa::run(Arc::new(hpa::Context {

@@ -3,8 +3,8 @@
 //! `node.kubernetes.io/unreachable` (NoSchedule and NoExecute), or `not-ready` when the agent
 //! itself reports NotReady. Pods on a NoExecute-tainted node are evicted (deleted) unless they
 //! tolerate the taint, after their tolerationSeconds when they give one, so their controllers
-//! recreate them on other nodes. Terminating pods of nodes that no longer exist are removed
-//! (nothing will ever confirm their end).
+//! recreate them on other nodes. Pods of nodes that no longer exist are removed: terminating
+//! ones at once (nothing will ever confirm their end), the others after 40 s.
 //!
 //! Kubernetes waits 40 s before a silent node is unreachable and then 300 s (the default
 //! tolerations) before evicting: a lost node's pods run elsewhere after about 6 minutes.
@@ -214,6 +214,8 @@ pub struct Context {
     pub settings: Settings,
     /// Per node: the last heartbeat value seen and when (this clock) it was first seen.
     pub observed: std::sync::Mutex<Observed>,
+    /// Pods bound to nodes that do not exist, by uid: since when.
+    pub orphaned: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -356,16 +358,60 @@ pub async fn pass(ctx: &Context) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .retain(|n, _| nodes.contains(n));
-    // What is left are pods of nodes that do not exist: terminating ones are removed.
-    for pod in by_node.into_values().flatten() {
-        if pod.metadata.deletion_timestamp.is_some() {
-            let ns = pod.namespace().unwrap_or_default();
-            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-            let _ = api
-                .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
-                .await;
+    // What is left are pods of nodes that do not exist. Nothing will ever run or stop them:
+    // terminating ones are removed at once, the others after a quarantine (a pod bound just
+    // before its node registers is not an orphan), as Kubernetes' pod GC does.
+    let orphans: Vec<Arc<Pod>> = by_node.into_values().flatten().collect();
+    let uids: Vec<String> = orphans
+        .iter()
+        .map(|p| p.metadata.uid.clone().unwrap_or_default())
+        .collect();
+    let due = {
+        let mut seen = ctx.orphaned.lock().unwrap_or_else(|p| p.into_inner());
+        due_orphans(&mut seen, &uids, Instant::now(), ORPHAN_QUARANTINE)
+    };
+    for pod in orphans {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if pod.metadata.deletion_timestamp.is_none() && !due.contains(&uid) {
+            continue;
+        }
+        let ns = pod.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(kube::api::Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&pod.name_any(), &params).await {
+            Ok(_) => tracing::info!(
+                "removed {ns}/{}: its node {:?} does not exist",
+                pod.name_any(),
+                pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+            ),
+            Err(e) => tracing::debug!("cannot remove orphaned pod {ns}/{}: {e}", pod.name_any()),
         }
     }
+}
+
+/// How long a pod bound to a node that does not exist waits before it is removed.
+pub const ORPHAN_QUARANTINE: Duration = Duration::from_secs(40);
+
+/// Which of the orphaned pods `uids` have been orphans for `quarantine`; `seen` remembers
+/// since when, and forgets pods that are no longer orphans.
+pub fn due_orphans(
+    seen: &mut HashMap<String, Instant>,
+    uids: &[String],
+    now: Instant,
+    quarantine: Duration,
+) -> Vec<String> {
+    seen.retain(|uid, _| uids.contains(uid));
+    uids.iter()
+        .filter(|uid| now.duration_since(*seen.entry((*uid).clone()).or_insert(now)) >= quarantine)
+        .cloned()
+        .collect()
 }
 
 /// Runs passes every second until dropped.
@@ -475,5 +521,22 @@ mod tests {
         // A NoSchedule taint alone evicts nothing.
         let cordoned = node("True", json!([{"key": "x", "effect": "NoSchedule"}]));
         assert!(evictions(&cordoned, &[plain], added).0.is_empty());
+    }
+
+    #[test]
+    fn orphaned_pods_are_due_after_the_quarantine_and_forgotten_when_adopted_by_a_node() {
+        let mut seen = HashMap::new();
+        let t0 = Instant::now();
+        let q = Duration::from_secs(40);
+        let a = vec!["a".to_string()];
+        assert!(due_orphans(&mut seen, &a, t0, q).is_empty());
+        assert!(due_orphans(&mut seen, &a, t0 + Duration::from_secs(39), q).is_empty());
+        // Its node appeared meanwhile: it is no orphan, and the clock starts over.
+        assert!(due_orphans(&mut seen, &[], t0 + Duration::from_secs(39), q).is_empty());
+        assert!(due_orphans(&mut seen, &a, t0 + Duration::from_secs(41), q).is_empty());
+        assert_eq!(
+            due_orphans(&mut seen, &a, t0 + Duration::from_secs(81), q),
+            a
+        );
     }
 }
