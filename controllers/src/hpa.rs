@@ -320,15 +320,7 @@ async fn sync_one(
         let status = json!({"currentReplicas": 0, "desiredReplicas": 0,
             "conditions": [{"type": "ScalingActive", "status": "False", "reason": "ScalingDisabled",
                 "message": "scaling is disabled since the replica count of the target is zero"}]});
-        let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &hpa.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": status})),
-        )
-        .await
-        .map_err(|e| format!("cannot write the status: {e}"))?;
-        return Ok(());
+        return write_status(ctx, hpa, status).await;
     }
     let selector = scale["status"]["selector"]
         .as_str()
@@ -422,6 +414,15 @@ async fn sync_one(
     } else if let Some(t) = hpa.status.as_ref().and_then(|s| s.last_scale_time.as_ref()) {
         status["lastScaleTime"] = json!(t.0.to_rfc3339_opts(SecondsFormat::Secs, true));
     }
+    write_status(ctx, hpa, status).await
+}
+
+async fn write_status(
+    ctx: &Context,
+    hpa: &HorizontalPodAutoscaler,
+    status: Value,
+) -> Result<(), String> {
+    let ns = hpa.namespace().unwrap_or_else(|| "default".into());
     let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &ns);
     api.patch_status(
         &hpa.name_any(),

@@ -43,6 +43,24 @@ pub struct Queue {
     next_ticket: u64,
 }
 
+/// Takes `key` out of the index its place keeps it in (back-off or parked).
+fn unindex(
+    backoff: &mut BTreeSet<(Instant, String)>,
+    parked: &mut BTreeSet<(Instant, String)>,
+    place: Where,
+    key: &str,
+) {
+    match place {
+        Where::BackingOff(at) => {
+            backoff.remove(&(at, key.to_string()));
+        }
+        Where::Parked(since) => {
+            parked.remove(&(since, key.to_string()));
+        }
+        Where::Active | Where::InFlight => {}
+    }
+}
+
 fn backoff(attempts: u32) -> Duration {
     let d = INITIAL_BACKOFF.saturating_mul(1 << attempts.saturating_sub(1).min(10));
     d.min(MAX_BACKOFF)
@@ -65,15 +83,7 @@ impl Queue {
         self.next_ticket += 1;
         let ticket = self.next_ticket;
         if let Some(e) = self.entries.get_mut(key) {
-            match e.place {
-                Where::BackingOff(at) => {
-                    self.backoff.remove(&(at, key.to_string()));
-                }
-                Where::Parked(since) => {
-                    self.parked.remove(&(since, key.to_string()));
-                }
-                _ => {}
-            }
+            unindex(&mut self.backoff, &mut self.parked, e.place, key);
             e.place = Where::Active;
             e.ticket = ticket;
             self.active
@@ -110,15 +120,7 @@ impl Queue {
     /// A pod that is gone or no longer pending.
     pub fn remove(&mut self, key: &str) {
         if let Some(e) = self.entries.remove(key) {
-            match e.place {
-                Where::BackingOff(at) => {
-                    self.backoff.remove(&(at, key.to_string()));
-                }
-                Where::Parked(since) => {
-                    self.parked.remove(&(since, key.to_string()));
-                }
-                _ => {}
-            }
+            unindex(&mut self.backoff, &mut self.parked, e.place, key);
         }
     }
 
