@@ -35,6 +35,22 @@ fn examples() -> &'static Path {
     })
 }
 
+/// Imports an example image into the node whose directory is `node_dir`.
+fn import_into(node_dir: &std::path::Path, file: &str, reference: &str) {
+    let out = Command::new(bin())
+        .args(["image", "import", "--node-dir"])
+        .arg(node_dir)
+        .arg(examples().join(file))
+        .arg(reference)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// One `drover up` with its own addresses, data dir and kubectl home.
 struct Up {
     child: Option<Child>,
@@ -197,20 +213,9 @@ impl Up {
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
+    /// Imports an example image into the node of `drover up`.
     fn import(&self, file: &str, reference: &str) {
-        let node_dir = self.dir.path().join("data/node");
-        let out = Command::new(bin())
-            .args(["image", "import", "--node-dir"])
-            .arg(&node_dir)
-            .arg(examples().join(file))
-            .arg(reference)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        import_into(&self.dir.path().join("data/node"), file, reference);
     }
 
     fn run(&self, args: &[&str]) -> (bool, String, String) {
@@ -844,14 +849,7 @@ fn a_second_node_joins_with_a_token_and_runs_its_pods() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = Command::new(bin())
-        .args(["image", "import", "--node-dir"])
-        .arg(&node_dir)
-        .arg(examples().join("batch.wasm"))
-        .arg("batch:v1")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    import_into(&node_dir, "batch.wasm", "batch:v1");
     up.apply(
         "there.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: there}\nspec:\n  nodeName: second\n  restartPolicy: Never\n  containers:\n  - {name: batch, image: batch:v1}\n",
@@ -1122,14 +1120,7 @@ fn pods_spread_over_nodes_drain_moves_them_and_a_killed_node_loses_them_to_the_o
             .then_some(())
     });
     up.import("hello_world.wasm", "hello-world:v1");
-    let out = Command::new(bin())
-        .args(["image", "import", "--node-dir"])
-        .arg(&node_dir)
-        .arg(examples().join("hello_world.wasm"))
-        .arg("hello-world:v1")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    import_into(&node_dir, "hello_world.wasm", "hello-world:v1");
     up.apply(
         "web.yaml",
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 4\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - name: hw\n        image: hello-world:v1\n        ports: [{containerPort: 8080}]\n        readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}\n",
@@ -1390,14 +1381,7 @@ fn daemonsets_cover_every_node_and_statefulsets_start_in_order() {
     );
     up.ok(&["rollout", "status", "ds/agent", "--timeout=60s"]);
     let (mut second, _token, node_dir) = up.second_node();
-    let out = Command::new(bin())
-        .args(["image", "import", "--node-dir"])
-        .arg(&node_dir)
-        .arg(examples().join("hello_world.wasm"))
-        .arg("hello-world:v1")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    import_into(&node_dir, "hello_world.wasm", "hello-world:v1");
     up.until(60, "a daemon pod on each of the two nodes", || {
         let p = placements(&up, "app=agent");
         let mut nodes: Vec<&str> = p.iter().map(|(_, n)| n.as_str()).collect();
