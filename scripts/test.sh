@@ -10,6 +10,8 @@ missing=()
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 # A real OCI registry for the image-pull tests (Docker's distribution, packaged by Debian).
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+# nslookup inside pods' network namespaces (cluster DNS tests); nsenter and ip are in Debian's base.
+command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

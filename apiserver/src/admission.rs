@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 /// The service CIDR: 10.96.0.0/12, as kubeadm's default. 10.96.0.1 is the `kubernetes` Service.
 pub const SERVICE_NET: (Ipv4Addr, u32) = (Ipv4Addr::new(10, 96, 0, 0), 12);
 pub const API_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+/// The cluster DNS Service (kube-system/kube-dns), as kubeadm's.
+pub const DNS_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 
 const IP_PREFIX: &str = "/registry/ranges/serviceips/";

@@ -171,11 +171,13 @@ pub async fn bootstrap(store: &StoreNode, api_address: &str) -> Result<(), Store
     let create = |key: String, obj: Value, extra: Option<String>| async move {
         let mut txn =
             Txn::put(key.as_bytes(), to_bytes(&obj)).when(Compare::exists(key.as_bytes(), false));
+        let owner = format!(
+            "{}/{}",
+            object::namespace(&obj).unwrap_or_default(),
+            object::name(&obj).unwrap_or_default()
+        );
         if let Some(reservation) = extra {
-            txn = txn.and_then(Op::put(
-                reservation.as_bytes(),
-                b"default/kubernetes".to_vec(),
-            ));
+            txn = txn.and_then(Op::put(reservation.as_bytes(), owner.into_bytes()));
         }
         store.txn(txn, false).await.map(|_| ())
     };
@@ -200,6 +202,23 @@ pub async fn bootstrap(store: &StoreNode, api_address: &str) -> Result<(), Store
     create(
         find("services").key(Some("default"), "kubernetes"),
         svc,
+        reservation,
+    )
+    .await?;
+    // The cluster DNS: every node answers this address itself (node::network), so the
+    // Service has no selector and no endpoints.
+    let dns_ip = admission::DNS_SERVICE_IP.to_string();
+    let mut dns = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true"}},
+        "spec": {"type": "ClusterIP", "clusterIP": dns_ip, "clusterIPs": [dns_ip], "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "sessionAffinity": "None",
+                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                           {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
+        "status": {"loadBalancer": {}}});
+    stamp_new(&mut dns);
+    let reservation = admission::service_reservations(&dns).into_iter().next();
+    create(
+        find("services").key(Some("kube-system"), "kube-dns"),
+        dns,
         reservation,
     )
     .await?;

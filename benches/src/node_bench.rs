@@ -143,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
             memory_limit: None,
             cpu_limit: None,
             listen: None,
+            netns: None,
             usage: Default::default(),
         };
         let times = rt

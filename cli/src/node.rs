@@ -10,14 +10,22 @@ use anyhow::Context;
 #[derive(clap::Args)]
 pub struct NodeArgs {
     /// The API server's URL, e.g. https://10.0.0.1:6443.
-    #[arg(long, env = "DROVER_SERVER")]
-    server: String,
+    #[arg(long, env = "DROVER_SERVER", required_unless_present = "cleanup")]
+    server: Option<String>,
     /// The node's credential (`drover token node NAME` on the control plane makes one).
-    #[arg(long, env = "DROVER_TOKEN")]
-    token: String,
+    #[arg(long, env = "DROVER_TOKEN", required_unless_present = "cleanup")]
+    token: Option<String>,
     /// The cluster CA certificate (DATA_DIR/pki/ca.crt on a control-plane member).
+    #[arg(long, required_unless_present = "cleanup")]
+    ca_file: Option<PathBuf>,
+    /// Remove what Drover's networking put on this host (its nftables table, pod network
+    /// namespaces, routes) and exit.
     #[arg(long)]
-    ca_file: PathBuf,
+    cleanup: bool,
+    /// The cluster's pod range (the server's --cluster-cidr): pod traffic leaving it is
+    /// masqueraded.
+    #[arg(long, default_value = network::ipam::DEFAULT_CLUSTER_CIDR)]
+    cluster_cidr: ipnet::Ipv4Net,
     #[command(flatten)]
     node: NodeOptions,
     #[command(flatten)]
@@ -36,9 +44,13 @@ pub struct NodeOptions {
     /// The port of the node's log endpoint (the kubelet's is 10250).
     #[arg(long, default_value_t = 10250)]
     pub node_port: u16,
-    /// Pods get addresses from this /16 of loopback addresses until pod networking lands.
-    #[arg(long, default_value = "127.1.0.0")]
-    pub pod_ip_range: Ipv4Addr,
+    /// Give pods loopback addresses from this /16 instead of a network namespace and an
+    /// address of the node's pod range each: for several nodes on one host without root.
+    #[arg(long)]
+    pub pod_ip_range: Option<Ipv4Addr>,
+    /// The cluster DNS Service's address (pods' resolver), answered by each node itself.
+    #[arg(long, default_value = "10.96.0.10")]
+    pub cluster_dns: Ipv4Addr,
     /// The first crash-loop back-off; it doubles per restart up to 5 minutes.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub crash_backoff: Duration,
@@ -62,6 +74,7 @@ pub fn default_node_dir() -> PathBuf {
 /// Builds the agent for `client` with its wasm runtime and image store under `data_dir`.
 pub fn agent(
     options: &NodeOptions,
+    cluster_cidr: ipnet::Ipv4Net,
     data_dir: PathBuf,
     client: kube::Client,
 ) -> anyhow::Result<Arc<node::agent::NodeAgent>> {
@@ -74,7 +87,13 @@ pub fn agent(
         port: options.node_port,
         data_dir,
         backoff_base: options.crash_backoff,
-        pod_ip_base: options.pod_ip_range,
+        pod_network: match options.pod_ip_range {
+            Some(base) => node::network::Mode::Loopback(base),
+            None => node::network::Mode::Routed {
+                cluster_cidr,
+                dns_service_ip: options.cluster_dns,
+            },
+        },
         insecure_registries: options.insecure_registries.clone(),
     };
     Ok(Arc::new(node::agent::NodeAgent::new(
@@ -94,10 +113,19 @@ pub struct NodeDir {
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     crate::server::init_logging();
-    let ca = std::fs::read_to_string(&args.ca_file)
-        .with_context(|| format!("cannot read --ca-file {}", args.ca_file.display()))?;
-    let client = node::client::connect(&args.server, &ca, &args.token)?;
-    let agent = agent(&args.node, args.dir.node_dir, client)?;
+    if args.cleanup {
+        node::network::cleanup(&args.dir.node_dir).await?;
+        eprintln!("drover node: Drover's nftables table, pod namespaces and routes are removed");
+        return Ok(());
+    }
+    let (Some(server), Some(token), Some(ca_file)) = (&args.server, &args.token, &args.ca_file)
+    else {
+        anyhow::bail!("--server, --token and --ca-file are needed");
+    };
+    let ca = std::fs::read_to_string(ca_file)
+        .with_context(|| format!("cannot read --ca-file {}", ca_file.display()))?;
+    let client = node::client::connect(server, &ca, token)?;
+    let agent = agent(&args.node, args.cluster_cidr, args.dir.node_dir, client)?;
     let running = tokio::spawn(agent.run());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -44,11 +44,21 @@ pub struct ServerArgs {
     /// How often HorizontalPodAutoscalers are evaluated (Kubernetes: 15s).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     horizontal_pod_autoscaler_sync_period: std::time::Duration,
+    /// The range pod addresses come from; each node gets a part of it (its spec.podCIDR).
+    #[arg(long, default_value = network::ipam::DEFAULT_CLUSTER_CIDR)]
+    cluster_cidr: ipnet::Ipv4Net,
+    /// The size of each node's part of --cluster-cidr, in prefix bits.
+    #[arg(long, default_value_t = network::ipam::DEFAULT_NODE_PREFIX, value_parser = clap::value_parser!(u8).range(8..=30))]
+    node_cidr_mask_size: u8,
 }
 
 impl ServerArgs {
     pub fn data_dir(&self) -> &std::path::Path {
         &self.data_dir
+    }
+
+    pub fn cluster_cidr(&self) -> ipnet::Ipv4Net {
+        self.cluster_cidr
     }
 }
 
@@ -233,6 +243,10 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
         },
         hpa: controllers::hpa::Settings {
             sync_period: args.horizontal_pod_autoscaler_sync_period,
+        },
+        ipam: controllers::nodeipam::Settings {
+            cluster_cidr: args.cluster_cidr,
+            node_prefix: args.node_cidr_mask_size,
         },
     };
     let is_leader = move || {

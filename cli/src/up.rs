@@ -35,8 +35,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let node_dir = NodeDir {
         node_dir: args.server.data_dir().join("node"),
     };
-    let agent = crate::node::agent(&options, node_dir.node_dir.clone(), node_client)
-        .context("cannot start the node")?;
+    let agent = crate::node::agent(
+        &options,
+        args.server.cluster_cidr(),
+        node_dir.node_dir.clone(),
+        node_client,
+    )
+    .context("cannot start the node")?;
     let agent_task = tokio::spawn(agent.run());
     let kubeconfig = member.kubeconfig.display().to_string();
     let data_dir = args.server.data_dir().display().to_string();

@@ -672,6 +672,18 @@ fn drover_up_then_the_readme_commands_work_as_written() {
     let out = sh.output().unwrap();
     let _ = child.kill();
     let _ = child.wait();
+    // `drover up` gave its pods network namespaces and programmed nftables on this host
+    // (routed pod networking, the default): what it leaves is removed as an operator would.
+    let mut cleanup = Command::new(bin());
+    cleanup.args(["node", "--cleanup", "--node-dir"]);
+    cleanup.arg(home.path().join(".local/share/drover/node"));
+    tool_env(&mut cleanup);
+    let cleaned = cleanup.output().unwrap();
+    assert!(
+        cleaned.status.success(),
+        "drover node --cleanup: {}",
+        String::from_utf8_lossy(&cleaned.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let up_log = std::fs::read_to_string(home.path().join("up.log")).unwrap_or_default();
     assert!(

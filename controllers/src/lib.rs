@@ -15,6 +15,7 @@
 //! - [`job`]: pods run to completion (parallelism, completions, backoffLimit, deadlines, TTL).
 //! - [`cronjob`]: Jobs on a cron schedule in a time zone, with concurrency policies.
 //! - [`hpa`]: HorizontalPodAutoscalers from metrics.k8s.io (CPU, requests per second).
+//! - [`nodeipam`]: a pod range (spec.podCIDR) for every node, cut from the cluster CIDR.
 //! - [`nodelifecycle`]: nodes Unknown and tainted when their agents go silent; eviction.
 //! - [`events`]: the Event recorder the controllers and the scheduler share.
 //! - [`gc`]: the garbage collector over ownerReferences; default ServiceAccounts.
@@ -35,6 +36,7 @@ pub mod gc;
 pub mod hpa;
 pub mod informer;
 pub mod job;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod pods;
 pub mod replicaset;
@@ -62,6 +64,7 @@ use informer::Informer;
 pub struct Settings {
     pub nodes: nodelifecycle::Settings,
     pub hpa: hpa::Settings,
+    pub ipam: nodeipam::Settings,
 }
 
 pub async fn run(client: kube::Client, settings: Settings) {
@@ -145,6 +148,18 @@ pub async fn run(client: kube::Client, settings: Settings) {
     }));
     nodes.ready().await;
     leases.ready().await;
+    let ipam = Controller::for_stream(nodes.subscribe(), nodes.store())
+        .run(
+            nodeipam::reconcile,
+            nodeipam::error_policy,
+            Arc::new(nodeipam::Context {
+                client: client.clone(),
+                nodes: nodes.store(),
+                settings: settings.ipam,
+                given: Default::default(),
+            }),
+        )
+        .for_each(|_| async {});
     let daemonsets = Informer::<DaemonSet>::start(Api::all(client.clone()), &mut tasks);
     let daemons = Controller::for_stream(daemonsets.subscribe(), daemonsets.store())
         .owns_stream(pods.subscribe())
@@ -222,6 +237,7 @@ pub async fn run(client: kube::Client, settings: Settings) {
         job,
         cronjob,
         lifecycle,
+        ipam,
         autoscaler,
         daemons,
         stateful,

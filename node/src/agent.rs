@@ -1,17 +1,16 @@
 //! The node agent: registers this node's Node object, renews its Lease every 2 s, watches the
 //! pods bound to it and keeps one worker (`pod.rs`) per pod, and serves container logs.
 //!
-//! Pod addresses: until pod networking gives every pod a network namespace, each pod gets a
-//! loopback address of its own from 127.1.0.0/16 (Linux routes all of 127/8 to lo), so pods can
-//! listen on the same port side by side and probes reach them. A restarted agent gives a pod
-//! back the address it reported.
+//! Pod addresses and networks come from [`crate::network`]: a namespace and an address of the
+//! node's pod range each (routed), or a loopback address each (loopback mode).
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -42,55 +41,10 @@ pub struct NodeConfig {
     pub port: u16,
     pub data_dir: PathBuf,
     pub backoff_base: Duration,
-    /// The /16 of loopback addresses pods get (until pod networking).
-    pub pod_ip_base: Ipv4Addr,
+    /// How pods get their addresses and networks.
+    pub pod_network: crate::network::Mode,
     /// Registries (`host:port`) reached over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
-}
-
-/// Hands out pod addresses from a /16 of loopback addresses (127.1.0.0/16 by default).
-pub struct PodIps {
-    base: u32,
-    used: Mutex<BTreeSet<u32>>,
-}
-
-impl Default for PodIps {
-    fn default() -> Self {
-        PodIps::new(Ipv4Addr::new(127, 1, 0, 0))
-    }
-}
-
-impl PodIps {
-    pub fn new(base: Ipv4Addr) -> PodIps {
-        PodIps {
-            base: u32::from(base) & 0xffff_0000,
-            used: Mutex::new(BTreeSet::new()),
-        }
-    }
-
-    /// `wanted` if it is free and in range (the pod had it before), else the next free one.
-    pub fn take(&self, wanted: Option<IpAddr>) -> Option<IpAddr> {
-        let range = self.base + 1..self.base + 0xffff;
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(IpAddr::V4(w)) = wanted {
-            let n = u32::from(w);
-            if range.contains(&n) && used.insert(n) {
-                return Some(IpAddr::V4(w));
-            }
-        }
-        let n = range.clone().find(|n| !used.contains(n))?;
-        used.insert(n);
-        Some(IpAddr::V4(Ipv4Addr::from(n)))
-    }
-
-    pub fn release(&self, ip: IpAddr) {
-        if let IpAddr::V4(v) = ip {
-            self.used
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&u32::from(v));
-        }
-    }
 }
 
 fn rfc3339_micros(t: std::time::SystemTime) -> String {
@@ -160,7 +114,6 @@ pub struct NodeAgent {
     config: NodeConfig,
     client: kube::Client,
     ctx: Arc<NodeContext>,
-    ips: Arc<PodIps>,
 }
 
 impl NodeAgent {
@@ -187,9 +140,9 @@ impl NodeAgent {
                 config.insecure_registries.clone(),
             )),
             usage: Arc::default(),
+            network: Arc::new(crate::network::PodNet::new(config.pod_network.clone())),
         });
         NodeAgent {
-            ips: Arc::new(PodIps::new(config.pod_ip_base)),
             config,
             client,
             ctx,
@@ -261,6 +214,16 @@ impl NodeAgent {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         tracing::info!("node {} registered", self.config.name);
+        self.ctx
+            .network
+            .start(
+                self.client.clone(),
+                &self.config.name,
+                self.config.address,
+                &self.config.data_dir,
+            )
+            .await
+            .context("cannot start pod networking")?;
 
         let logs = Arc::new(LogServer::new(
             self.config.name.clone(),
@@ -330,6 +293,7 @@ impl NodeAgent {
         let mut workers: HashMap<String, (mpsc::UnboundedSender<PodUpdate>, IpAddr)> =
             HashMap::new();
         let mut seen_in_relist: Option<BTreeSet<String>> = None;
+        let mut first_list = true;
         while let Some(event) = stream.next().await {
             let event = match event {
                 Ok(e) => e,
@@ -348,6 +312,12 @@ impl NodeAgent {
                     self.apply(&mut workers, pod);
                 }
                 watcher::Event::InitDone => {
+                    if first_list {
+                        // Networks of pods deleted while the agent was down are released.
+                        first_list = false;
+                        let here: BTreeSet<String> = workers.keys().cloned().collect();
+                        self.ctx.network.forget_all_but(&here).await;
+                    }
                     // Pods that vanished while the watch was down are gone.
                     if let Some(seen) = seen_in_relist.take() {
                         let gone: Vec<String> = workers
@@ -375,15 +345,14 @@ impl NodeAgent {
         pod: Pod,
     ) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        if let Some((tx, ip)) = workers.get(&uid) {
-            let ip = *ip;
+        if let Some((tx, _)) = workers.get(&uid) {
             match tx.send(PodUpdate::Changed(Box::new(pod))) {
                 Ok(()) => return,
                 Err(returned) => {
                     // The worker ended but the pod is still here (its final delete failed):
                     // a new worker finishes the job.
+                    // (Its worker gave the pod's address back as it ended.)
                     workers.remove(&uid);
-                    self.ips.release(ip);
                     let PodUpdate::Changed(p) = returned.0 else {
                         return;
                     };
@@ -406,9 +375,12 @@ impl NodeAgent {
             .as_ref()
             .and_then(|s| s.pod_ip.as_deref())
             .and_then(|ip| ip.parse().ok());
-        let Some(ip) = self.ips.take(previous) else {
-            tracing::error!("no pod address left for {uid}");
-            return;
+        let ip = match self.ctx.network.address(&uid, previous) {
+            Ok(ip) => ip,
+            Err(e) => {
+                tracing::error!("pod {uid}: {e:#}");
+                return;
+            }
         };
         let tx = pod::spawn(self.ctx.clone(), pod, ip);
         workers.insert(uid, (tx, ip));
@@ -419,36 +391,9 @@ impl NodeAgent {
         workers: &mut HashMap<String, (mpsc::UnboundedSender<PodUpdate>, IpAddr)>,
         uid: &str,
     ) {
-        if let Some((tx, ip)) = workers.remove(uid) {
+        if let Some((tx, _)) = workers.remove(uid) {
+            // The worker stops the pod, then gives its network and address back.
             let _ = tx.send(PodUpdate::Gone);
-            // The address goes back once the worker has had time to stop its listeners.
-            let ips = self.ips.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                ips.release(ip);
-            });
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pod_addresses_are_unique_and_come_back() {
-        let ips = PodIps::default();
-        let a = ips.take(None).unwrap();
-        let b = ips.take(None).unwrap();
-        assert_ne!(a, b);
-        assert_eq!(ips.take(Some(a)).map(|x| x != a), Some(true), "a is taken");
-        let wanted: IpAddr = "127.1.3.4".parse().unwrap();
-        assert_eq!(ips.take(Some(wanted)), Some(wanted));
-        ips.release(a);
-        assert_eq!(ips.take(Some(a)), Some(a));
-        assert_ne!(
-            ips.take(Some("10.0.0.1".parse().unwrap())).unwrap(),
-            "10.0.0.1".parse::<IpAddr>().unwrap()
-        );
     }
 }

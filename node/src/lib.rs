@@ -13,6 +13,7 @@ pub mod events;
 pub mod lifecycle;
 pub mod logserver;
 pub mod metrics;
+pub mod network;
 pub mod pod;
 pub mod probe;
 pub mod volumes;

@@ -45,6 +45,7 @@ pub struct NodeContext {
     pub events: Arc<crate::events::Recorder>,
     pub registries: Arc<runtime::registry::Registries>,
     pub usage: Arc<crate::metrics::PodUsage>,
+    pub network: Arc<crate::network::PodNet>,
 }
 
 /// News of the pod from the API.
@@ -123,6 +124,10 @@ struct Worker {
     slots: Vec<Slot>,
     volumes: BTreeMap<String, (PathBuf, bool)>,
     volumes_ready: bool,
+    /// The pod's network namespace once made (routed networking), and whether the pod's
+    /// network is in place (always, in loopback mode).
+    netns: Option<PathBuf>,
+    network_ready: bool,
     start_time: String,
     tx: mpsc::UnboundedSender<Msg>,
     probe_tx: mpsc::Sender<probe::Outcome>,
@@ -205,6 +210,8 @@ impl Worker {
             slots,
             volumes: BTreeMap::new(),
             volumes_ready: false,
+            netns: None,
+            network_ready: false,
             start_time,
             tx,
             probe_tx,
@@ -253,6 +260,7 @@ impl Worker {
             ticker.abort();
             return;
         }
+        self.prepare_network().await;
         self.prepare_volumes().await;
         self.advance().await;
         self.report().await;
@@ -264,6 +272,7 @@ impl Worker {
             match msg {
                 Msg::Update(PodUpdate::Gone) => {
                     self.stop_all(&mut rx, "the pod was removed").await;
+                    self.release_network().await;
                     // Its files (secret volumes among them) go with it.
                     let _ = std::fs::remove_dir_all(&self.dir);
                     self.ctx
@@ -304,6 +313,10 @@ impl Worker {
                     }
                 }
                 Msg::Refresh => {
+                    if !self.network_ready {
+                        self.prepare_network().await;
+                        self.advance().await;
+                    }
                     if self.volumes_ready {
                         if let Ok(v) = volumes::sync(&self.pod, &self.dir, &self.sources).await {
                             self.volumes = v;
@@ -317,6 +330,37 @@ impl Worker {
             self.report().await;
         }
         ticker.abort();
+    }
+
+    /// Gives the pod its network (namespace and address); on failure the containers wait
+    /// (CreatePodSandbox, as the kubelet says) and the next refresh tries again.
+    async fn prepare_network(&mut self) {
+        let uid = self.pod.metadata.uid.clone().unwrap_or_default();
+        match self.ctx.network.attach(&uid, self.pod_ip).await {
+            Ok(netns) => {
+                self.netns = netns;
+                self.network_ready = true;
+            }
+            Err(e) => {
+                let message = format!("Failed to create pod sandbox: {e:#}");
+                self.event(None, Warning, "FailedCreatePodSandBox", &message);
+                for s in self
+                    .slots
+                    .iter_mut()
+                    .filter(|s| s.live.is_none() && !s.status.done)
+                {
+                    s.status.state =
+                        ContainerState::waiting("ContainerCreating", Some(message.clone()));
+                }
+            }
+        }
+    }
+
+    async fn release_network(&mut self) {
+        let uid = self.pod.metadata.uid.clone().unwrap_or_default();
+        self.ctx.network.detach(&uid, self.pod_ip).await;
+        self.network_ready = false;
+        self.netns = None;
     }
 
     async fn prepare_volumes(&mut self) {
@@ -355,7 +399,7 @@ impl Worker {
     /// Starts whatever should run now: the next init container, or every container once the
     /// init containers are done.
     async fn advance(&mut self) {
-        if !self.volumes_ready || self.terminating || self.init_failed() {
+        if !self.network_ready || !self.volumes_ready || self.terminating || self.init_failed() {
             return;
         }
         let idle = |s: &Slot| s.live.is_none() && !s.status.done && s.generation == 0;
@@ -494,6 +538,7 @@ impl Worker {
             memory_limit,
             cpu_limit,
             listen,
+            netns: self.netns.clone(),
             usage: self.ctx.usage.container(
                 &self.pod.metadata.namespace.clone().unwrap_or_default(),
                 &name_of(&self.pod),
@@ -886,6 +931,7 @@ impl Worker {
     /// The pod is being deleted: stop it, then remove it from the API.
     async fn finish_deletion(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>) {
         self.stop_all(rx, "the pod is being deleted").await;
+        self.release_network().await;
         let uid = self.pod.metadata.uid.clone();
         let params = DeleteParams {
             grace_period_seconds: Some(0),

@@ -7,6 +7,7 @@
 
 pub mod images;
 pub mod logs;
+pub mod netns;
 pub mod registry;
 pub mod usage;
 pub mod wasm;
@@ -40,6 +41,9 @@ pub struct ContainerSpec {
     pub cpu_limit: Option<u64>,
     /// Where an HTTP function listens (the pod's address and the container's port).
     pub listen: Option<SocketAddr>,
+    /// The pod's network namespace (a /run/netns file), where its sockets are made; None
+    /// for pods on the node's own network (loopback pod addresses).
+    pub netns: Option<PathBuf>,
     /// Where the runtime counts what the container uses.
     pub usage: Arc<usage::Usage>,
 }

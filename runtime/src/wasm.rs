@@ -562,7 +562,7 @@ impl WasmRuntime {
                     "an HTTP function needs a containerPort to listen on".into(),
                 ));
             };
-            let listener = tokio::net::TcpListener::bind(addr)
+            let listener = crate::netns::listen(spec.netns.as_deref(), addr)
                 .await
                 .map_err(|e| StartError::Config(format!("cannot listen on {addr}: {e}")))?;
             let (exit_tx, exit_rx) = oneshot::channel();

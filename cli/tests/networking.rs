@@ -1,0 +1,562 @@
+//! Pod networking end to end. NEEDS ROOT (CI runs as root): each test builds a small network
+//! on this machine — a bridge standing for the LAN, and one network namespace per node
+//! standing for a separate host on it — runs `drover server` on the bridge and a `drover node`
+//! in each host namespace, and drives them with the real kubectl. Then pods have addresses of
+//! their node's range, routes join the nodes, Services are nftables rules in each host, and
+//! traffic is real packets: curl from the "LAN", and from inside pods' namespaces.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_drover"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The example Wasm programs, built once per test process.
+fn examples() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new("cargo")
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(repo().join("examples/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(repo().join("examples/target"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the examples failed");
+        repo().join("examples/target/wasm32-wasip2/release")
+    })
+}
+
+fn sh(cmd: &str) -> (bool, String) {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .expect("sh runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn must(cmd: &str) -> String {
+    let (ok, out) = sh(cmd);
+    assert!(ok, "{cmd}: {out}");
+    out
+}
+
+/// A server on a bridge and `hosts` node agents, each in a namespace of its own.
+struct Lan {
+    /// Short prefix of every interface and namespace of this test (interface names are
+    /// limited to 15 bytes).
+    tag: String,
+    subnet: String,
+    dir: tempfile::TempDir,
+    server: Option<Child>,
+    nodes: Vec<Option<Child>>,
+    kubeconfig: PathBuf,
+}
+
+impl Lan {
+    fn host_ns(&self, k: usize) -> String {
+        format!("{}h{k}", self.tag)
+    }
+    fn host_ip(&self, k: usize) -> String {
+        format!("{}.{}", self.subnet, 10 + k)
+    }
+    fn node_dir(&self, k: usize) -> PathBuf {
+        self.dir.path().join(format!("h{k}"))
+    }
+
+    /// `n` keeps tests that run side by side apart (172.30.n.0/24).
+    fn start(n: u8, hosts: usize) -> Lan {
+        let tag = format!("dn{n}");
+        let subnet = format!("172.30.{n}");
+        // Leftovers of an earlier run that was killed.
+        for k in 1..=hosts {
+            let _ = sh(&format!("ip netns del {tag}h{k}"));
+        }
+        let _ = sh(&format!("ip link del {tag}br"));
+        must(&format!(
+            "ip link add {tag}br type bridge && ip addr add {subnet}.1/24 dev {tag}br && ip link set {tag}br up"
+        ));
+        for k in 1..=hosts {
+            let ns = format!("{tag}h{k}");
+            must(&format!(
+                "ip netns add {ns} && ip link add {ns} type veth peer name eth0 netns {ns} && \
+                 ip link set {ns} master {tag}br up && \
+                 ip -n {ns} addr add {subnet}.{}/24 dev eth0 && ip -n {ns} link set eth0 up && \
+                 ip -n {ns} link set lo up && ip -n {ns} route add default via {subnet}.1",
+                10 + k
+            ));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("server");
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let server = Command::new(bin())
+            .args(["server", "--data-dir"])
+            .arg(&data)
+            .args(["--listen", &format!("{subnet}.1:6443")])
+            .env("DROVER_LOG", "info,openraft=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut lan = Lan {
+            tag,
+            subnet,
+            kubeconfig: data.join("admin.kubeconfig"),
+            dir,
+            server: Some(server),
+            nodes: Vec::new(),
+        };
+        lan.until(60, "the API server", || {
+            lan.kubeconfig.exists().then_some(())
+        });
+        lan.until(30, "the API", || {
+            lan.run(&["get", "ns", "default"]).0.then_some(())
+        });
+        for k in 1..=hosts {
+            for tag in ["v1", "v2"] {
+                let out = Command::new(bin())
+                    .args(["image", "import", "--node-dir"])
+                    .arg(lan.node_dir(k))
+                    .arg(examples().join("hello_world.wasm"))
+                    .arg(format!("hello-world:{tag}"))
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let child = lan.spawn_node(k);
+            lan.nodes.push(Some(child));
+        }
+        lan.until(60, "every node Ready with a pod range", || {
+            let out = lan.ok(&["get", "nodes", "-o", "jsonpath={range .items[*]}{.spec.podCIDR} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}"]);
+            (out.lines().filter(|l| l.starts_with("10.42.") && l.ends_with("True")).count() == hosts).then_some(())
+        });
+        lan
+    }
+
+    fn spawn_node(&self, k: usize) -> Child {
+        let name = format!("h{k}");
+        let token = Command::new(bin())
+            .args(["token", "node", &name, "--kubeconfig"])
+            .arg(&self.kubeconfig)
+            .output()
+            .unwrap();
+        assert!(
+            token.status.success(),
+            "{}",
+            String::from_utf8_lossy(&token.stderr)
+        );
+        let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap();
+        // nsenter changes the network namespace only: pods' namespaces the agent makes under
+        // /run/netns stay visible to this test.
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.host_ns(k)))
+            .arg(bin())
+            .args([
+                "node",
+                "--server",
+                &format!("https://{}.1:6443", self.subnet),
+                "--token",
+                &token,
+                "--ca-file",
+            ])
+            .arg(self.dir.path().join("server/pki/ca.crt"))
+            .args([
+                "--name",
+                &name,
+                "--node-address",
+                &self.host_ip(k),
+                "--crash-backoff",
+                "1s",
+                "--node-dir",
+            ])
+            .arg(self.node_dir(k))
+            .env("DROVER_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Runs `cmd` inside host `k`'s network namespace.
+    fn on_host(&self, k: usize, cmd: &str) -> (bool, String) {
+        sh(&format!(
+            "nsenter --net=/run/netns/{} sh -c '{cmd}'",
+            self.host_ns(k)
+        ))
+    }
+
+    /// Runs `cmd` inside the network namespace of pod `pod` (as the pod would).
+    fn in_pod(&self, pod: &str, cmd: &str) -> (bool, String) {
+        let uid = self.ok(&["get", "pod", pod, "-o", "jsonpath={.metadata.uid}"]);
+        let short: String = uid
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(12)
+            .collect();
+        sh(&format!(
+            "nsenter --net=/run/netns/drover-{short} sh -c '{cmd}'"
+        ))
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for f in ["server.log", "h1.log", "h2.log"] {
+            let text = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            all += &format!(
+                "--- {f}\n{}\n",
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            );
+        }
+        all
+    }
+
+    fn until<T>(&self, secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen in {secs}s\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("kubectl is installed on every machine here");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(
+            ok,
+            "kubectl {args:?} failed:\n{out}\n{err}\n{}",
+            self.logs()
+        );
+        out
+    }
+
+    /// name → (pod IP, node) of the pods with label `selector`, once `n` of them are Ready.
+    fn ready_pods(&self, selector: &str, n: usize) -> Vec<(String, String, String)> {
+        self.until(60, &format!("{n} ready pods {selector}"), || {
+            let out = self.ok(&["get", "pods", "-l", selector, "-o", "jsonpath={range .items[*]}{.metadata.name} {.status.podIP} {.spec.nodeName} {.status.conditions[?(@.type==\"Ready\")].status} {.metadata.deletionTimestamp}{\"\\n\"}{end}"]);
+            let pods: Vec<(String, String, String)> = out
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() == 4 && f[3] == "True").then(|| (f[0].into(), f[1].into(), f[2].into()))
+                })
+                .collect();
+            (pods.len() == n).then_some(pods)
+        })
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            if let Some(mut c) = self.nodes[i].take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            // What the node left on its host: pod namespaces, its table, its routes.
+            let _ = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", self.host_ns(i + 1)))
+                .arg(bin())
+                .args(["node", "--cleanup", "--node-dir"])
+                .arg(self.node_dir(i + 1))
+                .output();
+            let _ = sh(&format!("ip netns del {}", self.host_ns(i + 1)));
+        }
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = sh(&format!("ip link del {}br", self.tag));
+    }
+}
+
+fn hello_from(out: &str) -> Option<String> {
+    // "Hello world from hw-demo-deployment-...! Your app is up and running in a cluster!"
+    out.split("Hello world from ")
+        .nth(1)?
+        .split('!')
+        .next()
+        .map(str::to_string)
+}
+
+#[test]
+fn pods_reach_each_other_across_nodes_and_services_balance_over_them() {
+    let lan = Lan::start(1, 2);
+    lan.ok(&[
+        "apply",
+        "-f",
+        repo().join("examples/hello-world.yaml").to_str().unwrap(),
+    ]);
+    lan.ok(&["scale", "deployment/hw-demo-deployment", "--replicas=4"]);
+    let pods = lan.ready_pods("app=hw", 4);
+    let on = |node: &str| {
+        pods.iter()
+            .filter(|p| p.2 == node)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (on("h1"), on("h2"));
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "pods on both nodes: {pods:?}"
+    );
+    // Each node's pods come from its own range.
+    for (node, list) in [("h1", &a), ("h2", &b)] {
+        let cidr = lan.ok(&["get", "node", node, "-o", "jsonpath={.spec.podCIDR}"]);
+        let prefix = cidr.trim_end_matches("0/24");
+        assert!(
+            list.iter().all(|p| p.1.starts_with(prefix)),
+            "{node} {cidr}: {list:?}"
+        );
+    }
+
+    // Pod to pod across nodes: from inside a pod on h1 to a pod on h2, by its address.
+    let (ok, out) = lan.in_pod(&a[0].0, &format!("curl -s -m 5 http://{}:8080/", b[0].1));
+    assert!(
+        ok && hello_from(&out).as_deref() == Some(b[0].0.as_str()),
+        "{out}"
+    );
+
+    // Pod to ClusterIP, landing on pods of both nodes.
+    let cluster_ip = lan.ok(&["get", "svc", "hw-svc", "-o", "jsonpath={.spec.clusterIP}"]);
+    let mut seen = std::collections::BTreeSet::new();
+    lan.until(30, "the ClusterIP reaching pods on both nodes", || {
+        let (_, out) = lan.in_pod(&a[0].0, &format!("curl -s -m 2 http://{cluster_ip}:8080/"));
+        if let Some(name) = hello_from(&out) {
+            seen.insert(name);
+        }
+        (a.iter().any(|p| seen.contains(&p.0)) && b.iter().any(|p| seen.contains(&p.0)))
+            .then_some(())
+    });
+
+    // The seed's scenario: expose on a NodePort, curl every node from the LAN.
+    lan.ok(&[
+        "expose",
+        "deployment/hw-demo-deployment",
+        "--type=NodePort",
+        "--port=8080",
+        "--name=hw-demo",
+    ]);
+    let node_port = lan.ok(&[
+        "get",
+        "svc",
+        "hw-demo",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    let mut names = std::collections::BTreeSet::new();
+    for k in [1, 2] {
+        let url = format!("http://{}:{node_port}/", lan.host_ip(k));
+        lan.until(30, &format!("{url} answering"), || {
+            let (_, out) = sh(&format!("curl -s -m 2 {url}"));
+            hello_from(&out).map(|n| names.insert(n))
+        });
+        for _ in 0..20 {
+            let (_, out) = sh(&format!("curl -s -m 2 {url}"));
+            names.extend(hello_from(&out));
+        }
+    }
+    assert!(
+        names.len() >= 3,
+        "different pods answer over repeated requests: {names:?}"
+    );
+    let described = lan.ok(&["describe", "service", "hw-demo"]);
+    assert!(
+        described.contains("Endpoints:") && described.contains(&a[0].1),
+        "{described}"
+    );
+    // The node itself reaches the NodePort and the ClusterIP.
+    let (ok, out) = lan.on_host(1, &format!("curl -s -m 5 http://{cluster_ip}:8080/"));
+    assert!(ok && hello_from(&out).is_some(), "{out}");
+
+    // A Service without ready endpoints refuses at once.
+    lan.ok(&["create", "service", "clusterip", "nobody", "--tcp=80:8080"]);
+    let nobody = lan.ok(&["get", "svc", "nobody", "-o", "jsonpath={.spec.clusterIP}"]);
+    lan.until(10, "a Service with no endpoints rejecting", || {
+        let started = Instant::now();
+        let (ok, out) = lan.in_pod(
+            &a[0].0,
+            &format!("curl -s -m 5 http://{nobody}:80/ 2>&1; echo rc=$?"),
+        );
+        (ok && out.contains("rc=7") && started.elapsed() < Duration::from_secs(2)).then_some(())
+    });
+
+    // Deleting the Service leaves no rule behind.
+    lan.ok(&["delete", "svc", "hw-demo"]);
+    lan.until(10, "the NodePort rules gone", || {
+        let (_, rules) = lan.on_host(2, "nft list table ip drover");
+        (!rules.contains("hw-demo") && !rules.contains(&format!(". {node_port} :"))).then_some(())
+    });
+    let (_, out) = sh(&format!(
+        "curl -s -m 2 http://{}:{node_port}/; echo rc=$?",
+        lan.host_ip(2)
+    ));
+    assert!(!out.contains("Hello"), "{out}");
+}
+
+#[test]
+fn cluster_dns_answers_services_and_external_names_from_a_pod() {
+    let lan = Lan::start(2, 1);
+    lan.ok(&[
+        "apply",
+        "-f",
+        repo().join("examples/hello-world.yaml").to_str().unwrap(),
+    ]);
+    let pods = lan.ready_pods("app=hw", 3);
+    lan.ok(&[
+        "create",
+        "service",
+        "externalname",
+        "docs",
+        "--external-name=docs.example.org",
+    ]);
+    let cluster_ip = lan.ok(&["get", "svc", "hw-svc", "-o", "jsonpath={.spec.clusterIP}"]);
+    // The pod's resolver is the kube-dns Service address, answered by its own node.
+    let dns = lan.ok(&[
+        "get",
+        "svc",
+        "-n",
+        "kube-system",
+        "kube-dns",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert_eq!(dns, "10.96.0.10");
+    let answer = lan.until(20, "the Service name resolving", || {
+        let (ok, out) = lan.in_pod(
+            &pods[0].0,
+            "busybox nslookup hw-svc.default.svc.cluster.local 10.96.0.10",
+        );
+        (ok && out.contains(&cluster_ip)).then_some(out)
+    });
+    assert!(answer.contains(&cluster_ip), "{answer}");
+    let (_, out) = lan.in_pod(
+        &pods[0].0,
+        "busybox nslookup -type=cname docs.default.svc.cluster.local 10.96.0.10",
+    );
+    assert!(out.contains("docs.example.org"), "{out}");
+    let (_, out) = lan.in_pod(
+        &pods[0].0,
+        "busybox nslookup nothing.default.svc.cluster.local 10.96.0.10",
+    );
+    assert!(
+        out.contains("NXDOMAIN") || out.contains("can't find"),
+        "{out}"
+    );
+}
+
+#[test]
+fn deleted_pods_leave_no_address_or_namespace_and_a_restarted_agent_keeps_serving() {
+    let mut lan = Lan::start(3, 1);
+    lan.ok(&[
+        "apply",
+        "-f",
+        repo().join("examples/hello-world.yaml").to_str().unwrap(),
+    ]);
+    let pods = lan.ready_pods("app=hw", 3);
+    let url = format!("http://{}:30080/", lan.host_ip(1));
+    lan.until(30, "the NodePort answering", || {
+        hello_from(&sh(&format!("curl -s -m 2 {url}")).1)
+    });
+
+    // Restart the agent: its pods come back on the same addresses, and traffic flows again.
+    if let Some(mut c) = lan.nodes[0].take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    lan.nodes[0] = Some(lan.spawn_node(1));
+    lan.until(60, "the NodePort answering after the restart", || {
+        hello_from(&sh(&format!("curl -s -m 2 {url}")).1)
+    });
+    let again = lan.ready_pods("app=hw", 3);
+    let ips = |p: &[(String, String, String)]| {
+        let mut v: Vec<String> = p.iter().map(|x| x.1.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        ips(&pods),
+        ips(&again),
+        "pods keep their addresses across an agent restart"
+    );
+
+    // Deleting the pods leaves no namespace, address record or route of theirs.
+    let netns_names: Vec<String> = again
+        .iter()
+        .map(|p| {
+            let uid = lan.ok(&["get", "pod", &p.0, "-o", "jsonpath={.metadata.uid}"]);
+            let short: String = uid
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(12)
+                .collect();
+            format!("drover-{short}")
+        })
+        .collect();
+    lan.ok(&["delete", "deployment", "hw-demo-deployment"]);
+    let ipam = lan.node_dir(1).join("ipam");
+    lan.until(30, "the pods' addresses released", || {
+        let left = std::fs::read_dir(&ipam)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name() != "last")
+            .count();
+        (left == 0).then_some(())
+    });
+    let (_, routes) = lan.on_host(1, "ip route");
+    for (_, ip, _) in &pods {
+        assert!(!routes.contains(&format!("{ip} dev")), "{routes}");
+    }
+    let (_, links) = lan.on_host(1, "ip -o link");
+    assert!(!links.contains("drv"), "{links}");
+    let (_, netns) = sh("ip netns list");
+    for name in &netns_names {
+        assert!(!netns.contains(name.as_str()), "{name} is left: {netns}");
+    }
+}

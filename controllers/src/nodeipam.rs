@@ -1,0 +1,145 @@
+//! Node IPAM: gives every Node a pod range (`spec.podCIDR`) cut from the cluster CIDR, as
+//! kube-controller-manager's range allocator does. A node keeps its range for life (Kubernetes
+//! does not let it change); a deleted node's range is free again.
+//!
+//! Nodes are reconciled one at a time under a lock, and ranges handed out but not yet seen in
+//! the cache count as taken, so two new nodes never get the same range.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::error::{failed, Error};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub cluster_cidr: Ipv4Net,
+    /// The size of each node's range, in prefix bits (Kubernetes: /24).
+    pub node_prefix: u8,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cluster_cidr: network::ipam::DEFAULT_CLUSTER_CIDR
+                .parse()
+                .expect("valid CIDR"),
+            node_prefix: network::ipam::DEFAULT_NODE_PREFIX,
+        }
+    }
+}
+
+pub struct Context {
+    pub client: kube::Client,
+    pub nodes: Store<Node>,
+    pub settings: Settings,
+    /// Ranges handed out by this controller, by node name, until the cache shows them.
+    pub given: Mutex<std::collections::BTreeMap<String, Ipv4Net>>,
+}
+
+fn range_of(node: &Node) -> Option<Ipv4Net> {
+    node.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()
+}
+
+/// The range a node without one should get, or None if it has one (or none is left).
+pub fn plan(
+    node: &Node,
+    all: &[Arc<Node>],
+    given: &BTreeSet<Ipv4Net>,
+    settings: &Settings,
+) -> Option<Ipv4Net> {
+    if range_of(node).is_some() {
+        return None;
+    }
+    let mut taken: BTreeSet<Ipv4Net> = all.iter().filter_map(|n| range_of(n)).collect();
+    taken.extend(given.iter().copied());
+    network::ipam::next_node_cidr(settings.cluster_cidr, settings.node_prefix, &taken)
+}
+
+pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = node.name_any();
+    let cidr = {
+        let mut given = ctx.given.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget what the cache now shows, and ranges of nodes that are gone.
+        let all = ctx.nodes.state();
+        given.retain(|n, _| {
+            all.iter()
+                .any(|o| o.name_any() == *n && range_of(o).is_none())
+        });
+        if let Some(mine) = given.get(&name) {
+            Some(*mine)
+        } else {
+            let taken: BTreeSet<Ipv4Net> = given.values().copied().collect();
+            let cidr = plan(&node, &all, &taken, &ctx.settings);
+            if let Some(c) = cidr {
+                given.insert(name.clone(), c);
+            }
+            cidr
+        }
+    };
+    let Some(cidr) = cidr else {
+        if range_of(&node).is_none() {
+            tracing::warn!(node = %name, cidr = %ctx.settings.cluster_cidr, "no pod range left for the node");
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+        return Ok(Action::await_change());
+    };
+    let patch = json!({"spec": {"podCIDR": cidr.to_string(), "podCIDRs": [cidr.to_string()]}});
+    Api::<Node>::all(ctx.client.clone())
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(failed(format!("giving node {name} pod range {cidr}")))?;
+    tracing::info!(node = %name, %cidr, "pod range assigned");
+    Ok(Action::await_change())
+}
+
+pub fn error_policy(_: Arc<Node>, error: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!("node ipam: {error}");
+    Action::requeue(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, cidr: Option<&str>) -> Arc<Node> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"podCIDR": cidr},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_new_node_gets_the_first_free_range_and_a_ranged_node_keeps_its_own() {
+        let settings = Settings::default();
+        let all = vec![
+            node("a", Some("10.42.0.0/24")),
+            node("b", None),
+            node("c", Some("10.42.2.0/24")),
+        ];
+        assert_eq!(plan(&all[0], &all, &BTreeSet::new(), &settings), None);
+        assert_eq!(
+            plan(&all[1], &all, &BTreeSet::new(), &settings)
+                .unwrap()
+                .to_string(),
+            "10.42.1.0/24"
+        );
+        // A range just given to another node (not yet in the cache) is taken too.
+        let given = BTreeSet::from(["10.42.1.0/24".parse().unwrap()]);
+        assert_eq!(
+            plan(&all[1], &all, &given, &settings).unwrap().to_string(),
+            "10.42.3.0/24"
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! Drover's pod network, run by every node agent:
+//!
+//! - [`ipam`]: CIDR arithmetic, and the node's record of which pod has which address (kept on
+//!   disk, so an address is never handed out twice, also across restarts of the agent);
+//! - [`pods`]: a network namespace per pod, joined to the node by a routed veth pair;
+//! - [`services`]: Services as nftables rules (verdict maps, so the per-packet cost does not
+//!   grow with the number of Services);
+//! - [`dns`]: the cluster DNS every pod uses as its resolver.
+//!
+//! Decisions (which rules, which records, which address) are pure functions over Kubernetes
+//! objects; the host is touched in [`pods`] (iproute2) and [`services::apply`] (nft) only.
+
+pub mod dns;
+pub mod ipam;
+pub mod pods;
+pub mod services;

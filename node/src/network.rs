@@ -1,0 +1,437 @@
+//! The node's pod networking, in one of two modes:
+//!
+//! - **routed** (the default; needs root): the node waits for the control plane to give it a
+//!   pod range (Node.spec.podCIDR), gives each pod an address of that range and a network
+//!   namespace of its own ([`network::pods`]), routes to the other nodes' ranges, programs
+//!   Services into nftables and serves the cluster DNS;
+//! - **loopback** (`--pod-ip-range`): each pod gets a loopback address of its own and no
+//!   namespace, so that several node agents can share one host without root (tests, benches).
+//!   Services then have no data path; their environment variables are still given.
+//!
+//! In both modes the node watches Services (their environment variables for new containers).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Api;
+use network::ipam::PodAddresses;
+use network::pods::PodNetwork;
+use network::services::{self, NodeNet, ServicePort};
+use tokio::sync::Notify;
+
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Pods get loopback addresses from this /16.
+    Loopback(Ipv4Addr),
+    Routed {
+        cluster_cidr: Ipv4Net,
+        /// The kube-dns Service's address, answered on every node by the node itself.
+        dns_service_ip: Ipv4Addr,
+    },
+}
+
+/// Hands out loopback pod addresses from a /16 (loopback mode).
+pub struct LoopbackIps {
+    base: u32,
+    used: Mutex<BTreeSet<u32>>,
+}
+
+impl LoopbackIps {
+    pub fn new(base: Ipv4Addr) -> LoopbackIps {
+        LoopbackIps {
+            base: u32::from(base) & 0xffff_0000,
+            used: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// `wanted` if it is free and in range (the pod had it before), else the next free one.
+    pub fn take(&self, wanted: Option<IpAddr>) -> Option<IpAddr> {
+        let range = self.base + 1..self.base + 0xffff;
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(IpAddr::V4(w)) = wanted {
+            let n = u32::from(w);
+            if range.contains(&n) && used.insert(n) {
+                return Some(IpAddr::V4(w));
+            }
+        }
+        let n = range.clone().find(|n| !used.contains(n))?;
+        used.insert(n);
+        Some(IpAddr::V4(Ipv4Addr::from(n)))
+    }
+
+    pub fn release(&self, ip: IpAddr) {
+        if let IpAddr::V4(v) = ip {
+            self.used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&u32::from(v));
+        }
+    }
+}
+
+/// The node's pod networking (see the module's comment).
+pub struct PodNet {
+    mode: Mode,
+    loopback: LoopbackIps,
+    /// Routed mode: set once the node has its pod range.
+    addresses: OnceLock<PodAddresses>,
+    services: OnceLock<Store<Service>>,
+}
+
+impl PodNet {
+    pub fn new(mode: Mode) -> PodNet {
+        let base = match &mode {
+            Mode::Loopback(base) => *base,
+            Mode::Routed { .. } => Ipv4Addr::new(127, 1, 0, 0),
+        };
+        PodNet {
+            loopback: LoopbackIps::new(base),
+            mode,
+            addresses: OnceLock::new(),
+            services: OnceLock::new(),
+        }
+    }
+
+    pub fn is_routed(&self) -> bool {
+        matches!(self.mode, Mode::Routed { .. })
+    }
+
+    /// The address of pod `uid` (`previous` is the one it reported, kept if possible).
+    pub fn address(&self, uid: &str, previous: Option<IpAddr>) -> anyhow::Result<IpAddr> {
+        match &self.mode {
+            Mode::Loopback(_) => self
+                .loopback
+                .take(previous)
+                .context("no loopback pod address left"),
+            Mode::Routed { .. } => {
+                let addresses = self
+                    .addresses
+                    .get()
+                    .context("the node has no pod range yet")?;
+                Ok(IpAddr::V4(addresses.assign(uid)?))
+            }
+        }
+    }
+
+    /// Gives pod `uid` its network; returns its network namespace (routed mode).
+    pub async fn attach(&self, uid: &str, ip: IpAddr) -> anyhow::Result<Option<PathBuf>> {
+        match (&self.mode, ip) {
+            (Mode::Routed { .. }, IpAddr::V4(v4)) => {
+                let link = PodNetwork::add_pod(uid, v4).await?;
+                Ok(Some(link.netns_path()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Takes pod `uid`'s network down and gives its address back.
+    pub async fn detach(&self, uid: &str, ip: IpAddr) {
+        match &self.mode {
+            Mode::Loopback(_) => self.loopback.release(ip),
+            Mode::Routed { .. } => {
+                if let Err(e) = PodNetwork::remove_pod(uid).await {
+                    tracing::warn!("pod {uid}: {e:#}");
+                }
+                if let Some(a) = self.addresses.get() {
+                    a.release(uid);
+                }
+            }
+        }
+    }
+
+    /// After the first list of the node's pods: the addresses and namespaces of pods that are
+    /// no longer here (deleted while the agent was down) are released.
+    pub async fn forget_all_but(&self, pods: &BTreeSet<String>) {
+        let Some(addresses) = self.addresses.get() else {
+            return;
+        };
+        for uid in addresses.holders() {
+            if !pods.contains(&uid) {
+                tracing::info!("releasing the network of pod {uid}, gone while the agent was down");
+                let _ = PodNetwork::remove_pod(&uid).await;
+                addresses.release(&uid);
+            }
+        }
+    }
+
+    /// The Services of `namespace`, for their environment variables (None until watched).
+    pub fn services(&self, namespace: &str) -> Vec<Arc<Service>> {
+        self.services
+            .get()
+            .map(|s| {
+                s.state()
+                    .into_iter()
+                    .filter(|svc| svc.metadata.namespace.as_deref() == Some(namespace))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Starts the node's networking: in routed mode waits for the node's pod range first.
+    pub async fn start(
+        self: &Arc<Self>,
+        client: kube::Client,
+        node_name: &str,
+        node_ip: IpAddr,
+        data_dir: &Path,
+    ) -> anyhow::Result<()> {
+        let (services_store, services_writer) = reflector::store::<Service>();
+        let _ = self.services.set(services_store.clone());
+        let changed = Arc::new(Notify::new());
+        spawn_reflector(
+            Api::<Service>::all(client.clone()),
+            services_writer,
+            changed.clone(),
+        );
+        let Mode::Routed {
+            cluster_cidr,
+            dns_service_ip,
+        } = self.mode.clone()
+        else {
+            return Ok(());
+        };
+        PodNetwork::prepare_node()?;
+        let range = wait_for_pod_range(&client, node_name).await;
+        tracing::info!(%range, "node pod range");
+        let addresses = PodAddresses::open(&data_dir.join("ipam"), range)?;
+        let _ = self.addresses.set(addresses);
+
+        let (slices, slices_writer) = reflector::store::<EndpointSlice>();
+        spawn_reflector(
+            Api::<EndpointSlice>::all(client.clone()),
+            slices_writer,
+            changed.clone(),
+        );
+        let (nodes, nodes_writer) = reflector::store::<Node>();
+        spawn_reflector(
+            Api::<Node>::all(client.clone()),
+            nodes_writer,
+            changed.clone(),
+        );
+        let IpAddr::V4(node_v4) = node_ip else {
+            anyhow::bail!("routed pod networking needs an IPv4 node address");
+        };
+        let node_net = NodeNet {
+            cluster_cidr,
+            dns: Some((dns_service_ip, node_v4)),
+        };
+        let dns = Arc::new(std::sync::RwLock::new(
+            network::dns::ClusterRecords::default(),
+        ));
+        serve_dns(SocketAddr::new(node_ip, 53), dns.clone()).await;
+        let proxy = Proxy {
+            node_name: node_name.to_string(),
+            node_net,
+            services: services_store,
+            slices,
+            nodes,
+            dns,
+        };
+        tokio::spawn(proxy.run(changed));
+        Ok(())
+    }
+}
+
+fn spawn_reflector<K>(api: Api<K>, writer: reflector::store::Writer<K>, changed: Arc<Notify>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    tokio::spawn(async move {
+        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects();
+        futures_util::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                tracing::debug!("network watch: {e}");
+            }
+            changed.notify_one();
+        }
+    });
+}
+
+/// Serves the cluster DNS on `addr` (UDP and TCP), where the kube-dns Service address leads
+/// on this node. A node that cannot bind it runs on without cluster DNS, and says so.
+async fn serve_dns(
+    addr: SocketAddr,
+    records: Arc<std::sync::RwLock<network::dns::ClusterRecords>>,
+) {
+    let udp = tokio::net::UdpSocket::bind(addr).await;
+    let tcp = tokio::net::TcpListener::bind(addr).await;
+    match (udp, tcp) {
+        (Ok(udp), Ok(tcp)) => {
+            tokio::spawn(async move {
+                if let Err(e) = network::dns::serve(udp, tcp, records).await {
+                    tracing::error!("cluster DNS stopped: {e:#}");
+                }
+            });
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(
+                "cannot serve the cluster DNS on {addr}: {e}; pods will not resolve cluster names"
+            );
+        }
+    }
+}
+
+async fn wait_for_pod_range(client: &kube::Client, node_name: &str) -> Ipv4Net {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut waited = 0u32;
+    loop {
+        if let Ok(node) = nodes.get(node_name).await {
+            if let Some(cidr) = node
+                .spec
+                .and_then(|s| s.pod_cidr)
+                .and_then(|c| c.parse().ok())
+            {
+                return cidr;
+            }
+        }
+        waited += 1;
+        if waited % 20 == 0 {
+            tracing::warn!("node {node_name} has no pod range (spec.podCIDR) yet; waiting");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Keeps the node's nftables Service rules and routes to other nodes' pods in step with the
+/// cluster (kube-proxy's job, and the routing part of Calico's).
+struct Proxy {
+    node_name: String,
+    node_net: NodeNet,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+    dns: Arc<std::sync::RwLock<network::dns::ClusterRecords>>,
+}
+
+impl Proxy {
+    /// The DNS records, rebuilt from the caches (a few ms at 10,000 Services).
+    fn refresh_dns(&self) {
+        let mut records = network::dns::ClusterRecords::default();
+        for svc in self.services.state() {
+            records.upsert_service(&svc);
+        }
+        for slice in self.slices.state() {
+            records.upsert_slice(&slice);
+        }
+        *self.dns.write().unwrap_or_else(|p| p.into_inner()) = records;
+    }
+
+    async fn run(self, changed: Arc<Notify>) {
+        let _ = self.services.wait_until_ready().await;
+        let _ = self.slices.wait_until_ready().await;
+        let _ = self.nodes.wait_until_ready().await;
+        let mut applied: Option<BTreeMap<String, ServicePort>> = None;
+        let mut routes: Vec<(Ipv4Net, Ipv4Addr)> = Vec::new();
+        let mut routes_synced = false;
+        loop {
+            self.refresh_dns();
+            let desired = services::desired(&self.services.state(), &self.slices.state());
+            let batch = match &applied {
+                None => services::full(&self.node_net, &desired),
+                Some(old) => services::changes(old, &desired),
+            };
+            match services::apply(&batch).await {
+                Ok(()) => applied = Some(desired),
+                Err(e) => {
+                    tracing::warn!("programming Services: {e:#}");
+                    // Next time from nothing, in one transaction.
+                    applied = None;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    changed.notify_one();
+                }
+            }
+            let want = other_nodes_routes(&self.nodes.state(), &self.node_name);
+            if want != routes || !routes_synced {
+                match PodNetwork::sync_node_routes(&want).await {
+                    Ok(()) => {
+                        routes = want;
+                        routes_synced = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!("{e:#}");
+                        routes_synced = false;
+                    }
+                }
+            }
+            changed.notified().await;
+            // Let a burst of changes (a rollout) land before recomputing.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Routes to every other node's pod range via that node's internal address.
+pub fn other_nodes_routes(nodes: &[Arc<Node>], me: &str) -> Vec<(Ipv4Net, Ipv4Addr)> {
+    let mut routes: Vec<(Ipv4Net, Ipv4Addr)> = nodes
+        .iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(me))
+        .filter_map(|n| {
+            let cidr = n.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()?;
+            let via = n
+                .status
+                .as_ref()?
+                .addresses
+                .iter()
+                .flatten()
+                .find(|a| a.type_ == "InternalIP")?
+                .address
+                .parse()
+                .ok()?;
+            Some((cidr, via))
+        })
+        .collect();
+    routes.sort();
+    routes
+}
+
+/// `drover node --cleanup`: removes Drover's nftables table and routes, and the network
+/// namespaces of the pods of the node whose directory is `data_dir`.
+pub async fn cleanup(data_dir: &Path) -> anyhow::Result<()> {
+    services::cleanup().await?;
+    PodNetwork::cleanup(&data_dir.join("ipam")).await?;
+    let _ = std::fs::remove_dir_all(data_dir.join("ipam"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::network::LoopbackIps;
+    use std::net::IpAddr;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn pod_addresses_are_unique_and_come_back() {
+        let ips = LoopbackIps::new(Ipv4Addr::new(127, 1, 0, 0));
+        let a = ips.take(None).unwrap();
+        let b = ips.take(None).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(ips.take(Some(a)).map(|x| x != a), Some(true), "a is taken");
+        let wanted: IpAddr = "127.1.3.4".parse().unwrap();
+        assert_eq!(ips.take(Some(wanted)), Some(wanted));
+        ips.release(a);
+        assert_eq!(ips.take(Some(a)), Some(a));
+        assert_ne!(
+            ips.take(Some("10.0.0.1".parse().unwrap())).unwrap(),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+}
