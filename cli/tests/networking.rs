@@ -560,3 +560,79 @@ fn deleted_pods_leave_no_address_or_namespace_and_a_restarted_agent_keeps_servin
         assert!(!netns.contains(name.as_str()), "{name} is left: {netns}");
     }
 }
+
+#[test]
+fn a_deny_all_policy_blocks_and_an_allow_rule_opens_exactly_what_it_says() {
+    let lan = Lan::start(4, 2);
+    lan.ok(&[
+        "apply",
+        "-f",
+        repo().join("examples/hello-world.yaml").to_str().unwrap(),
+    ]);
+    let clients = lan.dir.path().join("clients.yaml");
+    let pod = |name: &str, role: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    role: {role}\nspec:\n  containers:\n  - name: c\n    image: hello-world:v1\n    ports:\n    - containerPort: 8080\n"
+        )
+    };
+    std::fs::write(
+        &clients,
+        pod("client", "client") + "---\n" + &pod("other", "other"),
+    )
+    .unwrap();
+    lan.ok(&["apply", "-f", clients.to_str().unwrap()]);
+    let web = lan.ready_pods("app=hw", 3);
+    lan.ready_pods("role", 2);
+    let target = &web[0];
+    let node = if target.2 == "h1" { 1 } else { 2 };
+    let reach = |from: &str| {
+        let (_, out) = lan.in_pod(from, &format!("curl -s -m 1 http://{}:8080/", target.1));
+        hello_from(&out).is_some()
+    };
+    assert!(
+        reach("client") && reach("other"),
+        "without policies every pod is reachable"
+    );
+
+    let policy = |yaml: &str, file: &str| {
+        let path = lan.dir.path().join(file);
+        std::fs::write(&path, yaml).unwrap();
+        lan.ok(&["apply", "-f", path.to_str().unwrap()]);
+    };
+    policy(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny-web\nspec:\n  podSelector:\n    matchLabels:\n      app: hw\n  policyTypes: [Ingress]\n",
+        "deny.yaml",
+    );
+    lan.until(15, "the deny-all policy blocking", || {
+        (!reach("client") && !reach("other")).then_some(())
+    });
+    // The node still reaches its own pods: probes keep them Ready.
+    let (ok, out) = lan.on_host(node, &format!("curl -s -m 2 http://{}:8080/", target.1));
+    assert!(ok && hello_from(&out).is_some(), "{out}");
+
+    // Allowed: role=client on 8080; role=other only on a port nothing listens on.
+    policy(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: allow-clients\nspec:\n  podSelector:\n    matchLabels:\n      app: hw\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels:\n          role: client\n    ports:\n    - port: 8080\n  - from:\n    - podSelector:\n        matchLabels:\n          role: other\n    ports:\n    - port: 9090\n",
+        "allow.yaml",
+    );
+    lan.until(15, "the allow rule opening for the client", || {
+        reach("client").then_some(())
+    });
+    assert!(!reach("other"), "the other pod stays blocked on 8080");
+    // Other pods, not selected by any policy, are still open to all.
+    let (_, out) = lan.in_pod(
+        "other",
+        &format!(
+            "curl -s -m 2 http://{}:8080/",
+            lan.ok(&["get", "pod", "client", "-o", "jsonpath={.status.podIP}"])
+        ),
+    );
+    assert!(hello_from(&out).is_some(), "{out}");
+
+    lan.ok(&["delete", "networkpolicy", "deny-web", "allow-clients"]);
+    lan.until(15, "everything open again", || {
+        (reach("client") && reach("other")).then_some(())
+    });
+    let (_, rules) = lan.on_host(node, "nft list table ip drover-policy");
+    assert!(!rules.contains("jump ingress"), "{rules}");
+}

@@ -21,23 +21,7 @@ pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
     if empty {
         return false;
     }
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.clone().unwrap_or_default();
-        let have = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => have.is_some_and(|h| values.contains(h)),
-            "NotIn" => have.is_none_or(|h| !values.contains(h)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && expressions_ok
+    api::selector::typed_matches(selector, labels)
 }
 
 /// Whether a node selector requirement holds for `value` (the node's label `r.key`, or its name

@@ -5,6 +5,7 @@
 //! - [`pods`]: a network namespace per pod, joined to the node by a routed veth pair;
 //! - [`services`]: Services as nftables rules (verdict maps, so the per-packet cost does not
 //!   grow with the number of Services);
+//! - [`policy`]: NetworkPolicy as nftables rules, enforced where the pod runs;
 //! - [`dns`]: the cluster DNS every pod uses as its resolver.
 //!
 //! Decisions (which rules, which records, which address) are pure functions over Kubernetes
@@ -13,4 +14,5 @@
 pub mod dns;
 pub mod ipam;
 pub mod pods;
+pub mod policy;
 pub mod services;

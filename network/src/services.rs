@@ -384,9 +384,13 @@ pub async fn apply(batch: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes Drover's table (`drover node --cleanup`); nothing else is touched.
+/// Removes Drover's tables (`drover node --cleanup`); nothing else is touched.
 pub async fn cleanup() -> anyhow::Result<()> {
-    apply(&format!("add table ip {TABLE}\ndelete table ip {TABLE}\n")).await
+    let policy = crate::policy::TABLE;
+    apply(&format!(
+        "add table ip {TABLE}\ndelete table ip {TABLE}\nadd table ip {policy}\ndelete table ip {policy}\n"
+    ))
+    .await
 }
 
 #[cfg(test)]

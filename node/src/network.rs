@@ -19,8 +19,9 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
@@ -218,6 +219,13 @@ impl PodNet {
             nodes_writer,
             changed.clone(),
         );
+        // NetworkPolicy needs every pod's address and labels, and namespaces' labels.
+        let (policies, policies_writer) = reflector::store::<NetworkPolicy>();
+        spawn_reflector(Api::all(client.clone()), policies_writer, changed.clone());
+        let (pods, pods_writer) = reflector::store::<Pod>();
+        spawn_reflector(Api::all(client.clone()), pods_writer, changed.clone());
+        let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
+        spawn_reflector(Api::all(client.clone()), namespaces_writer, changed.clone());
         let IpAddr::V4(node_v4) = node_ip else {
             anyhow::bail!("routed pod networking needs an IPv4 node address");
         };
@@ -235,6 +243,9 @@ impl PodNet {
             services: services_store,
             slices,
             nodes,
+            policies,
+            pods,
+            namespaces,
             dns,
         };
         tokio::spawn(proxy.run(changed));
@@ -311,14 +322,18 @@ async fn wait_for_pod_range(client: &kube::Client, node_name: &str) -> Ipv4Net {
     }
 }
 
-/// Keeps the node's nftables Service rules and routes to other nodes' pods in step with the
-/// cluster (kube-proxy's job, and the routing part of Calico's).
+/// Keeps the node's nftables Service and NetworkPolicy rules, its DNS records and its routes
+/// to other nodes' pods in step with the cluster (kube-proxy's job, CoreDNS's, and the routing
+/// and policy parts of Calico's).
 struct Proxy {
     node_name: String,
     node_net: NodeNet,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
+    policies: Store<NetworkPolicy>,
+    pods: Store<Pod>,
+    namespaces: Store<Namespace>,
     dns: Arc<std::sync::RwLock<network::dns::ClusterRecords>>,
 }
 
@@ -339,6 +354,10 @@ impl Proxy {
         let _ = self.services.wait_until_ready().await;
         let _ = self.slices.wait_until_ready().await;
         let _ = self.nodes.wait_until_ready().await;
+        let _ = self.policies.wait_until_ready().await;
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.namespaces.wait_until_ready().await;
+        let mut policy_applied = String::new();
         let mut applied: Option<BTreeMap<String, ServicePort>> = None;
         let mut routes: Vec<(Ipv4Net, Ipv4Addr)> = Vec::new();
         let mut routes_synced = false;
@@ -357,6 +376,22 @@ impl Proxy {
                     applied = None;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     changed.notify_one();
+                }
+            }
+            let policy = network::policy::ruleset(
+                &self.policies.state(),
+                &self.pods.state(),
+                &self.namespaces.state(),
+                &self.node_name,
+            );
+            if policy != policy_applied {
+                match services::apply(&policy).await {
+                    Ok(()) => policy_applied = policy,
+                    Err(e) => {
+                        tracing::warn!("programming NetworkPolicy: {e:#}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        changed.notify_one();
+                    }
                 }
             }
             let want = other_nodes_routes(&self.nodes.state(), &self.node_name);
