@@ -12,6 +12,7 @@
 //! - [`daemonset`]: one pod per eligible node, rolling updates.
 //! - [`statefulset`]: stable names, ordered start and stop, rolling updates with partitions.
 //! - [`endpoints`]: Endpoints and EndpointSlices of Services from their ready pods.
+//! - [`servicelb`]: LoadBalancer Services' ingress: the nodes' addresses (as k3s).
 //! - [`job`]: pods run to completion (parallelism, completions, backoffLimit, deadlines, TTL).
 //! - [`cronjob`]: Jobs on a cron schedule in a time zone, with concurrency policies.
 //! - [`hpa`]: HorizontalPodAutoscalers from metrics.k8s.io (CPU, requests per second).
@@ -41,6 +42,7 @@ pub mod nodelifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod selector;
+pub mod servicelb;
 pub mod statefulset;
 
 use std::sync::Arc;
@@ -211,6 +213,17 @@ pub async fn run(client: kube::Client, settings: Settings) {
             endpoints_ctx.clone(),
         )
         .for_each(|_| async {});
+    let load_balancers = Controller::for_stream(services.subscribe(), services.store())
+        .reconcile_all_on(nodes.subscribe().map(|_| ()))
+        .run(
+            servicelb::reconcile,
+            servicelb::error_policy,
+            Arc::new(servicelb::Context {
+                client: client.clone(),
+                nodes: nodes.store(),
+            }),
+        )
+        .for_each(|_| async {});
     let service_store = services.store();
     let endpoint_cleanup = async move {
         loop {
@@ -242,6 +255,7 @@ pub async fn run(client: kube::Client, settings: Settings) {
         daemons,
         stateful,
         endpoint_controller,
+        load_balancers,
         endpoint_cleanup,
         gc::run(client.clone())
     );

@@ -56,6 +56,12 @@ impl PodView<'_> {
     }
 }
 
+/// One ingress or egress rule of a policy: its peers (`from`/`to`) and its ports.
+type Rule<'a> = (
+    Option<&'a Vec<NetworkPolicyPeer>>,
+    Option<&'a Vec<NetworkPolicyPort>>,
+);
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
     Ingress,
@@ -220,10 +226,7 @@ pub fn ruleset(
             for policy in selecting {
                 let ns = policy.metadata.namespace.as_deref().unwrap_or("default");
                 let spec = policy.spec.as_ref();
-                let allow: Vec<(
-                    Option<&Vec<NetworkPolicyPeer>>,
-                    Option<&Vec<NetworkPolicyPort>>,
-                )> = match direction {
+                let allow: Vec<Rule> = match direction {
                     Direction::Ingress => spec
                         .and_then(|s| s.ingress.as_ref())
                         .into_iter()
@@ -378,7 +381,7 @@ mod tests {
         let deny = policy(
             json!({"metadata": {"name": "deny", "namespace": "default"}, "spec": {"podSelector": {}}}),
         );
-        let out = ruleset(&[deny.clone()], &pods, &namespaces, "n1");
+        let out = ruleset(std::slice::from_ref(&deny), &pods, &namespaces, "n1");
         assert!(
             out.contains("ip daddr vmap { 10.42.0.2 : jump ingress-0 }"),
             "{out}"

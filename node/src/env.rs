@@ -88,14 +88,91 @@ pub fn field_value(pod: &Pod, path: &str, pod_ip: &str, host_ip: &str) -> Option
     })
 }
 
-/// The environment of one container, in the order Kubernetes builds it: `envFrom` first, then
-/// `env` (which wins), with HOSTNAME set to the pod's hostname.
+/// The docker-link style variables of `services` as the kubelet gives them to a container:
+/// every Service with a ClusterIP in the pod's namespace (unless `enableServiceLinks: false`),
+/// and the `kubernetes` Service of `default` always. For Service `redis-primary`, port 6379:
+/// `REDIS_PRIMARY_SERVICE_HOST`, `_SERVICE_PORT`, `_SERVICE_PORT_<NAME>`, `REDIS_PRIMARY_PORT=tcp://ip:6379`,
+/// and `REDIS_PRIMARY_PORT_6379_TCP`, `_PROTO`, `_PORT`, `_ADDR`.
+pub fn service_environment(
+    pod: &Pod,
+    services: &[std::sync::Arc<k8s_openapi::api::core::v1::Service>],
+) -> Vec<(String, String)> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    let mut chosen: Vec<&k8s_openapi::api::core::v1::Service> = services
+        .iter()
+        .map(|s| s.as_ref())
+        .filter(|s| {
+            let (sns, name) = (
+                s.metadata.namespace.as_deref().unwrap_or(""),
+                s.metadata.name.as_deref().unwrap_or(""),
+            );
+            (sns == "default" && name == "kubernetes") || (links && sns == ns)
+        })
+        .collect();
+    chosen.sort_by_key(|s| s.metadata.name.clone());
+    let mut env = Vec::new();
+    for svc in chosen {
+        let Some(spec) = &svc.spec else { continue };
+        let Some(ip) = spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+        else {
+            continue;
+        };
+        let ports = spec.ports.as_deref().unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        let name = svc
+            .metadata
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .to_uppercase()
+            .replace('-', "_");
+        env.push((format!("{name}_SERVICE_HOST"), ip.to_string()));
+        env.push((format!("{name}_SERVICE_PORT"), first.port.to_string()));
+        for p in ports {
+            if let Some(pname) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                let pname = pname.to_uppercase().replace('-', "_");
+                env.push((format!("{name}_SERVICE_PORT_{pname}"), p.port.to_string()));
+            }
+        }
+        let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
+            p.protocol.as_deref().unwrap_or("TCP").to_string()
+        };
+        env.push((
+            format!("{name}_PORT"),
+            format!("{}://{ip}:{}", proto(first).to_lowercase(), first.port),
+        ));
+        for p in ports {
+            let pr = proto(p);
+            let prefix = format!("{name}_PORT_{}_{pr}", p.port);
+            env.push((
+                prefix.clone(),
+                format!("{}://{ip}:{}", pr.to_lowercase(), p.port),
+            ));
+            env.push((format!("{prefix}_PROTO"), pr.to_lowercase()));
+            env.push((format!("{prefix}_PORT"), p.port.to_string()));
+            env.push((format!("{prefix}_ADDR"), ip.to_string()));
+        }
+    }
+    env
+}
+
+/// The environment of one container, in the order Kubernetes builds it: the Services'
+/// variables, then `envFrom`, then `env` (which wins), with HOSTNAME set to the pod's hostname.
 pub async fn environment(
     pod: &Pod,
     container: &Container,
     sources: &Sources,
     pod_ip: &str,
     host_ip: &str,
+    services: Vec<(String, String)>,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
@@ -109,6 +186,9 @@ pub async fn environment(
         .or_else(|| pod.metadata.name.clone())
         .unwrap_or_default();
     set(&mut env, "HOSTNAME".into(), hostname);
+    for (k, v) in services {
+        set(&mut env, k, v);
+    }
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         if let Some(r) = &from.config_map_ref {
@@ -267,5 +347,43 @@ mod tests {
             "web"
         );
         assert!(field_value(&pod, "spec.bogus", "", "").is_none());
+    }
+
+    #[test]
+    fn services_give_docker_link_variables_and_links_can_be_turned_off() {
+        let svc = |ns: &str, name: &str, ip: &str| {
+            std::sync::Arc::new(
+                serde_json::from_value::<k8s_openapi::api::core::v1::Service>(serde_json::json!({
+                    "metadata": {"name": name, "namespace": ns},
+                    "spec": {"clusterIP": ip, "ports": [{"name": "http-alt", "port": 8080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}
+                }))
+                .unwrap(),
+            )
+        };
+        let services = vec![
+            svc("default", "kubernetes", "10.96.0.1"),
+            svc("shop", "redis-primary", "10.96.0.7"),
+            svc("shop", "headless", "None"),
+            svc("other", "elsewhere", "10.96.0.9"),
+        ];
+        let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "p", "namespace": "shop"}, "spec": {"containers": []}})).unwrap();
+        let env: std::collections::BTreeMap<String, String> =
+            service_environment(&pod, &services).into_iter().collect();
+        assert_eq!(env["REDIS_PRIMARY_SERVICE_HOST"], "10.96.0.7");
+        assert_eq!(env["REDIS_PRIMARY_SERVICE_PORT"], "8080");
+        assert_eq!(env["REDIS_PRIMARY_SERVICE_PORT_HTTP_ALT"], "8080");
+        assert_eq!(env["REDIS_PRIMARY_PORT"], "tcp://10.96.0.7:8080");
+        assert_eq!(env["REDIS_PRIMARY_PORT_53_UDP"], "udp://10.96.0.7:53");
+        assert_eq!(env["REDIS_PRIMARY_PORT_53_UDP_ADDR"], "10.96.0.7");
+        assert_eq!(env["KUBERNETES_SERVICE_HOST"], "10.96.0.1");
+        assert!(!env
+            .keys()
+            .any(|k| k.starts_with("HEADLESS") || k.starts_with("ELSEWHERE")));
+        let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "p", "namespace": "shop"}, "spec": {"containers": [], "enableServiceLinks": false}})).unwrap();
+        let env = service_environment(&pod, &services);
+        assert!(
+            env.iter().all(|(k, _)| k.starts_with("KUBERNETES_")),
+            "{env:?}"
+        );
     }
 }

@@ -165,14 +165,17 @@ impl PodNet {
         }
     }
 
-    /// The Services of `namespace`, for their environment variables (None until watched).
+    /// The Services of `namespace` and `default` (for their environment variables).
     pub fn services(&self, namespace: &str) -> Vec<Arc<Service>> {
         self.services
             .get()
             .map(|s| {
                 s.state()
                     .into_iter()
-                    .filter(|svc| svc.metadata.namespace.as_deref() == Some(namespace))
+                    .filter(|svc| {
+                        let ns = svc.metadata.namespace.as_deref();
+                        ns == Some(namespace) || ns == Some("default")
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -315,7 +318,7 @@ async fn wait_for_pod_range(client: &kube::Client, node_name: &str) -> Ipv4Net {
             }
         }
         waited += 1;
-        if waited % 20 == 0 {
+        if waited.is_multiple_of(20) {
             tracing::warn!("node {node_name} has no pod range (spec.podCIDR) yet; waiting");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

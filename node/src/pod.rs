@@ -452,22 +452,30 @@ impl Worker {
         };
         let host_ip = self.ctx.host_ip.to_string();
         let pod_ip = self.pod_ip.to_string();
-        let env =
-            match env::environment(&self.pod, &container, &self.sources, &pod_ip, &host_ip).await {
-                Ok(e) => e,
-                Err(e) => {
-                    self.event(
-                        Some(&container.name),
-                        Warning,
-                        "Failed",
-                        &format!("Error: {}", e.0),
-                    );
-                    self.slots[index].status.state =
-                        ContainerState::waiting("CreateContainerConfigError", Some(e.0));
-                    self.schedule_retry(index, Duration::from_secs(5));
-                    return;
-                }
-            };
+        let env = match env::environment(
+            &self.pod,
+            &container,
+            &self.sources,
+            &pod_ip,
+            &host_ip,
+            env::service_environment(&self.pod, &self.ctx.network.services(&self.pod_namespace())),
+        )
+        .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                self.event(
+                    Some(&container.name),
+                    Warning,
+                    "Failed",
+                    &format!("Error: {}", e.0),
+                );
+                self.slots[index].status.state =
+                    ContainerState::waiting("CreateContainerConfigError", Some(e.0));
+                self.schedule_retry(index, Duration::from_secs(5));
+                return;
+            }
+        };
         let mounts = match volumes::mounts(&container, &self.volumes) {
             Ok(m) => m,
             Err(e) => {
