@@ -47,8 +47,8 @@ async fn concurrent_creates_never_share_an_ip_or_port_and_deletes_release_them()
         }
     }
     assert!(
-        !ips.contains("10.96.0.1"),
-        "the kubernetes Service's IP is never handed out"
+        !ips.contains("10.96.0.1") && !ips.contains("10.96.0.10"),
+        "the kubernetes and kube-dns Services' IPs are never handed out"
     );
 
     // A port someone holds cannot be taken by name, and the error names the field.
@@ -68,7 +68,7 @@ async fn concurrent_creates_never_share_an_ip_or_port_and_deletes_release_them()
         "spec.ports[0].nodePort"
     );
 
-    // Deleting releases: only the kubernetes Service's reservation is left.
+    // Deleting releases: only the kubernetes and kube-dns Services' reservations are left.
     for i in 0..40 {
         let (code, _) = call(
             &app,
@@ -92,7 +92,13 @@ async fn concurrent_creates_never_share_an_ip_or_port_and_deletes_release_them()
         .iter()
         .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
         .collect();
-    assert_eq!(keys, vec!["/registry/ranges/serviceips/10.96.0.1"]);
+    assert_eq!(
+        keys,
+        vec![
+            "/registry/ranges/serviceips/10.96.0.1",
+            "/registry/ranges/serviceips/10.96.0.10"
+        ]
+    );
 }
 
 #[tokio::test]
