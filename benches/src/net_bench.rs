@@ -242,9 +242,18 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?;
         let r = rt.block_on(async {
-            let _ = Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status();
+            // A node has a default route; without one, a connect to a ClusterIP fails before
+            // nftables sees it.
+            for cmd in [
+                "link set lo up",
+                "link add uplink type veth peer name uplink-peer",
+                "link set uplink up",
+                "link set uplink-peer up",
+                "addr add 192.0.2.10/24 dev uplink",
+                "route add default dev uplink",
+            ] {
+                let _ = Command::new("ip").args(cmd.split(' ')).status();
+            }
             let r = bench(args).await;
             let _ = network::pods::PodNetwork::remove_pod(POD_UID).await;
             r
