@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use network::services::{self, NodeNet, ServicePort};
+use network::services::{self, NodeNet, Op, ServicePort};
 use serde_json::json;
 
 #[derive(Parser, Clone)]
@@ -119,9 +119,9 @@ fn node() -> NodeNet {
     }
 }
 
-async fn timed_apply(batch: &str) -> anyhow::Result<Duration> {
+async fn timed_apply(batch: &[Op]) -> anyhow::Result<Duration> {
     let t = Instant::now();
-    services::apply(batch).await?;
+    services::apply_ops(batch).await?;
     Ok(t.elapsed())
 }
 
@@ -168,7 +168,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
 
     // A few Services: the first-packet baseline.
     let small = cluster(10, args.endpoints);
-    services::apply(&services::full(&node(), &small)).await?;
+    services::apply_ops(&services::full(&node(), &small)).await?;
     first_packet(&args, 10).await?;
 
     // N Services from nothing.
@@ -183,10 +183,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         .await?;
         fulls.push(timed_apply(&full).await?);
     }
+    let batch_bytes = network::netlink::Batch::encode(&full).bytes().len();
     println!(
         "{}",
         json!({"measure": "full", "services": args.services, "endpoints": args.endpoints,
-               "batch_bytes": full.len(), "median_ms": ms(median(&mut fulls)),
+               "batch_bytes": batch_bytes, "median_ms": ms(median(&mut fulls)),
                "runs_ms": fulls.iter().map(|d| ms(*d)).collect::<Vec<_>>()})
     );
     first_packet(&args, args.services).await?;
@@ -211,9 +212,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let (mut adds, mut changes) = (Vec::new(), Vec::new());
     for _ in 0..args.repeats {
         adds.push(timed_apply(&services::changes(&big, &plus_one)).await?);
-        services::apply(&services::changes(&plus_one, &big)).await?;
+        services::apply_ops(&services::changes(&plus_one, &big)).await?;
         changes.push(timed_apply(&services::changes(&big, &changed)).await?);
-        services::apply(&services::changes(&changed, &big)).await?;
+        services::apply_ops(&services::changes(&changed, &big)).await?;
     }
     println!(
         "{}",

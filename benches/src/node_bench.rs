@@ -144,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
             cpu_limit: None,
             listen: None,
             netns: None,
+            outbound: None,
             usage: Default::default(),
         };
         let times = rt

@@ -50,6 +50,10 @@ pub struct ServerArgs {
     /// The size of each node's part of --cluster-cidr, in prefix bits.
     #[arg(long, default_value_t = network::ipam::DEFAULT_NODE_PREFIX, value_parser = clap::value_parser!(u8).range(8..=30))]
     node_cidr_mask_size: u8,
+    /// Addresses for LoadBalancer Services (FIRST-LAST or a CIDR), which every node answers;
+    /// without it a LoadBalancer Service's addresses are the nodes' own (as k3s).
+    #[arg(long)]
+    service_lb_pool: Option<controllers::servicelb::Pool>,
 }
 
 impl ServerArgs {
@@ -248,6 +252,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
             cluster_cidr: args.cluster_cidr,
             node_prefix: args.node_cidr_mask_size,
         },
+        lb_pool: args.service_lb_pool,
     };
     let is_leader = move || {
         let status = leader_of.status();

@@ -67,6 +67,8 @@ pub struct Settings {
     pub nodes: nodelifecycle::Settings,
     pub hpa: hpa::Settings,
     pub ipam: nodeipam::Settings,
+    /// Addresses for LoadBalancer Services (None: the nodes' addresses, as k3s).
+    pub lb_pool: Option<servicelb::Pool>,
 }
 
 pub async fn run(client: kube::Client, settings: Settings) {
@@ -221,6 +223,9 @@ pub async fn run(client: kube::Client, settings: Settings) {
             Arc::new(servicelb::Context {
                 client: client.clone(),
                 nodes: nodes.store(),
+                services: services.store(),
+                pool: settings.lb_pool,
+                given: Default::default(),
             }),
         )
         .for_each(|_| async {});

@@ -77,6 +77,17 @@ pub enum Answer {
     NotOurs,
 }
 
+/// What [`ClusterRecords::lookup`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The cluster's addresses for the name.
+    Addresses(Vec<IpAddr>),
+    /// A name outside the cluster (asked as is, or an ExternalName's target): for the
+    /// host's resolvers.
+    External(String),
+    NotFound,
+}
+
 /// The DNS view of the cluster: what the Services, EndpointSlices and Pods fed in say, kept as
 /// the few fields DNS needs. Pure; the server reads it behind a lock.
 #[derive(Debug, Clone)]
@@ -306,6 +317,63 @@ impl ClusterRecords {
     }
 
     /// What `name` (case-insensitive, trailing dot optional) has of type `qtype`.
+    /// What a pod's name lookup of `name` gives, the way its resolver would ask (the search
+    /// domains of `namespace` first for names with fewer than five dots, as `ndots:5`), for
+    /// connections the node makes on a pod's behalf (Wasm pods' outgoing HTTP). Follows the
+    /// cluster's CNAMEs (ExternalName Services).
+    pub fn lookup(&self, name: &str, namespace: &str) -> Lookup {
+        let name = name.trim_end_matches('.');
+        let domain = self.domain();
+        let mut candidates = Vec::new();
+        if name.matches('.').count() < 5 {
+            for search in [
+                format!("{namespace}.svc.{domain}"),
+                format!("svc.{domain}"),
+                domain.clone(),
+            ] {
+                candidates.push(format!("{name}.{search}"));
+            }
+        }
+        candidates.push(name.to_string());
+        for candidate in candidates {
+            match self.follow(&candidate) {
+                Lookup::NotFound => continue,
+                found => return found,
+            }
+        }
+        Lookup::NotFound
+    }
+
+    fn follow(&self, name: &str) -> Lookup {
+        let mut name = name.to_string();
+        for _ in 0..8 {
+            match self.answer(&name, RecordType::A) {
+                Answer::Records(records) => {
+                    let addresses: Vec<IpAddr> = records
+                        .iter()
+                        .filter_map(|r| match &r.data {
+                            RData::A(a) => Some(IpAddr::V4(a.0)),
+                            _ => None,
+                        })
+                        .collect();
+                    if !addresses.is_empty() {
+                        return Lookup::Addresses(addresses);
+                    }
+                    match records.iter().find_map(|r| match &r.data {
+                        RData::CNAME(CNAME(target)) => Some(target.to_ascii()),
+                        _ => None,
+                    }) {
+                        Some(target) => name = target.trim_end_matches('.').to_string(),
+                        None => return Lookup::NotFound,
+                    }
+                }
+                Answer::NoData | Answer::NxDomain => return Lookup::NotFound,
+                Answer::NotOurs => return Lookup::External(name),
+            }
+        }
+        Lookup::NotFound
+    }
+
     pub fn answer(&self, name: &str, qtype: RecordType) -> Answer {
         let Ok(mut owner) = Name::from_ascii(name) else {
             // Not even a DNS name: not resolvable anywhere, but only ours to call NXDOMAIN.
@@ -1550,5 +1618,37 @@ mod tests {
             let r = query(&mut udp, "web.default.svc.cluster.local.", RecordType::A).await;
             assert_eq!(data(&r), [RData::A(A(Ipv4Addr::new(10, 96, 0, 10)))]);
         }
+    }
+
+    #[test]
+    fn pod_lookups_use_the_search_domains_and_follow_external_names() {
+        let mut r = ClusterRecords::default();
+        r.upsert_service(
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80}]}
+            }))
+            .unwrap(),
+        );
+        r.upsert_service(
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "docs", "namespace": "shop"},
+                "spec": {"type": "ExternalName", "externalName": "docs.example.org"}
+            }))
+            .unwrap(),
+        );
+        let web = Lookup::Addresses(vec!["10.96.0.20".parse().unwrap()]);
+        assert_eq!(r.lookup("web", "shop"), web);
+        assert_eq!(r.lookup("web.shop", "default"), web);
+        assert_eq!(r.lookup("web.shop.svc.cluster.local.", "default"), web);
+        assert_eq!(r.lookup("web", "default"), Lookup::External("web".into()));
+        assert_eq!(
+            r.lookup("docs", "shop"),
+            Lookup::External("docs.example.org".into())
+        );
+        assert_eq!(
+            r.lookup("example.com", "shop"),
+            Lookup::External("example.com".into())
+        );
     }
 }

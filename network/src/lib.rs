@@ -13,6 +13,7 @@
 
 pub mod dns;
 pub mod ipam;
+pub mod netlink;
 pub mod pods;
 pub mod policy;
 pub mod services;

@@ -25,6 +25,8 @@ pub const ROUTE_PROTO: &str = "211";
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The MAC of every node-side veth end (as Calico does), so pods need no ARP for the gateway.
 const GATEWAY_MAC: &str = "ee:ee:ee:ee:ee:ee";
+/// The label of the load balancer addresses Drover puts on `lo`.
+const LB_LABEL: &str = "lo:drover";
 /// Network namespaces of pods are /run/netns/drover-<uid prefix>.
 pub const NETNS_PREFIX: &str = "drover-";
 
@@ -193,6 +195,32 @@ impl PodNetwork {
         Ok(())
     }
 
+    /// Makes the node's load balancer addresses (from `--service-lb-pool`) exactly `ips`: local
+    /// addresses on `lo`, labelled `lo:drover` to tell them from anyone else's, so that the
+    /// node answers ARP for them on its network and takes their traffic to the Services'
+    /// rules.
+    pub async fn sync_service_addresses(ips: &[Ipv4Addr]) -> anyhow::Result<()> {
+        let current = ip(&["-o", "-4", "addr", "show", "dev", "lo", "label", LB_LABEL]).await?;
+        let have: Vec<Ipv4Addr> = current
+            .lines()
+            .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1))
+            .filter_map(|a| a.split('/').next()?.parse().ok())
+            .collect();
+        let mut batch = String::new();
+        for old in have.iter().filter(|a| !ips.contains(a)) {
+            batch.push_str(&format!("addr del {old}/32 dev lo label {LB_LABEL}\n"));
+        }
+        for new in ips.iter().filter(|a| !have.contains(a)) {
+            batch.push_str(&format!("addr add {new}/32 dev lo label {LB_LABEL}\n"));
+        }
+        if !batch.is_empty() {
+            ip_batch(None, &batch)
+                .await
+                .context("updating load balancer addresses")?;
+        }
+        Ok(())
+    }
+
     /// Removes the namespaces of the pods recorded in `ipam_dir` (see [`crate::ipam`]) and
     /// Drover's routes (`drover node --cleanup`). Other nodes' pods on the same host (test
     /// clusters) are left alone.
@@ -201,6 +229,7 @@ impl PodNetwork {
             Self::remove_pod(&uid).await?;
         }
         let _ = ip(&["route", "flush", "proto", ROUTE_PROTO]).await;
+        let _ = Self::sync_service_addresses(&[]).await;
         Ok(())
     }
 }

@@ -12,6 +12,9 @@
 //! - the node itself reaches its pods through the output hook, never filtered here, so probes
 //!   keep working under a deny-all policy (Kubernetes' rule too).
 //!
+//! The table also masquerades hairpin traffic (a pod reaching itself through a Service), the
+//! one other rule that depends on which pods run on the node.
+//!
 //! [`ruleset`] is pure: policies, pods and namespaces in, the whole table out. The table is
 //! replaced in one transaction on each change; its size is that of the node's isolated pods'
 //! rules, not of the cluster.
@@ -320,6 +323,17 @@ pub fn ruleset(
     }
     let _ = writeln!(s, "\t}}");
     s.push_str(&chains);
+    // Hairpin: a pod that reaches itself through a Service gets a packet from its own address,
+    // which its kernel drops as martian; such packets leave with the node's address instead
+    // (kube-proxy masquerades them too).
+    if !local.is_empty() {
+        let pairs: Vec<String> = local.iter().map(|p| format!("{0} . {0}", p.ip)).collect();
+        let _ = writeln!(
+            s,
+            "\tchain hairpin {{\n\t\ttype nat hook postrouting priority 100; policy accept;\n\t\tct status dnat ip saddr . ip daddr {{ {} }} masquerade\n\t}}",
+            pairs.join(", ")
+        );
+    }
     s.push_str("}\n");
     s
 }
@@ -388,6 +402,10 @@ mod tests {
         );
         assert!(out.contains("chain ingress-0 {\n\t\tdrop\n\t}"), "{out}");
         assert!(!out.contains("ip saddr vmap"), "ingress only: {out}");
+        assert!(
+            out.contains("ct status dnat ip saddr . ip daddr { 10.42.0.2 . 10.42.0.2 } masquerade"),
+            "{out}"
+        );
 
         let allow = policy(
             json!({"metadata": {"name": "allow", "namespace": "default"}, "spec": {

@@ -5,17 +5,22 @@
 //!   chain) for ClusterIPs and external IPs, and one `service-nodeports` (protocol . port) for
 //!   NodePorts and LoadBalancer ports on the node's own addresses: a packet costs one lookup
 //!   whatever the number of Services;
-//! - one chain per Service port holding one rule, `dnat to numgen random mod N map {…}`, over
-//!   its ready endpoints (kube-proxy has a chain per endpoint besides);
+//! - one chain `svc/<key>` per Service port with one rule per ready endpoint,
+//!   `meta l4proto tcp numgen random mod K == 0 dnat to IP:PORT` (the last one without
+//!   numgen), and `ext/<key>`, which marks external traffic then goes to it;
 //! - Service ports with no ready endpoint are in `no-endpoint-services` / `-nodeports`, which
 //!   the filter hooks answer with a reject, so a client fails at once instead of hanging;
 //! - traffic that came from outside (NodePort, LoadBalancer) is marked and masqueraded, so
-//!   that replies from a pod on another node come back through this node.
+//!   that replies from a pod on another node come back through this node;
+//! - the cluster DNS address (udp and tcp 53) goes to `cluster-dns`, a dnat to the node's
+//!   own DNS server.
 //!
-//! [`desired`] turns Services and EndpointSlices into [`ServicePort`]s (pure); [`Changes`]
-//! holds what differs between two such states and renders it as one atomic nft batch: a full
-//! resync at start replaces Drover's table in one transaction (working rules never flushed
-//! first), and each later change touches only its own map elements and chain.
+//! [`desired`] turns Services and EndpointSlices into [`ServicePort`]s (pure); [`full`] and
+//! [`changes`] turn those into [`Op`]s, the steps of one atomic transaction, still without
+//! I/O: a full resync at start replaces Drover's table in one transaction (working rules
+//! never flushed first), and each later change touches only its own map elements and chains.
+//! [`apply_ops`] sends them to the kernel as one nftables netlink batch ([`crate::netlink`]);
+//! [`render`] writes the same transaction as an nft script.
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
@@ -44,11 +49,20 @@ impl Protocol {
             _ => Protocol::Tcp,
         }
     }
-    fn nft(self) -> &'static str {
+    /// The name nft uses.
+    pub fn nft(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
             Protocol::Sctp => "sctp",
+        }
+    }
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
         }
     }
 }
@@ -72,6 +86,9 @@ pub struct ServicePort {
 impl ServicePort {
     fn chain(&self) -> String {
         format!("svc/{}", self.key)
+    }
+    fn ext_chain(&self) -> String {
+        format!("ext/{}", self.key)
     }
 }
 
@@ -190,67 +207,309 @@ pub struct NodeNet {
     pub dns: Option<(Ipv4Addr, Ipv4Addr)>,
 }
 
-/// The table's fixed part: maps, hooks, masquerading.
-pub fn base_ruleset(node: &NodeNet) -> String {
-    let mut s = String::new();
-    let cluster = node.cluster_cidr;
-    let m = MASQUERADE_MARK;
-    let _ = write!(
-        s,
-        "table ip {TABLE} {{\n\
-         \tmap service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}\n\
-         \tmap service-nodeports {{ type inet_proto . inet_service : verdict; }}\n\
-         \tset no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service; }}\n\
-         \tset no-endpoint-nodeports {{ type inet_proto . inet_service; }}\n\
-         \tchain services {{\n\
-         \t\tip daddr . meta l4proto . th dport vmap @service-ips\n\
-         \t\tfib daddr type local meta l4proto . th dport vmap @service-nodeports\n\
-         \t}}\n\
-         \tchain mark-for-masquerade {{ meta mark set meta mark | {m:#x}; }}\n\
-         \tchain nat-prerouting {{ type nat hook prerouting priority -100; policy accept; jump services; }}\n\
-         \tchain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}\n\
-         \tchain nat-postrouting {{\n\
-         \t\ttype nat hook postrouting priority 100; policy accept;\n\
-         \t\tmeta mark & {m:#x} == {m:#x} masquerade\n\
-         \t\tip saddr {cluster} ip daddr != {cluster} fib daddr type != local masquerade\n\
-         \t}}\n\
-         \tchain service-rejects {{\n\
-         \t\tip daddr . meta l4proto . th dport @no-endpoint-services reject\n\
-         \t\tfib daddr type local meta l4proto . th dport @no-endpoint-nodeports reject\n\
-         \t}}\n\
-         \tchain filter-input {{ type filter hook input priority -10; policy accept; ct state new jump service-rejects; }}\n\
-         \tchain filter-forward {{ type filter hook forward priority -10; policy accept; ct state new jump service-rejects; }}\n\
-         \tchain filter-output {{ type filter hook output priority -10; policy accept; ct state new jump service-rejects; }}\n\
-         }}\n"
-    );
-    if let Some((vip, local)) = node.dns {
-        let _ = write!(
-            s,
-            "add chain ip {TABLE} cluster-dns\n\
-             add rule ip {TABLE} cluster-dns meta l4proto {{ tcp, udp }} th dport 53 dnat to {local}\n\
-             add element ip {TABLE} service-ips {{ {vip} . udp . 53 : goto cluster-dns, {vip} . tcp . 53 : goto cluster-dns }}\n"
-        );
-    }
-    s
+/// The verdict map of ClusterIPs and external IPs: `address . protocol . port : goto chain`.
+pub const SERVICE_IPS: &str = "service-ips";
+/// The verdict map of ports answered on every node address: `protocol . port : goto chain`.
+pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+/// Service ports without a ready endpoint, rejected: `address . protocol . port`.
+pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+/// Node ports without a ready endpoint, rejected: `protocol . port`.
+pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+
+/// What a set or map is keyed by, as its rules build the key from a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    /// `ip daddr . meta l4proto . th dport` (type `ipv4_addr . inet_proto . inet_service`).
+    DaddrProtoPort,
+    /// `meta l4proto . th dport` (type `inet_proto . inet_service`).
+    ProtoPort,
 }
 
-fn add_service(s: &mut String, sp: &ServicePort) {
-    let chain = sp.chain();
-    let proto = sp.protocol.nft();
-    let _ = writeln!(s, "add chain ip {TABLE} {chain}");
+impl Key {
+    fn expr(self) -> &'static str {
+        match self {
+            Key::DaddrProtoPort => "ip daddr . meta l4proto . th dport",
+            Key::ProtoPort => "meta l4proto . th dport",
+        }
+    }
+    fn nft_type(self) -> &'static str {
+        match self {
+            Key::DaddrProtoPort => "ipv4_addr . inet_proto . inet_service",
+            Key::ProtoPort => "inet_proto . inet_service",
+        }
+    }
+}
+
+/// A named set, or a verdict map (`… : verdict`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetDecl {
+    pub name: &'static str,
+    pub key: Key,
+    pub verdict_map: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainType {
+    Nat,
+    Filter,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+/// What makes a chain a base chain: its type, hook and priority (the policy is `accept`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaseChain {
+    pub type_: ChainType,
+    pub hook: Hook,
+    pub priority: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddrField {
+    Saddr,
+    Daddr,
+}
+
+/// One condition of a rule (all of a rule's must hold).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Match {
+    /// `meta l4proto tcp`
+    L4Proto(Protocol),
+    /// `th dport 53`
+    Dport(u16),
+    /// `ip saddr 10.42.0.0/16`, or `ip daddr != …` when negated.
+    Addr {
+        field: AddrField,
+        net: ipnet::Ipv4Net,
+        negated: bool,
+    },
+    /// `fib daddr type local` (`true`) or `fib daddr type != local` (`false`).
+    FibDaddrLocal(bool),
+    /// `ct state new`
+    CtStateNew,
+    /// `meta mark & M == M`
+    MarkHas(u32),
+    /// `numgen random mod N == 0`: true for one packet in N.
+    NumgenRandom(u32),
+    /// `<key> @set`
+    InSet(Key, &'static str),
+}
+
+/// What a rule does when its conditions hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Jump(String),
+    Goto(String),
+    /// `<key> vmap @map`
+    Vmap(Key, &'static str),
+    /// `dnat to address[:port]`
+    Dnat(Ipv4Addr, Option<u16>),
+    Masquerade,
+    /// `reject` (ICMP port unreachable)
+    Reject,
+    /// `meta mark set meta mark | M`
+    SetMarkBits(u32),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub matches: Vec<Match>,
+    pub action: Action,
+}
+
+impl Rule {
+    fn new(matches: Vec<Match>, action: Action) -> Rule {
+        Rule { matches, action }
+    }
+}
+
+/// The key of a set or map element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElementKey {
+    /// `10.96.0.10 . tcp . 80`, in [`SERVICE_IPS`] and [`NO_ENDPOINT_SERVICES`].
+    AddrProtoPort(Ipv4Addr, Protocol, u16),
+    /// `tcp . 30080`, in [`SERVICE_NODEPORTS`] and [`NO_ENDPOINT_NODEPORTS`].
+    ProtoPort(Protocol, u16),
+}
+
+/// An element of one of the table's sets, and for a map the chain it goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Element {
+    pub set: &'static str,
+    pub key: ElementKey,
+    /// `: goto <chain>` (maps only; left out when deleting).
+    pub goto: Option<String>,
+}
+
+/// One step of a change to Drover's table, free of I/O: [`render`] writes it as nft text,
+/// [`crate::netlink`] encodes it for the kernel. A list of them is applied as one transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Drops the table if it exists and creates it empty (`add table`, `delete table`,
+    /// `add table`).
+    ResetTable,
+    AddSet(SetDecl),
+    AddChain {
+        name: String,
+        base: Option<BaseChain>,
+    },
+    /// Deletes a chain and its rules (nothing may point to it any more).
+    DeleteChain(String),
+    /// Appends a rule to a chain.
+    AddRule {
+        chain: String,
+        rule: Rule,
+    },
+    AddElement(Element),
+    DeleteElement(Element),
+}
+
+fn chain(name: impl Into<String>) -> Op {
+    Op::AddChain {
+        name: name.into(),
+        base: None,
+    }
+}
+
+fn base_chain(name: &str, type_: ChainType, hook: Hook, priority: i32) -> Op {
+    Op::AddChain {
+        name: name.to_string(),
+        base: Some(BaseChain {
+            type_,
+            hook,
+            priority,
+        }),
+    }
+}
+
+fn rule(chain: impl Into<String>, matches: Vec<Match>, action: Action) -> Op {
+    Op::AddRule {
+        chain: chain.into(),
+        rule: Rule::new(matches, action),
+    }
+}
+
+fn element(set: &'static str, key: ElementKey, goto: Option<String>) -> Element {
+    Element { set, key, goto }
+}
+
+/// The table's fixed part: maps, hooks, masquerading, cluster DNS.
+pub fn base_ruleset(node: &NodeNet) -> Vec<Op> {
+    use Action::*;
+    use ChainType::{Filter, Nat};
+    use Match::*;
+    let cluster = node.cluster_cidr;
+    let m = MASQUERADE_MARK;
+    let set = |name, key, verdict_map| {
+        Op::AddSet(SetDecl {
+            name,
+            key,
+            verdict_map,
+        })
+    };
+    let mut ops = vec![
+        set(SERVICE_IPS, Key::DaddrProtoPort, true),
+        set(SERVICE_NODEPORTS, Key::ProtoPort, true),
+        set(NO_ENDPOINT_SERVICES, Key::DaddrProtoPort, false),
+        set(NO_ENDPOINT_NODEPORTS, Key::ProtoPort, false),
+        chain("services"),
+        chain("mark-for-masquerade"),
+        base_chain("nat-prerouting", Nat, Hook::Prerouting, -100),
+        base_chain("nat-output", Nat, Hook::Output, -100),
+        base_chain("nat-postrouting", Nat, Hook::Postrouting, 100),
+        chain("service-rejects"),
+        base_chain("filter-input", Filter, Hook::Input, -10),
+        base_chain("filter-forward", Filter, Hook::Forward, -10),
+        base_chain("filter-output", Filter, Hook::Output, -10),
+        rule("services", vec![], Vmap(Key::DaddrProtoPort, SERVICE_IPS)),
+        rule(
+            "services",
+            vec![FibDaddrLocal(true)],
+            Vmap(Key::ProtoPort, SERVICE_NODEPORTS),
+        ),
+        rule("mark-for-masquerade", vec![], SetMarkBits(m)),
+        rule("nat-prerouting", vec![], Jump("services".into())),
+        rule("nat-output", vec![], Jump("services".into())),
+        rule("nat-postrouting", vec![MarkHas(m)], Masquerade),
+        rule(
+            "nat-postrouting",
+            vec![
+                Addr {
+                    field: AddrField::Saddr,
+                    net: cluster,
+                    negated: false,
+                },
+                Addr {
+                    field: AddrField::Daddr,
+                    net: cluster,
+                    negated: true,
+                },
+                FibDaddrLocal(false),
+            ],
+            Masquerade,
+        ),
+        rule(
+            "service-rejects",
+            vec![InSet(Key::DaddrProtoPort, NO_ENDPOINT_SERVICES)],
+            Reject,
+        ),
+        rule(
+            "service-rejects",
+            vec![
+                FibDaddrLocal(true),
+                InSet(Key::ProtoPort, NO_ENDPOINT_NODEPORTS),
+            ],
+            Reject,
+        ),
+    ];
+    for hook in ["filter-input", "filter-forward", "filter-output"] {
+        ops.push(rule(hook, vec![CtStateNew], Jump("service-rejects".into())));
+    }
+    if let Some((vip, local)) = node.dns {
+        ops.push(chain("cluster-dns"));
+        for proto in [Protocol::Udp, Protocol::Tcp] {
+            ops.push(rule(
+                "cluster-dns",
+                vec![L4Proto(proto), Dport(53)],
+                Dnat(local, None),
+            ));
+        }
+        for proto in [Protocol::Udp, Protocol::Tcp] {
+            ops.push(Op::AddElement(element(
+                SERVICE_IPS,
+                ElementKey::AddrProtoPort(vip, proto, 53),
+                Some("cluster-dns".into()),
+            )));
+        }
+    }
+    ops
+}
+
+fn add_service(ops: &mut Vec<Op>, sp: &ServicePort) {
+    let chain_name = sp.chain();
+    let proto = sp.protocol;
+    ops.push(chain(chain_name.clone()));
     if sp.endpoints.is_empty() {
         for ip in &sp.ips {
-            let _ = writeln!(
-                s,
-                "add element ip {TABLE} no-endpoint-services {{ {ip} . {proto} . {} }}",
-                sp.port
-            );
+            ops.push(Op::AddElement(element(
+                NO_ENDPOINT_SERVICES,
+                ElementKey::AddrProtoPort(*ip, proto, sp.port),
+                None,
+            )));
         }
         for np in &sp.node_ports {
-            let _ = writeln!(
-                s,
-                "add element ip {TABLE} no-endpoint-nodeports {{ {proto} . {np} }}"
-            );
+            ops.push(Op::AddElement(element(
+                NO_ENDPOINT_NODEPORTS,
+                ElementKey::ProtoPort(proto, *np),
+                None,
+            )));
         }
         return;
     }
@@ -261,104 +520,256 @@ fn add_service(s: &mut String, sp: &ServicePort) {
     let n = sp.endpoints.len();
     for (i, (ip, port)) in sp.endpoints.iter().enumerate() {
         let left = n - i;
-        let pick = if left > 1 {
-            format!("numgen random mod {left} == 0 ")
-        } else {
-            String::new()
-        };
-        let _ = writeln!(
-            s,
-            "add rule ip {TABLE} {chain} meta l4proto {proto} {pick}dnat to {ip}:{port}"
-        );
+        let mut matches = vec![Match::L4Proto(proto)];
+        if left > 1 {
+            matches.push(Match::NumgenRandom(left as u32));
+        }
+        ops.push(rule(
+            chain_name.clone(),
+            matches,
+            Action::Dnat(*ip, Some(*port)),
+        ));
     }
     // External traffic is first marked for masquerading, then balanced the same way.
-    let _ = writeln!(s, "add chain ip {TABLE} ext/{}", sp.key);
-    let _ = writeln!(
-        s,
-        "add rule ip {TABLE} ext/{} jump mark-for-masquerade",
-        sp.key
-    );
-    let _ = writeln!(s, "add rule ip {TABLE} ext/{} goto {chain}", sp.key);
+    let ext = sp.ext_chain();
+    ops.push(chain(ext.clone()));
+    ops.push(rule(
+        ext.clone(),
+        vec![],
+        Action::Jump("mark-for-masquerade".into()),
+    ));
+    ops.push(rule(ext.clone(), vec![], Action::Goto(chain_name.clone())));
     for ip in &sp.ips {
-        let _ = writeln!(
-            s,
-            "add element ip {TABLE} service-ips {{ {ip} . {proto} . {} : goto {chain} }}",
-            sp.port
-        );
+        ops.push(Op::AddElement(element(
+            SERVICE_IPS,
+            ElementKey::AddrProtoPort(*ip, proto, sp.port),
+            Some(chain_name.clone()),
+        )));
     }
     for np in &sp.node_ports {
-        let _ = writeln!(
-            s,
-            "add element ip {TABLE} service-nodeports {{ {proto} . {np} : goto ext/{} }}",
-            sp.key
-        );
+        ops.push(Op::AddElement(element(
+            SERVICE_NODEPORTS,
+            ElementKey::ProtoPort(proto, *np),
+            Some(ext.clone()),
+        )));
     }
 }
 
-fn remove_service(s: &mut String, sp: &ServicePort) {
-    let chain = sp.chain();
-    let proto = sp.protocol.nft();
-    if sp.endpoints.is_empty() {
-        for ip in &sp.ips {
-            let _ = writeln!(
-                s,
-                "delete element ip {TABLE} no-endpoint-services {{ {ip} . {proto} . {} }}",
-                sp.port
-            );
-        }
-        for np in &sp.node_ports {
-            let _ = writeln!(
-                s,
-                "delete element ip {TABLE} no-endpoint-nodeports {{ {proto} . {np} }}"
-            );
-        }
+fn remove_service(ops: &mut Vec<Op>, sp: &ServicePort) {
+    let proto = sp.protocol;
+    let (ips_set, ports_set) = if sp.endpoints.is_empty() {
+        (NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS)
     } else {
-        for ip in &sp.ips {
-            let _ = writeln!(
-                s,
-                "delete element ip {TABLE} service-ips {{ {ip} . {proto} . {} }}",
-                sp.port
-            );
-        }
-        for np in &sp.node_ports {
-            let _ = writeln!(
-                s,
-                "delete element ip {TABLE} service-nodeports {{ {proto} . {np} }}"
-            );
-        }
-        let _ = writeln!(s, "delete chain ip {TABLE} ext/{}", sp.key);
+        (SERVICE_IPS, SERVICE_NODEPORTS)
+    };
+    for ip in &sp.ips {
+        ops.push(Op::DeleteElement(element(
+            ips_set,
+            ElementKey::AddrProtoPort(*ip, proto, sp.port),
+            None,
+        )));
     }
-    let _ = writeln!(s, "delete chain ip {TABLE} {chain}");
+    for np in &sp.node_ports {
+        ops.push(Op::DeleteElement(element(
+            ports_set,
+            ElementKey::ProtoPort(proto, *np),
+            None,
+        )));
+    }
+    if !sp.endpoints.is_empty() {
+        ops.push(Op::DeleteChain(sp.ext_chain()));
+    }
+    ops.push(Op::DeleteChain(sp.chain()));
 }
 
-/// The nft batch that takes the table from `old` to `new`: removals first (a port can move
-/// from one Service to another), then additions. A changed Service port is removed and added
-/// again inside the same batch, which the kernel applies atomically.
-pub fn changes(old: &BTreeMap<String, ServicePort>, new: &BTreeMap<String, ServicePort>) -> String {
-    let mut s = String::new();
+/// What takes the table from `old` to `new`: removals first (a port can move from one
+/// Service to another), then additions. A changed Service port is removed and added again
+/// inside the same batch, which the kernel applies atomically. Empty when nothing changed.
+pub fn changes(
+    old: &BTreeMap<String, ServicePort>,
+    new: &BTreeMap<String, ServicePort>,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
     for (key, sp) in old {
         if new.get(key) != Some(sp) {
-            remove_service(&mut s, sp);
+            remove_service(&mut ops, sp);
         }
     }
     for (key, sp) in new {
         if old.get(key) != Some(sp) {
-            add_service(&mut s, sp);
+            add_service(&mut ops, sp);
         }
+    }
+    ops
+}
+
+/// The whole table from nothing, replacing whatever Drover had before in one transaction.
+pub fn full(node: &NodeNet, ports: &BTreeMap<String, ServicePort>) -> Vec<Op> {
+    let mut ops = vec![Op::ResetTable];
+    ops.extend(base_ruleset(node));
+    ops.extend(changes(&BTreeMap::new(), ports));
+    // Elements last, each set's together: they reach the kernel in a few large messages,
+    // after the chains they point to.
+    let (mut elements, mut rest): (Vec<Op>, Vec<Op>) = ops
+        .into_iter()
+        .partition(|op| matches!(op, Op::AddElement(_)));
+    elements.sort_by_key(|op| match op {
+        Op::AddElement(e) => e.set,
+        _ => "",
+    });
+    rest.extend(elements);
+    rest
+}
+
+impl std::fmt::Display for ElementKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ElementKey::AddrProtoPort(ip, proto, port) => {
+                write!(f, "{ip} . {} . {port}", proto.nft())
+            }
+            ElementKey::ProtoPort(proto, port) => write!(f, "{} . {port}", proto.nft()),
+        }
+    }
+}
+
+impl std::fmt::Display for Match {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Match::L4Proto(p) => write!(f, "meta l4proto {}", p.nft()),
+            Match::Dport(port) => write!(f, "th dport {port}"),
+            Match::Addr {
+                field,
+                net,
+                negated,
+            } => {
+                let field = match field {
+                    AddrField::Saddr => "saddr",
+                    AddrField::Daddr => "daddr",
+                };
+                let op = if *negated { "!= " } else { "" };
+                write!(f, "ip {field} {op}{net}")
+            }
+            Match::FibDaddrLocal(true) => write!(f, "fib daddr type local"),
+            Match::FibDaddrLocal(false) => write!(f, "fib daddr type != local"),
+            Match::CtStateNew => write!(f, "ct state new"),
+            Match::MarkHas(m) => write!(f, "meta mark & {m:#x} == {m:#x}"),
+            Match::NumgenRandom(n) => write!(f, "numgen random mod {n} == 0"),
+            Match::InSet(key, set) => write!(f, "{} @{set}", key.expr()),
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Jump(c) => write!(f, "jump {c}"),
+            Action::Goto(c) => write!(f, "goto {c}"),
+            Action::Vmap(key, map) => write!(f, "{} vmap @{map}", key.expr()),
+            Action::Dnat(ip, Some(port)) => write!(f, "dnat to {ip}:{port}"),
+            Action::Dnat(ip, None) => write!(f, "dnat to {ip}"),
+            Action::Masquerade => write!(f, "masquerade"),
+            Action::Reject => write!(f, "reject"),
+            Action::SetMarkBits(m) => write!(f, "meta mark set meta mark | {m:#x}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for m in &self.matches {
+            write!(f, "{m} ")?;
+        }
+        write!(f, "{}", self.action)
+    }
+}
+
+/// One op as nft commands (one line each, with its newline).
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::ResetTable => writeln!(
+                f,
+                "add table ip {TABLE}\ndelete table ip {TABLE}\nadd table ip {TABLE}"
+            ),
+            Op::AddSet(s) => {
+                let (kind, data) = if s.verdict_map {
+                    ("map", " : verdict")
+                } else {
+                    ("set", "")
+                };
+                writeln!(
+                    f,
+                    "add {kind} ip {TABLE} {} {{ type {}{data}; }}",
+                    s.name,
+                    s.key.nft_type()
+                )
+            }
+            Op::AddChain { name, base: None } => writeln!(f, "add chain ip {TABLE} {name}"),
+            Op::AddChain {
+                name,
+                base: Some(b),
+            } => {
+                let type_ = match b.type_ {
+                    ChainType::Nat => "nat",
+                    ChainType::Filter => "filter",
+                };
+                let hook = match b.hook {
+                    Hook::Prerouting => "prerouting",
+                    Hook::Input => "input",
+                    Hook::Forward => "forward",
+                    Hook::Output => "output",
+                    Hook::Postrouting => "postrouting",
+                };
+                writeln!(
+                    f,
+                    "add chain ip {TABLE} {name} {{ type {type_} hook {hook} priority {}; policy accept; }}",
+                    b.priority
+                )
+            }
+            Op::DeleteChain(name) => writeln!(f, "delete chain ip {TABLE} {name}"),
+            Op::AddRule { chain, rule } => writeln!(f, "add rule ip {TABLE} {chain} {rule}"),
+            Op::AddElement(e) => match &e.goto {
+                Some(c) => writeln!(
+                    f,
+                    "add element ip {TABLE} {} {{ {} : goto {c} }}",
+                    e.set, e.key
+                ),
+                None => writeln!(f, "add element ip {TABLE} {} {{ {} }}", e.set, e.key),
+            },
+            Op::DeleteElement(e) => {
+                writeln!(f, "delete element ip {TABLE} {} {{ {} }}", e.set, e.key)
+            }
+        }
+    }
+}
+
+/// Ops as an nft script (`nft -f`), the same transaction as [`apply_ops`] sends.
+pub fn render(ops: &[Op]) -> String {
+    let mut s = String::new();
+    for op in ops {
+        let _ = write!(s, "{op}");
     }
     s
 }
 
-/// The whole table from nothing, replacing whatever Drover had before in one transaction.
-pub fn full(node: &NodeNet, ports: &BTreeMap<String, ServicePort>) -> String {
-    // `add` then `delete` makes the delete valid whether or not the table existed.
-    let mut s = format!("add table ip {TABLE}\ndelete table ip {TABLE}\n");
-    s.push_str(&base_ruleset(node));
-    s.push_str(&changes(&BTreeMap::new(), ports));
-    s
+/// Applies ops as one nftables transaction, over netlink (no `nft` process; [`crate::netlink`]).
+/// The socket is opened on the calling thread, so in its network namespace; the send, which
+/// can take the kernel a few hundred ms for a full table of 10,000 Services, runs on a
+/// blocking thread.
+pub async fn apply_ops(ops: &[Op]) -> anyhow::Result<()> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let batch = crate::netlink::Batch::encode(ops);
+    let socket = crate::netlink::Socket::open().map_err(|e| {
+        anyhow::anyhow!("cannot open a netlink socket to nftables (the node agent needs root): {e}")
+    })?;
+    let sent = tokio::task::spawn_blocking(move || socket.send(&batch)).await?;
+    sent.map_err(|e| e.explain(ops))
 }
 
-/// Applies nft batches (`nft -f -`): one process per batch, each batch atomic.
+/// Applies nft scripts (`nft -f -`): one process per script, each atomic. Used for the
+/// NetworkPolicy table, and for [`render`]ed ops where the nft CLI is wanted.
 pub async fn apply(batch: &str) -> anyhow::Result<()> {
     use anyhow::Context;
     use tokio::io::AsyncWriteExt;
@@ -433,7 +844,7 @@ mod tests {
                 (Ipv4Addr::new(10, 42, 1, 6), 8080)
             ]
         );
-        let batch = changes(&BTreeMap::new(), &got);
+        let batch = render(&changes(&BTreeMap::new(), &got));
         assert!(batch.contains("svc/default/web/tcp/80 meta l4proto tcp numgen random mod 2 == 0 dnat to 10.42.0.5:8080\n"), "{batch}");
         assert!(
             batch.contains("svc/default/web/tcp/80 meta l4proto tcp dnat to 10.42.1.6:8080\n"),
@@ -444,10 +855,10 @@ mod tests {
             "{batch}"
         );
         // Nothing changed: nothing to do.
-        assert_eq!(changes(&got, &got), "");
+        assert!(changes(&got, &got).is_empty());
         // No endpoints left: rejected instead of balanced.
         let empty = desired(&services, &Vec::<EndpointSlice>::new());
-        let batch = changes(&got, &empty);
+        let batch = render(&changes(&got, &empty));
         assert!(
             batch.contains("delete element ip drover service-ips { 10.96.0.20 . tcp . 80 }"),
             "{batch}"
@@ -460,6 +871,49 @@ mod tests {
             batch.contains("add element ip drover no-endpoint-nodeports { tcp . 30080 }"),
             "{batch}"
         );
+    }
+
+    #[test]
+    fn a_full_sync_replaces_the_table_with_elements_after_the_chains_they_point_to() {
+        let node = NodeNet {
+            cluster_cidr: "10.42.0.0/16".parse().unwrap(),
+            dns: Some((Ipv4Addr::new(10, 96, 0, 10), Ipv4Addr::new(10, 0, 0, 5))),
+        };
+        let sp = ServicePort {
+            key: "a/web/tcp/80".into(),
+            ips: vec![Ipv4Addr::new(10, 96, 0, 20)],
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_ports: vec![],
+            endpoints: vec![(Ipv4Addr::new(10, 42, 0, 5), 8080)],
+        };
+        let ops = full(&node, &BTreeMap::from([(sp.key.clone(), sp)]));
+        assert_eq!(ops[0], Op::ResetTable);
+        let first_element = ops
+            .iter()
+            .position(|op| matches!(op, Op::AddElement(_)))
+            .unwrap();
+        assert!(ops[first_element..]
+            .iter()
+            .all(|op| matches!(op, Op::AddElement(_))));
+        let text = render(&ops);
+        assert!(
+            text.starts_with("add table ip drover\ndelete table ip drover\nadd table ip drover\n"),
+            "{text}"
+        );
+        for line in [
+            "add map ip drover service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }",
+            "add chain ip drover nat-prerouting { type nat hook prerouting priority -100; policy accept; }",
+            "add rule ip drover services ip daddr . meta l4proto . th dport vmap @service-ips",
+            "add rule ip drover nat-postrouting ip saddr 10.42.0.0/16 ip daddr != 10.42.0.0/16 fib daddr type != local masquerade",
+            "add rule ip drover cluster-dns meta l4proto udp th dport 53 dnat to 10.0.0.5",
+            "add rule ip drover cluster-dns meta l4proto tcp th dport 53 dnat to 10.0.0.5",
+            "add element ip drover service-ips { 10.96.0.10 . tcp . 53 : goto cluster-dns }",
+            "add rule ip drover svc/a/web/tcp/80 meta l4proto tcp dnat to 10.42.0.5:8080",
+            "add element ip drover service-ips { 10.96.0.20 . tcp . 80 : goto svc/a/web/tcp/80 }",
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "no `{line}` in\n{text}");
+        }
     }
 
     #[test]

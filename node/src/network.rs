@@ -87,9 +87,89 @@ pub struct PodNet {
     /// Routed mode: set once the node has its pod range.
     addresses: OnceLock<PodAddresses>,
     services: OnceLock<Store<Service>>,
+    /// Routed mode: the cluster DNS records, also for the lookups of Wasm pods' requests.
+    records: OnceLock<Arc<std::sync::RwLock<network::dns::ClusterRecords>>>,
+}
+
+/// One pod's outgoing connections (Wasm pods' outgoing HTTP): names resolved as the pod's
+/// resolver would (cluster names from this node's DNS records, other names by the host's
+/// resolvers), connections opened from inside the pod's network namespace.
+struct PodOutbound {
+    netns: Option<PathBuf>,
+    namespace: String,
+    records: Option<Arc<std::sync::RwLock<network::dns::ClusterRecords>>>,
+}
+
+impl runtime::outbound::Outbound for PodOutbound {
+    fn connect(
+        &self,
+        host: String,
+        port: u16,
+    ) -> runtime::BoxFuture<'static, std::io::Result<tokio::net::TcpStream>> {
+        let netns = self.netns.clone();
+        let namespace = self.namespace.clone();
+        let records = self.records.clone();
+        Box::pin(async move {
+            use network::dns::Lookup;
+            let not_found = || {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{host}: no such host"),
+                )
+            };
+            let ip: IpAddr = match host.parse() {
+                Ok(ip) => ip,
+                Err(_) => {
+                    let lookup = match &records {
+                        Some(r) => r
+                            .read()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .lookup(&host, &namespace),
+                        None => Lookup::External(host.clone()),
+                    };
+                    match lookup {
+                        Lookup::Addresses(a) => *a.first().ok_or_else(not_found)?,
+                        Lookup::External(name) => tokio::net::lookup_host((name.as_str(), port))
+                            .await?
+                            .map(|a| a.ip())
+                            .find(IpAddr::is_ipv4)
+                            .ok_or_else(not_found)?,
+                        Lookup::NotFound => return Err(not_found()),
+                    }
+                }
+            };
+            let addr = SocketAddr::new(ip, port);
+            let Some(netns) = netns else {
+                return tokio::net::TcpStream::connect(addr).await;
+            };
+            let stream = tokio::task::spawn_blocking(move || {
+                runtime::netns::within(&netns, move || {
+                    let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(30))?;
+                    s.set_nonblocking(true)?;
+                    Ok(s)
+                })
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            tokio::net::TcpStream::from_std(stream)
+        })
+    }
 }
 
 impl PodNet {
+    /// How a pod in `namespace` with network namespace `netns` makes outgoing connections.
+    pub fn outbound(
+        &self,
+        netns: Option<PathBuf>,
+        namespace: &str,
+    ) -> Arc<dyn runtime::outbound::Outbound> {
+        Arc::new(PodOutbound {
+            netns,
+            namespace: namespace.to_string(),
+            records: self.records.get().cloned(),
+        })
+    }
+
     pub fn new(mode: Mode) -> PodNet {
         let base = match &mode {
             Mode::Loopback(base) => *base,
@@ -100,6 +180,7 @@ impl PodNet {
             mode,
             addresses: OnceLock::new(),
             services: OnceLock::new(),
+            records: OnceLock::new(),
         }
     }
 
@@ -239,6 +320,7 @@ impl PodNet {
         let dns = Arc::new(std::sync::RwLock::new(
             network::dns::ClusterRecords::default(),
         ));
+        let _ = self.records.set(dns.clone());
         serve_dns(SocketAddr::new(node_ip, 53), dns.clone()).await;
         let proxy = Proxy {
             node_name: node_name.to_string(),
@@ -371,7 +453,7 @@ impl Proxy {
                 None => services::full(&self.node_net, &desired),
                 Some(old) => services::changes(old, &desired),
             };
-            match services::apply(&batch).await {
+            match services::apply_ops(&batch).await {
                 Ok(()) => applied = Some(desired),
                 Err(e) => {
                     tracing::warn!("programming Services: {e:#}");

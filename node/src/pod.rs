@@ -547,6 +547,11 @@ impl Worker {
             cpu_limit,
             listen,
             netns: self.netns.clone(),
+            outbound: Some(
+                self.ctx
+                    .network
+                    .outbound(self.netns.clone(), &self.pod_namespace()),
+            ),
             usage: self.ctx.usage.container(
                 &self.pod.metadata.namespace.clone().unwrap_or_default(),
                 &name_of(&self.pod),

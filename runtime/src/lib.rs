@@ -8,6 +8,7 @@
 pub mod images;
 pub mod logs;
 pub mod netns;
+pub mod outbound;
 pub mod registry;
 pub mod usage;
 pub mod wasm;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use tokio::sync::{oneshot, watch};
 
 /// Everything a runtime needs to start one container of a pod.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ContainerSpec {
     pub pod_namespace: String,
     pub pod_name: String,
@@ -44,6 +45,8 @@ pub struct ContainerSpec {
     /// The pod's network namespace (a /run/netns file), where its sockets are made; None
     /// for pods on the node's own network (loopback pod addresses).
     pub netns: Option<PathBuf>,
+    /// How the container's outgoing connections are made (None: it may make none).
+    pub outbound: Option<Arc<dyn outbound::Outbound>>,
     /// Where the runtime counts what the container uses.
     pub usage: Arc<usage::Usage>,
 }

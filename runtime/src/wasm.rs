@@ -44,7 +44,7 @@ struct Host {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    hooks: NoOutboundHttp,
+    hooks: crate::outbound::OutboundHttp,
     limits: MemoryLimit,
 }
 
@@ -64,34 +64,6 @@ impl WasiHttpView for Host {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
-    }
-}
-
-/// Outgoing HTTP from guests is not offered yet (it comes with pod networking and egress
-/// policy): requests are refused.
-struct NoOutboundHttp;
-
-impl wasmtime_wasi_http::WasiHttpHooks for NoOutboundHttp {
-    fn send_request(
-        &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn std::future::Future<
-                Output = Result<
-                    (
-                        http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<
-                            dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>>
-                                + Send,
-                        >,
-                    ),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 
@@ -440,7 +412,14 @@ impl WasmRuntime {
         let usage = spec.usage.clone();
         tokio::spawn(async move {
             let run = crate::usage::Metered::new(
-                run_program(engine, prepared, builder, limits.clone(), cpu_limit),
+                run_program(
+                    engine,
+                    prepared,
+                    builder,
+                    limits.clone(),
+                    cpu_limit,
+                    spec.outbound.clone(),
+                ),
                 usage,
             );
             let result = tokio::select! {
@@ -464,6 +443,7 @@ async fn run_program(
     mut builder: WasiCtxBuilder,
     limits: MemoryLimit,
     cpu_limit: Option<u64>,
+    outbound: Option<Arc<dyn crate::outbound::Outbound>>,
 ) -> wasmtime::Result<i32> {
     match prepared {
         Prepared::Command(pre) => {
@@ -471,7 +451,7 @@ async fn run_program(
                 wasi: builder.build(),
                 http: WasiHttpCtx::new(),
                 table: ResourceTable::new(),
-                hooks: NoOutboundHttp,
+                hooks: crate::outbound::OutboundHttp(outbound),
                 limits,
             };
             let mut store = Store::new(&engine, host);
@@ -515,7 +495,7 @@ async fn serve_request(
         wasi: b.build(),
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
-        hooks: NoOutboundHttp,
+        hooks: crate::outbound::OutboundHttp(spec.outbound.clone()),
         limits: limit(&spec),
     };
     let mut store = Store::new(&engine, host);
@@ -650,7 +630,7 @@ impl WasmRuntime {
                 wasi: b.build(),
                 http: WasiHttpCtx::new(),
                 table: ResourceTable::new(),
-                hooks: NoOutboundHttp,
+                hooks: crate::outbound::OutboundHttp(spec.outbound.clone()),
                 limits: limit(spec),
             };
             let mut store = Store::new(&self.engine, host);

@@ -33,6 +33,7 @@ fn spec(dir: &std::path::Path, bytes: &[u8], memory_limit: Option<u64>) -> Conta
         cpu_limit: None,
         listen: None,
         netns: None,
+        outbound: None,
         usage: Default::default(),
     }
 }
