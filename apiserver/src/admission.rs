@@ -89,6 +89,14 @@ pub fn service_create(svc: &mut Value) -> Result<Vec<Reservation>, (String, Stri
         spec["ipFamilyPolicy"] = json!("SingleStack");
     }
     if kind == "NodePort" || kind == "LoadBalancer" {
+        // A random pick avoids the ports the client chose and the picks before it: a
+        // duplicate is the client's mistake only.
+        let mut avoid: std::collections::BTreeSet<i64> = spec["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["nodePort"].as_i64().filter(|n| *n != 0))
+            .collect();
         if let Some(ports) = spec["ports"].as_array_mut() {
             for (i, p) in ports.iter_mut().enumerate() {
                 match p["nodePort"].as_i64() {
@@ -104,7 +112,12 @@ pub fn service_create(svc: &mut Value) -> Result<Vec<Reservation>, (String, Stri
                     }
                     _ => {
                         let span = u32::from(NODE_PORTS.end() - NODE_PORTS.start()) + 1;
-                        let n = NODE_PORTS.start() + (rand::random::<u32>() % span) as u16;
+                        let n = loop {
+                            let n = NODE_PORTS.start() + (rand::random::<u32>() % span) as u16;
+                            if avoid.insert(i64::from(n)) {
+                                break n;
+                            }
+                        };
                         p["nodePort"] = json!(n);
                         out.push(Reservation {
                             key: format!("{PORT_PREFIX}{n}"),
@@ -192,6 +205,20 @@ pub fn service_update(old: &Value, new: &mut Value) -> Result<ServiceChange, (St
         .as_str()
         .unwrap_or("ClusterIP")
         .to_string();
+    // Ports a random pick must avoid: those the client chose or this Service keeps, and those
+    // it had (a port given back is not handed out again in the same change).
+    let mut avoid: std::collections::BTreeSet<i64> = new["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            p["nodePort"]
+                .as_i64()
+                .filter(|n| *n != 0)
+                .or_else(|| previous.get(&port_key(p)).copied())
+        })
+        .collect();
+    avoid.extend(previous.values().copied());
     let mut acquire = Vec::new();
     for (i, p) in new["spec"]["ports"]
         .as_array_mut()
@@ -211,8 +238,14 @@ pub fn service_update(old: &Value, new: &mut Value) -> Result<ServiceChange, (St
                 Some(kept) => (*kept, false),
                 None => {
                     let span = u32::from(NODE_PORTS.end() - NODE_PORTS.start()) + 1;
-                    let n = NODE_PORTS.start() + (rand::random::<u32>() % span) as u16;
-                    (i64::from(n), false)
+                    let n = loop {
+                        let n =
+                            i64::from(NODE_PORTS.start() + (rand::random::<u32>() % span) as u16);
+                        if avoid.insert(n) {
+                            break n;
+                        }
+                    };
+                    (n, false)
                 }
             },
         };

@@ -82,6 +82,11 @@ impl Lan {
 
     /// `n` keeps tests that run side by side apart (172.30.n.0/24).
     fn start(n: u8, hosts: usize) -> Lan {
+        Lan::start_with(n, hosts, &[])
+    }
+
+    /// Like [`Lan::start`], with more `drover server` flags.
+    fn start_with(n: u8, hosts: usize, server_flags: &[&str]) -> Lan {
         let tag = format!("dn{n}");
         let subnet = format!("172.30.{n}");
         // Leftovers of an earlier run that was killed.
@@ -109,6 +114,7 @@ impl Lan {
             .args(["server", "--data-dir"])
             .arg(&data)
             .args(["--listen", &format!("{subnet}.1:6443")])
+            .args(server_flags)
             .env("DROVER_LOG", "info,openraft=warn")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -419,6 +425,33 @@ fn pods_reach_each_other_across_nodes_and_services_balance_over_them() {
     let (ok, out) = lan.on_host(1, &format!("curl -s -m 5 http://{cluster_ip}:8080/"));
     assert!(ok && hello_from(&out).is_some(), "{out}");
 
+    // A LoadBalancer without a pool answers on every node's address (as k3s's).
+    lan.ok(&[
+        "expose",
+        "deployment/hw-demo-deployment",
+        "--type=LoadBalancer",
+        "--port=8082",
+        "--target-port=8080",
+        "--name=hw-lb",
+    ]);
+    let ingress = lan.until(20, "the load balancer's addresses", || {
+        let out = lan.ok(&[
+            "get",
+            "svc",
+            "hw-lb",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[*].ip}",
+        ]);
+        (out.split_whitespace().count() == 2).then_some(out)
+    });
+    assert_eq!(ingress, format!("{} {}", lan.host_ip(1), lan.host_ip(2)));
+    for k in [1, 2] {
+        let url = format!("http://{}:8082/", lan.host_ip(k));
+        lan.until(20, &format!("{url} answering"), || {
+            hello_from(&sh(&format!("curl -s -m 2 {url}")).1)
+        });
+    }
+
     // A Service without ready endpoints refuses at once.
     lan.ok(&["create", "service", "clusterip", "nobody", "--tcp=80:8080"]);
     let nobody = lan.ok(&["get", "svc", "nobody", "-o", "jsonpath={.spec.clusterIP}"]);
@@ -705,4 +738,101 @@ fn wasm_pods_call_services_by_name_from_their_own_address() {
         let out = via("fetcher", "http://hw-svc:8080/");
         assert!(out.contains("upstream 200"), "{out}");
     }
+}
+
+#[test]
+fn load_balancers_get_pool_addresses_the_nodes_answer() {
+    let lan = Lan::start_with(6, 2, &["--service-lb-pool", "172.30.6.200-172.30.6.201"]);
+    lan.ok(&[
+        "apply",
+        "-f",
+        repo().join("examples/hello-world.yaml").to_str().unwrap(),
+    ]);
+    lan.ready_pods("app=hw", 3);
+    lan.ok(&[
+        "expose",
+        "deployment/hw-demo-deployment",
+        "--type=LoadBalancer",
+        "--port=80",
+        "--target-port=8080",
+        "--name=web",
+    ]);
+    let ip = lan.until(20, "a pool address", || {
+        let out = lan.ok(&[
+            "get",
+            "svc",
+            "web",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ]);
+        (!out.is_empty()).then_some(out)
+    });
+    assert_eq!(ip, "172.30.6.200");
+    // From the LAN: a node answers for the address and balances over the pods.
+    let mut names = std::collections::BTreeSet::new();
+    lan.until(30, "the pool address answering", || {
+        hello_from(&sh(&format!("curl -s -m 2 http://{ip}/")).1).map(|n| names.insert(n))
+    });
+    for _ in 0..15 {
+        names.extend(hello_from(&sh(&format!("curl -s -m 2 http://{ip}/")).1));
+    }
+    assert!(names.len() >= 2, "{names:?}");
+    // The second Service gets the second address; a third finds the pool empty and waits.
+    lan.ok(&[
+        "expose",
+        "deployment/hw-demo-deployment",
+        "--type=LoadBalancer",
+        "--port=81",
+        "--target-port=8080",
+        "--name=web2",
+    ]);
+    lan.ok(&[
+        "expose",
+        "deployment/hw-demo-deployment",
+        "--type=LoadBalancer",
+        "--port=82",
+        "--target-port=8080",
+        "--name=web3",
+    ]);
+    lan.until(20, "the second address", || {
+        (lan.ok(&[
+            "get",
+            "svc",
+            "web2",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ]) == "172.30.6.201")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        lan.ok(&[
+            "get",
+            "svc",
+            "web3",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress}"
+        ]),
+        ""
+    );
+    // Deleting a Service frees its address for the waiting one, and the nodes drop the old.
+    lan.ok(&["delete", "svc", "web"]);
+    lan.until(40, "the freed address given again", || {
+        (lan.ok(&[
+            "get",
+            "svc",
+            "web3",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ]) == "172.30.6.200")
+            .then_some(())
+    });
+    lan.until(20, "the address answering for the new Service", || {
+        hello_from(&sh("curl -s -m 2 http://172.30.6.200:82/").1)
+    });
+    let (_, addrs) = lan.on_host(1, "ip -o addr show dev lo");
+    assert!(
+        addrs.contains("172.30.6.200/32") && addrs.contains("172.30.6.201/32"),
+        "{addrs}"
+    );
 }

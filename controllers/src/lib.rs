@@ -78,6 +78,20 @@ pub async fn run(client: kube::Client, settings: Settings) {
     let replicasets = Informer::<ReplicaSet>::start(Api::all(client.clone()), &mut tasks);
     let deployments = Informer::<Deployment>::start(Api::all(client.clone()), &mut tasks);
     let nodes = Informer::<Node>::start(Api::all(client.clone()), &mut tasks);
+    // Subscribed before the first list is in, so that nodes that exist already are heard of
+    // (reconciles wait for the list: a range is never chosen from a partial picture).
+    let ipam = Controller::for_stream(nodes.subscribe(), nodes.store())
+        .run(
+            nodeipam::reconcile,
+            nodeipam::error_policy,
+            Arc::new(nodeipam::Context {
+                client: client.clone(),
+                nodes: nodes.store(),
+                settings: settings.ipam,
+                given: Default::default(),
+            }),
+        )
+        .for_each(|_| async {});
     let leases = Informer::<Lease>::start(
         Api::namespaced(client.clone(), "kube-node-lease"),
         &mut tasks,
@@ -152,18 +166,6 @@ pub async fn run(client: kube::Client, settings: Settings) {
     }));
     nodes.ready().await;
     leases.ready().await;
-    let ipam = Controller::for_stream(nodes.subscribe(), nodes.store())
-        .run(
-            nodeipam::reconcile,
-            nodeipam::error_policy,
-            Arc::new(nodeipam::Context {
-                client: client.clone(),
-                nodes: nodes.store(),
-                settings: settings.ipam,
-                given: Default::default(),
-            }),
-        )
-        .for_each(|_| async {});
     let daemonsets = Informer::<DaemonSet>::start(Api::all(client.clone()), &mut tasks);
     let daemons = Controller::for_stream(daemonsets.subscribe(), daemonsets.store())
         .owns_stream(pods.subscribe())

@@ -65,6 +65,7 @@ pub fn plan(
 }
 
 pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _ = ctx.nodes.wait_until_ready().await;
     let name = node.name_any();
     let cidr = {
         let mut given = ctx.given.lock().unwrap_or_else(|p| p.into_inner());

@@ -159,7 +159,8 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
             Some(ip) => vec![ip],
             None => {
                 tracing::warn!(service = %key(&svc), "the load balancer pool has no address left");
-                return Ok(Action::requeue(Duration::from_secs(30)));
+                // Looked at again soon: a deleted Service may free an address meanwhile.
+                return Ok(Action::requeue(Duration::from_secs(3)));
             }
         },
         _ => plan(&svc, &ctx.nodes.state()),

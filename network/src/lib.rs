@@ -4,12 +4,13 @@
 //!   disk, so an address is never handed out twice, also across restarts of the agent);
 //! - [`pods`]: a network namespace per pod, joined to the node by a routed veth pair;
 //! - [`services`]: Services as nftables rules (verdict maps, so the per-packet cost does not
-//!   grow with the number of Services);
+//!   grow with the number of Services), sent as netlink batches by [`netlink`];
 //! - [`policy`]: NetworkPolicy as nftables rules, enforced where the pod runs;
 //! - [`dns`]: the cluster DNS every pod uses as its resolver.
 //!
 //! Decisions (which rules, which records, which address) are pure functions over Kubernetes
-//! objects; the host is touched in [`pods`] (iproute2) and [`services::apply`] (nft) only.
+//! objects; the host is touched in [`pods`] (iproute2), [`netlink`] (the Services' nftables
+//! transactions) and [`services::apply`] (the nft command line, for NetworkPolicy) only.
 
 pub mod dns;
 pub mod ipam;

@@ -1,36 +1,60 @@
-//! Services as nftables rules, in Drover's own table `ip drover`, shaped like kube-proxy's
-//! nftables mode but with fewer objects, so that programming is cheap:
+//! Services as nftables rules, in Drover's own tables, shaped like kube-proxy's nftables mode
+//! but with fewer objects, so that programming is cheap:
 //!
-//! - one verdict map `service-ips` (address . protocol . port → `goto` the Service port's
-//!   chain) for ClusterIPs and external IPs, and one `service-nodeports` (protocol . port) for
-//!   NodePorts and LoadBalancer ports on the node's own addresses: a packet costs one lookup
-//!   whatever the number of Services;
+//! - Service ports are spread over [`SHARDS`] tables `ip drover-svcK` by a hash of their key
+//!   (so that a change costs the kernel's validation of one shard, not of every Service);
+//!   each shard has a verdict map `service-ips` (address . protocol . port → `goto` the
+//!   Service port's chain) for ClusterIPs, external IPs and LoadBalancer addresses, and
+//!   `service-nodeports` (protocol . port) for NodePorts and LoadBalancer ports on the
+//!   node's own addresses: a packet costs one lookup per shard whatever the number of
+//!   Services;
 //! - one chain `svc/<key>` per Service port with one rule per ready endpoint,
 //!   `meta l4proto tcp numgen random mod K == 0 dnat to IP:PORT` (the last one without
-//!   numgen), and `ext/<key>`, which marks external traffic then goes to it;
+//!   numgen);
 //! - Service ports with no ready endpoint are in `no-endpoint-services` / `-nodeports`, which
 //!   the filter hooks answer with a reject, so a client fails at once instead of hanging;
-//! - traffic that came from outside (NodePort, LoadBalancer) is marked and masqueraded, so
-//!   that replies from a pod on another node come back through this node;
-//! - the cluster DNS address (udp and tcp 53) goes to `cluster-dns`, a dnat to the node's
+//! - new connections to the node's own addresses (NodePort, LoadBalancer, external IPs) are
+//!   marked, and the main table `ip drover` masquerades marked traffic, so that replies from a
+//!   pod on another node come back through this node; it also masquerades pod traffic
+//!   leaving the cluster, and leads the cluster DNS address (udp and tcp 53) to the node's
 //!   own DNS server.
 //!
 //! [`desired`] turns Services and EndpointSlices into [`ServicePort`]s (pure); [`full`] and
 //! [`changes`] turn those into [`Op`]s, the steps of one atomic transaction, still without
-//! I/O: a full resync at start replaces Drover's table in one transaction (working rules
+//! I/O: a full resync at start replaces Drover's tables in one transaction (working rules
 //! never flushed first), and each later change touches only its own map elements and chains.
 //! [`apply_ops`] sends them to the kernel as one nftables netlink batch ([`crate::netlink`]);
 //! [`render`] writes the same transaction as an nft script.
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
-use std::fmt::Write;
+
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 pub const TABLE: &str = "drover";
+/// Services are spread over this many tables, `drover-svc0` to `drover-svc7`, by a hash of
+/// their key. The kernel re-validates a whole table on every commit that adds a jump or a
+/// NAT rule (measured: ~40 ms per one-Service change at 10,000 Services in one table), so a
+/// change costs one shard's validation; a packet costs one map lookup per shard, a constant.
+pub const SHARDS: usize = 8;
+
+/// The table of shard `k`.
+pub fn shard_table(k: usize) -> String {
+    format!("drover-svc{k}")
+}
+
+/// The shard of a Service port: FNV-1a of its key, stable across releases and restarts.
+pub fn shard_of(key: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % SHARDS as u64) as usize
+}
 /// Marks packets to be masqueraded on the way out (as kube-proxy's 0x4000).
 pub const MASQUERADE_MARK: u32 = 0x4000;
 
@@ -72,8 +96,11 @@ impl Protocol {
 pub struct ServicePort {
     /// `namespace/name/protocol/port`: unique, and the name of its chain.
     pub key: String,
-    /// Addresses it answers on: the ClusterIP(s) and spec.externalIPs.
+    /// Addresses it answers on: the ClusterIP(s), spec.externalIPs and LoadBalancer addresses.
     pub ips: Vec<Ipv4Addr>,
+    /// Those of `ips` reached from outside the cluster (externalIPs, LoadBalancer addresses):
+    /// their traffic is masqueraded.
+    pub external_ips: Vec<Ipv4Addr>,
     pub protocol: Protocol,
     pub port: u16,
     /// Answered on every address of the node: the NodePort, and for LoadBalancer Services
@@ -86,9 +113,6 @@ pub struct ServicePort {
 impl ServicePort {
     fn chain(&self) -> String {
         format!("svc/{}", self.key)
-    }
-    fn ext_chain(&self) -> String {
-        format!("ext/{}", self.key)
     }
 }
 
@@ -124,13 +148,36 @@ pub fn desired(
         }
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
+        // A LoadBalancer's addresses (from the pool, or the nodes') are answered like
+        // external IPs.
+        let lb_ips: Vec<String> = if kind == "LoadBalancer" {
+            svc.status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut external_ips: Vec<Ipv4Addr> = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .chain(lb_ips.iter())
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        external_ips.sort();
+        external_ips.dedup();
         let mut ips: Vec<Ipv4Addr> = spec
             .cluster_ips
             .iter()
             .flatten()
             .chain(spec.cluster_ip.iter())
-            .chain(spec.external_ips.iter().flatten())
             .filter_map(|ip| ip.parse().ok())
+            .chain(external_ips.iter().copied())
             .collect();
         ips.sort();
         ips.dedup();
@@ -186,6 +233,11 @@ pub fn desired(
                 ServicePort {
                     key,
                     ips: if headless { vec![] } else { ips.clone() },
+                    external_ips: if headless {
+                        vec![]
+                    } else {
+                        external_ips.clone()
+                    },
                     protocol,
                     port,
                     node_ports,
@@ -215,6 +267,10 @@ pub const SERVICE_NODEPORTS: &str = "service-nodeports";
 pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 /// Node ports without a ready endpoint, rejected: `protocol . port`.
 pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+/// Entry points from outside the cluster whose traffic is masqueraded: external and
+/// LoadBalancer addresses (`address . protocol . port`) and node ports (`protocol . port`).
+pub const EXTERNAL_IPS: &str = "external-ips";
+pub const EXTERNAL_NODEPORTS: &str = "external-nodeports";
 
 /// What a set or map is keyed by, as its rules build the key from a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,7 +381,7 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn new(matches: Vec<Match>, action: Action) -> Rule {
+    pub fn new(matches: Vec<Match>, action: Action) -> Rule {
         Rule { matches, action }
     }
 }
@@ -352,6 +408,9 @@ pub struct Element {
 /// [`crate::netlink`] encodes it for the kernel. A list of them is applied as one transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// The ops that follow are in this table (until the next `Table`); the first ones are in
+    /// [`TABLE`].
+    Table(String),
     /// Drops the table if it exists and creates it empty (`add table`, `delete table`,
     /// `add table`).
     ResetTable,
@@ -362,6 +421,8 @@ pub enum Op {
     },
     /// Deletes a chain and its rules (nothing may point to it any more).
     DeleteChain(String),
+    /// Deletes every rule of a chain, keeping the chain (and what points to it).
+    FlushChain(String),
     /// Appends a rule to a chain.
     AddRule {
         chain: String,
@@ -400,43 +461,17 @@ fn element(set: &'static str, key: ElementKey, goto: Option<String>) -> Element 
     Element { set, key, goto }
 }
 
-/// The table's fixed part: maps, hooks, masquerading, cluster DNS.
+/// The main table's fixed part: masquerading, and the cluster DNS address led to this node.
 pub fn base_ruleset(node: &NodeNet) -> Vec<Op> {
     use Action::*;
-    use ChainType::{Filter, Nat};
+    use ChainType::Nat;
     use Match::*;
     let cluster = node.cluster_cidr;
     let m = MASQUERADE_MARK;
-    let set = |name, key, verdict_map| {
-        Op::AddSet(SetDecl {
-            name,
-            key,
-            verdict_map,
-        })
-    };
     let mut ops = vec![
-        set(SERVICE_IPS, Key::DaddrProtoPort, true),
-        set(SERVICE_NODEPORTS, Key::ProtoPort, true),
-        set(NO_ENDPOINT_SERVICES, Key::DaddrProtoPort, false),
-        set(NO_ENDPOINT_NODEPORTS, Key::ProtoPort, false),
-        chain("services"),
-        chain("mark-for-masquerade"),
         base_chain("nat-prerouting", Nat, Hook::Prerouting, -100),
         base_chain("nat-output", Nat, Hook::Output, -100),
         base_chain("nat-postrouting", Nat, Hook::Postrouting, 100),
-        chain("service-rejects"),
-        base_chain("filter-input", Filter, Hook::Input, -10),
-        base_chain("filter-forward", Filter, Hook::Forward, -10),
-        base_chain("filter-output", Filter, Hook::Output, -10),
-        rule("services", vec![], Vmap(Key::DaddrProtoPort, SERVICE_IPS)),
-        rule(
-            "services",
-            vec![FibDaddrLocal(true)],
-            Vmap(Key::ProtoPort, SERVICE_NODEPORTS),
-        ),
-        rule("mark-for-masquerade", vec![], SetMarkBits(m)),
-        rule("nat-prerouting", vec![], Jump("services".into())),
-        rule("nat-output", vec![], Jump("services".into())),
         rule("nat-postrouting", vec![MarkHas(m)], Masquerade),
         rule(
             "nat-postrouting",
@@ -455,6 +490,81 @@ pub fn base_ruleset(node: &NodeNet) -> Vec<Op> {
             ],
             Masquerade,
         ),
+    ];
+    if let Some((vip, local)) = node.dns {
+        let vip = ipnet::Ipv4Net::new(vip, 32).expect("a /32 is valid");
+        for hook in ["nat-prerouting", "nat-output"] {
+            for proto in [Protocol::Udp, Protocol::Tcp] {
+                ops.push(rule(
+                    hook,
+                    vec![
+                        Addr {
+                            field: AddrField::Daddr,
+                            net: vip,
+                            negated: false,
+                        },
+                        L4Proto(proto),
+                        Dport(53),
+                    ],
+                    Dnat(local, None),
+                ));
+            }
+        }
+    }
+    ops
+}
+
+/// A shard table's fixed part: its maps and sets, the lookups in the NAT hooks, and the
+/// rejects of Service ports without endpoints in the filter hooks.
+pub fn shard_ruleset() -> Vec<Op> {
+    use Action::*;
+    use ChainType::{Filter, Nat};
+    use Match::*;
+    let set = |name, key, verdict_map| {
+        Op::AddSet(SetDecl {
+            name,
+            key,
+            verdict_map,
+        })
+    };
+    let mut ops = vec![
+        set(SERVICE_IPS, Key::DaddrProtoPort, true),
+        set(SERVICE_NODEPORTS, Key::ProtoPort, true),
+        set(NO_ENDPOINT_SERVICES, Key::DaddrProtoPort, false),
+        set(NO_ENDPOINT_NODEPORTS, Key::ProtoPort, false),
+        set(EXTERNAL_IPS, Key::DaddrProtoPort, false),
+        set(EXTERNAL_NODEPORTS, Key::ProtoPort, false),
+        chain("services"),
+        base_chain("nat-prerouting", Nat, Hook::Prerouting, -100),
+        base_chain("nat-output", Nat, Hook::Output, -100),
+        chain("service-rejects"),
+        base_chain("filter-input", Filter, Hook::Input, -10),
+        base_chain("filter-forward", Filter, Hook::Forward, -10),
+        base_chain("filter-output", Filter, Hook::Output, -10),
+        // New connections to an entry point from outside (a NodePort, a LoadBalancer or
+        // external address) are marked: masqueraded once DNATed, their replies from a pod on
+        // another node come back through this node. Nothing else is marked.
+        rule(
+            "services",
+            vec![
+                FibDaddrLocal(true),
+                InSet(Key::ProtoPort, EXTERNAL_NODEPORTS),
+            ],
+            SetMarkBits(MASQUERADE_MARK),
+        ),
+        rule(
+            "services",
+            vec![InSet(Key::DaddrProtoPort, EXTERNAL_IPS)],
+            SetMarkBits(MASQUERADE_MARK),
+        ),
+        rule("services", vec![], Vmap(Key::DaddrProtoPort, SERVICE_IPS)),
+        rule(
+            "services",
+            vec![FibDaddrLocal(true)],
+            Vmap(Key::ProtoPort, SERVICE_NODEPORTS),
+        ),
+        rule("nat-prerouting", vec![], Jump("services".into())),
+        rule("nat-output", vec![], Jump("services".into())),
         rule(
             "service-rejects",
             vec![InSet(Key::DaddrProtoPort, NO_ENDPOINT_SERVICES)],
@@ -471,23 +581,6 @@ pub fn base_ruleset(node: &NodeNet) -> Vec<Op> {
     ];
     for hook in ["filter-input", "filter-forward", "filter-output"] {
         ops.push(rule(hook, vec![CtStateNew], Jump("service-rejects".into())));
-    }
-    if let Some((vip, local)) = node.dns {
-        ops.push(chain("cluster-dns"));
-        for proto in [Protocol::Udp, Protocol::Tcp] {
-            ops.push(rule(
-                "cluster-dns",
-                vec![L4Proto(proto), Dport(53)],
-                Dnat(local, None),
-            ));
-        }
-        for proto in [Protocol::Udp, Protocol::Tcp] {
-            ops.push(Op::AddElement(element(
-                SERVICE_IPS,
-                ElementKey::AddrProtoPort(vip, proto, 53),
-                Some("cluster-dns".into()),
-            )));
-        }
     }
     ops
 }
@@ -513,32 +606,21 @@ fn add_service(ops: &mut Vec<Op>, sp: &ServicePort) {
         }
         return;
     }
-    // One rule per endpoint, each taking its share of what the ones before left (1/N, then
-    // 1/(N-1), ... then all), as iptables' statistic mode: no per-Service anonymous map,
-    // which the kernel binds at a cost growing with the number of sets (measured: 19 s for
-    // 10,000 Services, against 0.4 s for this form).
-    let n = sp.endpoints.len();
-    for (i, (ip, port)) in sp.endpoints.iter().enumerate() {
-        let left = n - i;
-        let mut matches = vec![Match::L4Proto(proto)];
-        if left > 1 {
-            matches.push(Match::NumgenRandom(left as u32));
-        }
-        ops.push(rule(
-            chain_name.clone(),
-            matches,
-            Action::Dnat(*ip, Some(*port)),
-        ));
+    balance(ops, sp);
+    for ip in &sp.external_ips {
+        ops.push(Op::AddElement(element(
+            EXTERNAL_IPS,
+            ElementKey::AddrProtoPort(*ip, proto, sp.port),
+            None,
+        )));
     }
-    // External traffic is first marked for masquerading, then balanced the same way.
-    let ext = sp.ext_chain();
-    ops.push(chain(ext.clone()));
-    ops.push(rule(
-        ext.clone(),
-        vec![],
-        Action::Jump("mark-for-masquerade".into()),
-    ));
-    ops.push(rule(ext.clone(), vec![], Action::Goto(chain_name.clone())));
+    for np in &sp.node_ports {
+        ops.push(Op::AddElement(element(
+            EXTERNAL_NODEPORTS,
+            ElementKey::ProtoPort(proto, *np),
+            None,
+        )));
+    }
     for ip in &sp.ips {
         ops.push(Op::AddElement(element(
             SERVICE_IPS,
@@ -550,9 +632,36 @@ fn add_service(ops: &mut Vec<Op>, sp: &ServicePort) {
         ops.push(Op::AddElement(element(
             SERVICE_NODEPORTS,
             ElementKey::ProtoPort(proto, *np),
-            Some(ext.clone()),
+            Some(chain_name.clone()),
         )));
     }
+}
+
+/// The rules of a Service port's chain: one per endpoint, each taking its share of what the
+/// ones before left (1/N, then 1/(N-1), ... then all), as iptables' statistic mode: no
+/// per-Service anonymous map, which the kernel binds at a cost growing with the number of
+/// sets (measured: 19 s for 10,000 Services, against 0.4 s for this form).
+fn balance(ops: &mut Vec<Op>, sp: &ServicePort) {
+    let n = sp.endpoints.len();
+    for (i, (ip, port)) in sp.endpoints.iter().enumerate() {
+        let left = n - i;
+        let mut matches = vec![Match::L4Proto(sp.protocol)];
+        if left > 1 {
+            matches.push(Match::NumgenRandom(left as u32));
+        }
+        ops.push(rule(sp.chain(), matches, Action::Dnat(*ip, Some(*port))));
+    }
+}
+
+/// Whether `old` becomes `new` by its endpoints alone (both have some): then only the rules
+/// of its chain change, and the map elements pointing to it stay.
+fn endpoints_only(old: &ServicePort, new: &ServicePort) -> bool {
+    !old.endpoints.is_empty()
+        && !new.endpoints.is_empty()
+        && ServicePort {
+            endpoints: new.endpoints.clone(),
+            ..old.clone()
+        } == *new
 }
 
 fn remove_service(ops: &mut Vec<Op>, sp: &ServicePort) {
@@ -577,48 +686,82 @@ fn remove_service(ops: &mut Vec<Op>, sp: &ServicePort) {
         )));
     }
     if !sp.endpoints.is_empty() {
-        ops.push(Op::DeleteChain(sp.ext_chain()));
+        for ip in &sp.external_ips {
+            ops.push(Op::DeleteElement(element(
+                EXTERNAL_IPS,
+                ElementKey::AddrProtoPort(*ip, proto, sp.port),
+                None,
+            )));
+        }
+        for np in &sp.node_ports {
+            ops.push(Op::DeleteElement(element(
+                EXTERNAL_NODEPORTS,
+                ElementKey::ProtoPort(proto, *np),
+                None,
+            )));
+        }
     }
     ops.push(Op::DeleteChain(sp.chain()));
 }
 
-/// What takes the table from `old` to `new`: removals first (a port can move from one
-/// Service to another), then additions. A changed Service port is removed and added again
-/// inside the same batch, which the kernel applies atomically. Empty when nothing changed.
+/// What takes the tables from `old` to `new`, shard by shard: in each, removals first (a
+/// port can move from one Service to another), then additions. A changed Service port is
+/// removed and added again inside the same batch, which the kernel applies atomically.
+/// Empty when nothing changed.
 pub fn changes(
     old: &BTreeMap<String, ServicePort>,
     new: &BTreeMap<String, ServicePort>,
 ) -> Vec<Op> {
-    let mut ops = Vec::new();
+    let mut by_shard: BTreeMap<usize, Vec<Op>> = BTreeMap::new();
     for (key, sp) in old {
-        if new.get(key) != Some(sp) {
-            remove_service(&mut ops, sp);
+        match new.get(key) {
+            Some(n) if n == sp => {}
+            Some(n) if endpoints_only(sp, n) => {
+                let ops = by_shard.entry(shard_of(key)).or_default();
+                ops.push(Op::FlushChain(sp.chain()));
+                balance(ops, n);
+            }
+            _ => remove_service(by_shard.entry(shard_of(key)).or_default(), sp),
         }
     }
     for (key, sp) in new {
-        if old.get(key) != Some(sp) {
-            add_service(&mut ops, sp);
+        match old.get(key) {
+            Some(o) if o == sp || endpoints_only(o, sp) => {}
+            _ => add_service(by_shard.entry(shard_of(key)).or_default(), sp),
         }
+    }
+    let mut ops = Vec::new();
+    for (k, shard_ops) in by_shard {
+        ops.push(Op::Table(shard_table(k)));
+        ops.extend(shard_ops);
     }
     ops
 }
 
-/// The whole table from nothing, replacing whatever Drover had before in one transaction.
+/// Every table from nothing, replacing whatever Drover had before in one transaction.
 pub fn full(node: &NodeNet, ports: &BTreeMap<String, ServicePort>) -> Vec<Op> {
-    let mut ops = vec![Op::ResetTable];
+    let mut ops = vec![Op::Table(TABLE.into()), Op::ResetTable];
     ops.extend(base_ruleset(node));
-    ops.extend(changes(&BTreeMap::new(), ports));
-    // Elements last, each set's together: they reach the kernel in a few large messages,
-    // after the chains they point to.
-    let (mut elements, mut rest): (Vec<Op>, Vec<Op>) = ops
-        .into_iter()
-        .partition(|op| matches!(op, Op::AddElement(_)));
-    elements.sort_by_key(|op| match op {
-        Op::AddElement(e) => e.set,
-        _ => "",
-    });
-    rest.extend(elements);
-    rest
+    let mut shards: Vec<Vec<Op>> = (0..SHARDS).map(|_| shard_ruleset()).collect();
+    for (key, sp) in ports {
+        add_service(&mut shards[shard_of(key)], sp);
+    }
+    for (k, shard) in shards.into_iter().enumerate() {
+        ops.push(Op::Table(shard_table(k)));
+        ops.push(Op::ResetTable);
+        // Elements last, each set's together: they reach the kernel in a few large
+        // messages, after the chains they point to.
+        let (mut elements, rest): (Vec<Op>, Vec<Op>) = shard
+            .into_iter()
+            .partition(|op| matches!(op, Op::AddElement(_)));
+        elements.sort_by_key(|op| match op {
+            Op::AddElement(e) => e.set,
+            _ => "",
+        });
+        ops.extend(rest);
+        ops.extend(elements);
+    }
+    ops
 }
 
 impl std::fmt::Display for ElementKey {
@@ -683,13 +826,21 @@ impl std::fmt::Display for Rule {
     }
 }
 
-/// One op as nft commands (one line each, with its newline).
+/// One op as nft commands (one line each, with its newline), in Drover's main table.
 impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.write_in(f, TABLE)
+    }
+}
+
+impl Op {
+    /// The op as nft commands for table `table`.
+    fn write_in(&self, f: &mut impl std::fmt::Write, table: &str) -> std::fmt::Result {
         match self {
+            Op::Table(_) => Ok(()),
             Op::ResetTable => writeln!(
                 f,
-                "add table ip {TABLE}\ndelete table ip {TABLE}\nadd table ip {TABLE}"
+                "add table ip {table}\ndelete table ip {table}\nadd table ip {table}"
             ),
             Op::AddSet(s) => {
                 let (kind, data) = if s.verdict_map {
@@ -699,12 +850,12 @@ impl std::fmt::Display for Op {
                 };
                 writeln!(
                     f,
-                    "add {kind} ip {TABLE} {} {{ type {}{data}; }}",
+                    "add {kind} ip {table} {} {{ type {}{data}; }}",
                     s.name,
                     s.key.nft_type()
                 )
             }
-            Op::AddChain { name, base: None } => writeln!(f, "add chain ip {TABLE} {name}"),
+            Op::AddChain { name, base: None } => writeln!(f, "add chain ip {table} {name}"),
             Op::AddChain {
                 name,
                 base: Some(b),
@@ -722,22 +873,23 @@ impl std::fmt::Display for Op {
                 };
                 writeln!(
                     f,
-                    "add chain ip {TABLE} {name} {{ type {type_} hook {hook} priority {}; policy accept; }}",
+                    "add chain ip {table} {name} {{ type {type_} hook {hook} priority {}; policy accept; }}",
                     b.priority
                 )
             }
-            Op::DeleteChain(name) => writeln!(f, "delete chain ip {TABLE} {name}"),
-            Op::AddRule { chain, rule } => writeln!(f, "add rule ip {TABLE} {chain} {rule}"),
+            Op::DeleteChain(name) => writeln!(f, "delete chain ip {table} {name}"),
+            Op::FlushChain(name) => writeln!(f, "flush chain ip {table} {name}"),
+            Op::AddRule { chain, rule } => writeln!(f, "add rule ip {table} {chain} {rule}"),
             Op::AddElement(e) => match &e.goto {
                 Some(c) => writeln!(
                     f,
-                    "add element ip {TABLE} {} {{ {} : goto {c} }}",
+                    "add element ip {table} {} {{ {} : goto {c} }}",
                     e.set, e.key
                 ),
-                None => writeln!(f, "add element ip {TABLE} {} {{ {} }}", e.set, e.key),
+                None => writeln!(f, "add element ip {table} {} {{ {} }}", e.set, e.key),
             },
             Op::DeleteElement(e) => {
-                writeln!(f, "delete element ip {TABLE} {} {{ {} }}", e.set, e.key)
+                writeln!(f, "delete element ip {table} {} {{ {} }}", e.set, e.key)
             }
         }
     }
@@ -746,9 +898,28 @@ impl std::fmt::Display for Op {
 /// Ops as an nft script (`nft -f`), the same transaction as [`apply_ops`] sends.
 pub fn render(ops: &[Op]) -> String {
     let mut s = String::new();
+    let mut table = TABLE;
     for op in ops {
-        let _ = write!(s, "{op}");
+        if let Op::Table(t) = op {
+            table = t;
+        }
+        let _ = op.write_in(&mut s, table);
     }
+    s
+}
+
+/// Op `i` of `ops` as nft commands, in the table the ops before it switched to.
+pub fn render_one(ops: &[Op], i: usize) -> String {
+    let table = ops[..i]
+        .iter()
+        .rev()
+        .find_map(|op| match op {
+            Op::Table(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .unwrap_or(TABLE);
+    let mut s = String::new();
+    let _ = ops[i].write_in(&mut s, table);
     s
 }
 
@@ -797,11 +968,13 @@ pub async fn apply(batch: &str) -> anyhow::Result<()> {
 
 /// Removes Drover's tables (`drover node --cleanup`); nothing else is touched.
 pub async fn cleanup() -> anyhow::Result<()> {
-    let policy = crate::policy::TABLE;
-    apply(&format!(
-        "add table ip {TABLE}\ndelete table ip {TABLE}\nadd table ip {policy}\ndelete table ip {policy}\n"
-    ))
-    .await
+    let mut tables = vec![TABLE.to_string(), crate::policy::TABLE.to_string()];
+    tables.extend((0..SHARDS).map(shard_table));
+    let script: String = tables
+        .iter()
+        .map(|t| format!("add table ip {t}\ndelete table ip {t}\n"))
+        .collect();
+    apply(&script).await
 }
 
 #[cfg(test)]
@@ -851,24 +1024,46 @@ mod tests {
             "{batch}"
         );
         assert!(
-            batch.contains("service-nodeports { tcp . 30080 : goto ext/default/web/tcp/80 }"),
+            batch.contains("service-nodeports { tcp . 30080 : goto svc/default/web/tcp/80 }"),
+            "{batch}"
+        );
+        let shard = shard_table(shard_of("default/web/tcp/80"));
+        assert!(
+            batch.contains(&format!("add chain ip {shard} svc/default/web/tcp/80\n")),
             "{batch}"
         );
         // Nothing changed: nothing to do.
         assert!(changes(&got, &got).is_empty());
+        // Only the endpoints changed: the chain's rules are replaced, its elements stay.
+        let mut fewer = got.clone();
+        fewer.get_mut("default/web/tcp/80").unwrap().endpoints.pop();
+        let batch = render(&changes(&got, &fewer));
+        assert_eq!(
+            batch,
+            format!(
+                "flush chain ip {shard} svc/default/web/tcp/80\n\
+                 add rule ip {shard} svc/default/web/tcp/80 meta l4proto tcp dnat to 10.42.0.5:8080\n"
+            )
+        );
         // No endpoints left: rejected instead of balanced.
         let empty = desired(&services, &Vec::<EndpointSlice>::new());
         let batch = render(&changes(&got, &empty));
         assert!(
-            batch.contains("delete element ip drover service-ips { 10.96.0.20 . tcp . 80 }"),
+            batch.contains(&format!(
+                "delete element ip {shard} service-ips {{ 10.96.0.20 . tcp . 80 }}"
+            )),
             "{batch}"
         );
         assert!(
-            batch.contains("add element ip drover no-endpoint-services { 10.96.0.20 . tcp . 80 }"),
+            batch.contains(&format!(
+                "add element ip {shard} no-endpoint-services {{ 10.96.0.20 . tcp . 80 }}"
+            )),
             "{batch}"
         );
         assert!(
-            batch.contains("add element ip drover no-endpoint-nodeports { tcp . 30080 }"),
+            batch.contains(&format!(
+                "add element ip {shard} no-endpoint-nodeports {{ tcp . 30080 }}"
+            )),
             "{batch}"
         );
     }
@@ -882,35 +1077,48 @@ mod tests {
         let sp = ServicePort {
             key: "a/web/tcp/80".into(),
             ips: vec![Ipv4Addr::new(10, 96, 0, 20)],
+            external_ips: vec![],
             protocol: Protocol::Tcp,
             port: 80,
             node_ports: vec![],
             endpoints: vec![(Ipv4Addr::new(10, 42, 0, 5), 8080)],
         };
         let ops = full(&node, &BTreeMap::from([(sp.key.clone(), sp)]));
-        assert_eq!(ops[0], Op::ResetTable);
-        let first_element = ops
+        assert_eq!(ops[..2], [Op::Table(TABLE.into()), Op::ResetTable]);
+        // Every table is reset; in each, the elements come after the chains they point to.
+        let tables: Vec<usize> = ops
             .iter()
-            .position(|op| matches!(op, Op::AddElement(_)))
-            .unwrap();
-        assert!(ops[first_element..]
-            .iter()
-            .all(|op| matches!(op, Op::AddElement(_))));
+            .enumerate()
+            .filter(|(_, op)| matches!(op, Op::Table(_)))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(tables.len(), 1 + SHARDS);
+        for (n, start) in tables.iter().enumerate() {
+            let end = tables.get(n + 1).copied().unwrap_or(ops.len());
+            let block = &ops[*start..end];
+            assert_eq!(block[1], Op::ResetTable);
+            if let Some(first) = block.iter().position(|op| matches!(op, Op::AddElement(_))) {
+                assert!(block[first..]
+                    .iter()
+                    .all(|op| matches!(op, Op::AddElement(_))));
+            }
+        }
         let text = render(&ops);
         assert!(
             text.starts_with("add table ip drover\ndelete table ip drover\nadd table ip drover\n"),
             "{text}"
         );
+        let shard = shard_table(shard_of("a/web/tcp/80"));
         for line in [
-            "add map ip drover service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }",
-            "add chain ip drover nat-prerouting { type nat hook prerouting priority -100; policy accept; }",
-            "add rule ip drover services ip daddr . meta l4proto . th dport vmap @service-ips",
-            "add rule ip drover nat-postrouting ip saddr 10.42.0.0/16 ip daddr != 10.42.0.0/16 fib daddr type != local masquerade",
-            "add rule ip drover cluster-dns meta l4proto udp th dport 53 dnat to 10.0.0.5",
-            "add rule ip drover cluster-dns meta l4proto tcp th dport 53 dnat to 10.0.0.5",
-            "add element ip drover service-ips { 10.96.0.10 . tcp . 53 : goto cluster-dns }",
-            "add rule ip drover svc/a/web/tcp/80 meta l4proto tcp dnat to 10.42.0.5:8080",
-            "add element ip drover service-ips { 10.96.0.20 . tcp . 80 : goto svc/a/web/tcp/80 }",
+            format!("add map ip {shard} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}"),
+            "add chain ip drover nat-prerouting { type nat hook prerouting priority -100; policy accept; }".into(),
+            format!("add rule ip {shard} services ip daddr . meta l4proto . th dport vmap @service-ips"),
+            format!("add rule ip {shard} services fib daddr type local meta l4proto . th dport @external-nodeports meta mark set meta mark | 0x4000"),
+            "add rule ip drover nat-postrouting ip saddr 10.42.0.0/16 ip daddr != 10.42.0.0/16 fib daddr type != local masquerade".into(),
+            "add rule ip drover nat-prerouting ip daddr 10.96.0.10/32 meta l4proto udp th dport 53 dnat to 10.0.0.5".into(),
+            "add rule ip drover nat-output ip daddr 10.96.0.10/32 meta l4proto tcp th dport 53 dnat to 10.0.0.5".into(),
+            format!("add rule ip {shard} svc/a/web/tcp/80 meta l4proto tcp dnat to 10.42.0.5:8080"),
+            format!("add element ip {shard} service-ips {{ 10.96.0.20 . tcp . 80 : goto svc/a/web/tcp/80 }}"),
         ] {
             assert!(text.contains(&format!("{line}\n")), "no `{line}` in\n{text}");
         }

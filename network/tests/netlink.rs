@@ -85,9 +85,7 @@ impl Netns {
 
     fn list(&self) -> String {
         let out = Command::new("ip")
-            .args([
-                "netns", "exec", &self.0, "nft", "list", "table", "ip", "drover",
-            ])
+            .args(["netns", "exec", &self.0, "nft", "list", "ruleset"])
             .output()
             .expect("nft list");
         assert!(
@@ -152,6 +150,7 @@ fn port(
     let sp = ServicePort {
         key: key.to_string(),
         ips: vec![Ipv4Addr::from(ip)],
+        external_ips: vec![],
         protocol,
         port,
         node_ports: node_ports.to_vec(),
@@ -233,17 +232,15 @@ fn netlink_programs_the_same_table_as_nft() {
         "ip daddr . meta l4proto . th dport @no-endpoint-services reject",
         "fib daddr type local meta l4proto . th dport @no-endpoint-nodeports reject",
         "ct state new jump service-rejects",
-        "udp dport 53 dnat to 192.0.2.10",
-        "tcp dport 53 dnat to 192.0.2.10",
-        "10.96.0.10 . udp . 53 : goto cluster-dns",
-        "10.96.0.10 . tcp . 53 : goto cluster-dns",
+        "ip daddr 10.96.0.10 udp dport 53 dnat to 192.0.2.10",
+        "ip daddr 10.96.0.10 tcp dport 53 dnat to 192.0.2.10",
         "10.96.0.20 . tcp . 80 : goto svc/default/web/tcp/80",
-        "tcp . 30080 : goto ext/default/web/tcp/80",
+        "tcp . 30080 : goto svc/default/web/tcp/80",
+        "fib daddr type local meta l4proto . th dport @external-nodeports meta mark set meta mark | 0x00004000",
+        "ip daddr . meta l4proto . th dport @external-ips meta mark set meta mark | 0x00004000",
         "meta l4proto tcp numgen random mod 2 0 dnat to 10.42.0.5:8080",
         "meta l4proto tcp dnat to 10.42.1.6:8080",
         "meta l4proto tcp numgen random mod 3 0 dnat to 10.42.0.7:8443",
-        "jump mark-for-masquerade",
-        "goto svc/default/web/tcp/80",
         "elements = { 10.96.0.21 . udp . 81 }",
         "elements = { udp . 30081 }",
         "type nat hook prerouting priority dstnat; policy accept;",
@@ -294,7 +291,7 @@ fn netlink_programs_the_same_table_as_nft() {
     fresh.apply_text(&services::full(&node, &next));
     assert_eq!(normalized(&after), normalized(&fresh.list()));
     assert!(after.contains("10.96.0.50 . tcp . 8080 : goto svc/default/new/tcp/8080"));
-    assert!(after.contains("tcp . 30443 : goto ext/default/api/tcp/443"));
+    assert!(after.contains("tcp . 30443 : goto svc/default/api/tcp/443"));
     assert!(!after.contains("10.42.0.7"), "{after}");
     assert!(!after.contains("metrics"), "{after}");
     assert!(!after.contains("10.42.1.6"), "{after}");
@@ -312,7 +309,8 @@ fn netlink_programs_the_same_table_as_nft() {
         .expect_err("deleting a missing chain fails")
         .to_string();
     assert!(
-        err.contains("delete chain ip drover svc/default/not-there/tcp/1")
+        err.contains("delete chain ip drover-svc")
+            && err.contains(" svc/default/not-there/tcp/1")
             && err.contains("No such file or directory"),
         "{err}"
     );
@@ -335,6 +333,7 @@ fn a_large_table_goes_in_one_batch() {
             ServicePort {
                 key,
                 ips: vec![ip],
+                external_ips: vec![],
                 protocol: Protocol::Tcp,
                 port: 80,
                 node_ports: if i % 10 == 0 {
@@ -354,7 +353,10 @@ fn a_large_table_goes_in_one_batch() {
         .expect_err("no table yet")
         .to_string();
     assert!(
-        err.contains("`add chain ip drover svc/bench/svc-0/tcp/80`: No such file or directory")
+        err.contains(&format!(
+            "`add chain ip {} svc/bench/svc-",
+            services::shard_table(0)
+        )) && err.contains("`: No such file or directory")
             && err.contains("more errors"),
         "{err}"
     );
@@ -368,7 +370,7 @@ fn a_large_table_goes_in_one_batch() {
     );
     ns.apply(&full).expect("large full sync");
     let listing = ns.list();
-    assert_eq!(listing.matches(": goto svc/bench/").count(), 3000);
-    assert_eq!(listing.matches(": goto ext/bench/").count(), 300);
+    // 3000 ClusterIPs and 300 NodePorts, each to its Service port's chain.
+    assert_eq!(listing.matches(": goto svc/bench/").count(), 3300);
     assert_eq!(listing.matches("dnat to 10.42.").count(), 9000);
 }

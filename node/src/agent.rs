@@ -214,16 +214,6 @@ impl NodeAgent {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         tracing::info!("node {} registered", self.config.name);
-        self.ctx
-            .network
-            .start(
-                self.client.clone(),
-                &self.config.name,
-                self.config.address,
-                &self.config.data_dir,
-            )
-            .await
-            .context("cannot start pod networking")?;
 
         let logs = Arc::new(LogServer::new(
             self.config.name.clone(),
@@ -281,6 +271,17 @@ impl NodeAgent {
             }
         });
 
+        // The heartbeat runs meanwhile: a node waiting for its pod range is alive.
+        self.ctx
+            .network
+            .start(
+                self.client.clone(),
+                &self.config.name,
+                self.config.address,
+                &self.config.data_dir,
+            )
+            .await
+            .context("cannot start pod networking")?;
         self.watch_pods().await
     }
 

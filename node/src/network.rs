@@ -446,6 +446,7 @@ impl Proxy {
         let mut applied: Option<BTreeMap<String, ServicePort>> = None;
         let mut routes: Vec<(Ipv4Net, Ipv4Addr)> = Vec::new();
         let mut routes_synced = false;
+        let mut lb_addresses: Option<Vec<Ipv4Addr>> = None;
         loop {
             self.refresh_dns();
             let desired = services::desired(&self.services.state(), &self.slices.state());
@@ -492,11 +493,41 @@ impl Proxy {
                     }
                 }
             }
+            let lb = pool_addresses(&self.services.state(), &self.nodes.state());
+            if lb_addresses.as_ref() != Some(&lb) {
+                match PodNetwork::sync_service_addresses(&lb).await {
+                    Ok(()) => lb_addresses = Some(lb),
+                    Err(e) => tracing::warn!("{e:#}"),
+                }
+            }
             changed.notified().await;
             // Let a burst of changes (a rollout) land before recomputing.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// The LoadBalancer addresses this node takes as its own (those of `--service-lb-pool`):
+/// every LoadBalancer ingress address that is not a node's.
+pub fn pool_addresses(services: &[Arc<Service>], nodes: &[Arc<Node>]) -> Vec<Ipv4Addr> {
+    let node_ips: BTreeSet<String> = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref()?.addresses.clone())
+        .flatten()
+        .map(|a| a.address)
+        .collect();
+    let mut ips: Vec<Ipv4Addr> = services
+        .iter()
+        .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"))
+        .filter_map(|s| s.status.as_ref()?.load_balancer.as_ref()?.ingress.clone())
+        .flatten()
+        .filter_map(|i| i.ip)
+        .filter(|ip| !node_ips.contains(ip))
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
 }
 
 /// Routes to every other node's pod range via that node's internal address.
