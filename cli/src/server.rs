@@ -88,6 +88,11 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
 }
 
 /// Retries `op` while the store says it may work later (no leader yet, a member restarting).
+/// Runs `op` until it succeeds, retrying for a minute while the cluster has no leader or the
+/// outcome of an attempt is unknown (the leader was lost mid-request). Only for idempotent
+/// operations (create-if-absent, then read back), which both callers are: retrying one whose
+/// first attempt did land is harmless, and a starting member must not exit because the leader
+/// changed under it.
 async fn with_retry<T, F, Fut>(op: F) -> anyhow::Result<T>
 where
     F: Fn() -> Fut,
@@ -97,7 +102,10 @@ where
     loop {
         match op().await {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+            Err(e)
+                if (e.is_retryable() || matches!(e, raft_store::StoreError::Indeterminate(_)))
+                    && tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await
             }
             Err(e) => return Err(e.into()),

@@ -5,41 +5,12 @@
 //! their node's range, routes join the nodes, Services are nftables rules in each host, and
 //! traffic is real packets: curl from the "LAN", and from inside pods' namespaces.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_drover"))
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The example Wasm programs, built once per test process.
-fn examples() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let status = Command::new("cargo")
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(repo().join("examples/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(repo().join("examples/target"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the examples failed");
-        repo().join("examples/target/wasm32-wasip2/release")
-    })
-}
+mod common;
+use common::{bin, import_into, repo};
 
 fn sh(cmd: &str) -> (bool, String) {
     let out = Command::new("sh")
@@ -140,18 +111,7 @@ impl Lan {
                 ("hello_world.wasm", "hello-world:v2"),
                 ("fetch.wasm", "fetch:v1"),
             ] {
-                let out = Command::new(bin())
-                    .args(["image", "import", "--node-dir"])
-                    .arg(lan.node_dir(k))
-                    .arg(examples().join(file))
-                    .arg(image)
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                import_into(&lan.node_dir(k), file, image);
             }
             let child = lan.spawn_node(k);
             lan.nodes.push(Some(child));
@@ -262,18 +222,7 @@ impl Lan {
     }
 
     fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("kubectl is installed on every machine here");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        common::kubectl(&self.kubeconfig, self.dir.path(), args)
     }
 
     fn ok(&self, args: &[&str]) -> String {

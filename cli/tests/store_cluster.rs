@@ -208,7 +208,9 @@ async fn snapshots_purge_the_log_and_bring_a_new_member_up_to_date() {
     );
     // The new member cannot replay from index 1 (purged): it must install the snapshot.
     let added = c.add_member().await.unwrap();
-    converge(&c).await.unwrap();
+    if let Err(e) = converge(&c).await {
+        panic!("{e}\n{}", c.all_logs());
+    }
     let member = StoreClient::new(&[c.members[added].addr.to_string()]);
     let resp = member
         .range(
@@ -223,7 +225,9 @@ async fn snapshots_purge_the_log_and_bring_a_new_member_up_to_date() {
     c.kill(0);
     c.restart(0).await.unwrap();
     // It loads its snapshot, then replays the log after it once it learns the commit index.
-    converge(&c).await.unwrap();
+    if let Err(e) = converge(&c).await {
+        panic!("{e}\n{}", c.all_logs());
+    }
     let resp = StoreClient::new(&[c.members[0].addr.to_string()])
         .range(
             &RangeRequest::new(KeySpan::prefix("/s/")).at(last - 50),

@@ -2,54 +2,12 @@
 //! real kubectl, with the example programs built for wasm32-wasip2 (`scripts/test.sh` builds
 //! them; a test builds them itself if they are missing).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_drover"))
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The examples' .wasm files, built once per test process.
-fn examples() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let out = repo().join("examples/target/wasm32-wasip2/release");
-        let status = Command::new("cargo")
-            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-            .arg(repo().join("examples/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(repo().join("examples/target"))
-            .status()
-            .expect("cargo runs");
-        assert!(
-            status.success(),
-            "building the examples failed; is the wasm32-wasip2 target installed (rustup target add wasm32-wasip2)?"
-        );
-        out
-    })
-}
-
-/// Imports an example image into the node whose directory is `node_dir`.
-fn import_into(node_dir: &std::path::Path, file: &str, reference: &str) {
-    let out = Command::new(bin())
-        .args(["image", "import", "--node-dir"])
-        .arg(node_dir)
-        .arg(examples().join(file))
-        .arg(reference)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+mod common;
+use common::{bin, examples, import_into, repo};
 
 /// One `drover up` with its own addresses, data dir and kubectl home.
 struct Up {
@@ -219,18 +177,7 @@ impl Up {
     }
 
     fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("kubectl is installed on every machine here");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        common::kubectl(&self.kubeconfig, self.dir.path(), args)
     }
 
     fn ok(&self, args: &[&str]) -> String {

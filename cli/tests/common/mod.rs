@@ -1,0 +1,70 @@
+//! What the end-to-end test files share: the `drover` binary cargo built for them, the example
+//! Wasm programs, and kubectl runs. (Each test file is its own crate and uses a part of this,
+//! hence `dead_code` allowed.)
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_drover"))
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The examples' .wasm files, built once per test process (`scripts/test.sh` builds them
+/// first; a test builds them itself if they are missing).
+pub fn examples() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = repo().join("examples/target/wasm32-wasip2/release");
+        let status = Command::new("cargo")
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(repo().join("examples/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(repo().join("examples/target"))
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building the examples failed; is the wasm32-wasip2 target installed (rustup target add wasm32-wasip2)?"
+        );
+        out
+    })
+}
+
+/// Imports an example image into the node whose directory is `node_dir`.
+pub fn import_into(node_dir: &Path, file: &str, reference: &str) {
+    let out = Command::new(bin())
+        .args(["image", "import", "--node-dir"])
+        .arg(node_dir)
+        .arg(examples().join(file))
+        .arg(reference)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs kubectl with `kubeconfig` and its own `home` (no cache shared between tests);
+/// returns (success, stdout, stderr).
+pub fn kubectl(kubeconfig: &Path, home: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", home)
+        .stdin(Stdio::null())
+        .output()
+        .expect("kubectl is installed on every machine here");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
