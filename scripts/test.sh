@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 # --- what the tests need -------------------------------------------------------------
 missing=()
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
+# Pod networking (`ip`, also for the tests' own network namespaces) and the tests' HTTP client.
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 # A real OCI registry for the image-pull tests (Docker's distribution, packaged by Debian).
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 # nslookup inside pods' network namespaces (cluster DNS tests); nsenter and ip are in Debian's base.

@@ -67,6 +67,17 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "drover-node".into())
 }
 
+/// Whether this process's effective uid is 0 (from /proc, so no libc call is needed).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let uids = s.lines().find(|l| l.starts_with("Uid:"))?.to_string();
+            uids.split_whitespace().nth(2).map(|euid| euid == "0")
+        })
+        .unwrap_or(false)
+}
+
 pub fn default_node_dir() -> PathBuf {
     crate::server::default_data_dir().join("node")
 }
@@ -89,6 +100,15 @@ pub fn agent(
         backoff_base: options.crash_backoff,
         pod_network: match options.pod_ip_range {
             Some(base) => node::network::Mode::Loopback(base),
+            // Namespaces, routes and nftables need root: without it, say so and give pods
+            // loopback addresses rather than fail at the first pod.
+            None if !is_root() => {
+                eprintln!(
+                    "drover: not running as root: pods get loopback addresses (127.1.0.0/16) \
+                     instead of a network namespace each, and Services have no data path"
+                );
+                node::network::Mode::Loopback(std::net::Ipv4Addr::new(127, 1, 0, 0))
+            }
             None => node::network::Mode::Routed {
                 cluster_cidr,
                 dns_service_ip: options.cluster_dns,

@@ -110,6 +110,7 @@ impl Lan {
                 ("hello_world.wasm", "hello-world:v1"),
                 ("hello_world.wasm", "hello-world:v2"),
                 ("fetch.wasm", "fetch:v1"),
+                ("batch.wasm", "batch:v1"),
             ] {
                 import_into(&lan.node_dir(k), file, image);
             }
@@ -512,6 +513,39 @@ fn deleted_pods_leave_no_address_or_namespace_and_a_restarted_agent_keeps_servin
         "pods keep their addresses across an agent restart"
     );
 
+    // A pod that finished gives its address and namespace back at once (still listed).
+    lan.ok(&[
+        "apply",
+        "-f",
+        repo().join("examples/batch-pod.yaml").to_str().unwrap(),
+    ]);
+    let batch_uid = lan.until(30, "the batch pod Succeeded", || {
+        let out = lan.ok(&[
+            "get",
+            "pod",
+            "batch",
+            "-o",
+            "jsonpath={.status.phase} {.metadata.uid}",
+        ]);
+        out.strip_prefix("Succeeded ").map(str::to_string)
+    });
+    let ipam = lan.node_dir(1).join("ipam");
+    let holds = |uid: &str| {
+        std::fs::read_dir(&ipam)
+            .unwrap()
+            .flatten()
+            .any(|e| std::fs::read_to_string(e.path()).unwrap_or_default().trim() == uid)
+    };
+    lan.until(10, "the finished pod's address released", || {
+        (!holds(&batch_uid)).then_some(())
+    });
+    let short: String = batch_uid
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(12)
+        .collect();
+    assert!(!sh("ip netns list").1.contains(&format!("drover-{short}")));
+
     // Deleting the pods leaves no namespace, address record or route of theirs.
     let netns_names: Vec<String> = again
         .iter()
@@ -526,7 +560,6 @@ fn deleted_pods_leave_no_address_or_namespace_and_a_restarted_agent_keeps_servin
         })
         .collect();
     lan.ok(&["delete", "deployment", "hw-demo-deployment"]);
-    let ipam = lan.node_dir(1).join("ipam");
     lan.until(30, "the pods' addresses released", || {
         let left = std::fs::read_dir(&ipam)
             .unwrap()

@@ -48,7 +48,7 @@ impl PodLink {
             .collect();
         PodLink {
             netns: format!("{NETNS_PREFIX}{short}"),
-            host_veth: format!("drv{}", &short[..short.len().min(12)]),
+            host_veth: format!("drv{short}"),
         }
     }
 
@@ -146,11 +146,21 @@ impl PodNetwork {
         Ok(link)
     }
 
-    async fn pod_is_wired(link: &PodLink, ip: Ipv4Addr) -> bool {
-        let host =
-            ip_args_ok(&["route", "show", &format!("{ip}/32"), "dev", &link.host_veth]).await;
-        let inside = ip_args_ok(&["-n", &link.netns, "addr", "show", "dev", "eth0"]).await;
-        matches!((host, inside), (Some(h), Some(i)) if !h.trim().is_empty() && i.contains(&format!("{ip}/32")))
+    /// Whether the pod's network is complete: its host route, its address, and its default
+    /// route (the last step of `add_pod`, so a half-made one is made again).
+    async fn pod_is_wired(link: &PodLink, addr: Ipv4Addr) -> bool {
+        let host = ip(&[
+            "route",
+            "show",
+            &format!("{addr}/32"),
+            "dev",
+            &link.host_veth,
+        ])
+        .await;
+        let inside = ip(&["-n", &link.netns, "addr", "show", "dev", "eth0"]).await;
+        let default = ip(&["-n", &link.netns, "route", "show", "default"]).await;
+        matches!((host, inside, default), (Ok(h), Ok(a), Ok(d))
+            if !h.trim().is_empty() && a.contains(&format!("{addr}/32")) && !d.trim().is_empty())
     }
 
     /// Removes pod `uid`'s namespace; its veth pair and route go with it.
@@ -224,18 +234,22 @@ impl PodNetwork {
     /// Removes the namespaces of the pods recorded in `ipam_dir` (see [`crate::ipam`]) and
     /// Drover's routes (`drover node --cleanup`). Other nodes' pods on the same host (test
     /// clusters) are left alone.
+    /// Every step is tried; the errors are reported together.
     pub async fn cleanup(ipam_dir: &std::path::Path) -> anyhow::Result<()> {
+        let mut errors = Vec::new();
         for uid in crate::ipam::PodAddresses::recorded_pods(ipam_dir) {
-            Self::remove_pod(&uid).await?;
+            if let Err(e) = Self::remove_pod(&uid).await {
+                errors.push(format!("{e:#}"));
+            }
         }
+        // `flush` fails when there is nothing to flush: not an error here.
         let _ = ip(&["route", "flush", "proto", ROUTE_PROTO]).await;
-        let _ = Self::sync_service_addresses(&[]).await;
+        if let Err(e) = Self::sync_service_addresses(&[]).await {
+            errors.push(format!("{e:#}"));
+        }
+        anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
         Ok(())
     }
-}
-
-async fn ip_args_ok(args: &[&str]) -> Option<String> {
-    ip(args).await.ok()
 }
 
 #[cfg(test)]

@@ -110,10 +110,21 @@ fn peers<'a>(
     let mut out = Vec::new();
     for peer in list {
         if let Some(block) = &peer.ip_block {
-            out.push(PeerMatch::Block {
-                cidr: block.cidr.clone(),
-                except: block.except.clone().unwrap_or_default(),
-            });
+            // Parsed, never pasted: the text goes into an nft script run as root. An IPv6
+            // block (this data path is IPv4) or a malformed one matches nothing here.
+            if let Ok(cidr) = block.cidr.trim().parse::<ipnet::Ipv4Net>() {
+                let except = block
+                    .except
+                    .iter()
+                    .flatten()
+                    .filter_map(|e| e.trim().parse::<ipnet::Ipv4Net>().ok())
+                    .map(|e| e.to_string())
+                    .collect();
+                out.push(PeerMatch::Block {
+                    cidr: cidr.to_string(),
+                    except,
+                });
+            }
             continue;
         }
         let selected: Vec<&PodView> = pods
@@ -139,7 +150,13 @@ fn peers<'a>(
 /// (the pod whose port it is); None when the name does not resolve (the port matches nothing).
 fn port_match(port: &NetworkPolicyPort, owner: Option<&PodView>) -> Option<String> {
     let protocol = port.protocol.as_deref().unwrap_or("TCP");
-    let proto = protocol.to_ascii_lowercase();
+    // Only the three protocols Kubernetes knows reach the script.
+    let proto = match protocol {
+        "TCP" => "tcp",
+        "UDP" => "udp",
+        "SCTP" => "sctp",
+        _ => return None,
+    };
     let number = match &port.port {
         None => return Some(format!("meta l4proto {proto}")),
         Some(IntOrString::Int(n)) => *n,
@@ -465,5 +482,35 @@ mod tests {
         );
         assert!(out.contains("ip daddr 192.168.0.0/16 ip daddr != { 192.168.1.0/24 } meta l4proto udp th dport 5000-5010 return"), "{out}");
         assert!(!out.contains("ip daddr vmap"), "egress only: {out}");
+    }
+
+    #[test]
+    fn blocks_and_protocols_are_parsed_never_pasted() {
+        let pods = vec![pod(
+            "app",
+            "default",
+            "10.42.0.2",
+            "n1",
+            json!({"app": "x"}),
+        )];
+        let hostile = policy(
+            json!({"metadata": {"name": "e", "namespace": "default"}, "spec": {
+                "podSelector": {}, "policyTypes": ["Ingress"],
+                "ingress": [
+                    {"from": [{"ipBlock": {"cidr": "0.0.0.0/0 accept } } flush ruleset"}}]},
+                    {"from": [{"ipBlock": {"cidr": "fd00::/8"}}]},
+                    {"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["bad", "10.1.0.0/16"]}}],
+                     "ports": [{"protocol": "ICMP; flush ruleset", "port": 1}, {"protocol": "UDP", "port": 53}]}
+                ]
+            }}),
+        );
+        let out = ruleset(&[hostile], &pods, &Vec::<Namespace>::new(), "n1");
+        assert!(!out.contains("flush") && !out.contains("fd00"), "{out}");
+        assert!(out.contains("ip saddr 10.0.0.0/8 ip saddr != { 10.1.0.0/16 } meta l4proto udp th dport 53 accept"), "{out}");
+        assert_eq!(
+            out.matches(" accept\n").count(),
+            2,
+            "only the established rule and the UDP one: {out}"
+        );
     }
 }

@@ -5,8 +5,8 @@
 //!   (so that a change costs the kernel's validation of one shard, not of every Service);
 //!   each shard has a verdict map `service-ips` (address . protocol . port → `goto` the
 //!   Service port's chain) for ClusterIPs, external IPs and LoadBalancer addresses, and
-//!   `service-nodeports` (protocol . port) for NodePorts and LoadBalancer ports on the
-//!   node's own addresses: a packet costs one lookup per shard whatever the number of
+//!   `service-nodeports` (protocol . port) for NodePorts on the node's own addresses
+//!   (a key claimed twice goes to the first claimant only): a packet costs one lookup per shard whatever the number of
 //!   Services;
 //! - one chain `svc/<key>` per Service port with one rule per ready endpoint,
 //!   `meta l4proto tcp numgen random mod K == 0 dnat to IP:PORT` (the last one without
@@ -195,9 +195,9 @@ pub fn desired(
             if kind == "NodePort" || kind == "LoadBalancer" {
                 node_ports.extend(sp.node_port.and_then(|p| u16::try_from(p).ok()));
             }
-            if kind == "LoadBalancer" {
-                node_ports.push(port);
-            }
+            // A LoadBalancer's port is answered on its ingress addresses (in `ips`), which are
+            // the nodes' own addresses without a pool: not on every local address, where it
+            // would take ports such as 22 or 6443 from the node.
             if headless && node_ports.is_empty() {
                 continue; // headless: DNS only
             }
@@ -246,7 +246,34 @@ pub fn desired(
             );
         }
     }
+    drop_conflicts(&mut out);
     out
+}
+
+/// Two Service ports claiming one map key (an external IP and port, or a NodePort) would make
+/// the kernel refuse the whole transaction, and with it every later change: the first claim in
+/// key order keeps it, the later ones lose that entry point and are logged.
+fn drop_conflicts(ports: &mut BTreeMap<String, ServicePort>) {
+    let mut ip_claims = std::collections::BTreeSet::new();
+    let mut port_claims = std::collections::BTreeSet::new();
+    for sp in ports.values_mut() {
+        let (key, proto, port) = (sp.key.clone(), sp.protocol, sp.port);
+        sp.ips.retain(|ip| {
+            let free = ip_claims.insert((*ip, proto, port));
+            if !free {
+                tracing::warn!(service = %key, %ip, port, "address and port already taken by another Service");
+            }
+            free
+        });
+        sp.external_ips.retain(|ip| sp.ips.contains(ip));
+        sp.node_ports.retain(|np| {
+            let free = port_claims.insert((proto, *np));
+            if !free {
+                tracing::warn!(service = %key, node_port = np, "node port already taken by another Service");
+            }
+            free
+        });
+    }
 }
 
 /// What the node's table holds besides the Services: the ranges it masquerades for.
@@ -1125,6 +1152,26 @@ mod tests {
     }
 
     #[test]
+    fn a_second_claim_on_an_address_and_port_or_a_node_port_is_dropped() {
+        let services = vec![
+            svc(
+                json!({"metadata": {"name": "a", "namespace": "x"}, "spec": {"type": "NodePort", "clusterIP": "10.96.0.1", "externalIPs": ["192.0.2.9"], "ports": [{"port": 80, "nodePort": 30001}]}}),
+            ),
+            svc(
+                json!({"metadata": {"name": "b", "namespace": "x"}, "spec": {"type": "NodePort", "clusterIP": "10.96.0.2", "externalIPs": ["192.0.2.9"], "ports": [{"port": 80, "nodePort": 30001}]}}),
+            ),
+        ];
+        let got = desired(&services, &Vec::<EndpointSlice>::new());
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(got["x/a/tcp/80"].ips, [ip("10.96.0.1"), ip("192.0.2.9")]);
+        assert_eq!(got["x/a/tcp/80"].node_ports, [30001]);
+        assert_eq!(got["x/b/tcp/80"].ips, [ip("10.96.0.2")]);
+        assert!(
+            got["x/b/tcp/80"].external_ips.is_empty() && got["x/b/tcp/80"].node_ports.is_empty()
+        );
+    }
+
+    #[test]
     fn headless_and_external_name_services_get_no_rules_and_load_balancers_answer_on_nodes() {
         let services = vec![
             svc(
@@ -1139,6 +1186,6 @@ mod tests {
         ];
         let got = desired(&services, &Vec::<EndpointSlice>::new());
         assert_eq!(got.keys().collect::<Vec<_>>(), ["a/lb/tcp/8080"]);
-        assert_eq!(got["a/lb/tcp/8080"].node_ports, [31000, 8080]);
+        assert_eq!(got["a/lb/tcp/8080"].node_ports, [31000]);
     }
 }

@@ -557,10 +557,18 @@ pub fn other_nodes_routes(nodes: &[Arc<Node>], me: &str) -> Vec<(Ipv4Net, Ipv4Ad
 /// `drover node --cleanup`: removes Drover's nftables table and routes, and the network
 /// namespaces of the pods of the node whose directory is `data_dir`.
 pub async fn cleanup(data_dir: &Path) -> anyhow::Result<()> {
-    services::cleanup().await?;
-    PodNetwork::cleanup(&data_dir.join("ipam")).await?;
-    let _ = std::fs::remove_dir_all(data_dir.join("ipam"));
-    Ok(())
+    // Each part is removed even when another fails; the address records go last, only when
+    // every pod's namespace went (they are how the next cleanup finds them).
+    let tables = services::cleanup().await;
+    let pods = PodNetwork::cleanup(&data_dir.join("ipam")).await;
+    if pods.is_ok() {
+        let _ = std::fs::remove_dir_all(data_dir.join("ipam"));
+    }
+    match (tables, pods) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(a), Err(b)) => Err(anyhow::anyhow!("{a:#}; {b:#}")),
+    }
 }
 
 #[cfg(test)]

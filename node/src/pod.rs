@@ -313,7 +313,7 @@ impl Worker {
                     }
                 }
                 Msg::Refresh => {
-                    if !self.network_ready {
+                    if !self.network_ready && !self.finished() {
                         self.prepare_network().await;
                         self.advance().await;
                     }
@@ -328,6 +328,12 @@ impl Worker {
                 }
             }
             self.report().await;
+            // A finished pod runs nothing again: its address and namespace go back now, as
+            // the kubelet tears a finished pod's sandbox down (completed Jobs would otherwise
+            // hold their node's range).
+            if self.network_ready && self.finished() {
+                self.release_network().await;
+            }
         }
         ticker.abort();
     }
@@ -963,6 +969,20 @@ impl Worker {
         self.ctx
             .usage
             .forget(self.pod.metadata.uid.as_deref().unwrap_or_default());
+    }
+
+    /// Whether the pod has reached Succeeded or Failed.
+    fn finished(&self) -> bool {
+        let main: Vec<ContainerStatus> = self
+            .slots
+            .iter()
+            .filter(|s| !s.init)
+            .map(|s| s.status.clone())
+            .collect();
+        matches!(
+            lifecycle::phase(self.init_done(), self.init_failed(), &main),
+            lifecycle::Phase::Succeeded | lifecycle::Phase::Failed
+        )
     }
 
     fn status_json(&self) -> serde_json::Value {

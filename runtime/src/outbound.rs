@@ -96,7 +96,12 @@ async fn send(
         .build()
         .map_err(|_| Error::HttpRequestUriInvalid)?;
     if !request.headers().contains_key(http::header::HOST) {
-        if let Ok(v) = http::HeaderValue::from_str(authority.as_str()) {
+        // host[:port], never the userinfo an authority may carry.
+        let host_header = match authority.port() {
+            Some(p) => format!("{}:{p}", authority.host()),
+            None => authority.host().to_string(),
+        };
+        if let Ok(v) = http::HeaderValue::from_str(&host_header) {
             request.headers_mut().insert(http::header::HOST, v);
         }
     }
