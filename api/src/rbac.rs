@@ -493,6 +493,12 @@ pub fn default_roles() -> (Vec<Value>, Vec<Value>) {
         rule(&[g], &writable, WRITE)
     }));
     edit_rules.push(rule(&[""], &["secrets"], READ_WRITE));
+    // Streams into pods (authorized as `create`), as Kubernetes' edit role has them.
+    edit_rules.push(rule(
+        &[""],
+        &["pods/attach", "pods/exec", "pods/portforward"],
+        READ_WRITE,
+    ));
     edit_rules.push(rule(
         &[""],
         &["pods/eviction", "serviceaccounts/token"],

@@ -150,8 +150,20 @@ impl RequestInfo {
                 } else {
                     o.namespace.clone().unwrap_or_default()
                 };
+                // Kubernetes authorizes opening a stream into a pod as `create`, whether the
+                // client asks with POST (SPDY) or GET (a WebSocket).
+                let stream = o.resource.name == "pods"
+                    && o.resource.group.is_empty()
+                    && matches!(
+                        o.subresource.as_deref(),
+                        Some("exec" | "attach" | "portforward")
+                    );
                 RequestInfo {
-                    verb: verb(method, o.name.is_some(), watch),
+                    verb: if stream {
+                        "create"
+                    } else {
+                        verb(method, o.name.is_some(), watch)
+                    },
                     path: path_str.to_string(),
                     resource: Some((
                         o.resource.group.to_string(),

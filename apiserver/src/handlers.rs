@@ -397,9 +397,11 @@ async fn dispatch(
     State(st): State<Arc<ApiState>>,
     method: Method,
     headers: HeaderMap,
-    req: Request,
+    mut req: Request,
 ) -> Response {
     let uri = req.uri().clone();
+    // A stream's upgrade (pods/exec) is taken now: reading the body drops the request's parts.
+    let client_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
     let user = req
         .extensions()
         .get::<User>()
@@ -521,6 +523,29 @@ async fn dispatch(
                 (&Method::GET, Some(name)) if o.subresource.as_deref() == Some("log") => {
                     call.pod_log(name).await
                 }
+                // GET for WebSocket clients (kubectl 1.30+), POST for SPDY ones.
+                (&Method::GET | &Method::POST, Some(name))
+                    if o.subresource.as_deref() == Some("exec") =>
+                {
+                    call.pod_exec(
+                        name,
+                        &method,
+                        &headers,
+                        uri.query().unwrap_or(""),
+                        client_upgrade,
+                    )
+                    .await
+                }
+                (&Method::GET | &Method::POST, Some(_))
+                    if o.resource.name == "pods"
+                        && matches!(o.subresource.as_deref(), Some("portforward" | "attach")) =>
+                {
+                    let what = match o.subresource.as_deref() {
+                        Some("portforward") => "port-forward",
+                        _ => "attach",
+                    };
+                    bad_request(&format!("{what} is not supported yet"))
+                }
                 (&Method::POST, Some(name)) if o.subresource.as_deref() == Some("token") => {
                     call.token_request(name, &body).await
                 }
@@ -628,6 +653,83 @@ fn age(ts: Option<&str>) -> String {
         10800..=172799 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86400),
     }
+}
+
+/// A node's answer other than the one hoped for, as a Status: its text is the message.
+async fn node_refusal(resp: hyper::Response<hyper::body::Incoming>) -> Response {
+    let code = resp.status();
+    let text = axum::body::to_bytes(Body::new(resp.into_body()), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    if code.is_client_error() {
+        bad_request(&text)
+    } else {
+        failure(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &text)
+    }
+}
+
+/// The container of `pod` a command is to run in: the one asked for, else the one the
+/// `kubectl.kubernetes.io/default-container` annotation names, else the first. Err: why
+/// there is none to run in now (the words kube-apiserver uses where it has them).
+fn exec_container(name: &str, pod: &Value, asked: Option<&String>) -> Result<String, String> {
+    let statuses = [
+        "containerStatuses",
+        "initContainerStatuses",
+        "ephemeralContainerStatuses",
+    ];
+    let spec_names: Vec<&str> = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|list| pod["spec"][list].as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let first = pod["spec"]["containers"][0]["name"].as_str();
+    let annotated = pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"]
+        .as_str()
+        .filter(|c| spec_names.contains(c));
+    let container = match asked.map(String::as_str).filter(|c| !c.is_empty()) {
+        Some(c) if spec_names.contains(&c) => c,
+        Some(c) => return Err(format!("container {c} is not valid for pod {name}")),
+        None => match annotated.or(first) {
+            Some(c) => c,
+            None => return Err(format!("pod {name} has no containers")),
+        },
+    };
+    let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+    match phase {
+        "Running" => {}
+        "Succeeded" | "Failed" => {
+            return Err(format!(
+                "cannot exec into a container in a completed pod; current phase is {phase}"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "pod {name} is not running (phase {phase}); exec needs a running container"
+            ))
+        }
+    }
+    // A running pod may still have this container waiting (restarting) or finished.
+    let status = statuses
+        .iter()
+        .flat_map(|list| pod["status"][list].as_array().into_iter().flatten())
+        .find(|s| s["name"] == container);
+    if let Some(state) = status.map(|s| &s["state"]).filter(|s| s.is_object()) {
+        if state.get("running").is_none() {
+            let why = state
+                .as_object()
+                .and_then(|o| o.iter().next())
+                .map(|(k, v)| match v["reason"].as_str() {
+                    Some(reason) => format!("{k}: {reason}"),
+                    None => k.clone(),
+                })
+                .unwrap_or_default();
+            return Err(format!(
+                "container {container} in pod {name} is not running ({why})"
+            ));
+        }
+    }
+    Ok(container.to_string())
 }
 
 /// One request against one resource.
@@ -1095,26 +1197,11 @@ impl Call<'_> {
                 ))
             }
         };
-        let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
-            return bad_request(&format!("pod {name} does not have a host assigned"));
+        let (node_name, endpoint) = match self.pod_node(name, &pod) {
+            Ok(found) => found,
+            Err(refusal) => return refusal,
         };
-        let node_key = api::registry::find("", "v1", "nodes")
-            .expect("registered")
-            .key(None, node_name);
-        let node = match self.st.cache.get(&node_key) {
-            Some(kv) => from_kv(&kv),
-            None => {
-                return bad_request(&format!("node {node_name} of pod {name} is not registered"))
-            }
-        };
-        let Some(endpoint) = crate::metrics::node_endpoint(&node) else {
-            return failure(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                &format!("node {node_name} has not published its address"),
-            );
-        };
-        let token = crate::metrics::node_token(self.st, node_name);
+        let token = crate::metrics::node_token(self.st, &node_name);
         let mut query = Vec::new();
         for key in ["follow", "previous", "timestamps", "tailLines"] {
             if let Some(v) = self.query.get(key) {
@@ -1130,28 +1217,112 @@ impl Call<'_> {
                 Body::new(resp.into_body()),
             )
                 .into_response(),
-            Ok(resp) => {
-                let code = resp.status();
-                let text = axum::body::to_bytes(Body::new(resp.into_body()), 64 * 1024)
-                    .await
-                    .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-                    .unwrap_or_default();
-                failure(
-                    if code.is_client_error() {
-                        StatusCode::BAD_REQUEST
-                    } else {
-                        StatusCode::INTERNAL_SERVER_ERROR
-                    },
-                    "BadRequest",
-                    &text,
-                )
-            }
+            Ok(resp) => node_refusal(resp).await,
             Err(e) => failure(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
                 &format!("cannot reach node {node_name} at {endpoint} for logs: {e}"),
             ),
         }
+    }
+
+    /// The node a pod runs on and the address of the node's endpoint (logs, exec); Err: the
+    /// Status saying why there is none.
+    fn pod_node(
+        &self,
+        name: &str,
+        pod: &Value,
+    ) -> Result<(String, std::net::SocketAddr), Response> {
+        let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+            return Err(bad_request(&format!(
+                "pod {name} does not have a host assigned"
+            )));
+        };
+        let node_key = api::registry::find("", "v1", "nodes")
+            .expect("registered")
+            .key(None, node_name);
+        let Some(node) = self.st.cache.get(&node_key).map(|kv| from_kv(&kv)) else {
+            return Err(bad_request(&format!(
+                "node {node_name} of pod {name} is not registered"
+            )));
+        };
+        let Some(endpoint) = crate::metrics::node_endpoint(&node) else {
+            return Err(failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                &format!("node {node_name} has not published its address"),
+            ));
+        };
+        Ok((node_name.to_string(), endpoint))
+    }
+
+    /// `pods/{name}/exec`: checked here (the pod runs, the container is one of its own), then
+    /// the client's upgrade (a WebSocket, `v5.channel.k8s.io`) is passed to the node the pod
+    /// runs on, and once the node has switched protocols the two connections are spliced. The
+    /// stream itself (channels, the exit status) is between kubectl and the node.
+    async fn pod_exec(
+        &self,
+        name: &str,
+        method: &Method,
+        headers: &HeaderMap,
+        raw_query: &str,
+        client: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response {
+        let r = self.resource();
+        if r.name != "pods" {
+            return not_found(r, name);
+        }
+        let pod = match self.read(name).await {
+            Ok(Some(kv)) => from_kv(&kv),
+            Ok(None) => return not_found(r, name),
+            Err(e) => return store_failure(e),
+        };
+        let container = match exec_container(name, &pod, self.query.get("container")) {
+            Ok(c) => c,
+            Err(message) => return bad_request(&message),
+        };
+        let (node_name, endpoint) = match self.pod_node(name, &pod) {
+            Ok(found) => found,
+            Err(refusal) => return refusal,
+        };
+        let Some(client) = client else {
+            return bad_request(
+                "exec needs a connection that can be upgraded: a WebSocket over HTTP/1.1",
+            );
+        };
+        let ns = self.o.namespace.clone().unwrap_or_default();
+        let path = format!("/exec/{ns}/{name}/{container}?{raw_query}");
+        let token = crate::metrics::node_token(self.st, &node_name);
+        let mut resp = match crate::proxy::upgrade(endpoint, method, &path, &token, headers).await {
+            Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => resp,
+            Ok(resp) => return node_refusal(resp).await,
+            Err(e) => {
+                return failure(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    &format!("cannot reach node {node_name} at {endpoint} for exec: {e}"),
+                )
+            }
+        };
+        let node = match hyper::upgrade::on(&mut resp).await {
+            Ok(io) => io,
+            Err(e) => {
+                return failure(
+                    StatusCode::BAD_GATEWAY,
+                    "InternalError",
+                    &format!("node {node_name} switched protocols but its connection could not be taken over: {e}"),
+                )
+            }
+        };
+        tokio::spawn(crate::proxy::splice(client, node));
+        let mut switched = Response::new(Body::empty());
+        *switched.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        for (name, value) in resp.headers() {
+            if crate::proxy::is_upgrade_header(name) {
+                switched.headers_mut().append(name, value.clone());
+            }
+        }
+        switched
     }
 
     /// `pods/{name}/binding`: the scheduler's decision, setting `spec.nodeName` once. A pod

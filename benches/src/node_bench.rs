@@ -146,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
             netns: None,
             outbound: None,
             usage: Default::default(),
+            linux: Default::default(),
         };
         let times = rt
             .time_instantiation(&spec, args.instantiations)

@@ -4,6 +4,7 @@
 mod image;
 mod node;
 mod server;
+mod shim;
 mod store;
 mod token;
 mod up;
@@ -38,10 +39,18 @@ enum Command {
     Token(token::TokenArgs),
     /// Debug client for the replicated store.
     Store(store::StoreArgs),
+    /// The per-container process the node agent starts (internal).
+    #[command(hide = true)]
+    Shim(shim::ShimArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        // Before any thread exists: the shim clones itself into containers.
+        Command::Shim(args) => return shim::run(args),
+        other => other,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,13 +62,14 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Up(args) => up::run(args).await,
             Command::Server(args) => server::run(args).await,
             Command::Node(args) => node::run(args).await,
             Command::Image(args) => image::run(args).await,
             Command::Token(args) => token::run(args).await,
             Command::Store(args) => store::run(args).await,
+            Command::Shim(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

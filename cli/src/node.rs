@@ -54,6 +54,9 @@ pub struct NodeOptions {
     /// The first crash-loop back-off; it doubles per restart up to 5 minutes.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub crash_backoff: Duration,
+    /// Let containers with `privileged: true` run on this node.
+    #[arg(long)]
+    pub allow_privileged: bool,
     /// A registry (host:port) to reach over plain HTTP (loopback ones always are). Repeatable.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
@@ -92,6 +95,15 @@ pub fn agent(
     let wasm = runtime::wasm::WasmRuntime::new(data_dir.join("wasm-cache"))
         .context("cannot start the wasm runtime")?;
     let images = runtime::images::ImageStore::open(&data_dir.join("images"))?;
+    // Linux containers need root (namespaces, cgroups, mounts) and a pod network namespace.
+    let oci = if is_root() && options.pod_ip_range.is_none() {
+        let shim = std::env::current_exe().context("cannot find the drover binary (the shim)")?;
+        let mut config = runtime::oci::OciConfig::for_node(&data_dir, shim);
+        config.allow_privileged = options.allow_privileged;
+        Some(runtime::oci::OciRuntime::new(config).context("cannot set up the container runtime")?)
+    } else {
+        None
+    };
     let config = node::agent::NodeConfig {
         name: options.name.clone().unwrap_or_else(hostname),
         address: options.node_address,
@@ -120,6 +132,7 @@ pub fn agent(
         config,
         client,
         Arc::new(wasm),
+        oci,
         Arc::new(images),
     )))
 }

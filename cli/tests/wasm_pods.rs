@@ -570,6 +570,63 @@ fn a_restarted_node_takes_its_pods_back_without_duplicates() {
     );
 }
 
+/// `kubectl exec` goes through the API server (authorized, the pod checked, the WebSocket
+/// spliced over TLS) to the node; a Wasm container has nothing to run a command in, and kubectl
+/// prints why and fails.
+#[test]
+fn kubectl_exec_reaches_the_node_and_a_wasm_container_refuses_it_clearly() {
+    let up = Up::start(53);
+    up.import("hello_world.wasm", "hello-world:v1");
+    up.apply(
+        "hello.yaml",
+        &std::fs::read_to_string(repo().join("examples/hello-pod.yaml")).unwrap(),
+    );
+    up.wait_for(
+        "hello",
+        "{.status.containerStatuses[0].ready}",
+        "true",
+        60,
+        |r| r == "true",
+    );
+    // kubectl waits for nothing here; a bound keeps a hang from stalling the suite.
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &up.kubeconfig)
+            .env("HOME", up.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for args in [
+        &["exec", "hello", "--", "echo", "hi"][..],
+        &["exec", "-i", "hello", "-c", "hw", "--", "sh", "-c", "cat"],
+    ] {
+        let (code, stderr) = kubectl(args);
+        assert_eq!(code, Some(1), "kubectl {args:?}: {stderr}");
+        assert!(
+            stderr.contains("exec is not supported for Wasm containers"),
+            "kubectl {args:?}:\n{stderr}\n--- drover:\n{}",
+            up.log()
+        );
+    }
+    let (code, stderr) = kubectl(&["exec", "hello", "-c", "nope", "--", "true"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("nope"), "{stderr}");
+    let (code, stderr) = kubectl(&["port-forward", "pod/hello", "18053:8080"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("port-forward is not supported yet"),
+        "{stderr}"
+    );
+}
+
 /// The commands README.md lists after `drover up`, run as written (with the test's binary for
 /// `./target/release/drover`), against `drover up` on its defaults in a fresh home directory.
 #[test]

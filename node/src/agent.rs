@@ -1,5 +1,6 @@
 //! The node agent: registers this node's Node object, renews its Lease every 2 s, watches the
-//! pods bound to it and keeps one worker (`pod.rs`) per pod, and serves container logs.
+//! pods bound to it and keeps one worker (`pod.rs`) per pod, and serves container logs and
+//! `kubectl exec`.
 //!
 //! Pod addresses and networks come from [`crate::network`]: a namespace and an address of the
 //! node's pod range each (routed), or a loopback address each (loopback mode).
@@ -121,6 +122,7 @@ impl NodeAgent {
         config: NodeConfig,
         client: kube::Client,
         runtime: SharedRuntime,
+        oci: Option<Arc<runtime::oci::OciRuntime>>,
         images: Arc<ImageStore>,
     ) -> NodeAgent {
         let ctx = Arc::new(NodeContext {
@@ -128,6 +130,7 @@ impl NodeAgent {
             host_ip: config.address,
             pods_dir: config.data_dir.join("pods"),
             runtime,
+            oci,
             images,
             client: client.clone(),
             backoff_base: config.backoff_base,
@@ -161,6 +164,7 @@ impl NodeAgent {
                     "kubernetes.io/os": "linux",
                     "kubernetes.io/arch": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
                     "drover.dev/runtime-wasm": "true",
+                    "drover.dev/runtime-oci": self.ctx.oci.is_some().to_string(),
                 }},
                 "spec": {},
             }))?;
@@ -170,7 +174,10 @@ impl NodeAgent {
                 Err(e) => return Err(e.into()),
             }
         }
-        let handlers = [self.ctx.runtime.handler()];
+        let mut handlers = vec![self.ctx.runtime.handler()];
+        if self.ctx.oci.is_some() {
+            handlers.push("oci");
+        }
         let status = json!({"status": node_status(&self.config, &handlers)});
         nodes
             .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
@@ -205,6 +212,11 @@ impl NodeAgent {
     /// Runs the agent until the task is dropped.
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.ctx.pods_dir)?;
+        if let Some(oci) = &self.ctx.oci {
+            // Containers of a previous run of this agent are gone with it: their pods start
+            // again from nothing, as Wasm pods do.
+            oci.clean_up().await;
+        }
         let mut attempt = 0u32;
         while let Err(e) = self.register().await {
             attempt += 1;
@@ -221,6 +233,7 @@ impl NodeAgent {
             self.ctx.logs.clone(),
             self.ctx.usage.clone(),
             self.client.clone(),
+            Arc::new(crate::exec::WasmExec),
         ));
         tokio::spawn(self.ctx.usage.clone().run());
         let addr = SocketAddr::new(self.config.address, self.config.port);

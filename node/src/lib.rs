@@ -1,7 +1,8 @@
 //! The node agent: registers the Node and renews its Lease ([`agent`]), runs one worker per pod
 //! bound to it ([`pod`]) through the runtimes of the `runtime` crate, with the pod lifecycle as
 //! pure rules ([`lifecycle`]), probes ([`probe`]), environment ([`env`]) and volumes
-//! ([`volumes`]), and serves container logs to the API server ([`logserver`]).
+//! ([`volumes`]), and serves container logs and `kubectl exec` to the API server ([`logserver`],
+//! [`exec`]).
 //!
 //! Talks to the cluster only through the Kubernetes API (kube-rs), with the node's own
 //! credential: a node may change only its Node, its Lease and the pods bound to it.
@@ -10,7 +11,9 @@ pub mod agent;
 pub mod client;
 pub mod env;
 pub mod events;
+pub mod exec;
 pub mod lifecycle;
+pub mod linux;
 pub mod logserver;
 pub mod metrics;
 pub mod network;

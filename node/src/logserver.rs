@@ -1,6 +1,8 @@
 //! The node's endpoint for the API server: container logs, which `pods/log` proxies to
 //! (`GET /containerLogs/{namespace}/{pod}/{container}?follow&tailLines&previous&timestamps`),
-//! and the pods' resource usage, which metrics.k8s.io serves (`GET /metrics/pods`).
+//! commands in containers, which `pods/exec` splices kubectl's WebSocket to
+//! (`GET /exec/{namespace}/{pod}/{container}?command=..`, see [`crate::exec`]), and the pods'
+//! resource usage, which metrics.k8s.io serves (`GET /metrics/pods`).
 //!
 //! Callers authenticate with a bearer token the API server signed for this node's audience;
 //! the node asks the API server to review it (TokenReview, as the kubelet does) and accepts
@@ -12,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path as UrlPath, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -53,6 +57,8 @@ pub struct LogServer {
     pub index: Arc<LogIndex>,
     pub usage: Arc<crate::metrics::PodUsage>,
     pub client: kube::Client,
+    /// Starts the commands of `kubectl exec`.
+    pub exec: Arc<dyn crate::exec::Exec>,
     reviewed: Mutex<HashMap<String, Instant>>,
 }
 
@@ -71,6 +77,7 @@ impl LogServer {
         index: Arc<LogIndex>,
         usage: Arc<crate::metrics::PodUsage>,
         client: kube::Client,
+        exec: Arc<dyn crate::exec::Exec>,
     ) -> LogServer {
         LogServer {
             node_name,
@@ -78,6 +85,7 @@ impl LogServer {
             index,
             usage,
             client,
+            exec,
             reviewed: Mutex::new(HashMap::new()),
         }
     }
@@ -85,6 +93,12 @@ impl LogServer {
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+            // POST too: kubectl falls back to SPDY (a POST) when the WebSocket is refused, and
+            // should then hear why rather than "405".
+            .route(
+                "/exec/{ns}/{pod}/{container}",
+                get(exec_in_container).post(exec_in_container),
+            )
             .route("/metrics/pods", get(pod_metrics))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self)
@@ -189,6 +203,34 @@ async fn pod_metrics(State(server): State<Arc<LogServer>>, headers: HeaderMap) -
     }
     let body = serde_json::to_vec(&server.usage.report()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn exec_in_container(
+    State(server): State<Arc<LogServer>>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    websocket: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if !from_api_server(&server, &headers).await {
+        return text(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    let request =
+        match crate::exec::ExecRequest::parse(ns, pod, container, query.as_deref().unwrap_or("")) {
+            Ok(r) => r,
+            Err(message) => return text(StatusCode::BAD_REQUEST, &message),
+        };
+    match websocket {
+        Ok(ws) => crate::exec::upgrade(ws, server.exec.clone(), request),
+        Err(e) => text(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "exec streams over a WebSocket ({} or {}), and this request is not one ({e}); SPDY is not supported",
+                crate::exec::PROTOCOL_V5,
+                crate::exec::PROTOCOL_V4
+            ),
+        ),
+    }
 }
 
 async fn container_logs(

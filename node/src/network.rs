@@ -184,6 +184,14 @@ impl PodNet {
         }
     }
 
+    /// The cluster DNS's address as pods name it (routed networking only).
+    pub fn dns_server(&self) -> Option<Ipv4Addr> {
+        match &self.mode {
+            Mode::Routed { dns_service_ip, .. } => Some(*dns_service_ip),
+            Mode::Loopback(_) => None,
+        }
+    }
+
     pub fn is_routed(&self) -> bool {
         matches!(self.mode, Mode::Routed { .. })
     }

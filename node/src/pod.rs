@@ -36,7 +36,10 @@ pub struct NodeContext {
     pub node_name: String,
     pub host_ip: IpAddr,
     pub pods_dir: PathBuf,
+    /// The Wasm runtime.
     pub runtime: SharedRuntime,
+    /// The Linux container runtime, when this node runs containers (as root).
+    pub oci: Option<Arc<runtime::oci::OciRuntime>>,
     pub images: Arc<ImageStore>,
     pub client: kube::Client,
     /// The first crash-loop back-off (Kubernetes: 10 s), doubled per restart up to 5 min.
@@ -362,6 +365,27 @@ impl Worker {
         }
     }
 
+    /// Writes the pod's /etc/hosts, /etc/hostname and /etc/resolv.conf (for Linux containers;
+    /// Wasm guests resolve through the agent) and returns them as read-only mounts.
+    fn write_etc_files(&self) -> std::io::Result<Vec<runtime::Mount>> {
+        let dir = self.dir.join("etc");
+        std::fs::create_dir_all(&dir)?;
+        let files = crate::linux::etc_files(&self.pod, self.pod_ip, self.ctx.network.dns_server());
+        let mut mounts = Vec::new();
+        for (name, content) in files {
+            let path = dir.join(name);
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, content)?;
+            std::fs::rename(&tmp, &path)?;
+            mounts.push(runtime::Mount {
+                host_path: path,
+                guest_path: format!("/etc/{name}"),
+                read_only: true,
+            });
+        }
+        Ok(mounts)
+    }
+
     async fn release_network(&mut self) {
         let uid = self.pod.metadata.uid.clone().unwrap_or_default();
         self.ctx.network.detach(&uid, self.pod_ip).await;
@@ -482,8 +506,48 @@ impl Worker {
                 return;
             }
         };
+        let is_linux = matches!(image.kind, runtime::images::ImageKind::Oci(_));
+        let runtime: SharedRuntime = match (&image.kind, &self.ctx.oci) {
+            (runtime::images::ImageKind::Wasm, _) => self.ctx.runtime.clone(),
+            (runtime::images::ImageKind::Oci(_), Some(oci)) => Arc::new(oci.clone()),
+            (runtime::images::ImageKind::Oci(_), None) => {
+                let message = format!(
+                    "image {image_ref:?} is a Linux container image, and node {} runs only \
+                     WebAssembly (Linux containers need the node agent to run as root)",
+                    self.ctx.node_name
+                );
+                self.event(Some(&container.name), Warning, "Failed", &message);
+                self.slots[index].status.state =
+                    ContainerState::waiting("CreateContainerError", Some(message));
+                self.schedule_retry(index, Duration::from_secs(30));
+                return;
+            }
+        };
+        let etc_mounts = if is_linux {
+            match self.write_etc_files() {
+                Ok(m) => m,
+                Err(e) => {
+                    self.slots[index].status.state = ContainerState::waiting(
+                        "CreateContainerConfigError",
+                        Some(format!("cannot write the pod's /etc files: {e}")),
+                    );
+                    self.schedule_retry(index, Duration::from_secs(5));
+                    return;
+                }
+            }
+        } else {
+            Vec::new()
+        };
         let mounts = match volumes::mounts(&container, &self.volumes) {
-            Ok(m) => m,
+            Ok(mut m) => {
+                // The pod's own /etc files, unless a volume is mounted there.
+                for e in etc_mounts {
+                    if !m.iter().any(|v| v.guest_path == e.guest_path) {
+                        m.push(e);
+                    }
+                }
+                m
+            }
             Err(e) => {
                 self.slots[index].status.state =
                     ContainerState::waiting("CreateContainerConfigError", Some(e.0));
@@ -539,6 +603,7 @@ impl Worker {
             .next()
             .and_then(|p| u16::try_from(p.container_port).ok())
             .map(|port| SocketAddr::new(self.pod_ip, port));
+        let linux = crate::linux::options(&self.pod, &container, &env);
         let spec = ContainerSpec {
             pod_namespace: self.pod.metadata.namespace.clone().unwrap_or_default(),
             pod_name: name_of(&self.pod),
@@ -564,9 +629,10 @@ impl Worker {
                 &self.pod.metadata.uid.clone().unwrap_or_default(),
                 &container.name,
             ),
+            linux,
         };
         self.slots[index].status.image_id = image.digest.clone();
-        match self.ctx.runtime.start(spec).await {
+        match runtime.start(spec).await {
             Ok(running) => {
                 let generation = self.slots[index].generation;
                 let stopper = running.stopper();
@@ -580,6 +646,17 @@ impl Worker {
                     });
                 });
                 let mut probes = Vec::new();
+                let exec_target =
+                    self.ctx
+                        .oci
+                        .clone()
+                        .filter(|_| is_linux)
+                        .map(|oci| probe::ExecTarget {
+                            oci,
+                            namespace: self.pod_namespace(),
+                            pod: name_of(&self.pod),
+                            container: container.name.clone(),
+                        });
                 let has_startup = container.startup_probe.is_some();
                 for (kind, probe) in [
                     (Kind::Startup, &container.startup_probe),
@@ -594,6 +671,7 @@ impl Worker {
                             index,
                             generation,
                             self.pod_ip,
+                            exec_target.clone(),
                             self.probe_tx.clone(),
                         ));
                     }
@@ -690,9 +768,23 @@ impl Worker {
                     &format!("Pulling image {reference:?}"),
                 );
                 let started = Instant::now();
+                let auth = runtime::registry::auth_from_docker_config(
+                    &registry_host(&reference),
+                    &self.pull_secrets().await,
+                );
+                let (events, pod, name) = (
+                    self.ctx.events.clone(),
+                    self.pod.clone(),
+                    container.name.clone(),
+                );
+                let progress = move |step: String| {
+                    events.pod(&pod, Some(&name), Normal, "Pulling", &step);
+                };
                 let pulled = tokio::time::timeout(
-                    Duration::from_secs(120),
-                    self.ctx.registries.pull(&reference, &self.ctx.images),
+                    Duration::from_secs(600),
+                    self.ctx
+                        .registries
+                        .pull(&reference, &self.ctx.images, &auth, &progress),
                 )
                 .await
                 .unwrap_or_else(|_| {
@@ -721,6 +813,39 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// The `.dockerconfigjson` of the pod's imagePullSecrets that exist (a missing one is
+    /// skipped, as the kubelet does: the pull may still work anonymously).
+    async fn pull_secrets(&self) -> Vec<Vec<u8>> {
+        let names: Vec<String> = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.image_pull_secrets.iter().flatten())
+            .map(|r| r.name.clone())
+            .collect();
+        let mut configs = Vec::new();
+        for name in names {
+            match self.sources.secrets.get_opt(&name).await {
+                Ok(Some(secret)) => {
+                    let data = secret.data.unwrap_or_default();
+                    if let Some(config) = data
+                        .get(".dockerconfigjson")
+                        .or_else(|| data.get(".dockercfg"))
+                    {
+                        configs.push(config.0.clone());
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!(pod = %self.log_name(), "imagePullSecret {name} not found")
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %self.log_name(), "cannot read imagePullSecret {name}: {e}")
+                }
+            }
+        }
+        configs
     }
 
     /// A container ended: record it, then restart it (after back-off) or leave it done.
@@ -806,6 +931,14 @@ impl Worker {
 
     /// A probe result; true when the pod's status changed.
     fn on_probe(&mut self, outcome: probe::Outcome) -> bool {
+        let grace = Duration::from_secs(
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0) as u64,
+        );
         let slot = &mut self.slots[outcome.container];
         if slot.generation != outcome.generation {
             return false;
@@ -831,7 +964,7 @@ impl Worker {
                             "Startup probe failed: {}",
                             outcome.failure.unwrap_or_default()
                         ));
-                        live.stopper.stop();
+                        live.stopper.stop_within(grace);
                         false
                     }
                     _ => false,
@@ -862,7 +995,7 @@ impl Worker {
                         .events
                         .pod(&self.pod, Some(&spec.name), Normal, "Killing", &why);
                     live.killed = Some(why);
-                    live.stopper.stop();
+                    live.stopper.stop_within(grace);
                 }
                 false
             }
@@ -897,20 +1030,6 @@ impl Worker {
     /// Stops every running container and waits, at most the grace period, for their exits.
     async fn stop_all(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>, why: &str) {
         self.terminating = true;
-        for slot in self.slots.iter_mut() {
-            if let Some(live) = slot.live.as_mut() {
-                live.killed.get_or_insert_with(|| why.to_string());
-                live.stopper.stop();
-                let message = format!("Stopping container {}", slot.spec.name);
-                self.ctx.events.pod(
-                    &self.pod,
-                    Some(&slot.spec.name),
-                    Normal,
-                    "Killing",
-                    &message,
-                );
-            }
-        }
         let grace = self
             .pod
             .metadata
@@ -922,8 +1041,26 @@ impl Worker {
                     .and_then(|s| s.termination_grace_period_seconds)
             })
             .unwrap_or(30)
-            .max(1) as u64;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
+            .max(0) as u64;
+        for slot in self.slots.iter_mut() {
+            if let Some(live) = slot.live.as_mut() {
+                live.killed.get_or_insert_with(|| why.to_string());
+                // SIGTERM now, SIGKILL when the grace period is over (Linux containers);
+                // Wasm instances stop at once.
+                live.stopper.stop_within(Duration::from_secs(grace));
+                let message = format!("Stopping container {}", slot.spec.name);
+                self.ctx.events.pod(
+                    &self.pod,
+                    Some(&slot.spec.name),
+                    Normal,
+                    "Killing",
+                    &message,
+                );
+            }
+        }
+        // The runtime kills what is left at the end of the grace period; a few seconds more
+        // for that to be reported.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(grace + 5);
         while self.slots.iter().any(|s| s.live.is_some()) {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(Msg::Exited {
@@ -1046,5 +1183,14 @@ impl ContainerStatus {
             ContainerState::Terminated { exit_code, .. } => Some(*exit_code),
             _ => None,
         }
+    }
+}
+
+/// The registry an image reference names, as Docker reads it: the first path component when it
+/// looks like a host (has a dot or a port, or is localhost), Docker Hub otherwise.
+fn registry_host(reference: &str) -> String {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first.to_string(),
+        _ => "docker.io".to_string(),
     }
 }

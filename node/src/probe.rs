@@ -1,5 +1,5 @@
 //! Liveness, readiness and startup probes: httpGet and tcpSocket against the pod's address,
-//! each probe a task that reports every result to its pod worker, which counts them against
+//! exec inside Linux containers, each probe a task that reports every result to its pod worker, which counts them against
 //! the probe's thresholds.
 
 use std::net::{IpAddr, SocketAddr};
@@ -50,8 +50,22 @@ fn port_of(port: &IntOrString, container: &Container) -> Result<u16, String> {
     }
 }
 
+/// Where an exec probe runs its command: a Linux container of the oci runtime.
+#[derive(Clone)]
+pub struct ExecTarget {
+    pub oci: std::sync::Arc<runtime::oci::OciRuntime>,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
 /// Runs a probe once: None when it passed.
-pub async fn check(probe: &Probe, pod_ip: IpAddr, container: &Container) -> Option<String> {
+pub async fn check(
+    probe: &Probe,
+    pod_ip: IpAddr,
+    container: &Container,
+    exec: Option<&ExecTarget>,
+) -> Option<String> {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
     let attempt = async {
         if let Some(h) = &probe.http_get {
@@ -70,10 +84,38 @@ pub async fn check(probe: &Probe, pod_ip: IpAddr, container: &Container) -> Opti
                 .await
                 .map(|_| ())
                 .map_err(|e| format!("dial tcp {pod_ip}:{port}: {e}"))
-        } else if probe.exec.is_some() {
-            Err("exec probes need a process to run in; Wasm containers support httpGet and tcpSocket".into())
+        } else if let Some(action) = &probe.exec {
+            let Some(target) = exec else {
+                return Err(
+                    "exec probes need a process to run in; Wasm containers support \
+                            httpGet and tcpSocket"
+                        .into(),
+                );
+            };
+            let argv = action.command.clone().unwrap_or_default();
+            if argv.is_empty() {
+                return Err("the exec probe has no command".into());
+            }
+            match target
+                .oci
+                .exec_output(
+                    &target.namespace,
+                    &target.pod,
+                    &target.container,
+                    argv,
+                    timeout,
+                )
+                .await
+            {
+                Ok((0, _)) => Ok(()),
+                Ok((code, output)) => Err(format!(
+                    "command exited with {code}: {}",
+                    output.trim().chars().take(200).collect::<String>()
+                )),
+                Err(e) => Err(e.to_string()),
+            }
         } else {
-            Err("the probe has no handler (httpGet or tcpSocket)".into())
+            Err("the probe has no handler (httpGet, tcpSocket or exec)".into())
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -115,6 +157,7 @@ pub fn spawn(
     index: usize,
     generation: u64,
     pod_ip: IpAddr,
+    exec: Option<ExecTarget>,
     report: mpsc::Sender<Outcome>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -122,7 +165,7 @@ pub fn spawn(
         tokio::time::sleep(Duration::from_secs(delay)).await;
         let period = Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
         loop {
-            let failure = check(&probe, pod_ip, &container).await;
+            let failure = check(&probe, pod_ip, &container, exec.as_ref()).await;
             let outcome = Outcome {
                 container: index,
                 generation,

@@ -6,8 +6,10 @@
 //! turns pods into specs and exit statuses back into pod status.
 
 pub mod images;
+pub mod layers;
 pub mod logs;
 pub mod netns;
+pub mod oci;
 pub mod outbound;
 pub mod registry;
 pub mod usage;
@@ -18,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
@@ -49,6 +52,39 @@ pub struct ContainerSpec {
     pub outbound: Option<Arc<dyn outbound::Outbound>>,
     /// Where the runtime counts what the container uses.
     pub usage: Arc<usage::Usage>,
+    /// What only Linux containers use (the Wasm backend ignores it).
+    pub linux: LinuxOptions,
+}
+
+/// The parts of a container's spec that only Linux containers have: the pod's command and
+/// args before they are merged with the image's Entrypoint and Cmd, the security context,
+/// the CPU request.
+#[derive(Clone, Debug, Default)]
+pub struct LinuxOptions {
+    /// The container's `command` (Entrypoint override), with `$(VAR)` expanded.
+    pub command: Option<Vec<String>>,
+    /// The container's `args` (Cmd override), with `$(VAR)` expanded.
+    pub args: Option<Vec<String>>,
+    pub working_dir: Option<String>,
+    pub hostname: String,
+    /// CPU request in millicores: the container's cpu shares.
+    pub cpu_request: Option<u64>,
+    pub security: Security,
+}
+
+/// A container's securityContext, merged with the pod's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Security {
+    pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
+    pub run_as_non_root: bool,
+    pub read_only_root_filesystem: bool,
+    pub privileged: bool,
+    /// Kubernetes defaults allowPrivilegeEscalation to true; false sets no_new_privs
+    /// (Drover sets it whenever the container is not privileged, as hardening by default).
+    pub allow_privilege_escalation: Option<bool>,
+    pub capabilities_add: Vec<String>,
+    pub capabilities_drop: Vec<String>,
 }
 
 /// A host directory the container sees at `guest_path`.
@@ -93,20 +129,24 @@ pub enum StartError {
     Config(String),
 }
 
+/// What a container's stop channel says: `None` while it may run; `Some(grace)` once it must
+/// stop: asked politely (SIGTERM), then forced (SIGKILL) when the grace period is over.
+pub type StopRequest = Option<Duration>;
+
 /// A started container: its end, and the means to stop it.
 pub struct Running {
     pub exit: oneshot::Receiver<ExitStatus>,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<StopRequest>,
 }
 
 impl Running {
-    pub fn new(exit: oneshot::Receiver<ExitStatus>, stop: watch::Sender<bool>) -> Running {
+    pub fn new(exit: oneshot::Receiver<ExitStatus>, stop: watch::Sender<StopRequest>) -> Running {
         Running { exit, stop }
     }
 
-    /// Asks the container to stop; its `exit` then reports `Stopped`.
+    /// Stops the container at once; its `exit` then reports `Stopped`.
     pub fn stop(&self) {
-        self.stop.send_replace(true);
+        self.stop.send_replace(Some(Duration::ZERO));
     }
 
     /// A handle that can stop the container after `Running` is consumed.
@@ -116,11 +156,24 @@ impl Running {
 }
 
 #[derive(Clone)]
-pub struct Stopper(watch::Sender<bool>);
+pub struct Stopper(watch::Sender<StopRequest>);
 
 impl Stopper {
+    /// Stops the container at once.
     pub fn stop(&self) {
-        self.0.send_replace(true);
+        self.stop_within(Duration::ZERO);
+    }
+
+    /// Asks the container to stop, and forces it after `grace`. A second request can shorten
+    /// the grace period but never lengthen it.
+    pub fn stop_within(&self, grace: Duration) {
+        self.0.send_if_modified(|current| match *current {
+            Some(old) if old <= grace => false,
+            _ => {
+                *current = Some(grace);
+                true
+            }
+        });
     }
 }
 

@@ -403,7 +403,7 @@ impl WasmRuntime {
         spec: ContainerSpec,
     ) -> Result<Running, StartError> {
         let (exit_tx, exit_rx) = oneshot::channel();
-        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let (stop_tx, mut stop_rx) = watch::channel(None);
         let limits = limit(&spec);
         let cpu_limit = spec.cpu_limit;
         let builder = wasi_builder(&spec)?;
@@ -424,7 +424,7 @@ impl WasmRuntime {
             );
             let result = tokio::select! {
                 r = run => Some(r),
-                _ = stop_rx.wait_for(|s| *s) => None,
+                _ = stop_rx.wait_for(|s| s.is_some()) => None,
             };
             log.finish();
             let status = match result {
@@ -546,7 +546,7 @@ impl WasmRuntime {
                 .await
                 .map_err(|e| StartError::Config(format!("cannot listen on {addr}: {e}")))?;
             let (exit_tx, exit_rx) = oneshot::channel();
-            let (stop_tx, mut stop_rx) = watch::channel(false);
+            let (stop_tx, mut stop_rx) = watch::channel(None);
             let engine = self.engine.clone();
             let spec = Arc::new(spec);
             let log = spec.log.clone();
@@ -589,7 +589,7 @@ impl WasmRuntime {
                 };
                 tokio::select! {
                     _ = serve => {}
-                    _ = stop_rx.wait_for(|s| *s) => {}
+                    _ = stop_rx.wait_for(|s| s.is_some()) => {}
                 }
                 log.finish();
                 let _ = exit_tx.send(ExitStatus::Stopped);

@@ -35,6 +35,7 @@ fn spec(dir: &std::path::Path, bytes: &[u8], memory_limit: Option<u64>) -> Conta
         netns: None,
         outbound: None,
         usage: Default::default(),
+        linux: Default::default(),
     }
 }
 

@@ -3,6 +3,8 @@
 //! hence `dead_code` allowed.)
 #![allow(dead_code)]
 
+pub mod lan;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;

@@ -1,0 +1,161 @@
+//! What a pod's Linux containers need beyond what Wasm containers do, decided from the pod
+//! without I/O: their security context (the container's merged over the pod's), their command
+//! and args as written (merged with the image later, by the runtime), and the pod's /etc files.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use runtime::{LinuxOptions, Security};
+
+/// The Linux side of a container's spec; `$(VAR)` in command and args expanded from `env`.
+pub fn options(pod: &Pod, container: &Container, env: &[(String, String)]) -> LinuxOptions {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let pod_sc = spec.security_context.unwrap_or_default();
+    let sc = container.security_context.clone().unwrap_or_default();
+    let caps = sc.capabilities.clone().unwrap_or_default();
+    let expand = |list: &Option<Vec<String>>| {
+        list.as_ref()
+            .map(|l| l.iter().map(|a| crate::env::expand(a, env)).collect())
+    };
+    let id = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
+    LinuxOptions {
+        command: expand(&container.command),
+        args: expand(&container.args),
+        working_dir: container.working_dir.clone().filter(|d| !d.is_empty()),
+        hostname: hostname(pod),
+        cpu_request: container
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("cpu"))
+            .and_then(|q| api::quantity::millicores(&q.0)),
+        security: Security {
+            run_as_user: id(sc.run_as_user.or(pod_sc.run_as_user)),
+            run_as_group: id(sc.run_as_group.or(pod_sc.run_as_group)),
+            run_as_non_root: sc
+                .run_as_non_root
+                .or(pod_sc.run_as_non_root)
+                .unwrap_or(false),
+            read_only_root_filesystem: sc.read_only_root_filesystem.unwrap_or(false),
+            privileged: sc.privileged.unwrap_or(false),
+            allow_privilege_escalation: sc.allow_privilege_escalation,
+            capabilities_add: caps.add.unwrap_or_default(),
+            capabilities_drop: caps.drop.unwrap_or_default(),
+        },
+    }
+}
+
+/// The pod's hostname: `spec.hostname`, or its name, cut to the 63 bytes a hostname may have.
+pub fn hostname(pod: &Pod) -> String {
+    let name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .filter(|h| !h.is_empty())
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default();
+    name.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches(['-', '.'])
+        .to_string()
+}
+
+/// The pod's `/etc/hosts`, `/etc/hostname` and (when the cluster DNS is known and the pod's
+/// dnsPolicy is ClusterFirst, the default) `/etc/resolv.conf`, as the kubelet writes them.
+pub fn etc_files(pod: &Pod, pod_ip: IpAddr, dns: Option<Ipv4Addr>) -> Vec<(&'static str, String)> {
+    let host = hostname(pod);
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let spec = pod.spec.clone().unwrap_or_default();
+    let fqdn = spec
+        .subdomain
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|sub| format!("{host}.{sub}.{ns}.svc.cluster.local\t"))
+        .unwrap_or_default();
+    let mut hosts = format!(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         {pod_ip}\t{fqdn}{host}\n"
+    );
+    for alias in spec.host_aliases.iter().flatten() {
+        let ip = &alias.ip;
+        if ip.parse::<IpAddr>().is_ok() {
+            let names = alias.hostnames.clone().unwrap_or_default().join("\t");
+            hosts.push_str(&format!("{ip}\t{names}\n"));
+        }
+    }
+    let mut files = vec![("hosts", hosts), ("hostname", format!("{host}\n"))];
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    if let (Some(dns), "ClusterFirst" | "ClusterFirstWithHostNet") = (dns, policy) {
+        files.push((
+            "resolv.conf",
+            network::dns::resolv_conf(&ns, dns, "cluster.local"),
+        ));
+    }
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_container_security_context_wins_over_the_pod() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop"},
+            "spec": {
+                "securityContext": {"runAsUser": 1000, "runAsGroup": 2000, "runAsNonRoot": true},
+                "containers": [{"name": "c", "command": ["echo", "$(GREETING)"],
+                    "securityContext": {"runAsUser": 33, "capabilities": {"drop": ["ALL"]}},
+                    "resources": {"requests": {"cpu": "250m"}}}],
+            },
+        }));
+        let c = p.spec.as_ref().unwrap().containers[0].clone();
+        let o = options(&p, &c, &[("GREETING".into(), "hi".into())]);
+        assert_eq!(o.command, Some(vec!["echo".to_string(), "hi".to_string()]));
+        assert_eq!(o.args, None);
+        assert_eq!(o.security.run_as_user, Some(33));
+        assert_eq!(o.security.run_as_group, Some(2000));
+        assert!(o.security.run_as_non_root);
+        assert_eq!(o.security.capabilities_drop, vec!["ALL"]);
+        assert_eq!(o.cpu_request, Some(250));
+        assert_eq!(o.hostname, "web-1");
+    }
+
+    #[test]
+    fn etc_files_name_the_pod_and_the_cluster_dns() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop"},
+            "spec": {"subdomain": "web", "containers": [],
+                     "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["db"]}, {"ip": "bad"}]},
+        }));
+        let files = etc_files(
+            &p,
+            "10.42.0.7".parse().unwrap(),
+            Some(Ipv4Addr::new(10, 96, 0, 10)),
+        );
+        let get = |n: &str| {
+            files
+                .iter()
+                .find(|(f, _)| *f == n)
+                .map(|(_, c)| c.clone())
+                .unwrap()
+        };
+        assert!(get("hosts").contains("10.42.0.7\tweb-1.web.shop.svc.cluster.local\tweb-1\n"));
+        assert!(get("hosts").contains("10.1.2.3\tdb\n"));
+        assert!(!get("hosts").contains("bad"));
+        assert_eq!(get("hostname"), "web-1\n");
+        assert!(get("resolv.conf").contains("nameserver 10.96.0.10"));
+        assert!(get("resolv.conf").contains("search shop.svc.cluster.local"));
+        let no_dns = etc_files(&p, "10.42.0.7".parse().unwrap(), None);
+        assert!(no_dns.iter().all(|(f, _)| *f != "resolv.conf"));
+    }
+}

@@ -1,0 +1,395 @@
+//! The node's exec endpoint driven by a WebSocket client as kubectl drives it
+//! (`v5.channel.k8s.io`), with an `Exec` that runs host processes (`sh -c`) for containers,
+//! and a stand-in API server that answers the endpoint's TokenReviews.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use futures_util::{SinkExt, StreamExt};
+use node::exec::{Exec, ExecError, WasmExec};
+use node::logserver::LogServer;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+/// Runs commands on the host; containers `missing` and `wasm` stand for the other outcomes.
+struct HostExec;
+
+/// The node's own answer for Wasm containers.
+static WASM: WasmExec = WasmExec;
+
+impl Exec for HostExec {
+    fn exec(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        argv: Vec<String>,
+        stdin: bool,
+    ) -> runtime::BoxFuture<'_, Result<Child, ExecError>> {
+        match container {
+            "missing" => {
+                let message = format!("container missing is not running in pod {namespace}/{pod}");
+                Box::pin(async move { Err(ExecError::NotFound(message)) })
+            }
+            "wasm" => WASM.exec(namespace, pod, container, argv, stdin),
+            _ => Box::pin(async move {
+                let (program, args) = argv.split_first().expect("the endpoint checks");
+                Command::new(program)
+                    .args(args)
+                    .stdin(if stdin {
+                        std::process::Stdio::piped()
+                    } else {
+                        std::process::Stdio::null()
+                    })
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| ExecError::Failed(format!("cannot start {program}: {e}")))
+            }),
+        }
+    }
+}
+
+/// A stand-in API server whose TokenReview accepts the token `good` as the API server's.
+async fn api_server() -> SocketAddr {
+    let review = |Json(review): Json<Value>| async move {
+        let good = review["spec"]["token"] == "good";
+        Json(
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "status": {"authenticated": good, "user": {"username": "system:kube-apiserver"}}}),
+        )
+    };
+    let app = axum::Router::new().route(
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        axum::routing::post(review),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// The node's endpoint, with `HostExec`; returns its address and the temporary pods dir.
+async fn endpoint() -> (SocketAddr, tempfile::TempDir) {
+    let api = api_server().await;
+    let config = kube::Config::new(format!("http://{api}").parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Arc::new(LogServer::new(
+        "n1".into(),
+        dir.path().to_path_buf(),
+        Arc::default(),
+        Arc::default(),
+        client,
+        Arc::new(HostExec),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, server.router()).await });
+    (addr, dir)
+}
+
+/// What a session gave back: stdout, stderr, the status on channel 3 and the close code.
+#[derive(Debug, Default)]
+struct Outcome {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    status: Option<Value>,
+    close_code: Option<u16>,
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(
+    addr: SocketAddr,
+    container: &str,
+    query: &str,
+    token: &str,
+    protocol: &str,
+) -> Result<Socket, WsError> {
+    let url = format!("ws://{addr}/exec/default/web/{container}?{query}");
+    let mut request = url.into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    headers.insert("sec-websocket-protocol", protocol.parse().unwrap());
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(socket, _)| socket)
+}
+
+/// Sends `stdin` (then, in v5, its end) while reading everything that comes back.
+async fn session(socket: Socket, stdin: Vec<Vec<u8>>, close_stdin: bool) -> Outcome {
+    let (mut tx, mut rx) = socket.split();
+    let sender = tokio::spawn(async move {
+        for chunk in stdin {
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(&chunk);
+            tx.send(Message::Binary(frame.into())).await.unwrap();
+        }
+        if close_stdin {
+            tx.send(Message::Binary(vec![255, 0].into())).await.unwrap();
+        }
+    });
+    let mut outcome = Outcome::default();
+    let read = async {
+        while let Some(message) = rx.next().await {
+            match message.expect("the session reads cleanly") {
+                Message::Binary(data) => match data.first() {
+                    Some(1) => outcome.stdout.extend_from_slice(&data[1..]),
+                    Some(2) => outcome.stderr.extend_from_slice(&data[1..]),
+                    Some(3) => outcome.status = Some(serde_json::from_slice(&data[1..]).unwrap()),
+                    other => panic!("a message on an unexpected channel {other:?}"),
+                },
+                Message::Close(frame) => outcome.close_code = frame.map(|f| f.code.into()),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the session ends");
+    let _ = sender.await;
+    outcome
+}
+
+async fn run(addr: SocketAddr, query: &str) -> Outcome {
+    let socket = connect(addr, "web", query, "good", "v5.channel.k8s.io")
+        .await
+        .unwrap();
+    session(socket, Vec::new(), false).await
+}
+
+/// The query of `sh -c script`, all streams but stdin.
+fn sh(script: &str) -> String {
+    let script: String = url_encode(script);
+    format!("command=sh&command=-c&command={script}&stdout=true&stderr=true")
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The HTTP refusal of a request that is never upgraded: status and body.
+fn refusal(result: Result<Socket, WsError>) -> (u16, String) {
+    match result {
+        Err(WsError::Http(response)) => (
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("expected an HTTP refusal, got a WebSocket"),
+    }
+}
+
+#[tokio::test]
+async fn output_and_exit_codes_come_back_on_their_channels() {
+    let (addr, _dir) = endpoint().await;
+
+    let out = run(addr, &sh("echo hi; echo oops >&2")).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    assert_eq!(
+        out.status,
+        Some(json!({"metadata": {}, "status": "Success"}))
+    );
+    assert_eq!(
+        out.close_code,
+        Some(1000),
+        "closed normally, or kubectl drops the status"
+    );
+
+    let out = run(addr, &sh("exit 3")).await;
+    assert_eq!(
+        out.status,
+        Some(json!({"metadata": {}, "status": "Failure",
+            "message": "command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3",
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": "3"}]}}))
+    );
+
+    // Output the client did not ask for is read (the command never blocks on it) but not sent.
+    let out = run(
+        addr,
+        "command=sh&command=-c&command=echo%20out%3B%20echo%20err%20%3E%262&stdout=true",
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(out.stderr.is_empty());
+
+    // Much output, more than any pipe holds, arrives whole.
+    let out = run(addr, &sh("head -c 3000000 /dev/zero")).await;
+    assert_eq!(out.stdout.len(), 3_000_000);
+    assert_eq!(out.status.unwrap()["status"], "Success");
+
+    // v4 clients are served too (without the stdin close signal, which v4 lacks).
+    let socket = connect(addr, "web", &sh("echo v4"), "good", "v4.channel.k8s.io")
+        .await
+        .unwrap();
+    let out = session(socket, Vec::new(), false).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v4\n");
+}
+
+#[tokio::test]
+async fn stdin_flows_in_until_the_client_closes_it() {
+    let (addr, _dir) = endpoint().await;
+    let query = "command=tr&command=a-z&command=A-Z&stdin=true&stdout=true&stderr=true";
+    let socket = connect(addr, "web", query, "good", "v5.channel.k8s.io")
+        .await
+        .unwrap();
+    let out = session(socket, vec![b"hello ".to_vec(), b"world\n".to_vec()], true).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO WORLD\n");
+    assert_eq!(out.status.unwrap()["status"], "Success");
+
+    // `cat` of an input larger than the pipes: stdin and stdout flow at the same time.
+    let query = "command=cat&stdin=true&stdout=true";
+    let socket = connect(addr, "web", query, "good", "v5.channel.k8s.io")
+        .await
+        .unwrap();
+    let chunks: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 32 * 1024]).collect();
+    let expected: Vec<u8> = chunks.concat();
+    let out = session(socket, chunks, true).await;
+    assert_eq!(out.stdout.len(), expected.len());
+    assert!(out.stdout == expected, "the output differs from the input");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_stops_its_command() {
+    let (addr, _dir) = endpoint().await;
+    let mut socket = connect(
+        addr,
+        "web",
+        &sh("echo $$; exec sleep 60"),
+        "good",
+        "v5.channel.k8s.io",
+    )
+    .await
+    .unwrap();
+    let pid = loop {
+        match socket.next().await.unwrap().unwrap() {
+            Message::Binary(data) if data.first() == Some(&1) => {
+                break String::from_utf8_lossy(&data[1..]).trim().to_string();
+            }
+            _ => {}
+        }
+    };
+    let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc.exists());
+    drop(socket);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while proc.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn commands_that_cannot_start_end_with_a_status_kubectl_prints() {
+    let (addr, _dir) = endpoint().await;
+    for (container, code, reason, message) in [
+        (
+            "missing",
+            404,
+            "NotFound",
+            "container missing is not running in pod default/web".to_string(),
+        ),
+        (
+            "wasm",
+            400,
+            "BadRequest",
+            "exec is not supported for Wasm containers".to_string(),
+        ),
+    ] {
+        let socket = connect(addr, container, &sh("true"), "good", "v5.channel.k8s.io")
+            .await
+            .unwrap();
+        let out = session(socket, Vec::new(), false).await;
+        assert_eq!(
+            out.status,
+            Some(
+                json!({"metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code})
+            )
+        );
+        assert_eq!(out.close_code, Some(1000));
+    }
+    // A program that does not exist fails to start.
+    let socket = connect(
+        addr,
+        "web",
+        "command=no-such-program&stdout=true",
+        "good",
+        "v5.channel.k8s.io",
+    )
+    .await
+    .unwrap();
+    let status = session(socket, Vec::new(), false).await.status.unwrap();
+    assert_eq!(status["reason"], "InternalError");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot start no-such-program"),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn requests_that_cannot_be_served_are_refused_before_the_upgrade() {
+    let (addr, _dir) = endpoint().await;
+    let (code, _) = refusal(connect(addr, "web", &sh("true"), "bad", "v5.channel.k8s.io").await);
+    assert_eq!(code, 401);
+    let (code, body) = refusal(
+        connect(
+            addr,
+            "web",
+            &format!("{}&tty=true", sh("true")),
+            "good",
+            "v5.channel.k8s.io",
+        )
+        .await,
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("kubectl exec -t"), "{body}");
+    let (code, body) =
+        refusal(connect(addr, "web", "stdout=true", "good", "v5.channel.k8s.io").await);
+    assert_eq!(code, 400);
+    assert!(body.contains("at least one command"), "{body}");
+    let (code, body) =
+        refusal(connect(addr, "web", &sh("true"), "good", "base64.channel.k8s.io").await);
+    assert_eq!(code, 400);
+    assert!(body.contains("v5.channel.k8s.io"), "{body}");
+
+    // SPDY (kubectl's fallback when the WebSocket is refused) is told what is spoken instead.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(
+        format!(
+            "POST /exec/default/web/web?{} HTTP/1.1\r\nHost: n1\r\nAuthorization: Bearer good\r\n\
+             Connection: Upgrade, close\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\
+             Content-Length: 0\r\n\r\n",
+            sh("true")
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("SPDY is not supported"), "{answer}");
+}

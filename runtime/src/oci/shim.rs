@@ -1,0 +1,295 @@
+//! The container shim: `drover shim run|exec|delete`, one short-lived process per container
+//! (and per exec), where libcontainer does its work.
+//!
+//! Why a process of its own, as containerd has its shims: libcontainer starts a container by
+//! cloning the calling process, and the clone runs Rust code (allocations included) before it
+//! execs. Cloned from the node agent, a multi-threaded tokio process, the child could find a
+//! lock (the allocator's) held by a thread that does not exist in it, and hang. The shim is
+//! single-threaded while it clones. It also keeps a container's output flowing to its log
+//! file on its own, and kills the container when the agent that started it goes away.
+//!
+//! `run` talks to the agent over its stdin and stdout: it writes one JSON [`Report`] per line
+//! (started, or failed; then exited), and reads commands, one per line (`TERM`, `KILL`).
+//! End of input means the agent is gone: the container is killed.
+
+use std::io::{BufRead, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use rustix::process::{Pid, Signal, WaitOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::logs::{LogFile, Stream};
+
+/// What the shim tells the agent, one JSON object per line on its stdout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Report {
+    /// The container's process runs (its pid on the host).
+    Started { pid: i32 },
+    /// It could not be created or started: why.
+    Failed { message: String },
+    /// It ended: its exit code, or the signal that ended it, and whether the kernel's OOM
+    /// killer acted in its cgroup.
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+        oom_killed: bool,
+    },
+}
+
+/// `drover shim run`'s arguments.
+#[derive(Clone, Debug)]
+pub struct RunArgs {
+    /// libcontainer's state directory (one per node).
+    pub root: PathBuf,
+    pub id: String,
+    pub bundle: PathBuf,
+    /// The container's log file (CRI format).
+    pub log: PathBuf,
+    /// The container's cgroup, relative to each hierarchy's mount (its OOM count is read there).
+    pub cgroup: String,
+}
+
+fn report(r: &Report) {
+    let mut out = std::io::stdout().lock();
+    let line = serde_json::to_string(r).expect("a report serialises");
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn builder(root: &Path, id: &str) -> Result<ContainerBuilder, String> {
+    ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(root)
+        .map_err(|e| format!("container state directory {}: {e}", root.display()))
+}
+
+/// Creates and starts the container, copies its output to the log, waits for it, reports,
+/// and deletes it (its cgroup and state go with it).
+pub fn run(args: RunArgs) -> ExitCode {
+    let log = match LogFile::create(&args.log) {
+        Ok(l) => l,
+        Err(e) => {
+            report(&Report::Failed {
+                message: format!("cannot open the log {}: {e}", args.log.display()),
+            });
+            return ExitCode::FAILURE;
+        }
+    };
+    let pipes = (|| -> std::io::Result<_> {
+        let (out_r, out_w) = std::io::pipe()?;
+        let (err_r, err_w) = std::io::pipe()?;
+        let null = std::fs::File::open("/dev/null")?;
+        Ok((
+            out_r,
+            OwnedFd::from(out_w),
+            err_r,
+            OwnedFd::from(err_w),
+            null,
+        ))
+    })();
+    let (out_r, out_w, err_r, err_w, null) = match pipes {
+        Ok(p) => p,
+        Err(e) => {
+            report(&Report::Failed {
+                message: format!("cannot make the container's pipes: {e}"),
+            });
+            return ExitCode::FAILURE;
+        }
+    };
+    let created = builder(&args.root, &args.id).and_then(|b| {
+        b.with_stdin(OwnedFd::from(null))
+            .with_stdout(out_w)
+            .with_stderr(err_w)
+            .as_init(&args.bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    let mut container = match created {
+        Ok(c) => c,
+        Err(message) => {
+            delete_quietly(&args.root, &args.id);
+            report(&Report::Failed { message });
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = container.start() {
+        let _ = container.delete(true);
+        report(&Report::Failed {
+            message: e.to_string(),
+        });
+        return ExitCode::FAILURE;
+    }
+    let Some(pid) = container.pid().and_then(|p| Pid::from_raw(p.as_raw())) else {
+        let _ = container.delete(true);
+        report(&Report::Failed {
+            message: "the container started without a process".into(),
+        });
+        return ExitCode::FAILURE;
+    };
+    report(&Report::Started {
+        pid: pid.as_raw_nonzero().get(),
+    });
+
+    // From here on the shim may have threads: it clones no more.
+    let copiers = [(out_r, Stream::Stdout), (err_r, Stream::Stderr)].map(|(mut pipe, stream)| {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => log.write(stream, &buf[..n]),
+                }
+            }
+        })
+    });
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin().lock();
+        for line in stdin.lines() {
+            match line.as_deref().map(str::trim) {
+                Ok("TERM") => {
+                    let _ = rustix::process::kill_process(pid, Signal::TERM);
+                }
+                Ok("KILL") => {
+                    let _ = rustix::process::kill_process(pid, Signal::KILL);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        // The agent is gone: nobody would ever stop this container.
+        let _ = rustix::process::kill_process(pid, Signal::KILL);
+    });
+
+    let (code, signal) = loop {
+        match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+            Ok(Some((_, status))) => {
+                if let Some(code) = status.exit_status() {
+                    break (Some(code), None);
+                }
+                if let Some(sig) = status.terminating_signal() {
+                    break (None, Some(sig));
+                }
+            }
+            Ok(None) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break (None, None),
+        }
+    };
+    // The pid namespace died with its first process, so every writer of the pipes is gone.
+    for c in copiers {
+        let _ = c.join();
+    }
+    log.finish();
+    let oom_killed = oom_kills(&args.cgroup) > 0;
+    let _ = container.refresh_status();
+    if let Err(e) = container.delete(true) {
+        eprintln!("drover shim: deleting container {}: {e}", args.id);
+    }
+    report(&Report::Exited {
+        code,
+        signal,
+        oom_killed,
+    });
+    ExitCode::SUCCESS
+}
+
+/// How often the OOM killer acted in a container's cgroup, on cgroup v1 or v2.
+pub fn oom_kills(cgroup: &str) -> u64 {
+    let rel = cgroup.trim_start_matches('/');
+    let candidates = [
+        (
+            format!("/sys/fs/cgroup/memory/{rel}/memory.oom_control"),
+            "oom_kill ",
+        ),
+        (format!("/sys/fs/cgroup/{rel}/memory.events"), "oom_kill "),
+        (
+            format!("/sys/fs/cgroup/unified/{rel}/memory.events"),
+            "oom_kill ",
+        ),
+    ];
+    candidates
+        .iter()
+        .filter_map(|(path, key)| std::fs::read_to_string(path).ok().map(|t| (t, key)))
+        .filter_map(|(text, key)| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// `drover shim exec`: runs `argv` inside a running container with the shim's own stdio, and
+/// exits with its exit code (128 + the signal that ended it; 126 when it could not start).
+pub fn exec(root: &Path, id: &str, argv: Vec<String>) -> ExitCode {
+    let started = builder(root, id).and_then(|b| {
+        b.as_tenant()
+            .with_container_args(argv.clone())
+            .with_detach(true)
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    let pid = match started.map(|p| Pid::from_raw(p.as_raw())) {
+        Ok(Some(pid)) => pid,
+        Ok(None) => {
+            eprintln!("cannot exec {argv:?} in container {id}: no process");
+            return ExitCode::from(126);
+        }
+        Err(e) => {
+            eprintln!("cannot exec {argv:?} in container {id}: {e}");
+            return ExitCode::from(126);
+        }
+    };
+    loop {
+        match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+            Ok(Some((_, status))) => {
+                if let Some(code) = status.exit_status() {
+                    return ExitCode::from(code as u8);
+                }
+                if let Some(sig) = status.terminating_signal() {
+                    return ExitCode::from((128 + sig) as u8);
+                }
+            }
+            Ok(None) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                eprintln!("waiting for {argv:?}: {e}");
+                return ExitCode::from(126);
+            }
+        }
+    }
+}
+
+/// `drover shim delete`: kills and deletes a container left behind (its shim was killed, or
+/// the node restarted), with its cgroup and state.
+pub fn delete(root: &Path, id: &str) -> ExitCode {
+    match Container::load(root.join(id)) {
+        Ok(mut c) => {
+            let _ = c.refresh_status();
+            match c.delete(true) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cannot delete container {id}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("no container {id} in {}: {e}", root.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn delete_quietly(root: &Path, id: &str) {
+    if let Ok(mut c) = Container::load(root.join(id)) {
+        let _ = c.delete(true);
+    }
+}
