@@ -31,12 +31,7 @@ enum ImageCommand {
         #[arg(long, requires = "password")]
         username: Option<String>,
         /// The password (or token) for --username; better given in the environment.
-        #[arg(
-            long,
-            requires = "username",
-            env = "DROVER_REGISTRY_PASSWORD",
-            hide_env_values = true
-        )]
+        #[arg(long, env = "DROVER_REGISTRY_PASSWORD", hide_env_values = true)]
         password: Option<String>,
         #[command(flatten)]
         dir: NodeDir,
@@ -88,7 +83,10 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
         ImageCommand::Ls { dir } => {
             let store = open_store(&dir)?;
             let images = tokio::task::spawn_blocking(move || store.list()).await?;
-            println!("{:<50} {:<5} {:<19} {:>9}", "REFERENCE", "KIND", "DIGEST", "SIZE");
+            println!(
+                "{:<50} {:<5} {:<19} {:>9}",
+                "REFERENCE", "KIND", "DIGEST", "SIZE"
+            );
             for image in images {
                 let kind = match image.kind {
                     ImageKind::Wasm => "wasm",
@@ -113,9 +111,7 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
         } => {
             let store = open_store(&dir)?;
             let auth = match (username, password) {
-                (Some(username), Some(password)) => {
-                    RegistryAuth::Basic(username, password)
-                }
+                (Some(username), Some(password)) => RegistryAuth::Basic(username, password),
                 _ => RegistryAuth::Anonymous,
             };
             let image = Registries::new(insecure)
@@ -138,8 +134,8 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
             dir,
         } => {
             let store = open_store(&dir)?;
-            let image = tokio::task::spawn_blocking(move || store.import(&file, &reference))
-                .await??;
+            let image =
+                tokio::task::spawn_blocking(move || store.import(&file, &reference)).await??;
             println!("{} {}", image.reference, image.digest);
             Ok(())
         }

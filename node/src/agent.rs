@@ -233,7 +233,9 @@ impl NodeAgent {
             self.ctx.logs.clone(),
             self.ctx.usage.clone(),
             self.client.clone(),
-            Arc::new(crate::exec::WasmExec),
+            Arc::new(crate::linux::ContainerExec {
+                oci: self.ctx.oci.clone(),
+            }),
         ));
         tokio::spawn(self.ctx.usage.clone().run());
         let addr = SocketAddr::new(self.config.address, self.config.port);

@@ -99,6 +99,41 @@ pub fn etc_files(pod: &Pod, pod_ip: IpAddr, dns: Option<Ipv4Addr>) -> Vec<(&'sta
     files
 }
 
+/// `kubectl exec` on this node: commands run in Linux containers through the oci runtime.
+pub struct ContainerExec {
+    pub oci: Option<std::sync::Arc<runtime::oci::OciRuntime>>,
+}
+
+impl crate::exec::Exec for ContainerExec {
+    fn exec(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        argv: Vec<String>,
+        stdin: bool,
+    ) -> runtime::BoxFuture<'_, Result<tokio::process::Child, crate::exec::ExecError>> {
+        use crate::exec::ExecError;
+        let result = match &self.oci {
+            None => Err(ExecError::NotSupported(
+                "exec is not supported for Wasm containers, and this node runs no Linux \
+                 containers"
+                    .into(),
+            )),
+            Some(oci) => oci
+                .exec(namespace, pod, container, argv, stdin)
+                .map_err(|e| match e {
+                    runtime::oci::ExecError::NotRunning(_) => ExecError::NotSupported(format!(
+                        "container {container:?} of pod {namespace}/{pod} is not a running \
+                         Linux container here (exec is not supported for Wasm containers)"
+                    )),
+                    runtime::oci::ExecError::Failed(m) => ExecError::Failed(m),
+                }),
+        };
+        Box::pin(async move { result })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

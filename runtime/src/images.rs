@@ -26,8 +26,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::path::{Component, Path, PathBuf};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use oci_spec::image::{
@@ -238,8 +238,8 @@ pub(crate) fn select_platform<'a>(
 
 /// A manifest's bytes, read as an image index or a single image's manifest.
 pub(crate) enum ManifestOrIndex {
-    Index(ImageIndex),
-    Manifest(ImageManifest),
+    Index(Box<ImageIndex>),
+    Manifest(Box<ImageManifest>),
 }
 
 pub(crate) fn parse_manifest(bytes: &[u8], what: &str) -> Result<ManifestOrIndex, ImageError> {
@@ -248,13 +248,13 @@ pub(crate) fn parse_manifest(bytes: &[u8], what: &str) -> Result<ManifestOrIndex
     };
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| invalid(&e))?;
     if value.get("manifests").is_some() {
-        Ok(ManifestOrIndex::Index(
+        Ok(ManifestOrIndex::Index(Box::new(
             ImageIndex::from_reader(bytes).map_err(|e| invalid(&e))?,
-        ))
+        )))
     } else {
-        Ok(ManifestOrIndex::Manifest(
+        Ok(ManifestOrIndex::Manifest(Box::new(
             ImageManifest::from_reader(bytes).map_err(|e| invalid(&e))?,
-        ))
+        )))
     }
 }
 
@@ -516,7 +516,7 @@ impl ImageStore {
         };
         if std::fs::metadata(file).map_err(read_err)?.is_dir() {
             let _writing = self.writing()?;
-            return self.import_dir(file, &reference);
+            return self.import_dir(file, &reference, &file.display().to_string());
         }
         let mut head = Vec::with_capacity(512);
         File::open(file)
@@ -547,51 +547,64 @@ impl ImageStore {
             .map_err(|e| {
                 ImageError::Invalid(format!("{} is not a valid tar: {e}", file.display()))
             })?;
-        self.import_dir(extracted.path(), &reference)
+        self.import_dir(extracted.path(), &reference, &file.display().to_string())
     }
 
-    fn import_dir(&self, dir: &Path, reference: &str) -> Result<StoredImage, ImageError> {
+    /// Imports the image in `dir`, an OCI layout or a `docker save` export; `what` names
+    /// what the user gave in errors.
+    fn import_dir(
+        &self,
+        dir: &Path,
+        reference: &str,
+        what: &str,
+    ) -> Result<StoredImage, ImageError> {
         if dir.join("index.json").is_file() {
-            self.import_oci_layout(dir, reference)
+            self.import_oci_layout(dir, reference, what)
         } else if dir.join("manifest.json").is_file() {
-            self.import_docker_save(dir, reference)
+            self.import_docker_save(dir, reference, what)
         } else {
             Err(ImageError::Invalid(format!(
-                "{} is neither an OCI image layout (no index.json) nor a `docker save` export \
-                 (no manifest.json)",
-                dir.display()
+                "{what} is neither an OCI image layout (no index.json) nor a `docker save` \
+                 export (no manifest.json)"
             )))
         }
     }
 
     /// An OCI image layout: `index.json` names the image (by `org.opencontainers.image.ref.name`
     /// when it holds several), blobs are in `blobs/sha256/`.
-    fn import_oci_layout(&self, dir: &Path, reference: &str) -> Result<StoredImage, ImageError> {
-        let what = dir.display().to_string();
-        let layout_blob = |digest: &str| -> Result<PathBuf, ImageError> {
+    fn import_oci_layout(
+        &self,
+        dir: &Path,
+        reference: &str,
+        what: &str,
+    ) -> Result<StoredImage, ImageError> {
+        let layout_blob = |digest: &str| -> Result<File, ImageError> {
             if !valid_digest(digest) {
                 return Err(ImageError::Invalid(format!(
                     "{what}: unsupported digest {digest:?} (only sha256 is)"
                 )));
             }
-            Ok(dir
-                .join("blobs/sha256")
-                .join(digest.trim_start_matches("sha256:")))
+            let hex = digest.trim_start_matches("sha256:");
+            open_inside(dir, &format!("blobs/sha256/{hex}"), what)
         };
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| ImageError::Read {
-                path: path.display().to_string(),
-                source,
-            })
+        let read = |digest: &str| -> Result<Vec<u8>, ImageError> {
+            let mut bytes = Vec::new();
+            layout_blob(digest)?
+                .read_to_end(&mut bytes)
+                .map_err(|source| ImageError::Read {
+                    path: format!("{digest} in {what}"),
+                    source,
+                })?;
+            Ok(bytes)
         };
-        let index = ImageIndex::from_file(dir.join("index.json"))
-            .map_err(|e| ImageError::Invalid(format!("{what}/index.json cannot be read: {e}")))?;
-        let mut descriptor = pick_layout_image(&index, reference, &what)?;
+        let index = ImageIndex::from_reader(open_inside(dir, "index.json", what)?)
+            .map_err(|e| ImageError::Invalid(format!("{what}: index.json cannot be read: {e}")))?;
+        let mut descriptor = pick_layout_image(&index, reference, what)?;
         // Follow nested indexes (multi-platform images) down to one image's manifest.
         let mut manifest = None;
         for _ in 0..4 {
             let digest = descriptor.digest().to_string();
-            let bytes = read(&layout_blob(&digest)?)?;
+            let bytes = read(&digest)?;
             if sha256_digest(&bytes) != digest {
                 return Err(ImageError::DigestMismatch {
                     what: format!("manifest {digest} in {what}"),
@@ -599,12 +612,12 @@ impl ImageStore {
                     actual: sha256_digest(&bytes),
                 });
             }
-            match parse_manifest(&bytes, &what)? {
+            match parse_manifest(&bytes, what)? {
                 ManifestOrIndex::Index(index) => {
-                    descriptor = select_platform(&index, &what)?.clone()
+                    descriptor = select_platform(&index, what)?.clone()
                 }
                 ManifestOrIndex::Manifest(m) => {
-                    manifest = Some((m, bytes));
+                    manifest = Some((*m, bytes));
                     break;
                 }
             }
@@ -621,20 +634,16 @@ impl ImageStore {
                     "{what}: a Wasm image has exactly one layer"
                 )));
             };
-            let bytes = read(&layout_blob(&layer.digest().to_string())?)?;
+            let bytes = read(layer.digest().as_ref())?;
             return self.add(reference, &bytes);
         }
-        check_oci_manifest(&manifest, &what)?;
+        check_oci_manifest(&manifest, what)?;
         for blob in std::iter::once(manifest.config()).chain(manifest.layers()) {
             let digest = blob.digest().to_string();
             if self.has_blob(&digest) {
                 continue;
             }
-            let path = layout_blob(&digest)?;
-            let file = File::open(&path).map_err(|source| ImageError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let file = layout_blob(&digest)?;
             self.copy_blob(file, Some(&digest), &format!("blob {digest} in {what}"))?;
         }
         self.finish_import(&manifest, &manifest_bytes, reference)
@@ -642,7 +651,12 @@ impl ImageStore {
 
     /// A `docker save` tarball, unpacked: `manifest.json` lists images as config and layer
     /// files; the manifest a registry would have is made from them.
-    fn import_docker_save(&self, dir: &Path, reference: &str) -> Result<StoredImage, ImageError> {
+    fn import_docker_save(
+        &self,
+        dir: &Path,
+        reference: &str,
+        what: &str,
+    ) -> Result<StoredImage, ImageError> {
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "PascalCase")]
         struct SavedImage {
@@ -651,18 +665,15 @@ impl ImageStore {
             repo_tags: Option<Vec<String>>,
             layers: Vec<String>,
         }
-        let what = dir.display().to_string();
-        let manifest_path = dir.join("manifest.json");
-        let saved: Vec<SavedImage> = std::fs::read(&manifest_path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
-            .map_err(|e| {
-                ImageError::Invalid(format!("{what}/manifest.json cannot be read: {e}"))
-            })?;
+        let saved: Vec<SavedImage> =
+            serde_json::from_reader(BufReader::new(open_inside(dir, "manifest.json", what)?))
+                .map_err(|e| {
+                    ImageError::Invalid(format!("{what}: manifest.json cannot be read: {e}"))
+                })?;
         let image = match saved.as_slice() {
             [] => {
                 return Err(ImageError::Invalid(format!(
-                    "{what}/manifest.json lists no image"
+                    "{what}: manifest.json lists no image"
                 )))
             }
             [only] => only,
@@ -686,11 +697,7 @@ impl ImageStore {
                 })?,
         };
         let copy = |name: &str| -> Result<(String, u64), ImageError> {
-            let path = inside(dir, name)?;
-            let file = File::open(&path).map_err(|source| ImageError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let file = open_inside(dir, name, what)?;
             self.copy_blob(file, None, &format!("{name} in {what}"))
         };
         let descriptor = |media_type: &str, (digest, size): (String, u64)| {
@@ -736,7 +743,7 @@ impl ImageStore {
     ) -> Result<StoredImage, ImageError> {
         let (digest, _) = self.copy_blob(manifest_bytes, None, "the manifest")?;
         read_run_config(
-            &self.blob_path(&manifest.config().digest().to_string()),
+            &self.blob_path(manifest.config().digest().as_ref()),
             reference,
         )?;
         for layer in manifest.layers() {
@@ -796,12 +803,12 @@ impl ImageStore {
         }
         let manifest = self.read_image_manifest(digest)?;
         let config = read_run_config(
-            &self.blob_path(&manifest.config().digest().to_string()),
+            &self.blob_path(manifest.config().digest().as_ref()),
             reference,
         )?;
         let mut layers = Vec::new();
         for layer in manifest.layers() {
-            let dir = self.layer_path(&layer.digest().to_string());
+            let dir = self.layer_path(layer.digest().as_ref());
             if !dir.is_dir() {
                 return Err(ImageError::Invalid(format!(
                     "layer {} is not unpacked",
@@ -828,7 +835,7 @@ impl ImageStore {
         match parse_manifest(&bytes, digest)? {
             ManifestOrIndex::Manifest(manifest) => {
                 check_oci_manifest(&manifest, digest)?;
-                Ok(manifest)
+                Ok(*manifest)
             }
             ManifestOrIndex::Index(_) => Err(ImageError::Invalid(format!(
                 "{digest} is an image index, not an image"
@@ -841,7 +848,7 @@ impl ImageStore {
     fn content_of(&self, digest: &str) -> Vec<PathBuf> {
         let mut content = vec![self.blob_path(digest)];
         if let Ok(manifest) = self.read_image_manifest(digest) {
-            content.push(self.blob_path(&manifest.config().digest().to_string()));
+            content.push(self.blob_path(manifest.config().digest().as_ref()));
             for layer in manifest.layers() {
                 let digest = layer.digest().to_string();
                 content.push(self.blob_path(&digest));
@@ -1018,20 +1025,22 @@ impl ImageStore {
     }
 }
 
-/// `dir/name` for a name read from an archive's own index, refused if it would leave `dir`.
-fn inside(dir: &Path, name: &str) -> Result<PathBuf, ImageError> {
-    let path = Path::new(name);
-    if path
-        .components()
-        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        Ok(dir.join(path))
-    } else {
-        Err(ImageError::Invalid(format!(
-            "{}: the file name {name:?} leaves the archive",
-            dir.display()
-        )))
+/// Opens `dir/name`, a file that an archive's own index names, refusing names and symlinks
+/// that lead out of `dir` (an archive could otherwise have `/etc/shadow` copied into the
+/// store). `what` names the archive in errors.
+fn open_inside(dir: &Path, name: &str, what: &str) -> Result<File, ImageError> {
+    let read_err = |source| ImageError::Read {
+        path: format!("{name} in {what}"),
+        source,
+    };
+    let path = dir.join(name).canonicalize().map_err(read_err)?;
+    let root = dir.canonicalize().map_err(read_err)?;
+    if !path.starts_with(&root) || !path.is_file() {
+        return Err(ImageError::Invalid(format!(
+            "{what}: {name:?} is not a file inside the image"
+        )));
     }
+    File::open(&path).map_err(read_err)
 }
 
 /// The image of an OCI layout's index that `reference` means: the only one, or the one whose

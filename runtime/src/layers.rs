@@ -203,6 +203,13 @@ fn unpack_tar(reader: impl Read, root: &Path) -> io::Result<()> {
         } else if name.starts_with(".wh..wh.") {
             // Other AUFS bookkeeping (`.wh..wh.plnk`, ...): nothing overlayfs needs.
         } else if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+            // `.wh.`, `.wh..` and `.wh...` would name the directory itself or its parent.
+            if matches!(hidden, "" | "." | "..") {
+                return Err(invalid(format!(
+                    "the whiteout {} names no file",
+                    path.display()
+                )));
+            }
             make_whiteout(&real_dir(root, parent)?.join(hidden))?;
         } else if entry.header().entry_type() == tar::EntryType::Directory {
             directories.push((path, entry));
@@ -325,6 +332,19 @@ mod tests {
         let (dir, result) = unpack_bytes(&builder.into_inner().unwrap());
         assert!(result.is_err());
         assert!(!dir.path().join("escaped").exists());
+        // Whiteouts of the directory itself or of its parent.
+        for name in [".wh.", ".wh..", ".wh..."] {
+            let mut builder = tar::Builder::new(Vec::new());
+            let mut file = tar::Header::new_gnu();
+            file.set_size(0);
+            file.set_mode(0o644);
+            builder
+                .append_data(&mut file, format!("d/{name}"), io::empty())
+                .unwrap();
+            let (dir, result) = unpack_bytes(&builder.into_inner().unwrap());
+            assert!(result.is_err(), "{name}");
+            assert!(dir.path().join("root").is_dir());
+        }
         // A hardlink to a file outside.
         let (_dir, result) = unpack_bytes(&tar_with_raw_name(
             b"passwd",

@@ -133,6 +133,21 @@ fn credentials(entry: &serde_json::Value) -> Option<RegistryAuth> {
     field("registrytoken").map(|token| RegistryAuth::Bearer(token.into()))
 }
 
+/// An error with its causes, as `error: cause: cause` (reqwest's own message leaves out why
+/// a connection failed).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message = format!("{message}: {cause}");
+        }
+        source = source.and_then(|s| s.source());
+    }
+    message
+}
+
 /// What a registry's answer means for a pull of `image`.
 fn pull_error(e: OciDistributionError, image: &str, auth: &RegistryAuth) -> PullError {
     use OciDistributionError as E;
@@ -150,9 +165,11 @@ fn pull_error(e: OciDistributionError, image: &str, auth: &RegistryAuth) -> Pull
             "not found: image {image:?} does not exist in its registry ({detail})"
         ))
     };
-    let digest_mismatch = |d: &DigestError| {
-        matches!(d, DigestError::VerificationError { .. })
-            .then(|| PullError::DigestMismatch(format!("{d} (pulling {image:?})")))
+    let digest_mismatch = |d: &DigestError| match d {
+        DigestError::VerificationError { expected, actual } => Some(PullError::DigestMismatch(
+            format!("the registry sent content with digest {actual} for {expected} of {image:?}"),
+        )),
+        _ => None,
     };
     match &e {
         E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => unauthorized(),
@@ -173,12 +190,13 @@ fn pull_error(e: OciDistributionError, image: &str, auth: &RegistryAuth) -> Pull
             ]) {
                 not_found(envelope)
             } else {
-                PullError::Registry(format!("pulling {image:?} failed: {e}"))
+                PullError::Registry(format!("pulling {image:?} failed: {}", with_causes(&e)))
             }
         }
-        E::DigestError(d) => digest_mismatch(d)
-            .unwrap_or_else(|| PullError::Registry(format!("pulling {image:?} failed: {e}"))),
-        _ => PullError::Registry(format!("pulling {image:?} failed: {e}")),
+        E::DigestError(d) => digest_mismatch(d).unwrap_or_else(|| {
+            PullError::Registry(format!("pulling {image:?} failed: {}", with_causes(&e)))
+        }),
+        _ => PullError::Registry(format!("pulling {image:?} failed: {}", with_causes(&e))),
     }
 }
 
@@ -324,7 +342,7 @@ impl Registries {
             .map_err(|e| pull_error(e, image, auth))?;
         let index = match parse_manifest(&bytes, image)? {
             ManifestOrIndex::Manifest(manifest) => {
-                return Ok((manifest, bytes.to_vec(), sha256_digest(&bytes)))
+                return Ok((*manifest, bytes.to_vec(), sha256_digest(&bytes)))
             }
             ManifestOrIndex::Index(index) => index,
         };
@@ -342,7 +360,7 @@ impl Registries {
             .await
             .map_err(|e| pull_error(e, image, auth))?;
         match parse_manifest(&bytes, image)? {
-            ManifestOrIndex::Manifest(manifest) => Ok((manifest, bytes.to_vec(), digest)),
+            ManifestOrIndex::Manifest(manifest) => Ok((*manifest, bytes.to_vec(), digest)),
             ManifestOrIndex::Index(_) => Err(PullError::Registry(format!(
                 "image {image:?}: the index entry {digest} for this platform is an index again"
             ))),

@@ -76,7 +76,10 @@ async fn busybox_is_pulled_unpacked_and_its_blobs_reused() {
     let pulled = pulled.unwrap();
     assert_eq!(pulled.digest, digest, "the image ID is the manifest digest");
     assert_eq!(pulled.reference, image);
-    assert_eq!(pulled.path, dir.path().join("blobs/sha256").join(&digest[7..]));
+    assert_eq!(
+        pulled.path,
+        dir.path().join("blobs/sha256").join(&digest[7..])
+    );
     let oci = oci(&pulled);
     assert_eq!(oci.config.cmd, ["sh"]);
     assert_eq!(oci.config.env, ["PATH=/bin:/usr/bin"]);
@@ -84,7 +87,9 @@ async fn busybox_is_pulled_unpacked_and_its_blobs_reused() {
     assert_eq!(oci.layers.len(), 1);
     assert_busybox_rootfs(&oci.layers[0]);
     assert!(
-        progress.iter().any(|m| m.starts_with("pulling layer 1/1 sha256:")),
+        progress
+            .iter()
+            .any(|m| m.starts_with("pulling layer 1/1 sha256:")),
         "{progress:?}"
     );
     assert_eq!(store.resolve(&image), Some(pulled.clone()));
@@ -98,8 +103,14 @@ async fn busybox_is_pulled_unpacked_and_its_blobs_reused() {
     let second = second.unwrap();
     assert_eq!(second.digest, digest);
     assert_eq!(second.kind, pulled.kind);
-    assert!(!progress.iter().any(|m| m.starts_with("pulling layer")), "{progress:?}");
-    assert!(!progress.iter().any(|m| m.starts_with("unpacking")), "{progress:?}");
+    assert!(
+        !progress.iter().any(|m| m.starts_with("pulling layer")),
+        "{progress:?}"
+    );
+    assert!(
+        !progress.iter().any(|m| m.starts_with("unpacking")),
+        "{progress:?}"
+    );
     assert_eq!(count_entries(&dir.path().join("blobs/sha256")), blobs);
     assert_eq!(count_entries(&dir.path().join("layers/sha256")), 1);
 
@@ -143,12 +154,18 @@ async fn whiteouts_and_opaque_directories_become_overlayfs_ones() {
     assert!(whiteout.file_type().is_char_device());
     assert_eq!(whiteout.rdev(), 0);
     assert!(!top.join("www/.wh.index.html").exists());
-    assert_eq!(std::fs::read(top.join("www/second.html")).unwrap(), b"second\n");
+    assert_eq!(
+        std::fs::read(top.join("www/second.html")).unwrap(),
+        b"second\n"
+    );
     let mut value = [0u8; 8];
     let n = rustix::fs::lgetxattr(top.join("etc"), "trusted.overlay.opaque", &mut value).unwrap();
     assert_eq!(&value[..n], b"y");
     assert!(!top.join("etc/.wh..wh..opq").exists());
-    assert_eq!(std::fs::read(top.join("etc/motd")).unwrap(), b"second layer\n");
+    assert_eq!(
+        std::fs::read(top.join("etc/motd")).unwrap(),
+        b"second layer\n"
+    );
     // The directories below stay untouched.
     assert!(rustix::fs::lgetxattr(top.join("www"), "trusted.overlay.opaque", &mut value).is_err());
 }
@@ -209,7 +226,10 @@ async fn missing_images_and_foreign_platforms_are_clear_errors() {
     let err = pull(&store, &image).await.0.unwrap_err();
     assert!(matches!(err, PullError::Platform(_)), "{err:?}");
     let message = err.to_string();
-    assert!(message.contains(&format!("it has linux/{other}")), "{message}");
+    assert!(
+        message.contains(&format!("it has linux/{other}")),
+        "{message}"
+    );
     assert!(store.list().is_empty());
 }
 
@@ -302,7 +322,10 @@ fn oci_layouts_and_docker_save_tarballs_are_imported() {
     let err = store.import(&junk, "junk:1").unwrap_err();
     assert!(matches!(err, ImageError::NotWasm { .. }), "{err:?}");
     let err = store.import(dir.path(), "dir:1").unwrap_err();
-    assert!(err.to_string().contains("neither an OCI image layout"), "{err}");
+    assert!(
+        err.to_string().contains("neither an OCI image layout"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! ```no_run
 //! # async fn example(registry: &testkit::registry::LocalRegistry) -> anyhow::Result<()> {
 //! use testkit::images::{busybox, Layer};
-//! let mut image = busybox();
+//! let mut image = busybox()?;
 //! image.layers.push(Layer::new().whiteout("www/index.html").opaque("etc").into_tar());
 //! let digest = image.push(&registry.image("deleted:1"), None).await?;
 //! # Ok(()) }

@@ -46,7 +46,21 @@ impl LocalRegistry {
             .unwrap_or_else(|e| panic!("cannot start the test registry: {e:#}"))
     }
 
+    /// Starts an open registry listening on `bind` (e.g. `0.0.0.0`, for nodes in other
+    /// network namespaces that reach this host through a bridge); `address` stays loopback.
+    pub fn start_on(bind: &str) -> LocalRegistry {
+        Self::try_start_on(bind, None)
+            .unwrap_or_else(|e| panic!("cannot start the test registry: {e:#}"))
+    }
+
     pub fn try_start(credentials: Option<(String, String)>) -> anyhow::Result<LocalRegistry> {
+        Self::try_start_on("127.0.0.1", credentials)
+    }
+
+    pub fn try_start_on(
+        bind: &str,
+        credentials: Option<(String, String)>,
+    ) -> anyhow::Result<LocalRegistry> {
         anyhow::ensure!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: install the docker-registry package"
@@ -79,7 +93,7 @@ impl LocalRegistry {
                     "version: 0.1\n\
                      log:\n  level: info\n\
                      storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                     http:\n  addr: {address}\n\
+                     http:\n  addr: {bind}:{port}\n\
                      {auth}",
                     dir.path().join("data").display()
                 ),

@@ -1,0 +1,388 @@
+//! Linux containers end to end, beside Wasm pods. NEEDS ROOT (CI runs as root): the LAN of
+//! `common::lan` (a bridge, a network namespace per node), a real registry (Debian's
+//! docker-registry) holding a busybox image the test builds from /bin/busybox, and the real
+//! kubectl. The nodes pull the image over the bridge, run it through libcontainer, and the
+//! tests look at what is left on the host afterwards.
+
+use std::time::Duration;
+
+mod common;
+use common::lan::{sh, Lan};
+
+/// A LAN whose nodes pull from a registry on the bridge, and the busybox image's reference.
+struct Cluster {
+    lan: Lan,
+    image: String,
+    _registry: testkit::registry::LocalRegistry,
+}
+
+fn cluster(n: u8, hosts: usize) -> Cluster {
+    // The registry listens on every address: the test pushes through loopback, the nodes
+    // (each in its own namespace) pull through the bridge.
+    let registry = testkit::registry::LocalRegistry::start_on("0.0.0.0");
+    let port = registry.address.rsplit(':').next().unwrap().to_string();
+    let pushed = registry.image("busybox:1");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime
+        .block_on(testkit::images::busybox_image(&pushed))
+        .expect("the busybox image is pushed");
+    let bridge_registry = format!("172.30.{n}.1:{port}");
+    let lan = Lan::start_full(n, hosts, &[], &["--insecure-registry", &bridge_registry]);
+    Cluster {
+        image: format!("{bridge_registry}/busybox:1"),
+        lan,
+        _registry: registry,
+    }
+}
+
+impl Cluster {
+    fn apply(&self, yaml: &str) {
+        let file = self.lan.dir.path().join(format!("m{}.yaml", rand_suffix()));
+        std::fs::write(&file, yaml.replace("IMAGE", &self.image)).unwrap();
+        self.lan.ok(&["apply", "-f", file.to_str().unwrap()]);
+    }
+
+    fn exec(&self, pod: &str, args: &[&str]) -> (bool, String, String) {
+        let mut all = vec!["exec", pod, "--"];
+        all.extend_from_slice(args);
+        self.lan.run(&all)
+    }
+
+    /// The pod's phase, and its first container's state as `reason` or `running`.
+    fn container_state(&self, pod: &str, container: usize) -> String {
+        let (_, out, _) = self.lan.run(&[
+            "get",
+            "pod",
+            pod,
+            "-o",
+            &format!("jsonpath={{.status.containerStatuses[{container}].state}} restarts={{.status.containerStatuses[{container}].restartCount}}"),
+        ]);
+        out
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// What of pod `uid` is on the host: processes in its cgroups, mounts, cgroups, veths.
+fn leftovers(uid12: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    for hierarchy in ["memory", "pids", "cpu", "freezer"] {
+        let dir = format!("/sys/fs/cgroup/{hierarchy}/drover");
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(uid12) {
+                left.push(format!("cgroup {dir}/{name}"));
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    left.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(&format!("/containers/{uid12}")))
+            .map(|l| format!("mount {l}")),
+    );
+    let (_, links) = sh("ip -all netns exec ip -o link 2>/dev/null; ip -o link");
+    left.extend(
+        links
+            .lines()
+            .filter(|l| l.contains(&format!("drv{uid12}")))
+            .map(|l| format!("veth {l}")),
+    );
+    let (_, ps) = sh("ps -eo pid,args");
+    left.extend(
+        ps.lines()
+            .filter(|l| l.contains(&format!("--id {uid12}")))
+            .map(|l| format!("process {l}")),
+    );
+    left
+}
+
+fn uid12(c: &Cluster, pod: &str) -> String {
+    c.lan
+        .ok(&["get", "pod", pod, "-o", "jsonpath={.metadata.uid}"])
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(12)
+        .collect()
+}
+
+#[test]
+fn container_pods_serve_through_services_beside_wasm_pods_and_leave_nothing_behind() {
+    let c = cluster(7, 2);
+    // busybox httpd and the Wasm hello-world, both `app: mixed`, behind one Service.
+    c.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: mixed, kind: container}}
+  template:
+    metadata: {labels: {app: mixed, kind: container}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: IMAGE
+        command: ["sh", "-c", "echo container $(hostname) > /www/index.html && exec httpd -f -v -p 8080 -h /www"]
+        ports: [{containerPort: 8080}]
+        resources: {limits: {memory: 64Mi, cpu: 500m}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hw}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: mixed, kind: wasm}}
+  template:
+    metadata: {labels: {app: mixed, kind: wasm}}
+    spec:
+      containers:
+      - name: hw
+        image: hello-world:v1
+        ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: mixed}
+spec:
+  selector: {app: mixed}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: duo}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: server
+    image: IMAGE
+    command: ["sh", "-c", "echo from-localhost > /www/index.html && exec httpd -f -p 8081 -h /www"]
+  - name: client
+    image: IMAGE
+    command: ["sh", "-c", "while true; do wget -q -O- http://127.0.0.1:8081/; sleep 1; done"]
+"#,
+    );
+    let web = c.lan.ready_pods("kind=container", 2);
+    c.lan.ready_pods("kind=wasm", 1);
+    let ip = c
+        .lan
+        .ok(&["get", "svc", "mixed", "-o", "jsonpath={.spec.clusterIP}"]);
+
+    // Through the one Service, from a node: both kinds answer.
+    c.lan
+        .until(60, "both kinds answering through the Service", || {
+            let mut seen = (false, false);
+            for _ in 0..30 {
+                let (_, out) = c.lan.on_host(1, &format!("curl -s -m 2 http://{ip}/"));
+                seen.0 |= out.starts_with("container web-");
+                seen.1 |= out.contains("Hello world from hw-");
+            }
+            (seen.0 && seen.1).then_some(())
+        });
+
+    // Containers of one pod share localhost; kubectl logs shows a container's output.
+    c.lan.until(60, "the client container's log", || {
+        let (_, out, _) = c.lan.run(&["logs", "duo", "-c", "client"]);
+        out.contains("from-localhost").then_some(())
+    });
+
+    // kubectl exec, with its output and exit code.
+    let (ok, out, err) = c.exec(&web[0].0, &["echo", "hi"]);
+    assert!(ok && out == "hi\n", "{out} {err}");
+    let (ok, _, err) = c.exec(&web[0].0, &["sh", "-c", "exit 3"]);
+    assert!(!ok && err.contains("exit code 3"), "{err}");
+
+    // The cluster DNS from inside a container.
+    let (ok, out, err) = c.exec(&web[0].0, &["nslookup", "mixed.default.svc.cluster.local"]);
+    assert!(ok && out.contains(&ip), "nslookup: {out} {err}");
+
+    // Deleting the pods leaves nothing of them on the hosts.
+    let mut uids: Vec<String> = web.iter().map(|(name, _, _)| uid12(&c, name)).collect();
+    uids.push(uid12(&c, "duo"));
+    c.lan.ok(&["delete", "deployment", "web", "hw"]);
+    c.lan.ok(&["delete", "pod", "duo"]);
+    c.lan.until(60, "the pods gone", || {
+        let out = c.lan.ok(&["get", "pods", "-o", "name"]);
+        out.trim().is_empty().then_some(())
+    });
+    for uid in uids {
+        c.lan.until(10, "nothing left of a deleted pod", || {
+            let left = leftovers(&uid);
+            left.is_empty().then_some(()).or_else(|| {
+                eprintln!("still there: {left:?}");
+                None
+            })
+        });
+    }
+}
+
+#[test]
+fn oom_kills_probe_restarts_and_bad_images_are_reported() {
+    let c = cluster(8, 1);
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: hog
+    image: IMAGE
+    command: ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
+    resources: {limits: {memory: 16Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sick}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: sick
+    image: IMAGE
+    command: ["sh", "-c", "touch /healthy; sleep 2; rm /healthy; sleep 3600"]
+    livenessProbe:
+      exec: {command: ["cat", "/healthy"]}
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: missing-image}
+spec:
+  containers:
+  - name: c
+    image: REGISTRY/nosuch:1
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: missing-command}
+spec:
+  containers:
+  - name: c
+    image: IMAGE
+    command: ["nosuch-program"]
+"#
+        .replace("REGISTRY", c.image.split('/').next().unwrap())
+        .as_str(),
+    );
+    c.lan.until(60, "the hog OOMKilled", || {
+        let state = c.container_state("hog", 0);
+        state.contains("OOMKilled").then_some(())
+    });
+    c.lan.until(
+        60,
+        "the sick container restarted by its liveness probe",
+        || {
+            let state = c.container_state("sick", 0);
+            let restarts: u32 = state.rsplit("restarts=").next()?.trim().parse().ok()?;
+            (restarts >= 1).then_some(())
+        },
+    );
+    let events = c.lan.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=sick",
+    ]);
+    assert!(events.contains("Liveness probe failed"), "{events}");
+    c.lan.until(60, "the missing image reported", || {
+        let state = c.container_state("missing-image", 0);
+        (state.contains("ErrImagePull") || state.contains("ImagePullBackOff")).then_some(())
+    });
+    c.lan.until(60, "the missing command reported", || {
+        let state = c.container_state("missing-command", 0);
+        (state.contains("CreateContainerError") && state.contains("executable file not found"))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(10));
+}
+
+#[test]
+fn network_policy_governs_container_to_wasm_traffic() {
+    let c = cluster(9, 1);
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: server, labels: {app: server}}
+spec:
+  containers:
+  - name: hw
+    image: hello-world:v1
+    ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: IMAGE
+    command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stranger, labels: {app: stranger}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: IMAGE
+    command: ["sleep", "3600"]
+"#,
+    );
+    let server = c.lan.ready_pods("app=server", 1)[0].1.clone();
+    c.lan.ready_pods("app=client", 1);
+    c.lan.ready_pods("app=stranger", 1);
+    // busybox wget from inside the container, given 3 s (Debian's busybox wget crashes with
+    // its own -T timeout when stdin is not a terminal, so the shell kills it instead).
+    let get = |pod: &str| {
+        let script = format!(
+            "wget -q -O- http://{server}:8080/ & pid=$!; (sleep 3; kill $pid 2>/dev/null) & wait $pid"
+        );
+        let (ok, out, _) = c.exec(pod, &["sh", "-c", &script]);
+        ok && out.contains("Hello world from server")
+    };
+    c.lan.until(30, "the container reaching the Wasm pod", || {
+        get("client").then_some(())
+    });
+    c.apply(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Ingress]
+"#,
+    );
+    c.lan.until(30, "deny-all cutting the client off", || {
+        (!get("client")).then_some(())
+    });
+    c.apply(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-client}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+"#,
+    );
+    c.lan
+        .until(30, "the allow rule reopening it for the client", || {
+            get("client").then_some(())
+        });
+    assert!(!get("stranger"), "the stranger got through");
+}
