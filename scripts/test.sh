@@ -14,7 +14,10 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 # A real OCI registry for the image-pull tests (Docker's distribution, packaged by Debian).
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 # nslookup inside pods' network namespaces (cluster DNS tests); nsenter and ip are in Debian's base.
+# (and the Debian busybox-static binary is what the container tests' image is made of).
 command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)
+# libcontainer links libseccomp (the default seccomp profile of Linux containers).
+[ -e /usr/include/seccomp.h ] || missing+=(libseccomp-dev)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

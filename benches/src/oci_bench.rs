@@ -71,6 +71,7 @@ fn bundle(dir: &Path, rootfs: &Path) -> anyhow::Result<PathBuf> {
         rootfs,
         read_only_root: true,
         netns: None,
+        pod_namespaces: None,
         mounts: &[],
         cgroups_path: "/drover/bench-exit".into(),
         memory_limit: Some(64 << 20),

@@ -194,6 +194,28 @@ spec:
         out.contains("from-localhost").then_some(())
     });
 
+    // The pod's containers share its UTS namespace (hostname) and IPC namespace.
+    for container in ["server", "client"] {
+        let (ok, out, err) = c
+            .lan
+            .run(&["exec", "duo", "-c", container, "--", "hostname"]);
+        assert!(ok && out == "duo\n", "{container}: {out} {err}");
+    }
+    let ipc = |container: &str| {
+        let (_, out, _) = c.lan.run(&[
+            "exec",
+            "duo",
+            "-c",
+            container,
+            "--",
+            "readlink",
+            "/proc/self/ns/ipc",
+        ]);
+        out
+    };
+    assert!(ipc("server").starts_with("ipc:["), "{}", ipc("server"));
+    assert_eq!(ipc("server"), ipc("client"));
+
     // kubectl exec, with its output and exit code.
     let (ok, out, err) = c.exec(&web[0].0, &["echo", "hi"]);
     assert!(ok && out == "hi\n", "{out} {err}");

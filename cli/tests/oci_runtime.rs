@@ -104,6 +104,22 @@ impl Setup {
 
     /// Nothing of the node's containers is left: bundles, libcontainer state, mounts, cgroups.
     fn assert_nothing_left(&self) {
+        // What the agent does when a pod is gone: its shared namespaces are given back.
+        let mut pods = self.state_root.clone().into_os_string();
+        pods.push("-pods");
+        let pods = PathBuf::from(pods);
+        for pod in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+            let uid = pod.file_name().to_string_lossy().into_owned();
+            if uid.starts_with(&self.tag) {
+                self.rt.release_pod(&uid);
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let left: Vec<&str> = mounts
+            .lines()
+            .filter(|l| l.contains(&format!("{}/{}", pods.display(), self.tag)))
+            .collect();
+        assert!(left.is_empty(), "pod namespaces left: {left:?}");
         let bundles = self.dir.path().join("containers");
         let left: Vec<_> = std::fs::read_dir(&bundles).unwrap().flatten().collect();
         assert!(left.is_empty(), "bundles left: {left:?}");

@@ -238,6 +238,11 @@ impl NodeAgent {
             }),
         ));
         tokio::spawn(self.ctx.usage.clone().run());
+        tokio::spawn(crate::imagegc::run(
+            self.ctx.images.clone(),
+            self.client.clone(),
+            self.config.name.clone(),
+        ));
         let addr = SocketAddr::new(self.config.address, self.config.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await

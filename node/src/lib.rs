@@ -12,6 +12,7 @@ pub mod client;
 pub mod env;
 pub mod events;
 pub mod exec;
+pub mod imagegc;
 pub mod lifecycle;
 pub mod linux;
 pub mod logserver;

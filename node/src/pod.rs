@@ -85,6 +85,8 @@ struct Live {
     startup: Counter,
     /// Stopped by us (liveness failure or deletion), not exited by itself.
     killed: Option<String>,
+    /// Where exec hooks and probes run (Linux containers).
+    exec: Option<probe::ExecTarget>,
 }
 
 struct Slot {
@@ -388,6 +390,9 @@ impl Worker {
 
     async fn release_network(&mut self) {
         let uid = self.pod.metadata.uid.clone().unwrap_or_default();
+        if let Some(oci) = &self.ctx.oci {
+            oci.release_pod(&uid);
+        }
         self.ctx.network.detach(&uid, self.pod_ip).await;
         self.network_ready = false;
         self.netns = None;
@@ -691,6 +696,7 @@ impl Worker {
                     readiness: Counter::default(),
                     startup: Counter::default(),
                     killed: None,
+                    exec: exec_target,
                 });
                 self.ctx.logs.set_running(
                     &self.pod_namespace(),
@@ -1045,9 +1051,39 @@ impl Worker {
         for slot in self.slots.iter_mut() {
             if let Some(live) = slot.live.as_mut() {
                 live.killed.get_or_insert_with(|| why.to_string());
-                // SIGTERM now, SIGKILL when the grace period is over (Linux containers);
-                // Wasm instances stop at once.
-                live.stopper.stop_within(Duration::from_secs(grace));
+                // The preStop hook first, then SIGTERM, then SIGKILL when the grace period is
+                // over (Linux containers); Wasm instances stop at once.
+                let grace = Duration::from_secs(grace);
+                let hook = slot
+                    .spec
+                    .lifecycle
+                    .as_ref()
+                    .and_then(|l| l.pre_stop.clone());
+                match hook {
+                    None => live.stopper.stop_within(grace),
+                    Some(hook) => {
+                        let (stopper, exec) = (live.stopper.clone(), live.exec.clone());
+                        let (container, pod_ip) = (slot.spec.clone(), self.pod_ip);
+                        let (events, pod) = (self.ctx.events.clone(), self.pod.clone());
+                        tokio::spawn(async move {
+                            let started = Instant::now();
+                            if let Some(e) =
+                                probe::run_hook(&hook, grace, pod_ip, &container, exec.as_ref())
+                                    .await
+                            {
+                                let message = format!("PreStopHook failed: {e}");
+                                events.pod(
+                                    &pod,
+                                    Some(&container.name),
+                                    Warning,
+                                    "FailedPreStopHook",
+                                    &message,
+                                );
+                            }
+                            stopper.stop_within(grace.saturating_sub(started.elapsed()));
+                        });
+                    }
+                }
                 let message = format!("Stopping container {}", slot.spec.name);
                 self.ctx.events.pod(
                     &self.pod,

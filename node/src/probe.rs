@@ -125,6 +125,29 @@ pub async fn check(
     }
 }
 
+/// Runs a lifecycle hook (preStop) to its end, at most `limit`: exec in the container,
+/// httpGet or tcpSocket against the pod, or a sleep. None when it succeeded.
+pub async fn run_hook(
+    hook: &k8s_openapi::api::core::v1::LifecycleHandler,
+    limit: Duration,
+    pod_ip: IpAddr,
+    container: &Container,
+    exec: Option<&ExecTarget>,
+) -> Option<String> {
+    if let Some(sleep) = &hook.sleep {
+        tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64).min(limit)).await;
+        return None;
+    }
+    let as_probe = Probe {
+        exec: hook.exec.clone(),
+        http_get: hook.http_get.clone(),
+        tcp_socket: hook.tcp_socket.clone(),
+        timeout_seconds: Some(limit.as_secs().max(1) as i32),
+        ..Default::default()
+    };
+    check(&as_probe, pod_ip, container, exec).await
+}
+
 /// An HTTP/1.1 GET with hyper's client; 200–399 passes, as for the kubelet.
 async fn http_get(addr: SocketAddr, path: &str) -> Result<(), String> {
     let tcp = tokio::net::TcpStream::connect(addr)
@@ -150,6 +173,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<(), String> {
 }
 
 /// Runs `probe` every period after its initial delay, reporting each result, until aborted.
+#[allow(clippy::too_many_arguments)] // the probe, its container and where to report: all needed, none related
 pub fn spawn(
     kind: Kind,
     probe: Probe,

@@ -959,9 +959,12 @@ impl ImageStore {
                 .and_then(|m| m.modified())
                 .unwrap_or(SystemTime::UNIX_EPOCH)
         };
+        // Like the kubelet's imageMinimumGCAge: an image used (pulled, imported, resolved)
+        // within the last two minutes stays, so an import is never swept before its pod starts.
+        let recent = SystemTime::now() - std::time::Duration::from_secs(120);
         let mut candidates: Vec<(SystemTime, &String)> = digests
             .iter()
-            .filter(|d| !in_use.contains(d.as_str()))
+            .filter(|d| !in_use.contains(d.as_str()) && last_used(d) < recent)
             .map(|d| (last_used(d), *d))
             .collect();
         candidates.sort();

@@ -38,7 +38,7 @@ pub const BUSYBOX: &str = "/bin/busybox";
 /// The applets linked in the busybox image's /bin.
 pub const BUSYBOX_APPLETS: &[&str] = &[
     "sh", "httpd", "echo", "true", "false", "sleep", "cat", "ls", "nslookup", "wget", "hostname",
-    "id", "ps", "mount", "head", "dd", "kill",
+    "id", "ps", "mount", "head", "dd", "kill", "readlink",
 ];
 
 /// What `/www/index.html` says in the busybox image.

@@ -128,6 +128,11 @@ impl OciRuntime {
         for bundle in bundles {
             remove_bundle(&bundle);
         }
+        let pods = self.pod_dir("x");
+        let pods = pods.parent().unwrap_or(&pods);
+        for pod in std::fs::read_dir(pods).into_iter().flatten().flatten() {
+            self.release_pod(&pod.file_name().to_string_lossy());
+        }
     }
 
     fn lookup(&self, namespace: &str, pod: &str, container: &str) -> Option<String> {
@@ -189,6 +194,57 @@ impl OciRuntime {
                 timeout.as_secs()
             ))),
         }
+    }
+
+    fn pod_dir(&self, pod_uid: &str) -> PathBuf {
+        let uid: String = pod_uid
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(32)
+            .collect();
+        let mut pods = self.config.state_root.clone().into_os_string();
+        pods.push("-pods");
+        PathBuf::from(pods).join(uid)
+    }
+
+    /// The pod's IPC and UTS namespaces, made at its first container: namespace files
+    /// bind-mounted by util-linux `unshare`, which also sets the pod's hostname in the UTS one
+    /// (Kubernetes keeps them in a pause container; a file needs no process).
+    fn pod_namespaces(&self, pod_uid: &str, hostname: &str) -> std::io::Result<(PathBuf, PathBuf)> {
+        let dir = self.pod_dir(pod_uid);
+        let (ipc, uts) = (dir.join("ipc"), dir.join("uts"));
+        if is_namespace(&ipc) && is_namespace(&uts) {
+            return Ok((ipc, uts));
+        }
+        self.release_pod(pod_uid);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(&ipc, b"")?;
+        std::fs::write(&uts, b"")?;
+        let hostname = if hostname.is_empty() { "pod" } else { hostname };
+        let out = std::process::Command::new("unshare")
+            .arg(format!("--ipc={}", ipc.display()))
+            .arg(format!("--uts={}", uts.display()))
+            .args(["hostname", hostname])
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            self.release_pod(pod_uid);
+            return Err(std::io::Error::other(format!(
+                "unshare: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok((ipc, uts))
+    }
+
+    /// Gives back what the pod's containers shared (its IPC and UTS namespaces): when the pod
+    /// is deleted, or has finished.
+    pub fn release_pod(&self, pod_uid: &str) {
+        let dir = self.pod_dir(pod_uid);
+        for ns in ["ipc", "uts"] {
+            let _ = rustix::mount::unmount(dir.join(ns), rustix::mount::UnmountFlags::DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn container_id(&self, spec: &ContainerSpec) -> String {
@@ -257,6 +313,11 @@ impl OciRuntime {
                     .into(),
             ));
         }
+        let pod_ns = self
+            .pod_namespaces(&spec.pod_uid, &linux.hostname)
+            .map_err(|e| {
+                StartError::Config(format!("cannot make the pod's IPC and UTS namespaces: {e}"))
+            })?;
         let env = spec::environment(&image.config.env, &spec.env);
         let argv = spec::argv(
             &image.config,
@@ -281,6 +342,7 @@ impl OciRuntime {
             rootfs: &rootfs,
             read_only_root: sec.read_only_root_filesystem,
             netns: spec.netns.as_deref(),
+            pod_namespaces: Some((&pod_ns.0, &pod_ns.1)),
             mounts: &spec.mounts,
             cgroups_path: format!("/drover/{id}"),
             memory_limit: spec.memory_limit,
@@ -381,8 +443,10 @@ impl OciRuntime {
         let (exit_tx, exit_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = watch::channel(None);
         let me = self.clone();
+        let meter = tokio::spawn(meter(format!("drover/{id}"), spec.usage.clone()));
         tokio::spawn(async move {
             let report = supervise(stdin, &mut reports, stop_rx.clone()).await;
+            meter.abort();
             let _ = shim.wait().await;
             if report.is_none() {
                 me.delete_leftover(&id).await;
@@ -456,6 +520,39 @@ async fn supervise(
     }
 }
 
+/// Copies the container's CPU time and memory from its cgroup into `usage` every few seconds
+/// (for `kubectl top` and autoscaling), on cgroup v1 or v2.
+async fn meter(cgroup: String, usage: Arc<crate::usage::Usage>) {
+    let read = |path: String| std::fs::read_to_string(path).ok();
+    let mut counted_nanos = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let cpu_nanos = read(format!("/sys/fs/cgroup/cpuacct/{cgroup}/cpuacct.usage"))
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .or_else(|| {
+                read(format!("/sys/fs/cgroup/{cgroup}/cpu.stat")).and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("usage_usec "))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(|us| us * 1000)
+                })
+            });
+        if let Some(total) = cpu_nanos {
+            usage.add_cpu(total.saturating_sub(counted_nanos));
+            counted_nanos = counted_nanos.max(total);
+        }
+        let memory = read(format!(
+            "/sys/fs/cgroup/memory/{cgroup}/memory.usage_in_bytes"
+        ))
+        .or_else(|| read(format!("/sys/fs/cgroup/{cgroup}/memory.current")))
+        .and_then(|t| t.trim().parse::<u64>().ok());
+        if let Some(bytes) = memory {
+            usage.set_memory(bytes);
+        }
+    }
+}
+
 /// How the container ended, from the shim's report and whether it was asked to stop.
 fn exit_status(report: Option<Report>, stop_requested: bool) -> ExitStatus {
     match report {
@@ -474,6 +571,12 @@ fn exit_status(report: Option<Report>, stop_requested: bool) -> ExitStatus {
             message: "the container shim ended without reporting the container's exit".into(),
         },
     }
+}
+
+/// Whether `path` is a bind-mounted namespace (nsfs), not the empty file under it.
+fn is_namespace(path: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    rustix::fs::statfs(path).is_ok_and(|s| s.f_type == NSFS_MAGIC)
 }
 
 /// Mounts the container's root filesystem: the image's layers under its own writable layer.

@@ -293,6 +293,9 @@ pub struct SpecInputs<'a> {
     pub read_only_root: bool,
     /// The pod's network namespace; None: the host's network.
     pub netns: Option<&'a Path>,
+    /// The pod's IPC and UTS namespaces (bind-mounted namespace files), shared by its
+    /// containers; None: the container gets its own, named `hostname`.
+    pub pod_namespaces: Option<(&'a Path, &'a Path)>,
     pub mounts: &'a [Mount],
     /// An absolute cgroup path under Drover's own parent.
     pub cgroups_path: String,
@@ -321,7 +324,11 @@ pub fn cpu_quota(millis: u64) -> i64 {
 /// The OCI runtime spec of a container.
 pub fn build(i: &SpecInputs) -> Result<Spec, String> {
     let mut spec = serde_json::to_value(Spec::default()).map_err(|e| e.to_string())?;
-    spec["hostname"] = json!(i.hostname);
+    // Joining the pod's UTS namespace, the container finds the hostname already set there.
+    spec["hostname"] = match i.pod_namespaces {
+        Some(_) => Value::Null,
+        None => json!(i.hostname),
+    };
     spec["root"] = json!({"path": i.rootfs, "readonly": i.read_only_root});
     spec["annotations"] = json!({});
 
@@ -341,12 +348,17 @@ pub fn build(i: &SpecInputs) -> Result<Spec, String> {
     // (a fixed high RLIMIT_NOFILE fails where the host's fs.nr_open is lower).
     process["rlimits"] = json!([]);
 
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "ipc"}),
-        json!({"type": "uts"}),
-        json!({"type": "mount"}),
-    ];
+    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "mount"})];
+    match i.pod_namespaces {
+        Some((ipc, uts)) => {
+            namespaces.push(json!({"type": "ipc", "path": ipc}));
+            namespaces.push(json!({"type": "uts", "path": uts}));
+        }
+        None => {
+            namespaces.push(json!({"type": "ipc"}));
+            namespaces.push(json!({"type": "uts"}));
+        }
+    }
     if let Some(netns) = i.netns {
         namespaces.push(json!({"type": "network", "path": netns}));
     }
@@ -516,6 +528,7 @@ mod tests {
             rootfs,
             read_only_root: true,
             netns: Some(netns),
+            pod_namespaces: None,
             mounts: &mounts,
             cgroups_path: "/drover/abc".into(),
             memory_limit: Some(64 << 20),
