@@ -9,7 +9,7 @@
 //! - backend: the same through `OciRuntime::start` (overlay rootfs mount, spec, shim, cleanup),
 //!   what the node agent does for each container.
 //! - pod start: pod create → Ready as a watch sees it, on one `drover up`, image cached.
-//! - pull: MB/s of `drover image pull` of a 64 MiB image from a local registry, fresh store.
+//! - pull: MiB/s of `drover image pull` of a 64 MiB image from a local registry, fresh store.
 //!
 //! Prints one JSON line per measurement.
 //!
@@ -194,6 +194,186 @@ async fn main() -> anyhow::Result<()> {
 
     // --- through the backend -------------------------------------------------------------------
     backend(&args, dir.path(), &rootfs).await?;
+
+    // --- pulls, and pods on one `drover up` ----------------------------------------------------
+    let registry = testkit::registry::LocalRegistry::start();
+    pull_throughput(&args, dir.path(), &registry).await?;
+    pod_start(&args, dir.path(), &registry).await?;
+    Ok(())
+}
+
+/// `drover image pull` of an image with one 64 MiB layer of random bytes (incompressible: the
+/// bytes on the wire are the bytes unpacked), each time into an empty store.
+async fn pull_throughput(
+    args: &Args,
+    dir: &Path,
+    registry: &testkit::registry::LocalRegistry,
+) -> anyhow::Result<()> {
+    let mut noise = vec![0u8; 64 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in noise.chunks_mut(8) {
+        // xorshift: fast, and gzip cannot shrink it.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let image = testkit::images::Image::new(vec![
+        testkit::images::busybox_layer()?,
+        testkit::images::Layer::new().file("data/noise", 0o644, &noise),
+    ]);
+    let reference = registry.image("noise:1");
+    image.push(&reference, None).await?;
+    let mut times = Vec::new();
+    for i in 0..5 {
+        let node_dir = dir.join(format!("pull-{i}"));
+        let started = Instant::now();
+        let out = Command::new(&args.drover)
+            .args(["image", "pull", &reference, "--node-dir"])
+            .arg(&node_dir)
+            .output()?;
+        must_succeed("drover image pull", out)?;
+        times.push(started.elapsed());
+        let _ = std::fs::remove_dir_all(&node_dir);
+    }
+    times.sort();
+    let median = times[times.len() / 2];
+    println!(
+        "{}",
+        json!({"op": "pull: 64 MiB random layer + busybox, empty store", "runs": times.len(),
+               "median_s": median.as_secs_f64(),
+               "MiB_per_s": 64.0 / median.as_secs_f64()})
+    );
+    Ok(())
+}
+
+/// Pod create → Ready (as polling every 5 ms sees it) for a busybox `sleep` pod, image cached,
+/// one at a time, on one `drover up` (routed pod networking: every pod gets a namespace).
+async fn pod_start(
+    args: &Args,
+    dir: &Path,
+    registry: &testkit::registry::LocalRegistry,
+) -> anyhow::Result<()> {
+    let image = registry.image("busybox:1");
+    testkit::images::busybox_image(&image).await?;
+    let data = dir.join("up");
+    let log = std::fs::File::create(dir.join("up.log"))?;
+    let mut up = Command::new(&args.drover)
+        .args(["up", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--listen",
+            "127.0.9.1:6443",
+            "--node-address",
+            "127.0.9.1",
+            "--name",
+            "bench",
+        ])
+        .env("DROVER_LOG", "warn")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()?;
+    let result = pods(args, &data, &image).await;
+    let _ = up.kill();
+    let _ = up.wait();
+    let _ = Command::new(&args.drover)
+        .args(["node", "--cleanup", "--node-dir"])
+        .arg(data.join("node"))
+        .output();
+    if result.is_err() {
+        eprintln!(
+            "{}",
+            std::fs::read_to_string(dir.join("up.log")).unwrap_or_default()
+        );
+    }
+    result
+}
+
+async fn pods(args: &Args, data: &Path, image: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !data.join("pki/admin.token").exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "drover up never wrote its certificates"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(data.join("pki/ca.crt"))?)?;
+    let token = std::fs::read_to_string(data.join("pki/admin.token"))?
+        .trim()
+        .to_string();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .tls_built_in_root_certs(false)
+        .build()?;
+    let pods = "https://127.0.9.1:6443/api/v1/namespaces/default/pods";
+    let ready = |p: &Value| {
+        p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    };
+    let mut times = Vec::new();
+    for i in 0..=args.pods {
+        let name = format!("c{i}");
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"terminationGracePeriodSeconds": 0,
+                     "containers": [{"name": "c", "image": image, "command": ["sleep", "3600"]}]}});
+        let started = Instant::now();
+        loop {
+            let r = http
+                .post(pods)
+                .bearer_auth(&token)
+                .json(&pod)
+                .send()
+                .await?;
+            if r.status() == 201 {
+                break;
+            }
+            // The API comes up before the node: the first create may race it.
+            anyhow::ensure!(
+                Instant::now() < deadline + Duration::from_secs(60),
+                "create failed: {}",
+                r.text().await?
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let wait_until = Instant::now() + Duration::from_secs(120);
+        loop {
+            let p: Value = http
+                .get(format!("{pods}/{name}"))
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            if ready(&p) {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < wait_until,
+                "{name} never became Ready: {p}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The first pod pulls the image; the others find it cached.
+        if i > 0 {
+            times.push(started.elapsed());
+        }
+        http.delete(format!("{pods}/{name}"))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+    }
+    println!(
+        "{}",
+        summary(
+            "pod create -> Ready (busybox container, image cached)",
+            &times
+        )
+    );
     Ok(())
 }
 

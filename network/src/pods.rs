@@ -130,6 +130,14 @@ impl PodNetwork {
         )
         .await
         .with_context(|| format!("wiring {host_veth} for pod address {ip}"))?;
+        // Strict reverse-path filtering on the pod's link: a packet from it must come from an
+        // address routed back through it, so a pod (a container with CAP_NET_RAW) cannot
+        // forge another pod's address past NetworkPolicy, which matches on source addresses.
+        std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{host_veth}/rp_filter"),
+            "1",
+        )
+        .with_context(|| format!("turning on reverse-path filtering on {host_veth}"))?;
         ip_batch(
             Some(netns),
             &format!(

@@ -44,8 +44,10 @@ pub async fn run(images: Arc<ImageStore>, client: kube::Client, node: String) {
                 continue;
             }
         };
-        // Images of every pod bound here, running or not: a pod about to restart keeps its image.
-        let in_use: HashSet<String> = list
+        // Images of every pod bound here, running or not (a pod about to restart keeps its
+        // image): what their references name now, and the digests their containers run, which
+        // differ once a tag has moved to a newer image.
+        let mut in_use: HashSet<String> = list
             .items
             .iter()
             .flat_map(|p| {
@@ -59,6 +61,18 @@ pub async fn run(images: Arc<ImageStore>, client: kube::Client, node: String) {
             .filter_map(|r| images.resolve(r))
             .map(|img| img.digest)
             .collect();
+        in_use.extend(list.items.iter().flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| {
+                    s.container_statuses
+                        .iter()
+                        .chain(s.init_container_statuses.iter())
+                        .flatten()
+                })
+                .map(|c| c.image_id.clone())
+                .filter(|d| !d.is_empty())
+        }));
         let store = images.clone();
         let removed = tokio::task::spawn_blocking(move || {
             // As df counts: used and available to us, without the blocks reserved for root.

@@ -45,7 +45,9 @@ pub fn options(pod: &Pod, container: &Container, env: &[(String, String)]) -> Li
     }
 }
 
-/// The pod's hostname: `spec.hostname`, or its name, cut to the 63 bytes a hostname may have.
+/// The pod's hostname: `spec.hostname`, or its name, made a DNS label: lowercase letters,
+/// digits and `-` only (anything else becomes `-`), at most 63 bytes, never starting with `-`
+/// (it is an argument to `hostname` on the host).
 pub fn hostname(pod: &Pod) -> String {
     let name = pod
         .spec
@@ -54,11 +56,16 @@ pub fn hostname(pod: &Pod) -> String {
         .filter(|h| !h.is_empty())
         .or_else(|| pod.metadata.name.clone())
         .unwrap_or_default();
-    name.chars()
+    let label: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .take(63)
-        .collect::<String>()
-        .trim_end_matches(['-', '.'])
-        .to_string()
+        .collect();
+    match label.trim_matches('-') {
+        "" => "pod".into(),
+        l => l.to_string(),
+    }
 }
 
 /// The pod's `/etc/hosts`, `/etc/hostname` and (when the cluster DNS is known and the pod's
@@ -163,6 +170,9 @@ mod tests {
         assert_eq!(o.security.capabilities_drop, vec!["ALL"]);
         assert_eq!(o.cpu_request, Some(250));
         assert_eq!(o.hostname, "web-1");
+        let mut odd = p.clone();
+        odd.spec.as_mut().unwrap().hostname = Some("-F/etc/machine-id".into());
+        assert_eq!(hostname(&odd), "f-etc-machine-id");
     }
 
     #[test]

@@ -900,7 +900,10 @@ impl Worker {
         if live.started.elapsed() >= BACKOFF_RESET_AFTER {
             slot.backoff_level = 0;
         }
-        if policy.restarts_after(exit_code) {
+        // A container killed for failing its liveness or startup probe restarts under any
+        // policy but Never, even when it exited 0 on SIGTERM (as the kubelet does).
+        let probe_killed = live.killed.is_some() && policy != RestartPolicy::Never;
+        if probe_killed || policy.restarts_after(exit_code) {
             slot.backoff_level += 1;
             let delay = backoff(self.ctx.backoff_base, slot.backoff_level);
             slot.status.last_state = Some(terminated);
@@ -1080,7 +1083,9 @@ impl Worker {
                                     &message,
                                 );
                             }
-                            stopper.stop_within(grace.saturating_sub(started.elapsed()));
+                            // As the kubelet: at least 2 s of SIGTERM after the hook.
+                            let left = grace.saturating_sub(started.elapsed());
+                            stopper.stop_within(left.max(Duration::from_secs(2)));
                         });
                     }
                 }

@@ -78,6 +78,9 @@ pub async fn sync(
         let err = |e: std::io::Error| ConfigError(format!("cannot make volume {:?}: {e}", v.name));
         if v.empty_dir.is_some() {
             std::fs::create_dir_all(&dir).map_err(err)?;
+            // 0777, as the kubelet makes it: containers running as any user may write there.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(err)?;
             out.insert(v.name.clone(), (dir, false));
         } else if let Some(cm) = &v.config_map {
             match sources.configmap(&cm.name).await? {

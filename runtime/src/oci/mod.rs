@@ -224,7 +224,7 @@ impl OciRuntime {
         let out = std::process::Command::new("unshare")
             .arg(format!("--ipc={}", ipc.display()))
             .arg(format!("--uts={}", uts.display()))
-            .args(["hostname", hostname])
+            .args(["hostname", "--", hostname])
             .stdin(Stdio::null())
             .output()?;
         if !out.status.success() {
@@ -289,19 +289,21 @@ impl OciRuntime {
 
         let linux = &spec.linux;
         let sec = &linux.security;
-        let read_etc =
-            |name: &str| std::fs::read_to_string(rootfs.join("etc").join(name)).unwrap_or_default();
+        let read_etc = |name: &str| read_image_file(&rootfs, name);
         let (image_uid, image_gid) = match image.config.user.as_deref().filter(|u| !u.is_empty()) {
             Some(user) => spec::resolve_user(user, &read_etc("passwd"), &read_etc("group"))
                 .map_err(StartError::Config)?,
             None => (0, 0),
         };
         let uid = sec.run_as_user.unwrap_or(image_uid);
-        let gid = sec.run_as_group.unwrap_or(if sec.run_as_user.is_some() {
-            0
-        } else {
-            image_gid
-        });
+        // runAsUser alone: the user's primary group from the image, if it lists the user.
+        let gid = match (sec.run_as_group, sec.run_as_user) {
+            (Some(g), _) => g,
+            (None, Some(u)) => {
+                spec::resolve_user(&u.to_string(), &read_etc("passwd"), "").map_or(0, |(_, g)| g)
+            }
+            (None, None) => image_gid,
+        };
         if sec.run_as_non_root && uid == 0 {
             return Err(StartError::Config(
                 "container has runAsNonRoot and image will run as root".into(),
@@ -325,13 +327,13 @@ impl OciRuntime {
             linux.args.as_deref(),
         )
         .map_err(StartError::InvalidImage)?;
-        spec::find_executable(&rootfs, &argv[0], &env).map_err(StartError::InvalidImage)?;
         let cwd = linux
             .working_dir
             .clone()
             .or_else(|| image.config.working_dir.clone())
             .filter(|d| d.starts_with('/'))
             .unwrap_or_else(|| "/".into());
+        spec::find_executable(&rootfs, &argv[0], &cwd, &env).map_err(StartError::InvalidImage)?;
         let oci = spec::build(&spec::SpecInputs {
             argv,
             env,
@@ -451,7 +453,8 @@ impl OciRuntime {
             if report.is_none() {
                 me.delete_leftover(&id).await;
             }
-            remove_bundle(&bundle);
+            let removing = bundle.clone();
+            let _ = tokio::task::spawn_blocking(move || remove_bundle(&removing)).await;
             {
                 let mut running = me.running.lock().unwrap_or_else(|p| p.into_inner());
                 if running.get(&key) == Some(&id) {
@@ -496,7 +499,10 @@ async fn supervise(
             },
             changed = stop.changed(), if stop_open => {
                 if changed.is_err() {
+                    // Nobody can ask for a stop any more (the pod worker gave up on it): the
+                    // container must not outlive it.
                     stop_open = false;
+                    let _ = shim_stdin.write_all(b"KILL\n").await;
                     continue;
                 }
                 let Some(grace) = *stop.borrow_and_update() else { continue };
@@ -571,6 +577,26 @@ fn exit_status(report: Option<Report>, stop_requested: bool) -> ExitStatus {
             message: "the container shim ended without reporting the container's exit".into(),
         },
     }
+}
+
+/// A file of the image's /etc (passwd, group), read by the agent as root: only a regular file
+/// reached without symbolic links (the image's links point into the image, not the host), and
+/// at most 1 MiB of it. Anything else reads as empty.
+fn read_image_file(rootfs: &Path, name: &str) -> String {
+    use std::io::Read;
+    let etc = rootfs.join("etc");
+    let plain = |p: &Path, dir: bool| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| if dir { m.is_dir() } else { m.is_file() })
+    };
+    let path = etc.join(name);
+    if !plain(&etc, true) || !plain(&path, false) {
+        return String::new();
+    }
+    let mut text = String::new();
+    if let Ok(f) = std::fs::File::open(&path) {
+        let _ = f.take(1 << 20).read_to_string(&mut text);
+    }
+    text
 }
 
 /// Whether `path` is a bind-mounted namespace (nsfs), not the empty file under it.

@@ -150,22 +150,26 @@ pub fn run(args: RunArgs) -> ExitCode {
             }
         })
     });
+    // Set once the process is reaped: its pid may then belong to another process.
+    let reaped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gone = reaped.clone();
+    let signal = move |sig: Signal| {
+        if !gone.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = rustix::process::kill_process(pid, sig);
+        }
+    };
     std::thread::spawn(move || {
         let stdin = std::io::stdin().lock();
         for line in stdin.lines() {
             match line.as_deref().map(str::trim) {
-                Ok("TERM") => {
-                    let _ = rustix::process::kill_process(pid, Signal::TERM);
-                }
-                Ok("KILL") => {
-                    let _ = rustix::process::kill_process(pid, Signal::KILL);
-                }
+                Ok("TERM") => signal(Signal::TERM),
+                Ok("KILL") => signal(Signal::KILL),
                 Ok(_) => {}
                 Err(_) => break,
             }
         }
         // The agent is gone: nobody would ever stop this container.
-        let _ = rustix::process::kill_process(pid, Signal::KILL);
+        signal(Signal::KILL);
     });
 
     let (code, signal) = loop {
@@ -183,6 +187,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             Err(_) => break (None, None),
         }
     };
+    reaped.store(true, std::sync::atomic::Ordering::SeqCst);
     // The pid namespace died with its first process, so every writer of the pipes is gone.
     for c in copiers {
         let _ = c.join();

@@ -95,6 +95,9 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "fsmount",
     "fsopen",
     "fspick",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
     "get_kernel_syms",
     "init_module",
     "ioperm",
@@ -105,6 +108,7 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "keyctl",
     "lookup_dcookie",
     "mount",
+    "mount_setattr",
     "move_mount",
     "name_to_handle_at",
     "nfsservctl",
@@ -134,6 +138,18 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "vm86old",
 ];
 
+/// clone(2) flags that make new namespaces: CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER,
+/// NEWPID, NEWNET.
+const CLONE_NAMESPACE_FLAGS: [u64; 7] = [
+    0x0002_0000,
+    0x0200_0000,
+    0x0400_0000,
+    0x0800_0000,
+    0x1000_0000,
+    0x2000_0000,
+    0x4000_0000,
+];
+
 /// The program and arguments, as Kubernetes merges them with the image: `command` replaces the
 /// Entrypoint (and drops Cmd); `args` replaces Cmd.
 pub fn argv(
@@ -141,6 +157,9 @@ pub fn argv(
     command: Option<&[String]>,
     args: Option<&[String]>,
 ) -> Result<Vec<String>, String> {
+    // An empty list is no override (as containerd reads `command: []`).
+    let command = command.filter(|c| !c.is_empty());
+    let args = args.filter(|a| !a.is_empty());
     let argv: Vec<String> = match (command, args) {
         (Some(c), Some(a)) => c.iter().chain(a).cloned().collect(),
         (Some(c), None) => c.to_vec(),
@@ -250,13 +269,23 @@ pub fn resolve_user(spec: &str, passwd: &str, group: &str) -> Result<(u32, u32),
 /// Whether `program` exists in the image: a path is looked up as it is, a bare name along the
 /// container's PATH. Symbolic links count without being followed (they point into the image,
 /// which the host does not see at the same place).
-pub fn find_executable(rootfs: &Path, program: &str, env: &[String]) -> Result<(), String> {
+pub fn find_executable(
+    rootfs: &Path,
+    program: &str,
+    cwd: &str,
+    env: &[String],
+) -> Result<(), String> {
     let exists = |p: &str| {
         let rel = p.trim_start_matches('/');
         !rel.is_empty() && std::fs::symlink_metadata(rootfs.join(rel)).is_ok()
     };
     if program.contains('/') {
-        return if exists(program) {
+        let path = if program.starts_with('/') {
+            program.to_string()
+        } else {
+            format!("{}/{program}", cwd.trim_end_matches('/'))
+        };
+        return if exists(&path) {
             Ok(())
         } else {
             Err(format!(
@@ -394,10 +423,23 @@ pub fn build(i: &SpecInputs) -> Result<Spec, String> {
         linux["maskedPaths"] = json!([]);
         linux["readonlyPaths"] = json!([]);
     } else {
+        let mut rules =
+            vec![json!({"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1})];
+        if !i.capabilities.iter().any(|c| c == "CAP_SYS_ADMIN") {
+            // As Docker: no new namespaces through clone (a user namespace would hand the
+            // container CAP_NET_ADMIN over a network namespace of its own, the usual way into
+            // kernel bugs), and clone3, whose flags seccomp cannot read, says ENOSYS so libc
+            // falls back to clone.
+            for flag in CLONE_NAMESPACE_FLAGS {
+                rules.push(json!({"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+                    "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]}));
+            }
+            rules.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}));
+        }
         linux["seccomp"] = json!({
             "defaultAction": "SCMP_ACT_ALLOW",
             "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_AARCH64"],
-            "syscalls": [{"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+            "syscalls": rules,
         });
     }
 
@@ -456,6 +498,11 @@ mod tests {
             s(&["sh", "-c", "true"])
         );
         assert!(argv(&ImageRunConfig::default(), None, None).is_err());
+        // Empty lists override nothing.
+        assert_eq!(
+            argv(&img, Some(&[]), Some(&[])).unwrap(),
+            s(&["/entry", "serve", "--port=80"])
+        );
     }
 
     #[test]
@@ -502,11 +549,13 @@ mod tests {
         std::fs::write(dir.path().join("bin/busybox"), b"").unwrap();
         std::os::unix::fs::symlink("/bin/busybox", dir.path().join("bin/sh")).unwrap();
         let env = vec!["PATH=/usr/bin:/bin".to_string()];
-        assert!(find_executable(dir.path(), "sh", &env).is_ok());
-        assert!(find_executable(dir.path(), "/bin/busybox", &env).is_ok());
-        let err = find_executable(dir.path(), "nope", &env).unwrap_err();
+        assert!(find_executable(dir.path(), "sh", "/", &env).is_ok());
+        assert!(find_executable(dir.path(), "/bin/busybox", "/", &env).is_ok());
+        assert!(find_executable(dir.path(), "./busybox", "/bin", &env).is_ok());
+        assert!(find_executable(dir.path(), "./busybox", "/", &env).is_err());
+        let err = find_executable(dir.path(), "nope", "/", &env).unwrap_err();
         assert!(err.contains("executable file not found in $PATH"), "{err}");
-        assert!(find_executable(dir.path(), "/", &env).is_err());
+        assert!(find_executable(dir.path(), "/", "/", &env).is_err());
     }
 
     #[test]
@@ -552,6 +601,16 @@ mod tests {
         assert_eq!(v["linux"]["resources"]["pids"]["limit"], 1024);
         assert_eq!(v["linux"]["cgroupsPath"], "/drover/abc");
         assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        let rules = v["linux"]["seccomp"]["syscalls"].as_array().unwrap();
+        assert!(
+            rules
+                .iter()
+                .any(|r| r["names"] == json!(["clone"]) && r["args"][0]["value"] == 0x1000_0000),
+            "clone(CLONE_NEWUSER) is refused"
+        );
+        assert!(rules
+            .iter()
+            .any(|r| r["names"] == json!(["clone3"]) && r["errnoRet"] == 38));
         let ns = v["linux"]["namespaces"].as_array().unwrap();
         assert!(ns
             .iter()
