@@ -426,6 +426,7 @@ async fn backend(args: &Args, dir: &Path, rootfs: &Path) -> anyhow::Result<()> {
         if i >= 5 {
             times.push(started.elapsed());
         }
+        rt.release_pod(&format!("bench{i}"));
     }
     println!(
         "{}",

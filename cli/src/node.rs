@@ -147,8 +147,17 @@ pub struct NodeDir {
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     crate::server::init_logging();
     if args.cleanup {
+        // Containers first (they hold pod network namespaces open), then the network.
+        if is_root() {
+            let shim =
+                std::env::current_exe().context("cannot find the drover binary (the shim)")?;
+            let config = runtime::oci::OciConfig::for_node(&args.dir.node_dir, shim);
+            runtime::oci::OciRuntime::new(config)?.clean_up().await;
+        }
         node::network::cleanup(&args.dir.node_dir).await?;
-        eprintln!("drover node: Drover's nftables table, pod namespaces and routes are removed");
+        eprintln!(
+            "drover node: Drover's containers, nftables table, pod namespaces and routes are removed"
+        );
         return Ok(());
     }
     let (Some(server), Some(token), Some(ca_file)) = (&args.server, &args.token, &args.ca_file)
