@@ -34,6 +34,9 @@ enum ShimCommand {
         root: PathBuf,
         #[arg(long)]
         id: String,
+        /// Write the command's host pid here once it runs.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
@@ -71,7 +74,12 @@ pub fn run(args: ShimArgs) -> ExitCode {
             log,
             cgroup,
         }),
-        ShimCommand::Exec { root, id, argv } => shim::exec(&root, &id, argv),
+        ShimCommand::Exec {
+            root,
+            id,
+            pid_file,
+            argv,
+        } => shim::exec(&root, &id, argv, pid_file.as_deref()),
         ShimCommand::Delete { root, id } => shim::delete(&root, &id),
     }
 }

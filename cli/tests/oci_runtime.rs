@@ -265,6 +265,28 @@ async fn exec_runs_commands_in_the_running_container() {
         .unwrap();
     assert_eq!(code, 126, "{out}");
     assert!(out.contains("not found"), "{out}");
+    // A command that outlives its timeout is killed, not left running in the container.
+    let timed_out =
+        s.rt.exec_output(
+            "default",
+            "pod-exec",
+            "exec",
+            vec!["sleep".into(), "31".into()],
+            Duration::from_secs(1),
+        )
+        .await;
+    assert!(timed_out.is_err(), "{timed_out:?}");
+    let (_, ps) =
+        s.rt.exec_output(
+            "default",
+            "pod-exec",
+            "exec",
+            vec!["ps".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(!ps.contains("sleep 31"), "{ps}");
     assert!(s
         .rt
         .exec_output(

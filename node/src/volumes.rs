@@ -144,7 +144,24 @@ pub fn mounts(
             return Err(ConfigError(format!("volume {:?} not found", m.name)));
         };
         let host_path = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            Some(sub) if plain_relative(sub) => path.join(sub),
+            Some(sub) if plain_relative(sub) => {
+                // A container may have made a part of the subPath a symbolic link in a writable
+                // volume; the mount would follow it out of the volume, into the host
+                // (CVE-2017-1002101). Checked just before the mount: a link swapped in between
+                // is not caught, which is why Kubernetes opens each component with O_NOFOLLOW.
+                let mut walked = path.clone();
+                for part in std::path::Path::new(sub).components() {
+                    walked.push(part);
+                    if std::fs::symlink_metadata(&walked).is_ok_and(|m| m.file_type().is_symlink())
+                    {
+                        return Err(ConfigError(format!(
+                            "subPath {sub:?} of volume {:?} goes through a symbolic link",
+                            m.name
+                        )));
+                    }
+                }
+                path.join(sub)
+            }
             Some(sub) => return Err(ConfigError(format!("invalid subPath {sub:?}"))),
             None => path.clone(),
         };
@@ -155,4 +172,30 @@ pub fn mounts(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sub_path_through_a_symbolic_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let volume = dir.path().join("data");
+        std::fs::create_dir_all(volume.join("ok")).unwrap();
+        std::os::unix::fs::symlink("/", volume.join("evil")).unwrap();
+        let volumes = BTreeMap::from([("data".to_string(), (volume.clone(), false))]);
+        let container = |sub: &str| -> Container {
+            serde_json::from_value(serde_json::json!({
+                "name": "c",
+                "volumeMounts": [{"name": "data", "mountPath": "/d", "subPath": sub}],
+            }))
+            .unwrap()
+        };
+        let ok = mounts(&container("ok"), &volumes).unwrap();
+        assert_eq!(ok[0].host_path, volume.join("ok"));
+        let err = mounts(&container("evil/etc"), &volumes).unwrap_err();
+        assert!(err.0.contains("symbolic link"), "{}", err.0);
+        assert!(mounts(&container("../x"), &volumes).is_err());
+    }
 }

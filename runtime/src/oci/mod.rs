@@ -153,16 +153,34 @@ impl OciRuntime {
         argv: Vec<String>,
         stdin: bool,
     ) -> Result<Child, ExecError> {
+        self.exec_with_pid_file(namespace, pod, container, argv, stdin, None)
+    }
+
+    fn exec_with_pid_file(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        argv: Vec<String>,
+        stdin: bool,
+        pid_file: Option<&Path>,
+    ) -> Result<Child, ExecError> {
         let id = self
             .lookup(namespace, pod, container)
             .ok_or_else(|| ExecError::NotRunning(format!("{namespace}/{pod}/{container}")))?;
         if argv.is_empty() {
             return Err(ExecError::Failed("no command given".into()));
         }
-        Command::new(&self.config.shim_program)
+        let mut command = Command::new(&self.config.shim_program);
+        command
             .args(["shim", "exec", "--root"])
             .arg(&self.config.state_root)
-            .args(["--id", &id, "--"])
+            .args(["--id", &id]);
+        if let Some(file) = pid_file {
+            command.arg("--pid-file").arg(file);
+        }
+        command
+            .arg("--")
             .args(&argv)
             .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
@@ -181,8 +199,24 @@ impl OciRuntime {
         argv: Vec<String>,
         timeout: Duration,
     ) -> Result<(i32, String), ExecError> {
-        let child = self.exec(namespace, pod, container, argv, false)?;
-        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let pid_file = self.config.bundles_dir.join(format!(".exec-{n}.pid"));
+        let child =
+            self.exec_with_pid_file(namespace, pod, container, argv, false, Some(&pid_file))?;
+        let result = tokio::time::timeout(timeout, child.wait_with_output()).await;
+        if result.is_err() {
+            // Timed out: the shim is killed as its Child is dropped, but the command runs on
+            // inside the container; kill it too, or hung probes pile up period after period.
+            let pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+                .and_then(rustix::process::Pid::from_raw);
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        let _ = std::fs::remove_file(&pid_file);
+        match result {
             Ok(Ok(out)) => {
                 let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
                 text.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -639,6 +673,11 @@ fn mount_overlay(bundle: &Path, layers: &[PathBuf]) -> std::io::Result<()> {
 
 /// Unmounts a bundle's rootfs (if mounted) and removes the bundle.
 fn remove_bundle(bundle: &Path) {
+    if bundle.is_file() {
+        // An exec's pid file left by a crash.
+        let _ = std::fs::remove_file(bundle);
+        return;
+    }
     let rootfs = bundle.join("rootfs");
     // Detach: a process still holding a file open must not keep the bundle.
     let _ = rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::DETACH);

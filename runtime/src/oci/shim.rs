@@ -234,7 +234,9 @@ pub fn oom_kills(cgroup: &str) -> u64 {
 
 /// `drover shim exec`: runs `argv` inside a running container with the shim's own stdio, and
 /// exits with its exit code (128 + the signal that ended it; 126 when it could not start).
-pub fn exec(root: &Path, id: &str, argv: Vec<String>) -> ExitCode {
+/// With `pid_file`, the command's host pid is written there once it runs, so whoever started
+/// the shim can kill the command itself (killing the shim does not end it).
+pub fn exec(root: &Path, id: &str, argv: Vec<String>, pid_file: Option<&Path>) -> ExitCode {
     let started = builder(root, id).and_then(|b| {
         b.as_tenant()
             .with_container_args(argv.clone())
@@ -253,6 +255,11 @@ pub fn exec(root: &Path, id: &str, argv: Vec<String>) -> ExitCode {
             return ExitCode::from(126);
         }
     };
+    if let Some(file) = pid_file {
+        if let Err(e) = std::fs::write(file, pid.as_raw_nonzero().to_string()) {
+            eprintln!("cannot write {}: {e}", file.display());
+        }
+    }
     loop {
         match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
             Ok(Some((_, status))) => {
