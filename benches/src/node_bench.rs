@@ -17,6 +17,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+#[path = "up_client.rs"]
+mod up_client;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -199,13 +202,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(args: &Args, data: &std::path::Path, pid: u32) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !data.join("pki/admin.token").exists() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "drover up never wrote its certificates"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (http, token) = up_client::admin_client(data).await?;
     let import = Command::new(&args.drover)
         .args(["image", "import", "--node-dir"])
         .arg(data.join("node"))
@@ -217,15 +214,7 @@ async fn run(args: &Args, data: &std::path::Path, pid: u32) -> anyhow::Result<()
         "import failed: {}",
         String::from_utf8_lossy(&import.stderr)
     );
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(data.join("pki/ca.crt"))?)?;
-    let token = std::fs::read_to_string(data.join("pki/admin.token"))?
-        .trim()
-        .to_string();
     let base = "https://127.0.9.1:6443".to_string();
-    let http = reqwest::Client::builder()
-        .add_root_certificate(ca)
-        .tls_built_in_root_certs(false)
-        .build()?;
     let pods = format!("{base}/api/v1/namespaces/default/pods");
     loop {
         let r = http

@@ -20,6 +20,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+#[path = "up_client.rs"]
+mod up_client;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
@@ -292,21 +295,7 @@ async fn pod_start(
 
 async fn pods(args: &Args, data: &Path, image: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !data.join("pki/admin.token").exists() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "drover up never wrote its certificates"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(data.join("pki/ca.crt"))?)?;
-    let token = std::fs::read_to_string(data.join("pki/admin.token"))?
-        .trim()
-        .to_string();
-    let http = reqwest::Client::builder()
-        .add_root_certificate(ca)
-        .tls_built_in_root_certs(false)
-        .build()?;
+    let (http, token) = up_client::admin_client(data).await?;
     let pods = "https://127.0.9.1:6443/api/v1/namespaces/default/pods";
     let ready = |p: &Value| {
         p["status"]["conditions"]

@@ -4,8 +4,6 @@
 //! kubectl. The nodes pull the image over the bridge, run it through libcontainer, and the
 //! tests look at what is left on the host afterwards.
 
-use std::time::Duration;
-
 mod common;
 use common::lan::{sh, Lan};
 
@@ -80,11 +78,15 @@ fn leftovers(uid12: &str) -> Vec<String> {
             }
         }
     }
+    // Its rootfs overlays (`containers/<uid12>-...`) and its IPC/UTS namespace files
+    // (`/run/drover-oci/<node>-pods/<uid>`).
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     left.extend(
         mounts
             .lines()
-            .filter(|l| l.contains(&format!("/containers/{uid12}")))
+            .filter(|l| {
+                l.contains(&format!("/containers/{uid12}")) || l.contains(&format!("-pods/{uid12}"))
+            })
             .map(|l| format!("mount {l}")),
     );
     let (_, links) = sh("ip -all netns exec ip -o link 2>/dev/null; ip -o link");
@@ -94,12 +96,14 @@ fn leftovers(uid12: &str) -> Vec<String> {
             .filter(|l| l.contains(&format!("drv{uid12}")))
             .map(|l| format!("veth {l}")),
     );
-    let (_, ps) = sh("ps -eo pid,args");
-    left.extend(
-        ps.lines()
-            .filter(|l| l.contains(&format!("--id {uid12}")))
-            .map(|l| format!("process {l}")),
-    );
+    // Its shims (`drover shim run --id <uid12>-...`), from /proc: no `ps` needed.
+    for proc in std::fs::read_dir("/proc").unwrap().flatten() {
+        let args = std::fs::read(proc.path().join("cmdline")).unwrap_or_default();
+        let args = String::from_utf8_lossy(&args).replace('\0', " ");
+        if args.contains(&format!("--id {uid12}")) {
+            left.push(format!("process {args}"));
+        }
+    }
     left
 }
 
@@ -325,7 +329,6 @@ spec:
         (state.contains("CreateContainerError") && state.contains("executable file not found"))
             .then_some(())
     });
-    std::thread::sleep(Duration::from_millis(10));
 }
 
 #[test]

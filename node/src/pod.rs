@@ -452,6 +452,12 @@ impl Worker {
         }
     }
 
+    /// Container `index` cannot start yet: it waits with `reason`, and is tried again `after`.
+    fn wait_to_retry(&mut self, index: usize, reason: &str, message: String, after: Duration) {
+        self.slots[index].status.state = ContainerState::waiting(reason, Some(message));
+        self.schedule_retry(index, after);
+    }
+
     fn schedule_retry(&self, index: usize, after: Duration) {
         let tx = self.tx.clone();
         let generation = self.slots[index].generation;
@@ -505,9 +511,12 @@ impl Worker {
                     "Failed",
                     &format!("Error: {}", e.0),
                 );
-                self.slots[index].status.state =
-                    ContainerState::waiting("CreateContainerConfigError", Some(e.0));
-                self.schedule_retry(index, Duration::from_secs(5));
+                self.wait_to_retry(
+                    index,
+                    "CreateContainerConfigError",
+                    e.0,
+                    Duration::from_secs(5),
+                );
                 return;
             }
         };
@@ -522,9 +531,12 @@ impl Worker {
                     self.ctx.node_name
                 );
                 self.event(Some(&container.name), Warning, "Failed", &message);
-                self.slots[index].status.state =
-                    ContainerState::waiting("CreateContainerError", Some(message));
-                self.schedule_retry(index, Duration::from_secs(30));
+                self.wait_to_retry(
+                    index,
+                    "CreateContainerError",
+                    message,
+                    Duration::from_secs(30),
+                );
                 return;
             }
         };
@@ -532,11 +544,12 @@ impl Worker {
             match self.write_etc_files() {
                 Ok(m) => m,
                 Err(e) => {
-                    self.slots[index].status.state = ContainerState::waiting(
+                    self.wait_to_retry(
+                        index,
                         "CreateContainerConfigError",
-                        Some(format!("cannot write the pod's /etc files: {e}")),
+                        format!("cannot write the pod's /etc files: {e}"),
+                        Duration::from_secs(5),
                     );
-                    self.schedule_retry(index, Duration::from_secs(5));
                     return;
                 }
             }
@@ -554,9 +567,12 @@ impl Worker {
                 m
             }
             Err(e) => {
-                self.slots[index].status.state =
-                    ContainerState::waiting("CreateContainerConfigError", Some(e.0));
-                self.schedule_retry(index, Duration::from_secs(5));
+                self.wait_to_retry(
+                    index,
+                    "CreateContainerConfigError",
+                    e.0,
+                    Duration::from_secs(5),
+                );
                 return;
             }
         };
@@ -569,11 +585,12 @@ impl Worker {
         let log = match LogFile::create(&log_path) {
             Ok(l) => l,
             Err(e) => {
-                self.slots[index].status.state = ContainerState::waiting(
+                self.wait_to_retry(
+                    index,
                     "RunContainerError",
-                    Some(format!("cannot open its log: {e}")),
+                    format!("cannot open its log: {e}"),
+                    Duration::from_secs(5),
                 );
-                self.schedule_retry(index, Duration::from_secs(5));
                 return;
             }
         };
