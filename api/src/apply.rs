@@ -298,23 +298,39 @@ pub fn apply(
     }
     strategic_merge(&mut obj, &config);
 
-    entries.retain(|e| !mine(e) && !e.fields.is_empty());
+    // An apply that owns what it owned before keeps its entry's time and place, so applying
+    // the same configuration again changes nothing and the server can skip the write.
+    let unchanged = entries
+        .iter()
+        .find(|e| mine(e))
+        .filter(|e| e.fields == new && e.raw["apiVersion"] == json!(api_version))
+        .map(|e| e.raw.clone());
+    let my_entry = unchanged.unwrap_or_else(|| {
+        json!({
+            "manager": manager,
+            "operation": "Apply",
+            "apiVersion": api_version,
+            "time": now,
+            "fieldsType": "FieldsV1",
+            "fieldsV1": to_fields_v1(&new),
+        })
+    });
+    let mut my_entry = Some(my_entry);
     let mut managed: Vec<Value> = entries
         .into_iter()
-        .map(|e| {
+        .filter_map(|e| {
+            if mine(&e) {
+                return my_entry.take();
+            }
+            if e.fields.is_empty() {
+                return None;
+            }
             let mut raw = e.raw;
             raw["fieldsV1"] = to_fields_v1(&e.fields);
-            raw
+            Some(raw)
         })
         .collect();
-    managed.push(json!({
-        "manager": manager,
-        "operation": "Apply",
-        "apiVersion": api_version,
-        "time": now,
-        "fieldsType": "FieldsV1",
-        "fieldsV1": to_fields_v1(&new),
-    }));
+    managed.extend(my_entry);
     let meta = obj
         .as_object_mut()
         .map(|m| m.entry("metadata").or_insert_with(|| json!({})));

@@ -483,12 +483,20 @@ async fn dispatch(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("application/json")
                 .to_string();
+            // DeleteOptions travel in the body of a delete and inside an Eviction.
+            let delete_options = method == Method::DELETE
+                || (method == Method::POST && o.subresource.as_deref() == Some("eviction"));
+            let dry_run = match dry_run(&query, delete_options.then_some(&body)) {
+                Ok(d) => d,
+                Err(r) => return r,
+            };
             let call = Call {
                 st: &st,
                 o: &o,
                 query: &query,
                 table,
                 user: &user,
+                dry_run,
             };
             if o.resource.is_metrics() {
                 return match (&method, &o.subresource) {
@@ -571,6 +579,44 @@ async fn dispatch(
             }
         }
     }
+}
+
+/// `dryRun=All`: the request is admitted, defaulted, validated and checked against the store
+/// as usual, and answered as if it were carried out, but nothing is written. Kubernetes knows
+/// no other value; an empty one means a real request. A delete may say it in the query or in
+/// its DeleteOptions (kubectl does the latter), an eviction in the Eviction's DeleteOptions.
+fn dry_run(query: &Query, delete_options: Option<&Bytes>) -> Result<bool, Response> {
+    let mut asked: Vec<String> = query.get("dryRun").cloned().into_iter().collect();
+    if let Some(body) = delete_options {
+        if let Ok(options) = serde_json::from_slice::<Value>(body) {
+            let options = options.get("deleteOptions").unwrap_or(&options);
+            if let Some(list) = options["dryRun"].as_array() {
+                asked.extend(list.iter().map(|v| v.as_str().unwrap_or("?").to_string()));
+            }
+        }
+    }
+    match asked.iter().find(|v| !v.is_empty() && *v != "All") {
+        None => Ok(asked.iter().any(|v| v == "All")),
+        Some(other) => Err(json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &status(
+                422,
+                "Invalid",
+                &format!("dryRun: Unsupported value: \"{other}\": supported values: \"All\""),
+                Some(
+                    json!({"causes": [{"reason": "FieldValueNotSupported", "message": format!("Unsupported value: \"{other}\": supported values: \"All\""), "field": "dryRun"}]}),
+                ),
+            ),
+        )),
+    }
+}
+
+/// How one attempt at a delete ended.
+enum Deletion {
+    /// Answered: deleted, marked for deletion, or refused.
+    Done(Response),
+    /// The object changed between the read and the write.
+    Moved,
 }
 
 fn has_finalizers(obj: &Value) -> bool {
@@ -739,6 +785,8 @@ struct Call<'a> {
     query: &'a Query,
     table: bool,
     user: &'a User,
+    /// `dryRun=All`: every write goes through `commit`, which then writes nothing.
+    dry_run: bool,
 }
 
 impl Call<'_> {
@@ -748,6 +796,27 @@ impl Call<'_> {
 
     fn key(&self, name: &str) -> String {
         self.resource().key(self.o.namespace.as_deref(), name)
+    }
+
+    /// A write to the store; under dry-run only its comparisons and reads run, so the answer
+    /// (success, conflict, a ClusterIP or NodePort already taken) is the real one and nothing
+    /// is stored: not the object, not an allocation.
+    async fn commit(&self, txn: Txn) -> Result<raft_store::TxnResponse, StoreError> {
+        if self.dry_run {
+            self.st.txn(txn.without_writes()).await
+        } else {
+            self.st.txn(txn).await
+        }
+    }
+
+    /// The resourceVersion a write answers with: the write's own revision, or under dry-run,
+    /// the version the object already had (none for an object that does not exist yet).
+    fn written_version(&self, resp: &raft_store::TxnResponse, before: Option<u64>) -> Value {
+        match (self.dry_run, before) {
+            (false, _) => json!(resp.revision.to_string()),
+            (true, Some(rev)) => json!(rev.to_string()),
+            (true, None) => json!(""),
+        }
     }
 
     /// A linearizable read from the store.
@@ -1393,7 +1462,7 @@ impl Call<'_> {
                     CompareOp::Equal,
                     current.mod_revision,
                 ));
-            match self.st.txn(txn).await {
+            match self.commit(txn).await {
                 Ok(resp) if resp.succeeded => {
                     return json_response(
                         StatusCode::CREATED,
@@ -1566,13 +1635,18 @@ impl Call<'_> {
                     .when(Compare::exists(res.key.as_bytes(), false))
                     .and_then(Op::put(res.key.as_bytes(), holder.as_bytes()));
             }
-            let resp = match self.st.txn(txn).await {
+            let resp = match self.commit(txn).await {
                 Ok(resp) => resp,
                 Err(e) => return store_failure(e),
             };
             if resp.succeeded {
-                object::metadata_mut(&mut candidate)
-                    .insert("resourceVersion".into(), json!(resp.revision.to_string()));
+                let version = self.written_version(&resp, None);
+                let meta = object::metadata_mut(&mut candidate);
+                if self.dry_run {
+                    meta.remove("resourceVersion");
+                } else {
+                    meta.insert("resourceVersion".into(), version);
+                }
                 return self.respond(StatusCode::CREATED, candidate);
             }
             if resp
@@ -1656,10 +1730,22 @@ impl Call<'_> {
         let finished = old["metadata"].get("deletionTimestamp").is_some()
             && !has_finalizers(&obj)
             && !self.graceful_pod(&obj);
-        let mut txn = Txn::put(
-            key.as_bytes(),
-            to_bytes(&convert::to_storage(self.resource(), obj.clone())),
-        );
+        let stored = to_bytes(&convert::to_storage(self.resource(), obj.clone()));
+        // An update that changes nothing is not written, as kube-apiserver skips it: the
+        // resourceVersion stays, watchers hear nothing, and an apply of the same manifest
+        // leaves the object as it was.
+        if !finished && change.acquire.is_empty() && change.release.is_empty() {
+            let unchanged = serde_json::from_slice::<Value>(&current.value)
+                .is_ok_and(|before| serde_json::from_slice::<Value>(&stored).ok() == Some(before));
+            if unchanged {
+                object::metadata_mut(&mut obj).insert(
+                    "resourceVersion".into(),
+                    json!(current.mod_revision.to_string()),
+                );
+                return Ok(obj);
+            }
+        }
+        let mut txn = Txn::put(key.as_bytes(), stored);
         if finished {
             txn = Txn::delete(key.as_bytes());
             txn.success.extend(release_ops(self.resource(), &obj));
@@ -1680,10 +1766,10 @@ impl Call<'_> {
                 txn = txn.and_then(Op::delete(k.as_bytes()));
             }
         }
-        match self.st.txn(txn).await {
+        match self.commit(txn).await {
             Ok(resp) if resp.succeeded => {
-                object::metadata_mut(&mut obj)
-                    .insert("resourceVersion".into(), json!(resp.revision.to_string()));
+                let version = self.written_version(&resp, Some(current.mod_revision));
+                object::metadata_mut(&mut obj).insert("resourceVersion".into(), version);
                 Ok(obj)
             }
             Ok(_) if !change.acquire.is_empty() => {
@@ -2023,11 +2109,6 @@ impl Call<'_> {
     }
 
     async fn delete(&self, name: &str, body: &Bytes) -> Response {
-        let current = match self.read(name).await {
-            Ok(Some(kv)) => kv,
-            Ok(None) => return not_found(self.resource(), name),
-            Err(e) => return store_failure(e),
-        };
         let options: Value = if body.is_empty() {
             json!({})
         } else {
@@ -2037,6 +2118,29 @@ impl Call<'_> {
                     return bad_request(&format!("the DeleteOptions body is not valid JSON: {e}"))
                 }
             }
+        };
+        // Without preconditions the caller means whatever version is there, so a write that
+        // slipped in between (a controller's status update) is read again, as kube-apiserver
+        // does, instead of answering 409.
+        let preconditions = options["preconditions"]
+            .as_object()
+            .is_some_and(|p| p.values().any(|v| !v.is_null()));
+        let attempts = if preconditions { 1 } else { 8 };
+        for _ in 0..attempts {
+            match self.delete_once(name, &options).await {
+                Deletion::Done(resp) => return resp,
+                Deletion::Moved => continue,
+            }
+        }
+        self.conflict(name)
+    }
+
+    /// One attempt at deleting the object as it is now.
+    async fn delete_once(&self, name: &str, options: &Value) -> Deletion {
+        let current = match self.read(name).await {
+            Ok(Some(kv)) => kv,
+            Ok(None) => return Deletion::Done(not_found(self.resource(), name)),
+            Err(e) => return Deletion::Done(store_failure(e)),
         };
         let mut obj = self.load(&current);
         // Preconditions: the caller means this object, at this version.
@@ -2054,7 +2158,7 @@ impl Call<'_> {
                         "Precondition failed: {field} in precondition: {want}, {field} in object meta: {}",
                         have.as_str().unwrap_or("")
                     );
-                    return failure(StatusCode::CONFLICT, "Conflict", &msg);
+                    return Deletion::Done(failure(StatusCode::CONFLICT, "Conflict", &msg));
                 }
             }
         }
@@ -2113,14 +2217,14 @@ impl Call<'_> {
                 CompareOp::Equal,
                 current.mod_revision,
             ));
-            return match self.st.txn(txn).await {
+            return match self.commit(txn).await {
                 Ok(resp) if resp.succeeded => {
-                    object::metadata_mut(&mut obj)
-                        .insert("resourceVersion".into(), json!(resp.revision.to_string()));
-                    self.respond(StatusCode::OK, obj)
+                    let version = self.written_version(&resp, Some(current.mod_revision));
+                    object::metadata_mut(&mut obj).insert("resourceVersion".into(), version);
+                    Deletion::Done(self.respond(StatusCode::OK, obj))
                 }
-                Ok(_) => self.conflict(name),
-                Err(e) => store_failure(e),
+                Ok(_) => Deletion::Moved,
+                Err(e) => Deletion::Done(store_failure(e)),
             };
         }
         let key = self.key(name);
@@ -2147,7 +2251,7 @@ impl Call<'_> {
                         .iter()
                         .flat_map(|kv| release_ops(services, &from_kv(kv))),
                 ),
-                Err(e) => return store_failure(e),
+                Err(e) => return Deletion::Done(store_failure(e)),
             }
         }
         let txn = Txn {
@@ -2159,16 +2263,16 @@ impl Call<'_> {
             success: ops,
             failure: vec![],
         };
-        match self.st.txn(txn).await {
+        match self.commit(txn).await {
             Ok(resp) if resp.succeeded => {
                 let mut obj = self.load(&current);
                 if self.resource().name == "namespaces" {
                     obj["status"] = json!({"phase": "Terminating"});
                 }
-                self.respond(StatusCode::OK, obj)
+                Deletion::Done(self.respond(StatusCode::OK, obj))
             }
-            Ok(_) => self.conflict(name),
-            Err(e) => store_failure(e),
+            Ok(_) => Deletion::Moved,
+            Err(e) => Deletion::Done(store_failure(e)),
         }
     }
 
@@ -2197,7 +2301,7 @@ impl Call<'_> {
             ));
             txn.success
                 .extend(release_ops(self.resource(), &from_kv(kv)));
-            match self.st.txn(txn).await {
+            match self.commit(txn).await {
                 Ok(r) if r.succeeded => deleted.push(obj),
                 Ok(_) => {} // changed meantime: it is no longer the object that matched
                 Err(e) => return store_failure(e),

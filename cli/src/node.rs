@@ -38,9 +38,10 @@ pub struct NodeOptions {
     /// The node's name (default: the host name).
     #[arg(long)]
     pub name: Option<String>,
-    /// The address the cluster reaches this node at.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub node_address: IpAddr,
+    /// The address the cluster reaches this node at (default: the source address of the
+    /// host's default route, as kubelet picks it; 127.0.0.1 when the host has none).
+    #[arg(long)]
+    pub node_address: Option<IpAddr>,
     /// The port of the node's log endpoint (the kubelet's is 10250).
     #[arg(long, default_value_t = 10250)]
     pub node_port: u16,
@@ -60,6 +61,33 @@ pub struct NodeOptions {
     /// A registry (host:port) to reach over plain HTTP (loopback ones always are). Repeatable.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+}
+
+impl NodeOptions {
+    /// The node's address: `--node-address`, or the host's primary address. Says which was
+    /// chosen and why, since NodePorts and the pods' DNS depend on it.
+    pub fn resolve_address(&self) -> IpAddr {
+        if let Some(address) = self.node_address {
+            return address;
+        }
+        match network::hostaddr::primary_ipv4() {
+            network::hostaddr::HostAddress::DefaultRoute { address, interface } => {
+                eprintln!(
+                    "drover: node address {address} (the source address of the default route, \
+                     on {interface}); --node-address chooses another"
+                );
+                IpAddr::V4(address)
+            }
+            network::hostaddr::HostAddress::NoDefaultRoute(why) => {
+                eprintln!(
+                    "drover: node address 127.0.0.1: {why}. NodePorts answer only on this \
+                     machine and pods cannot reach the cluster DNS; pass --node-address with \
+                     an address of this host to change that"
+                );
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            }
+        }
+    }
 }
 
 pub fn hostname() -> String {
@@ -106,7 +134,7 @@ pub fn agent(
     };
     let config = node::agent::NodeConfig {
         name: options.name.clone().unwrap_or_else(hostname),
-        address: options.node_address,
+        address: options.resolve_address(),
         port: options.node_port,
         data_dir,
         backoff_base: options.crash_backoff,

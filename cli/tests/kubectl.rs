@@ -822,3 +822,67 @@ async fn server_side_apply_owns_fields_removes_dropped_ones_and_reports_conflict
     ]);
     assert!(err.contains("data.a") || err.contains("data"), "{err}");
 }
+
+/// Server-side dry-run as kubectl uses it: `apply --dry-run=server`, `diff` (a dry-run patch),
+/// `delete --dry-run=server` and `create --dry-run=server` show what would happen and change
+/// nothing: the live objects keep their data and resourceVersion, and no Service address or
+/// port is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_dry_run_and_diff_change_nothing() {
+    let k = Kubectl::start(35).await;
+    let file = k.write("shop.yaml", MANIFEST);
+    k.ok(&["apply", "-f", &file]);
+    let version = |k: &Kubectl| {
+        k.ok(&[
+            "get",
+            "cm",
+            "invoice-config",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}/{.data.currency}",
+        ])
+    };
+    let before = version(&k);
+    let edited = k.write(
+        "edited.yaml",
+        &MANIFEST.replace("currency: EUR", "currency: CHF"),
+    );
+    let out = k.ok(&["apply", "--dry-run=server", "-f", &edited]);
+    assert!(
+        out.contains("configmap/invoice-config configured (server dry run)"),
+        "{out}"
+    );
+    let out = k.ok(&["apply", "--server-side", "--dry-run=server", "-f", &edited]);
+    assert!(out.contains("serverside-applied (server dry run)"), "{out}");
+    // `kubectl diff` exits 1 when there is a difference, and shows it.
+    let (ok, out, err) = k.run(&["diff", "-f", &edited]);
+    assert!(!ok && out.contains("+  currency: CHF"), "{out}\n{err}");
+    let out = k.ok(&["delete", "--dry-run=server", "-f", &file]);
+    assert!(out.contains("(server dry run)"), "{out}");
+    k.ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "probe",
+        "--tcp=80:8080",
+        "--node-port=30555",
+        "-n",
+        "shop",
+        "--dry-run=server",
+    ]);
+    assert_eq!(version(&k), before, "the live object did not change");
+    k.ok(&["get", "namespace", "shop"]);
+    k.fails(&["get", "service", "probe", "-n", "shop"]);
+    // The node port the dry run asked for is still free.
+    k.ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "real",
+        "--tcp=80:8080",
+        "--node-port=30555",
+        "-n",
+        "shop",
+    ]);
+}

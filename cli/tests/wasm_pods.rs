@@ -663,7 +663,8 @@ fn drover_up_then_the_readme_commands_work_as_written() {
     let mut up = Command::new(bin());
     up.args(["up"]).stdout(log.try_clone().unwrap()).stderr(log);
     tool_env(&mut up);
-    let mut child = up.spawn().unwrap();
+    // Stopped however the test ends, so a failed check leaves no cluster running.
+    let mut child = KillOnDrop(up.spawn().unwrap());
     let kubeconfig = home.path().join(".local/share/drover/admin.kubeconfig");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !kubeconfig.exists() {
@@ -674,8 +675,65 @@ fn drover_up_then_the_readme_commands_work_as_written() {
     sh.args(["-euo", "pipefail", "-c", &script]);
     tool_env(&mut sh);
     let out = sh.output().unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    // The node is on the host's own address, and pods reach the cluster DNS through it.
+    let node_and_dns = out.status.success().then(|| {
+        let kubectl = |args: &[&str]| {
+            let mut cmd = Command::new("kubectl");
+            cmd.args(args);
+            tool_env(&mut cmd);
+            cmd.env("KUBECONFIG", &kubeconfig);
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "kubectl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let node_ip = kubectl(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={.items[0].status.addresses[?(@.type==\"InternalIP\")].address}",
+        ]);
+        // The script's own pods are still stopping: start from none, so every pod seen below
+        // is one of the new Deployment's.
+        kubectl(&[
+            "wait",
+            "--for=delete",
+            "pod",
+            "-l",
+            "app=hw",
+            "--timeout=60s",
+        ]);
+        kubectl(&["apply", "-f", "examples/hello-world.yaml"]);
+        kubectl(&[
+            "rollout",
+            "status",
+            "deployment/hw-demo-deployment",
+            "--timeout=60s",
+        ]);
+        let pod = kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=hw",
+            "-o",
+            "jsonpath={.items[0].metadata.uid} {.items[0].status.podIP}",
+        ]);
+        let (uid, pod_ip) = pod.split_once(' ').expect("uid and address");
+        // What a container's resolver does: ask the cluster DNS from the pod's namespace.
+        let netns = network::pods::PodLink::for_uid(uid).netns;
+        let lookup = Command::new("ip")
+            .args(["netns", "exec", &netns, "busybox", "nslookup"])
+            .args(["hw-svc.default.svc.cluster.local", "10.96.0.10"])
+            .output()
+            .unwrap();
+        let reached = pod_reaches_host_loopback(&netns, pod_ip);
+        kubectl(&["delete", "-f", "examples/hello-world.yaml"]);
+        (node_ip, lookup, reached)
+    });
+    child.stop();
     // `drover up` gave its pods network namespaces and programmed nftables on this host
     // (routed pod networking, the default): what it leaves is removed as an operator would.
     let mut cleanup = Command::new(bin());
@@ -704,6 +762,86 @@ fn drover_up_then_the_readme_commands_work_as_written() {
         up_log.contains("kubectl get nodes"),
         "drover up suggests the next commands"
     );
+    // Both NodePort requests were answered by the seed's Deployment.
+    assert_eq!(
+        stdout
+            .matches("Hello world from hw-demo-deployment-")
+            .count(),
+        2,
+        "{stdout}"
+    );
+    let (node_ip, lookup, reached) = node_and_dns.expect("the script succeeded");
+    assert!(
+        !reached,
+        "a pod reached a service bound to the host's 127.0.0.1 (route_localnet without the guard)"
+    );
+    match network::hostaddr::primary_ipv4() {
+        network::hostaddr::HostAddress::DefaultRoute { address, .. } => {
+            assert_eq!(node_ip, address.to_string(), "{up_log}")
+        }
+        network::hostaddr::HostAddress::NoDefaultRoute(_) => assert_eq!(node_ip, "127.0.0.1"),
+    }
+    let answer = String::from_utf8_lossy(&lookup.stdout);
+    assert!(
+        lookup.status.success() && answer.contains("10.96."),
+        "nslookup from a pod: {answer}\n{}",
+        String::from_utf8_lossy(&lookup.stderr)
+    );
+}
+
+/// A child process killed and reaped when dropped.
+struct KillOnDrop(Child);
+
+impl KillOnDrop {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether a pod that routes 127.0.0.0/8 to its node (what a container with CAP_NET_ADMIN could
+/// do) reaches a UDP service bound to the host's 127.0.0.1. The pods' links have
+/// `route_localnet` (for NodePorts on 127.0.0.1), so only the node's guard rule stops this.
+fn pod_reaches_host_loopback(netns: &str, pod_ip: &str) -> bool {
+    let service = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = service.local_addr().unwrap().port();
+    let in_pod = |script: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", netns, "sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    in_pod(
+        "ip route del local 127.0.0.0/8 dev lo table local && \
+         ip route del local 127.0.0.1 dev lo table local && \
+         ip route add 127.0.0.0/8 via 169.254.1.1 dev eth0 onlink",
+    );
+    // Datagrams until one arrives or the guard has had ample time to drop them all.
+    service
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    for _ in 0..10 {
+        in_pod(&format!(
+            "python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+             s.bind((\"{pod_ip}\", 0)); s.sendto(b\"in\", (\"127.0.0.1\", {port}))'"
+        ));
+        if service.recv_from(&mut buf).is_ok() {
+            return true;
+        }
+    }
+    false
 }
 
 /// A real registry (Debian's docker-registry) on 127.0.0.1, stopped on drop.

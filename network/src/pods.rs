@@ -112,6 +112,7 @@ impl PodNetwork {
     pub async fn add_pod(uid: &str, ip: Ipv4Addr) -> anyhow::Result<PodLink> {
         let link = PodLink::for_uid(uid);
         if link.netns_path().exists() && Self::pod_is_wired(&link, ip).await {
+            Self::host_link_settings(&link.host_veth)?;
             return Ok(link);
         }
         // Half-made from an earlier try: start again.
@@ -130,14 +131,7 @@ impl PodNetwork {
         )
         .await
         .with_context(|| format!("wiring {host_veth} for pod address {ip}"))?;
-        // Strict reverse-path filtering on the pod's link: a packet from it must come from an
-        // address routed back through it, so a pod (a container with CAP_NET_RAW) cannot
-        // forge another pod's address past NetworkPolicy, which matches on source addresses.
-        std::fs::write(
-            format!("/proc/sys/net/ipv4/conf/{host_veth}/rp_filter"),
-            "1",
-        )
-        .with_context(|| format!("turning on reverse-path filtering on {host_veth}"))?;
+        Self::host_link_settings(host_veth)?;
         ip_batch(
             Some(netns),
             &format!(
@@ -152,6 +146,30 @@ impl PodNetwork {
         .await
         .with_context(|| format!("setting up eth0 {ip} in {netns}"))?;
         Ok(link)
+    }
+
+    /// The kernel settings of a pod's link on the host side.
+    fn host_link_settings(host_veth: &str) -> anyhow::Result<()> {
+        let conf = |setting: &str, value: &str, why: &str| {
+            std::fs::write(
+                format!("/proc/sys/net/ipv4/conf/{host_veth}/{setting}"),
+                value,
+            )
+            .with_context(|| format!("{why} on {host_veth} ({setting})"))
+        };
+        // Strict reverse-path filtering on the pod's link: a packet from it must come from an
+        // address routed back through it, so a pod (a container with CAP_NET_RAW) cannot
+        // forge another pod's address past NetworkPolicy, which matches on source addresses.
+        conf("rp_filter", "1", "turning on reverse-path filtering")?;
+        // A NodePort reached at 127.0.0.1 from the host is sent to the pod from 127.0.0.1
+        // (masqueraded on the way out) and answered back to it: the kernel lets loopback
+        // addresses over this link only with route_localnet. The base table refuses new
+        // connections to 127.0.0.0/8 from other sources, so pods gain no way in with it.
+        conf(
+            "route_localnet",
+            "1",
+            "letting NodePorts answer on 127.0.0.1",
+        )
     }
 
     /// Whether the pod's network is complete: its host route, its address, and its default

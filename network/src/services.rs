@@ -495,10 +495,34 @@ pub fn base_ruleset(node: &NodeNet) -> Vec<Op> {
     use Match::*;
     let cluster = node.cluster_cidr;
     let m = MASQUERADE_MARK;
+    let loopback = ipnet::Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("a /8 is valid");
     let mut ops = vec![
         base_chain("nat-prerouting", Nat, Hook::Prerouting, -100),
         base_chain("nat-output", Nat, Hook::Output, -100),
         base_chain("nat-postrouting", Nat, Hook::Postrouting, 100),
+        base_chain("filter-input", ChainType::Filter, Hook::Input, -10),
+        // NodePorts answer on 127.0.0.1 from the host (as kube-proxy's iptables mode allows),
+        // which needs `route_localnet` on the pods' links; so that no pod (a container with
+        // CAP_NET_RAW) can use that to reach the host's loopback-only services, a new
+        // connection to 127.0.0.0/8 from any other source is refused (kube-proxy's
+        // "block incoming localnet connections", CVE-2020-8558).
+        rule(
+            "filter-input",
+            vec![
+                CtStateNew,
+                Addr {
+                    field: AddrField::Daddr,
+                    net: loopback,
+                    negated: false,
+                },
+                Addr {
+                    field: AddrField::Saddr,
+                    net: loopback,
+                    negated: true,
+                },
+            ],
+            Reject,
+        ),
         rule("nat-postrouting", vec![MarkHas(m)], Masquerade),
         rule(
             "nat-postrouting",

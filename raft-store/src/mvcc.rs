@@ -324,6 +324,32 @@ impl Txn {
         self
     }
 
+    /// The same comparisons and reads with every write left out: what the transaction would
+    /// answer, without changing anything (the API server's `dryRun`). Each write becomes a
+    /// count-only read of what it would touch, so the results keep their positions.
+    pub fn without_writes(self) -> Txn {
+        let read_only = |ops: Vec<Op>| -> Vec<Op> {
+            ops.into_iter()
+                .map(|op| match op {
+                    Op::Put { key, .. } => Op::Range(RangeRequest {
+                        count_only: true,
+                        ..RangeRequest::new(KeySpan::Key(key))
+                    }),
+                    Op::Delete { span } => Op::Range(RangeRequest {
+                        count_only: true,
+                        ..RangeRequest::new(span)
+                    }),
+                    read @ Op::Range(_) => read,
+                })
+                .collect()
+        };
+        Txn {
+            compare: self.compare,
+            success: read_only(self.success),
+            failure: read_only(self.failure),
+        }
+    }
+
     /// Checks sizes and shape before the transaction is proposed, so a bad request is refused
     /// with a clear message and never reaches the log.
     pub fn validate(&self, limits: &Limits) -> Result<(), StoreError> {
@@ -574,6 +600,25 @@ mod tests {
         assert!(inverted.bounds().is_none());
         assert!(KeySpan::key("k").after(b"k").bounds().is_none());
         assert!(!after.contains(b"/a/x") && after.contains(b"/a/x\0") && !after.contains(b"/b"));
+    }
+
+    #[test]
+    fn a_txn_without_writes_keeps_its_comparisons_and_the_places_of_its_results() {
+        let txn = Txn::put("/a", "1")
+            .when(Compare::exists("/a", false))
+            .and_then(Op::delete("/b"))
+            .and_then(Op::get("/c"))
+            .or_else(Op::get("/a"));
+        let dry = txn.clone().without_writes();
+        assert_eq!(dry.compare, txn.compare);
+        assert_eq!(dry.success.len(), 3);
+        assert!(dry
+            .success
+            .iter()
+            .chain(&dry.failure)
+            .all(|op| matches!(op, Op::Range(_))));
+        assert_eq!(dry.success[2], Op::get("/c"));
+        assert_eq!(dry.failure, txn.failure);
     }
 
     #[test]
