@@ -46,6 +46,8 @@ rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add was
 # No incremental caches: a one-off build does not reuse them, and with a dozen test binaries
 # linking wasmtime they cost tens of GB of disk (the CI machine ran out of space once).
 export CARGO_INCREMENTAL=0
+# Crates depend only on crates above them in ARCHITECTURE.md's code map.
+python3 scripts/check-layers.py
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --manifest-path examples/Cargo.toml --target-dir examples/target --target wasm32-wasip2 --release --locked

@@ -40,6 +40,23 @@ pub fn typed_matches(
     labels_ok && expressions_ok
 }
 
+/// Whether `labels` satisfy `selector`. An empty selector matches nothing here, as controllers
+/// must never adopt every pod of a namespace.
+pub fn selects(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|e| e.is_empty());
+    if empty {
+        return false;
+    }
+    typed_matches(selector, labels)
+}
+
 /// A parsed label selector; the empty selector matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LabelSelector(Vec<Requirement>);
@@ -196,6 +213,26 @@ impl FieldSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn controller_selectors_select_labels_and_expressions_and_empty_selects_nothing() {
+        let s: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+            serde_json::from_value(serde_json::json!({
+                "matchLabels": {"app": "web"},
+                "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]
+            }))
+            .unwrap();
+        let l = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(selects(&s, &l(&[("app", "web"), ("tier", "a")])));
+        assert!(!selects(&s, &l(&[("app", "web"), ("tier", "c")])));
+        assert!(!selects(&s, &l(&[("app", "api"), ("tier", "a")])));
+        assert!(!selects(&Default::default(), &l(&[("app", "web")])));
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

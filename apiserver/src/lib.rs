@@ -8,19 +8,33 @@
 //! - [`auth`]: bearer tokens (admin, ServiceAccounts, nodes), the node authorizer and RBAC.
 //! - [`encryption`]: Secrets (and the cluster CA key) sealed with AES-GCM in the store.
 //! - [`admission`]: ClusterIP and NodePort allocation for Services.
-//! - [`discovery`], [`handlers`]: the API itself; [`protobuf`]: protobuf request bodies → JSON.
+//! - `request`: the API itself: the [`router`], authentication, and one dispatcher to the
+//!   handlers of reads, writes, deletes and the subresources that act; `strategy`: what is
+//!   particular to one kind in that path; `respond`: Kubernetes' responses; `stored`: how
+//!   objects are stored; `state`: [`ApiState`]; `bootstrap`: what a cluster has from its start.
+//! - [`discovery`]: discovery and OpenAPI documents; [`protobuf`]: protobuf request bodies →
+//!   JSON; [`metrics`]: metrics.k8s.io; [`proxy`]: requests passed on to nodes.
 //!
 //! The only crate that speaks HTTP to Kubernetes clients.
 
 pub mod admission;
 pub mod auth;
+mod bootstrap;
 pub mod cache;
 pub mod discovery;
 pub mod encryption;
-pub mod handlers;
 pub mod listener;
 pub mod metrics;
 pub mod path;
 pub mod pki;
 pub mod protobuf;
 pub mod proxy;
+mod request;
+mod respond;
+mod state;
+mod stored;
+mod strategy;
+
+pub use bootstrap::{bootstrap, cluster_secrets, SYSTEM_NAMESPACES};
+pub use request::router;
+pub use state::ApiState;

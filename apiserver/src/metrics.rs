@@ -14,7 +14,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use crate::handlers::{failure, from_kv, json_response, ApiState};
+use crate::respond::{failure, json_response};
+use crate::state::ApiState;
+use crate::stored::from_kv;
 
 pub const REQUESTS_PER_SECOND: &str = "drover.dev/requests-per-second";
 

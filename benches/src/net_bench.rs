@@ -124,7 +124,7 @@ fn node() -> NodeNet {
 
 async fn timed_apply(batch: &[Op]) -> anyhow::Result<Duration> {
     let t = Instant::now();
-    services::apply_ops(batch).await?;
+    network::host::apply_ops(batch).await?;
     Ok(t.elapsed())
 }
 
@@ -171,7 +171,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
 
     // A few Services: the first-packet baseline.
     let small = cluster(10, args.endpoints);
-    services::apply_ops(&services::full(&node(), &small)).await?;
+    network::host::apply_ops(&services::full(&node(), &small)).await?;
     first_packet(&args, 10).await?;
 
     // N Services from nothing.
@@ -179,7 +179,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let full = services::full(&node(), &big);
     let mut fulls = Vec::new();
     for _ in 0..3 {
-        services::apply(&format!(
+        network::host::apply_nft_script(&format!(
             "add table ip {0}\ndelete table ip {0}\n",
             services::TABLE
         ))
@@ -220,10 +220,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     for _ in 0..args.repeats {
         tokio::time::sleep(gap).await;
         adds.push(timed_apply(&services::changes(&big, &plus_one)).await?);
-        services::apply_ops(&services::changes(&plus_one, &big)).await?;
+        network::host::apply_ops(&services::changes(&plus_one, &big)).await?;
         tokio::time::sleep(gap).await;
         changes.push(timed_apply(&services::changes(&big, &changed)).await?);
-        services::apply_ops(&services::changes(&changed, &big)).await?;
+        network::host::apply_ops(&services::changes(&changed, &big)).await?;
     }
     println!(
         "{}",

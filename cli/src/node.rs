@@ -24,7 +24,7 @@ pub struct NodeArgs {
     cleanup: bool,
     /// The cluster's pod range (the server's --cluster-cidr): pod traffic leaving it is
     /// masqueraded.
-    #[arg(long, default_value = network::ipam::DEFAULT_CLUSTER_CIDR)]
+    #[arg(long, default_value = api::cidr::DEFAULT_CLUSTER_CIDR)]
     cluster_cidr: ipnet::Ipv4Net,
     #[command(flatten)]
     node: NodeOptions,
@@ -194,7 +194,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     };
     let ca = std::fs::read_to_string(ca_file)
         .with_context(|| format!("cannot read --ca-file {}", ca_file.display()))?;
-    let client = node::client::connect(server, &ca, token)?;
+    let client = kubeclient::connect(server, &ca, token)?;
     let agent = agent(&args.node, args.cluster_cidr, args.dir.node_dir, client)?;
     let running = tokio::spawn(agent.run());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

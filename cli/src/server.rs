@@ -45,10 +45,10 @@ pub struct ServerArgs {
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     horizontal_pod_autoscaler_sync_period: std::time::Duration,
     /// The range pod addresses come from; each node gets a part of it (its spec.podCIDR).
-    #[arg(long, default_value = network::ipam::DEFAULT_CLUSTER_CIDR)]
+    #[arg(long, default_value = api::cidr::DEFAULT_CLUSTER_CIDR)]
     cluster_cidr: ipnet::Ipv4Net,
     /// The size of each node's part of --cluster-cidr, in prefix bits.
-    #[arg(long, default_value_t = network::ipam::DEFAULT_NODE_PREFIX, value_parser = clap::value_parser!(u8).range(8..=30))]
+    #[arg(long, default_value_t = api::cidr::DEFAULT_NODE_PREFIX, value_parser = clap::value_parser!(u8).range(8..=30))]
     node_cidr_mask_size: u8,
     /// Addresses for LoadBalancer Services (FIRST-LAST or a CIDR), which every node answers;
     /// without it a LoadBalancer Service's addresses are the nodes' own (as k3s).
@@ -127,7 +127,7 @@ pub fn init_logging() {
 /// A running control-plane member.
 pub struct Member {
     pub node: std::sync::Arc<StoreNode>,
-    pub api: std::sync::Arc<apiserver::handlers::ApiState>,
+    pub api: std::sync::Arc<apiserver::ApiState>,
     pub pki: apiserver::pki::Pki,
     /// `https://host:port` of this member's API.
     pub url: String,
@@ -217,8 +217,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     let pki = match apiserver::pki::load(&args.data_dir).map_err(anyhow::Error::msg)? {
         Some(pki) => pki,
         None => {
-            let secrets =
-                with_retry(|| apiserver::handlers::cluster_secrets(&node, &sealer)).await?;
+            let secrets = with_retry(|| apiserver::cluster_secrets(&node, &sealer)).await?;
             apiserver::pki::create(&args.data_dir, &hosts, &secrets).map_err(anyhow::Error::msg)?
         }
     };
@@ -229,25 +228,24 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
         .unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
     apiserver::pki::write_kubeconfig(&pki, &format!("https://{address}"), &kubeconfig)
         .map_err(anyhow::Error::msg)?;
-    let api_state = apiserver::handlers::ApiState::new(
+    let api_state = apiserver::ApiState::new(
         node.clone(),
         pki.admin_token.clone(),
         address.clone(),
         sealer.clone(),
     );
     *api_slot.write().unwrap_or_else(|p| p.into_inner()) =
-        Some((tls, apiserver::handlers::router(api_state.clone())));
+        Some((tls, apiserver::router(api_state.clone())));
     // The system namespaces and the kubernetes Service, once a leader can take the writes.
     let boot = node.clone();
     let boot_address = address.clone();
     tokio::spawn(async move {
-        if let Err(e) = with_retry(|| apiserver::handlers::bootstrap(&boot, &boot_address)).await {
+        if let Err(e) = with_retry(|| apiserver::bootstrap(&boot, &boot_address)).await {
             tracing::error!(error = %e, "cannot create the system namespaces");
         }
     });
     // Controllers run on whichever member leads, through the API like any client.
-    let admin =
-        node::client::connect(&format!("https://{address}"), &pki.ca_pem, &pki.admin_token)?;
+    let admin = kubeclient::connect(&format!("https://{address}"), &pki.ca_pem, &pki.admin_token)?;
     let leader_of = node.clone();
     let settings = controllers::Settings {
         nodes: controllers::nodelifecycle::Settings {

@@ -27,7 +27,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         uid: None,
         aud: None,
     });
-    let node_client = node::client::connect(&member.url, &member.pki.ca_pem, &token)?;
+    let node_client = kubeclient::connect(&member.url, &member.pki.ca_pem, &token)?;
     let options = NodeOptions {
         name: Some(node_name.clone()),
         ..args.node.clone()

@@ -38,7 +38,8 @@ use serde_json::{json, Value};
 
 use crate::error::failed;
 use crate::job;
-use crate::pods::controller_ref;
+use crate::requeue;
+use api::pods::controller_ref;
 
 pub use crate::error::Error;
 
@@ -510,16 +511,8 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
     }
 
     // Wake just after the next time, and at least every minute.
-    let until_next = plan
-        .next
-        .and_then(|t| (t - now).to_std().ok())
-        .map_or(MAX_SLEEP, |d| d + Duration::from_millis(100));
-    Ok(Action::requeue(until_next.min(MAX_SLEEP)))
-}
-
-pub fn error_policy(cj: Arc<CronJob>, e: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!("cronjob {}: {e}", cj.name_any());
-    Action::requeue(Duration::from_secs(5))
+    let until_next = plan.next.and_then(|t| (t - now).to_std().ok());
+    Ok(requeue::no_later_than(MAX_SLEEP, until_next))
 }
 
 #[cfg(test)]

@@ -53,8 +53,10 @@ use serde_json::json;
 
 use crate::error::failed;
 use crate::expectations::Expectations;
-use crate::pods::{controller_ref, controller_uid, is_ready, ready_for, scheduled, terminal};
-use crate::selector;
+use crate::requeue;
+use crate::statefulset::{record_revision, RecordedRevisions};
+use api::placement;
+use api::pods::{controller_ref, controller_uid, is_ready, ready_for, scheduled, terminal};
 
 pub use crate::error::Error;
 
@@ -111,12 +113,12 @@ pub fn daemon_tolerations(spec: &PodSpec) -> Vec<Toleration> {
             None => out.push(t),
         }
     };
-    add("node.kubernetes.io/not-ready", "NoExecute");
-    add("node.kubernetes.io/unreachable", "NoExecute");
+    add(api::wellknown::TAINT_NOT_READY, "NoExecute");
+    add(api::wellknown::TAINT_UNREACHABLE, "NoExecute");
     add("node.kubernetes.io/disk-pressure", "NoSchedule");
     add("node.kubernetes.io/memory-pressure", "NoSchedule");
     add("node.kubernetes.io/pid-pressure", "NoSchedule");
-    add("node.kubernetes.io/unschedulable", "NoSchedule");
+    add(api::wellknown::TAINT_UNSCHEDULABLE, "NoSchedule");
     if spec.host_network == Some(true) {
         add("node.kubernetes.io/network-unavailable", "NoSchedule");
     }
@@ -142,7 +144,7 @@ pub fn eligibility(spec: &PodSpec, node: &Node) -> (bool, bool) {
             a.required_during_scheduling_ignored_during_execution
                 .as_ref()
         });
-    if !selector::node_matches(spec.node_selector.as_ref(), required, node.labels(), &name) {
+    if !placement::node_matches(spec.node_selector.as_ref(), required, node.labels(), &name) {
         return (false, false);
     }
     let tolerations = spec.tolerations.as_deref().unwrap_or_default();
@@ -154,7 +156,7 @@ pub fn eligibility(spec: &PodSpec, node: &Node) -> (bool, bool) {
     let untolerated = |effect: &str| {
         taints
             .iter()
-            .any(|t| t.effect == effect && !selector::tolerates(tolerations, t))
+            .any(|t| t.effect == effect && !placement::tolerates(tolerations, t))
     };
     let no_execute = untolerated("NoExecute");
     let no_schedule = untolerated("NoSchedule");
@@ -274,7 +276,7 @@ pub fn plan(
     // This DaemonSet's pods, by the node each is for.
     let mut by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
     for p in pods {
-        let matching = selector::matches(&spec.selector, p.labels());
+        let matching = api::selector::selects(&spec.selector, p.labels());
         let deleting = p.metadata.deletion_timestamp.is_some();
         match (controller_uid(p), matching) {
             (Some(o), true) if !uid.is_empty() && o == uid => {}
@@ -464,15 +466,15 @@ pub fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
     }
 }
 
-/// Creations and deletions per DaemonSet uid not yet seen in the cache (with the node each
-/// created pod is for). A static rather than a field of [`Context`]: it only ever holds what
-/// this process did in the last [`EXPECTATION_TTL`](crate::expectations::EXPECTATION_TTL).
-static EXPECTATIONS: Expectations<String> = Expectations::new();
-
 pub struct Context {
     pub client: kube::Client,
     pub pods: Store<Pod>,
     pub nodes: Store<Node>,
+    /// Creations and deletions per DaemonSet uid not yet seen in the cache (with the node
+    /// each created pod is for).
+    pub expectations: Expectations<String>,
+    /// The ControllerRevision last recorded per DaemonSet uid.
+    pub revisions: RecordedRevisions,
 }
 
 /// The status fields this controller owns, as a merge patch.
@@ -505,7 +507,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
         .collect();
     let nodes = ctx.nodes.state();
     let hash = hash_of(&ds);
-    let pending = EXPECTATIONS.pending(&uid, &pods);
+    let pending = ctx.expectations.pending(&uid, &pods);
     let plan = plan(&ds, &nodes, &pods, &pending, Utc::now());
 
     // The template's ControllerRevision, for `kubectl rollout history|undo`: not needed to
@@ -526,7 +528,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
         history_limit: spec.revision_history_limit.unwrap_or(10).max(0) as usize,
         in_use,
     };
-    if let Err(e) = crate::statefulset::record_revision(&ctx.client, record).await {
+    if let Err(e) = record_revision(&ctx.client, &ctx.revisions, record).await {
         tracing::warn!("daemonset {ns}/{name}: recording its ControllerRevision: {e}");
     }
 
@@ -547,7 +549,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
     }
     for pod in &plan.delete {
         match api.delete(pod, &DeleteParams::default()).await {
-            Ok(_) => EXPECTATIONS.deleted(&uid, pod.clone()),
+            Ok(_) => ctx.expectations.deleted(&uid, pod.clone()),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(failed(format!("daemonset {ns}/{name}: deleting pod {pod}"))(e)),
         }
@@ -560,7 +562,8 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
             .map_err(failed(format!(
                 "daemonset {ns}/{name}: creating a pod for node {node}"
             )))?;
-        EXPECTATIONS.created(&uid, created.name_any(), node.clone());
+        ctx.expectations
+            .created(&uid, created.name_any(), node.clone());
     }
 
     let old = ds.status.clone().unwrap_or_default();
@@ -591,16 +594,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
         || !plan.delete.is_empty()
         || !pending.created.is_empty()
         || !pending.deleted.is_empty();
-    let mut again = Duration::from_secs(if busy { 2 } else { 300 });
-    if let Some(wait) = plan.wake_in {
-        again = again.min(wait + Duration::from_millis(100));
-    }
-    Ok(Action::requeue(again))
-}
-
-pub fn error_policy(ds: Arc<DaemonSet>, e: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!("daemonset {}: {e}", ds.name_any());
-    Action::requeue(Duration::from_secs(2))
+    Ok(requeue::after_success(busy, plan.wake_in))
 }
 
 #[cfg(test)]

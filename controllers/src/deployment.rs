@@ -18,6 +18,8 @@ use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
 
+use crate::requeue;
+
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH_LABEL: &str = "pod-template-hash";
 
@@ -337,7 +339,7 @@ pub fn plan(d: &Deployment, owned: &[Arc<ReplicaSet>], now: DateTime<Utc>) -> Pl
 pub struct Context {
     pub client: kube::Client,
     pub replicasets: Store<ReplicaSet>,
-    pub events: crate::events::Recorder,
+    pub events: kubeclient::events::Recorder,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -380,7 +382,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
             "apiVersion": "apps/v1", "kind": "ReplicaSet",
             "metadata": {"name": name, "namespace": ns, "labels": labels,
                 "annotations": {REVISION: revision.to_string(), "deployment.kubernetes.io/desired-replicas": spec.replicas.unwrap_or(1).to_string()},
-                "ownerReferences": [crate::pods::controller_ref(&*d)]},
+                "ownerReferences": [api::pods::controller_ref(&*d)]},
             "spec": {"replicas": initial, "minReadySeconds": spec.min_ready_seconds.unwrap_or(0), "selector": selector, "template": template},
         });
         let rs: ReplicaSet = serde_json::from_value(rs).map_err(kube::Error::SerdeError)?;
@@ -409,7 +411,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         let verb = if *replicas >= from { "up" } else { "down" };
         ctx.events.record(
             &*d,
-            crate::events::Type::Normal,
+            kubeclient::events::Type::Normal,
             "ScalingReplicaSet",
             &format!("Scaled {verb} replica set {name} from {from} to {replicas}"),
         );
@@ -468,16 +470,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
     let done = plan.scale.is_empty()
         && plan.create.is_none()
         && plan.status["conditions"][1]["reason"] == "NewReplicaSetAvailable";
-    Ok(Action::requeue(Duration::from_secs(if done {
-        300
-    } else {
-        2
-    })))
-}
-
-pub fn error_policy(_d: Arc<Deployment>, e: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!("deployment: {e}");
-    Action::requeue(Duration::from_secs(1))
+    Ok(requeue::after_success(!done, None))
 }
 
 #[cfg(test)]

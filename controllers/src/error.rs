@@ -1,6 +1,7 @@
 //! The controllers' error: a call to the API failed, and what the controller was doing when it
-//! did ("job default/pi: creating a pod"), so the log line from `error_policy` says which
-//! object and which step without a backtrace.
+//! did ("job default/pi: creating a pod"), so the log line from
+//! [`error_policy`](crate::requeue::error_policy) says which object and which step without a
+//! backtrace.
 
 /// A kube call failed while doing `what`.
 #[derive(Debug, thiserror::Error)]

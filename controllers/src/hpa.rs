@@ -201,7 +201,7 @@ pub struct Context {
     pub client: kube::Client,
     pub hpas: Store<HorizontalPodAutoscaler>,
     pub pods: Store<Pod>,
-    pub events: crate::events::Recorder,
+    pub events: kubeclient::events::Recorder,
     pub settings: Settings,
 }
 
@@ -218,7 +218,7 @@ fn requests_of(pod: &Pod) -> BTreeMap<String, f64> {
 }
 
 fn is_ready(pod: &Pod) -> bool {
-    crate::pods::is_ready(pod) && pod.metadata.deletion_timestamp.is_none()
+    api::pods::is_ready(pod) && pod.metadata.deletion_timestamp.is_none()
 }
 
 /// The usage of the pods selected by `selector` in `ns`, from metrics.k8s.io: pod name →
@@ -406,7 +406,7 @@ async fn sync_one(
         let verb = if desired > current { "above" } else { "below" };
         ctx.events.record(
             hpa,
-            crate::events::Type::Normal,
+            kubeclient::events::Type::Normal,
             "SuccessfulRescale",
             &format!("New size: {desired}; reason: {reason} {verb} target"),
         );

@@ -20,6 +20,8 @@
 //! [`plan`] decides from the cache alone; [`reconcile`] carries the plan out through the API.
 //! Creations and deletions not yet seen in the cache are remembered for a while (see
 //! [`Pending`]), so a reconcile racing the watch does not create or delete twice.
+//!
+//! Length: about 40% of this file is the unit tests of the pure plan, kept beside it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -37,7 +39,8 @@ use serde_json::{json, Value};
 
 use crate::error::failed;
 use crate::expectations::Expectations;
-use crate::pods::{controller_ref, controller_uid, is_ready, phase, scheduled};
+use crate::requeue;
+use api::pods::{controller_ref, controller_uid, is_ready, phase, scheduled};
 
 pub use crate::error::Error;
 
@@ -590,15 +593,12 @@ pub fn pod_for(job: &Job, index: Option<i32>) -> Pod {
     }
 }
 
-/// Creations and deletions per Job uid not yet seen in the cache (with the completion index
-/// of each created pod). A static rather than a field of [`Context`], whose fields are the
-/// client and the caches alone: it only ever holds what this process did in the last
-/// [`EXPECTATION_TTL`](crate::expectations::EXPECTATION_TTL).
-static EXPECTATIONS: Expectations<Option<i32>> = Expectations::new();
-
 pub struct Context {
     pub client: kube::Client,
     pub pods: Store<Pod>,
+    /// Creations and deletions per Job uid not yet seen in the cache (with the completion
+    /// index of each created pod).
+    pub expectations: Expectations<Option<i32>>,
 }
 
 /// A merge patch that turns status `old` into `new`: fields `new` lacks are set to null.
@@ -633,7 +633,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
         .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
         .filter(|p| controller_uid(p) == Some(uid.as_str()))
         .collect();
-    let pending = EXPECTATIONS.pending(&uid, &pods);
+    let pending = ctx.expectations.pending(&uid, &pods);
     // Whole seconds: the API keeps times to the second, so a status compared later is stable.
     let now = Utc::now().trunc_subsecs(0);
     let plan = plan(&job, &pods, &pending, now);
@@ -652,14 +652,14 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => return Err(failed(format!("deleting finished job {ns}/{name}"))(e)),
         }
-        EXPECTATIONS.forget(&uid);
+        ctx.expectations.forget(&uid);
         return Ok(Action::await_change());
     }
 
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for pod in &plan.delete {
         match api.delete(pod, &DeleteParams::default()).await {
-            Ok(_) => EXPECTATIONS.deleted(&uid, pod.clone()),
+            Ok(_) => ctx.expectations.deleted(&uid, pod.clone()),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(failed(format!("job {ns}/{name}: deleting pod {pod}"))(e)),
         }
@@ -670,7 +670,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
             .create(&PostParams::default(), &pod)
             .await
             .map_err(failed(format!("job {ns}/{name}: creating a pod")))?;
-        EXPECTATIONS.created(&uid, created.name_any(), *index);
+        ctx.expectations.created(&uid, created.name_any(), *index);
     }
 
     let old = job.status.clone().unwrap_or_default();
@@ -688,16 +688,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
     // Work under way is looked at again soon, in case the cache that woke this reconcile ran
     // ahead of the one it decided from; anything timed, when it is due.
     let busy = !plan.create.is_empty() || !plan.delete.is_empty() || !pending.created.is_empty();
-    let mut again = Duration::from_secs(if busy { 2 } else { 300 });
-    if let Some(wait) = plan.wake_in {
-        again = again.min(wait + Duration::from_millis(100));
-    }
-    Ok(Action::requeue(again))
-}
-
-pub fn error_policy(job: Arc<Job>, e: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!("job {}: {e}", job.name_any());
-    Action::requeue(Duration::from_secs(2))
+    Ok(requeue::after_success(busy, plan.wake_in))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Reconcile loops that turn declared state into running state. They run on the Raft leader
 //! only ([`run_while_leader`]) and talk to the cluster only through the API, like any client.
 //!
-//! Machinery is kube-rs's runtime: one [`informer::Informer`] per kind (list + watch into a
-//! cache shared by every controller) and `Controller` (a work queue per kind with rate-limited
+//! Machinery is kube-rs's runtime: one [`kubeclient::informer::Informer`] per kind (list +
+//! watch into a cache shared by every controller) and `Controller` (a work queue per kind with rate-limited
 //! retries, reconciles triggered by the object and by the objects it owns, fed by the
 //! informers). Each controller's decision is a pure `plan` function
 //! over the cache, tested alone; its `reconcile` writes the plan through the API.
@@ -18,30 +18,32 @@
 //! - [`hpa`]: HorizontalPodAutoscalers from metrics.k8s.io (CPU, requests per second).
 //! - [`nodeipam`]: a pod range (spec.podCIDR) for every node, cut from the cluster CIDR.
 //! - [`nodelifecycle`]: nodes Unknown and tainted when their agents go silent; eviction.
-//! - [`events`]: the Event recorder the controllers and the scheduler share.
 //! - [`gc`]: the garbage collector over ownerReferences; default ServiceAccounts.
 //!
-//! Shared by the controllers: [`pods`] (what they ask of a pod; the controller
-//! ownerReference), [`expectations`] (their own writes the cache does not show yet),
-//! [`selector`] (label and node selectors, tolerations; the scheduler's too) and [`error`]
-//! (a kube call that failed, and while doing what).
+//! Shared by the controllers: [`expectations`] (their own writes the cache does not show yet)
+//! and [`error`] (a kube call that failed, and while doing what); what they ask of a pod, their
+//! label selectors and where a pod may run are rules of `api` (`api::pods`, `api::selector`,
+//! `api::placement`), shared with the scheduler. [`requeue`] holds the one rule for when a
+//! controller looks at an object again, after a success or after an error (the one
+//! `error_policy`).
+//!
+//! A controller's state beyond the caches (its expectations, what it has recorded or handed
+//! out) lives in its `Context`, made by [`run`], so it lasts exactly as long as the caches
+//! it is relative to.
 
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod error;
-pub mod events;
 pub mod expectations;
 pub mod gc;
 pub mod hpa;
-pub mod informer;
 pub mod job;
 pub mod nodeipam;
 pub mod nodelifecycle;
-pub mod pods;
 pub mod replicaset;
-pub mod selector;
+pub mod requeue;
 pub mod servicelb;
 pub mod statefulset;
 
@@ -58,7 +60,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::Controller;
 use kube::Api;
 
-use informer::Informer;
+use kubeclient::informer::Informer;
 
 /// Runs every controller until the returned future is dropped.
 /// What the controllers can be tuned with (`drover server` flags).
@@ -83,7 +85,7 @@ pub async fn run(client: kube::Client, settings: Settings) {
     let ipam = Controller::for_stream(nodes.subscribe(), nodes.store())
         .run(
             nodeipam::reconcile,
-            nodeipam::error_policy,
+            requeue::error_policy("nodeipam"),
             Arc::new(nodeipam::Context {
                 client: client.clone(),
                 nodes: nodes.store(),
@@ -103,12 +105,15 @@ pub async fn run(client: kube::Client, settings: Settings) {
         .owns_stream(pods.subscribe())
         .run(
             replicaset::reconcile,
-            replicaset::error_policy,
+            requeue::error_policy("replicaset"),
             Arc::new(replicaset::Context {
                 client: client.clone(),
                 pods: pods.store(),
                 expectations: Default::default(),
-                events: events::Recorder::new(client.clone(), "replicaset-controller"),
+                events: kubeclient::events::Recorder::component(
+                    client.clone(),
+                    "replicaset-controller",
+                ),
             }),
         )
         .for_each(|_| async {});
@@ -116,11 +121,14 @@ pub async fn run(client: kube::Client, settings: Settings) {
         .owns_stream(replicasets.subscribe())
         .run(
             deployment::reconcile,
-            deployment::error_policy,
+            requeue::error_policy("deployment"),
             Arc::new(deployment::Context {
                 client: client.clone(),
                 replicasets: replicasets.store(),
-                events: events::Recorder::new(client.clone(), "deployment-controller"),
+                events: kubeclient::events::Recorder::component(
+                    client.clone(),
+                    "deployment-controller",
+                ),
             }),
         )
         .for_each(|_| async {});
@@ -128,10 +136,11 @@ pub async fn run(client: kube::Client, settings: Settings) {
         .owns_stream(pods.subscribe())
         .run(
             job::reconcile,
-            job::error_policy,
+            requeue::error_policy("job"),
             Arc::new(job::Context {
                 client: client.clone(),
                 pods: pods.store(),
+                expectations: Default::default(),
             }),
         )
         .for_each(|_| async {});
@@ -139,7 +148,7 @@ pub async fn run(client: kube::Client, settings: Settings) {
         .owns_stream(jobs.subscribe())
         .run(
             cronjob::reconcile,
-            cronjob::error_policy,
+            requeue::error_policy("cronjob"),
             Arc::new(cronjob::Context {
                 client: client.clone(),
                 jobs: jobs.store(),
@@ -151,7 +160,7 @@ pub async fn run(client: kube::Client, settings: Settings) {
         nodes: nodes.store(),
         leases: leases.store(),
         pods: pods.store(),
-        events: events::Recorder::new(client.clone(), "node-controller"),
+        events: kubeclient::events::Recorder::component(client.clone(), "node-controller"),
         settings: settings.nodes,
         observed: Default::default(),
         orphaned: Default::default(),
@@ -161,7 +170,10 @@ pub async fn run(client: kube::Client, settings: Settings) {
         client: client.clone(),
         hpas: hpas.store(),
         pods: pods.store(),
-        events: events::Recorder::new(client.clone(), "horizontal-pod-autoscaler"),
+        events: kubeclient::events::Recorder::component(
+            client.clone(),
+            "horizontal-pod-autoscaler",
+        ),
         settings: settings.hpa,
     }));
     nodes.ready().await;
@@ -173,11 +185,13 @@ pub async fn run(client: kube::Client, settings: Settings) {
         .reconcile_all_on(nodes.subscribe().map(|_| ()))
         .run(
             daemonset::reconcile,
-            daemonset::error_policy,
+            requeue::error_policy("daemonset"),
             Arc::new(daemonset::Context {
                 client: client.clone(),
                 pods: pods.store(),
                 nodes: nodes.store(),
+                expectations: Default::default(),
+                revisions: Default::default(),
             }),
         )
         .for_each(|_| async {});
@@ -186,10 +200,11 @@ pub async fn run(client: kube::Client, settings: Settings) {
         .owns_stream(pods.subscribe())
         .run(
             statefulset::reconcile,
-            statefulset::error_policy,
+            requeue::error_policy("statefulset"),
             Arc::new(statefulset::Context {
                 client: client.clone(),
                 pods: pods.store(),
+                revisions: Default::default(),
             }),
         )
         .for_each(|_| async {});
@@ -201,6 +216,7 @@ pub async fn run(client: kube::Client, settings: Settings) {
         pods: pods.store(),
         endpoints: endpoints_inf.store(),
         slices: slices.store(),
+        slice_writes: Default::default(),
     });
     let (service_store, slice_store) = (services.store(), slices.store());
     let endpoint_controller = Controller::for_stream(services.subscribe(), services.store())
@@ -213,7 +229,7 @@ pub async fn run(client: kube::Client, settings: Settings) {
         })
         .run(
             endpoints::reconcile,
-            endpoints::error_policy,
+            requeue::error_policy("endpoints"),
             endpoints_ctx.clone(),
         )
         .for_each(|_| async {});
@@ -221,7 +237,7 @@ pub async fn run(client: kube::Client, settings: Settings) {
         .reconcile_all_on(nodes.subscribe().map(|_| ()))
         .run(
             servicelb::reconcile,
-            servicelb::error_policy,
+            requeue::error_policy("servicelb"),
             Arc::new(servicelb::Context {
                 client: client.clone(),
                 nodes: nodes.store(),

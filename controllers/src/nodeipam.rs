@@ -29,10 +29,8 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            cluster_cidr: network::ipam::DEFAULT_CLUSTER_CIDR
-                .parse()
-                .expect("valid CIDR"),
-            node_prefix: network::ipam::DEFAULT_NODE_PREFIX,
+            cluster_cidr: api::cidr::DEFAULT_CLUSTER_CIDR.parse().expect("valid CIDR"),
+            node_prefix: api::cidr::DEFAULT_NODE_PREFIX,
         }
     }
 }
@@ -61,7 +59,7 @@ pub fn plan(
     }
     let mut taken: BTreeSet<Ipv4Net> = all.iter().filter_map(|n| range_of(n)).collect();
     taken.extend(given.iter().copied());
-    network::ipam::next_node_cidr(settings.cluster_cidr, settings.node_prefix, &taken)
+    api::cidr::next_node_cidr(settings.cluster_cidr, settings.node_prefix, &taken)
 }
 
 pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -100,11 +98,6 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
         .map_err(failed(format!("giving node {name} pod range {cidr}")))?;
     tracing::info!(node = %name, %cidr, "pod range assigned");
     Ok(Action::await_change())
-}
-
-pub fn error_policy(_: Arc<Node>, error: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!("node ipam: {error}");
-    Action::requeue(Duration::from_secs(1))
 }
 
 #[cfg(test)]

@@ -28,10 +28,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use crate::events::{Recorder, Type};
+use kubeclient::events::{Recorder, Type};
 
-pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
-pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+pub use api::wellknown::{TAINT_NOT_READY as NOT_READY, TAINT_UNREACHABLE as UNREACHABLE};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
@@ -179,7 +178,7 @@ pub fn evictions(
         for t in &taints {
             let matching = tolerations
                 .iter()
-                .find(|tol| crate::selector::tolerates(std::slice::from_ref(tol), t));
+                .find(|tol| api::placement::tolerates(std::slice::from_ref(tol), t));
             match matching {
                 None => untolerated = true,
                 Some(tol) => {

@@ -20,10 +20,8 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use crate::expectations::Expectations;
-use crate::pods::{
-    controller_ref, controller_uid, is_ready, phase, ready_for, scheduled, terminal,
-};
-use crate::selector;
+use crate::requeue;
+use api::pods::{controller_ref, controller_uid, is_ready, phase, ready_for, scheduled, terminal};
 
 /// What the controller should do for one ReplicaSet.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -69,7 +67,7 @@ pub fn plan(rs: &ReplicaSet, pods: &[Arc<Pod>], pending: &Pending, now: DateTime
     let mut active: Vec<&Pod> = Vec::new();
     for p in pods {
         let labels = p.labels();
-        let matching = selector::matches(&spec.selector, labels);
+        let matching = api::selector::selects(&spec.selector, labels);
         let owner = controller_uid(p);
         let terminating = p.metadata.deletion_timestamp.is_some();
         let finished = terminal(p);
@@ -140,7 +138,7 @@ pub struct Context {
     pub pods: Store<Pod>,
     /// Creations and deletions per ReplicaSet uid not yet seen in the cache.
     pub expectations: Expectations<()>,
-    pub events: crate::events::Recorder,
+    pub events: kubeclient::events::Recorder,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +194,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
             ctx.expectations.created(&uid, created.name_any(), ());
             ctx.events.record(
                 &*rs,
-                crate::events::Type::Normal,
+                kubeclient::events::Type::Normal,
                 "SuccessfulCreate",
                 &format!("Created pod: {}", created.name_any()),
             );
@@ -208,7 +206,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
                 ctx.expectations.deleted(&uid, name.clone());
                 ctx.events.record(
                     &*rs,
-                    crate::events::Type::Normal,
+                    kubeclient::events::Type::Normal,
                     "SuccessfulDelete",
                     &format!("Deleted pod: {name}"),
                 );
@@ -242,16 +240,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
     let busy = plan.create > 0
         || !plan.delete.is_empty()
         || plan.replicas != rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let mut again = Duration::from_secs(if busy { 2 } else { 300 });
-    if let Some(wait) = plan.next_available_in {
-        again = again.min(wait + Duration::from_millis(100));
-    }
-    Ok(Action::requeue(again))
-}
-
-pub fn error_policy(_rs: Arc<ReplicaSet>, e: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!("replicaset: {e}");
-    Action::requeue(Duration::from_secs(1))
+    Ok(requeue::after_success(busy, plan.next_available_in))
 }
 
 /// Labels of a pod template as a map (for tests and the deployment controller).

@@ -184,11 +184,6 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
     Ok(Action::await_change())
 }
 
-pub fn error_policy(_: Arc<Service>, error: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!("service load balancer: {error}");
-    Action::requeue(Duration::from_secs(2))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

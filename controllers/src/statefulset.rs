@@ -31,6 +31,8 @@
 //! (one at a time), fixing the identity of existing pods in place, conditions.
 //!
 //! [`plan`] decides from the cache and the time alone; [`reconcile`] writes.
+//!
+//! Length: a third of this file is the unit tests of the pure plan, kept beside it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -48,8 +50,8 @@ use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
 
 use crate::error::failed;
-use crate::pods::{controller_ref, controller_uid, is_ready, phase, ready_for, terminal};
-use crate::selector;
+use crate::requeue;
+use api::pods::{controller_ref, controller_uid, is_ready, phase, ready_for, terminal};
 
 pub use crate::error::Error;
 
@@ -165,7 +167,7 @@ pub fn plan(sts: &StatefulSet, pods: &[Arc<Pod>], now: DateTime<Utc>) -> Plan {
     let mut members: BTreeMap<i32, &Pod> = BTreeMap::new();
     for p in pods {
         let ordinal = ordinal_of(&name, &p.name_any());
-        let matching = selector::matches(&spec.selector, p.labels());
+        let matching = api::selector::selects(&spec.selector, p.labels());
         match (controller_uid(p), matching) {
             (Some(o), true) if !uid.is_empty() && o == uid => {}
             (Some(o), false) if !uid.is_empty() && o == uid => {
@@ -402,20 +404,30 @@ pub fn revision_steps(
     out
 }
 
-/// Owner uid → the revision this process last recorded for it, so a revision is written once
-/// per template and process, not every pass.
-static RECORDED: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+/// Owner uid → the ControllerRevision a controller last recorded for it, so a revision is
+/// written once per template and run of the controller, not every pass. Kept in the
+/// controller's `Context`.
+#[derive(Default)]
+pub struct RecordedRevisions(Mutex<BTreeMap<String, String>>);
+
+impl RecordedRevisions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// Makes `r` the newest ControllerRevision of its owner (as Kubernetes stores them: the
 /// template as a strategic merge patch that replaces `spec.template`, labelled with the
-/// template's labels and the hash) and prunes old ones beyond the history limit.
-pub async fn record_revision(client: &kube::Client, r: Revision<'_>) -> Result<(), kube::Error> {
+/// template's labels and the hash) and prunes old ones beyond the history limit, unless
+/// `recorded` says it was made so already.
+pub async fn record_revision(
+    client: &kube::Client,
+    recorded: &RecordedRevisions,
+    r: Revision<'_>,
+) -> Result<(), kube::Error> {
     let uid = r.owner.uid.clone();
-    {
-        let recorded = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
-        if recorded.get(&uid) == Some(&r.name) {
-            return Ok(());
-        }
+    if recorded.lock().get(&uid) == Some(&r.name) {
+        return Ok(());
     }
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), r.namespace);
     let owned: Vec<ControllerRevision> = api
@@ -476,10 +488,7 @@ pub async fn record_revision(client: &kube::Client, r: Revision<'_>) -> Result<(
             Err(e) => return Err(e),
         }
     }
-    RECORDED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(uid, r.name);
+    recorded.lock().insert(uid, r.name);
     Ok(())
 }
 
@@ -506,6 +515,8 @@ pub async fn revision_template(
 pub struct Context {
     pub client: kube::Client,
     pub pods: Store<Pod>,
+    /// The ControllerRevision last recorded per StatefulSet uid.
+    pub revisions: RecordedRevisions,
 }
 
 fn status_patch(s: &StatefulSetStatus) -> Value {
@@ -572,7 +583,7 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Actio
         history_limit: spec.revision_history_limit.unwrap_or(10).max(0) as usize,
         in_use,
     };
-    if let Err(e) = record_revision(&ctx.client, record).await {
+    if let Err(e) = record_revision(&ctx.client, &ctx.revisions, record).await {
         tracing::warn!("statefulset {ns}/{name}: recording its ControllerRevision: {e}");
     }
 
@@ -667,16 +678,7 @@ pub async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Actio
     // ahead of the one it decided from; the rest (pods turning ready, going away) arrives as
     // pod events.
     let busy = !plan.create.is_empty() || !plan.delete.is_empty();
-    let mut again = Duration::from_secs(if busy { 2 } else { 300 });
-    if let Some(wait) = plan.wake_in {
-        again = again.min(wait + Duration::from_millis(100));
-    }
-    Ok(Action::requeue(again))
-}
-
-pub fn error_policy(sts: Arc<StatefulSet>, e: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!("statefulset {}: {e}", sts.name_any());
-    Action::requeue(Duration::from_secs(2))
+    Ok(requeue::after_success(busy, plan.wake_in))
 }
 
 #[cfg(test)]

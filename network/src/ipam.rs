@@ -1,32 +1,18 @@
 //! Address management: which node has which pod range, and which pod has which address.
 //!
-//! The control plane cuts the cluster CIDR into one range per node ([`next_node_cidr`], used by
-//! the node IPAM controller); each node hands out its pods' addresses from its range
+//! The control plane cuts the cluster CIDR into one range per node (`api::cidr`, used by the
+//! node IPAM controller); each node hands out its pods' addresses from its range
 //! ([`PodAddresses`]), keeping one file per address so that after a restart of the agent no
 //! address is given to a second pod. Like the host-local CNI plugin, allocation goes round from
 //! the last address handed out, so a released address is the last to be reused: a client that
 //! still holds it reaches nobody rather than a stranger.
 
-use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
-
-/// Kubernetes' defaults (kubeadm, k3s): pods in 10.42.0.0/16 (k3s) with a /24 per node.
-pub const DEFAULT_CLUSTER_CIDR: &str = "10.42.0.0/16";
-pub const DEFAULT_NODE_PREFIX: u8 = 24;
-
-/// The first range of `prefix` bits inside `cluster` that no node has yet, or None when the
-/// cluster CIDR is used up.
-pub fn next_node_cidr(cluster: Ipv4Net, prefix: u8, taken: &BTreeSet<Ipv4Net>) -> Option<Ipv4Net> {
-    cluster
-        .subnets(prefix)
-        .ok()?
-        .find(|net| !taken.iter().any(|t| t.contains(net) || net.contains(t)))
-}
 
 /// The pod addresses a node hands out from its range, recorded in `dir` as one file per address
 /// (named by the address, holding the pod's uid).
@@ -155,31 +141,6 @@ impl PodAddresses {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn node_ranges_never_overlap_and_run_out() {
-        let cluster: Ipv4Net = "10.42.0.0/22".parse().unwrap();
-        let mut taken = BTreeSet::new();
-        for want in [
-            "10.42.0.0/24",
-            "10.42.1.0/24",
-            "10.42.2.0/24",
-            "10.42.3.0/24",
-        ] {
-            let got = next_node_cidr(cluster, 24, &taken).unwrap();
-            assert_eq!(got.to_string(), want);
-            taken.insert(got);
-        }
-        assert_eq!(next_node_cidr(cluster, 24, &taken), None);
-        // A hole left by a deleted node is reused; a bigger range given by hand is respected.
-        taken.remove(&"10.42.1.0/24".parse().unwrap());
-        taken.remove(&"10.42.2.0/24".parse().unwrap());
-        taken.insert("10.42.2.0/23".parse().unwrap());
-        assert_eq!(
-            next_node_cidr(cluster, 24, &taken).unwrap().to_string(),
-            "10.42.1.0/24"
-        );
-    }
 
     #[test]
     fn pod_addresses_are_unique_kept_across_restarts_and_reused_last() {

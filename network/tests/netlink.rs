@@ -58,7 +58,7 @@ impl Netns {
 
     fn apply(&self, ops: &[Op]) -> anyhow::Result<()> {
         let ops = ops.to_vec();
-        self.within(async move || services::apply_ops(&ops).await)
+        self.within(async move || network::host::apply_ops(&ops).await)
     }
 
     /// The same ops through `nft -f -`.
@@ -73,7 +73,7 @@ impl Netns {
             .stdin
             .take()
             .unwrap()
-            .write_all(services::render(ops).as_bytes())
+            .write_all(network::nft::render(ops).as_bytes())
             .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use api::wellknown::{ARCH_LABEL, HOSTNAME_LABEL, OS_LABEL};
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -135,9 +136,9 @@ impl NodeAgent {
             client: client.clone(),
             backoff_base: config.backoff_base,
             logs: Arc::new(LogIndex::default()),
-            events: Arc::new(crate::events::Recorder::new(
+            events: Arc::new(kubeclient::events::Recorder::new(
                 client.clone(),
-                config.name.clone(),
+                kubeclient::events::Source::Node(config.name.clone()),
             )),
             registries: Arc::new(runtime::registry::Registries::new(
                 config.insecure_registries.clone(),
@@ -160,9 +161,9 @@ impl NodeAgent {
             let node: Node = serde_json::from_value(json!({
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": name, "labels": {
-                    "kubernetes.io/hostname": name,
-                    "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
+                    HOSTNAME_LABEL: name,
+                    OS_LABEL: "linux",
+                    ARCH_LABEL: match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
                     "drover.dev/runtime-wasm": "true",
                     "drover.dev/runtime-oci": self.ctx.oci.is_some().to_string(),
                 }},

@@ -8,9 +8,7 @@
 //! credential: a node may change only its Node, its Lease and the pods bound to it.
 
 pub mod agent;
-pub mod client;
 pub mod env;
-pub mod events;
 pub mod exec;
 pub mod imagegc;
 pub mod lifecycle;

@@ -1,10 +1,95 @@
-//! The pod lifecycle as Kubernetes defines it, as data and pure functions: container states,
-//! what a restart policy does after an exit, crash-loop back-off, the pod's phase and its
-//! conditions. The pod worker (`pod.rs`) does the I/O and asks these functions what to do.
+//! The pod lifecycle as Kubernetes defines it, as data and pure functions: the stage a pod's
+//! worker is in and what moves it on ([`Stage`]), container states, what a restart policy does
+//! after an exit, crash-loop and image pull back-off, the pod's phase and its conditions. The
+//! pod worker (`pod.rs`) does the I/O and asks these functions what to do.
 
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
+
+/// Where a pod's worker is in the pod's life on this node. Containers start only in
+/// `Running`; a [`StageEvent`] moves the pod on, through [`Stage::next`]:
+///
+/// ```text
+/// Preparing { network, volumes } ──NetworkReady + VolumesReady──► Running ──Completed──► Finished
+/// any stage ──Stop──► Terminating
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The pod's network (namespace and address) and its volumes are being made; whichever is
+    /// not in place yet is tried again at the next refresh. No container runs.
+    Preparing { network: bool, volumes: bool },
+    /// Network and volumes in place: the init containers one at a time, then every container,
+    /// restarted under the restart policy.
+    Running,
+    /// Every container is done for good (the pod Succeeded or Failed): nothing starts again and
+    /// the pod's network has been given back; its volume files are still refreshed.
+    Finished,
+    /// Being stopped, for deletion or because the pod left the API: nothing starts, every exit
+    /// is final, no status is reported. The worker ends after it.
+    Terminating,
+}
+
+/// What moves a pod from one [`Stage`] to the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageEvent {
+    /// The pod's network is in place.
+    NetworkReady,
+    /// The pod's volumes are written.
+    VolumesReady,
+    /// The pod reached Succeeded or Failed.
+    Completed,
+    /// The pod is being deleted, or is gone from the API.
+    Stop,
+}
+
+impl Stage {
+    /// Where every pod starts.
+    pub const START: Stage = Stage::Preparing {
+        network: false,
+        volumes: false,
+    };
+
+    /// The stage after `event`. `Stop` ends every stage; an event that means nothing in a
+    /// stage (the network made twice, `Completed` before anything ran) leaves it as it is.
+    pub fn next(self, event: StageEvent) -> Stage {
+        use Stage::*;
+        use StageEvent::*;
+        match (self, event) {
+            (_, Stop) => Terminating,
+            (Preparing { volumes, .. }, NetworkReady) => Stage::prepared(true, volumes),
+            (Preparing { network, .. }, VolumesReady) => Stage::prepared(network, true),
+            (Running, Completed) => Finished,
+            (stage, _) => stage,
+        }
+    }
+
+    fn prepared(network: bool, volumes: bool) -> Stage {
+        if network && volumes {
+            Stage::Running
+        } else {
+            Stage::Preparing { network, volumes }
+        }
+    }
+
+    /// Whether containers may be started.
+    pub fn runs_containers(self) -> bool {
+        self == Stage::Running
+    }
+
+    /// Whether the pod still waits for its network.
+    pub fn needs_network(self) -> bool {
+        matches!(self, Stage::Preparing { network: false, .. })
+    }
+
+    /// Whether the pod's volumes are written (from then on they are refreshed, not made).
+    pub fn has_volumes(self) -> bool {
+        matches!(
+            self,
+            Stage::Preparing { volumes: true, .. } | Stage::Running | Stage::Finished
+        )
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestartPolicy {
@@ -110,6 +195,18 @@ pub fn backoff(base: Duration, restarts: u32) -> Duration {
     let cap = Duration::from_secs(300);
     let factor = 1u32 << restarts.saturating_sub(1).min(16);
     base.saturating_mul(factor).min(cap)
+}
+
+/// The waiting reason after a failed image pull: `ErrImagePull`, then `ImagePullBackOff` while
+/// the pulls keep failing (as the kubelet shows it); other reasons (`ErrImageNeverPull`) stay.
+pub fn image_pull_reason(previous: &ContainerState, reason: &'static str) -> &'static str {
+    let was_pulling = matches!(previous, ContainerState::Waiting { reason, .. }
+        if reason == "ErrImagePull" || reason == "ImagePullBackOff");
+    if reason == "ErrImagePull" && was_pulling {
+        "ImagePullBackOff"
+    } else {
+        reason
+    }
 }
 
 /// A container that ran at least this long before it exited has its back-off reset.
@@ -312,6 +409,81 @@ mod tests {
         assert_eq!(
             phase(true, false, &[status(waiting, false, 0)]),
             Phase::Pending
+        );
+    }
+
+    #[test]
+    fn a_pod_runs_once_its_network_and_volumes_are_in_place() {
+        use StageEvent::*;
+        let start = Stage::START;
+        assert!(start.needs_network() && !start.has_volumes() && !start.runs_containers());
+        let volumes_first = start.next(VolumesReady);
+        assert_eq!(
+            volumes_first,
+            Stage::Preparing {
+                network: false,
+                volumes: true
+            }
+        );
+        assert!(volumes_first.needs_network() && volumes_first.has_volumes());
+        assert!(!volumes_first.runs_containers());
+        let network_first = start.next(NetworkReady);
+        assert!(!network_first.needs_network() && !network_first.has_volumes());
+        assert_eq!(volumes_first.next(NetworkReady), Stage::Running);
+        assert_eq!(network_first.next(VolumesReady), Stage::Running);
+        // Made again (a failed refresh retried): no change.
+        assert_eq!(network_first.next(NetworkReady), network_first);
+        assert_eq!(Stage::Running.next(VolumesReady), Stage::Running);
+        let running = Stage::Running;
+        assert!(running.runs_containers() && running.has_volumes() && !running.needs_network());
+    }
+
+    #[test]
+    fn a_pod_finishes_after_running_and_stops_from_any_stage() {
+        use StageEvent::*;
+        // Nothing ran yet: it cannot have completed.
+        assert_eq!(Stage::START.next(Completed), Stage::START);
+        let finished = Stage::Running.next(Completed);
+        assert_eq!(finished, Stage::Finished);
+        assert!(!finished.runs_containers() && !finished.needs_network());
+        assert!(
+            finished.has_volumes(),
+            "a finished pod's volume files are still refreshed"
+        );
+        assert_eq!(finished.next(NetworkReady), Stage::Finished);
+        for stage in [
+            Stage::START,
+            Stage::START.next(NetworkReady),
+            Stage::Running,
+            Stage::Finished,
+            Stage::Terminating,
+        ] {
+            assert_eq!(stage.next(Stop), Stage::Terminating);
+        }
+        let stopped = Stage::Terminating;
+        for event in [NetworkReady, VolumesReady, Completed] {
+            assert_eq!(stopped.next(event), Stage::Terminating);
+        }
+        assert!(!stopped.runs_containers() && !stopped.needs_network());
+    }
+
+    #[test]
+    fn failed_pulls_back_off_after_the_first() {
+        let creating = ContainerState::waiting("ContainerCreating", None);
+        assert_eq!(image_pull_reason(&creating, "ErrImagePull"), "ErrImagePull");
+        let failed = ContainerState::waiting("ErrImagePull", Some("no such image".into()));
+        assert_eq!(
+            image_pull_reason(&failed, "ErrImagePull"),
+            "ImagePullBackOff"
+        );
+        let backing_off = ContainerState::waiting("ImagePullBackOff", None);
+        assert_eq!(
+            image_pull_reason(&backing_off, "ErrImagePull"),
+            "ImagePullBackOff"
+        );
+        assert_eq!(
+            image_pull_reason(&failed, "ErrImageNeverPull"),
+            "ErrImageNeverPull"
         );
     }
 

@@ -10,25 +10,24 @@
 //!
 //! In both modes the node watches Services (their environment variables for new containers).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
+use network::host::LinuxHost;
 use network::ipam::PodAddresses;
 use network::pods::PodNetwork;
-use network::services::{self, NodeNet, ServicePort};
-use tokio::sync::Notify;
+use network::proxy::{ChangeMarks, Changed, Kind, ProxyState, Snapshot};
+use network::services::NodeNet;
 
 #[derive(Clone, Debug)]
 pub enum Mode {
@@ -280,11 +279,11 @@ impl PodNet {
     ) -> anyhow::Result<()> {
         let (services_store, services_writer) = reflector::store::<Service>();
         let _ = self.services.set(services_store.clone());
-        let changed = Arc::new(Notify::new());
-        spawn_reflector(
+        let marks = Arc::new(ChangeMarks::default());
+        kubeclient::reflect::spawn(
             Api::<Service>::all(client.clone()),
             services_writer,
-            changed.clone(),
+            marks.marker(Kind::Services),
         );
         let Mode::Routed {
             cluster_cidr,
@@ -299,25 +298,30 @@ impl PodNet {
         let addresses = PodAddresses::open(&data_dir.join("ipam"), range)?;
         let _ = self.addresses.set(addresses);
 
+        let watch = |kind| marks.marker(kind);
         let (slices, slices_writer) = reflector::store::<EndpointSlice>();
-        spawn_reflector(
-            Api::<EndpointSlice>::all(client.clone()),
+        kubeclient::reflect::spawn(
+            Api::all(client.clone()),
             slices_writer,
-            changed.clone(),
+            watch(Kind::EndpointSlices),
         );
         let (nodes, nodes_writer) = reflector::store::<Node>();
-        spawn_reflector(
-            Api::<Node>::all(client.clone()),
-            nodes_writer,
-            changed.clone(),
-        );
+        kubeclient::reflect::spawn(Api::all(client.clone()), nodes_writer, watch(Kind::Nodes));
         // NetworkPolicy needs every pod's address and labels, and namespaces' labels.
         let (policies, policies_writer) = reflector::store::<NetworkPolicy>();
-        spawn_reflector(Api::all(client.clone()), policies_writer, changed.clone());
+        kubeclient::reflect::spawn(
+            Api::all(client.clone()),
+            policies_writer,
+            watch(Kind::NetworkPolicies),
+        );
         let (pods, pods_writer) = reflector::store::<Pod>();
-        spawn_reflector(Api::all(client.clone()), pods_writer, changed.clone());
+        kubeclient::reflect::spawn(Api::all(client.clone()), pods_writer, watch(Kind::Pods));
         let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
-        spawn_reflector(Api::all(client.clone()), namespaces_writer, changed.clone());
+        kubeclient::reflect::spawn(
+            Api::all(client.clone()),
+            namespaces_writer,
+            watch(Kind::Namespaces),
+        );
         let IpAddr::V4(node_v4) = node_ip else {
             anyhow::bail!("routed pod networking needs an IPv4 node address");
         };
@@ -330,44 +334,18 @@ impl PodNet {
         ));
         let _ = self.records.set(dns.clone());
         serve_dns(SocketAddr::new(node_ip, 53), dns.clone()).await;
-        let proxy = Proxy {
-            node_name: node_name.to_string(),
-            node_net,
+        let caches = Caches {
             services: services_store,
             slices,
             nodes,
             policies,
             pods,
             namespaces,
-            dns,
         };
-        tokio::spawn(proxy.run(changed));
+        let state = ProxyState::new(node_name, node_net, dns);
+        tokio::spawn(run_proxy(state, caches, marks));
         Ok(())
     }
-}
-
-fn spawn_reflector<K>(api: Api<K>, writer: reflector::store::Writer<K>, changed: Arc<Notify>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    tokio::spawn(async move {
-        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects();
-        futures_util::pin_mut!(stream);
-        while let Some(item) = stream.next().await {
-            if let Err(e) = item {
-                tracing::debug!("network watch: {e}");
-            }
-            changed.notify_one();
-        }
-    });
 }
 
 /// Serves the cluster DNS on `addr` (UDP and TCP), where the kube-dns Service address leads
@@ -415,151 +393,59 @@ async fn wait_for_pod_range(client: &kube::Client, node_name: &str) -> Ipv4Net {
     }
 }
 
-/// Keeps the node's nftables Service and NetworkPolicy rules, its DNS records and its routes
-/// to other nodes' pods in step with the cluster (kube-proxy's job, CoreDNS's, and the routing
-/// and policy parts of Calico's).
-struct Proxy {
-    node_name: String,
-    node_net: NodeNet,
+/// The caches the node's proxy decides from (see [`network::proxy`]).
+struct Caches {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     policies: Store<NetworkPolicy>,
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
-    dns: Arc<std::sync::RwLock<network::dns::ClusterRecords>>,
 }
 
-impl Proxy {
-    /// The DNS records, rebuilt from the caches (a few ms at 10,000 Services).
-    fn refresh_dns(&self) {
-        let mut records = network::dns::ClusterRecords::default();
-        for svc in self.services.state() {
-            records.upsert_service(&svc);
-        }
-        for slice in self.slices.state() {
-            records.upsert_slice(&slice);
-        }
-        *self.dns.write().unwrap_or_else(|p| p.into_inner()) = records;
-    }
-
-    async fn run(self, changed: Arc<Notify>) {
+impl Caches {
+    async fn ready(&self) {
         let _ = self.services.wait_until_ready().await;
         let _ = self.slices.wait_until_ready().await;
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.policies.wait_until_ready().await;
         let _ = self.pods.wait_until_ready().await;
         let _ = self.namespaces.wait_until_ready().await;
-        let mut policy_applied = String::new();
-        let mut applied: Option<BTreeMap<String, ServicePort>> = None;
-        let mut routes: Vec<(Ipv4Net, Ipv4Addr)> = Vec::new();
-        let mut routes_synced = false;
-        let mut lb_addresses: Option<Vec<Ipv4Addr>> = None;
-        loop {
-            self.refresh_dns();
-            let desired = services::desired(&self.services.state(), &self.slices.state());
-            let batch = match &applied {
-                None => services::full(&self.node_net, &desired),
-                Some(old) => services::changes(old, &desired),
-            };
-            match services::apply_ops(&batch).await {
-                Ok(()) => applied = Some(desired),
-                Err(e) => {
-                    tracing::warn!("programming Services: {e:#}");
-                    // Next time from nothing, in one transaction.
-                    applied = None;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    changed.notify_one();
-                }
-            }
-            let policy = network::policy::ruleset(
-                &self.policies.state(),
-                &self.pods.state(),
-                &self.namespaces.state(),
-                &self.node_name,
-            );
-            if policy != policy_applied {
-                match services::apply(&policy).await {
-                    Ok(()) => policy_applied = policy,
-                    Err(e) => {
-                        tracing::warn!("programming NetworkPolicy: {e:#}");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        changed.notify_one();
-                    }
-                }
-            }
-            let want = other_nodes_routes(&self.nodes.state(), &self.node_name);
-            if want != routes || !routes_synced {
-                match PodNetwork::sync_node_routes(&want).await {
-                    Ok(()) => {
-                        routes = want;
-                        routes_synced = true;
-                    }
-                    Err(e) => {
-                        tracing::warn!("{e:#}");
-                        routes_synced = false;
-                    }
-                }
-            }
-            let lb = pool_addresses(&self.services.state(), &self.nodes.state());
-            if lb_addresses.as_ref() != Some(&lb) {
-                match PodNetwork::sync_service_addresses(&lb).await {
-                    Ok(()) => lb_addresses = Some(lb),
-                    Err(e) => tracing::warn!("{e:#}"),
-                }
-            }
-            changed.notified().await;
-            // Let a burst of changes (a rollout) land before recomputing.
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            services: self.services.state(),
+            slices: self.slices.state(),
+            nodes: self.nodes.state(),
+            policies: self.policies.state(),
+            pods: self.pods.state(),
+            namespaces: self.namespaces.state(),
         }
     }
 }
 
-/// The LoadBalancer addresses this node takes as its own (those of `--service-lb-pool`):
-/// every LoadBalancer ingress address that is not a node's.
-pub fn pool_addresses(services: &[Arc<Service>], nodes: &[Arc<Node>]) -> Vec<Ipv4Addr> {
-    let node_ips: BTreeSet<String> = nodes
-        .iter()
-        .filter_map(|n| n.status.as_ref()?.addresses.clone())
-        .flatten()
-        .map(|a| a.address)
-        .collect();
-    let mut ips: Vec<Ipv4Addr> = services
-        .iter()
-        .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"))
-        .filter_map(|s| s.status.as_ref()?.load_balancer.as_ref()?.ingress.clone())
-        .flatten()
-        .filter_map(|i| i.ip)
-        .filter(|ip| !node_ips.contains(ip))
-        .filter_map(|ip| ip.parse().ok())
-        .collect();
-    ips.sort();
-    ips.dedup();
-    ips
-}
-
-/// Routes to every other node's pod range via that node's internal address.
-pub fn other_nodes_routes(nodes: &[Arc<Node>], me: &str) -> Vec<(Ipv4Net, Ipv4Addr)> {
-    let mut routes: Vec<(Ipv4Net, Ipv4Addr)> = nodes
-        .iter()
-        .filter(|n| n.metadata.name.as_deref() != Some(me))
-        .filter_map(|n| {
-            let cidr = n.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()?;
-            let via = n
-                .status
-                .as_ref()?
-                .addresses
-                .iter()
-                .flatten()
-                .find(|a| a.type_ == "InternalIP")?
-                .address
-                .parse()
-                .ok()?;
-            Some((cidr, via))
-        })
-        .collect();
-    routes.sort();
-    routes
+/// The node's proxy loop: waits for the caches, puts everything in place, then on each batch
+/// of change marks brings the host in step for the kinds that changed (kube-proxy's job,
+/// CoreDNS's, and the routing and policy parts of Calico's).
+async fn run_proxy(mut state: ProxyState, caches: Caches, marks: Arc<ChangeMarks>) {
+    caches.ready().await;
+    let mut changed = Changed::ALL;
+    loop {
+        let retry = state.sync(&LinuxHost, changed, &caches.snapshot()).await;
+        if !retry.is_empty() {
+            // The host refused: try again shortly, whatever else happens meanwhile.
+            let marks = marks.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                marks.mark(retry);
+            });
+        }
+        changed = marks.take().await;
+        // Let a burst of changes (a rollout) land before recomputing.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        changed = changed.union(marks.take_now());
+    }
 }
 
 /// `drover node --cleanup`: removes Drover's nftables table and routes, and the network
@@ -567,7 +453,7 @@ pub fn other_nodes_routes(nodes: &[Arc<Node>], me: &str) -> Vec<(Ipv4Net, Ipv4Ad
 pub async fn cleanup(data_dir: &Path) -> anyhow::Result<()> {
     // Each part is removed even when another fails; the address records go last, only when
     // every pod's namespace went (they are how the next cleanup finds them).
-    let tables = services::cleanup().await;
+    let tables = network::host::cleanup_tables().await;
     let pods = PodNetwork::cleanup(&data_dir.join("ipam")).await;
     if pods.is_ok() {
         let _ = std::fs::remove_dir_all(data_dir.join("ipam"));

@@ -23,6 +23,10 @@
 //! names (the sweep in [`ImageStore::gc`]) takes it exclusively and only when no writer holds
 //! it, so it never deletes a blob that a pull has fetched and not named yet. `refs.json` is
 //! replaced atomically under `refs.lock`.
+//!
+//! Length: one store with one on-disk layout (blobs, manifests, unpacked layers, gc), whose
+//! invariants (digests checked, everything renamed into place, gc never under a pod) are kept
+//! in one file; the registry client (`registry`) and layer unpacking (`layers`) are apart.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;

@@ -18,14 +18,14 @@ pub mod schedule;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use controllers::events::{Recorder, Type};
-use controllers::informer::Informer;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
+use kubeclient::events::{Recorder, Type};
+use kubeclient::informer::Informer;
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore};
 
@@ -72,7 +72,7 @@ impl Shared {
 fn on_pod(shared: &Shared, pod: &Pod, deleted: bool) {
     let info = Arc::new(shared.pod_info(pod));
     let mut st = shared.lock();
-    let gone = deleted || controllers::pods::terminal(pod);
+    let gone = deleted || api::pods::terminal(pod);
     match (&info.node_name, gone) {
         (_, true) => {
             st.queue.remove(&info.key);
@@ -258,7 +258,7 @@ pub async fn run(client: kube::Client) {
         }),
         wake: Notify::new(),
         client: client.clone(),
-        events: Recorder::new(client.clone(), NAME),
+        events: Recorder::component(client.clone(), NAME),
         runtime_classes: classes.store(),
         pods: pods.store(),
     });

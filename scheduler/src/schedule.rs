@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use k8s_openapi::api::core::v1::{PodAffinityTerm, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use controllers::selector::{node_term_matches, tolerates};
+use api::placement::{node_term_matches, tolerates};
 
 use crate::cluster::{Cluster, NodeState, PodInfo};
 
@@ -96,9 +96,9 @@ pub fn feasible_to_find(nodes: usize) -> usize {
 }
 
 /// nodeSelector and required node affinity (terms ORed), as the DaemonSet controller reads
-/// them ([`controllers::selector::node_matches`]): by reference, nothing allocated per node.
+/// them ([`api::placement::node_matches`]): by reference, nothing allocated per node.
 pub fn node_matches(pod: &PodInfo, node: &NodeState) -> bool {
-    controllers::selector::node_matches(
+    api::placement::node_matches(
         Some(&pod.node_selector),
         pod.required_node_affinity.as_ref(),
         &node.labels,
@@ -112,7 +112,7 @@ pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, Strin
     let Some(s) = selector else { return false };
     let empty = s.match_labels.as_ref().is_none_or(|m| m.is_empty())
         && s.match_expressions.as_ref().is_none_or(|e| e.is_empty());
-    empty || controllers::selector::matches(s, labels)
+    empty || api::selector::selects(s, labels)
 }
 
 /// The namespaces a pod affinity term looks in: its list, or the pod's own; an empty
@@ -343,7 +343,7 @@ impl PreFilter {
 pub fn filter(pod: &PodInfo, node: &NodeState, pre: &PreFilter) -> Result<(), Unfit> {
     if node.unschedulable {
         let cordon = Taint {
-            key: "node.kubernetes.io/unschedulable".into(),
+            key: api::wellknown::TAINT_UNSCHEDULABLE.into(),
             effect: "NoSchedule".into(),
             ..Default::default()
         };

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use apiserver::handlers::{bootstrap, router, ApiState};
+use apiserver::{bootstrap, router, ApiState};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use raft_store::{StoreConfig, StoreNode};

@@ -1,13 +1,14 @@
-//! What the controllers ask of a pod (its phase, whether it finished, is Ready and since when,
-//! is on a node, which controller owns it) and the controller ownerReference they put on what
-//! they make. One definition each, so every controller reads a pod the same way. Pure.
+//! What the control plane asks of a pod (its phase, whether it finished, is Ready and since
+//! when, is on a node, which controller owns it) and the controller ownerReference controllers
+//! put on what they make. One definition each, so the controllers and the scheduler read a pod
+//! the same way. Pure.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::chrono::{DateTime, Utc};
-use kube::{Resource, ResourceExt};
+use k8s_openapi::{Metadata, Resource};
 
 /// The pod's `status.phase`, or "" when it has none yet.
 pub fn phase(p: &Pod) -> &str {
@@ -64,12 +65,16 @@ pub fn scheduled(p: &Pod) -> bool {
 /// The ownerReference that makes `owner` the controller of what it creates (pods, Jobs,
 /// EndpointSlices, ControllerRevisions): its kind and apiVersion, name and uid, with
 /// `controller` and `blockOwnerDeletion` set, as Kubernetes' controllers write it.
-pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+pub fn controller_ref<K>(owner: &K) -> OwnerReference
+where
+    K: Resource + Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+{
+    let meta = owner.metadata();
     OwnerReference {
-        api_version: K::api_version(&()).into_owned(),
-        kind: K::kind(&()).into_owned(),
-        name: owner.name_any(),
-        uid: owner.meta().uid.clone().unwrap_or_default(),
+        api_version: K::API_VERSION.to_string(),
+        kind: K::KIND.to_string(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
         controller: Some(true),
         block_owner_deletion: Some(true),
     }

@@ -1,5 +1,5 @@
-//! The node's connection to the API server: its URL, the cluster CA that signed the server's
-//! certificate, and the node's bearer token.
+//! A connection to the API server: its URL, the cluster CA that signed the server's
+//! certificate, and a bearer token (a node's, or the control loops' admin token).
 
 use kube::config::AuthInfo;
 

@@ -1,6 +1,5 @@
-//! Typed label selectors (`metav1.LabelSelector`) against an object's labels, node selectors
-//! (`nodeSelector`, required node affinity) against a node, and tolerations against taints.
-//! Pure. The node parts serve the DaemonSet controller (which nodes get a daemon) and the
+//! Where a pod may run: node selectors (`nodeSelector`, required node affinity) against a
+//! node, and tolerations against taints. Pure. They serve the DaemonSet controller (which nodes get a daemon) and the
 //! scheduler (which nodes can take a pod) alike, so both read a pod's node constraints the
 //! same way; they take the node's labels and name by reference, as the scheduler keeps them,
 //! and allocate nothing (the scheduler calls them for every node it visits).
@@ -8,21 +7,6 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
-/// Whether `labels` satisfy `selector`. An empty selector matches nothing here, as controllers
-/// must never adopt every pod of a namespace.
-pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
-        && selector
-            .match_expressions
-            .as_ref()
-            .is_none_or(|e| e.is_empty());
-    if empty {
-        return false;
-    }
-    api::selector::typed_matches(selector, labels)
-}
 
 /// Whether a node selector requirement holds for `value` (the node's label `r.key`, or its name
 /// for a `matchFields` requirement; None when the label is absent): In, NotIn, Exists,
@@ -119,25 +103,6 @@ pub fn tolerates(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn selectors_match_labels_and_expressions() {
-        let s: LabelSelector = serde_json::from_value(serde_json::json!({
-            "matchLabels": {"app": "web"},
-            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]
-        }))
-        .unwrap();
-        let l = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        assert!(matches(&s, &l(&[("app", "web"), ("tier", "a")])));
-        assert!(!matches(&s, &l(&[("app", "web"), ("tier", "c")])));
-        assert!(!matches(&s, &l(&[("app", "api"), ("tier", "a")])));
-        assert!(!matches(&LabelSelector::default(), &l(&[("app", "web")])));
-    }
 
     #[test]
     fn node_selectors_match_labels_fields_and_numbers() {

@@ -1,0 +1,560 @@
+//! The request path: the router, authentication and authorization, and one dispatcher that
+//! parses the path and routes a request for objects by its verb (and by resource and
+//! subresource for the subresources that act) to a method of [`Call`], the one request against
+//! one resource.
+//!
+//! `Call`'s methods are spread over this module's files by what they do: here the basics every
+//! handler uses (keys, reads, the one `commit` of every write, views of subresources); reads,
+//! writes, deletes and the subresources that act each in a file of their own. What is
+//! particular to one kind is not here but in its [`crate::strategy`].
+
+mod delete;
+mod read;
+mod subresources;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::convert;
+use api::object::{self, status};
+use api::rbac::User;
+use api::registry::Resource;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use raft_store::{Consistency, KeySpan, KeyValue, RangeRequest, StoreError, Txn};
+use serde_json::{json, Value};
+
+use crate::auth::RequestInfo;
+use crate::discovery;
+use crate::path::{self, ObjectPath, PathError, Target};
+use crate::respond::{bad_request, failure, invalid, json_response, not_found};
+use crate::state::ApiState;
+use crate::stored::from_kv;
+use crate::strategy::{self, Strategy};
+
+/// The API: version, health and OpenAPI documents, then everything else through `dispatch`,
+/// all behind `authenticate`.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route(
+            "/version",
+            get(|| async { json_response(StatusCode::OK, &discovery::version()) }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/openapi/v3",
+            get(|| async { json_response(StatusCode::OK, &discovery::openapi_v3_index()) }),
+        )
+        .route(
+            "/openapi/v3/{*path}",
+            get(
+                |axum::extract::Path(path): axum::extract::Path<String>| async move {
+                    match discovery::openapi_v3(&path) {
+                        Some(doc) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "application/json")],
+                            doc,
+                        )
+                            .into_response(),
+                        None => failure(
+                            StatusCode::NOT_FOUND,
+                            "NotFound",
+                            "no such OpenAPI document",
+                        ),
+                    }
+                },
+            ),
+        )
+        .fallback(dispatch)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+/// Authentication, then authorization, for every request. Health and version are open to
+/// anybody, as `system:public-info-viewer` makes them in Kubernetes.
+async fn authenticate(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> Response {
+    let open = matches!(
+        req.uri().path(),
+        "/version" | "/healthz" | "/livez" | "/readyz"
+    );
+    let user = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|token| st.auth.authenticate(token.trim()));
+    let Some(user) = user else {
+        if open {
+            return next.run(req).await;
+        }
+        return failure(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    };
+    let watch = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+    let info = RequestInfo::new(req.method(), req.uri().path(), watch);
+    let mut allowed = open || st.auth.allows(&user, &info);
+    if !allowed {
+        // RBAC is read from the watch cache, which follows this member's store a moment
+        // behind: a binding written just before this request must still count.
+        let head = st.store.engine().head().revision;
+        if st.cache.wait_for(head, Duration::from_secs(1)).await {
+            allowed = st.auth.allows(&user, &info);
+        }
+    }
+    if !allowed {
+        let message = api::rbac::forbidden_message(&user, &info.attributes());
+        let details = info.resource.as_ref().map(
+            |(group, resource, _, _, name)| json!({"name": name, "group": group, "kind": resource}),
+        );
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &status(403, "Forbidden", &message, details),
+        );
+    }
+    req.extensions_mut().insert(user);
+    next.run(req).await
+}
+
+/// The request's query parameters.
+type Query = HashMap<String, String>;
+
+/// Everything after authentication that the routes above do not take: the path is parsed into
+/// a target, discovery documents are answered, and a request for objects goes to the handler
+/// of its verb (or of its subresource), each a method of [`Call`].
+async fn dispatch(
+    State(st): State<Arc<ApiState>>,
+    method: Method,
+    headers: HeaderMap,
+    mut req: Request,
+) -> Response {
+    let uri = req.uri().clone();
+    // A stream's upgrade (pods/exec) is taken now: reading the body drops the request's parts.
+    let client_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+    let user = req
+        .extensions()
+        .get::<User>()
+        .cloned()
+        .unwrap_or_else(|| User {
+            name: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+        });
+    let query: Query = serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
+    let body = match axum::body::to_bytes(req.into_body(), 3 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(_) => {
+            return failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                "the request body is larger than 3 MiB",
+            )
+        }
+    };
+    // Typed clients (kubectl's generators among them) send built-in objects as protobuf.
+    let sent_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let body = if !body.is_empty() && sent_type.contains("protobuf") {
+        match crate::protobuf::decode_body(&body) {
+            Ok(obj) => Bytes::from(serde_json::to_vec(&obj).expect("serialises")),
+            Err(e) => return bad_request(&format!("the protobuf body could not be decoded: {e}")),
+        }
+    } else {
+        body
+    };
+    let target = match path::parse(uri.path()) {
+        Ok(t) => t,
+        Err(PathError::NotFound) => {
+            return failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        }
+        Err(PathError::Scope(m)) => return failure(StatusCode::NOT_FOUND, "NotFound", &m),
+    };
+    if method != Method::GET && !matches!(target, Target::Object(_)) {
+        return failure(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "discovery documents are read-only",
+        );
+    }
+    match target {
+        Target::CoreVersions => {
+            json_response(StatusCode::OK, &discovery::core_versions(&st.address))
+        }
+        Target::Groups => json_response(StatusCode::OK, &discovery::groups()),
+        Target::Group(g) => match discovery::group(&g) {
+            Some(doc) => json_response(StatusCode::OK, &doc),
+            None => failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        },
+        Target::Resources { group, version } => match discovery::resources(&group, &version) {
+            Some(doc) => json_response(StatusCode::OK, &doc),
+            None => failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        },
+        Target::Object(o) => {
+            let table = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("as=Table"));
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/json")
+                .to_string();
+            // DeleteOptions travel in the body of a delete and inside an Eviction.
+            let delete_options = method == Method::DELETE
+                || (method == Method::POST && o.subresource.as_deref() == Some("eviction"));
+            let dry_run = match dry_run(&query, delete_options.then_some(&body)) {
+                Ok(d) => d,
+                Err(r) => return r,
+            };
+            let call = Call {
+                st: &st,
+                o: &o,
+                query: &query,
+                table,
+                user: &user,
+                dry_run,
+            };
+            if o.resource.is_metrics() {
+                return match (&method, &o.subresource) {
+                    (&Method::GET, None) => {
+                        crate::metrics::serve(
+                            &st,
+                            o.resource,
+                            o.namespace.as_deref(),
+                            o.name.as_deref(),
+                            &query,
+                        )
+                        .await
+                    }
+                    _ => failure(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "MethodNotAllowed",
+                        "resource metrics are read-only",
+                    ),
+                };
+            }
+            if o.resource.is_review() {
+                return match (&method, &o.name, o.resource.name) {
+                    (&Method::POST, None, "tokenreviews") => call.token_review(&body),
+                    (&Method::POST, None, _) => call.access_review(&body),
+                    _ => failure(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "MethodNotAllowed",
+                        &format!("{} can only be created", o.resource.name),
+                    ),
+                };
+            }
+            // The subresources that act are one kind's each: routed by resource and
+            // subresource. Then the verbs every kind has, with what is particular to a kind in
+            // its strategy.
+            let kind = (o.resource.group, o.resource.name);
+            match (&method, kind, o.name.as_deref(), o.subresource.as_deref()) {
+                (&Method::GET, ("", "pods"), Some(name), Some("log")) => call.pod_log(name).await,
+                // GET for WebSocket clients (kubectl 1.30+), POST for SPDY ones.
+                (&Method::GET | &Method::POST, ("", "pods"), Some(name), Some("exec")) => {
+                    call.pod_exec(
+                        name,
+                        &method,
+                        &headers,
+                        uri.query().unwrap_or(""),
+                        client_upgrade,
+                    )
+                    .await
+                }
+                (
+                    &Method::GET | &Method::POST,
+                    ("", "pods"),
+                    Some(_),
+                    Some(sub @ ("portforward" | "attach")),
+                ) => {
+                    let what = match sub {
+                        "portforward" => "port-forward",
+                        _ => "attach",
+                    };
+                    bad_request(&format!("{what} is not supported yet"))
+                }
+                (&Method::POST, ("", "serviceaccounts"), Some(name), Some("token")) => {
+                    call.token_request(name, &body, Some(TokenFor::ServiceAccount))
+                        .await
+                }
+                (&Method::POST, ("", "nodes"), Some(name), Some("token")) => {
+                    call.token_request(name, &body, Some(TokenFor::Node)).await
+                }
+                // Another kind's token: the request is checked, then refused as not served.
+                (&Method::POST, _, Some(name), Some("token")) => {
+                    call.token_request(name, &body, None).await
+                }
+                (&Method::POST, ("", "pods"), Some(name), Some("binding")) => {
+                    call.bind(name, &body).await
+                }
+                (&Method::POST, ("", "pods"), Some(name), Some("eviction")) => {
+                    call.evict(name, &body).await
+                }
+                // Another kind's log, exec, binding or eviction: there is no such object.
+                (&Method::GET, _, Some(name), Some("log"))
+                | (&Method::GET | &Method::POST, _, Some(name), Some("exec"))
+                | (&Method::POST, _, Some(name), Some("binding" | "eviction")) => {
+                    not_found(o.resource, name)
+                }
+                (&Method::GET, _, Some(name), _) => call.get(name).await,
+                (&Method::GET, _, None, _) if is_true(query.get("watch")) => call.watch().await,
+                (&Method::GET, _, None, _) => call.list().await,
+                (&Method::POST, _, None, _) => call.create(&body).await,
+                (&Method::PUT, _, Some(name), _) => call.update(name, &body).await,
+                (&Method::PATCH, _, Some(name), _) => call.patch(name, &content_type, &body).await,
+                (&Method::DELETE, _, Some(name), _) => call.delete(name, &body).await,
+                (&Method::DELETE, _, None, _) => call.delete_collection().await,
+                _ => failure(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    &format!("{method} is not supported here"),
+                ),
+            }
+        }
+    }
+}
+
+/// `dryRun=All`: the request is admitted, defaulted, validated and checked against the store
+/// as usual, and answered as if it were carried out, but nothing is written. Kubernetes knows
+/// no other value; an empty one means a real request. A delete may say it in the query or in
+/// its DeleteOptions (kubectl does the latter), an eviction in the Eviction's DeleteOptions.
+fn dry_run(query: &Query, delete_options: Option<&Bytes>) -> Result<bool, Response> {
+    let mut asked: Vec<String> = query.get("dryRun").cloned().into_iter().collect();
+    if let Some(body) = delete_options {
+        if let Ok(options) = serde_json::from_slice::<Value>(body) {
+            let options = options.get("deleteOptions").unwrap_or(&options);
+            if let Some(list) = options["dryRun"].as_array() {
+                asked.extend(list.iter().map(|v| v.as_str().unwrap_or("?").to_string()));
+            }
+        }
+    }
+    match asked.iter().find(|v| !v.is_empty() && *v != "All") {
+        None => Ok(asked.iter().any(|v| v == "All")),
+        Some(other) => Err(json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &status(
+                422,
+                "Invalid",
+                &format!("dryRun: Unsupported value: \"{other}\": supported values: \"All\""),
+                Some(
+                    json!({"causes": [{"reason": "FieldValueNotSupported", "message": format!("Unsupported value: \"{other}\": supported values: \"All\""), "field": "dryRun"}]}),
+                ),
+            ),
+        )),
+    }
+}
+
+/// Whether a query flag is set (`true` or `1`).
+fn is_true(v: Option<&String>) -> bool {
+    v.is_some_and(|v| v == "true" || v == "1")
+}
+
+/// Whose token a TokenRequest asks for.
+enum TokenFor {
+    /// A ServiceAccount's (`serviceaccounts/{name}/token`), for an hour by default.
+    ServiceAccount,
+    /// A node agent's credential (`nodes/{name}/token`), for a year by default.
+    Node,
+}
+
+/// One request against one resource.
+struct Call<'a> {
+    st: &'a ApiState,
+    o: &'a ObjectPath,
+    query: &'a Query,
+    table: bool,
+    user: &'a User,
+    /// `dryRun=All`: every write goes through `commit`, which then writes nothing.
+    dry_run: bool,
+}
+
+impl Call<'_> {
+    fn resource(&self) -> &'static Resource {
+        self.o.resource
+    }
+
+    /// What is particular to the kind addressed.
+    fn strategy(&self) -> &'static dyn Strategy {
+        strategy::of(self.resource())
+    }
+
+    /// The store key of the object `name` in the namespace addressed.
+    fn key(&self, name: &str) -> String {
+        self.resource().key(self.o.namespace.as_deref(), name)
+    }
+
+    /// A write to the store; under dry-run only its comparisons and reads run, so the answer
+    /// (success, conflict, a ClusterIP or NodePort already taken) is the real one and nothing
+    /// is stored: not the object, not an allocation.
+    async fn commit(&self, txn: Txn) -> Result<raft_store::TxnResponse, StoreError> {
+        if self.dry_run {
+            self.st.txn(txn.without_writes()).await
+        } else {
+            self.st.txn(txn).await
+        }
+    }
+
+    /// The resourceVersion a write answers with: the write's own revision, or under dry-run,
+    /// the version the object already had (none for an object that does not exist yet).
+    fn written_version(&self, resp: &raft_store::TxnResponse, before: Option<u64>) -> Value {
+        match (self.dry_run, before) {
+            (false, _) => json!(resp.revision.to_string()),
+            (true, Some(rev)) => json!(rev.to_string()),
+            (true, None) => json!(""),
+        }
+    }
+
+    /// A linearizable read from the store.
+    async fn range(&self, req: RangeRequest) -> Result<raft_store::RangeResponse, StoreError> {
+        let mut resp = self
+            .st
+            .store
+            .range(req, Consistency::Linearizable, false)
+            .await?;
+        resp.kvs
+            .iter_mut()
+            .for_each(|kv| self.st.sealer.open_kv(kv));
+        Ok(resp)
+    }
+
+    /// A stored object, in the version this request addressed.
+    fn load(&self, kv: &KeyValue) -> Value {
+        convert::from_storage(self.resource(), from_kv(kv))
+    }
+
+    /// The key prefix of the collection addressed (one namespace, or all).
+    fn prefix(&self) -> String {
+        match &self.o.namespace {
+            Some(ns) if self.resource().namespaced => {
+                format!("{}{ns}/", self.resource().key_prefix())
+            }
+            _ => self.resource().key_prefix(),
+        }
+    }
+
+    /// The stored object `name`, by a linearizable read.
+    async fn read(&self, name: &str) -> Result<Option<KeyValue>, StoreError> {
+        let resp = self
+            .range(RangeRequest::new(KeySpan::key(self.key(name))))
+            .await?;
+        Ok(resp.kvs.into_iter().next())
+    }
+
+    /// An object as the answer, or as a one-row Table when the client asked for one.
+    fn respond(&self, code: StatusCode, obj: Value) -> Response {
+        if self.table {
+            return json_response(code, &self.to_table(std::slice::from_ref(&obj), None));
+        }
+        json_response(code, &obj)
+    }
+
+    /// Err: the subresource addressed is not one a get, update or patch serves (only `status`
+    /// and `scale`, where the kind has them).
+    fn check_subresource(&self) -> Result<(), Response> {
+        let r = self.resource();
+        match self.o.subresource.as_deref() {
+            None => Ok(()),
+            Some("status") if r.has_status() => Ok(()),
+            Some("scale") if r.has_scale() => Ok(()),
+            Some(other) => Err(failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!(
+                    "the server could not find the requested resource ({}/{other} is not served)",
+                    r.name
+                ),
+            )),
+        }
+    }
+
+    /// What a request to this path sees of a stored object: the object, or its Scale.
+    fn view(&self, obj: Value) -> Value {
+        if self.o.subresource.as_deref() != Some("scale") {
+            return obj;
+        }
+        let m = &obj["metadata"];
+        let selector = obj["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .map(|l| {
+                l.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        json!({
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"], "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"]},
+            "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+            "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+        })
+    }
+
+    /// The whole object to store when `incoming` is written through this path over `stored`:
+    /// the main endpoint cannot change status (unless the kind's strategy says it may), `/status`
+    /// changes only status, `/scale` only `spec.replicas`.
+    fn unview(&self, stored: &Value, incoming: Value) -> Result<Value, Response> {
+        let r = self.resource();
+        match self.o.subresource.as_deref() {
+            None => {
+                let mut obj = incoming;
+                if r.has_status() && !self.strategy().main_endpoint_writes_status() {
+                    match stored.get("status") {
+                        Some(st) => obj["status"] = st.clone(),
+                        None => {
+                            obj.as_object_mut().map(|m| m.remove("status"));
+                        }
+                    }
+                }
+                Ok(obj)
+            }
+            Some("status") => {
+                let mut obj = stored.clone();
+                obj["status"] = incoming.get("status").cloned().unwrap_or(Value::Null);
+                Ok(obj)
+            }
+            Some("scale") => {
+                let Some(replicas) = incoming["spec"]["replicas"].as_i64().filter(|n| *n >= 0)
+                else {
+                    let name = object::name(stored).unwrap_or("");
+                    return Err(invalid(
+                        r,
+                        name,
+                        "spec.replicas",
+                        "must be a non-negative integer",
+                    ));
+                };
+                let mut obj = stored.clone();
+                obj["spec"]["replicas"] = json!(replicas);
+                Ok(obj)
+            }
+            Some(_) => Err(self
+                .check_subresource()
+                .expect_err("only served subresources get here")),
+        }
+    }
+}

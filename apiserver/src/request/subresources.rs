@@ -1,0 +1,515 @@
+//! The subresources that act rather than store, each by nature one kind's and routed to by
+//! resource and subresource in the dispatcher: the reviews (TokenReview,
+//! SelfSubjectAccessReview), `pods/log` and `pods/exec` (passed to the node the pod runs on),
+//! `pods/binding` (the scheduler's decision), `pods/eviction` (a graceful delete), and the
+//! TokenRequests of `serviceaccounts/token` and `nodes/token`.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use raft_store::{Compare, CompareOp, Txn};
+use serde_json::{json, Value};
+
+use super::{Call, TokenFor};
+use crate::auth;
+use crate::path::ObjectPath;
+use crate::respond::{
+    bad_request, conflict, failure, invalid, json_response, not_found, store_failure,
+};
+use crate::stored::{from_kv, now_rfc3339, to_bytes};
+
+/// A node's answer other than the one hoped for, as a Status: its text is the message.
+async fn node_refusal(resp: hyper::Response<hyper::body::Incoming>) -> Response {
+    let code = resp.status();
+    let text = axum::body::to_bytes(Body::new(resp.into_body()), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    if code.is_client_error() {
+        bad_request(&text)
+    } else {
+        failure(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &text)
+    }
+}
+
+/// The container of `pod` a command is to run in: the one asked for, else the one the
+/// `kubectl.kubernetes.io/default-container` annotation names, else the first. Err: why
+/// there is none to run in now (the words kube-apiserver uses where it has them).
+fn exec_container(name: &str, pod: &Value, asked: Option<&String>) -> Result<String, String> {
+    let statuses = [
+        "containerStatuses",
+        "initContainerStatuses",
+        "ephemeralContainerStatuses",
+    ];
+    let spec_names: Vec<&str> = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|list| pod["spec"][list].as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let first = pod["spec"]["containers"][0]["name"].as_str();
+    let annotated = pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"]
+        .as_str()
+        .filter(|c| spec_names.contains(c));
+    let container = match asked.map(String::as_str).filter(|c| !c.is_empty()) {
+        Some(c) if spec_names.contains(&c) => c,
+        Some(c) => return Err(format!("container {c} is not valid for pod {name}")),
+        None => match annotated.or(first) {
+            Some(c) => c,
+            None => return Err(format!("pod {name} has no containers")),
+        },
+    };
+    let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+    match phase {
+        "Running" => {}
+        "Succeeded" | "Failed" => {
+            return Err(format!(
+                "cannot exec into a container in a completed pod; current phase is {phase}"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "pod {name} is not running (phase {phase}); exec needs a running container"
+            ))
+        }
+    }
+    // A running pod may still have this container waiting (restarting) or finished.
+    let status = statuses
+        .iter()
+        .flat_map(|list| pod["status"][list].as_array().into_iter().flatten())
+        .find(|s| s["name"] == container);
+    if let Some(state) = status.map(|s| &s["state"]).filter(|s| s.is_object()) {
+        if state.get("running").is_none() {
+            let why = state
+                .as_object()
+                .and_then(|o| o.iter().next())
+                .map(|(k, v)| match v["reason"].as_str() {
+                    Some(reason) => format!("{k}: {reason}"),
+                    None => k.clone(),
+                })
+                .unwrap_or_default();
+            return Err(format!(
+                "container {container} in pod {name} is not running ({why})"
+            ));
+        }
+    }
+    Ok(container.to_string())
+}
+
+impl Call<'_> {
+    /// TokenReview: is this token valid, for these audiences, and whose is it?
+    pub(super) fn token_review(&self, body: &Bytes) -> Response {
+        self.review(body, |spec| {
+            let Some(token) = spec["token"].as_str() else {
+                return Err(invalid(self.resource(), "", "spec.token", "Required value"));
+            };
+            let audiences: Vec<String> = spec["audiences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            Ok(match self.st.auth.review(token, &audiences) {
+                Some(user) => {
+                    json!({"authenticated": true, "user": {"username": user.name, "groups": user.groups}, "audiences": audiences})
+                }
+                None => json!({"authenticated": false, "error": "invalid bearer token"}),
+            })
+        })
+    }
+
+    /// SelfSubjectAccessReview: may I do this?
+    pub(super) fn access_review(&self, body: &Bytes) -> Response {
+        self.review(body, |spec| {
+            let ra = &spec["resourceAttributes"];
+            let nra = &spec["nonResourceAttributes"];
+            let field = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+            let (verb, group, resource, sub, ns, name, path) = (
+                field(if ra.is_object() { ra } else { nra }, "verb"),
+                field(ra, "group"),
+                field(ra, "resource"),
+                field(ra, "subresource"),
+                field(ra, "namespace"),
+                field(ra, "name"),
+                field(nra, "path"),
+            );
+            let a = api::rbac::Attributes {
+                verb: &verb,
+                resource: ra.is_object().then_some(api::rbac::ResourceAttributes {
+                    group: &group,
+                    resource: &resource,
+                    subresource: &sub,
+                    namespace: &ns,
+                    name: &name,
+                }),
+                path: &path,
+            };
+            let allowed = self.st.auth.allows_attributes(self.user, &a);
+            Ok(json!({"allowed": allowed, "reason": if allowed { "allowed by RBAC" } else { "" }}))
+        })
+    }
+
+    /// A review, answered and not stored: the review sent, with the `status` that `answer`
+    /// gives for its spec (Err: why the review cannot be answered).
+    fn review(
+        &self,
+        body: &Bytes,
+        answer: impl FnOnce(&Value) -> Result<Value, Response>,
+    ) -> Response {
+        let r = self.resource();
+        let review: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return bad_request(&format!("the {} is not valid JSON: {e}", r.kind)),
+        };
+        let status = match answer(&review["spec"]) {
+            Ok(status) => status,
+            Err(refusal) => return refusal,
+        };
+        let mut out = review;
+        out["status"] = status;
+        out["apiVersion"] = json!(r.api_version());
+        out["kind"] = json!(r.kind);
+        json_response(StatusCode::CREATED, &out)
+    }
+
+    /// `pods/{name}/log`: proxied to the node the pod runs on, with a short-lived token the
+    /// node accepts only for itself.
+    pub(super) async fn pod_log(&self, name: &str) -> Response {
+        let r = self.resource();
+        let pod = match self.read(name).await {
+            Ok(Some(kv)) => from_kv(&kv),
+            Ok(None) => return not_found(r, name),
+            Err(e) => return store_failure(e),
+        };
+        let names = |list: &str| -> Vec<String> {
+            pod["spec"][list]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .collect()
+        };
+        let (main, init) = (names("containers"), names("initContainers"));
+        let container = match self.query.get("container").filter(|c| !c.is_empty()) {
+            Some(c) if main.contains(c) || init.contains(c) => c.clone(),
+            Some(c) => {
+                return bad_request(&format!("container {c} is not valid for pod {name}"));
+            }
+            None if main.len() == 1 => main[0].clone(),
+            None => {
+                return bad_request(&format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    main.join(" ")
+                ))
+            }
+        };
+        let (node_name, endpoint) = match self.pod_node(name, &pod) {
+            Ok(found) => found,
+            Err(refusal) => return refusal,
+        };
+        let token = crate::metrics::node_token(self.st, &node_name);
+        let mut query = Vec::new();
+        for key in ["follow", "previous", "timestamps", "tailLines"] {
+            if let Some(v) = self.query.get(key) {
+                query.push(format!("{key}={v}"));
+            }
+        }
+        let ns = self.o.namespace.clone().unwrap_or_default();
+        let path = format!("/containerLogs/{ns}/{name}/{container}?{}", query.join("&"));
+        match crate::proxy::get(endpoint, &path, &token).await {
+            Ok(resp) if resp.status().is_success() => (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain")],
+                Body::new(resp.into_body()),
+            )
+                .into_response(),
+            Ok(resp) => node_refusal(resp).await,
+            Err(e) => failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                &format!("cannot reach node {node_name} at {endpoint} for logs: {e}"),
+            ),
+        }
+    }
+
+    /// The node a pod runs on and the address of the node's endpoint (logs, exec); Err: the
+    /// Status saying why there is none.
+    fn pod_node(
+        &self,
+        name: &str,
+        pod: &Value,
+    ) -> Result<(String, std::net::SocketAddr), Response> {
+        let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+            return Err(bad_request(&format!(
+                "pod {name} does not have a host assigned"
+            )));
+        };
+        let node_key = api::registry::find("", "v1", "nodes")
+            .expect("registered")
+            .key(None, node_name);
+        let Some(node) = self.st.cache.get(&node_key).map(|kv| from_kv(&kv)) else {
+            return Err(bad_request(&format!(
+                "node {node_name} of pod {name} is not registered"
+            )));
+        };
+        let Some(endpoint) = crate::metrics::node_endpoint(&node) else {
+            return Err(failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                &format!("node {node_name} has not published its address"),
+            ));
+        };
+        Ok((node_name.to_string(), endpoint))
+    }
+
+    /// `pods/{name}/exec`: checked here (the pod runs, the container is one of its own), then
+    /// the client's upgrade (a WebSocket, `v5.channel.k8s.io`) is passed to the node the pod
+    /// runs on, and once the node has switched protocols the two connections are spliced. The
+    /// stream itself (channels, the exit status) is between kubectl and the node.
+    pub(super) async fn pod_exec(
+        &self,
+        name: &str,
+        method: &Method,
+        headers: &HeaderMap,
+        raw_query: &str,
+        client: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response {
+        let r = self.resource();
+        let pod = match self.read(name).await {
+            Ok(Some(kv)) => from_kv(&kv),
+            Ok(None) => return not_found(r, name),
+            Err(e) => return store_failure(e),
+        };
+        let container = match exec_container(name, &pod, self.query.get("container")) {
+            Ok(c) => c,
+            Err(message) => return bad_request(&message),
+        };
+        let (node_name, endpoint) = match self.pod_node(name, &pod) {
+            Ok(found) => found,
+            Err(refusal) => return refusal,
+        };
+        let Some(client) = client else {
+            return bad_request(
+                "exec needs a connection that can be upgraded: a WebSocket over HTTP/1.1",
+            );
+        };
+        let ns = self.o.namespace.clone().unwrap_or_default();
+        let path = format!("/exec/{ns}/{name}/{container}?{raw_query}");
+        let token = crate::metrics::node_token(self.st, &node_name);
+        let mut resp = match crate::proxy::upgrade(endpoint, method, &path, &token, headers).await {
+            Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => resp,
+            Ok(resp) => return node_refusal(resp).await,
+            Err(e) => {
+                return failure(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    &format!("cannot reach node {node_name} at {endpoint} for exec: {e}"),
+                )
+            }
+        };
+        let node = match hyper::upgrade::on(&mut resp).await {
+            Ok(io) => io,
+            Err(e) => {
+                return failure(
+                    StatusCode::BAD_GATEWAY,
+                    "InternalError",
+                    &format!("node {node_name} switched protocols but its connection could not be taken over: {e}"),
+                )
+            }
+        };
+        tokio::spawn(crate::proxy::splice(client, node));
+        let mut switched = Response::new(Body::empty());
+        *switched.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        for (name, value) in resp.headers() {
+            if crate::proxy::is_upgrade_header(name) {
+                switched.headers_mut().append(name, value.clone());
+            }
+        }
+        switched
+    }
+
+    /// `pods/{name}/binding`: the scheduler's decision, setting `spec.nodeName` once. A pod
+    /// already bound elsewhere is a conflict, as in Kubernetes.
+    pub(super) async fn bind(&self, name: &str, body: &Bytes) -> Response {
+        let r = self.resource();
+        let binding: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return bad_request(&format!("the Binding is not valid JSON: {e}")),
+        };
+        let Some(node) = binding["target"]["name"].as_str().filter(|n| !n.is_empty()) else {
+            return invalid(
+                r,
+                name,
+                "target.name",
+                "Required value: the node to bind to",
+            );
+        };
+        if binding["target"]["kind"]
+            .as_str()
+            .is_some_and(|k| k != "Node")
+        {
+            return invalid(r, name, "target.kind", "must be Node");
+        }
+        for _ in 0..5 {
+            let current = match self.read(name).await {
+                Ok(Some(kv)) => kv,
+                Ok(None) => return not_found(r, name),
+                Err(e) => return store_failure(e),
+            };
+            let mut pod = self.load(&current);
+            // A binding names the pod it was decided for; a same-named successor is another.
+            let want_uid = binding["metadata"]["uid"]
+                .as_str()
+                .filter(|u| !u.is_empty());
+            if let Some(uid) = want_uid {
+                if pod["metadata"]["uid"].as_str() != Some(uid) {
+                    return failure(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        &format!("Operation cannot be fulfilled on pods/binding \"{name}\": the pod's UID is not {uid} (the pod was replaced)"),
+                    );
+                }
+            }
+            match pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+                Some(bound) => {
+                    return failure(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        &format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{bound}\""),
+                    )
+                }
+                None => pod["spec"]["nodeName"] = json!(node),
+            }
+            if pod["metadata"]["deletionTimestamp"].is_string() {
+                return failure(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    &format!("pod {name} is being deleted, cannot be assigned to a host"),
+                );
+            }
+            let txn =
+                Txn::put(self.key(name).as_bytes(), to_bytes(&pod)).when(Compare::mod_revision(
+                    self.key(name).as_bytes(),
+                    CompareOp::Equal,
+                    current.mod_revision,
+                ));
+            match self.commit(txn).await {
+                Ok(resp) if resp.succeeded => {
+                    return json_response(
+                        StatusCode::CREATED,
+                        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                    )
+                }
+                Ok(_) => continue,
+                Err(e) => return store_failure(e),
+            }
+        }
+        conflict(self.resource(), name)
+    }
+
+    /// `pods/{name}/eviction`: a graceful delete of the pod with the Eviction's DeleteOptions
+    /// (no PodDisruptionBudgets are served, so none can refuse it).
+    pub(super) async fn evict(&self, name: &str, body: &Bytes) -> Response {
+        let eviction: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return bad_request(&format!("the Eviction is not valid JSON: {e}")),
+        };
+        let options = eviction.get("deleteOptions").cloned().unwrap_or(json!({}));
+        let path = ObjectPath {
+            subresource: None,
+            ..self.o.clone()
+        };
+        let plain = Call { o: &path, ..*self };
+        let resp = plain
+            .delete(
+                name,
+                &Bytes::from(serde_json::to_vec(&options).expect("serialises")),
+            )
+            .await;
+        if !resp.status().is_success() {
+            return resp;
+        }
+        json_response(
+            StatusCode::CREATED,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        )
+    }
+
+    /// `serviceaccounts/{name}/token` and `nodes/{name}/token`: a TokenRequest answered with a
+    /// token this cluster signed for the ServiceAccount, or for the node's agent. `None`: the
+    /// `token` of a kind that has none, checked as the others and then refused (404).
+    pub(super) async fn token_request(
+        &self,
+        name: &str,
+        body: &Bytes,
+        subject: Option<TokenFor>,
+    ) -> Response {
+        let r = self.resource();
+        let request: Value = if body.is_empty() {
+            json!({})
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => return bad_request(&format!("the TokenRequest is not valid JSON: {e}")),
+            }
+        };
+        let default_ttl = match subject {
+            Some(TokenFor::Node) => 365 * 86400,
+            _ => 3600,
+        };
+        let ttl = match request["spec"]["expirationSeconds"].as_i64() {
+            None => default_ttl,
+            Some(s) if (600..=(1i64 << 32)).contains(&s) => s as u64,
+            Some(_) => {
+                return invalid(
+                    r,
+                    name,
+                    "spec.expirationSeconds",
+                    "may not specify a duration less than 10 minutes or more than 2^32 seconds",
+                )
+            }
+        };
+        let (user, uid) = match subject {
+            Some(TokenFor::ServiceAccount) => {
+                let ns = self.o.namespace.clone().unwrap_or_default();
+                let sa = match self.read(name).await {
+                    Ok(Some(kv)) => from_kv(&kv),
+                    Ok(None) => return not_found(r, name),
+                    Err(e) => return store_failure(e),
+                };
+                let uid = sa["metadata"]["uid"].as_str().map(str::to_string);
+                (auth::service_account_user(&ns, name), uid)
+            }
+            Some(TokenFor::Node) => (auth::node_user(name), None),
+            None => {
+                return failure(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{}/token is not served", r.name),
+                )
+            }
+        };
+        let exp = auth::unix_now() + ttl;
+        let token = self.st.auth.signer.issue(&auth::Claims {
+            sub: user.name,
+            groups: user.groups,
+            exp,
+            uid,
+            aud: None,
+        });
+        let expires =
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp))
+                .to_string();
+        json_response(
+            StatusCode::CREATED,
+            &json!({
+                "kind": "TokenRequest",
+                "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"name": name, "namespace": self.o.namespace, "creationTimestamp": now_rfc3339()},
+                "spec": {"audiences": request["spec"]["audiences"].as_array().cloned().unwrap_or_default(), "expirationSeconds": ttl},
+                "status": {"token": token, "expirationTimestamp": expires},
+            }),
+        )
+    }
+}

@@ -1,0 +1,264 @@
+//! What is particular to one kind in the generic request path, as Kubernetes' registry
+//! strategies: how its objects are named, what the server sets on a new one, what it reserves
+//! beyond its key (a Service's ClusterIP and NodePorts), who may write it beyond RBAC's verbs,
+//! and how it is deleted (gracefully, or with what it contains).
+//!
+//! The request path (`request`) asks [`of`] for the strategy of the resource addressed and
+//! never branches on a resource's name: a new kind with something particular is one more
+//! `Strategy` here, a kind with nothing particular gets the default.
+
+use api::object;
+use api::rbac::{Rbac, User};
+use api::registry::{Resource, REGISTRY};
+use serde_json::{json, Value};
+
+use crate::admission::{self, Reservation, ServiceChange};
+use crate::auth::Auth;
+
+/// What is particular to one kind in the generic request path (Kubernetes' "registry
+/// strategy"). Every method has the default of a kind with nothing particular.
+pub trait Strategy: Sync {
+    /// Why `name` cannot name an object of this kind (a DNS subdomain by default; a DNS label
+    /// for Namespaces).
+    fn name_problem(&self, name: &str) -> Option<String> {
+        object::invalid_subdomain(name)
+    }
+
+    /// Why `user` may not write `obj` (named `name`) although RBAC lets them write the kind:
+    /// the message of a 403. A node writes only its own Node; a Role or binding may grant only
+    /// what its writer holds (RBAC's escalation rule).
+    fn forbids(&self, _auth: &Auth, _user: &User, _obj: &Value, _name: &str) -> Option<String> {
+        None
+    }
+
+    /// Whether a write to the object itself may change its status, where the kind has a
+    /// `/status` subresource (otherwise the stored status is kept). A Namespace's may.
+    fn main_endpoint_writes_status(&self) -> bool {
+        false
+    }
+
+    /// Fields the server sets on a new object (a Namespace's status.phase Active).
+    fn prepare_create(&self, _obj: &mut Value) {}
+
+    /// What a new object reserves beyond its key (a Service's ClusterIP and NodePorts), filling
+    /// in what it picked. Err: the field at fault and why, for a 422.
+    fn allocate(&self, _obj: &mut Value) -> Result<Vec<Reservation>, (String, String)> {
+        Ok(vec![])
+    }
+
+    /// What an update of `old` to `new` reserves and releases, completing `new`. Err: the field
+    /// at fault and why, for a 422.
+    fn reallocate(
+        &self,
+        _old: &Value,
+        _new: &mut Value,
+    ) -> Result<ServiceChange, (String, String)> {
+        Ok(ServiceChange::default())
+    }
+
+    /// The reservation keys a stored object holds, released with it.
+    fn held(&self, _obj: &Value) -> Vec<String> {
+        vec![]
+    }
+
+    /// Whether objects of this kind may hold reservations at all (so that a delete of what
+    /// contains them, a Namespace, must read them to release what they hold).
+    fn reserves(&self) -> bool {
+        false
+    }
+
+    /// What a delete with grace period `grace` marks on the object before it decides how to
+    /// delete it (a pod deleted with grace 0 is marked so, and goes at once).
+    fn prepare_delete(&self, _obj: &mut Value, _grace: i64) {}
+
+    /// Whether a delete must wait for a node to stop the object (a pod bound to a node, unless
+    /// its grace period is 0): it is then only marked, and the node's final delete removes it.
+    fn graceful(&self, _obj: &Value) -> bool {
+        false
+    }
+
+    /// The collections deleted with the object named `name`, in the same transaction: each
+    /// resource with the key prefix of its objects there (a Namespace's contents).
+    fn contents(&self, _name: &str) -> Vec<(&'static Resource, String)> {
+        vec![]
+    }
+
+    /// What a delete that removed the object at once answers about it (a Namespace reports
+    /// Terminating).
+    fn deleted(&self, _obj: &mut Value) {}
+}
+
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// The strategy of the kind `resource` serves.
+pub fn of(resource: &Resource) -> &'static dyn Strategy {
+    match (resource.group, resource.name) {
+        ("", "namespaces") => &Namespaces,
+        ("", "pods") => &Pods,
+        ("", "services") => &Services,
+        ("", "nodes") => &Nodes,
+        (RBAC_GROUP, "roles") => &Roles { resource: "roles" },
+        (RBAC_GROUP, "clusterroles") => &Roles {
+            resource: "clusterroles",
+        },
+        (RBAC_GROUP, "rolebindings") => &Bindings {
+            resource: "rolebindings",
+        },
+        (RBAC_GROUP, "clusterrolebindings") => &Bindings {
+            resource: "clusterrolebindings",
+        },
+        _ => &Plain,
+    }
+}
+
+/// Every kind with nothing particular.
+struct Plain;
+
+impl Strategy for Plain {}
+
+/// Namespaces: named by a DNS label, Active from their creation, their status written through
+/// the object too; a delete takes everything in the namespace with it, in one transaction, and
+/// reports the namespace Terminating.
+struct Namespaces;
+
+impl Strategy for Namespaces {
+    fn name_problem(&self, name: &str) -> Option<String> {
+        object::invalid_label(name)
+    }
+
+    fn main_endpoint_writes_status(&self) -> bool {
+        true
+    }
+
+    fn prepare_create(&self, obj: &mut Value) {
+        obj["status"] = json!({"phase": "Active"});
+    }
+
+    fn contents(&self, name: &str) -> Vec<(&'static Resource, String)> {
+        REGISTRY
+            .iter()
+            .filter(|r| r.namespaced)
+            .map(|r| (r, format!("{}{name}/", r.key_prefix())))
+            .collect()
+    }
+
+    fn deleted(&self, obj: &mut Value) {
+        obj["status"] = json!({"phase": "Terminating"});
+    }
+}
+
+/// Pods: one bound to a node is deleted gracefully, by the node, unless with grace 0.
+struct Pods;
+
+impl Strategy for Pods {
+    fn prepare_delete(&self, obj: &mut Value, grace: i64) {
+        if grace == 0 {
+            object::metadata_mut(obj).insert("deletionGracePeriodSeconds".into(), json!(0));
+        }
+    }
+
+    fn graceful(&self, obj: &Value) -> bool {
+        obj["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+            && obj["metadata"]["deletionGracePeriodSeconds"].as_i64() != Some(0)
+    }
+}
+
+/// Services: a ClusterIP and NodePorts, each a key of its own reserved in the Service's own
+/// transactions (see `admission`).
+struct Services;
+
+impl Strategy for Services {
+    fn allocate(&self, obj: &mut Value) -> Result<Vec<Reservation>, (String, String)> {
+        admission::service_create(obj)
+    }
+
+    fn reallocate(&self, old: &Value, new: &mut Value) -> Result<ServiceChange, (String, String)> {
+        admission::service_update(old, new)
+    }
+
+    fn held(&self, obj: &Value) -> Vec<String> {
+        admission::service_reservations(obj)
+    }
+
+    fn reserves(&self) -> bool {
+        true
+    }
+}
+
+/// Nodes: a node's agent writes only its own Node.
+struct Nodes;
+
+impl Strategy for Nodes {
+    fn forbids(&self, _auth: &Auth, user: &User, _obj: &Value, name: &str) -> Option<String> {
+        let node = user.node_name()?;
+        (name != node).then(|| {
+            format!("node {node:?} may not write the Node {name:?}: a node writes only its own")
+        })
+    }
+}
+
+/// Whether `user` may `verb` the RBAC `resource` named `role` in `namespace`.
+fn may(rbac: &Rbac, user: &User, verb: &str, resource: &str, namespace: &str, role: &str) -> bool {
+    let a = api::rbac::Attributes {
+        verb,
+        resource: Some(api::rbac::ResourceAttributes {
+            group: RBAC_GROUP,
+            resource,
+            namespace,
+            name: role,
+            ..Default::default()
+        }),
+        path: "",
+    };
+    rbac.allows(user, &a)
+}
+
+/// Roles and ClusterRoles (`resource`): RBAC's escalation rule, a role may grant only what its
+/// writer holds, unless the writer may `escalate` it.
+struct Roles {
+    resource: &'static str,
+}
+
+impl Strategy for Roles {
+    fn forbids(&self, auth: &Auth, user: &User, obj: &Value, name: &str) -> Option<String> {
+        let rbac = auth.rbac();
+        let ns = object::namespace(obj).unwrap_or("");
+        if may(&rbac, user, "escalate", self.resource, ns, name) {
+            return None;
+        }
+        let rules = obj["rules"].as_array().cloned().unwrap_or_default();
+        let why = rbac.covers(user, ns, &rules).err()?;
+        Some(format!("{} {name:?} is forbidden: {why}", self.resource))
+    }
+}
+
+/// RoleBindings and ClusterRoleBindings (`resource`): RBAC's escalation rule, a binding may be
+/// made only by one who holds what the role grants, or who may `bind` the role.
+struct Bindings {
+    resource: &'static str,
+}
+
+impl Strategy for Bindings {
+    fn forbids(&self, auth: &Auth, user: &User, obj: &Value, name: &str) -> Option<String> {
+        let rbac = auth.rbac();
+        let ns = object::namespace(obj).unwrap_or("");
+        let kind = obj["roleRef"]["kind"].as_str().unwrap_or("");
+        let role = obj["roleRef"]["name"].as_str().unwrap_or("");
+        let resource = if kind == "Role" {
+            "roles"
+        } else {
+            "clusterroles"
+        };
+        if may(&rbac, user, "bind", resource, ns, role) {
+            return None;
+        }
+        let outcome = match rbac.rules_of_ref(ns, kind, role) {
+            Some(rules) => rbac.covers(user, ns, &rules),
+            None => Err(format!("roleRef: the {kind} {role:?} does not exist")),
+        };
+        let why = outcome.err()?;
+        Some(format!("{} {name:?} is forbidden: {why}", self.resource))
+    }
+}
