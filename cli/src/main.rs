@@ -23,6 +23,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How `up`, `server` and `node` write their logs: text (coloured only on a terminal) or
+    /// json (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = server::LogFormat::Text)]
+    log_format: server::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +65,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if matches!(
+        command,
+        Command::Up(_) | Command::Server(_) | Command::Node(_)
+    ) {
+        server::init_logging(cli.log_format);
+    }
     let result = runtime.block_on(async {
         match command {
             Command::Up(args) => up::run(args).await,

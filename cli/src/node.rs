@@ -173,7 +173,6 @@ pub struct NodeDir {
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
-    crate::server::init_logging();
     if args.cleanup {
         // Containers first (they hold pod network namespaces open), then the network.
         if is_root() {

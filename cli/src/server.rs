@@ -114,14 +114,31 @@ where
 }
 
 /// Logs to stderr, filtered by DROVER_LOG.
-pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
+/// How the long-running commands (`up`, `server`, `node`) write their logs to stderr.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines, coloured only when stderr is a terminal (never in a log file).
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields), for log collectors.
+    Json,
+}
+
+/// Logs to stderr, filtered by `DROVER_LOG` (tracing's env-filter syntax).
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
                 .unwrap_or_else(|_| "info,openraft=warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// A running control-plane member.
@@ -136,7 +153,6 @@ pub struct Member {
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    init_logging();
     let member = start(&args).await?;
     member.wait_for_signal().await
 }

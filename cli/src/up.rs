@@ -16,7 +16,6 @@ pub struct UpArgs {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    crate::server::init_logging();
     let member = crate::server::start(&args.server).await?;
     let node_name = args.node.name.clone().unwrap_or_else(crate::node::hostname);
     // The node's credential, signed here: the node talks to the API like any other node.

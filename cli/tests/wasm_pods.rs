@@ -519,6 +519,40 @@ fn http_functions_answer_with_their_pod_name_probes_restart_them_and_deletion_st
     assert!(up.run(&["get", "pod", "hello"]).2.contains("NotFound"));
 }
 
+/// The seed's `kubectl run NAME --image=...` of an HTTP function declares no port: the function
+/// serves on 8080, or on `$PORT` when the pod sets it (Knative's and Cloud Run's contract), and
+/// `kubectl describe` says where.
+#[test]
+fn a_function_run_without_a_port_serves_on_8080_or_on_port() {
+    let up = Up::start(54);
+    up.import("hello_world.wasm", "hello-world:v1");
+    up.ok(&["run", "hello-world-deployment", "--image=hello-world:v1"]);
+    up.ok(&[
+        "run",
+        "on-port",
+        "--image=hello-world:v1",
+        "--env=PORT=9090",
+    ]);
+    for (pod, port) in [("hello-world-deployment", 8080), ("on-port", 9090)] {
+        up.wait_for(
+            pod,
+            "{.status.containerStatuses[0].ready}",
+            "true",
+            60,
+            |r| r == "true",
+        );
+        let ip = up.jsonpath(pod, "{.status.podIP}");
+        let (code, body) = http_get(&format!("{ip}:{port}"), "/").expect("the function answers");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains(&format!("Hello world from {pod}!")), "{body}");
+        let described = up.ok(&["describe", "pod", pod]);
+        assert!(
+            described.contains(&format!("an HTTP function serving on {ip}:{port}")),
+            "{described}"
+        );
+    }
+}
+
 #[test]
 fn a_restarted_node_takes_its_pods_back_without_duplicates() {
     let mut up = Up::start(44);

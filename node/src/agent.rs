@@ -1,5 +1,5 @@
 //! The node agent: registers this node's Node object, renews its Lease every 2 s, watches the
-//! pods bound to it and keeps one worker (`pod.rs`) per pod, and serves container logs and
+//! pods bound to it and keeps one worker (`pod`) per pod, and serves container logs and
 //! `kubectl exec`.
 //!
 //! Pod addresses and networks come from [`crate::network`]: a namespace and an address of the

@@ -1,7 +1,7 @@
 //! The pod lifecycle as Kubernetes defines it, as data and pure functions: the stage a pod's
 //! worker is in and what moves it on ([`Stage`]), container states, what a restart policy does
 //! after an exit, crash-loop and image pull back-off, the pod's phase and its conditions. The
-//! pod worker (`pod.rs`) does the I/O and asks these functions what to do.
+//! pod worker (`pod`) does the I/O and asks these functions what to do.
 
 use std::time::{Duration, SystemTime};
 
@@ -338,9 +338,51 @@ pub fn conditions(init_done: bool, containers: &[ContainerStatus], now: SystemTi
     ])
 }
 
+/// The port an HTTP function serves on: its first containerPort, else `$PORT` from its
+/// environment, else 8080 — Knative's and Cloud Run's contract, so that `kubectl run NAME
+/// --image=FUNCTION`, which declares no port, gives a function that answers.
+pub fn serving_port(
+    container: &k8s_openapi::api::core::v1::Container,
+    env: &[(String, String)],
+) -> u16 {
+    const DEFAULT_PORT: u16 = 8080;
+    container
+        .ports
+        .iter()
+        .flatten()
+        .find_map(|p| u16::try_from(p.container_port).ok().filter(|p| *p > 0))
+        .or_else(|| {
+            env.iter()
+                .rev()
+                .find(|(k, _)| k == "PORT")
+                .and_then(|(_, v)| v.parse::<u16>().ok().filter(|p| *p > 0))
+        })
+        .unwrap_or(DEFAULT_PORT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_function_serves_on_its_port_else_on_port_from_its_environment_else_on_8080() {
+        let container = |v: serde_json::Value| -> k8s_openapi::api::core::v1::Container {
+            serde_json::from_value(v).unwrap()
+        };
+        let port_env = [("PORT".to_string(), "9090".to_string())];
+        let declared =
+            container(serde_json::json!({"name": "f", "ports": [{"containerPort": 7000}]}));
+        assert_eq!(serving_port(&declared, &port_env), 7000);
+        let bare = container(serde_json::json!({"name": "f"}));
+        assert_eq!(serving_port(&bare, &port_env), 9090);
+        assert_eq!(serving_port(&bare, &[]), 8080);
+        let junk = [("PORT".to_string(), "http".to_string())];
+        assert_eq!(
+            serving_port(&bare, &junk),
+            8080,
+            "a PORT that is no port is ignored"
+        );
+    }
 
     fn status(state: ContainerState, done: bool, restarts: u32) -> ContainerStatus {
         ContainerStatus {

@@ -137,11 +137,23 @@ pub type StopRequest = Option<Duration>;
 pub struct Running {
     pub exit: oneshot::Receiver<ExitStatus>,
     stop: watch::Sender<StopRequest>,
+    /// Where the runtime itself serves the container (an HTTP function's listener).
+    pub serving: Option<std::net::SocketAddr>,
 }
 
 impl Running {
     pub fn new(exit: oneshot::Receiver<ExitStatus>, stop: watch::Sender<StopRequest>) -> Running {
-        Running { exit, stop }
+        Running {
+            exit,
+            stop,
+            serving: None,
+        }
+    }
+
+    /// The same, serving on `addr`.
+    pub fn serving_on(mut self, addr: std::net::SocketAddr) -> Running {
+        self.serving = Some(addr);
+        self
     }
 
     /// Stops the container at once; its `exit` then reports `Stopped`.

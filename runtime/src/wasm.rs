@@ -594,7 +594,7 @@ impl WasmRuntime {
                 log.finish();
                 let _ = exit_tx.send(ExitStatus::Stopped);
             });
-            Ok(Running::new(exit_rx, stop_tx))
+            Ok(Running::new(exit_rx, stop_tx).serving_on(addr))
         })
     }
 }
