@@ -263,3 +263,125 @@ async fn binding_assigns_a_pod_once_and_eviction_deletes_it() {
     let (code, _) = call(&app, "GET", "/api/v1/namespaces/default/pods/p", None).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
 }
+
+/// Authorization and dispatch read the same `watch`: a user allowed to list but not to watch
+/// gets no watch stream by spelling `watch` another way (`%74rue`, `True`, `t`: every spelling
+/// Go's strconv.ParseBool accepts is a watch, as kube-apiserver decodes it).
+#[tokio::test]
+async fn watch_is_authorized_as_it_is_served_whatever_its_spelling() {
+    let (_dir, _node, app) = common::start().await;
+    call(
+        &app,
+        "POST",
+        "/api/v1/namespaces/default/serviceaccounts",
+        Some(json!({"metadata": {"name": "lister"}})),
+    )
+    .await;
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "list-only"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}]});
+    let (code, _) = call(
+        &app,
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles",
+        Some(role),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "lister"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "list-only"},
+        "subjects": [{"kind": "ServiceAccount", "name": "lister", "namespace": "default"}]});
+    let (code, _) = call(
+        &app,
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+        Some(binding),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let token = token_for(
+        &app,
+        "/api/v1/namespaces/default/serviceaccounts/lister/token",
+    )
+    .await;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (code, body) = call_as(&app, &token, "GET", cms, None).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    for spelling in ["true", "%74rue", "True", "TRUE", "t", "T", "1"] {
+        let (code, body) = call_as(
+            &app,
+            &token,
+            "GET",
+            &format!("{cms}?watch={spelling}&timeoutSeconds=1"),
+            None,
+        )
+        .await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "watch={spelling}: {body}");
+    }
+    // With the right, every spelling is a watch (a stream of events, not a List).
+    for spelling in ["True", "t", "%74rue"] {
+        let uri = format!("{cms}?watch={spelling}&timeoutSeconds=1");
+        let text = common::call_raw(&app, "GET", &uri).await;
+        assert!(
+            !text.contains("\"kind\":\"ConfigMapList\""),
+            "watch={spelling}: {text}"
+        );
+    }
+}
+
+/// A continue token cannot move a list out of the collection it lists: a token forged to start
+/// before it (at `/`, where the cluster's CA key and admin token are kept) or in another kind
+/// (Secrets, just before Services) pages through the listed kind only.
+#[tokio::test]
+async fn a_forged_continue_token_stays_inside_the_listed_collection() {
+    use base64::Engine as _;
+    let (_dir, node, app) = common::start().await;
+    let sealer = apiserver::encryption::SecretBox::new(&[1; 32]);
+    apiserver::cluster_secrets(&node, &sealer).await.unwrap();
+    let cms = "/api/v1/namespaces/default/configmaps";
+    call(&app, "POST", cms, Some(json!({"metadata": {"name": "a"}}))).await;
+    call(
+        &app,
+        "POST",
+        "/api/v1/namespaces/default/secrets",
+        Some(json!({"metadata": {"name": "crown-jewels"}, "stringData": {"k": "secret-value"}})),
+    )
+    .await;
+    let (_, page) = call(&app, "GET", cms, None).await;
+    let rv: u64 = page["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let services = "/api/v1/namespaces/default/services";
+    let forged = [
+        (cms, "/", "ConfigMap"),
+        (cms, "/drover/", "ConfigMap"),
+        (services, "/registry/core/secrets/", "Service"),
+        (services, "../secrets/default/", "Service"),
+        (cms, "", "ConfigMap"),
+    ];
+    for (collection, start, kind) in forged {
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&json!({"rv": rv, "start": start})).unwrap());
+        let (code, list) = call(
+            &app,
+            "GET",
+            &format!("{collection}?limit=50&continue={token}"),
+            None,
+        )
+        .await;
+        assert_eq!(code, axum::http::StatusCode::OK, "{list}");
+        let text = list.to_string();
+        assert!(
+            !text.contains("crown-jewels")
+                && !text.contains("secret-value")
+                && !text.contains("PRIVATE"),
+            "start {start:?} escaped {collection}: {text}"
+        );
+        for item in list["items"].as_array().unwrap() {
+            assert_eq!(item["kind"], kind, "start {start:?}: {item}");
+        }
+    }
+}

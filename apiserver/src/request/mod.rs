@@ -98,10 +98,8 @@ async fn authenticate(State(st): State<Arc<ApiState>>, mut req: Request, next: N
         }
         return failure(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     };
-    let watch = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+    // Decoded as the dispatcher decodes it: what is authorized is what is served.
+    let watch = is_true(parse_query(req.uri().query()).get("watch"));
     let info = RequestInfo::new(req.method(), req.uri().path(), watch);
     let mut allowed = open || st.auth.allows(&user, &info);
     if !allowed {
@@ -149,7 +147,7 @@ async fn dispatch(
             name: "system:anonymous".into(),
             groups: vec!["system:unauthenticated".into()],
         });
-    let query: Query = serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
+    let query = parse_query(uri.query());
     let body = match axum::body::to_bytes(req.into_body(), 3 * 1024 * 1024).await {
         Ok(b) => b,
         Err(_) => {
@@ -367,9 +365,16 @@ fn dry_run(query: &Query, delete_options: Option<&Bytes>) -> Result<bool, Respon
     }
 }
 
-/// Whether a query flag is set (`true` or `1`).
+/// The query's parameters, percent-decoded: the one reading of it that authorization and
+/// dispatch share.
+fn parse_query(query: Option<&str>) -> Query {
+    serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default()
+}
+
+/// Whether a query flag is set, in every spelling Go's `strconv.ParseBool` takes for true
+/// (kube-apiserver decodes its options with it; the Python client sends `True`).
 fn is_true(v: Option<&String>) -> bool {
-    v.is_some_and(|v| v == "true" || v == "1")
+    v.is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "True" | "TRUE"))
 }
 
 /// Whose token a TokenRequest asks for.

@@ -68,7 +68,7 @@ impl Call<'_> {
         // of its time parsing and re-serialising whole objects).
         let plain = !self.table && self.query.get("fieldSelector").is_none_or(|f| f.is_empty());
         if plain && r.version == api::registry::storage_version(r) {
-            if let Some(body) = render_list(r, &resp, &labels, limit) {
+            if let Some(body) = render_list(r, &resp, &labels, limit, &self.prefix()) {
                 return (
                     StatusCode::OK,
                     [(header::CONTENT_TYPE, "application/json")],
@@ -89,7 +89,7 @@ impl Call<'_> {
                     .last()
                     .map(|(k, _): &(String, Value)| k.clone())
                     .unwrap_or_default();
-                next = Some(encode_continue(resp.revision, &last));
+                next = Some(encode_continue(resp.revision, &last, &self.prefix()));
                 break;
             }
             items.push((String::from_utf8_lossy(&kv.key).into_owned(), obj));
@@ -118,10 +118,9 @@ impl Call<'_> {
             let Some((revision, after)) = decode_continue(token) else {
                 return Err(StoreError::invalid("invalid continue token"));
             };
-            let span = match &after {
-                Some(after) => KeySpan::prefix(prefix).after(after.as_bytes()),
-                None => KeySpan::prefix(prefix),
-            };
+            // The token names the last key relative to the collection listed, so whatever a
+            // client puts in it, the page starts inside this collection's prefix.
+            let span = KeySpan::prefix(prefix.clone()).after(format!("{prefix}{after}").as_bytes());
             return self.range(RangeRequest::new(span).at(revision)).await;
         }
         let rv = self.query.get("resourceVersion").filter(|v| !v.is_empty());
@@ -351,6 +350,7 @@ fn render_list(
     resp: &raft_store::RangeResponse,
     labels: &LabelSelector,
     limit: Option<usize>,
+    prefix: &str,
 ) -> Option<Vec<u8>> {
     let mut items: Vec<u8> =
         Vec::with_capacity(resp.kvs.iter().map(|kv| kv.value.len() + 48).sum());
@@ -362,7 +362,7 @@ fn render_list(
             continue;
         }
         if limit.is_some_and(|l| count >= l) {
-            next = Some(encode_continue(resp.revision, &last_key));
+            next = Some(encode_continue(resp.revision, &last_key, prefix));
             break;
         }
         if count > 0 {
@@ -408,22 +408,25 @@ fn line(v: &Value) -> Bytes {
     Bytes::from(bytes)
 }
 
-/// A continue token: the revision a paged list is pinned to and the last key it returned.
-fn encode_continue(revision: u64, last_key: &str) -> String {
+/// A continue token: the revision a paged list is pinned to and the last key it returned,
+/// relative to the listed collection's `prefix` (as kube-apiserver's tokens are). A token is
+/// not secret and need not be: it can only name a place inside the collection it is used on.
+fn encode_continue(revision: u64, last_key: &str, prefix: &str) -> String {
     use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-        serde_json::to_vec(&json!({"rv": revision, "start": last_key})).expect("serialises"),
-    )
+    let start = last_key.strip_prefix(prefix).unwrap_or(last_key);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&json!({"rv": revision, "start": start})).expect("serialises"))
 }
 
-/// The revision and last key of a continue token; None if it is not one of ours.
-fn decode_continue(token: &str) -> Option<(u64, Option<String>)> {
+/// The revision and last key (relative to the collection) of a continue token; None if it is
+/// not one of ours.
+fn decode_continue(token: &str) -> Option<(u64, String)> {
     use base64::Engine as _;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
-    Some((v["rv"].as_u64()?, Some(v["start"].as_str()?.to_string())))
+    Some((v["rv"].as_u64()?, v["start"].as_str()?.to_string()))
 }
 
 #[cfg(test)]
@@ -444,11 +447,12 @@ mod tests {
 
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {
-        let t = encode_continue(42, "/registry/core/pods/default/web");
-        assert_eq!(
-            decode_continue(&t),
-            Some((42, Some("/registry/core/pods/default/web".into())))
+        let t = encode_continue(
+            42,
+            "/registry/core/pods/default/web",
+            "/registry/core/pods/",
         );
+        assert_eq!(decode_continue(&t), Some((42, "default/web".into())));
         assert_eq!(decode_continue("%%%"), None);
     }
 }
