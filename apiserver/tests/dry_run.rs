@@ -1,7 +1,8 @@
 //! `dryRun=All` on every verb: the request is admitted, defaulted and validated and answered
 //! as if carried out, and nothing is written — not the object, not a ClusterIP or NodePort,
 //! not a revision. Also: an update that changes nothing is not written, and a delete without
-//! preconditions is not refused because a controller wrote the object at the same moment.
+//! preconditions is not refused because a controller wrote the object at the same moment, and a
+//! JSON patch that would double the object again and again is refused before it grows.
 
 mod common;
 
@@ -307,4 +308,58 @@ async fn a_delete_without_preconditions_survives_concurrent_writes() {
         assert_eq!(code, StatusCode::OK, "{status}");
         assert!(writer.await.unwrap() > 0);
     }
+}
+
+/// A JSON patch whose `copy` operations double the object each time is refused once it has
+/// copied 3 MiB, as kube-apiserver bounds it, instead of growing the server's memory without
+/// bound (25 such copies of a 1 KB patch would be tens of gigabytes); the object is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_patch_that_doubles_the_object_is_refused_before_it_grows() {
+    let (_dir, _node, app) = start().await;
+    let (code, _) = call(
+        &app,
+        "POST",
+        CM,
+        Some(json!({"metadata": {"name": "bomb"}, "data": {"k": "x".repeat(1000)}})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let mut ops = vec![json!({"op": "add", "path": "/data", "value": {"a": "x".repeat(1000)}})];
+    // Each copy puts the whole /data map under a new key of itself: the map doubles.
+    for i in 0..30 {
+        ops.push(json!({"op": "copy", "from": "/data", "path": format!("/data/d{i}")}));
+    }
+    let started = std::time::Instant::now();
+    let (code, status) = call_with_type(
+        &app,
+        "PATCH",
+        &format!("{CM}/bomb"),
+        json!(ops),
+        "application/json-patch+json",
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("copies more than 3 MiB"),
+        "{status}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let (_, still) = call(&app, "GET", &format!("{CM}/bomb"), None).await;
+    assert_eq!(still["data"]["k"].as_str().unwrap().len(), 1000);
+    // Too many operations are refused too.
+    let many: Vec<_> = (0..10_001)
+        .map(|_| json!({"op": "test", "path": "/metadata/name", "value": "bomb"}))
+        .collect();
+    let (code, status) = call_with_type(
+        &app,
+        "PATCH",
+        &format!("{CM}/bomb"),
+        json!(many),
+        "application/json-patch+json",
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
 }

@@ -438,7 +438,7 @@ impl Call<'_> {
             let applied = match content_type.split(';').next().unwrap_or("").trim() {
                 "application/json-patch+json" => {
                     match serde_json::from_value::<json_patch::Patch>(patch.clone()) {
-                        Ok(p) => json_patch::patch(&mut obj, &p).map_err(|e| e.to_string()),
+                        Ok(p) => bounded_json_patch(&mut obj, &p),
                         Err(e) => Err(format!("not a JSON patch: {e}")),
                     }
                 }
@@ -559,4 +559,38 @@ impl Call<'_> {
         }
         conflict(self.resource(), name)
     }
+}
+
+/// At most this many operations in one JSON patch (kube-apiserver's limit).
+const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+/// At most this much copied by one JSON patch's `copy` operations, as kube-apiserver bounds it
+/// (`AccumulatedCopySizeLimit`): each copy can double the document, so twenty of them in a 1 KB
+/// patch would otherwise make a gigabyte.
+const MAX_JSON_PATCH_COPIED: usize = 3 * 1024 * 1024;
+
+/// Applies a JSON patch (RFC 6902) with those bounds; an error says which was passed.
+fn bounded_json_patch(obj: &mut Value, patch: &json_patch::Patch) -> Result<(), String> {
+    if patch.0.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(format!(
+            "the JSON patch has {} operations; at most {MAX_JSON_PATCH_OPERATIONS} are allowed",
+            patch.0.len()
+        ));
+    }
+    let mut copied = 0usize;
+    for op in &patch.0 {
+        if let json_patch::PatchOperation::Copy(copy) = op {
+            copied += obj
+                .pointer(copy.from.as_str())
+                .and_then(|v| serde_json::to_vec(v).ok())
+                .map_or(0, |bytes| bytes.len());
+            if copied > MAX_JSON_PATCH_COPIED {
+                return Err(format!(
+                    "the JSON patch copies more than {} MiB; it would grow the object past what a request may hold",
+                    MAX_JSON_PATCH_COPIED >> 20
+                ));
+            }
+        }
+        json_patch::patch(obj, std::slice::from_ref(op)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
