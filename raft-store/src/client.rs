@@ -1,20 +1,36 @@
 //! Clients of the store's HTTP service: [`RemoteMember`] talks to one member (members use it to
 //! forward to the leader); [`StoreClient`] talks to a cluster, moving to another member when
-//! one is down or has no leader.
+//! one is down or has no leader. [`Status`] is what a member says of itself.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::mvcc::{
     Consistency, KeySpan, RangeRequest, RangeResponse, Revision, StoreError, Txn, TxnResponse,
     WatchBatch,
 };
-use crate::node::Status;
 use crate::raft::NodeId;
+
+/// A member's view of the cluster, for `drover store status` and tests.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    pub addr: String,
+    pub state: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub voters: BTreeMap<NodeId, String>,
+    pub learners: BTreeMap<NodeId, String>,
+    pub revision: Revision,
+    pub compact_revision: Revision,
+    pub last_applied: u64,
+}
 
 pub const FORWARDED_HEADER: &str = "drover-forwarded";
 

@@ -22,6 +22,7 @@ pub mod service;
 pub mod wal;
 pub mod watch;
 
+pub use client::Status;
 pub use client::{RemoteMember, StoreClient};
 pub use mvcc::*;
-pub use node::{StartError, Status, StoreConfig, StoreNode};
+pub use node::{StartError, StoreConfig, StoreNode};

@@ -12,7 +12,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
-use crate::client::RemoteMember;
+use crate::client::{RemoteMember, Status};
 use crate::engine::{Applied, Command, Engine};
 use crate::log_store::LogStore;
 use crate::mvcc::{
@@ -100,22 +100,6 @@ pub enum StartError {
     Join { peer: String, msg: String },
     #[error("raft: {0}")]
     Raft(String),
-}
-
-/// A member's view of the cluster, for `drover store status` and tests.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Status {
-    pub cluster_id: String,
-    pub node_id: NodeId,
-    pub addr: String,
-    pub state: String,
-    pub leader: Option<NodeId>,
-    pub term: u64,
-    pub voters: BTreeMap<NodeId, String>,
-    pub learners: BTreeMap<NodeId, String>,
-    pub revision: Revision,
-    pub compact_revision: Revision,
-    pub last_applied: u64,
 }
 
 pub struct StoreNode {

@@ -43,6 +43,8 @@ use sha2::{Digest, Sha256};
 
 use crate::layers;
 
+pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
+
 /// An image in the store: what a container runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredImage {
@@ -631,7 +633,7 @@ impl ImageStore {
                 "{what}: image indexes nest too deep"
             )));
         };
-        if manifest.config().media_type().to_string() == crate::registry::WASM_CONFIG {
+        if manifest.config().media_type().to_string() == WASM_CONFIG {
             // A Wasm image in the CNCF layout: its one layer is the binary.
             let [layer] = manifest.layers().as_slice() else {
                 return Err(ImageError::Invalid(format!(

@@ -23,13 +23,12 @@ use oci_spec::image::{Descriptor, ImageManifest};
 
 use crate::images::{
     check_oci_manifest, parse_manifest, select_platform, sha256_digest, ImageError, ImageStore,
-    ManifestOrIndex, StoredImage, INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES,
+    ManifestOrIndex, StoredImage, INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, WASM_CONFIG,
 };
 
 /// How a pull authenticates: `Anonymous`, `Basic(username, password)` or `Bearer(token)`.
 pub use oci_client::secrets::RegistryAuth;
 
-pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 pub const WASM_LAYER: &str = "application/wasm";
 pub const WASM_LAYER_LEGACY: &str = "application/vnd.wasm.content.layer.v1+wasm";
 
