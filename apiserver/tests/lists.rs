@@ -145,3 +145,60 @@ async fn a_selector_watch_sees_objects_enter_and_leave_the_selection() {
         "{body}"
     );
 }
+
+/// A streaming list (client-go's WatchList, on by default from 1.35: `watch=1`,
+/// `sendInitialEvents=true`, `resourceVersionMatch=NotOlderThan`, `allowWatchBookmarks=true`)
+/// gets the current objects as ADDED events and then a BOOKMARK annotated
+/// `k8s.io/initial-events-end`, at the revision of that list; without it client-go's reflectors
+/// wait for ever (`kubectl wait`, `rollout status`, Helm 4's `--wait`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_list_ends_its_initial_events_with_a_bookmark() {
+    let (_dir, _node, app) = common::start().await;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    for name in ["one", "two"] {
+        common::call(
+            &app,
+            "POST",
+            cms,
+            Some(serde_json::json!({"metadata": {"name": name}})),
+        )
+        .await;
+    }
+    let (_, list) = common::call(&app, "GET", cms, None).await;
+    let listed = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = common::call_raw(
+        &app,
+        "GET",
+        &format!("{cms}?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion=&allowWatchBookmarks=true&timeoutSeconds=1"),
+    )
+    .await;
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 3, "{text}");
+    assert!(events[..2].iter().all(|e| e["type"] == "ADDED"), "{text}");
+    let bookmark = &events[2];
+    assert_eq!(bookmark["type"], "BOOKMARK", "{text}");
+    assert_eq!(
+        bookmark["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    let at: u64 = bookmark["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(at >= listed.parse::<u64>().unwrap(), "{text}");
+    // A plain watch from a resourceVersion gets no initial events and no such bookmark.
+    let text = common::call_raw(
+        &app,
+        "GET",
+        &format!("{cms}?watch=1&resourceVersion={listed}&timeoutSeconds=1"),
+    )
+    .await;
+    assert!(!text.contains("initial-events-end"), "{text}");
+}

@@ -174,11 +174,18 @@ impl Call<'_> {
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs);
         let prefix = self.prefix();
-        // Without a resourceVersion a watch starts with the current objects as ADDED events.
+        // Without a resourceVersion a watch starts with the current objects as ADDED events;
+        // so does a streaming list (`sendInitialEvents=true`, client-go's WatchList, on by
+        // default from 1.35), whose initial events end with a bookmark saying so.
+        let send_initial = self
+            .query
+            .get("sendInitialEvents")
+            .map(|v| is_true(Some(v)));
+        let streaming_list = send_initial == Some(true);
         let mut initial = Vec::new();
         let r = self.resource();
         let load = move |kv: &KeyValue| convert::from_storage(r, from_kv(kv));
-        let from = if rv == 0 {
+        let from = if streaming_list || (rv == 0 && send_initial.is_none()) {
             match self.list_range().await {
                 Ok(resp) => {
                     initial = resp
@@ -194,12 +201,18 @@ impl Call<'_> {
         } else {
             rv + 1
         };
-        let initial: Vec<Value> = initial
+        let mut initial: Vec<Value> = initial
             .into_iter()
             .filter(|e| {
                 labels.matches(&object::labels(&e["object"])) && fields.matches(&e["object"])
             })
             .collect();
+        if streaming_list {
+            initial.push(json!({"type": "BOOKMARK", "object": {
+                "kind": r.kind, "apiVersion": r.api_version(),
+                "metadata": {"resourceVersion": (from - 1).to_string(),
+                             "annotations": {"k8s.io/initial-events-end": "true"}}}}));
+        }
         let watcher = Feed::Cache(self.st.cache.watch(prefix, from));
         let store = self.st.store.clone();
         let (kind, api_version) = (r.kind, r.api_version());
