@@ -35,7 +35,7 @@ for i, (name, deps) in enumerate(rows):
 
 meta = json.loads(
     subprocess.run(
-        ["cargo", "metadata", "--format-version", "1", "--no-deps", "--offline"],
+        ["cargo", "metadata", "--format-version", "1", "--no-deps"],
         cwd=root, check=True, capture_output=True, text=True,
     ).stdout
 )

@@ -290,19 +290,21 @@ impl Call<'_> {
             && !has_finalizers(&obj)
             && !self.strategy().graceful(&obj);
         let stored = to_bytes(&convert::to_storage(self.resource(), obj.clone()));
-        // An update that changes nothing is not written, as kube-apiserver skips it: the
-        // resourceVersion stays, watchers hear nothing, and an apply of the same manifest
-        // leaves the object as it was.
-        if !finished && change.acquire.is_empty() && change.release.is_empty() {
-            let unchanged = serde_json::from_slice::<Value>(&current.value)
-                .is_ok_and(|before| serde_json::from_slice::<Value>(&stored).ok() == Some(before));
-            if unchanged {
-                object::metadata_mut(&mut obj).insert(
-                    "resourceVersion".into(),
-                    json!(current.mod_revision.to_string()),
-                );
-                return Ok(obj);
-            }
+        // An update that changes nothing is not written, as kube-apiserver skips it (it too
+        // compares the encoded bytes): the resourceVersion stays, watchers hear nothing, and an
+        // apply of the same manifest leaves the object as it was. Stored objects are encoded
+        // the one way `to_bytes` does, so equal objects are equal bytes; anything else is
+        // written, as before.
+        if !finished
+            && change.acquire.is_empty()
+            && change.release.is_empty()
+            && current.value == stored
+        {
+            object::metadata_mut(&mut obj).insert(
+                "resourceVersion".into(),
+                json!(current.mod_revision.to_string()),
+            );
+            return Ok(obj);
         }
         let mut txn = Txn::put(key.as_bytes(), stored);
         if finished {
