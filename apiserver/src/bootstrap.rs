@@ -5,7 +5,9 @@
 //! path: each is created only where it is missing.
 
 use api::object;
-use raft_store::{Compare, KeyValue, Op, StoreError, StoreNode, Txn};
+use raft_store::{
+    Compare, Consistency, KeySpan, KeyValue, Op, RangeRequest, StoreError, StoreNode, Txn,
+};
 use serde_json::{json, Value};
 
 use crate::admission;
@@ -16,12 +18,14 @@ use crate::stored::{stamp_new, to_bytes};
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// The cluster's CA and admin token, shared by all members through the store: the first member
-/// to ask makes them (create-if-absent), the others read what it made. They are sealed with the
+/// The cluster's CA, admin token and join secret, shared by all members through the store: the
+/// member that made the cluster proposes them (create-if-absent, so a restart mid-way keeps
+/// what was stored), the others read them once they have joined. They are sealed with the
 /// cluster's encryption key, like Secrets.
 pub async fn cluster_secrets(
     store: &StoreNode,
     sealer: &SecretBox,
+    proposed: Option<&crate::pki::ClusterSecrets>,
 ) -> Result<crate::pki::ClusterSecrets, StoreError> {
     const KEY: &str = "/drover/pki/cluster";
     let decode = |kv: &KeyValue| -> Result<crate::pki::ClusterSecrets, StoreError> {
@@ -31,18 +35,37 @@ pub async fn cluster_secrets(
         let v: Value = serde_json::from_slice(&plain)
             .map_err(|e| StoreError::Internal(format!("{KEY}: {e}")))?;
         let field = |f: &str| {
-            v[f].as_str()
-                .map(String::from)
-                .ok_or_else(|| StoreError::Internal(format!("{KEY} has no {f}")))
+            v[f].as_str().map(String::from).ok_or_else(|| {
+                StoreError::Internal(format!(
+                    "{KEY} has no {f}: the cluster was made by an older Drover"
+                ))
+            })
         };
         Ok(crate::pki::ClusterSecrets {
             ca_pem: field("ca")?,
             ca_key_pem: field("caKey")?,
             admin_token: field("token")?,
+            join_secret: field("joinSecret")?,
         })
     };
-    let fresh = crate::pki::ClusterSecrets::generate().map_err(StoreError::Internal)?;
-    let value = json!({"ca": fresh.ca_pem, "caKey": fresh.ca_key_pem, "token": fresh.admin_token});
+    let Some(fresh) = proposed else {
+        let read = store
+            .range(
+                RangeRequest::new(KeySpan::key(KEY.as_bytes())),
+                Consistency::Linearizable,
+                false,
+            )
+            .await?;
+        return match read.kvs.first() {
+            Some(kv) => decode(kv),
+            // Not yet visible here (a member that has just joined): the caller retries.
+            None => Err(StoreError::NoLeader),
+        };
+    };
+    let value = json!({
+        "ca": fresh.ca_pem, "caKey": fresh.ca_key_pem, "token": fresh.admin_token,
+        "joinSecret": fresh.join_secret,
+    });
     let txn = Txn::put(
         KEY.as_bytes(),
         serde_json::to_vec(&value).expect("serialises"),
@@ -51,7 +74,7 @@ pub async fn cluster_secrets(
     .or_else(Op::get(KEY.as_bytes()));
     let resp = store.txn(sealer.seal_txn(txn), false).await?;
     if resp.succeeded {
-        return Ok(fresh);
+        return Ok(fresh.clone());
     }
     match resp.range(0).and_then(|r| r.kvs.first()) {
         Some(kv) => decode(kv),

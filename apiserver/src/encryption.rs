@@ -4,10 +4,11 @@
 //!
 //! Sealed values are `k8s:enc:aesgcm:v1:drover:` + a random 96-bit nonce + ciphertext and tag;
 //! the key's store path is the associated data, so a sealed value cannot be moved to another
-//! key. Values without the prefix are read as they are (written before encryption was on).
+//! key. A value under a sealed prefix without the marker is refused on read (tamper evidence:
+//! only a writer around the API server could have put it there).
 //! The key is a file each member holds (`DATA_DIR/encryption.key`, 32 random bytes in base64):
-//! the first member makes it, and a member joining an existing cluster must be given a copy —
-//! the key never travels through the store.
+//! the first member makes it, and a server joining with a join token receives it over TLS from
+//! the member it joins through (`join`) — the key never travels through the store.
 
 use std::path::Path;
 
@@ -23,6 +24,8 @@ const SEALED_PREFIXES: &[&str] = &["/registry/core/secrets/", "/drover/pki/"];
 
 pub struct SecretBox {
     key: LessSafeKey,
+    /// The key itself, for handing to a server that joins with a join token.
+    raw: [u8; 32],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +44,8 @@ pub enum KeyFileError {
     Malformed { path: String },
     #[error(
         "{path} is missing: this member joins an existing cluster, whose Secrets are encrypted; \
-         copy encryption.key from the data dir of a running member to {path} (or pass \
-         --encryption-key-file) and start it again"
+         join with --token-file (the key comes with it), or copy encryption.key from the data dir \
+         of a running member to {path}"
     )]
     MissingForJoin { path: String },
 }
@@ -51,7 +54,31 @@ impl SecretBox {
     pub fn new(key: &[u8; 32]) -> SecretBox {
         SecretBox {
             key: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte key")),
+            raw: *key,
         }
+    }
+
+    /// The key as its file holds it (base64), for a server that joins the cluster.
+    pub fn key_file_text(&self) -> String {
+        STANDARD.encode(self.raw)
+    }
+
+    /// Keeps a key received from the cluster (`key_file_text` of a member) in `path` (0600).
+    pub fn install(path: &Path, text: &str) -> Result<SecretBox, KeyFileError> {
+        let shown = path.display().to_string();
+        let bytes = STANDARD
+            .decode(text.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or(KeyFileError::Malformed {
+                path: shown.clone(),
+            })?;
+        let _ = std::fs::remove_file(path);
+        write_private(path, text.trim()).map_err(|source| KeyFileError::Write {
+            path: shown,
+            source,
+        })?;
+        Ok(SecretBox::new(&bytes))
     }
 
     /// Reads the key file; makes a new key when it is missing and `may_create` (the first member
@@ -114,9 +141,16 @@ impl SecretBox {
         out
     }
 
-    /// The plaintext of a stored value.
+    /// The plaintext of a stored value. A value under a sealed prefix that is not sealed was
+    /// not written by an API server (every write there is sealed): it is refused, not served.
     pub fn open(&self, key: &[u8], stored: &[u8]) -> Result<Vec<u8>, String> {
         let Some(rest) = stored.strip_prefix(MARKER) else {
+            if Self::sealed_key(key) {
+                return Err(format!(
+                    "{} is not sealed, so it was not written by an API server: refused",
+                    String::from_utf8_lossy(key)
+                ));
+            }
             return Ok(stored.to_vec());
         };
         if rest.len() < NONCE_LEN {
@@ -140,7 +174,7 @@ impl SecretBox {
     /// Opens a key-value read from the store in place; a value that cannot be opened is
     /// logged and left empty (its readers then see an empty object, never ciphertext).
     pub fn open_kv(&self, kv: &mut KeyValue) {
-        if !kv.value.starts_with(MARKER) {
+        if !kv.value.starts_with(MARKER) && !Self::sealed_key(&kv.key) {
             return;
         }
         match self.open(&kv.key, &kv.value) {
@@ -200,6 +234,18 @@ mod tests {
         let cm = b"/registry/core/configmaps/default/c";
         assert_eq!(b.seal(cm, b"plain".to_vec()), b"plain");
         assert_eq!(b.open(cm, b"plain").unwrap(), b"plain");
+        // A plaintext value where a sealed one belongs was planted around the API server.
+        let planted = b"{\"data\":{\"token\":\"bWluZQ==\"}}";
+        assert!(b.open(key, planted).unwrap_err().contains("not sealed"));
+        let mut kv = KeyValue {
+            key: key.to_vec(),
+            value: planted.to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+        };
+        b.open_kv(&mut kv);
+        assert!(kv.value.is_empty(), "a planted value is never served");
     }
 
     #[test]

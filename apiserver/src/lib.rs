@@ -1,8 +1,8 @@
 //! The Kubernetes-compatible HTTP API over `raft-store`.
 //!
 //! - [`pki`]: cluster CA, serving certificate, admin token, kubeconfig.
-//! - [`listener`]: one address for everything: TLS connections get the API, plaintext ones the
-//!   store's peer protocol.
+//! - [`listener`]: the API address: TLS only, bounded handshakes and headers.
+//! - [`join`]: servers joining with a join token (both sides).
 //! - [`path`]: parsing Kubernetes request paths.
 //! - [`cache`]: the watch cache that serves lists and watches from memory.
 //! - [`auth`]: bearer tokens (admin, ServiceAccounts, nodes), the node authorizer and RBAC.
@@ -23,6 +23,7 @@ mod bootstrap;
 pub mod cache;
 pub mod discovery;
 pub mod encryption;
+pub mod join;
 pub mod listener;
 pub mod metrics;
 pub mod path;

@@ -1,16 +1,20 @@
-//! One address for everything a member serves. A connection that opens with a TLS handshake
-//! gets the Kubernetes API over HTTPS (HTTP/2 or HTTP/1.1); any other gets the store's routes
-//! (peer Raft traffic and the store API), which are still plaintext.
+//! The API address: TLS only, and only the Kubernetes API (the store and the peer protocol have
+//! an address of their own, behind mutual TLS). A client that speaks plain HTTP here gets Go's
+//! answer (400, "Client sent an HTTP request to an HTTPS server.") and nothing else.
 //!
-//! Sniffing the first byte keeps the design's "one address per member" while the peer protocol
-//! has not moved to TLS yet; when it does, the plaintext branch goes away.
+//! Bounds, so that a client cannot hold the server's resources for free: at most
+//! [`MAX_CONNECTIONS`] connections (more wait in the kernel's backlog), the first byte within
+//! 10 s, the TLS handshake within 10 s, each HTTP/1 request's headers within
+//! [`HEADER_TIMEOUT`] (slow headers and idle connections alike), and HTTP/2 connections pinged and dropped when they stop answering.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -22,21 +26,36 @@ pub type ApiSlot = Arc<RwLock<Option<(Arc<rustls::ServerConfig>, Router)>>>;
 /// The first byte of every TLS connection: a handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
-pub async fn serve(listener: TcpListener, api: ApiSlot, store: Router) -> std::io::Result<()> {
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Also how long an idle HTTP/1 connection is kept (hyper's header timer runs while it waits for
+/// the next request): longer than clients keep idle connections in their pools (90 s in Go and
+/// hyper), so a pooled connection is not closed under a request being sent on it.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(120);
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn serve(listener: TcpListener, api: ApiSlot) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and the like: keep serving the connections we have.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (api, store) = (api.clone(), store.clone());
+        let api = api.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(tcp, api, store).await {
+            let _slot = slot;
+            if let Err(e) = handle(tcp, api).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -44,33 +63,39 @@ pub async fn serve(listener: TcpListener, api: ApiSlot, store: Router) -> std::i
 }
 
 async fn handle(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     api: ApiSlot,
-    store: Router,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut first = [0u8; 1];
-    // A client that connects and sends nothing is dropped after a while.
-    let n =
-        tokio::time::timeout(std::time::Duration::from_secs(30), tcp.peek(&mut first)).await??;
+    let n = tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)).await??;
     if n == 0 {
         return Ok(());
     }
-    let builder = auto::Builder::new(TokioExecutor::new());
-    if first[0] == TLS_HANDSHAKE {
-        let Some((tls, router)) = api.read().unwrap_or_else(|p| p.into_inner()).clone() else {
-            return Ok(()); // no certificates yet
-        };
-        let tls = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            TlsAcceptor::from(tls).accept(tcp),
-        )
-        .await??;
-        builder
-            .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(router))
-            .await
-    } else {
-        builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(store))
-            .await
+    if first[0] != TLS_HANDSHAKE {
+        if first[0].is_ascii_uppercase() {
+            // Looks like an HTTP method: say so, as Go's servers do, and close.
+            tcp.write_all(
+                b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+            )
+            .await?;
+        }
+        return Ok(());
     }
+    let Some((tls, router)) = api.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+        return Ok(()); // no certificates yet
+    };
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(tls).accept(tcp)).await??;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+        .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(router))
+        .await
 }

@@ -56,31 +56,122 @@ fn cert_err(e: rcgen::Error) -> String {
     format!("cannot make certificates: {e}")
 }
 
-/// What every member of a cluster shares: the CA and the admin token.
+/// What every member of a cluster shares: the CA, the admin token and the secret half of the
+/// join token (see [`join_token`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterSecrets {
     pub ca_pem: String,
     pub ca_key_pem: String,
     pub admin_token: String,
+    pub join_secret: String,
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
 
 impl ClusterSecrets {
-    /// A new CA and token, for a new cluster.
+    /// A new CA, admin token and join secret, for a new cluster.
     pub fn generate() -> Result<ClusterSecrets, String> {
         let key = KeyPair::generate().map_err(cert_err)?;
         let cert = ca_params()
             .map_err(cert_err)?
             .self_signed(&key)
             .map_err(cert_err)?;
-        let admin_token = (0..32)
-            .map(|_| format!("{:02x}", rand::random::<u8>()))
-            .collect();
         Ok(ClusterSecrets {
             ca_pem: cert.pem(),
             ca_key_pem: key.serialize_pem(),
-            admin_token,
+            admin_token: random_hex(32),
+            join_secret: random_hex(16),
         })
     }
+
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, String> {
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(cert_err)?;
+        Ok(Issuer::new(ca_params().map_err(cert_err)?, ca_key))
+    }
+
+    /// A member certificate for the peer protocol: a client and server certificate for
+    /// `peer_ip` (and loopback), whose subject names the cluster (checked by every member).
+    pub fn member_credentials(
+        &self,
+        cluster_id: &str,
+        peer_ip: IpAddr,
+    ) -> Result<raft_store::MemberCredentials, String> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "drover-member");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, cluster_id);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        params.subject_alt_names = vec![SanType::IpAddress(peer_ip)];
+        if peer_ip != loopback {
+            params.subject_alt_names.push(SanType::IpAddress(loopback));
+        }
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let cert = params.signed_by(&key, &self.issuer()?).map_err(cert_err)?;
+        Ok(raft_store::MemberCredentials {
+            ca_pem: self.ca_pem.clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// The SHA-256 of the CA certificate (its DER), in hex: how a joining server recognises the
+/// cluster before it trusts anything the cluster sends (kubeadm's discovery-token-ca-cert-hash).
+pub fn ca_hash(ca_pem: &str) -> Result<String, String> {
+    let der = rustls_pemfile::certs(&mut ca_pem.as_bytes())
+        .next()
+        .ok_or("no CA certificate")?
+        .map_err(|e| format!("bad CA certificate: {e}"))?;
+    Ok(hex(ring::digest::digest(
+        &ring::digest::SHA256,
+        der.as_ref(),
+    )
+    .as_ref()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The token a new server joins with: `drover1:sha256:<CA hash>:<join secret>`. The hash lets
+/// the new server check that it talks to this cluster; the secret proves to the cluster that
+/// the operator sent it. Whoever holds it can become a member: keep it as the CA key is kept.
+pub fn join_token(secrets: &ClusterSecrets) -> Result<String, String> {
+    Ok(format!(
+        "{JOIN_TOKEN_PREFIX}{}:{}",
+        ca_hash(&secrets.ca_pem)?,
+        secrets.join_secret
+    ))
+}
+
+const JOIN_TOKEN_PREFIX: &str = "drover1:sha256:";
+
+/// A join token taken apart: (CA hash, secret).
+pub fn parse_join_token(token: &str) -> Result<(String, String), String> {
+    let bad = || {
+        "not a Drover join token (expected drover1:sha256:<64 hex digits>:<secret>,          as `drover token server` prints it)"
+            .to_string()
+    };
+    let rest = token
+        .trim()
+        .strip_prefix(JOIN_TOKEN_PREFIX)
+        .ok_or_else(bad)?;
+    let (hash, secret) = rest.split_once(':').ok_or_else(bad)?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) || secret.is_empty() {
+        return Err(bad());
+    }
+    Ok((hash.to_ascii_lowercase(), secret.to_string()))
 }
 
 /// The PKI this member already made, if it made one (restarts need no store to serve TLS).
@@ -103,8 +194,7 @@ pub fn load(data_dir: &Path) -> Result<Option<Pki>, String> {
 pub fn create(data_dir: &Path, hosts: &[String], secrets: &ClusterSecrets) -> Result<Pki, String> {
     let dir = data_dir.join("pki");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let ca_key = KeyPair::from_pem(&secrets.ca_key_pem).map_err(cert_err)?;
-    let issuer = Issuer::new(ca_params().map_err(cert_err)?, ca_key);
+    let issuer = secrets.issuer()?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
     params
         .distinguished_name
@@ -157,6 +247,11 @@ pub fn server_tls(pki: &Pki) -> Result<rustls::ServerConfig, String> {
     let certs: Vec<_> = rustls_pemfile::certs(&mut pki.cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("bad serving certificate: {e}"))?;
+    // The CA goes after the leaf: a joining server finds in it the CA its token names.
+    let mut certs = certs;
+    for ca in rustls_pemfile::certs(&mut pki.ca_pem.as_bytes()) {
+        certs.push(ca.map_err(|e| format!("bad CA certificate: {e}"))?);
+    }
     let key = rustls_pemfile::private_key(&mut pki.key_pem.as_bytes())
         .map_err(|e| format!("bad serving key: {e}"))?
         .ok_or("no serving key in apiserver.key")?;

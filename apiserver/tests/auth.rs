@@ -338,7 +338,10 @@ async fn a_forged_continue_token_stays_inside_the_listed_collection() {
     use base64::Engine as _;
     let (_dir, node, app) = common::start().await;
     let sealer = apiserver::encryption::SecretBox::new(&[1; 32]);
-    apiserver::cluster_secrets(&node, &sealer).await.unwrap();
+    let secrets = apiserver::pki::ClusterSecrets::generate().unwrap();
+    apiserver::cluster_secrets(&node, &sealer, Some(&secrets))
+        .await
+        .unwrap();
     let cms = "/api/v1/namespaces/default/configmaps";
     call(&app, "POST", cms, Some(json!({"metadata": {"name": "a"}}))).await;
     call(

@@ -202,7 +202,8 @@ impl Running {
 
     fn addrs(&self) -> Vec<String> {
         match self {
-            Running::Drover(c) => c.members.iter().map(|m| m.addr.to_string()).collect(),
+            // The store's own address, behind mutual TLS (the API address does not serve it).
+            Running::Drover(c) => c.members.iter().map(|m| m.peer.to_string()).collect(),
             Running::Etcd(c) => c.clients.clone(),
         }
     }
@@ -228,10 +229,16 @@ enum Putter {
 }
 
 impl Putter {
-    fn new(system: System, addr: &str, http: &reqwest::Client) -> Self {
-        match system {
-            System::Drover => Putter::Drover(RemoteMember::direct(http.clone(), addr)),
-            System::Etcd => Putter::Etcd {
+    fn new(cluster: &Running, addr: &str, http: &reqwest::Client) -> Self {
+        match cluster {
+            Running::Drover(c) => Putter::Drover(RemoteMember::direct(
+                raft_store::network::Transport::new(
+                    None,
+                    Some(&c.tls().expect("a member certificate")),
+                ),
+                addr,
+            )),
+            Running::Etcd(_) => Putter::Etcd {
                 http: http.clone(),
                 url: format!("http://{addr}/v3/kv/put"),
             },
@@ -280,7 +287,7 @@ async fn throughput(
     let leader = cluster.leader().await?;
     let addr = cluster.addrs()[leader].clone();
     let http = http();
-    let putter = Putter::new(args.system, &addr, &http);
+    let putter = Putter::new(&cluster, &addr, &http);
     let value = vec![b'v'; value_size];
     let warmup = Duration::from_secs(2);
     let start = Instant::now();
@@ -364,7 +371,7 @@ async fn failover(args: &Args, trials: usize) -> anyhow::Result<()> {
         let stop = Instant::now() + Duration::from_secs(20);
         let mut tasks = Vec::new();
         for (w, addr) in survivors.iter().cycle().take(4).enumerate() {
-            let putter = Putter::new(args.system, addr, &http);
+            let putter = Putter::new(&cluster, addr, &http);
             let (first_ack, killed_at) = (first_ack.clone(), killed_at.clone());
             tasks.push(tokio::spawn(async move {
                 let mut n = 0u64;

@@ -12,12 +12,24 @@ pub struct ServerArgs {
     /// Where this member keeps its log, state and identity.
     #[arg(long, env = "DROVER_DATA_DIR", default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
-    /// The one address this member serves peers and clients on.
+    /// The address this member serves the Kubernetes API on (HTTPS only).
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
-    /// Address of any member of an existing cluster to join (only used with a new data dir).
+    /// The address this member serves the other members on (mutual TLS with member
+    /// certificates only). Default: the --listen address with the next port.
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    /// The API address (HOST:PORT) of any member of an existing cluster to join, with
+    /// --token-file (only used with a new data dir).
     #[arg(long)]
     join: Option<String>,
+    /// A file holding the join token that `drover token server` prints on a member.
+    #[arg(long, env = "DROVER_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The join token itself. Prefer --token-file: a command line is visible to every local
+    /// user (`ps`).
+    #[arg(long, hide_env_values = true)]
+    token: Option<String>,
     /// Raft heartbeat interval, in milliseconds.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
@@ -34,7 +46,7 @@ pub struct ServerArgs {
     #[arg(long)]
     kubeconfig_out: Option<PathBuf>,
     /// The key that encrypts Secrets in the store (default: DATA_DIR/encryption.key). The first
-    /// member makes it; every member joining later needs a copy.
+    /// member makes it; a member joining with a token receives it.
     #[arg(long)]
     encryption_key_file: Option<PathBuf>,
     /// How long a node's agent may be silent before the node is unreachable and its pods are
@@ -175,20 +187,169 @@ impl Member {
     }
 }
 
-/// Starts a member: the store, then the API once the member has its certificates.
+/// How this start relates to the cluster: what the data dir already holds decides.
+enum Membership {
+    /// A member starting again with its certificates.
+    Restart,
+    /// A new data dir and no --join: a new cluster, whose secrets this member made.
+    New(Box<apiserver::pki::ClusterSecrets>),
+    /// Joining through a member: its grant (certificates, key, peers).
+    Join(Box<apiserver::join::JoinGrant>),
+}
+
+impl ServerArgs {
+    fn peer_listen(&self) -> anyhow::Result<SocketAddr> {
+        match self.peer_listen {
+            Some(addr) => Ok(addr),
+            None => {
+                let port = self.listen.port().checked_add(1).context(
+                    "--listen uses the last port, so the peer port cannot follow it; pass --peer-listen",
+                )?;
+                Ok(SocketAddr::new(self.listen.ip(), port))
+            }
+        }
+    }
+
+    fn join_token(&self) -> anyhow::Result<String> {
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the join token in {}", path.display()))?;
+            return Ok(text.trim().to_string());
+        }
+        if let Some(token) = &self.token {
+            eprintln!("drover server: warning: --token is visible to every local user; prefer --token-file");
+            return Ok(token.clone());
+        }
+        anyhow::bail!(
+            "--join needs the cluster's join token: run `drover token server` on a member, save \
+             what it prints to a file readable only by you, and pass --token-file FILE"
+        )
+    }
+
+    /// Decides how this member starts, and prepares the data dir for it: certificates (made or
+    /// received) and the encryption key are in place when this returns.
+    async fn membership(
+        &self,
+        peer: SocketAddr,
+        key_file: &std::path::Path,
+    ) -> anyhow::Result<Membership> {
+        let dir = &self.data_dir;
+        let identity = raft_store::node::read_identity(dir)
+            .map_err(|e| anyhow::anyhow!("data dir {}: {e}", dir.display()))?;
+        let creds = raft_store::MemberCredentials::load(dir).map_err(anyhow::Error::msg)?;
+        match (&identity, creds.is_some(), &self.join) {
+            (Some(id), true, join) if id.joined => {
+                // Pointed at a cluster again: it must be this member's own.
+                if let (Some(join), Some(creds)) = (join, &creds) {
+                    match apiserver::join::check_same_cluster(join, &creds.ca_pem).await {
+                        Err(apiserver::join::JoinError::NotTheCluster { .. }) => anyhow::bail!(
+                            "data dir {} belongs to cluster {}, but {join} serves another \
+                             cluster; use a fresh --data-dir to join that cluster",
+                            dir.display(),
+                            id.cluster_id
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "cannot check --join {join}"),
+                        Ok(()) => {}
+                    }
+                }
+                Ok(Membership::Restart)
+            }
+            (Some(_), false, _) => anyhow::bail!(
+                "data dir {} was made by a Drover whose members talked without TLS; this one \
+                 needs member certificates. Start this member with a fresh --data-dir (and join \
+                 it to the cluster again)",
+                dir.display()
+            ),
+            (_, _, Some(join)) => {
+                let token = self.join_token()?;
+                let grant = apiserver::join::request_grant(join, &token, peer).await?;
+                if let Some(id) = &identity {
+                    anyhow::ensure!(
+                        id.cluster_id == grant.cluster_id,
+                        "data dir {} belongs to cluster {}, but {join} serves cluster {}; use a \
+                         fresh --data-dir to join that cluster",
+                        dir.display(),
+                        id.cluster_id,
+                        grant.cluster_id
+                    );
+                }
+                grant.credentials().save(dir).map_err(anyhow::Error::msg)?;
+                apiserver::encryption::SecretBox::install(key_file, &grant.encryption_key)?;
+                Ok(Membership::Join(Box::new(grant)))
+            }
+            (Some(_), true, None) => anyhow::bail!(
+                "this member's join was interrupted; start it again with --join and --token-file"
+            ),
+            (None, _, None) => {
+                let secrets =
+                    apiserver::pki::ClusterSecrets::generate().map_err(anyhow::Error::msg)?;
+                Ok(Membership::New(Box::new(secrets)))
+            }
+        }
+    }
+}
+
+/// Starts a member: its certificates (made, kept, or received through a join), the store
+/// behind mutual TLS on the peer address, then the API on the API address once the member has
+/// its serving certificate.
 pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
-    // The encryption key first: a joining member without it is told so before it joins.
+    let peer = args.peer_listen()?;
+    anyhow::ensure!(
+        peer != args.listen,
+        "--peer-listen must differ from --listen: the API and the members are served apart"
+    );
+    // Bind first: a busy port is reported before anything is written to the data dir.
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} ({what}); is another member already using it?")
+        })
+    };
+    let listener = bind(args.listen, "--listen").await?;
+    let peer_listener = bind(peer, "--peer-listen").await?;
+
     let key_file = args
         .encryption_key_file
         .clone()
         .unwrap_or_else(|| args.data_dir.join("encryption.key"));
+    let membership = args.membership(peer, &key_file).await?;
     let sealer = std::sync::Arc::new(apiserver::encryption::SecretBox::load_or_create(
         &key_file,
-        args.join.is_none(),
+        matches!(membership, Membership::New(_)),
     )?);
-
-    let mut config = StoreConfig::new(&args.data_dir, args.listen);
-    config.join = args.join.clone();
+    let mut config = StoreConfig::new(&args.data_dir, peer);
+    match &membership {
+        Membership::Restart => {}
+        Membership::New(secrets) => {
+            let cluster_id = raft_store::node::new_cluster_id();
+            secrets
+                .member_credentials(&cluster_id, peer.ip())
+                .and_then(|creds| creds.save(&args.data_dir))
+                .map_err(anyhow::Error::msg)?;
+            config.cluster_id = Some(cluster_id);
+        }
+        Membership::Join(grant) => {
+            config.cluster_id = Some(grant.cluster_id.clone());
+            config.join = grant.peers.first().cloned();
+            anyhow::ensure!(config.join.is_some(), "the cluster named no member to join");
+        }
+    }
+    let cluster_id = match &config.cluster_id {
+        Some(id) => id.clone(),
+        None => {
+            raft_store::node::read_identity(&args.data_dir)
+                .map_err(anyhow::Error::msg)?
+                .context("member.json vanished")?
+                .cluster_id
+        }
+    };
+    let tls = raft_store::PeerTls::new(
+        &raft_store::MemberCredentials::load(&args.data_dir)
+            .map_err(anyhow::Error::msg)?
+            .context("the member certificate vanished")?,
+        &cluster_id,
+    )
+    .map_err(anyhow::Error::msg)?;
+    config.tls = Some(tls.clone());
     config.heartbeat = Duration::from_millis(args.heartbeat_ms);
     config.election_timeout = (
         Duration::from_millis(args.election_timeout_ms.0),
@@ -196,21 +357,16 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     );
     config.snapshot_every = args.snapshot_every;
     config.compaction_interval = Duration::from_secs(args.compaction_interval_secs);
-
-    // Bind first: a busy port is reported before anything is written to the data dir.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}; is another member already using it?",
-                args.listen
-            )
-        })?;
     let node = StoreNode::open(config).await?;
+    let peers_serving = tokio::spawn(raft_store::service::serve(
+        peer_listener,
+        raft_store::service::router(node.clone()),
+        Some(tls.server.clone()),
+    ));
 
-    // The API: HTTPS with the cluster's certificates, beside the store's peer protocol. A
-    // restarted member has its certificates already; a new one gets the cluster's CA and admin
-    // token through the store once it is a member, so the TLS side opens after bootstrap.
+    // The API: HTTPS with the cluster's certificates. A restarted member has its serving
+    // certificate already; a joining one signs it with the CA key it reads from the store once
+    // it is a member, so the API opens after bootstrap.
     let ip = args.listen.ip();
     let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     if !ip.is_unspecified() && !hosts.contains(&ip.to_string()) {
@@ -223,17 +379,17 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     };
     let address = format!("{host}:{}", args.listen.port());
     let api_slot: apiserver::listener::ApiSlot = Default::default();
-    let store_routes = raft_store::service::router(node.clone());
-    let serving = tokio::spawn(apiserver::listener::serve(
-        listener,
-        api_slot.clone(),
-        store_routes,
-    ));
+    let api_serving = tokio::spawn(apiserver::listener::serve(listener, api_slot.clone()));
     node.bootstrap().await?;
     let pki = match apiserver::pki::load(&args.data_dir).map_err(anyhow::Error::msg)? {
         Some(pki) => pki,
         None => {
-            let secrets = with_retry(|| apiserver::cluster_secrets(&node, &sealer)).await?;
+            let proposed = match &membership {
+                Membership::New(secrets) => Some(secrets.as_ref()),
+                _ => None,
+            };
+            let secrets =
+                with_retry(|| apiserver::cluster_secrets(&node, &sealer, proposed)).await?;
             apiserver::pki::create(&args.data_dir, &hosts, &secrets).map_err(anyhow::Error::msg)?
         }
     };
@@ -242,8 +398,6 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
         .kubeconfig_out
         .clone()
         .unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
-    apiserver::pki::write_kubeconfig(&pki, &format!("https://{address}"), &kubeconfig)
-        .map_err(anyhow::Error::msg)?;
     let api_state = apiserver::ApiState::new(
         node.clone(),
         pki.admin_token.clone(),
@@ -252,6 +406,9 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     );
     *api_slot.write().unwrap_or_else(|p| p.into_inner()) =
         Some((tls, apiserver::router(api_state.clone())));
+    // After the API opens: whoever finds a new kubeconfig can use it at once.
+    apiserver::pki::write_kubeconfig(&pki, &format!("https://{address}"), &kubeconfig)
+        .map_err(anyhow::Error::msg)?;
     // The system namespaces and the kubernetes Service, once a leader can take the writes.
     let boot = node.clone();
     let boot_address = address.clone();
@@ -296,7 +453,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     );
     let id = &node.identity;
     eprintln!(
-        "drover server: member {} of cluster {} serving on {}, data in {}",
+        "drover server: member {} of cluster {}: API on {address}, members on {} (mutual TLS), data in {}",
         id.node_id,
         id.cluster_id,
         id.addr,
@@ -309,8 +466,11 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
         pki,
         url: format!("https://{address}"),
         kubeconfig,
-        serving: tokio::spawn(
-            async move { serving.await.context("server task")?.context("serving") },
-        ),
+        serving: tokio::spawn(async move {
+            tokio::select! {
+                res = api_serving => res.context("API task")?.context("serving the API"),
+                res = peers_serving => res.context("peer task")?.context("serving the members"),
+            }
+        }),
     })
 }

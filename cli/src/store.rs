@@ -1,4 +1,6 @@
-//! `drover store ...`: a small debug client for the replicated store.
+//! `drover store ...`: a small debug client for the replicated store. The store is served only
+//! to holders of a member certificate, so this client runs on a member's host and presents
+//! that member's certificate (from its data dir): it is as powerful as the member.
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
@@ -8,13 +10,11 @@ use raft_store::{
 
 #[derive(clap::Args)]
 pub struct StoreArgs {
-    /// Members to talk to, comma-separated.
-    #[arg(
-        long,
-        env = "DROVER_ENDPOINTS",
-        default_value = "127.0.0.1:6443",
-        value_delimiter = ','
-    )]
+    /// The data dir of a member on this host, whose certificate this client presents.
+    #[arg(long, env = "DROVER_DATA_DIR", default_value_os_t = crate::server::default_data_dir())]
+    data_dir: std::path::PathBuf,
+    /// Members' peer addresses to talk to, comma-separated (default: that member's).
+    #[arg(long, env = "DROVER_ENDPOINTS", value_delimiter = ',')]
     endpoints: Vec<String>,
     #[command(subcommand)]
     verb: Verb,
@@ -83,21 +83,32 @@ fn show(kv: &KeyValue) {
     );
 }
 
-pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: StoreArgs) -> anyhow::Result<()> {
+    let tls = raft_store::node::member_tls(&args.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\n(the store serves only members: pass --data-dir of a member on this host)"
+        )
+    })?;
+    if args.endpoints.is_empty() {
+        let identity = raft_store::node::read_identity(&args.data_dir)
+            .map_err(anyhow::Error::msg)?
+            .context("no member.json")?;
+        args.endpoints = vec![identity.addr];
+    }
     if args.endpoints.is_empty() {
         bail!("no endpoints: pass --endpoints HOST:PORT");
     }
     let endpoints = args.endpoints.join(",");
-    run_verb(args).await.map_err(|e| match e.downcast_ref::<StoreError>() {
+    let client = StoreClient::with_tls(&args.endpoints, &tls);
+    run_verb(args, client).await.map_err(|e| match e.downcast_ref::<StoreError>() {
         Some(StoreError::Unavailable(_)) => e.context(format!(
-            "no member answered at {endpoints}: is `drover server` running there? (--endpoints HOST:PORT,...)"
+            "no member answered at {endpoints}: is `drover server` running there? (--endpoints PEER-HOST:PORT,...)"
         )),
         _ => e,
     })
 }
 
-async fn run_verb(args: StoreArgs) -> anyhow::Result<()> {
-    let client = StoreClient::new(&args.endpoints);
+async fn run_verb(args: StoreArgs, client: StoreClient) -> anyhow::Result<()> {
     match args.verb {
         Verb::Get {
             key,

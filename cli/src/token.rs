@@ -1,5 +1,6 @@
 //! `drover token node NAME`: a credential for a node to join with (`drover node --token`),
-//! from the API's `nodes/NAME/token` subresource (admins only).
+//! from the API's `nodes/NAME/token` subresource (admins only). `drover token server`: the
+//! token a new server joins with (`drover server --join ADDR --token-file FILE`).
 
 use std::path::PathBuf;
 
@@ -23,6 +24,23 @@ enum TokenCommand {
         #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
     },
+    /// Print the cluster's join token for new servers (system:masters only). Whoever holds it
+    /// can make a member of the cluster: keep it as secret as the CA key.
+    Server {
+        /// An admin kubeconfig (default: $KUBECONFIG, else DATA_DIR/admin.kubeconfig).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+async fn admin_client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
+    let path = kubeconfig
+        .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| crate::server::default_data_dir().join("admin.kubeconfig"));
+    let file = kube::config::Kubeconfig::read_from(&path)
+        .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
@@ -32,13 +50,7 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
             kubeconfig,
             ttl,
         } => {
-            let path = kubeconfig
-                .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
-                .unwrap_or_else(|| crate::server::default_data_dir().join("admin.kubeconfig"));
-            let file = kube::config::Kubeconfig::read_from(&path)
-                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
-            let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await?;
-            let client = kube::Client::try_from(config)?;
+            let client = admin_client(kubeconfig).await?;
             let body = serde_json::json!({
                 "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                 "spec": {"expirationSeconds": ttl.as_secs()},
@@ -54,6 +66,16 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
                 .as_str()
                 .context("the API answered without a token")?;
             println!("{token}");
+            Ok(())
+        }
+        TokenCommand::Server { kubeconfig } => {
+            let client = admin_client(kubeconfig).await?;
+            let req = http::Request::get(apiserver::join::PATH_JOIN_TOKEN).body(Vec::new())?;
+            let token = client
+                .request_text(req)
+                .await
+                .context("cannot get the join token (an admin kubeconfig is needed)")?;
+            println!("{}", token.trim());
             Ok(())
         }
     }

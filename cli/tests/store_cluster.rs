@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use raft_store::{Consistency, KeySpan, RangeRequest, StoreClient, StoreError, Txn};
+use raft_store::{Consistency, KeySpan, RangeRequest, StoreError, Txn};
 use testkit::linearizability::check_kv;
 use testkit::workload::{final_reads, run_client, Recorder};
 use testkit::{Cluster, Partition};
@@ -58,7 +58,7 @@ async fn root_three_members_stay_linearizable_through_kill_restart_partition_and
     let until = Instant::now() + Duration::from_secs(36);
     let mut clients = Vec::new();
     for id in 0..6 {
-        let mut client = StoreClient::new(&c.addrs());
+        let mut client = c.client();
         client.patience = Duration::from_secs(20);
         clients.push(tokio::spawn(run_client(
             client,
@@ -124,7 +124,7 @@ async fn root_three_members_stay_linearizable_through_kill_restart_partition_and
         if !c.members[i].is_running() {
             continue;
         }
-        let member = StoreClient::new(&[c.members[i].addr.to_string()]);
+        let member = c.client_of(&[c.members[i].peer.to_string()]);
         let resp = member
             .range(
                 &RangeRequest::new(KeySpan::prefix("/acked/")),
@@ -211,7 +211,7 @@ async fn snapshots_purge_the_log_and_bring_a_new_member_up_to_date() {
     if let Err(e) = converge(&c).await {
         panic!("{e}\n{}", c.all_logs());
     }
-    let member = StoreClient::new(&[c.members[added].addr.to_string()]);
+    let member = c.client_of(&[c.members[added].peer.to_string()]);
     let resp = member
         .range(
             &RangeRequest::new(KeySpan::prefix("/s/")),
@@ -228,7 +228,8 @@ async fn snapshots_purge_the_log_and_bring_a_new_member_up_to_date() {
     if let Err(e) = converge(&c).await {
         panic!("{e}\n{}", c.all_logs());
     }
-    let resp = StoreClient::new(&[c.members[0].addr.to_string()])
+    let resp = c
+        .client_of(&[c.members[0].peer.to_string()])
         .range(
             &RangeRequest::new(KeySpan::prefix("/s/")).at(last - 50),
             Consistency::Serializable,
@@ -270,7 +271,7 @@ async fn bad_input_gets_clear_errors() {
         "{err}"
     );
     // A malformed body is a 400, not a crash.
-    let resp = post(&c.addrs()[0], "/store/v1/txn", b"garbage".to_vec()).await;
+    let resp = post(&c, "/store/v1/txn", b"garbage".to_vec()).await;
     assert!(resp.starts_with("400"), "{resp}");
     let err = client.txn(&Txn::put("", "v")).await.unwrap_err();
     assert!(err.to_string().contains("must not be empty"), "{err}");
@@ -278,9 +279,9 @@ async fn bad_input_gets_clear_errors() {
     client.put(b"/after", b"ok").await.unwrap();
 }
 
-async fn post(addr: &str, path: &str, body: Vec<u8>) -> String {
-    let resp = raft_store::network::http_client(None)
-        .post(format!("http://{addr}{path}"))
+async fn post(c: &Cluster, path: &str, body: Vec<u8>) -> String {
+    let resp = raft_store::network::Transport::new(None, Some(&c.tls().unwrap()))
+        .post(&c.addrs()[0], path)
         .body(body)
         .send()
         .await
@@ -322,8 +323,18 @@ async fn a_data_dir_is_tied_to_its_cluster_and_checked_at_start() {
     a.kill(0);
     let dir = a.members[0].data_dir.to_str().unwrap().to_string();
     let listen = a.members[0].addr.to_string();
-    let join = b.addrs()[0].clone();
-    let (code, err) = run_server(&["--data-dir", &dir, "--listen", &listen, "--join", &join]);
+    let peer = a.members[0].peer.to_string();
+    let join = b.members[0].addr.to_string();
+    let (code, err) = run_server(&[
+        "--data-dir",
+        &dir,
+        "--listen",
+        &listen,
+        "--peer-listen",
+        &peer,
+        "--join",
+        &join,
+    ]);
     assert_ne!(code, 0);
     assert!(
         err.contains("belongs to cluster") && err.contains("fresh --data-dir"),
@@ -337,7 +348,7 @@ async fn a_data_dir_is_tied_to_its_cluster_and_checked_at_start() {
     // The same data dir on another address: refused with the fix named.
     let (code, err) = run_server(&["--data-dir", &dir, "--listen", "127.0.0.53:1"]);
     assert_ne!(code, 0);
-    assert!(err.contains("was created for address"), "{err}");
+    assert!(err.contains("was created for peer address"), "{err}");
     // A directory full of something else is not taken over.
     let foreign = a.dir.path().join("foreign");
     std::fs::create_dir_all(&foreign).unwrap();
@@ -360,7 +371,14 @@ async fn a_data_dir_is_tied_to_its_cluster_and_checked_at_start() {
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[20] ^= 0x5a;
     std::fs::write(&segment, bytes).unwrap();
-    let (code, err) = run_server(&["--data-dir", &dir, "--listen", &listen]);
+    let (code, err) = run_server(&[
+        "--data-dir",
+        &dir,
+        "--listen",
+        &listen,
+        "--peer-listen",
+        &peer,
+    ]);
     assert_ne!(code, 0, "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(

@@ -14,7 +14,9 @@ use crate::mvcc::{
     Consistency, KeySpan, RangeRequest, RangeResponse, Revision, StoreError, Txn, TxnResponse,
     WatchBatch,
 };
+use crate::network::Transport;
 use crate::raft::NodeId;
+use crate::tls::PeerTls;
 
 /// A member's view of the cluster, for `drover store status` and tests.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -45,7 +47,7 @@ pub const PATH_WATCH: &str = "/store/v1/watch";
 /// One member, by address.
 #[derive(Clone)]
 pub struct RemoteMember {
-    http: reqwest::Client,
+    transport: Transport,
     addr: String,
     forwarded: bool,
 }
@@ -53,18 +55,18 @@ pub struct RemoteMember {
 impl RemoteMember {
     /// A client for forwarding from one member to another: the request is marked so the
     /// receiver does not forward it again.
-    pub fn new(http: reqwest::Client, addr: &str) -> Self {
+    pub fn new(transport: Transport, addr: &str) -> Self {
         RemoteMember {
-            http,
+            transport,
             addr: addr.to_string(),
             forwarded: true,
         }
     }
 
     /// A client for an end user: the member may forward the request to its leader.
-    pub fn direct(http: reqwest::Client, addr: &str) -> Self {
+    pub fn direct(transport: Transport, addr: &str) -> Self {
         RemoteMember {
-            http,
+            transport,
             addr: addr.to_string(),
             forwarded: false,
         }
@@ -83,8 +85,8 @@ impl RemoteMember {
     ) -> Result<Resp, StoreError> {
         let body = bincode::serialize(req).map_err(|e| StoreError::Internal(e.to_string()))?;
         let mut request = self
-            .http
-            .post(format!("http://{}{}", self.addr, path))
+            .transport
+            .post(&self.addr, path)
             .timeout(timeout)
             .body(body);
         if self.forwarded {
@@ -121,8 +123,8 @@ impl RemoteMember {
 
     pub async fn status(&self) -> Result<Status, StoreError> {
         let resp = self
-            .http
-            .get(format!("http://{}{}", self.addr, PATH_STATUS))
+            .transport
+            .get(&self.addr, PATH_STATUS)
             .timeout(Duration::from_secs(3))
             .send()
             .await
@@ -182,8 +184,8 @@ impl RemoteMember {
         let body =
             bincode::serialize(&(span, from)).map_err(|e| StoreError::Internal(e.to_string()))?;
         let resp = self
-            .http
-            .post(format!("http://{}{}", self.addr, PATH_WATCH))
+            .transport
+            .post(&self.addr, PATH_WATCH)
             .body(body)
             .send()
             .await
@@ -279,12 +281,21 @@ pub struct StoreClient {
 }
 
 impl StoreClient {
+    /// A client of members that serve plain HTTP (a store without certificates, in tests).
     pub fn new(addrs: &[String]) -> Self {
-        let http = crate::network::http_client(None);
+        StoreClient::with_transport(addrs, Transport::plaintext())
+    }
+
+    /// A client that presents a member's certificate (the admin's debug client, tests).
+    pub fn with_tls(addrs: &[String], tls: &PeerTls) -> Self {
+        StoreClient::with_transport(addrs, Transport::new(None, Some(tls)))
+    }
+
+    pub fn with_transport(addrs: &[String], transport: Transport) -> Self {
         StoreClient {
             members: addrs
                 .iter()
-                .map(|a| RemoteMember::direct(http.clone(), a))
+                .map(|a| RemoteMember::direct(transport.clone(), a))
                 .collect(),
             patience: Duration::from_secs(10),
         }

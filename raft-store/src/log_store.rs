@@ -80,12 +80,10 @@ pub struct LogStore {
 const META_FILE: &str = "raft-meta.bin";
 
 fn write_meta(dir: &Path, meta: &Meta) -> std::result::Result<(), String> {
-    let tmp = dir.join(format!("{META_FILE}.tmp"));
     let bytes = bincode::serialize(meta).map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, dir.join(META_FILE)))
-        .and_then(|_| std::fs::File::open(dir)?.sync_all())
+    crate::files::write_private(&dir.join(META_FILE), &bytes)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
         .map_err(|e| format!("cannot write {META_FILE}: {e}"))
 }
 
@@ -96,8 +94,7 @@ impl LogStore {
         let damaged = |e: String| {
             format!("the Raft log in {} is damaged: {e}; remove this member and join it again with a fresh data dir", dir.display())
         };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        crate::files::private_dir(dir)?;
         let meta: Meta = match std::fs::read(dir.join(META_FILE)) {
             Ok(bytes) => {
                 bincode::deserialize(&bytes).map_err(|e| damaged(format!("{META_FILE}: {e}")))?

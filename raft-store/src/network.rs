@@ -1,5 +1,5 @@
-//! The transport between members: Raft RPCs as bincode over HTTP/1.1 on each member's one
-//! address. Connections are pooled and re-established by the HTTP client; every call has a
+//! The transport between members: Raft RPCs as bincode over HTTP/1.1 (on mutual TLS) on each
+//! member's peer address. Connections are pooled and re-established by the HTTP client; every call has a
 //! deadline (openraft's TTL for the RPC), so a dead or cut-off peer costs a timeout, never a
 //! hang. Each request names the cluster, and a member refuses peers of another cluster.
 
@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::raft::{NodeId, TypeConfig};
+use crate::tls::PeerTls;
 
 /// Header that carries the cluster id on every peer request.
 pub const CLUSTER_HEADER: &str = "drover-cluster";
@@ -27,27 +28,61 @@ pub const PATH_APPEND: &str = "/raft/append";
 pub const PATH_VOTE: &str = "/raft/vote";
 pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
 
-/// Builds the HTTP client used for peers and for forwarding. Outgoing connections leave from
-/// the member's own address when it has a specific one, so that traffic between members can be
-/// told apart (and, in fault tests, cut) by address.
-pub fn http_client(local: Option<IpAddr>) -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(500))
-        .pool_idle_timeout(Duration::from_secs(30))
-        .tcp_nodelay(true)
-        .local_address(local.filter(|ip| !ip.is_unspecified()))
-        .build()
-        .expect("a plain HTTP client always builds")
+/// How a member (or a client) reaches members: one pooled HTTP client, over mutual TLS when
+/// the cluster has certificates. Connections are re-established by the client; outgoing ones
+/// leave from the member's own address when it has a specific one, so that traffic between
+/// members can be told apart (and, in fault tests, cut) by address.
+#[derive(Clone)]
+pub struct Transport {
+    http: reqwest::Client,
+    scheme: &'static str,
+}
+
+impl Transport {
+    pub fn new(local: Option<IpAddr>, tls: Option<&PeerTls>) -> Transport {
+        let builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .http1_only()
+            .local_address(local.filter(|ip| !ip.is_unspecified()));
+        let (builder, scheme) = match tls {
+            Some(tls) => (
+                builder.use_preconfigured_tls(rustls::ClientConfig::clone(&tls.client)),
+                "https",
+            ),
+            None => (builder, "http"),
+        };
+        Transport {
+            http: builder
+                .build()
+                .expect("a client with a checked rustls configuration builds"),
+            scheme,
+        }
+    }
+
+    /// Plain HTTP, for members without certificates (in-process tests of the store alone).
+    pub fn plaintext() -> Transport {
+        Transport::new(None, None)
+    }
+
+    pub fn post(&self, addr: &str, path: &str) -> reqwest::RequestBuilder {
+        self.http.post(format!("{}://{addr}{path}", self.scheme))
+    }
+
+    pub fn get(&self, addr: &str, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(format!("{}://{addr}{path}", self.scheme))
+    }
 }
 
 #[derive(Clone)]
 pub struct Network {
-    pub http: reqwest::Client,
+    pub transport: Transport,
     pub cluster_id: String,
 }
 
 pub struct PeerClient {
-    http: reqwest::Client,
+    transport: Transport,
     cluster_id: String,
     target: NodeId,
     addr: String,
@@ -58,7 +93,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         PeerClient {
-            http: self.http.clone(),
+            transport: self.transport.clone(),
             cluster_id: self.cluster_id.clone(),
             target,
             addr: node.addr.clone(),
@@ -80,8 +115,8 @@ impl PeerClient {
     {
         let body = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let resp = self
-            .http
-            .post(format!("http://{}{}", self.addr, path))
+            .transport
+            .post(&self.addr, path)
             .header(CLUSTER_HEADER, &self.cluster_id)
             .timeout(ttl)
             .body(body)

@@ -19,19 +19,25 @@ use crate::mvcc::{
     Consistency, KeySpan, Limits, RangeRequest, RangeResponse, Revision, StoreError, Txn,
     TxnResponse,
 };
-use crate::network::{http_client, Network};
+use crate::network::{Network, Transport};
 use crate::proposer::Proposer;
 use crate::raft::{NodeId, Raft, StateMachine};
+use crate::tls::PeerTls;
 use crate::watch::{self, WatchOptions, Watcher};
 
 /// How a member runs. `Default` gives production values; tests shorten the timers.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     pub data_dir: PathBuf,
-    /// The one address this member serves peers and clients on, and advertises to peers.
+    /// The address this member serves peers and store clients on, and advertises to peers.
     pub listen: SocketAddr,
-    /// Any member of the cluster to join, when this data dir is new.
+    /// Any member of the cluster to join (its peer address), when this data dir is new.
     pub join: Option<String>,
+    /// The cluster a new data dir belongs to, when the caller knows it (it made the cluster's
+    /// certificates, or was given them to join); otherwise a new id, or the joined peer's.
+    pub cluster_id: Option<String>,
+    /// Mutual TLS with the other members; `None` only for a store alone in tests.
+    pub tls: Option<PeerTls>,
     pub heartbeat: Duration,
     pub election_timeout: (Duration, Duration),
     /// Build a Raft snapshot (and purge the log) after this many entries.
@@ -51,6 +57,8 @@ impl StoreConfig {
             data_dir: data_dir.into(),
             listen,
             join: None,
+            cluster_id: None,
+            tls: None,
             heartbeat: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(250), Duration::from_millis(450)),
             snapshot_every: 100_000,
@@ -88,8 +96,8 @@ pub enum StartError {
         peer: String,
     },
     #[error(
-        "data dir {dir} was created for address {recorded}, not {listen}; \
-         start with --listen {recorded}, or remove the member and join again with a fresh data dir"
+        "data dir {dir} was created for peer address {recorded}, not {listen}; \
+         start with --peer-listen {recorded}, or remove the member and join again with a fresh data dir"
     )]
     AddressChanged {
         dir: PathBuf,
@@ -108,7 +116,7 @@ pub struct StoreNode {
     raft: Raft,
     engine: Engine,
     proposer: Proposer,
-    http: reqwest::Client,
+    transport: Transport,
     /// Held for the member's lifetime: two processes on one data dir would corrupt it.
     _lock: std::fs::File,
 }
@@ -126,9 +134,9 @@ impl StoreNode {
             dir: dir.clone(),
             msg,
         };
-        std::fs::create_dir_all(&dir).map_err(|e| data_err(format!("cannot create: {e}")))?;
+        crate::files::private_dir(&dir).map_err(data_err)?;
         let lock = lock_data_dir(&dir).map_err(data_err)?;
-        let http = http_client(Some(config.listen.ip()));
+        let transport = Transport::new(Some(config.listen.ip()), config.tls.as_ref());
         let addr = config.listen.to_string();
 
         let identity = match read_identity(&dir).map_err(data_err)? {
@@ -143,10 +151,11 @@ impl StoreNode {
                 id
             }
             None => {
-                let cluster_id = match &config.join {
+                let cluster_id = match (&config.cluster_id, &config.join) {
+                    (Some(id), _) => id.clone(),
                     // Learn the cluster first, so peer traffic is accepted from the first RPC.
-                    Some(peer) => {
-                        RemoteMember::new(http.clone(), peer)
+                    (None, Some(peer)) => {
+                        RemoteMember::new(transport.clone(), peer)
                             .status()
                             .await
                             .map_err(|e| StartError::Join {
@@ -155,7 +164,7 @@ impl StoreNode {
                             })?
                             .cluster_id
                     }
-                    None => format!("{:032x}", rand::random::<u128>()),
+                    (None, None) => new_cluster_id(),
                 };
                 let id = Identity {
                     cluster_id,
@@ -169,7 +178,7 @@ impl StoreNode {
         };
         // A restarted member pointed at another cluster must not silently run as its own.
         if let (Some(peer), true) = (&config.join, identity.joined) {
-            if let Ok(status) = RemoteMember::new(http.clone(), peer).status().await {
+            if let Ok(status) = RemoteMember::new(transport.clone(), peer).status().await {
                 if status.cluster_id != identity.cluster_id {
                     return Err(StartError::ClusterMismatch {
                         dir,
@@ -198,7 +207,7 @@ impl StoreNode {
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let network = Network {
-            http: http.clone(),
+            transport: transport.clone(),
             cluster_id: identity.cluster_id.clone(),
         };
         let raft = Raft::new(identity.node_id, Arc::new(raft_config), network, log, sm)
@@ -211,7 +220,7 @@ impl StoreNode {
             raft,
             engine,
             proposer,
-            http,
+            transport,
             _lock: lock,
         });
         tokio::spawn(compaction_loop(Arc::downgrade(&node)));
@@ -245,7 +254,7 @@ impl StoreNode {
             }
             Some(peer) => {
                 // The peer may be between leaders (an election, a heal): keep asking a while.
-                let remote = RemoteMember::direct(self.http.clone(), peer);
+                let remote = RemoteMember::direct(self.transport.clone(), peer);
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
                 loop {
                     match remote
@@ -310,7 +319,7 @@ impl StoreNode {
             // A forwarded request that finds no leader here either is not sent round again.
             Some((id, _)) if id == self.identity.node_id => Err(StoreError::NoLeader),
             Some(_) if forwarded => Err(StoreError::NoLeader),
-            Some((_, addr)) => Ok(RemoteMember::new(self.http.clone(), &addr)),
+            Some((_, addr)) => Ok(RemoteMember::new(self.transport.clone(), &addr)),
             None => Err(StoreError::NoLeader),
         }
     }
@@ -553,11 +562,30 @@ async fn compaction_loop(node: std::sync::Weak<StoreNode>) {
     }
 }
 
+/// The TLS settings of the member whose data dir this is (its credentials and cluster id), for
+/// debug clients and tests on the member's host.
+pub fn member_tls(data_dir: &Path) -> Result<PeerTls, String> {
+    let creds = crate::tls::MemberCredentials::load(data_dir)?.ok_or_else(|| {
+        format!(
+            "{} has no member certificate (pki/member.crt); is it a member's data dir?",
+            data_dir.display()
+        )
+    })?;
+    let identity = read_identity(data_dir)?
+        .ok_or_else(|| format!("{} has no {IDENTITY_FILE}", data_dir.display()))?;
+    PeerTls::new(&creds, &identity.cluster_id)
+}
+
+/// A new cluster's id: 128 random bits in hex.
+pub fn new_cluster_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 const IDENTITY_FILE: &str = "member.json";
 const LOCK_FILE: &str = "LOCK";
 
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File, String> {
-    let file = std::fs::OpenOptions::new()
+    let file = crate::files::private_file()
         .create(true)
         .truncate(false)
         .write(true)
@@ -573,22 +601,26 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, String> {
     }
 }
 
-fn read_identity(dir: &Path) -> Result<Option<Identity>, String> {
+pub fn read_identity(dir: &Path) -> Result<Option<Identity>, String> {
     match std::fs::read(dir.join(IDENTITY_FILE)) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             format!("{IDENTITY_FILE} is unreadable ({e}); this is not a Drover data dir")
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let foreign = std::fs::read_dir(dir)
-                .map_err(|e| format!("cannot read: {e}"))?
-                .filter_map(Result::ok)
-                .any(|entry| {
-                    // An operator copies the API server's encryption key in before a join.
-                    !matches!(
-                        entry.file_name().to_str(),
-                        Some("lost+found" | LOCK_FILE | "encryption.key")
-                    )
-                });
+            let entries = match std::fs::read_dir(dir) {
+                Ok(entries) => entries,
+                // No data dir yet: a new member.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(format!("cannot read: {e}")),
+            };
+            let foreign = entries.filter_map(Result::ok).any(|entry| {
+                // A joining member is given its certificates and the API server's
+                // encryption key before its store starts.
+                !matches!(
+                    entry.file_name().to_str(),
+                    Some("lost+found" | LOCK_FILE | "encryption.key" | "pki")
+                )
+            });
             if foreign {
                 return Err(format!(
                     "the directory is not empty and has no {IDENTITY_FILE}; \
@@ -602,10 +634,6 @@ fn read_identity(dir: &Path) -> Result<Option<Identity>, String> {
 }
 
 fn write_identity(dir: &Path, id: &Identity) -> Result<(), String> {
-    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
     let bytes = serde_json::to_vec_pretty(id).expect("identity serialises");
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, dir.join(IDENTITY_FILE)))
-        .map_err(|e| format!("cannot write {IDENTITY_FILE}: {e}"))
+    crate::files::write_private(&dir.join(IDENTITY_FILE), &bytes)
 }

@@ -91,7 +91,12 @@ impl StateMachine {
         let bytes = bincode::serialize(file).map_err(snap_err)?;
         {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(snap_err)?;
+            let mut f = crate::files::private_file()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&tmp)
+                .map_err(snap_err)?;
             f.write_all(&bytes).map_err(snap_err)?;
             f.sync_all().map_err(snap_err)?;
         }

@@ -185,14 +185,76 @@ async fn watch(State(node): Node, Bincode((span, from)): Bincode<(KeySpan, Revis
     Body::from_stream(frames).into_response()
 }
 
-/// Serves `app` on `listener` with Nagle's algorithm off: small request/response exchanges
-/// (votes, heartbeats, puts) must not wait for delayed ACKs.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
+/// Serves `app` on `listener` with Nagle's algorithm off (small exchanges — votes, heartbeats,
+/// puts — must not wait for delayed ACKs), over mutual TLS when `tls` is given.
+///
+/// Bounds, so that nobody holds the member's resources for free: at most [`MAX_CONNECTIONS`]
+/// connections (more wait in the kernel's backlog), a TLS handshake within
+/// [`HANDSHAKE_TIMEOUT`], and request headers within [`HEADER_TIMEOUT`] (also how long an idle
+/// connection is kept: longer than clients keep theirs in their pools, so a pooled connection
+/// is never closed under a request being sent on it).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let (tcp, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: keep serving the connections we have.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
-    });
-    axum::serve(listener, app).await
+        let (app, acceptor) = (app.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let served = match acceptor {
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, app).await,
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, error = %e, "refused a peer connection");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                None => serve_connection(tcp, app).await,
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "peer connection ended with an error");
+            }
+        });
+    }
+}
+
+pub const MAX_CONNECTIONS: usize = 1024;
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn serve_connection<IO>(io: IO, app: Router) -> Result<(), hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(
+            hyper_util::rt::TokioIo::new(io),
+            hyper_util::service::TowerToHyperService::new(app),
+        )
+        .await
 }

@@ -251,7 +251,7 @@ impl Wal {
 
     fn new_segment(&mut self, seq: u64) -> io::Result<()> {
         let path = self.segment_path(seq);
-        let file = OpenOptions::new()
+        let file = crate::files::private_file()
             .read(true)
             .write(true)
             .create_new(true)

@@ -20,6 +20,7 @@ async fn start(watch: WatchOptions) -> (tempfile::TempDir, Arc<StoreNode>, Store
     tokio::spawn(raft_store::service::serve(
         listener,
         raft_store::service::router(node.clone()),
+        None,
     ));
     node.bootstrap().await.unwrap();
     let client = StoreClient::new(std::slice::from_ref(&node.identity.addr));

@@ -1,8 +1,10 @@
 //! Real `drover server` processes on loopback, for end-to-end and fault tests.
 //!
-//! Each member gets its own loopback address (127.0.0.X, all of 127/8 is local) and a free
-//! port; members send their peer traffic from that address too, so one member can be cut off
-//! from everybody with two nftables rules on its address (needs root; see [`Partition`]).
+//! Each member gets its own loopback address (127.0.0.X, all of 127/8 is local) with a free
+//! port for the API and one for its peers; members send their peer traffic from that address
+//! too, so one member can be cut off from everybody with two nftables rules on its address
+//! (needs root; see [`Partition`]). Members join as an operator joins them: with the token
+//! `drover token server` prints. The store is reached with a member's certificate.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -10,10 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use raft_store::{RemoteMember, Status, StoreClient};
+use raft_store::network::Transport;
+use raft_store::{PeerTls, RemoteMember, Status, StoreClient};
 
 pub struct Member {
+    /// The API address (HTTPS).
     pub addr: SocketAddr,
+    /// The peer address: the store, behind mutual TLS.
+    pub peer: SocketAddr,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     join: Option<String>,
@@ -75,23 +81,34 @@ impl Cluster {
         let ip = Ipv4Addr::new(127, 0, 0, self.next_ip);
         self.next_ip += 1;
         let i = self.members.len();
-        let join = self
-            .members
-            .iter()
-            .find(|m| m.is_running())
-            .map(|m| m.addr.to_string());
+        let through = self.members.iter().find(|m| m.is_running());
+        let join = through.map(|m| m.addr.to_string());
         let data_dir = self.dir.path().join(format!("member-{i}"));
-        // A joining member needs the cluster's encryption key, as an operator would copy it.
-        if let Some(first) = self.members.first().filter(|_| join.is_some()) {
-            std::fs::create_dir_all(&data_dir)?;
-            std::fs::copy(
-                first.data_dir.join("encryption.key"),
-                data_dir.join("encryption.key"),
-            )
-            .context("copy the cluster's encryption.key to the new member")?;
+        // A joining member gets the token from a member, as an operator would.
+        if let Some(member) = through {
+            // The member may still be opening its API (just restarted): ask for a while.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let out = Command::new(&self.bin)
+                    .args(["token", "server", "--kubeconfig"])
+                    .arg(member.data_dir.join("admin.kubeconfig"))
+                    .output()
+                    .context("run drover token server")?;
+                if out.status.success() {
+                    std::fs::write(self.token_file(), &out.stdout)?;
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "drover token server failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
         self.members.push(Member {
             addr: free_addr(ip)?,
+            peer: free_addr(ip)?,
             data_dir,
             log: self.dir.path().join(format!("member-{i}.log")),
             join,
@@ -102,7 +119,33 @@ impl Cluster {
         Ok(i)
     }
 
+    fn token_file(&self) -> PathBuf {
+        self.dir.path().join("join.token")
+    }
+
+    /// The TLS settings of a member certificate (any member's: they share the CA and cluster),
+    /// once one exists.
+    pub fn tls(&self) -> anyhow::Result<PeerTls> {
+        self.members
+            .iter()
+            .find_map(|m| raft_store::node::member_tls(&m.data_dir).ok())
+            .context("no member has its certificate yet")
+    }
+
+    fn remote(&self, i: usize) -> anyhow::Result<RemoteMember> {
+        Ok(RemoteMember::direct(
+            Transport::new(None, Some(&self.tls()?)),
+            &self.members[i].peer.to_string(),
+        ))
+    }
+
+    /// A store client of the members at `addrs` (peer addresses), with a member certificate.
+    pub fn client_of(&self, addrs: &[String]) -> StoreClient {
+        StoreClient::with_tls(addrs, &self.tls().expect("a member certificate"))
+    }
+
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let token_file = self.token_file();
         let m = &mut self.members[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -114,13 +157,18 @@ impl Cluster {
             .arg(&m.data_dir)
             .arg("--listen")
             .arg(m.addr.to_string())
+            .arg("--peer-listen")
+            .arg(m.peer.to_string())
             .args(&self.flags)
             .env("DROVER_LOG", "info,openraft=info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         if let Some(j) = &m.join {
-            cmd.arg("--join").arg(j);
+            cmd.arg("--join")
+                .arg(j)
+                .arg("--token-file")
+                .arg(&token_file);
         }
         m.child = Some(
             cmd.spawn()
@@ -132,10 +180,6 @@ impl Cluster {
     /// Waits until member `i` answers and is a voter of a cluster with a leader.
     pub async fn wait_serving(&mut self, i: usize, timeout: Duration) -> anyhow::Result<Status> {
         let deadline = Instant::now() + timeout;
-        let remote = RemoteMember::direct(
-            raft_store::network::http_client(None),
-            &self.members[i].addr.to_string(),
-        );
         loop {
             if let Some(child) = self.members[i].child.as_mut() {
                 if let Some(code) = child.try_wait()? {
@@ -143,9 +187,14 @@ impl Cluster {
                     bail!("member {i} exited with {code}:\n{}", self.log_tail(i));
                 }
             }
-            if let Ok(s) = remote.status().await {
-                if s.leader.is_some() && s.voters.contains_key(&s.node_id) {
-                    return Ok(s);
+            // Serving means the store has this member as a voter and its API is open (the
+            // kubeconfig is written once it is).
+            let api_open = self.members[i].data_dir.join("admin.kubeconfig").exists();
+            if let (Ok(remote), true) = (self.remote(i), api_open) {
+                if let Ok(s) = remote.status().await {
+                    if s.leader.is_some() && s.voters.contains_key(&s.node_id) {
+                        return Ok(s);
+                    }
                 }
             }
             if Instant::now() > deadline {
@@ -172,24 +221,21 @@ impl Cluster {
         self.wait_serving(i, Duration::from_secs(60)).await
     }
 
+    /// The peer (store) addresses of the running members.
     pub fn addrs(&self) -> Vec<String> {
         self.members
             .iter()
             .filter(|m| m.is_running())
-            .map(|m| m.addr.to_string())
+            .map(|m| m.peer.to_string())
             .collect()
     }
 
     pub fn client(&self) -> StoreClient {
-        StoreClient::new(&self.addrs())
+        self.client_of(&self.addrs())
     }
 
     pub async fn status(&self, i: usize) -> anyhow::Result<Status> {
-        let remote = RemoteMember::direct(
-            raft_store::network::http_client(None),
-            &self.members[i].addr.to_string(),
-        );
-        Ok(remote.status().await?)
+        Ok(self.remote(i)?.status().await?)
     }
 
     /// The index of the member that leads, once running members agree on one.

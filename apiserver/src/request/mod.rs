@@ -51,6 +51,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route(
+            crate::join::PATH_JOIN,
+            axum::routing::post(crate::join::grant),
+        )
+        .route(crate::join::PATH_JOIN_TOKEN, get(crate::join::token))
+        .route(
             "/openapi/v3",
             get(|| async { json_response(StatusCode::OK, &discovery::openapi_v3_index()) }),
         )
@@ -80,11 +85,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
 }
 
 /// Authentication, then authorization, for every request. Health and version are open to
-/// anybody, as `system:public-info-viewer` makes them in Kubernetes.
+/// anybody, as `system:public-info-viewer` makes them in Kubernetes; so is the join endpoint,
+/// which checks the join secret itself.
 async fn authenticate(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> Response {
     let open = matches!(
         req.uri().path(),
-        "/version" | "/healthz" | "/livez" | "/readyz"
+        "/version" | "/healthz" | "/livez" | "/readyz" | crate::join::PATH_JOIN
     );
     let user = req
         .headers()

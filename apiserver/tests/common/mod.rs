@@ -22,6 +22,7 @@ pub async fn start() -> (tempfile::TempDir, Arc<StoreNode>, axum::Router) {
     tokio::spawn(raft_store::service::serve(
         listener,
         raft_store::service::router(node.clone()),
+        None,
     ));
     node.bootstrap().await.unwrap();
     let addr = node.identity.addr.clone();

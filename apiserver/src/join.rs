@@ -1,0 +1,369 @@
+//! Joining a server to a cluster with a join token (`drover token server`), both sides.
+//!
+//! The token is `drover1:sha256:<CA hash>:<secret>` (`pki::join_token`), as kubeadm's and
+//! k3s's are: the hash lets the new server trust the cluster before it has any certificate of
+//! it; the secret proves to the cluster that the operator sent the server.
+//!
+//! 1. The new server opens TLS to any member's API address. The member sends its serving
+//!    certificate followed by the cluster CA; the new server accepts the connection only if one
+//!    of them hashes to the token's CA hash and signs the serving certificate.
+//! 2. Over that connection it `POST`s `/drover/v1/join` with the secret as bearer token and
+//!    its peer address. The member checks the secret (in constant time) and answers with the
+//!    cluster id, a member certificate for that address (signed by the CA, naming the cluster),
+//!    the encryption key and the peer addresses of the voters.
+//! 3. The new server keeps these in its data dir and joins the store over mutual TLS.
+//!
+//! Nothing is copied by hand. Whoever holds the token can become a member, so it is as secret as
+//! the CA key; `GET /drover/v1/join-token` gives it to `system:masters` only.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use api::rbac::User;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde::{Deserialize, Serialize};
+
+use crate::respond::{bad_request, failure};
+use crate::state::ApiState;
+
+pub const PATH_JOIN: &str = "/drover/v1/join";
+pub const PATH_JOIN_TOKEN: &str = "/drover/v1/join-token";
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JoinRequest {
+    peer_address: String,
+}
+
+/// What a joining server receives.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinGrant {
+    pub cluster_id: String,
+    pub ca: String,
+    pub member_cert: String,
+    pub member_key: String,
+    /// The encryption key's file contents (base64).
+    pub encryption_key: String,
+    /// The peer addresses of the cluster's voters, to join through.
+    pub peers: Vec<String>,
+}
+
+impl JoinGrant {
+    pub fn credentials(&self) -> raft_store::MemberCredentials {
+        raft_store::MemberCredentials {
+            ca_pem: self.ca.clone(),
+            cert_pem: self.member_cert.clone(),
+            key_pem: self.member_key.clone(),
+        }
+    }
+}
+
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    // Constant time: how much of a guess matched must not show in the answer's timing.
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /drover/v1/join`: the member side of step 2.
+pub async fn grant(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let secrets = match crate::cluster_secrets(&st.store, &st.sealer, None).await {
+        Ok(s) => s,
+        Err(e) => {
+            return failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                &format!("cannot read the cluster's secrets: {e}"),
+            )
+        }
+    };
+    let offered = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same_secret(offered.trim().as_bytes(), secrets.join_secret.as_bytes()) {
+        tracing::warn!("a join was refused: wrong join secret");
+        return failure(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
+    let req: JoinRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(&format!("the join request is not valid: {e}")),
+    };
+    let peer: SocketAddr = match req.peer_address.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            return bad_request(&format!(
+                "peerAddress {:?} is not an IP:port",
+                req.peer_address
+            ))
+        }
+    };
+    if peer.ip().is_unspecified() {
+        return bad_request("peerAddress must be an address the other members can reach, not 0.0.0.0 (pass --peer-listen IP:PORT)");
+    }
+    let cluster_id = st.store.identity.cluster_id.clone();
+    let creds = match secrets.member_credentials(&cluster_id, peer.ip()) {
+        Ok(c) => c,
+        Err(e) => {
+            return failure(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &e);
+        }
+    };
+    tracing::info!(%peer, "issued a member certificate to a joining server");
+    let grant = JoinGrant {
+        cluster_id,
+        ca: creds.ca_pem,
+        member_cert: creds.cert_pem,
+        member_key: creds.key_pem,
+        encryption_key: st.sealer.key_file_text(),
+        peers: st.store.status().voters.into_values().collect(),
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(&grant).expect("serialises"),
+    )
+        .into_response()
+}
+
+/// `GET /drover/v1/join-token`: the token, for `system:masters` only (not for whatever RBAC
+/// grants on non-resource URLs: it makes members).
+pub async fn token(State(st): State<Arc<ApiState>>, user: Option<Extension<User>>) -> Response {
+    let admin = user.is_some_and(|Extension(u)| u.groups.iter().any(|g| g == "system:masters"));
+    if !admin {
+        return failure(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "only system:masters may read the join token",
+        );
+    }
+    match crate::cluster_secrets(&st.store, &st.sealer, None).await {
+        Ok(secrets) => match crate::pki::join_token(&secrets) {
+            Ok(token) => (StatusCode::OK, format!("{token}\n")).into_response(),
+            Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &e),
+        },
+        Err(e) => failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            &format!("cannot read the cluster's secrets: {e}"),
+        ),
+    }
+}
+
+/// Why a join failed, each saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("{0}")]
+    Token(String),
+    #[error("cannot reach {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{addr} is not the cluster the join token names (TLS: {reason}); check --join and the token"
+    )]
+    NotTheCluster { addr: String, reason: String },
+    #[error(
+        "{addr} refused the join token's secret; get a current token with `drover token server`"
+    )]
+    Refused { addr: String },
+    #[error("the join through {addr} failed: {msg}")]
+    Failed { addr: String, msg: String },
+}
+
+/// Step 1: TLS to the member at `addr`, trusting only a server certificate signed by the CA
+/// whose hash is `ca_hash`.
+async fn connect(
+    addr: &str,
+    ca_hash: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, JoinError> {
+    let failed = |msg: String| JoinError::Failed {
+        addr: addr.to_string(),
+        msg,
+    };
+    let host = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
+        .ok_or_else(|| JoinError::Token(format!("--join {addr}: expected HOST:PORT")))?;
+    let server_name = match host.parse::<IpAddr>() {
+        Ok(ip) => ServerName::IpAddress(ip.into()),
+        Err(_) => ServerName::try_from(host.to_string())
+            .map_err(|_| JoinError::Token(format!("--join {addr}: bad host name")))?,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| failed(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCa {
+            ca_hash: ca_hash.to_string(),
+            provider,
+        }))
+        .with_no_client_auth();
+    let tcp = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| JoinError::Connect {
+        addr: addr.to_string(),
+        source: std::io::ErrorKind::TimedOut.into(),
+    })?
+    .map_err(|source| JoinError::Connect {
+        addr: addr.to_string(),
+        source,
+    })?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| JoinError::NotTheCluster {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// Whether the member at `addr` serves the cluster whose CA is `ca_pem` (a restarted member
+/// given --join checks that it still points at its own cluster). Unreachable is not an answer.
+pub async fn check_same_cluster(addr: &str, ca_pem: &str) -> Result<(), JoinError> {
+    let hash = crate::pki::ca_hash(ca_pem).map_err(JoinError::Token)?;
+    connect(addr, &hash).await.map(|_| ())
+}
+
+/// Steps 1 and 2 on the joining side: asks the member at `addr` (its API address) for a member
+/// certificate for `peer_address`.
+pub async fn request_grant(
+    addr: &str,
+    token: &str,
+    peer_address: SocketAddr,
+) -> Result<JoinGrant, JoinError> {
+    let (ca_hash, secret) = crate::pki::parse_join_token(token).map_err(JoinError::Token)?;
+    let failed = |msg: String| JoinError::Failed {
+        addr: addr.to_string(),
+        msg,
+    };
+    let tls = connect(addr, &ca_hash).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+    tokio::spawn(conn);
+    let body = serde_json::to_vec(&JoinRequest {
+        peer_address: peer_address.to_string(),
+    })
+    .expect("serialises");
+    let req = hyper::Request::post(PATH_JOIN)
+        .header(header::HOST, addr)
+        .header(header::AUTHORIZATION, format!("Bearer {secret}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .expect("a valid request");
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), sender.send_request(req))
+        .await
+        .map_err(|_| failed("no answer within 30s".into()))?
+        .map_err(|e| failed(e.to_string()))?;
+    let status = resp.status();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .to_bytes();
+    if status == StatusCode::UNAUTHORIZED {
+        return Err(JoinError::Refused {
+            addr: addr.to_string(),
+        });
+    }
+    if !status.is_success() {
+        return Err(failed(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&bytes)
+        )));
+    }
+    let grant: JoinGrant =
+        serde_json::from_slice(&bytes).map_err(|e| failed(format!("bad answer: {e}")))?;
+    if crate::pki::ca_hash(&grant.ca).map_err(failed)? != ca_hash {
+        return Err(failed(
+            "the CA it sent is not the one the token names".into(),
+        ));
+    }
+    Ok(grant)
+}
+
+/// Accepts a server whose chain holds the CA the token names and whose certificate that CA
+/// signed (for the address dialled). Nothing else is trusted before the join.
+#[derive(Debug)]
+struct PinnedCa {
+    ca_hash: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let hash_of = |der: &CertificateDer<'_>| {
+            crate::pki::hex(ring::digest::digest(&ring::digest::SHA256, der.as_ref()).as_ref())
+        };
+        let ca = intermediates
+            .iter()
+            .find(|der| hash_of(der) == self.ca_hash)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the server did not present the CA whose hash the token holds".into(),
+                )
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
