@@ -3,6 +3,8 @@
 //! - [`pki`]: cluster CA, serving certificate, admin token, kubeconfig.
 //! - [`listener`]: the API address: TLS only, bounded handshakes and headers.
 //! - [`join`]: servers joining with a join token (both sides).
+//! - [`inflight`]: the cap on requests served at once (429 past it); `query`: the query string,
+//!   parsed once for authorization, the cap and dispatch.
 //! - [`path`]: parsing Kubernetes request paths.
 //! - [`cache`]: the watch cache that serves lists and watches from memory.
 //! - [`auth`]: bearer tokens (admin, ServiceAccounts, nodes), the node authorizer and RBAC.
@@ -23,6 +25,7 @@ mod bootstrap;
 pub mod cache;
 pub mod discovery;
 pub mod encryption;
+pub mod inflight;
 pub mod join;
 pub mod listener;
 pub mod metrics;
@@ -30,6 +33,7 @@ pub mod path;
 pub mod pki;
 pub mod protobuf;
 pub mod proxy;
+mod query;
 mod request;
 mod respond;
 mod state;

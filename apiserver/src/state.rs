@@ -19,6 +19,12 @@ pub struct ApiState {
     pub auth: Auth,
     /// Seals Secrets on their way into the store and opens them on the way out.
     pub sealer: Arc<SecretBox>,
+    /// Signs continue tokens, so that a list can only be continued as it was begun (the same
+    /// collection, the same selectors) and only from where this cluster left it. Every member
+    /// derives the same key, as a client may continue on another member.
+    pub continue_key: ring::hmac::Key,
+    /// The cap on requests served at once.
+    pub inflight: crate::inflight::Inflight,
 }
 
 impl ApiState {
@@ -29,15 +35,36 @@ impl ApiState {
         address: String,
         sealer: Arc<SecretBox>,
     ) -> Arc<ApiState> {
+        ApiState::with_inflight(store, admin_token, address, sealer, Default::default())
+    }
+
+    /// The same with another cap on requests in flight (tests).
+    pub fn with_inflight(
+        store: Arc<StoreNode>,
+        admin_token: String,
+        address: String,
+        sealer: Arc<SecretBox>,
+        inflight: crate::inflight::Inflight,
+    ) -> Arc<ApiState> {
         let opener = sealer.clone();
         let cache = WatchCache::start(
             store.engine().clone(),
             &[auth::RBAC_PREFIX],
             Arc::new(move |kv: &mut KeyValue| opener.open_kv(kv)),
         );
+        let continue_key = ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            ring::digest::digest(
+                &ring::digest::SHA256,
+                format!("drover continue tokens v1:{admin_token}").as_bytes(),
+            )
+            .as_ref(),
+        );
         Arc::new(ApiState {
             store,
             address,
+            continue_key,
+            inflight,
             auth: Auth::new(admin_token, cache.clone()),
             cache,
             sealer,

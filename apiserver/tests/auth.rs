@@ -330,11 +330,11 @@ async fn watch_is_authorized_as_it_is_served_whatever_its_spelling() {
     }
 }
 
-/// A continue token cannot move a list out of the collection it lists: a token forged to start
-/// before it (at `/`, where the cluster's CA key and admin token are kept) or in another kind
-/// (Secrets, just before Services) pages through the listed kind only.
+/// A continue token is the server's, for one list: a token made up by a client (to start at
+/// `/`, where the cluster's CA key and admin token are kept, or in another kind) is refused,
+/// and so is a genuine token used on another collection or with other selectors.
 #[tokio::test]
-async fn a_forged_continue_token_stays_inside_the_listed_collection() {
+async fn continue_tokens_are_signed_and_bound_to_their_list() {
     use base64::Engine as _;
     let (_dir, node, app) = common::start().await;
     let sealer = apiserver::encryption::SecretBox::new(&[1; 32]);
@@ -343,7 +343,15 @@ async fn a_forged_continue_token_stays_inside_the_listed_collection() {
         .await
         .unwrap();
     let cms = "/api/v1/namespaces/default/configmaps";
-    call(&app, "POST", cms, Some(json!({"metadata": {"name": "a"}}))).await;
+    for name in ["a", "b", "c"] {
+        call(
+            &app,
+            "POST",
+            cms,
+            Some(json!({"metadata": {"name": name, "labels": {"app": "x"}}})),
+        )
+        .await;
+    }
     call(
         &app,
         "POST",
@@ -351,40 +359,70 @@ async fn a_forged_continue_token_stays_inside_the_listed_collection() {
         Some(json!({"metadata": {"name": "crown-jewels"}, "stringData": {"k": "secret-value"}})),
     )
     .await;
-    let (_, page) = call(&app, "GET", cms, None).await;
+    let (_, page) = call(&app, "GET", &format!("{cms}?limit=1"), None).await;
     let rv: u64 = page["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
         .parse()
         .unwrap();
+    let genuine = page["metadata"]["continue"].as_str().unwrap().to_string();
+    let (code, next) = call(
+        &app,
+        "GET",
+        &format!("{cms}?limit=1&continue={genuine}"),
+        None,
+    )
+    .await;
+    assert_eq!(code, axum::http::StatusCode::OK, "{next}");
+    assert_eq!(next["items"][0]["metadata"]["name"], "b");
+
     let services = "/api/v1/namespaces/default/services";
-    let forged = [
-        (cms, "/", "ConfigMap"),
-        (cms, "/drover/", "ConfigMap"),
-        (services, "/registry/core/secrets/", "Service"),
-        (services, "../secrets/default/", "Service"),
-        (cms, "", "ConfigMap"),
-    ];
-    for (collection, start, kind) in forged {
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
+    let secrets = "/api/v1/namespaces/default/secrets";
+    let mut attempts: Vec<(String, String)> = [
+        (cms, "/"),
+        (cms, "/drover/"),
+        (services, "/registry/core/secrets/"),
+        (services, "../secrets/default/"),
+        (cms, ""),
+    ]
+    .iter()
+    .flat_map(|(collection, start)| {
+        let body = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(serde_json::to_vec(&json!({"rv": rv, "start": start})).unwrap());
-        let (code, list) = call(
+        // Unsigned, and with the genuine token's signature borrowed.
+        let (_, tag) = genuine.split_once('.').unwrap();
+        vec![
+            (collection.to_string(), body.clone()),
+            (collection.to_string(), format!("{body}.{tag}")),
+        ]
+    })
+    .collect();
+    // The genuine token on another collection, another namespace and other selectors.
+    attempts.push((secrets.to_string(), genuine.clone()));
+    attempts.push((
+        "/api/v1/namespaces/kube-system/configmaps".into(),
+        genuine.clone(),
+    ));
+    attempts.push((format!("{cms}?labelSelector=app%3Dx"), genuine.clone()));
+    for (collection, token) in attempts {
+        let sep = if collection.contains('?') { '&' } else { '?' };
+        let (code, answer) = call(
             &app,
             "GET",
-            &format!("{collection}?limit=50&continue={token}"),
+            &format!("{collection}{sep}limit=50&continue={token}"),
             None,
         )
         .await;
-        assert_eq!(code, axum::http::StatusCode::OK, "{list}");
-        let text = list.to_string();
-        assert!(
-            !text.contains("crown-jewels")
-                && !text.contains("secret-value")
-                && !text.contains("PRIVATE"),
-            "start {start:?} escaped {collection}: {text}"
+        assert_eq!(
+            code,
+            axum::http::StatusCode::BAD_REQUEST,
+            "{collection} with {token}: {answer}"
         );
-        for item in list["items"].as_array().unwrap() {
-            assert_eq!(item["kind"], kind, "start {start:?}: {item}");
-        }
+        let text = answer.to_string();
+        assert!(text.contains("continue"), "{text}");
+        assert!(
+            !text.contains("crown-jewels") && !text.contains("secret-value"),
+            "{text}"
+        );
     }
 }

@@ -13,7 +13,6 @@ mod read;
 mod subresources;
 mod write;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,7 +80,24 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .fallback(dispatch)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        // Outermost: a request past the cap costs nothing more than its 429.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_inflight,
+        ))
         .with_state(state)
+}
+
+/// The cap on requests in flight: a place for the request's lifetime, or 429 at once.
+async fn limit_inflight(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let query = parse_query(req.uri().query());
+    if crate::inflight::exempt(req.uri().path(), &query) {
+        return next.run(req).await;
+    }
+    let Some(_place) = st.inflight.admit(req.method()) else {
+        return crate::inflight::too_many_requests();
+    };
+    next.run(req).await
 }
 
 /// Authentication, then authorization, for every request. Health and version are open to
@@ -130,8 +146,7 @@ async fn authenticate(State(st): State<Arc<ApiState>>, mut req: Request, next: N
     next.run(req).await
 }
 
-/// The request's query parameters.
-type Query = HashMap<String, String>;
+use crate::query::{is_true, parse_query, Query};
 
 /// Everything after authentication that the routes above do not take: the path is parsed into
 /// a target, discovery documents are answered, and a request for objects goes to the handler
@@ -177,6 +192,27 @@ async fn dispatch(
     } else {
         body
     };
+    // What is created, replaced or sent as DeleteOptions is a JSON object: anything else is
+    // refused here, once, before a handler indexes into it (a review of `[]` once panicked).
+    if matches!(method, Method::POST | Method::PUT | Method::DELETE)
+        && !body.is_empty()
+        && !sent_type.contains("yaml")
+    {
+        if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+            if !v.is_object() {
+                return bad_request(&format!(
+                    "the request body must be a JSON object, not {}",
+                    match v {
+                        Value::Array(_) => "an array",
+                        Value::String(_) => "a string",
+                        Value::Number(_) => "a number",
+                        Value::Bool(_) => "a boolean",
+                        _ => "null",
+                    }
+                ));
+            }
+        }
+    }
     let target = match path::parse(uri.path()) {
         Ok(t) => t,
         Err(PathError::NotFound) => {
@@ -369,18 +405,6 @@ fn dry_run(query: &Query, delete_options: Option<&Bytes>) -> Result<bool, Respon
             ),
         )),
     }
-}
-
-/// The query's parameters, percent-decoded: the one reading of it that authorization and
-/// dispatch share.
-fn parse_query(query: Option<&str>) -> Query {
-    serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default()
-}
-
-/// Whether a query flag is set, in every spelling Go's `strconv.ParseBool` takes for true
-/// (kube-apiserver decodes its options with it; the Python client sends `True`).
-fn is_true(v: Option<&String>) -> bool {
-    v.is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "True" | "TRUE"))
 }
 
 /// Whose token a TokenRequest asks for.

@@ -68,7 +68,7 @@ impl Call<'_> {
         // of its time parsing and re-serialising whole objects).
         let plain = !self.table && self.query.get("fieldSelector").is_none_or(|f| f.is_empty());
         if plain && r.version == api::registry::storage_version(r) {
-            if let Some(body) = render_list(r, &resp, &labels, limit, &self.prefix()) {
+            if let Some(body) = render_list(r, &resp, &labels, limit, &self.pager()) {
                 return (
                     StatusCode::OK,
                     [(header::CONTENT_TYPE, "application/json")],
@@ -89,7 +89,7 @@ impl Call<'_> {
                     .last()
                     .map(|(k, _): &(String, Value)| k.clone())
                     .unwrap_or_default();
-                next = Some(encode_continue(resp.revision, &last, &self.prefix()));
+                next = Some(self.pager().token(resp.revision, &last));
                 break;
             }
             items.push((String::from_utf8_lossy(&kv.key).into_owned(), obj));
@@ -115,8 +115,11 @@ impl Call<'_> {
     async fn list_range(&self) -> Result<raft_store::RangeResponse, StoreError> {
         let prefix = self.prefix();
         if let Some(token) = self.query.get("continue").filter(|c| !c.is_empty()) {
-            let Some((revision, after)) = decode_continue(token) else {
-                return Err(StoreError::invalid("invalid continue token"));
+            let Some((revision, after)) = self.pager().open(token) else {
+                return Err(StoreError::invalid(
+                    "continue: Invalid value: the continue token is not one this server issued \
+                     for this list (same resource, namespace and selectors)",
+                ));
             };
             // The token names the last key relative to the collection listed, so whatever a
             // client puts in it, the page starts inside this collection's prefix.
@@ -363,7 +366,7 @@ fn render_list(
     resp: &raft_store::RangeResponse,
     labels: &LabelSelector,
     limit: Option<usize>,
-    prefix: &str,
+    pager: &Pager<'_>,
 ) -> Option<Vec<u8>> {
     let mut items: Vec<u8> =
         Vec::with_capacity(resp.kvs.iter().map(|kv| kv.value.len() + 48).sum());
@@ -375,7 +378,7 @@ fn render_list(
             continue;
         }
         if limit.is_some_and(|l| count >= l) {
-            next = Some(encode_continue(resp.revision, &last_key, prefix));
+            next = Some(pager.token(resp.revision, &last_key));
             break;
         }
         if count > 0 {
@@ -421,25 +424,67 @@ fn line(v: &Value) -> Bytes {
     Bytes::from(bytes)
 }
 
-/// A continue token: the revision a paged list is pinned to and the last key it returned,
-/// relative to the listed collection's `prefix` (as kube-apiserver's tokens are). A token is
-/// not secret and need not be: it can only name a place inside the collection it is used on.
-fn encode_continue(revision: u64, last_key: &str, prefix: &str) -> String {
-    use base64::Engine as _;
-    let start = last_key.strip_prefix(prefix).unwrap_or(last_key);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(serde_json::to_vec(&json!({"rv": revision, "start": start})).expect("serialises"))
+/// Continue tokens for one list: the revision a paged list is pinned to and the last key it
+/// returned, relative to the listed collection's prefix (as kube-apiserver's tokens are),
+/// signed with the cluster's continue key over what the list was: the collection and the
+/// selectors. A token from another list, or one a client made up, is refused; and whatever a
+/// token says, the page starts inside this collection.
+pub(super) struct Pager<'a> {
+    key: &'a ring::hmac::Key,
+    prefix: String,
+    /// The collection and selectors, as the signature covers them.
+    binding: String,
 }
 
-/// The revision and last key (relative to the collection) of a continue token; None if it is
-/// not one of ours.
-fn decode_continue(token: &str) -> Option<(u64, String)> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
+impl Pager<'_> {
+    fn tag(&self, body: &str) -> ring::hmac::Tag {
+        ring::hmac::sign(self.key, format!("{body}\n{}", self.binding).as_bytes())
+    }
+
+    pub(super) fn token(&self, revision: u64, last_key: &str) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let start = last_key.strip_prefix(&self.prefix).unwrap_or(last_key);
+        let body = b64.encode(
+            serde_json::to_vec(&json!({"rv": revision, "start": start})).expect("serialises"),
+        );
+        let tag = b64.encode(self.tag(&body).as_ref());
+        format!("{body}.{tag}")
+    }
+
+    /// The revision and last key (relative to the collection) of a token issued for this very
+    /// list; None for anything else.
+    pub(super) fn open(&self, token: &str) -> Option<(u64, String)> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let (body, tag) = token.split_once('.')?;
+        let tag = b64.decode(tag).ok()?;
+        ring::hmac::verify(
+            self.key,
+            format!("{body}\n{}", self.binding).as_bytes(),
+            &tag,
+        )
         .ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    Some((v["rv"].as_u64()?, v["start"].as_str()?.to_string()))
+        let v: Value = serde_json::from_slice(&b64.decode(body).ok()?).ok()?;
+        Some((v["rv"].as_u64()?, v["start"].as_str()?.to_string()))
+    }
+}
+
+impl Call<'_> {
+    /// The continue tokens of this list.
+    pub(super) fn pager(&self) -> Pager<'_> {
+        let selector = |name: &str| self.query.get(name).map_or("", String::as_str).to_string();
+        let prefix = self.prefix();
+        Pager {
+            key: &self.st.continue_key,
+            binding: format!(
+                "{prefix}\n{}\n{}",
+                selector("labelSelector"),
+                selector("fieldSelector")
+            ),
+            prefix,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -459,13 +504,25 @@ mod tests {
     }
 
     #[test]
-    fn continue_tokens_round_trip_and_reject_garbage() {
-        let t = encode_continue(
-            42,
-            "/registry/core/pods/default/web",
-            "/registry/core/pods/",
-        );
-        assert_eq!(decode_continue(&t), Some((42, "default/web".into())));
-        assert_eq!(decode_continue("%%%"), None);
+    fn continue_tokens_are_bound_to_their_list_and_reject_forgeries() {
+        use base64::Engine as _;
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"k");
+        let pager = |prefix: &str, labels: &str| Pager {
+            key: &key,
+            prefix: prefix.to_string(),
+            binding: format!("{prefix}\n{labels}\n"),
+        };
+        let pods = pager("/registry/core/pods/", "app=web");
+        let t = pods.token(42, "/registry/core/pods/default/web");
+        assert_eq!(pods.open(&t), Some((42, "default/web".into())));
+        // Another collection, other selectors, an unsigned or re-signed body: refused.
+        assert_eq!(pager("/registry/core/secrets/", "app=web").open(&t), None);
+        assert_eq!(pager("/registry/core/pods/", "").open(&t), None);
+        let forged =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"rv":42,"start":"/"}"#);
+        assert_eq!(pods.open(&forged), None);
+        let (_, tag) = t.split_once('.').unwrap();
+        assert_eq!(pods.open(&format!("{forged}.{tag}")), None);
+        assert_eq!(pods.open("%%%"), None);
     }
 }

@@ -462,6 +462,17 @@ impl Call<'_> {
                     )
                 }
             };
+            // A patch may replace the whole document: what comes out must still be an object.
+            let applied = applied.and_then(|()| {
+                if obj.is_object() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the patched {} is not an object any more",
+                        self.resource().kind
+                    ))
+                }
+            });
             if let Err(e) = applied {
                 return json_response(
                     StatusCode::UNPROCESSABLE_ENTITY,

@@ -11,6 +11,13 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 pub async fn start() -> (tempfile::TempDir, Arc<StoreNode>, axum::Router) {
+    start_with(Default::default()).await
+}
+
+/// The same with a cap of its own on requests in flight.
+pub async fn start_with(
+    inflight: apiserver::inflight::Inflight,
+) -> (tempfile::TempDir, Arc<StoreNode>, axum::Router) {
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node = StoreNode::open(StoreConfig::new(
@@ -33,7 +40,7 @@ pub async fn start() -> (tempfile::TempDir, Arc<StoreNode>, axum::Router) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let sealer = Arc::new(apiserver::encryption::SecretBox::new(&[1; 32]));
-    let state = ApiState::new(node.clone(), "t".into(), addr, sealer);
+    let state = ApiState::with_inflight(node.clone(), "t".into(), addr, sealer, inflight);
     (dir, node, router(state))
 }
 

@@ -1,0 +1,18 @@
+//! The query string, read once: the same parsed value drives authorization, the request cap
+//! and dispatch, so what is authorized is what is served (`?watch=%74rue` is a watch to all of
+//! them).
+
+use std::collections::HashMap;
+
+/// The request's query parameters, percent-decoded.
+pub type Query = HashMap<String, String>;
+
+pub fn parse_query(query: Option<&str>) -> Query {
+    serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default()
+}
+
+/// Whether a query flag is set, in every spelling Go's `strconv.ParseBool` takes for true
+/// (kube-apiserver decodes its options with it; the Python client sends `True`).
+pub fn is_true(v: Option<&String>) -> bool {
+    v.is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "True" | "TRUE"))
+}
