@@ -6,9 +6,12 @@
 //! `store-bench failover --system drover|etcd` starts three members, keeps a light write load
 //! going, kill -9s the leader, and reports the time to the first acknowledged write after it.
 //!
-//! Both systems get the same load over HTTP/1.1 keep-alive connections: Drover through its
-//! store API, etcd through its v3 JSON gateway (etcd 3.4's `/v3/kv/put`). Clients talk to the
-//! leader, as an API server co-located with its store member would.
+//! Both systems get the same load over HTTP/1.1 keep-alive connections, and both run with
+//! mutual TLS everywhere, peers and clients: Drover through its store API on the members' peer
+//! addresses (member certificates of the cluster CA), etcd through its v3 JSON gateway (etcd
+//! 3.4's `/v3/kv/put`) with `--peer-client-cert-auth` and `--client-cert-auth` and certificates
+//! of a CA made here. Clients talk to the leader, as an API server co-located with its store
+//! member would.
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -70,6 +73,52 @@ struct EtcdCluster {
     _dir: tempfile::TempDir,
     clients: Vec<String>,
     children: Vec<Option<Child>>,
+    /// A client with the CA and a client certificate.
+    http: reqwest::Client,
+}
+
+/// A CA, a certificate per member (server and client, for its address) and one for clients,
+/// as PEM files in `dir`: etcd's peer and client TLS.
+struct EtcdPki {
+    ca: PathBuf,
+    members: Vec<(PathBuf, PathBuf)>,
+    client_pem: String,
+    ca_pem: String,
+}
+
+fn etcd_pki(dir: &std::path::Path, ips: &[String]) -> anyhow::Result<EtcdPki> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |sans: Vec<String>| -> anyhow::Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(sans)?;
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        Ok((params.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
+    };
+    let ca = dir.join("ca.crt");
+    std::fs::write(&ca, ca_cert.pem())?;
+    let mut members = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        let (cert, key) = leaf(vec![ip.clone(), "127.0.0.1".into()])?;
+        let (c, k) = (dir.join(format!("m{i}.crt")), dir.join(format!("m{i}.key")));
+        std::fs::write(&c, cert)?;
+        std::fs::write(&k, key)?;
+        members.push((c, k));
+    }
+    let (cert, key) = leaf(vec!["client".into()])?;
+    Ok(EtcdPki {
+        ca,
+        members,
+        client_pem: format!("{cert}{key}"),
+        ca_pem: ca_cert.pem(),
+    })
 }
 
 impl Drop for EtcdCluster {
@@ -85,23 +134,18 @@ fn free_port(ip: &str) -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .tcp_nodelay(true)
-        .build()
-        .expect("client")
-}
-
 async fn start_etcd(bin: &PathBuf, members: usize, first_ip: u8) -> anyhow::Result<EtcdCluster> {
     let dir = tempfile::tempdir()?;
     let mut peers = Vec::new();
     let mut clients = Vec::new();
-    for i in 0..members {
-        let ip = format!("127.0.0.{}", first_ip as usize + i);
-        peers.push(format!("http://{ip}:{}", free_port(&ip)?));
-        clients.push(format!("{ip}:{}", free_port(&ip)?));
+    let ips: Vec<String> = (0..members)
+        .map(|i| format!("127.0.0.{}", first_ip as usize + i))
+        .collect();
+    for ip in &ips {
+        peers.push(format!("https://{ip}:{}", free_port(ip)?));
+        clients.push(format!("{ip}:{}", free_port(ip)?));
     }
+    let pki = etcd_pki(dir.path(), &ips)?;
     let initial: Vec<String> = peers
         .iter()
         .enumerate()
@@ -114,8 +158,22 @@ async fn start_etcd(bin: &PathBuf, members: usize, first_ip: u8) -> anyhow::Resu
             .args(["--name", &format!("m{i}")])
             .arg("--data-dir")
             .arg(dir.path().join(format!("m{i}")))
-            .args(["--listen-client-urls", &format!("http://{}", clients[i])])
-            .args(["--advertise-client-urls", &format!("http://{}", clients[i])])
+            .args(["--listen-client-urls", &format!("https://{}", clients[i])])
+            .args(["--advertise-client-urls", &format!("https://{}", clients[i])])
+            .arg("--cert-file")
+            .arg(&pki.members[i].0)
+            .arg("--key-file")
+            .arg(&pki.members[i].1)
+            .arg("--trusted-ca-file")
+            .arg(&pki.ca)
+            .arg("--client-cert-auth")
+            .arg("--peer-cert-file")
+            .arg(&pki.members[i].0)
+            .arg("--peer-key-file")
+            .arg(&pki.members[i].1)
+            .arg("--peer-trusted-ca-file")
+            .arg(&pki.ca)
+            .arg("--peer-client-cert-auth")
             .args(["--listen-peer-urls", &peers[i]])
             .args(["--initial-advertise-peer-urls", &peers[i]])
             .args(["--initial-cluster", &initial.join(",")])
@@ -126,10 +184,19 @@ async fn start_etcd(bin: &PathBuf, members: usize, first_ip: u8) -> anyhow::Resu
             .with_context(|| format!("start {} (apt-get install etcd-server)", bin.display()))?;
         children.push(Some(child));
     }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_millis(200))
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes())?)
+        .identity(reqwest::Identity::from_pem(pki.client_pem.as_bytes())?)
+        .build()?;
     let c = EtcdCluster {
         _dir: dir,
         clients,
         children,
+        http,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while etcd_leader(&c).await.is_none() {
@@ -143,13 +210,13 @@ async fn start_etcd(bin: &PathBuf, members: usize, first_ip: u8) -> anyhow::Resu
 
 /// The index of the etcd member that leads, asking every live member.
 async fn etcd_leader(c: &EtcdCluster) -> Option<usize> {
-    let http = http();
     for (i, addr) in c.clients.iter().enumerate() {
         if c.children[i].is_none() {
             continue;
         }
-        let Ok(resp) = http
-            .post(format!("http://{addr}/v3/maintenance/status"))
+        let Ok(resp) = c
+            .http
+            .post(format!("https://{addr}/v3/maintenance/status"))
             .timeout(Duration::from_millis(500))
             .json(&json!({}))
             .send()
@@ -229,7 +296,7 @@ enum Putter {
 }
 
 impl Putter {
-    fn new(cluster: &Running, addr: &str, http: &reqwest::Client) -> Self {
+    fn new(cluster: &Running, addr: &str) -> Self {
         match cluster {
             Running::Drover(c) => Putter::Drover(RemoteMember::direct(
                 raft_store::network::Transport::new(
@@ -238,9 +305,9 @@ impl Putter {
                 ),
                 addr,
             )),
-            Running::Etcd(_) => Putter::Etcd {
-                http: http.clone(),
-                url: format!("http://{addr}/v3/kv/put"),
+            Running::Etcd(c) => Putter::Etcd {
+                http: c.http.clone(),
+                url: format!("https://{addr}/v3/kv/put"),
             },
         }
     }
@@ -286,8 +353,7 @@ async fn throughput(
     let cluster = Running::start(args, members, first_ip).await?;
     let leader = cluster.leader().await?;
     let addr = cluster.addrs()[leader].clone();
-    let http = http();
-    let putter = Putter::new(&cluster, &addr, &http);
+    let putter = Putter::new(&cluster, &addr);
     let value = vec![b'v'; value_size];
     let warmup = Duration::from_secs(2);
     let start = Instant::now();
@@ -355,10 +421,6 @@ async fn failover(args: &Args, trials: usize) -> anyhow::Result<()> {
         let mut cluster = Running::start(args, 3, first_ip).await?;
         let leader = cluster.leader().await?;
         let addrs = cluster.addrs();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(200))
-            .tcp_nodelay(true)
-            .build()?;
         // Writers against the two members that survive, as clients with several endpoints do.
         let survivors: Vec<String> = addrs
             .iter()
@@ -371,7 +433,7 @@ async fn failover(args: &Args, trials: usize) -> anyhow::Result<()> {
         let stop = Instant::now() + Duration::from_secs(20);
         let mut tasks = Vec::new();
         for (w, addr) in survivors.iter().cycle().take(4).enumerate() {
-            let putter = Putter::new(&cluster, addr, &http);
+            let putter = Putter::new(&cluster, addr);
             let (first_ack, killed_at) = (first_ack.clone(), killed_at.clone());
             tasks.push(tokio::spawn(async move {
                 let mut n = 0u64;
