@@ -10,16 +10,18 @@ use serde_json::{json, Value};
 /// `$retainKeys`, `$patch`) are honoured or dropped rather than stored.
 pub fn strategic_merge(target: &mut Value, patch: &Value) {
     let Value::Object(patch_map) = patch else {
-        *target = patch.clone();
+        *target = match patch {
+            Value::Array(items) => Value::Array(fresh_list(items)),
+            other => other.clone(),
+        };
         return;
     };
     if patch_map.get("$patch").and_then(Value::as_str) == Some("replace") {
-        let mut replacement = patch.clone();
-        replacement
-            .as_object_mut()
-            .expect("object")
-            .remove("$patch");
-        *target = replacement;
+        let mut rest = patch_map.clone();
+        rest.remove("$patch");
+        // What replaces is the patch as it would merge into nothing: no nulls, no directives.
+        *target = Value::Null;
+        strategic_merge(target, &Value::Object(rest));
         return;
     }
     if !target.is_object() {
@@ -37,11 +39,7 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) {
             Value::Array(items) => {
                 let merged = match target_map.get(k) {
                     Some(Value::Array(existing)) => merge_lists(existing, items),
-                    _ => items
-                        .iter()
-                        .filter(|i| i.get("$patch").is_none())
-                        .cloned()
-                        .collect(),
+                    _ => fresh_list(items),
                 };
                 target_map.insert(k.clone(), Value::Array(merged));
             }
@@ -65,20 +63,41 @@ pub const MERGE_KEYS: &[&str] = &[
     "devicePath",
 ];
 
-/// The key a list of objects merges by: the first of [`MERGE_KEYS`] every item has.
+/// The key a list of objects merges by: the first of [`MERGE_KEYS`] every item has (not null).
 pub fn merge_key(items: &[Value]) -> Option<&'static str> {
     if items.is_empty() || !items.iter().all(Value::is_object) {
         return None;
     }
-    MERGE_KEYS
+    MERGE_KEYS.iter().copied().find(|k| {
+        items
+            .iter()
+            .all(|p| p.get(*k).is_some_and(|v| !v.is_null()))
+    })
+}
+
+/// A patch's list as a value of its own (it replaces, or there was none): each element as it
+/// would merge into nothing, so that nulls and directives are dropped here as a second
+/// application of the same patch would drop them; deletions and directive-only elements are
+/// skipped.
+fn fresh_list(items: &[Value]) -> Vec<Value> {
+    let directive_only = |i: &Value| {
+        i.as_object()
+            .is_some_and(|m| !m.is_empty() && m.keys().all(|k| k.starts_with('$')))
+    };
+    items
         .iter()
-        .copied()
-        .find(|k| items.iter().all(|p| p.get(*k).is_some()))
+        .filter(|i| i.get("$patch").and_then(Value::as_str) != Some("delete") && !directive_only(i))
+        .map(|i| {
+            let mut item = Value::Null;
+            strategic_merge(&mut item, i);
+            item
+        })
+        .collect()
 }
 
 fn merge_lists(existing: &[Value], patch: &[Value]) -> Vec<Value> {
     let Some(key) = merge_key(patch) else {
-        return patch.to_vec();
+        return fresh_list(patch);
     };
     let mut out: Vec<Value> = existing.to_vec();
     for p in patch {

@@ -41,10 +41,71 @@ pub struct Claims {
     /// For a ServiceAccount's token: the ServiceAccount's uid, which must still exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
-    /// Whom the token is for, when it is not the API: such a token is never accepted as an
-    /// API credential (the API server's tokens for nodes' log endpoints carry one).
+    /// Whom the token is for (JWT's `aud`, one string or a list). Empty: the API. A token for
+    /// other audiences only (a TokenRequest's `spec.audiences`, the API server's tokens for
+    /// nodes' endpoints) is never accepted as an API credential.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub aud: Vec<String>,
+    /// For a token bound to a pod (TokenRequest `boundObjectRef`): it dies with that pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub pod: Option<BoundPod>,
+}
+
+/// The pod a token is bound to, in the ServiceAccount's namespace.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BoundPod {
+    pub name: String,
+    pub uid: String,
+}
+
+/// The audiences that name this API (what Kubernetes' TokenRequest puts in by default).
+pub const API_AUDIENCES: &[&str] = &[
+    "https://kubernetes.default.svc.cluster.local",
+    "https://kubernetes.default.svc",
+    "kubernetes",
+];
+
+/// The longest a signed token may live, whatever is asked (kube-apiserver's
+/// `--service-account-max-token-expiration`): a year.
+pub const MAX_TOKEN_SECONDS: u64 = 365 * 86400;
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(a) => vec![a],
+        OneOrMany::Many(a) => a,
+    })
+}
+
+/// Whether a token for `token_audiences` may be used by one who wants `wanted` (either empty
+/// means the API's audiences).
+pub fn meant_for(token_audiences: &[String], wanted: &[String]) -> bool {
+    let api = || {
+        API_AUDIENCES
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+    };
+    let token = if token_audiences.is_empty() {
+        api()
+    } else {
+        token_audiences.to_vec()
+    };
+    let wanted = if wanted.is_empty() {
+        api()
+    } else {
+        wanted.to_vec()
+    };
+    token.iter().any(|a| wanted.contains(a))
 }
 
 pub struct TokenSigner {
@@ -238,10 +299,8 @@ impl Auth {
             return audiences.is_empty().then(admin_user);
         }
         let claims = self.signer.verify(token, unix_now())?;
-        match &claims.aud {
-            Some(aud) if !audiences.contains(aud) => return None,
-            None if !audiences.is_empty() => return None,
-            _ => {}
+        if !meant_for(&claims.aud, audiences) {
+            return None;
         }
         if let Some(uid) = &claims.uid {
             // A ServiceAccount's token lives as long as the ServiceAccount it was issued for.
@@ -254,6 +313,16 @@ impl Auth {
             let sa: serde_json::Value = serde_json::from_slice(&sa.value).ok()?;
             if sa["metadata"]["uid"].as_str() != Some(uid) {
                 return None;
+            }
+            // A token bound to a pod lives as long as that pod.
+            if let Some(pod) = &claims.pod {
+                let kv = self
+                    .cache
+                    .get(&format!("/registry/core/pods/{ns}/{}", pod.name))?;
+                let live: serde_json::Value = serde_json::from_slice(&kv.value).ok()?;
+                if live["metadata"]["uid"].as_str() != Some(pod.uid.as_str()) {
+                    return None;
+                }
             }
         }
         Some(User {
@@ -326,7 +395,8 @@ mod tests {
             groups: vec!["system:nodes".into()],
             exp: 1_000,
             uid: None,
-            aud: None,
+            aud: vec![],
+            pod: None,
         };
         let token = signer.issue(&claims);
         assert_eq!(signer.verify(&token, 999), Some(claims.clone()));
@@ -338,5 +408,28 @@ mod tests {
         let tag = token.rsplit('.').next().unwrap();
         assert_eq!(signer.verify(&format!("drover.{body}.{tag}"), 0), None);
         assert_eq!(signer.verify("drover.garbage", 0), None);
+    }
+
+    #[test]
+    fn a_token_serves_only_its_audiences() {
+        let api: Vec<String> = vec![];
+        let vault = vec!["vault".to_string()];
+        assert!(meant_for(&api, &api));
+        assert!(meant_for(
+            &api,
+            &["https://kubernetes.default.svc".to_string()]
+        ));
+        assert!(
+            !meant_for(&vault, &api),
+            "a token for vault is no API credential"
+        );
+        assert!(meant_for(&vault, &vault));
+        assert!(!meant_for(&api, &vault));
+        let both = vec!["vault".to_string(), "kubernetes".to_string()];
+        assert!(meant_for(&both, &api) && meant_for(&both, &vault));
+        // The audience of older tokens, one string.
+        let old: Claims =
+            serde_json::from_str(r#"{"sub":"s","groups":[],"exp":1,"aud":"x"}"#).unwrap();
+        assert_eq!(old.aud, vec!["x".to_string()]);
     }
 }

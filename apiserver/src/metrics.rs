@@ -42,7 +42,8 @@ pub fn node_token(st: &ApiState, node: &str) -> String {
         groups: vec![],
         exp: crate::auth::unix_now() + 60,
         uid: None,
-        aud: Some(format!("drover-node:{node}")),
+        aud: vec![format!("drover-node:{node}")],
+        pod: None,
     })
 }
 

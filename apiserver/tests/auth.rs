@@ -426,3 +426,112 @@ async fn continue_tokens_are_signed_and_bound_to_their_list() {
         );
     }
 }
+
+/// TokenRequest as Kubernetes has it: a token asked for another audience is no API credential,
+/// no token outlives the cap, and a token bound to a pod dies with the pod.
+#[tokio::test]
+async fn tokens_serve_their_audiences_live_at_most_a_year_and_die_with_their_pod() {
+    let (_dir, _node, app) = common::start().await;
+    let sas = "/api/v1/namespaces/default/serviceaccounts";
+    call(
+        &app,
+        "POST",
+        sas,
+        Some(json!({"metadata": {"name": "app"}})),
+    )
+    .await;
+    let ask = |spec: Value| {
+        let app = app.clone();
+        async move {
+            call(
+                &app,
+                "POST",
+                "/api/v1/namespaces/default/serviceaccounts/app/token",
+                Some(json!({"spec": spec})),
+            )
+            .await
+        }
+    };
+    let review = |token: String, audiences: Vec<&'static str>| {
+        let app = app.clone();
+        async move {
+            let (code, body) = call(
+                &app,
+                "POST",
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                Some(json!({"spec": {"token": token, "audiences": audiences}})),
+            )
+            .await;
+            assert_eq!(code, StatusCode::CREATED, "{body}");
+            body["status"]["authenticated"] == true
+        }
+    };
+    let ns = "/api/v1/namespaces/default";
+
+    // For a third party: it cannot be used on the API, the third party's review accepts it.
+    let (code, body) = ask(json!({"audiences": ["vault"]})).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    assert_eq!(body["spec"]["audiences"], json!(["vault"]));
+    let vault = body["status"]["token"].as_str().unwrap().to_string();
+    let (code, _) = call_as(&app, &vault, "GET", ns, None).await;
+    assert_eq!(
+        code,
+        StatusCode::UNAUTHORIZED,
+        "a token for vault was an API credential"
+    );
+    assert!(review(vault.clone(), vec!["vault"]).await);
+    assert!(!review(vault, vec![]).await);
+    // Without audiences: the API's, named in the answer as Kubernetes names it.
+    let (_, body) = ask(json!({})).await;
+    assert_eq!(
+        body["spec"]["audiences"],
+        json!(["https://kubernetes.default.svc.cluster.local"])
+    );
+    let api = body["status"]["token"].as_str().unwrap().to_string();
+    let (code, _) = call_as(&app, &api, "GET", ns, None).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "authenticated, not authorized");
+    let (code, body) = ask(json!({"audiences": [""]})).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    // Ten years asked, one year given.
+    let (_, body) = ask(json!({"expirationSeconds": 10 * 365 * 86400})).await;
+    assert_eq!(body["spec"]["expirationSeconds"], 365 * 86400);
+
+    // Bound to a pod: valid while the pod lives.
+    let (code, _) = call(&app, "POST", &format!("{ns}/pods"), Some(pod("web", None))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, body) =
+        ask(json!({"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web"}})).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    assert_eq!(body["spec"]["boundObjectRef"]["name"], "web");
+    let bound = body["status"]["token"].as_str().unwrap().to_string();
+    assert!(review(bound.clone(), vec![]).await);
+    for missing in [
+        json!({"kind": "Pod", "name": "nope"}),
+        json!({"kind": "Pod", "name": "web", "uid": "not-its-uid"}),
+        json!({"kind": "Node", "name": "n1"}),
+    ] {
+        let (code, body) = ask(json!({"boundObjectRef": missing})).await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body.to_string().contains("boundObjectRef"), "{body}");
+    }
+    let (code, _) = call(
+        &app,
+        "DELETE",
+        &format!("{ns}/pods/web?gracePeriodSeconds=0"),
+        None,
+    )
+    .await;
+    assert!(code.is_success());
+    // The same name again is another pod: the token stays dead.
+    call(&app, "POST", &format!("{ns}/pods"), Some(pod("web", None))).await;
+    let mut dead = false;
+    for _ in 0..100 {
+        if !review(bound.clone(), vec![]).await {
+            dead = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(dead, "a token outlived the pod it was bound to");
+}

@@ -159,7 +159,10 @@ async fn start_etcd(bin: &PathBuf, members: usize, first_ip: u8) -> anyhow::Resu
             .arg("--data-dir")
             .arg(dir.path().join(format!("m{i}")))
             .args(["--listen-client-urls", &format!("https://{}", clients[i])])
-            .args(["--advertise-client-urls", &format!("https://{}", clients[i])])
+            .args([
+                "--advertise-client-urls",
+                &format!("https://{}", clients[i]),
+            ])
             .arg("--cert-file")
             .arg(&pki.members[i].0)
             .arg("--key-file")

@@ -12,8 +12,13 @@ pub struct NodeArgs {
     /// The API server's URL, e.g. https://10.0.0.1:6443.
     #[arg(long, env = "DROVER_SERVER", required_unless_present = "cleanup")]
     server: Option<String>,
-    /// The node's credential (`drover token node NAME` on the control plane makes one).
-    #[arg(long, env = "DROVER_TOKEN", required_unless_present = "cleanup")]
+    /// A file holding the node's credential (`drover token node NAME` on the control plane
+    /// prints one).
+    #[arg(long, env = "DROVER_TOKEN_FILE", required_unless_present_any = ["cleanup", "token"])]
+    token_file: Option<PathBuf>,
+    /// The node's credential itself. Prefer --token-file: a command line is visible to every
+    /// local user (`ps`).
+    #[arg(long, env = "DROVER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// The cluster CA certificate (DATA_DIR/pki/ca.crt on a control-plane member).
     #[arg(long, required_unless_present = "cleanup")]
@@ -187,10 +192,23 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let (Some(server), Some(token), Some(ca_file)) = (&args.server, &args.token, &args.ca_file)
-    else {
-        anyhow::bail!("--server, --token and --ca-file are needed");
+    let (Some(server), Some(ca_file)) = (&args.server, &args.ca_file) else {
+        anyhow::bail!("--server, --token-file and --ca-file are needed");
     };
+    let token = match (&args.token_file, &args.token) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --token-file {}", path.display()))?
+            .trim()
+            .to_string(),
+        (None, Some(token)) => {
+            eprintln!(
+                "drover node: warning: --token is visible to every local user; prefer --token-file"
+            );
+            token.clone()
+        }
+        (None, None) => anyhow::bail!("--token-file is needed (drover token node NAME prints one)"),
+    };
+    let token = &token;
     let ca = std::fs::read_to_string(ca_file)
         .with_context(|| format!("cannot read --ca-file {}", ca_file.display()))?;
     let client = kubeclient::connect(server, &ca, token)?;

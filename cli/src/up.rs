@@ -22,9 +22,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let token = member.api.auth.signer.issue(&apiserver::auth::Claims {
         sub: format!("system:node:{node_name}"),
         groups: vec!["system:nodes".into(), "system:authenticated".into()],
-        exp: apiserver::auth::unix_now() + 10 * 365 * 86400,
+        // Issued again at every start; the longest any token lives.
+        exp: apiserver::auth::unix_now() + apiserver::auth::MAX_TOKEN_SECONDS,
         uid: None,
-        aud: None,
+        aud: vec![],
+        pod: None,
     });
     let node_client = kubeclient::connect(&member.url, &member.pki.ca_pem, &token)?;
     let options = NodeOptions {

@@ -118,15 +118,17 @@ impl Up {
             .to_string()
             + ".2";
         let n: u8 = ip.split('.').nth(2).unwrap().parse().unwrap();
+        let token_file = self.dir.path().join("second.token");
+        std::fs::write(&token_file, &token).unwrap();
         let second = Command::new(bin())
             .args([
                 "node",
                 "--server",
                 &format!("https://{server}"),
-                "--token",
-                &token,
-                "--ca-file",
+                "--token-file",
             ])
+            .arg(&token_file)
+            .arg("--ca-file")
             .arg(data.join("pki/ca.crt"))
             .args([
                 "--name",

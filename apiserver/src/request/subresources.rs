@@ -439,6 +439,54 @@ impl Call<'_> {
     /// `serviceaccounts/{name}/token` and `nodes/{name}/token`: a TokenRequest answered with a
     /// token this cluster signed for the ServiceAccount, or for the node's agent. `None`: the
     /// `token` of a kind that has none, checked as the others and then refused (404).
+    /// The pod a TokenRequest's `boundObjectRef` names, which must exist in the namespace (with
+    /// the uid given, if one is).
+    async fn bound_pod(&self, ns: &str, bound: &Value) -> Result<auth::BoundPod, String> {
+        if bound["kind"] != "Pod" {
+            return Err(format!(
+                "Unsupported value: {}: supported values: \"Pod\"",
+                bound["kind"]
+            ));
+        }
+        let name = bound["name"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .ok_or("name: Required value")?;
+        let key = format!("/registry/core/pods/{ns}/{name}");
+        let pod = match self
+            .st
+            .store
+            .range(
+                raft_store::RangeRequest::new(raft_store::KeySpan::key(key.as_bytes())),
+                raft_store::Consistency::Linearizable,
+                false,
+            )
+            .await
+        {
+            Ok(resp) => resp
+                .kvs
+                .first()
+                .map(from_kv)
+                .ok_or(format!("pod {ns}/{name} not found"))?,
+            Err(e) => return Err(e.to_string()),
+        };
+        let uid = pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if let Some(asked) = bound["uid"].as_str().filter(|u| !u.is_empty()) {
+            if asked != uid {
+                return Err(format!(
+                    "uid: the pod {ns}/{name} has uid {uid}, not {asked}"
+                ));
+            }
+        }
+        Ok(auth::BoundPod {
+            name: name.to_string(),
+            uid,
+        })
+    }
+
     pub(super) async fn token_request(
         &self,
         name: &str,
@@ -458,9 +506,11 @@ impl Call<'_> {
             Some(TokenFor::Node) => 365 * 86400,
             _ => 3600,
         };
+        // Past the longest a token may live, the token lives that long (as kube-apiserver caps
+        // it with --service-account-max-token-expiration); the answer says how long.
         let ttl = match request["spec"]["expirationSeconds"].as_i64() {
             None => default_ttl,
-            Some(s) if (600..=(1i64 << 32)).contains(&s) => s as u64,
+            Some(s) if (600..=(1i64 << 32)).contains(&s) => (s as u64).min(auth::MAX_TOKEN_SECONDS),
             Some(_) => {
                 return invalid(
                     r,
@@ -470,7 +520,23 @@ impl Call<'_> {
                 )
             }
         };
-        let (user, uid) = match subject {
+        let audiences: Vec<String> = match &request["spec"]["audiences"] {
+            Value::Null => vec![],
+            Value::Array(a) if a.iter().all(|v| v.as_str().is_some_and(|s| !s.is_empty())) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => {
+                return invalid(
+                    r,
+                    name,
+                    "spec.audiences",
+                    "must be a list of non-empty strings",
+                )
+            }
+        };
+        let bound = &request["spec"]["boundObjectRef"];
+        let (user, uid, pod) = match subject {
             Some(TokenFor::ServiceAccount) => {
                 let ns = self.o.namespace.clone().unwrap_or_default();
                 let sa = match self.read(name).await {
@@ -479,9 +545,17 @@ impl Call<'_> {
                     Err(e) => return store_failure(e),
                 };
                 let uid = sa["metadata"]["uid"].as_str().map(str::to_string);
-                (auth::service_account_user(&ns, name), uid)
+                let pod = if bound.is_null() {
+                    None
+                } else {
+                    match self.bound_pod(&ns, bound).await {
+                        Ok(pod) => Some(pod),
+                        Err(msg) => return invalid(r, name, "spec.boundObjectRef", &msg),
+                    }
+                };
+                (auth::service_account_user(&ns, name), uid, pod)
             }
-            Some(TokenFor::Node) => (auth::node_user(name), None),
+            Some(TokenFor::Node) => (auth::node_user(name), None, None),
             None => {
                 return failure(
                     StatusCode::NOT_FOUND,
@@ -496,7 +570,8 @@ impl Call<'_> {
             groups: user.groups,
             exp,
             uid,
-            aud: None,
+            aud: audiences.clone(),
+            pod: pod.clone(),
         });
         let expires =
             humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp))
@@ -507,7 +582,11 @@ impl Call<'_> {
                 "kind": "TokenRequest",
                 "apiVersion": "authentication.k8s.io/v1",
                 "metadata": {"name": name, "namespace": self.o.namespace, "creationTimestamp": now_rfc3339()},
-                "spec": {"audiences": request["spec"]["audiences"].as_array().cloned().unwrap_or_default(), "expirationSeconds": ttl},
+                "spec": {
+                    "audiences": if audiences.is_empty() { vec![auth::API_AUDIENCES[0].to_string()] } else { audiences },
+                    "expirationSeconds": ttl,
+                    "boundObjectRef": pod.map(|p| json!({"kind": "Pod", "apiVersion": "v1", "name": p.name, "uid": p.uid})),
+                },
                 "status": {"token": token, "expirationTimestamp": expires},
             }),
         )
