@@ -3,6 +3,7 @@
 //! - [`pki`]: cluster CA, serving certificate, admin token, kubeconfig.
 //! - [`listener`]: the API address: TLS only, bounded handshakes and headers.
 //! - [`join`]: servers joining with a join token (both sides).
+//! - [`nodecerts`]: serving certificates for nodes' endpoints, each for its own node name.
 //! - [`inflight`]: the cap on requests served at once (429 past it); `query`: the query string,
 //!   parsed once for authorization, the cap and dispatch.
 //! - [`path`]: parsing Kubernetes request paths.
@@ -29,6 +30,7 @@ pub mod inflight;
 pub mod join;
 pub mod listener;
 pub mod metrics;
+pub mod nodecerts;
 pub mod path;
 pub mod pki;
 pub mod protobuf;

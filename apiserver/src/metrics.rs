@@ -52,7 +52,12 @@ async fn node_report(st: &ApiState, name: String, node: Value) -> Option<(String
     let addr = node_endpoint(&node)?;
     let token = node_token(st, &name);
     let fetch = async {
-        let resp = crate::proxy::get(addr, "/metrics/pods", &token)
+        let target = crate::proxy::NodeTarget {
+            tls: st.node_tls.get(),
+            addr,
+            name: &name,
+        };
+        let resp = crate::proxy::get(&target, "/metrics/pods", &token)
             .await
             .ok()?;
         if !resp.status().is_success() {

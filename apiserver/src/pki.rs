@@ -126,6 +126,66 @@ impl ClusterSecrets {
     }
 }
 
+impl ClusterSecrets {
+    /// A serving certificate for the node `name`'s endpoint (logs, exec, metrics), as the
+    /// kubelet's serving certificate: subject `system:node:<name>` in `system:nodes`, its only
+    /// name the DNS name `<name>`. The API server checks a node by that name, never by the
+    /// address the node publishes, so a node cannot stand in for another.
+    pub fn node_serving_credentials(&self, name: &str) -> Result<(String, String), String> {
+        let mut params = CertificateParams::new(vec![name.to_string()]).map_err(cert_err)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("system:node:{name}"));
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:nodes");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let cert = params.signed_by(&key, &self.issuer()?).map_err(cert_err)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// The TLS settings the API server reaches nodes with: only the cluster CA is trusted, and a
+/// node is named by its node name (see [`ClusterSecrets::node_serving_credentials`]).
+pub fn node_client_tls(ca_pem: &str) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots
+            .add(ca.map_err(|e| format!("bad CA certificate: {e}"))?)
+            .map_err(|e| format!("bad CA certificate: {e}"))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The rustls configuration a node serves its endpoint with.
+pub fn node_server_tls(cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig, String> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad node certificate: {e}"))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|e| format!("bad node key: {e}"))?
+        .ok_or("no node key")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("bad node certificate: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// The SHA-256 of the CA certificate (its DER), in hex: how a joining server recognises the
 /// cluster before it trusts anything the cluster sends (kubeadm's discovery-token-ca-cert-hash).
 pub fn ca_hash(ca_pem: &str) -> Result<String, String> {

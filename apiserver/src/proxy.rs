@@ -1,9 +1,12 @@
-//! Requests from the API server to nodes: plain HTTP/1.1 with hyper's client and a bearer
-//! token the node reviews. Container logs are read as ordinary responses; `kubectl exec` is an
-//! upgrade (a WebSocket) that is passed to the node and then spliced byte for byte, without
-//! the API server looking inside.
+//! Requests from the API server to nodes: HTTP/1.1 over TLS with hyper's client and a bearer
+//! token the node reviews. The node must present a serving certificate of the cluster CA for
+//! its node name (`pki::node_serving_credentials`): the address comes from the Node's status,
+//! which the node itself writes, so it is only where to dial, never who answers. Container logs
+//! are read as ordinary responses; `kubectl exec` is an upgrade (a WebSocket) that is passed to
+//! the node and then spliced byte for byte, without the API server looking inside.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderName, Method};
@@ -16,14 +19,35 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a node may take to answer an upgrade (it reviews the token first).
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One HTTP/1.1 connection to a node, served by a task of its own (upgrades allowed).
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<bytes::Bytes>>, String> {
+/// A node as the API server reaches it: where to dial, and the name its certificate must bear.
+pub struct NodeTarget<'a> {
+    /// TLS trusting the cluster CA (`ApiState::node_tls`); None before the server has it.
+    pub tls: Option<&'a Arc<rustls::ClientConfig>>,
+    pub addr: SocketAddr,
+    pub name: &'a str,
+}
+
+/// One HTTP/1.1 connection over TLS to a node, served by a task of its own (upgrades allowed).
+async fn connect(node: &NodeTarget<'_>) -> Result<SendRequest<Empty<bytes::Bytes>>, String> {
+    let tls = node
+        .tls
+        .ok_or("this API server cannot check nodes' certificates yet")?;
+    let name = rustls::pki_types::ServerName::try_from(node.name.to_string())
+        .map_err(|_| format!("node name {:?} is not a DNS name", node.name))?;
+    let addr = node.addr;
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| format!("connecting timed out after {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| format!("connecting: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    let tls = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| format!("the TLS handshake timed out after {CONNECT_TIMEOUT:?}"))?
+    .map_err(|e| format!("{addr} did not prove to be node {} (TLS: {e})", node.name))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn.with_upgrades());
@@ -31,13 +55,13 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<bytes::Bytes>>, S
 }
 
 pub async fn get(
-    addr: SocketAddr,
+    node: &NodeTarget<'_>,
     path: &str,
     token: &str,
 ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
-    let mut sender = connect(addr).await?;
+    let mut sender = connect(node).await?;
     let req = hyper::Request::get(path)
-        .header("host", addr.to_string())
+        .header("host", node.addr.to_string())
         .header("authorization", format!("Bearer {token}"))
         .body(Empty::<bytes::Bytes>::new())
         .map_err(|e| e.to_string())?;
@@ -58,17 +82,17 @@ pub fn is_upgrade_header(name: &HeaderName) -> bool {
 /// the node token. A 101 response can then be upgraded (`hyper::upgrade::on`); any other is
 /// the node's refusal.
 pub async fn upgrade(
-    addr: SocketAddr,
+    node: &NodeTarget<'_>,
     method: &Method,
     path: &str,
     token: &str,
     client_headers: &HeaderMap,
 ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
-    let mut sender = connect(addr).await?;
+    let mut sender = connect(node).await?;
     let mut req = hyper::Request::builder()
         .method(method.clone())
         .uri(path)
-        .header("host", addr.to_string())
+        .header("host", node.addr.to_string())
         .header("authorization", format!("Bearer {token}"));
     for (name, value) in client_headers {
         if is_upgrade_header(name) {

@@ -25,6 +25,9 @@ pub struct ApiState {
     pub continue_key: ring::hmac::Key,
     /// The cap on requests served at once.
     pub inflight: crate::inflight::Inflight,
+    /// How nodes' endpoints are reached: TLS trusting only the cluster CA, set once the member
+    /// has its certificates ([`ApiState::trust_nodes`]); until then nodes are not reached.
+    pub node_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
 }
 
 impl ApiState {
@@ -65,10 +68,18 @@ impl ApiState {
             address,
             continue_key,
             inflight,
+            node_tls: Default::default(),
             auth: Auth::new(admin_token, cache.clone()),
             cache,
             sealer,
         })
+    }
+
+    /// Reaches nodes over TLS, trusting the CA `ca_pem` and checking each node by its name.
+    pub fn trust_nodes(&self, ca_pem: &str) -> Result<(), String> {
+        let config = crate::pki::node_client_tls(ca_pem)?;
+        let _ = self.node_tls.set(Arc::new(config));
+        Ok(())
     }
 
     /// A write to the store, with Secrets sealed.

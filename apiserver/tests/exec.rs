@@ -24,9 +24,47 @@ struct Asked {
     protocol: String,
 }
 
+/// Serves `app` on `listener` as a node's endpoint: over TLS with a certificate of the test CA
+/// for the node `name` (None: plain HTTP, as an impostor might), upgrades allowed.
+fn serve_as_node(listener: tokio::net::TcpListener, app: axum::Router, name: Option<&str>) {
+    let tls = name.map(|name| {
+        let (cert, key) = common::test_ca().node_serving_credentials(name).unwrap();
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+            apiserver::pki::node_server_tls(&cert, &key).unwrap(),
+        ))
+    });
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (tls, app) = (tls.clone(), app.clone());
+            tokio::spawn(async move {
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let builder = hyper::server::conn::http1::Builder::new();
+                let _ = match tls {
+                    Some(tls) => {
+                        let Ok(stream) = tls.accept(tcp).await else {
+                            return;
+                        };
+                        builder
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .with_upgrades()
+                            .await
+                    }
+                    None => {
+                        builder
+                            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                            .with_upgrades()
+                            .await
+                    }
+                };
+            });
+        }
+    });
+}
+
 /// A node endpoint that switches protocols for any container but `refused` and then echoes
-/// what it gets back with a `node:` prefix.
-async fn fake_node() -> (u16, Arc<Mutex<Vec<Asked>>>) {
+/// what it gets back with a `node:` prefix, serving as node `name` (None: plain HTTP).
+async fn fake_node_as(name: Option<&str>) -> (u16, Arc<Mutex<Vec<Asked>>>) {
     let asked = Arc::new(Mutex::new(Vec::new()));
     let seen = asked.clone();
     let handler = move |mut req: Request| {
@@ -81,8 +119,12 @@ async fn fake_node() -> (u16, Arc<Mutex<Vec<Asked>>>) {
         axum::Router::new().route("/exec/{ns}/{pod}/{container}", axum::routing::get(handler));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    serve_as_node(listener, app, name);
     (port, asked)
+}
+
+async fn fake_node() -> (u16, Arc<Mutex<Vec<Asked>>>) {
+    fake_node_as(Some("n1")).await
 }
 
 /// An HTTP/1.1 upgrade request as kubectl sends it; returns the response head and body (the
@@ -364,5 +406,56 @@ async fn exec_is_authorized_as_create_on_pods_exec() {
             "edit never allowed exec"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The API server trusts no address a node publishes: whatever answers there must prove with a
+/// certificate of the cluster CA that it is the node. A plain-HTTP listener, or another node's
+/// certificate, gets neither the request nor the token meant for the node.
+#[tokio::test]
+async fn only_the_node_itself_is_given_exec_and_its_token() {
+    let (_dir, _store, app) = common::start().await;
+    call(
+        &app,
+        "POST",
+        "/api/v1/nodes",
+        Some(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})),
+    )
+    .await;
+    make_pod(&app, "web", &["a"], running(&["a"])).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap().to_string();
+    let served = app.clone();
+    tokio::spawn(async move { axum::serve(listener, served).await });
+    let exec = "/api/v1/namespaces/default/pods/web/exec?command=ls&stdout=true&container=a";
+    for impostor in [None, Some("n2")] {
+        let (port, asked) = fake_node_as(impostor).await;
+        patch_status(
+            &app,
+            "/api/v1/nodes/n1/status",
+            json!({"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                   "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}),
+        )
+        .await;
+        // Until the cache has the new port, the previous impostor's answer is the same refusal.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (head, body, _) = exec_over_tcp(&api, exec).await;
+            assert!(
+                !head.starts_with("http/1.1 101"),
+                "{impostor:?} was spliced: {head}"
+            );
+            if body.contains(&format!(":{port}")) {
+                assert!(body.contains("did not prove to be node n1"), "{body}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            asked.lock().unwrap().is_empty(),
+            "{impostor:?} received a request: {:?}",
+            asked.lock().unwrap()
+        );
     }
 }

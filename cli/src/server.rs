@@ -404,6 +404,9 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
         address.clone(),
         sealer.clone(),
     );
+    api_state
+        .trust_nodes(&pki.ca_pem)
+        .map_err(anyhow::Error::msg)?;
     *api_slot.write().unwrap_or_else(|p| p.into_inner()) =
         Some((tls, apiserver::router(api_state.clone())));
     // After the API opens: whoever finds a new kubeconfig can use it at once.

@@ -248,11 +248,8 @@ impl NodeAgent {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot serve container logs on {addr}: {e}"))?;
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, logs.router()).await {
-                tracing::error!("log endpoint failed: {e}");
-            }
-        });
+        let tls = crate::endpoint::serving_tls(&self.client, &self.config.name).await?;
+        tokio::spawn(crate::endpoint::serve(listener, logs.router(), tls));
 
         let heartbeat = self.clone();
         tokio::spawn(async move {

@@ -2,12 +2,13 @@
 //! bound to it ([`pod`]) through the runtimes of the `runtime` crate, with the pod lifecycle as
 //! pure rules ([`lifecycle`]), probes ([`probe`]), environment ([`env`]) and volumes
 //! ([`volumes`]), and serves container logs and `kubectl exec` to the API server ([`logserver`],
-//! [`exec`]).
+//! [`exec`]) over TLS with a serving certificate of the cluster CA ([`endpoint`]).
 //!
 //! Talks to the cluster only through the Kubernetes API (kube-rs), with the node's own
 //! credential: a node may change only its Node, its Lease and the pods bound to it.
 
 pub mod agent;
+pub mod endpoint;
 pub mod env;
 pub mod exec;
 pub mod imagegc;

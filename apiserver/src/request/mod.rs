@@ -55,6 +55,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route(crate::join::PATH_JOIN_TOKEN, get(crate::join::token))
         .route(
+            crate::nodecerts::ROUTE,
+            axum::routing::post(crate::nodecerts::issue),
+        )
+        .route(
             "/openapi/v3",
             get(|| async { json_response(StatusCode::OK, &discovery::openapi_v3_index()) }),
         )
@@ -101,13 +105,13 @@ async fn limit_inflight(State(st): State<Arc<ApiState>>, req: Request, next: Nex
 }
 
 /// Authentication, then authorization, for every request. Health and version are open to
-/// anybody, as `system:public-info-viewer` makes them in Kubernetes; so is the join endpoint,
-/// which checks the join secret itself.
+/// anybody, as `system:public-info-viewer` makes them in Kubernetes; so are the join endpoint,
+/// which checks the join secret itself, and nodes' serving certificates, which check the node.
 async fn authenticate(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> Response {
     let open = matches!(
         req.uri().path(),
         "/version" | "/healthz" | "/livez" | "/readyz" | crate::join::PATH_JOIN
-    );
+    ) || crate::nodecerts::is_route(req.uri().path());
     let user = req
         .headers()
         .get(header::AUTHORIZATION)

@@ -217,7 +217,12 @@ impl Call<'_> {
         }
         let ns = self.o.namespace.clone().unwrap_or_default();
         let path = format!("/containerLogs/{ns}/{name}/{container}?{}", query.join("&"));
-        match crate::proxy::get(endpoint, &path, &token).await {
+        let target = crate::proxy::NodeTarget {
+            tls: self.st.node_tls.get(),
+            addr: endpoint,
+            name: &node_name,
+        };
+        match crate::proxy::get(&target, &path, &token).await {
             Ok(resp) if resp.status().is_success() => (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "text/plain")],
@@ -297,7 +302,12 @@ impl Call<'_> {
         let ns = self.o.namespace.clone().unwrap_or_default();
         let path = format!("/exec/{ns}/{name}/{container}?{raw_query}");
         let token = crate::metrics::node_token(self.st, &node_name);
-        let mut resp = match crate::proxy::upgrade(endpoint, method, &path, &token, headers).await {
+        let target = crate::proxy::NodeTarget {
+            tls: self.st.node_tls.get(),
+            addr: endpoint,
+            name: &node_name,
+        };
+        let mut resp = match crate::proxy::upgrade(&target, method, &path, &token, headers).await {
             Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => resp,
             Ok(resp) => return node_refusal(resp).await,
             Err(e) => {

@@ -10,6 +10,13 @@ use raft_store::{StoreConfig, StoreNode};
 use serde_json::Value;
 use tower::ServiceExt;
 
+/// The CA the API trusts nodes' certificates by in these tests (one per test binary); fake
+/// nodes serve certificates it signs.
+pub fn test_ca() -> &'static apiserver::pki::ClusterSecrets {
+    static CA: std::sync::OnceLock<apiserver::pki::ClusterSecrets> = std::sync::OnceLock::new();
+    CA.get_or_init(|| apiserver::pki::ClusterSecrets::generate().unwrap())
+}
+
 pub async fn start() -> (tempfile::TempDir, Arc<StoreNode>, axum::Router) {
     start_with(Default::default()).await
 }
@@ -41,6 +48,7 @@ pub async fn start_with(
     }
     let sealer = Arc::new(apiserver::encryption::SecretBox::new(&[1; 32]));
     let state = ApiState::with_inflight(node.clone(), "t".into(), addr, sealer, inflight);
+    state.trust_nodes(&test_ca().ca_pem).unwrap();
     (dir, node, router(state))
 }
 
