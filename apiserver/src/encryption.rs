@@ -73,11 +73,15 @@ impl SecretBox {
             .ok_or(KeyFileError::Malformed {
                 path: shown.clone(),
             })?;
-        let _ = std::fs::remove_file(path);
-        write_private(path, text.trim()).map_err(|source| KeyFileError::Write {
-            path: shown,
-            source,
-        })?;
+        // Atomically: a crash leaves no key file or the whole key, never a cut one.
+        let tmp = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        write_private(&tmp, text.trim())
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|source| KeyFileError::Write {
+                path: shown,
+                source,
+            })?;
         Ok(SecretBox::new(&bytes))
     }
 

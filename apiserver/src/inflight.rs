@@ -43,19 +43,30 @@ impl Inflight {
 }
 
 /// Whether a request is exempt from the cap: it lasts as long as the client wants (a watch,
-/// a followed log, an exec, attach or port-forward session) or it is a health check.
-pub fn exempt(path: &str, query: &Query) -> bool {
+/// a followed log, an exec, attach or port-forward session) or it is a health check. Decided
+/// from the method and the exact shape of the path, so that a write with `?watch=1` or an
+/// object named `exec` still counts.
+pub fn exempt(method: &Method, path: &str, query: &Query) -> bool {
     let flag = |name: &str| {
         query
             .get(name)
             .is_some_and(|v| crate::query::is_true(Some(v)))
     };
-    matches!(path, "/healthz" | "/livez" | "/readyz")
-        || flag("watch")
-        || (path.ends_with("/log") && flag("follow"))
-        || ["/exec", "/attach", "/portforward", "/proxy"]
-            .iter()
-            .any(|sub| path.ends_with(sub))
+    if matches!(path, "/healthz" | "/livez" | "/readyz") {
+        return true;
+    }
+    let reads = matches!(*method, Method::GET);
+    // /api/v1/namespaces/{ns}/pods/{name}/{subresource}
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let pod_subresource = match segments.as_slice() {
+        ["api", "v1", "namespaces", _, "pods", _, sub] => Some(*sub),
+        _ => None,
+    };
+    match pod_subresource {
+        Some("exec" | "attach" | "portforward") => true,
+        Some("log") => reads && flag("follow"),
+        _ => reads && flag("watch"),
+    }
 }
 
 /// The answer past the cap: kube-apiserver's words, and when to try again.

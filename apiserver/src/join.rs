@@ -73,7 +73,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// `POST /drover/v1/join`: the member side of step 2.
 pub async fn grant(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let secrets = match crate::cluster_secrets(&st.store, &st.sealer, None).await {
+    let secrets = match st.cluster_secrets().await {
         Ok(s) => s,
         Err(e) => {
             return failure(
@@ -89,7 +89,7 @@ pub async fn grant(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: By
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !same_secret(offered.trim().as_bytes(), secrets.join_secret.as_bytes()) {
-        tracing::warn!("a join was refused: wrong join secret");
+        tracing::debug!("a join was refused: wrong join secret");
         return failure(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }
     let req: JoinRequest = match serde_json::from_slice(&body) {
@@ -143,7 +143,7 @@ pub async fn token(State(st): State<Arc<ApiState>>, user: Option<Extension<User>
             "only system:masters may read the join token",
         );
     }
-    match crate::cluster_secrets(&st.store, &st.sealer, None).await {
+    match st.cluster_secrets().await {
         Ok(secrets) => match crate::pki::join_token(&secrets) {
             Ok(token) => (StatusCode::OK, format!("{token}\n")).into_response(),
             Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &e),
@@ -223,9 +223,29 @@ async fn connect(
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(server_name, tcp)
         .await
-        .map_err(|e| JoinError::NotTheCluster {
-            addr: addr.to_string(),
-            reason: e.to_string(),
+        .map_err(|e| {
+            // Only a certificate that fails the check says "another cluster"; a closed or
+            // reset connection (a member still starting) is just unreachable.
+            let checked = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|tls| {
+                    matches!(
+                        tls,
+                        rustls::Error::InvalidCertificate(_) | rustls::Error::General(_)
+                    )
+                });
+            if checked {
+                JoinError::NotTheCluster {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                }
+            } else {
+                JoinError::Connect {
+                    addr: addr.to_string(),
+                    source: e,
+                }
+            }
         })
 }
 

@@ -51,7 +51,16 @@ pub async fn issue(
             &format!("node name {name:?}: {why}"),
         );
     }
-    let secrets = match crate::cluster_secrets(&st.store, &st.sealer, None).await {
+    // The same CA signs the API servers' certificates: a node named like one of their names
+    // (an address, localhost) must not get a certificate that could pose as an API server.
+    if name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("node name {name:?} is an address or localhost: no serving certificate is issued for it"),
+        );
+    }
+    let secrets = match st.cluster_secrets().await {
         Ok(s) => s,
         Err(e) => {
             return failure(

@@ -17,19 +17,29 @@ pub struct Pki {
     pub admin_token: String,
 }
 
+/// Replaces `path` atomically with `contents`, readable by its owner only: written to a
+/// temporary file, synced, renamed into place, and the directory synced, so a crash leaves the
+/// old file or the new, never a truncated key or token.
 fn write_private(path: &Path, contents: &str) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    f.write_all(contents.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(contents.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .and_then(|_| match path.parent() {
+            Some(dir) => std::fs::File::open(dir)?.sync_all(),
+            None => Ok(()),
+        });
+    written.map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 fn read(path: &Path) -> Result<String, String> {
@@ -234,6 +244,51 @@ pub fn parse_join_token(token: &str) -> Result<(String, String), String> {
     Ok((hash.to_ascii_lowercase(), secret.to_string()))
 }
 
+const PROPOSED_FILE: &str = "pki/cluster-secrets.json";
+
+impl ClusterSecrets {
+    /// Keeps the secrets a new cluster's first member made (0600) until the store has them:
+    /// its member certificate is signed by this CA, so a crash before they are stored must not
+    /// lose the CA key.
+    pub fn save_proposed(&self, data_dir: &Path) -> Result<(), String> {
+        let dir = data_dir.join("pki");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let text = serde_json::json!({
+            "ca": self.ca_pem, "caKey": self.ca_key_pem, "token": self.admin_token,
+            "joinSecret": self.join_secret,
+        })
+        .to_string();
+        write_private(&data_dir.join(PROPOSED_FILE), &text)
+    }
+
+    /// The secrets [`ClusterSecrets::save_proposed`] kept, if the store may not have them yet.
+    pub fn load_proposed(data_dir: &Path) -> Result<Option<ClusterSecrets>, String> {
+        let path = data_dir.join(PROPOSED_FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is damaged: {e}", path.display()))?;
+        let field = |f: &str| {
+            v[f].as_str()
+                .map(String::from)
+                .ok_or_else(|| format!("{} has no {f}", path.display()))
+        };
+        Ok(Some(ClusterSecrets {
+            ca_pem: field("ca")?,
+            ca_key_pem: field("caKey")?,
+            admin_token: field("token")?,
+            join_secret: field("joinSecret")?,
+        }))
+    }
+
+    /// Forgets the kept secrets once the store has them.
+    pub fn forget_proposed(data_dir: &Path) {
+        let _ = std::fs::remove_file(data_dir.join(PROPOSED_FILE));
+    }
+}
+
 /// The PKI this member already made, if it made one (restarts need no store to serve TLS).
 pub fn load(data_dir: &Path) -> Result<Option<Pki>, String> {
     let dir = data_dir.join("pki");
@@ -241,11 +296,20 @@ pub fn load(data_dir: &Path) -> Result<Option<Pki>, String> {
     if !files.iter().all(|f| f.exists()) {
         return Ok(None);
     }
+    let admin_token = read(&files[3])?.trim().to_string();
+    // Tokens are signed with a key derived from it: an empty or cut one would make them
+    // forgeable, so it is refused rather than used.
+    if admin_token.len() < 32 {
+        return Err(format!(
+            "{} is damaged (the admin token is too short); restore it from another member's data dir",
+            files[3].display()
+        ));
+    }
     Ok(Some(Pki {
         ca_pem: read(&files[0])?,
         cert_pem: read(&files[1])?,
         key_pem: read(&files[2])?,
-        admin_token: read(&files[3])?.trim().to_string(),
+        admin_token,
     }))
 }
 

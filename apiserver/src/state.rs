@@ -28,6 +28,9 @@ pub struct ApiState {
     /// How nodes' endpoints are reached: TLS trusting only the cluster CA, set once the member
     /// has its certificates ([`ApiState::trust_nodes`]); until then nodes are not reached.
     pub node_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
+    /// The cluster's CA, admin token and join secret, read from the store once (they do not
+    /// change): joins and serving certificates check and sign with them without a store read.
+    secrets: std::sync::OnceLock<crate::pki::ClusterSecrets>,
 }
 
 impl ApiState {
@@ -69,6 +72,7 @@ impl ApiState {
             continue_key,
             inflight,
             node_tls: Default::default(),
+            secrets: Default::default(),
             auth: Auth::new(admin_token, cache.clone()),
             cache,
             sealer,
@@ -80,6 +84,16 @@ impl ApiState {
         let config = crate::pki::node_client_tls(ca_pem)?;
         let _ = self.node_tls.set(Arc::new(config));
         Ok(())
+    }
+
+    /// The cluster's secrets (see [`crate::cluster_secrets`]), read once.
+    pub async fn cluster_secrets(&self) -> Result<crate::pki::ClusterSecrets, StoreError> {
+        if let Some(s) = self.secrets.get() {
+            return Ok(s.clone());
+        }
+        let s = crate::cluster_secrets(&self.store, &self.sealer, None).await?;
+        let _ = self.secrets.set(s.clone());
+        Ok(s)
     }
 
     /// A write to the store, with Secrets sealed.

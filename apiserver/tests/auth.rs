@@ -497,9 +497,18 @@ async fn tokens_serve_their_audiences_live_at_most_a_year_and_die_with_their_pod
     let (_, body) = ask(json!({"expirationSeconds": 10 * 365 * 86400})).await;
     assert_eq!(body["spec"]["expirationSeconds"], 365 * 86400);
 
-    // Bound to a pod: valid while the pod lives.
-    let (code, _) = call(&app, "POST", &format!("{ns}/pods"), Some(pod("web", None))).await;
+    // Bound to a pod that runs as this ServiceAccount: valid while the pod lives.
+    let mut web = pod("web", None);
+    web["spec"]["serviceAccountName"] = json!("app");
+    let (code, _) = call(&app, "POST", &format!("{ns}/pods"), Some(web.clone())).await;
     assert_eq!(code, StatusCode::CREATED);
+    call(
+        &app,
+        "POST",
+        &format!("{ns}/pods"),
+        Some(pod("other", None)),
+    )
+    .await;
     let (code, body) =
         ask(json!({"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web"}})).await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
@@ -510,6 +519,7 @@ async fn tokens_serve_their_audiences_live_at_most_a_year_and_die_with_their_pod
         json!({"kind": "Pod", "name": "nope"}),
         json!({"kind": "Pod", "name": "web", "uid": "not-its-uid"}),
         json!({"kind": "Node", "name": "n1"}),
+        json!({"kind": "Pod", "name": "other"}),
     ] {
         let (code, body) = ask(json!({"boundObjectRef": missing})).await;
         assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
@@ -524,7 +534,7 @@ async fn tokens_serve_their_audiences_live_at_most_a_year_and_die_with_their_pod
     .await;
     assert!(code.is_success());
     // The same name again is another pod: the token stays dead.
-    call(&app, "POST", &format!("{ns}/pods"), Some(pod("web", None))).await;
+    call(&app, "POST", &format!("{ns}/pods"), Some(web)).await;
     let mut dead = false;
     for _ in 0..100 {
         if !review(bound.clone(), vec![]).await {

@@ -298,6 +298,11 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
         peer != args.listen,
         "--peer-listen must differ from --listen: the API and the members are served apart"
     );
+    anyhow::ensure!(
+        !peer.ip().is_unspecified(),
+        "the peer address {peer} is what other members dial and what the member certificate \
+         names: pass --peer-listen IP:PORT with this machine's address (it may differ from --listen)"
+    );
     // Bind first: a busy port is reported before anything is written to the data dir.
     let bind = |addr: SocketAddr, what: &'static str| async move {
         tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -321,6 +326,9 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
         Membership::Restart => {}
         Membership::New(secrets) => {
             let cluster_id = raft_store::node::new_cluster_id();
+            secrets
+                .save_proposed(&args.data_dir)
+                .map_err(anyhow::Error::msg)?;
             secrets
                 .member_credentials(&cluster_id, peer.ip())
                 .and_then(|creds| creds.save(&args.data_dir))
@@ -384,13 +392,20 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     let pki = match apiserver::pki::load(&args.data_dir).map_err(anyhow::Error::msg)? {
         Some(pki) => pki,
         None => {
+            // The first member proposes what it made (kept on disk until stored, so a crash
+            // in between does not lose the CA its certificate was signed by).
+            let kept = apiserver::pki::ClusterSecrets::load_proposed(&args.data_dir)
+                .map_err(anyhow::Error::msg)?;
             let proposed = match &membership {
                 Membership::New(secrets) => Some(secrets.as_ref()),
-                _ => None,
+                _ => kept.as_ref(),
             };
             let secrets =
                 with_retry(|| apiserver::cluster_secrets(&node, &sealer, proposed)).await?;
-            apiserver::pki::create(&args.data_dir, &hosts, &secrets).map_err(anyhow::Error::msg)?
+            let pki = apiserver::pki::create(&args.data_dir, &hosts, &secrets)
+                .map_err(anyhow::Error::msg)?;
+            apiserver::pki::ClusterSecrets::forget_proposed(&args.data_dir);
+            pki
         }
     };
     let tls = std::sync::Arc::new(apiserver::pki::server_tls(&pki).map_err(anyhow::Error::msg)?);

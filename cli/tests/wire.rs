@@ -311,3 +311,23 @@ async fn servers_join_with_a_token_alone_and_a_wrong_one_is_refused() {
     // A member restarted keeps serving with what it has.
     c.restart(1).await.unwrap();
 }
+
+/// A connection that sends one byte and then nothing is not kept (such sockets once stayed
+/// open for minutes): on both addresses the TLS handshake must end within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_are_closed() {
+    let c = Cluster::start(bin(), 177, 1).await.unwrap();
+    let stall = |addr: SocketAddr| async move {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The first byte of a TLS handshake record, and no more.
+        tcp.write_all(&[0x16]).await.unwrap();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut buf)).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => panic!("{addr} answered {n} bytes to half a handshake"),
+            Err(_) => panic!("{addr} kept a stalled connection open for 30 s"),
+        }
+    };
+    tokio::join!(stall(c.members[0].addr), stall(c.members[0].peer));
+}

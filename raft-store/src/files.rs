@@ -21,8 +21,8 @@ pub fn private_file() -> OpenOptions {
     options
 }
 
-/// Replaces `path` atomically with `bytes` (0600, synced, then renamed into place), making its
-/// directory private first.
+/// Replaces `path` atomically with `bytes` (0600, synced, renamed into place, the directory
+/// synced), making its directory private first.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     if let Some(parent) = path.parent() {
         private_dir(parent)?;
@@ -37,6 +37,11 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
             f.write_all(bytes)?;
             f.sync_all()
         })
-        .and_then(|_| std::fs::rename(&tmp, path));
+        .and_then(|_| std::fs::rename(&tmp, path))
+        // The rename itself must survive a power cut (member.json's `joined`, for one).
+        .and_then(|_| match path.parent() {
+            Some(dir) => std::fs::File::open(dir)?.sync_all(),
+            None => Ok(()),
+        });
     written.map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

@@ -50,13 +50,14 @@ impl MemberCredentials {
         }))
     }
 
-    /// Keeps the credentials in `data_dir/pki` (the directory 0700, the files 0600).
+    /// Keeps the credentials in `data_dir/pki` (the directory 0700, the files 0600). The
+    /// certificate, whose presence says the member has credentials, is written last.
     pub fn save(&self, data_dir: &Path) -> Result<(), String> {
         let [ca, cert, key] = files(data_dir);
         for (path, text) in [
             (ca, &self.ca_pem),
-            (cert, &self.cert_pem),
             (key, &self.key_pem),
+            (cert, &self.cert_pem),
         ] {
             crate::files::write_private(&path, text.as_bytes())?;
         }

@@ -83,19 +83,21 @@ pub fn router(state: Arc<ApiState>) -> Router {
             ),
         )
         .fallback(dispatch)
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        // Outermost: a request past the cap costs nothing more than its 429.
+        // After authentication, as kube-apiserver's filter: only authenticated requests take
+        // a place, so nobody can fill the cap without a credential (open endpoints do not count).
         .layer(middleware::from_fn_with_state(
             state.clone(),
             limit_inflight,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
 
 /// The cap on requests in flight: a place for the request's lifetime, or 429 at once.
 async fn limit_inflight(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
     let query = parse_query(req.uri().query());
-    if crate::inflight::exempt(req.uri().path(), &query) {
+    let anonymous = req.extensions().get::<User>().is_none();
+    if anonymous || crate::inflight::exempt(req.method(), req.uri().path(), &query) {
         return next.run(req).await;
     }
     let Some(_place) = st.inflight.admit(req.method()) else {
@@ -198,10 +200,7 @@ async fn dispatch(
     };
     // What is created, replaced or sent as DeleteOptions is a JSON object: anything else is
     // refused here, once, before a handler indexes into it (a review of `[]` once panicked).
-    if matches!(method, Method::POST | Method::PUT | Method::DELETE)
-        && !body.is_empty()
-        && !sent_type.contains("yaml")
-    {
+    if matches!(method, Method::POST | Method::PUT | Method::DELETE) && !body.is_empty() {
         if let Ok(v) = serde_json::from_slice::<Value>(&body) {
             if !v.is_object() {
                 return bad_request(&format!(

@@ -480,6 +480,15 @@ impl Call<'_> {
                 .ok_or(format!("pod {ns}/{name} not found"))?,
             Err(e) => return Err(e.to_string()),
         };
+        let account = pod["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or("default");
+        let asker = self.o.name.as_deref().unwrap_or_default();
+        if account != asker {
+            return Err(format!(
+                "the pod {ns}/{name} runs as ServiceAccount {account}, not {asker}"
+            ));
+        }
         let uid = pod["metadata"]["uid"]
             .as_str()
             .unwrap_or_default()
