@@ -52,7 +52,7 @@ pub struct JoinGrant {
     pub member_key: String,
     /// The encryption key's file contents (base64).
     pub encryption_key: String,
-    /// The peer addresses of the cluster's voters, to join through.
+    /// Peer addresses to join through: the answering member's, then the other voters'.
     pub peers: Vec<String>,
 }
 
@@ -122,7 +122,17 @@ pub async fn grant(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: By
         member_cert: creds.cert_pem,
         member_key: creds.key_pem,
         encryption_key: st.sealer.key_file_text(),
-        peers: st.store.status().voters.into_values().collect(),
+        // This member first: it just answered, so the join goes through a member that is up
+        // (it forwards to the leader); the other voters after it.
+        peers: std::iter::once(st.store.identity.addr.clone())
+            .chain(
+                st.store
+                    .status()
+                    .voters
+                    .into_values()
+                    .filter(|a| *a != st.store.identity.addr),
+            )
+            .collect(),
     };
     (
         StatusCode::OK,

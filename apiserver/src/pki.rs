@@ -176,14 +176,19 @@ pub fn node_client_tls(ca_pem: &str) -> Result<rustls::ClientConfig, String> {
     Ok(config)
 }
 
-/// The rustls configuration a node serves its endpoint with.
-pub fn node_server_tls(cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig, String> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+/// A rustls server configuration serving `chain_pem` (certificates, leaf first) with
+/// `key_pem`, offering `alpn`.
+fn serving_config(
+    chain_pem: &str,
+    key_pem: &str,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, String> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut chain_pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad node certificate: {e}"))?;
+        .map_err(|e| format!("bad serving certificate: {e}"))?;
     let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .map_err(|e| format!("bad node key: {e}"))?
-        .ok_or("no node key")?;
+        .map_err(|e| format!("bad serving key: {e}"))?
+        .ok_or("no serving key")?;
     let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -191,9 +196,14 @@ pub fn node_server_tls(cert_pem: &str, key_pem: &str) -> Result<rustls::ServerCo
     .map_err(|e| e.to_string())?
     .with_no_client_auth()
     .with_single_cert(certs, key)
-    .map_err(|e| format!("bad node certificate: {e}"))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    .map_err(|e| format!("bad serving certificate: {e}"))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
+}
+
+/// The rustls configuration a node serves its endpoint with.
+pub fn node_server_tls(cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig, String> {
+    serving_config(cert_pem, key_pem, &[b"http/1.1"])
 }
 
 /// The SHA-256 of the CA certificate (its DER), in hex: how a joining server recognises the
@@ -367,26 +377,8 @@ pub fn write_kubeconfig(pki: &Pki, server: &str, path: &Path) -> Result<PathBuf,
 }
 
 /// The rustls configuration that serves the API certificate, offering HTTP/2 and HTTP/1.1.
+/// The CA goes after the leaf: a joining server finds in it the CA its token names.
 pub fn server_tls(pki: &Pki) -> Result<rustls::ServerConfig, String> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pki.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad serving certificate: {e}"))?;
-    // The CA goes after the leaf: a joining server finds in it the CA its token names.
-    let mut certs = certs;
-    for ca in rustls_pemfile::certs(&mut pki.ca_pem.as_bytes()) {
-        certs.push(ca.map_err(|e| format!("bad CA certificate: {e}"))?);
-    }
-    let key = rustls_pemfile::private_key(&mut pki.key_pem.as_bytes())
-        .map_err(|e| format!("bad serving key: {e}"))?
-        .ok_or("no serving key in apiserver.key")?;
-    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("bad serving certificate: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    let chain = format!("{}\n{}", pki.cert_pem.trim_end(), pki.ca_pem);
+    serving_config(&chain, &pki.key_pem, &[b"h2", b"http/1.1"])
 }
