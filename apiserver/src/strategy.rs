@@ -46,6 +46,12 @@ pub trait Strategy: Sync {
         Ok(vec![])
     }
 
+    /// Why an update of `old` to `new` is invalid although `new` is a valid object: the field
+    /// at fault and why, for a 422 (a field that may not change once set).
+    fn update_problem(&self, _old: &Value, _new: &Value) -> Option<(String, String)> {
+        None
+    }
+
     /// What an update of `old` to `new` reserves and releases, completing `new`. Err: the field
     /// at fault and why, for a 422.
     fn reallocate(
@@ -187,7 +193,8 @@ impl Strategy for Services {
     }
 }
 
-/// Nodes: a node's agent writes only its own Node.
+/// Nodes: a node's agent writes only its own Node; its pod range, once given, is its for life
+/// (its pods hold addresses of it, as kube-apiserver's Node validation says).
 struct Nodes;
 
 impl Strategy for Nodes {
@@ -196,6 +203,20 @@ impl Strategy for Nodes {
         (name != node).then(|| {
             format!("node {node:?} may not write the Node {name:?}: a node writes only its own")
         })
+    }
+
+    fn update_problem(&self, old: &Value, new: &Value) -> Option<(String, String)> {
+        for field in ["podCIDR", "podCIDRs"] {
+            let before = &old["spec"][field];
+            let given = !before.is_null() && before != "" && before != &json!([]);
+            if given && &new["spec"][field] != before {
+                return Some((
+                    format!("spec.{field}"),
+                    format!("may not change once set (it is {before})"),
+                ));
+            }
+        }
+        None
     }
 }
 

@@ -166,3 +166,45 @@ async fn updates_take_and_give_back_node_ports() {
         StatusCode::CREATED
     );
 }
+
+/// A node's pod range is its for life: its pods hold addresses of it. Only the first one may
+/// be set; changing or clearing it is a 422 naming the field (kube-apiserver's Node rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_keeps_its_pod_range_for_life() {
+    let (_dir, _node, app) = start().await;
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}, "spec": {}});
+    let (code, created) = call(&app, "POST", "/api/v1/nodes", Some(node)).await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    let merge = "application/merge-patch+json";
+    let range = |cidr: &str| json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
+    let (code, body) = common::call_with_type(
+        &app,
+        "PATCH",
+        "/api/v1/nodes/n1",
+        range("10.42.0.0/24"),
+        merge,
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    for change in [
+        range("10.42.1.0/24"),
+        json!({"spec": {"podCIDR": null}}),
+        json!({"spec": {"podCIDRs": ["10.42.0.0/24", "10.42.9.0/24"]}}),
+    ] {
+        let (code, status) =
+            common::call_with_type(&app, "PATCH", "/api/v1/nodes/n1", change.clone(), merge).await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{change}: {status}");
+        assert!(
+            status["details"]["causes"][0]["field"]
+                .as_str()
+                .unwrap()
+                .starts_with("spec.podCIDR"),
+            "{status}"
+        );
+    }
+    // A whole-object update that carries the range unchanged is fine.
+    let (_, current) = call(&app, "GET", "/api/v1/nodes/n1", None).await;
+    let (code, body) = call(&app, "PUT", "/api/v1/nodes/n1", Some(current)).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["spec"]["podCIDR"], "10.42.0.0/24");
+}

@@ -5,7 +5,7 @@
 //! Nodes are reconciled one at a time under a lock, and ranges handed out but not yet seen in
 //! the cache count as taken, so two new nodes never get the same range.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ pub struct Context {
     pub nodes: Store<Node>,
     pub settings: Settings,
     /// Ranges handed out by this controller, by node name, until the cache shows them.
-    pub given: Mutex<std::collections::BTreeMap<String, Ipv4Net>>,
+    pub given: Mutex<BTreeMap<String, Ipv4Net>>,
 }
 
 fn range_of(node: &Node) -> Option<Ipv4Net> {
@@ -62,34 +62,64 @@ pub fn plan(
     api::cidr::next_node_cidr(settings.cluster_cidr, settings.node_prefix, &taken)
 }
 
-pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _ = ctx.nodes.wait_until_ready().await;
-    let name = node.name_any();
-    let cidr = {
-        let mut given = ctx.given.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget what the cache now shows, and ranges of nodes that are gone.
-        let all = ctx.nodes.state();
-        given.retain(|n, _| {
-            all.iter()
-                .any(|o| o.name_any() == *n && range_of(o).is_none())
-        });
-        if let Some(mine) = given.get(&name) {
-            Some(*mine)
-        } else {
-            let taken: BTreeSet<Ipv4Net> = given.values().copied().collect();
-            let cidr = plan(&node, &all, &taken, &ctx.settings);
-            if let Some(c) = cidr {
-                given.insert(name.clone(), c);
-            }
-            cidr
-        }
+/// What the node named `name` needs, from the cache as it is now (`all`) and the ranges handed
+/// out but not yet seen (`given`, updated): the range to give it, if any.
+///
+/// The node is looked up in `all` rather than taken from the queued reconcile: a copy queued
+/// before the node got its range would get it a second one, its own range counting as
+/// another's.
+pub fn choose(
+    name: &str,
+    all: &[Arc<Node>],
+    given: &mut BTreeMap<String, Ipv4Net>,
+    settings: &Settings,
+) -> Need {
+    let Some(node) = all.iter().find(|n| n.name_any() == name) else {
+        return Need::Nothing;
     };
-    let Some(cidr) = cidr else {
-        if range_of(&node).is_none() {
+    // Forget what the cache now shows, and ranges of nodes that are gone.
+    given.retain(|n, _| {
+        all.iter()
+            .any(|o| o.name_any() == *n && range_of(o).is_none())
+    });
+    if let Some(mine) = given.get(name) {
+        return Need::Range(*mine);
+    }
+    let taken: BTreeSet<Ipv4Net> = given.values().copied().collect();
+    match plan(node, all, &taken, settings) {
+        Some(c) => {
+            given.insert(name.to_string(), c);
+            Need::Range(c)
+        }
+        None if range_of(node).is_none() => Need::NoneLeft,
+        None => Need::Nothing,
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Need {
+    /// The node has its range, or is gone.
+    Nothing,
+    /// The node gets this range.
+    Range(Ipv4Net),
+    /// The node has none and the cluster CIDR has none left.
+    NoneLeft,
+}
+
+pub async fn reconcile(queued: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _ = ctx.nodes.wait_until_ready().await;
+    let name = queued.name_any();
+    let need = {
+        let mut given = ctx.given.lock().unwrap_or_else(|p| p.into_inner());
+        choose(&name, &ctx.nodes.state(), &mut given, &ctx.settings)
+    };
+    let cidr = match need {
+        Need::Nothing => return Ok(Action::await_change()),
+        Need::NoneLeft => {
             tracing::warn!(node = %name, cidr = %ctx.settings.cluster_cidr, "no pod range left for the node");
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
-        return Ok(Action::await_change());
+        Need::Range(c) => c,
     };
     let patch = json!({"spec": {"podCIDR": cidr.to_string(), "podCIDRs": [cidr.to_string()]}});
     Api::<Node>::all(ctx.client.clone())
@@ -135,5 +165,21 @@ mod tests {
             plan(&all[1], &all, &given, &settings).unwrap().to_string(),
             "10.42.3.0/24"
         );
+    }
+
+    #[test]
+    fn a_node_queued_before_it_got_its_range_gets_no_second_one() {
+        let settings = Settings::default();
+        let mut given = BTreeMap::new();
+        // Queued when the node was new; the cache shows it with its range by the time it runs.
+        let now = vec![node("a", Some("10.42.0.0/24"))];
+        assert_eq!(choose("a", &now, &mut given, &settings), Need::Nothing);
+        // A new node gets a range once, however often it is reconciled before the cache
+        // shows it.
+        let new = vec![node("a", Some("10.42.0.0/24")), node("b", None)];
+        let first = choose("b", &new, &mut given, &settings);
+        assert_eq!(first, Need::Range("10.42.1.0/24".parse().unwrap()));
+        assert_eq!(choose("b", &new, &mut given, &settings), first);
+        assert_eq!(choose("gone", &new, &mut given, &settings), Need::Nothing);
     }
 }

@@ -256,6 +256,9 @@ impl Call<'_> {
         mut obj: Value,
     ) -> Result<Value, Response> {
         let old = self.load(current);
+        if let Some((field, msg)) = self.strategy().update_problem(&old, &obj) {
+            return Err(invalid(self.resource(), name, &field, &msg));
+        }
         let change = match self.strategy().reallocate(&old, &mut obj) {
             Ok(c) => c,
             Err((field, msg)) => return Err(invalid(self.resource(), name, &field, &msg)),

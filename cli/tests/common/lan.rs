@@ -64,9 +64,11 @@ impl Lan {
     pub fn start_full(n: u8, hosts: usize, server_flags: &[&str], node_flags: &[&str]) -> Lan {
         let tag = format!("dn{n}");
         let subnet = format!("172.30.{n}");
-        // Leftovers of an earlier run that was killed.
+        // Leftovers of an earlier run that was killed. The host's end of a veth is deleted
+        // by name too: a namespace whose name is gone lives on while its sockets close (TCP
+        // connections still sending), and keeps its veth pair until then.
         for k in 1..=hosts {
-            let _ = sh(&format!("ip netns del {tag}h{k}"));
+            let _ = sh(&format!("ip netns del {tag}h{k}; ip link del {tag}h{k}"));
         }
         let _ = sh(&format!("ip link del {tag}br"));
         must(&format!(
@@ -272,7 +274,8 @@ impl Drop for Lan {
                 .args(["node", "--cleanup", "--node-dir"])
                 .arg(self.node_dir(i + 1))
                 .output();
-            let _ = sh(&format!("ip netns del {}", self.host_ns(i + 1)));
+            let ns = self.host_ns(i + 1);
+            let _ = sh(&format!("ip netns del {ns}; ip link del {ns}"));
         }
         if let Some(mut c) = self.server.take() {
             let _ = c.kill();
