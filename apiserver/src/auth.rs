@@ -3,12 +3,10 @@
 //! Authentication: a bearer token is either the cluster's admin token (user `admin` in
 //! `system:masters`) or a token this cluster signed — issued through the TokenRequest
 //! subresources `serviceaccounts/token` (what `kubectl create token` calls) and `nodes/token`
-//! (a node's credential, user `system:node:<name>` in `system:nodes`). Signed tokens are
-//! `drover.<claims>.<HMAC-SHA256>`, base64url, with the key derived from the cluster secret;
-//! a ServiceAccount's token stops working when the ServiceAccount is deleted (its uid is in
-//! the claims), and every token expires. Hand-written rather than JWT: no client ever parses
-//! these tokens, and an HMAC over a few JSON fields needs no more than `ring`, already here for
-//! TLS.
+//! (a node's credential, user `system:node:<name>` in `system:nodes`), signed as
+//! [`crate::signing`] says. A ServiceAccount's token stops working when the ServiceAccount is
+//! deleted, a node's when its Node is (their uids are in the claims: deleting a Node revokes
+//! its credentials), a pod-bound token when its pod is; every token expires.
 //!
 //! Authorization: the node authorizer for node users, then RBAC over the roles and bindings in
 //! the watch cache (decisions in `api::rbac`).
@@ -17,18 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use api::rbac::{self, Attributes, Rbac, ResourceAttributes, User};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use ring::hmac;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::WatchCache;
 use crate::path::{self, Target};
+use crate::signing::{KeySet, TokenSigner};
 
 /// Where the RBAC objects live; the watch cache tracks when they last changed.
 pub const RBAC_PREFIX: &str = "/registry/rbac.authorization.k8s.io/";
-
-const TOKEN_PREFIX: &str = "drover.";
 
 /// What a signed token says about its holder.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -38,7 +32,7 @@ pub struct Claims {
     pub groups: Vec<String>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
-    /// For a ServiceAccount's token: the ServiceAccount's uid, which must still exist.
+    /// The uid of the object the user is (a ServiceAccount, a Node), which must still exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
     /// Whom the token is for (JWT's `aud`, one string or a list). Empty: the API. A token for
@@ -106,41 +100,6 @@ pub fn meant_for(token_audiences: &[String], wanted: &[String]) -> bool {
         wanted.to_vec()
     };
     token.iter().any(|a| wanted.contains(a))
-}
-
-pub struct TokenSigner {
-    key: hmac::Key,
-}
-
-impl TokenSigner {
-    /// A signer whose key is derived from the cluster's secret (every member derives the same).
-    pub fn new(cluster_secret: &str) -> TokenSigner {
-        let derived = ring::digest::digest(
-            &ring::digest::SHA256,
-            format!("drover token signing v1:{cluster_secret}").as_bytes(),
-        );
-        TokenSigner {
-            key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
-        }
-    }
-
-    pub fn issue(&self, claims: &Claims) -> String {
-        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialise"));
-        let tag = hmac::sign(&self.key, body.as_bytes());
-        format!(
-            "{TOKEN_PREFIX}{body}.{}",
-            URL_SAFE_NO_PAD.encode(tag.as_ref())
-        )
-    }
-
-    /// The claims of a token this cluster signed and that has not expired.
-    pub fn verify(&self, token: &str, now: u64) -> Option<Claims> {
-        let (body, tag) = token.strip_prefix(TOKEN_PREFIX)?.split_once('.')?;
-        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
-        hmac::verify(&self.key, body.as_bytes(), &tag).ok()?;
-        let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).ok()?).ok()?;
-        (claims.exp > now).then_some(claims)
-    }
 }
 
 pub fn unix_now() -> u64 {
@@ -271,7 +230,7 @@ impl RequestInfo {
 /// Authentication and authorization for one API server.
 pub struct Auth {
     admin_token: String,
-    pub signer: TokenSigner,
+    pub signer: Arc<TokenSigner>,
     cache: Arc<WatchCache>,
     /// The parsed RBAC objects and the revision of the last RBAC change they reflect.
     rbac: Mutex<(u64, Arc<Rbac>)>,
@@ -280,7 +239,7 @@ pub struct Auth {
 impl Auth {
     pub fn new(admin_token: String, cache: Arc<WatchCache>) -> Auth {
         Auth {
-            signer: TokenSigner::new(&admin_token),
+            signer: Arc::new(TokenSigner::new(KeySet::derived(&admin_token))),
             admin_token,
             cache,
             rbac: Mutex::new((u64::MAX, Arc::new(Rbac::default()))),
@@ -298,29 +257,33 @@ impl Auth {
         if constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
             return meant_for(&[], audiences).then(admin_user);
         }
-        let claims = self.signer.verify(token, unix_now())?;
-        if !meant_for(&claims.aud, audiences) {
+        let now = unix_now();
+        let claims: Claims = self.signer.verify(token, now)?;
+        if claims.exp <= now || !meant_for(&claims.aud, audiences) {
             return None;
         }
         if let Some(uid) = &claims.uid {
-            // A ServiceAccount's token lives as long as the ServiceAccount it was issued for.
-            let (ns, name) = claims
-                .sub
-                .strip_prefix("system:serviceaccount:")?
-                .split_once(':')?;
-            let key = format!("/registry/core/serviceaccounts/{ns}/{name}");
-            let sa = self.cache.get(&key)?;
-            let sa: serde_json::Value = serde_json::from_slice(&sa.value).ok()?;
-            if sa["metadata"]["uid"].as_str() != Some(uid) {
+            // The token lives as long as the ServiceAccount or Node it was issued for.
+            let key = if let Some(node) = claims.sub.strip_prefix("system:node:") {
+                format!("/registry/core/nodes/{node}")
+            } else {
+                let (ns, name) = claims
+                    .sub
+                    .strip_prefix("system:serviceaccount:")?
+                    .split_once(':')?;
+                format!("/registry/core/serviceaccounts/{ns}/{name}")
+            };
+            if self.uid_of(&key)?.as_str() != uid {
                 return None;
             }
             // A token bound to a pod lives as long as that pod.
             if let Some(pod) = &claims.pod {
-                let kv = self
-                    .cache
-                    .get(&format!("/registry/core/pods/{ns}/{}", pod.name))?;
-                let live: serde_json::Value = serde_json::from_slice(&kv.value).ok()?;
-                if live["metadata"]["uid"].as_str() != Some(pod.uid.as_str()) {
+                let ns = claims
+                    .sub
+                    .strip_prefix("system:serviceaccount:")?
+                    .split_once(':')?
+                    .0;
+                if self.uid_of(&format!("/registry/core/pods/{ns}/{}", pod.name))? != pod.uid {
                     return None;
                 }
             }
@@ -329,6 +292,13 @@ impl Auth {
             name: claims.sub,
             groups: claims.groups,
         })
+    }
+
+    /// The uid of the object stored at `key`, as the watch cache has it.
+    fn uid_of(&self, key: &str) -> Option<String> {
+        let kv = self.cache.get(key)?;
+        let obj: serde_json::Value = serde_json::from_slice(&kv.value).ok()?;
+        obj["metadata"]["uid"].as_str().map(str::to_string)
     }
 
     /// The RBAC objects as of the watch cache, re-read only when one of them changed.
@@ -386,29 +356,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signed_tokens_verify_until_they_expire_and_not_when_tampered() {
-        let signer = TokenSigner::new("secret");
-        let claims = Claims {
-            sub: "system:node:n1".into(),
-            groups: vec!["system:nodes".into()],
-            exp: 1_000,
-            uid: None,
-            aud: vec![],
-            pod: None,
-        };
-        let token = signer.issue(&claims);
-        assert_eq!(signer.verify(&token, 999), Some(claims.clone()));
-        assert_eq!(signer.verify(&token, 1_000), None, "expired");
-        assert_eq!(TokenSigner::new("other").verify(&token, 0), None);
-        let mut forged = claims;
-        forged.sub = "admin".into();
-        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
-        let tag = token.rsplit('.').next().unwrap();
-        assert_eq!(signer.verify(&format!("drover.{body}.{tag}"), 0), None);
-        assert_eq!(signer.verify("drover.garbage", 0), None);
-    }
 
     #[test]
     fn a_token_serves_only_its_audiences() {

@@ -3,12 +3,14 @@
 //! - [`pki`]: cluster CA, serving certificate, admin token, kubeconfig.
 //! - [`listener`]: the API address: TLS only, bounded handshakes and headers.
 //! - [`join`]: servers joining with a join token (both sides).
-//! - [`nodecerts`]: serving certificates for nodes' endpoints, each for its own node name.
+//! - [`nodecerts`]: serving certificates for nodes' endpoints, each for its own node name;
+//!   [`nodetokens`]: nodes' credentials, bound to their Nodes.
 //! - [`inflight`]: the cap on requests served at once (429 past it); `query`: the query string,
 //!   parsed once for authorization, the cap and dispatch.
 //! - [`path`]: parsing Kubernetes request paths.
 //! - [`cache`]: the watch cache that serves lists and watches from memory.
-//! - [`auth`]: bearer tokens (admin, ServiceAccounts, nodes), the node authorizer and RBAC.
+//! - [`auth`]: bearer tokens (admin, ServiceAccounts, nodes), the node authorizer and RBAC;
+//!   [`signing`]: the keys tokens are signed with; [`rotation`]: `drover token rotate`.
 //! - [`encryption`]: Secrets (and the cluster CA key) sealed with AES-GCM in the store.
 //! - [`admission`]: ClusterIP and NodePort allocation for Services.
 //! - `request`: the API itself: the [`router`], authentication, and one dispatcher to the
@@ -31,6 +33,7 @@ pub mod join;
 pub mod listener;
 pub mod metrics;
 pub mod nodecerts;
+pub mod nodetokens;
 pub mod path;
 pub mod pki;
 pub mod protobuf;
@@ -38,6 +41,8 @@ pub mod proxy;
 mod query;
 mod request;
 mod respond;
+pub mod rotation;
+pub mod signing;
 mod state;
 mod stored;
 mod strategy;

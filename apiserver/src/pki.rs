@@ -17,29 +17,11 @@ pub struct Pki {
     pub admin_token: String,
 }
 
-/// Replaces `path` atomically with `contents`, readable by its owner only: written to a
-/// temporary file, synced, renamed into place, and the directory synced, so a crash leaves the
-/// old file or the new, never a truncated key or token.
-fn write_private(path: &Path, contents: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(contents.as_bytes())?;
-            f.sync_all()
-        })
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .and_then(|_| match path.parent() {
-            Some(dir) => std::fs::File::open(dir)?.sync_all(),
-            None => Ok(()),
-        });
-    written.map_err(|e| format!("cannot write {}: {e}", path.display()))
+/// Replaces `path` atomically with `contents`, readable by its owner only (see
+/// [`raft_store::files::write_private`]): a crash leaves the old file or the new, never a
+/// truncated key or token.
+pub fn write_private(path: &Path, contents: &str) -> Result<(), String> {
+    raft_store::files::write_private(path, contents.as_bytes())
 }
 
 fn read(path: &Path) -> Result<String, String> {

@@ -3,9 +3,24 @@
 //! them).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The request's query parameters, percent-decoded.
 pub type Query = HashMap<String, String>;
+
+/// The query as the authentication layer parsed it, carried in the request's extensions to the
+/// layers and the handler after it.
+#[derive(Clone, Debug, Default)]
+pub struct Parsed(pub Arc<Query>);
+
+/// The parsed query of `req` (parsed on the spot only for a request that did not come through
+/// the authentication layer, which none does in the router).
+pub fn of<B>(req: &axum::http::Request<B>) -> Arc<Query> {
+    match req.extensions().get::<Parsed>() {
+        Some(p) => p.0.clone(),
+        None => Arc::new(parse_query(req.uri().query())),
+    }
+}
 
 pub fn parse_query(query: Option<&str>) -> Query {
     serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default()

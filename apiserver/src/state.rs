@@ -66,6 +66,12 @@ impl ApiState {
             )
             .as_ref(),
         );
+        let auth = Auth::new(admin_token, cache.clone());
+        tokio::spawn(crate::signing::follow(
+            store.clone(),
+            sealer.clone(),
+            Arc::downgrade(&auth.signer),
+        ));
         Arc::new(ApiState {
             store,
             address,
@@ -73,7 +79,7 @@ impl ApiState {
             inflight,
             node_tls: Default::default(),
             secrets: Default::default(),
-            auth: Auth::new(admin_token, cache.clone()),
+            auth,
             cache,
             sealer,
         })
@@ -83,6 +89,21 @@ impl ApiState {
     pub fn trust_nodes(&self, ca_pem: &str) -> Result<(), String> {
         let config = crate::pki::node_client_tls(ca_pem)?;
         let _ = self.node_tls.set(Arc::new(config));
+        Ok(())
+    }
+
+    /// Signs with the stored key set from now on (a member restarted after a rotation must not
+    /// sign with a retired key, even for the moment before it follows the store).
+    pub async fn load_signing_keys(&self) -> Result<(), StoreError> {
+        let stored = crate::signing::load(
+            &self.store,
+            &self.sealer,
+            raft_store::Consistency::Linearizable,
+        )
+        .await?;
+        if let Some((keys, _)) = stored {
+            self.auth.signer.set(keys);
+        }
         Ok(())
     }
 

@@ -27,8 +27,11 @@ async fn a_node_changes_only_its_own_node_lease_and_pods() {
     let (_dir, _node, app) = common::start().await;
     let n1 = token_for(&app, "/api/v1/nodes/n1/token").await;
     let node = |name: &str| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+    // Its Node was made with its credential, which is bound to it.
+    let (code, body) = call_as(&app, &n1, "GET", "/api/v1/nodes/n1", None).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
     let (code, _) = call_as(&app, &n1, "POST", "/api/v1/nodes", Some(node("n1"))).await;
-    assert_eq!(code, StatusCode::CREATED);
+    assert_eq!(code, StatusCode::CONFLICT);
     let (code, body) = call_as(&app, &n1, "POST", "/api/v1/nodes", Some(node("n2"))).await;
     assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
     call(&app, "POST", "/api/v1/nodes", Some(node("n2"))).await;
@@ -544,4 +547,101 @@ async fn tokens_serve_their_audiences_live_at_most_a_year_and_die_with_their_pod
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(dead, "a token outlived the pod it was bound to");
+}
+
+/// A node's credential is bound to its Node: deleting the Node revokes it, and a Node made
+/// again under the same name (another uid) does not bring it back. A name that cannot name a
+/// Node gets no credential.
+#[tokio::test]
+async fn deleting_a_node_revokes_its_credentials() {
+    let (_dir, _node, app) = common::start().await;
+    let n1 = token_for(&app, "/api/v1/nodes/n1/token").await;
+    let (code, _) = call_as(&app, &n1, "GET", "/api/v1/nodes/n1", None).await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = call(&app, "DELETE", "/api/v1/nodes/n1", None).await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = call_as(&app, &n1, "GET", "/api/v1/nodes/n1", None).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED, "revoked with its Node");
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
+    let (code, _) = call(&app, "POST", "/api/v1/nodes", Some(node)).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, _) = call_as(&app, &n1, "GET", "/api/v1/nodes/n1", None).await;
+    assert_eq!(
+        code,
+        StatusCode::UNAUTHORIZED,
+        "a new Node of that name is another node"
+    );
+    let again = token_for(&app, "/api/v1/nodes/n1/token").await;
+    let (code, _) = call_as(&app, &again, "GET", "/api/v1/nodes/n1", None).await;
+    assert_eq!(code, StatusCode::OK);
+
+    let (code, status) = call(
+        &app,
+        "POST",
+        "/api/v1/nodes/Not_A_Name/token",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+}
+
+/// `drover token rotate`: a new key signs; tokens of the old key work through the grace
+/// period and not after; with no grace they die at once. Only system:masters may rotate.
+#[tokio::test]
+async fn rotating_the_signing_keys_retires_old_tokens_after_the_grace_period() {
+    let (_dir, _node, app) = common::start().await;
+    let rotate = "/drover/v1/token-keys/rotate";
+    let sa = "/api/v1/namespaces/default/serviceaccounts";
+    let (code, _) = call(&app, "POST", sa, Some(json!({"metadata": {"name": "app"}}))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let old = token_for(&app, &format!("{sa}/app/token")).await;
+    // Discovery is open to every authenticated user: 401 is the token's failure alone.
+    let works = |token: String| {
+        let app = app.clone();
+        async move { call_as(&app, &token, "GET", "/api", None).await.0 == StatusCode::OK }
+    };
+    assert!(works(old.clone()).await);
+
+    // Not an admin: refused, and nothing rotates.
+    let (code, _) = call_as(&app, &old, "POST", rotate, Some(json!({}))).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let (code, status) = call(
+        &app,
+        "POST",
+        &format!("{rotate}?graceSeconds=soon"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
+
+    let (code, answer) = call(
+        &app,
+        "POST",
+        &format!("{rotate}?graceSeconds=3600"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    let kid = answer["kid"].as_str().unwrap().to_string();
+    let new = token_for(&app, &format!("{sa}/app/token")).await;
+    assert!(new.starts_with(&format!("drover.{kid}.")), "{new}");
+    assert!(
+        works(old.clone()).await,
+        "the old key verifies through the grace period"
+    );
+    assert!(works(new.clone()).await);
+
+    let (code, answer) = call(
+        &app,
+        "POST",
+        &format!("{rotate}?graceSeconds=0"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    assert_eq!(answer["keys"].as_array().unwrap().len(), 1, "{answer}");
+    assert!(!works(old).await, "no grace: revoked");
+    assert!(!works(new).await, "no grace: revoked");
+    let newest = token_for(&app, &format!("{sa}/app/token")).await;
+    assert!(works(newest).await);
 }

@@ -422,6 +422,8 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     api_state
         .trust_nodes(&pki.ca_pem)
         .map_err(anyhow::Error::msg)?;
+    // Before the API opens: nothing is signed with a key a rotation retired.
+    with_retry(|| api_state.load_signing_keys()).await?;
     *api_slot.write().unwrap_or_else(|p| p.into_inner()) =
         Some((tls, apiserver::router(api_state.clone())));
     // After the API opens: whoever finds a new kubeconfig can use it at once.

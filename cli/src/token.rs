@@ -1,6 +1,8 @@
 //! `drover token node NAME`: a credential for a node to join with (`drover node --token`),
 //! from the API's `nodes/NAME/token` subresource (admins only). `drover token server`: the
 //! token a new server joins with (`drover server --join ADDR --token-file FILE`).
+//! `drover token rotate`: a new key signs the cluster's tokens; the old ones verify for the
+//! grace period, then every token they signed (nodes', ServiceAccounts') is dead.
 
 use std::path::PathBuf;
 
@@ -27,6 +29,17 @@ enum TokenCommand {
     /// Print the cluster's join token for new servers (system:masters only). Whoever holds it
     /// can make a member of the cluster: keep it as secret as the CA key.
     Server {
+        /// An admin kubeconfig (default: $KUBECONFIG, else DATA_DIR/admin.kubeconfig).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Rotate the keys the cluster signs tokens with (system:masters only). Tokens signed
+    /// before keep working for the grace period, then stop: give nodes new tokens
+    /// (`drover token node NAME`) before it ends. `--grace 0s` revokes every signed token now.
+    Rotate {
+        /// How long tokens signed with the keys before keep working.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
         /// An admin kubeconfig (default: $KUBECONFIG, else DATA_DIR/admin.kubeconfig).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
@@ -66,6 +79,35 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
                 .as_str()
                 .context("the API answered without a token")?;
             println!("{token}");
+            Ok(())
+        }
+        TokenCommand::Rotate { grace, kubeconfig } => {
+            let client = admin_client(kubeconfig).await?;
+            let req = http::Request::post(format!(
+                "{}?graceSeconds={}",
+                apiserver::rotation::PATH_ROTATE,
+                grace.as_secs()
+            ))
+            .body(Vec::new())?;
+            let answer: serde_json::Value = client
+                .request(req)
+                .await
+                .context("cannot rotate the signing keys (an admin kubeconfig is needed)")?;
+            println!(
+                "tokens are now signed with key {}",
+                answer["kid"].as_str().unwrap_or("?")
+            );
+            for key in answer["keys"].as_array().into_iter().flatten() {
+                if let Some(until) = key["verifyUntil"].as_u64() {
+                    let when = humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(until),
+                    );
+                    println!(
+                        "tokens signed with key {} work until {when}",
+                        key["kid"].as_str().unwrap_or("?")
+                    );
+                }
+            }
             Ok(())
         }
         TokenCommand::Server { kubeconfig } => {

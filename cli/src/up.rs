@@ -18,17 +18,38 @@ pub struct UpArgs {
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let member = crate::server::start(&args.server).await?;
     let node_name = args.node.name.clone().unwrap_or_else(crate::node::hostname);
-    // The node's credential, signed here: the node talks to the API like any other node.
-    let token = member.api.auth.signer.issue(&apiserver::auth::Claims {
-        sub: format!("system:node:{node_name}"),
-        groups: vec!["system:nodes".into(), "system:authenticated".into()],
-        // Issued again at every start; the longest any token lives.
-        exp: apiserver::auth::unix_now() + apiserver::auth::MAX_TOKEN_SECONDS,
-        uid: None,
-        aud: vec![],
-        pod: None,
+    // The node's credential, signed here: the node talks to the API like any other node. It
+    // is kept in a file the client reads every minute, and signed again when the signing keys
+    // rotate, so the node outlives a rotation.
+    let credential = args.server.data_dir().join("pki").join("node-credential");
+    let sign = {
+        let api = member.api.clone();
+        let (node_name, credential) = (node_name.clone(), credential.clone());
+        move || {
+            let (api, node_name, credential) = (api.clone(), node_name.clone(), credential.clone());
+            async move {
+                let token = apiserver::nodetokens::issue(
+                    &api,
+                    &node_name,
+                    apiserver::auth::MAX_TOKEN_SECONDS,
+                )
+                .await
+                .with_context(|| format!("cannot make the credential of node {node_name}"))?;
+                apiserver::pki::write_private(&credential, &token).map_err(anyhow::Error::msg)
+            }
+        }
+    };
+    sign().await?;
+    let mut rotations = member.api.auth.signer.subscribe();
+    tokio::spawn(async move {
+        while rotations.changed().await.is_ok() {
+            if let Err(e) = sign().await {
+                tracing::error!("{e:#}");
+            }
+        }
     });
-    let node_client = kubeclient::connect(&member.url, &member.pki.ca_pem, &token)?;
+    let node_client =
+        kubeclient::connect_with_token_file(&member.url, &member.pki.ca_pem, &credential)?;
     let options = NodeOptions {
         name: Some(node_name.clone()),
         ..args.node.clone()

@@ -331,3 +331,71 @@ async fn half_open_connections_are_closed() {
     };
     tokio::join!(stall(c.members[0].addr), stall(c.members[0].peer));
 }
+
+/// Polls `check` every 100 ms for up to `secs` seconds; the last answer if it never held.
+fn within(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `drover token rotate` through one member: the other member refuses the old tokens and
+/// takes the new ones within seconds, and keeps doing so after a restart (the key set is in
+/// the store, sealed, and loaded before the API opens).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_through_one_member_holds_on_every_member() {
+    let mut c = Cluster::start(bin(), 180, 2).await.unwrap();
+    let home = c.dir.path().join("home");
+    let first = c.members[0].data_dir.join("admin.kubeconfig");
+    let second = c.members[1].data_dir.join("admin.kubeconfig");
+    let (ok, _, err) = common::kubectl(&first, &home, &["create", "serviceaccount", "app"]);
+    assert!(ok, "{err}");
+    let token = |kubeconfig: &Path| {
+        let (ok, out, err) = common::kubectl(kubeconfig, &home, &["create", "token", "app"]);
+        assert!(ok, "{err}");
+        out.trim().to_string()
+    };
+    // Discovery is open to every authenticated user: a failure is the token's.
+    let accepted = |kubeconfig: &Path, token: &str| {
+        let flag = format!("--token={token}");
+        common::kubectl(kubeconfig, &home, &[&flag, "get", "--raw", "/api"]).0
+    };
+    let old = token(&first);
+    assert!(accepted(&second, &old));
+
+    let out = std::process::Command::new(bin())
+        .args(["token", "rotate", "--grace", "0s", "--kubeconfig"])
+        .arg(&first)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && said.contains("now signed with key"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !accepted(&first, &old),
+        "revoked where it was rotated, at once"
+    );
+    assert!(
+        within(10, || !accepted(&second, &old)),
+        "the other member follows the rotation"
+    );
+    let new = token(&first);
+    assert!(within(10, || accepted(&second, &new)));
+
+    c.restart(1).await.unwrap();
+    assert!(within(30, || accepted(&second, &new)), "{}", c.log_tail(1));
+    assert!(!accepted(&second, &old));
+    // A member signs with the new key after its restart too.
+    let signed_there = token(&second);
+    assert!(accepted(&first, &signed_there));
+}

@@ -14,4 +14,4 @@ pub mod events;
 pub mod informer;
 pub mod reflect;
 
-pub use connect::connect;
+pub use connect::{connect, connect_with_token_file};

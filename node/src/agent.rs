@@ -153,20 +153,22 @@ impl NodeAgent {
         }
     }
 
-    /// Creates or refreshes the Node object.
+    /// Creates or refreshes the Node object. A Node may exist before its agent first runs
+    /// (made when its credential was issued): its labels are set then.
     pub async fn register(&self) -> anyhow::Result<()> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let name = &self.config.name;
+        let labels = json!({
+            HOSTNAME_LABEL: name,
+            OS_LABEL: "linux",
+            ARCH_LABEL: match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
+            "drover.dev/runtime-wasm": "true",
+            "drover.dev/runtime-oci": self.ctx.oci.is_some().to_string(),
+        });
         if nodes.get_opt(name).await?.is_none() {
             let node: Node = serde_json::from_value(json!({
                 "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": name, "labels": {
-                    HOSTNAME_LABEL: name,
-                    OS_LABEL: "linux",
-                    ARCH_LABEL: match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
-                    "drover.dev/runtime-wasm": "true",
-                    "drover.dev/runtime-oci": self.ctx.oci.is_some().to_string(),
-                }},
+                "metadata": {"name": name, "labels": labels},
                 "spec": {},
             }))?;
             match nodes.create(&PostParams::default(), &node).await {
@@ -175,6 +177,14 @@ impl NodeAgent {
                 Err(e) => return Err(e.into()),
             }
         }
+        // Merged into what is there (a label an admin added stays); unchanged, nothing is written.
+        nodes
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"labels": labels}})),
+            )
+            .await?;
         let mut handlers = vec![self.ctx.runtime.handler()];
         if self.ctx.oci.is_some() {
             handlers.push("oci");

@@ -13,7 +13,7 @@
 
 pub mod client;
 pub mod engine;
-mod files;
+pub mod files;
 pub mod log_store;
 pub mod mvcc;
 pub mod network;

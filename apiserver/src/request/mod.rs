@@ -55,6 +55,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route(crate::join::PATH_JOIN_TOKEN, get(crate::join::token))
         .route(
+            crate::rotation::PATH_ROTATE,
+            axum::routing::post(crate::rotation::rotate),
+        )
+        .route(
             crate::nodecerts::ROUTE,
             axum::routing::post(crate::nodecerts::issue),
         )
@@ -95,7 +99,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
 
 /// The cap on requests in flight: a place for the request's lifetime, or 429 at once.
 async fn limit_inflight(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
-    let query = parse_query(req.uri().query());
+    let query = crate::query::of(&req);
     let anonymous = req.extensions().get::<User>().is_none();
     if anonymous || crate::inflight::exempt(req.method(), req.uri().path(), &query) {
         return next.run(req).await;
@@ -110,24 +114,38 @@ async fn limit_inflight(State(st): State<Arc<ApiState>>, req: Request, next: Nex
 /// anybody, as `system:public-info-viewer` makes them in Kubernetes; so are the join endpoint,
 /// which checks the join secret itself, and nodes' serving certificates, which check the node.
 async fn authenticate(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> Response {
+    // The query is parsed once, here: the same value is what the cap and the dispatcher read,
+    // so what is authorized is what is served.
+    let query = Arc::new(parse_query(req.uri().query()));
+    req.extensions_mut()
+        .insert(crate::query::Parsed(query.clone()));
     let open = matches!(
         req.uri().path(),
         "/version" | "/healthz" | "/livez" | "/readyz" | crate::join::PATH_JOIN
     ) || crate::nodecerts::is_route(req.uri().path());
-    let user = req
+    let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|token| st.auth.authenticate(token.trim()));
+        .map(str::trim);
+    let mut user = token.and_then(|t| st.auth.authenticate(t));
+    if let (None, Some(token)) = (&user, token.filter(|t| t.starts_with("drover."))) {
+        // A signed token lives as long as its ServiceAccount, Node or pod, looked up in the
+        // watch cache, which follows this member's store a moment behind: a Node made by the
+        // request that issued the token must count.
+        let head = st.store.engine().head().revision;
+        if st.cache.revision() < head && st.cache.wait_for(head, Duration::from_secs(1)).await {
+            user = st.auth.authenticate(token);
+        }
+    }
     let Some(user) = user else {
         if open {
             return next.run(req).await;
         }
         return failure(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     };
-    // Decoded as the dispatcher decodes it: what is authorized is what is served.
-    let watch = is_true(parse_query(req.uri().query()).get("watch"));
+    let watch = is_true(query.get("watch"));
     let info = RequestInfo::new(req.method(), req.uri().path(), watch);
     let mut allowed = open || st.auth.allows(&user, &info);
     if !allowed {
@@ -174,7 +192,7 @@ async fn dispatch(
             name: "system:anonymous".into(),
             groups: vec!["system:unauthenticated".into()],
         });
-    let query = parse_query(uri.query());
+    let query = crate::query::of(&req);
     let body = match axum::body::to_bytes(req.into_body(), 3 * 1024 * 1024).await {
         Ok(b) => b,
         Err(_) => {

@@ -574,7 +574,13 @@ impl Call<'_> {
                 };
                 (auth::service_account_user(&ns, name), uid, pod)
             }
-            Some(TokenFor::Node) => (auth::node_user(name), None, None),
+            Some(TokenFor::Node) => match crate::nodetokens::node_uid(self.st, name).await {
+                Ok(uid) => (auth::node_user(name), Some(uid), None),
+                Err(crate::nodetokens::Failure::Name(why)) => {
+                    return invalid(r, name, "metadata.name", &why)
+                }
+                Err(crate::nodetokens::Failure::Store(e)) => return store_failure(e),
+            },
             None => {
                 return failure(
                     StatusCode::NOT_FOUND,
