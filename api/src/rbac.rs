@@ -361,37 +361,65 @@ impl Rbac {
     }
 }
 
-/// What the node authorizer decides for a node's own credential. `pod_node` tells which node a
-/// pod is bound to. Nodes read what they need to run pods and program the network, and change
-/// only their own Node, their own Lease and the pods bound to them, as the `NodeRestriction`
-/// admission and node authorizer allow in Kubernetes.
-pub fn node_allows(
-    node: &str,
-    a: &Attributes,
-    pod_node: impl Fn(&str, &str) -> Option<String>,
-) -> bool {
+/// What the node authorizer knows of the cluster: which node a pod is bound to, and whether
+/// a pod bound to a node references an object (the graph of [`crate::nodegraph`]).
+pub trait NodeFacts {
+    fn pod_node(&self, namespace: &str, name: &str) -> Option<String>;
+    fn references(&self, node: &str, kind: &str, namespace: &str, name: &str) -> bool;
+}
+
+/// What the node authorizer decides for a node's own credential, as Kubernetes' node
+/// authorizer and `system:node` role: a node reads what it needs to run its pods and program
+/// the network (nodes, pods, Services and their endpoints, NetworkPolicies, namespaces), reads
+/// Secrets, ConfigMaps, claims and ServiceAccounts only while a pod bound to it references
+/// them, asks tokens only for its pods' ServiceAccounts, and writes only its own Node and
+/// Lease, its pods' status and deletion, and Events. What a write may change (a Node's
+/// labels, a Lease's name in the body, a token's pod) is checked on the object
+/// (NodeRestriction, in the API's strategies).
+pub fn node_allows(node: &str, a: &Attributes, facts: &impl NodeFacts) -> bool {
     let Some(r) = &a.resource else {
         return matches!(a.verb, "get") && is_discovery_path(a.path);
     };
     let reads = matches!(a.verb, "get" | "list" | "watch");
-    let writes = matches!(a.verb, "create" | "update" | "patch" | "delete");
+    let own = |name: &str| name == node;
     match (r.group, r.resource, r.subresource) {
-        ("rbac.authorization.k8s.io", _, _) => false,
-        ("", "nodes", "" | "status") if writes => r.name == node || r.name.is_empty(),
-        ("coordination.k8s.io", "leases", "") if writes || reads => {
-            r.namespace == "kube-node-lease"
-                && (r.name == node || (r.name.is_empty() && a.verb == "create"))
+        ("", "nodes", "") => {
+            reads
+                || (matches!(a.verb, "create" | "update" | "patch")
+                    && (own(r.name) || (r.name.is_empty() && a.verb == "create")))
         }
-        ("", "pods", "" | "status") if matches!(a.verb, "update" | "patch" | "delete") => {
-            pod_node(r.namespace, r.name).as_deref() == Some(node)
+        ("", "nodes", "status") => matches!(a.verb, "get" | "update" | "patch") && own(r.name),
+        ("coordination.k8s.io", "leases", "") => {
+            r.namespace == "kube-node-lease"
+                && matches!(a.verb, "get" | "create" | "update" | "patch")
+                && (own(r.name) || (r.name.is_empty() && a.verb == "create"))
+        }
+        ("", "pods", "") => {
+            reads
+                || (a.verb == "delete"
+                    && facts.pod_node(r.namespace, r.name).as_deref() == Some(node))
+        }
+        ("", "pods", "status") => {
+            matches!(a.verb, "get" | "update" | "patch")
+                && facts.pod_node(r.namespace, r.name).as_deref() == Some(node)
+        }
+        ("", "services" | "endpoints" | "namespaces", "")
+        | ("discovery.k8s.io", "endpointslices", "")
+        | ("networking.k8s.io", "networkpolicies", "") => reads,
+        (
+            "",
+            kind @ ("secrets" | "configmaps" | "persistentvolumeclaims" | "serviceaccounts"),
+            "",
+        ) => a.verb == "get" && facts.references(node, kind, r.namespace, r.name),
+        ("", "serviceaccounts", "token") => {
+            a.verb == "create" && facts.references(node, "serviceaccounts", r.namespace, r.name)
         }
         ("", "events", "") | ("events.k8s.io", "events", "") => {
-            reads || matches!(a.verb, "create" | "update" | "patch")
+            matches!(a.verb, "create" | "update" | "patch")
         }
-        ("", "serviceaccounts", "token") => a.verb == "create",
         // A node checks the tokens callers of its log endpoint present.
         ("authentication.k8s.io", "tokenreviews", "") => a.verb == "create",
-        _ => reads && r.subresource.is_empty(),
+        _ => false,
     }
 }
 
@@ -712,44 +740,109 @@ mod tests {
     }
 
     #[test]
-    fn nodes_change_only_their_own_node_lease_and_pods() {
-        let on =
-            |ns: &str, name: &str| (ns == "default" && name == "mine").then(|| "n1".to_string());
-        let mut a = res("update", "", "nodes", "");
-        let set_name = |a: &mut Attributes, n: &'static str| {
-            if let Some(r) = a.resource.as_mut() {
-                r.name = n;
+    fn nodes_change_only_their_own_node_lease_and_pods_and_read_only_what_their_pods_use() {
+        struct Facts;
+        impl NodeFacts for Facts {
+            fn pod_node(&self, ns: &str, name: &str) -> Option<String> {
+                (ns == "default" && name == "mine").then(|| "n1".to_string())
             }
+            fn references(&self, node: &str, kind: &str, ns: &str, name: &str) -> bool {
+                node == "n1" && ns == "default" && name == "used" && kind != "pods"
+            }
+        }
+        let on = &Facts;
+        let named = |verb: &'static str,
+                     group: &'static str,
+                     resource: &'static str,
+                     sub: &'static str,
+                     ns: &'static str,
+                     name: &'static str| Attributes {
+            verb,
+            resource: Some(ResourceAttributes {
+                group,
+                resource,
+                subresource: sub,
+                namespace: ns,
+                name,
+            }),
+            path: "",
         };
-        set_name(&mut a, "n1");
-        assert!(node_allows("n1", &a, on));
-        set_name(&mut a, "n2");
-        assert!(!node_allows("n1", &a, on));
-        let mut p = res("delete", "", "pods", "default");
-        set_name(&mut p, "mine");
-        assert!(node_allows("n1", &p, on));
-        set_name(&mut p, "theirs");
-        assert!(!node_allows("n1", &p, on));
-        let mut l = res("update", "coordination.k8s.io", "leases", "kube-node-lease");
-        set_name(&mut l, "n1");
-        assert!(node_allows("n1", &l, on));
-        set_name(&mut l, "n2");
-        assert!(!node_allows("n1", &l, on));
-        assert!(node_allows("n1", &res("watch", "", "pods", ""), on));
-        assert!(!node_allows(
-            "n1",
-            &res("create", "", "pods", "default"),
-            on
-        ));
-        assert!(!node_allows(
-            "n1",
-            &res("create", "apps", "deployments", "default"),
-            on
-        ));
-        assert!(!node_allows(
-            "n1",
-            &res("list", "rbac.authorization.k8s.io", "roles", ""),
-            on
-        ));
+        let yes = [
+            named("update", "", "nodes", "", "", "n1"),
+            named("patch", "", "nodes", "status", "", "n1"),
+            named("list", "", "nodes", "", "", ""),
+            named("delete", "", "pods", "", "default", "mine"),
+            named("patch", "", "pods", "status", "default", "mine"),
+            named("watch", "", "pods", "", "", ""),
+            named(
+                "update",
+                "coordination.k8s.io",
+                "leases",
+                "",
+                "kube-node-lease",
+                "n1",
+            ),
+            named(
+                "create",
+                "coordination.k8s.io",
+                "leases",
+                "",
+                "kube-node-lease",
+                "",
+            ),
+            named("get", "", "secrets", "", "default", "used"),
+            named("get", "", "configmaps", "", "default", "used"),
+            named("create", "", "serviceaccounts", "token", "default", "used"),
+            named("list", "discovery.k8s.io", "endpointslices", "", "", ""),
+            named("watch", "networking.k8s.io", "networkpolicies", "", "", ""),
+            named("create", "", "events", "", "default", ""),
+        ];
+        for a in &yes {
+            assert!(node_allows("n1", a, on), "{a:?}");
+        }
+        let no = [
+            named("update", "", "nodes", "", "", "n2"),
+            named("delete", "", "nodes", "", "", "n1"),
+            named("delete", "", "pods", "", "default", "theirs"),
+            named("patch", "", "pods", "", "default", "mine"),
+            named("create", "", "pods", "", "default", ""),
+            named("patch", "", "pods", "status", "default", "theirs"),
+            named(
+                "update",
+                "coordination.k8s.io",
+                "leases",
+                "",
+                "kube-node-lease",
+                "n2",
+            ),
+            named(
+                "update",
+                "coordination.k8s.io",
+                "leases",
+                "",
+                "default",
+                "n1",
+            ),
+            named("get", "", "secrets", "", "kube-system", "used"),
+            named("get", "", "secrets", "", "default", "unused"),
+            named("list", "", "secrets", "", "default", ""),
+            named("watch", "", "configmaps", "", "", ""),
+            named(
+                "create",
+                "",
+                "serviceaccounts",
+                "token",
+                "default",
+                "unused",
+            ),
+            named("list", "", "events", "", "", ""),
+            named("create", "apps", "deployments", "", "default", ""),
+            named("list", "rbac.authorization.k8s.io", "roles", "", "", ""),
+            named("get", "apps", "deployments", "", "default", "d"),
+            named("create", "", "nodes", "token", "", "n1"),
+        ];
+        for a in &no {
+            assert!(!node_allows("n1", a, on), "{a:?}");
+        }
     }
 }

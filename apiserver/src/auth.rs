@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use api::rbac::{self, Attributes, Rbac, ResourceAttributes, User};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::WatchCache;
+use crate::cache::{Index, WatchCache};
 use crate::path::{self, Target};
 use crate::signing::{KeySet, TokenSigner};
 
@@ -232,16 +232,19 @@ pub struct Auth {
     admin_token: String,
     pub signer: Arc<TokenSigner>,
     cache: Arc<WatchCache>,
+    /// Which node each pod is bound to and what it references (the node authorizer's graph).
+    pods: Arc<PodGraph>,
     /// The parsed RBAC objects and the revision of the last RBAC change they reflect.
     rbac: Mutex<(u64, Arc<Rbac>)>,
 }
 
 impl Auth {
-    pub fn new(admin_token: String, cache: Arc<WatchCache>) -> Auth {
+    pub fn new(admin_token: String, cache: Arc<WatchCache>, pods: Arc<PodGraph>) -> Auth {
         Auth {
             signer: Arc::new(TokenSigner::new(KeySet::derived(&admin_token))),
             admin_token,
             cache,
+            pods,
             rbac: Mutex::new((u64::MAX, Arc::new(Rbac::default()))),
         }
     }
@@ -334,18 +337,60 @@ impl Auth {
     pub fn allows_attributes(&self, user: &User, a: &Attributes) -> bool {
         let a = a.clone();
         if let Some(node) = user.node_name() {
-            let pod_node = |ns: &str, name: &str| -> Option<String> {
-                let kv = self
-                    .cache
-                    .get(&format!("/registry/core/pods/{ns}/{name}"))?;
-                let pod: serde_json::Value = serde_json::from_slice(&kv.value).ok()?;
-                pod["spec"]["nodeName"].as_str().map(str::to_string)
-            };
-            if rbac::node_allows(node, &a, pod_node) {
+            if rbac::node_allows(node, &a, self.pods.as_ref()) {
                 return true;
             }
         }
         self.rbac().allows(user, &a)
+    }
+}
+
+/// The node authorizer's graph over the pods in the watch cache, kept in step with it (an
+/// [`Index`] of the cache: one pod's change is one update, an authorization one lookup).
+#[derive(Default)]
+pub struct PodGraph(Mutex<api::nodegraph::NodeGraph>);
+
+const PODS_PREFIX: &str = "/registry/core/pods/";
+
+impl PodGraph {
+    fn graph(&self) -> std::sync::MutexGuard<'_, api::nodegraph::NodeGraph> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Index for PodGraph {
+    fn reset(&self, objects: &mut dyn Iterator<Item = &raft_store::KeyValue>) {
+        let mut graph = self.graph();
+        graph.clear();
+        for kv in objects.filter(|kv| kv.key.starts_with(PODS_PREFIX.as_bytes())) {
+            if let Ok(pod) = serde_json::from_slice::<serde_json::Value>(&kv.value) {
+                graph.put_pod(&String::from_utf8_lossy(&kv.key), &pod);
+            }
+        }
+    }
+
+    fn changed(&self, key: &[u8], now: Option<&raft_store::KeyValue>) {
+        if !key.starts_with(PODS_PREFIX.as_bytes()) {
+            return;
+        }
+        let key = String::from_utf8_lossy(key);
+        let pod = now.and_then(|kv| serde_json::from_slice::<serde_json::Value>(&kv.value).ok());
+        match pod {
+            Some(pod) => self.graph().put_pod(&key, &pod),
+            None => self.graph().remove_pod(&key),
+        }
+    }
+}
+
+impl rbac::NodeFacts for PodGraph {
+    fn pod_node(&self, namespace: &str, name: &str) -> Option<String> {
+        self.graph()
+            .node_of(&format!("{PODS_PREFIX}{namespace}/{name}"))
+            .map(str::to_string)
+    }
+
+    fn references(&self, node: &str, kind: &str, namespace: &str, name: &str) -> bool {
+        self.graph().references(node, kind, namespace, name)
     }
 }
 

@@ -54,6 +54,16 @@ struct CacheState {
 /// What the cache does to each value it reads from the store (opening sealed Secrets).
 pub type Opener = Arc<dyn Fn(&mut KeyValue) + Send + Sync>;
 
+/// Something kept in step with the cache's objects, under the cache's lock, so that it reflects
+/// exactly the revision the cache has published (the node authorizer's graph): a request that
+/// waited for the cache to reach a revision sees it there too.
+pub trait Index: Send + Sync {
+    /// Everything again from `objects` (at start, and when the cache starts over).
+    fn reset(&self, objects: &mut dyn Iterator<Item = &KeyValue>);
+    /// The object at `key` is now `now` (None: deleted).
+    fn changed(&self, key: &[u8], now: Option<&KeyValue>);
+}
+
 pub struct WatchCache {
     engine: Engine,
     opener: Opener,
@@ -63,6 +73,7 @@ pub struct WatchCache {
     tracked: &'static [&'static str],
     /// How many events the window keeps.
     window: usize,
+    indexes: Vec<Arc<dyn Index>>,
 }
 
 impl WatchCache {
@@ -71,8 +82,9 @@ impl WatchCache {
         engine: Engine,
         tracked: &'static [&'static str],
         opener: Opener,
+        indexes: Vec<Arc<dyn Index>>,
     ) -> Arc<WatchCache> {
-        Self::with_window(engine, tracked, opener, WINDOW_EVENTS)
+        Self::with_window(engine, tracked, opener, indexes, WINDOW_EVENTS)
     }
 
     /// [`WatchCache::start`] with a window of `window` events.
@@ -80,6 +92,7 @@ impl WatchCache {
         engine: Engine,
         tracked: &'static [&'static str],
         opener: Opener,
+        indexes: Vec<Arc<dyn Index>>,
         window: usize,
     ) -> Arc<WatchCache> {
         let cache = Arc::new(WatchCache {
@@ -89,6 +102,7 @@ impl WatchCache {
             revision: watch::channel(0).0,
             tracked,
             window,
+            indexes,
         });
         cache.reload();
         tokio::spawn(follow(Arc::downgrade(&cache)));
@@ -133,6 +147,9 @@ impl WatchCache {
                 (kv.key.clone(), Arc::new(kv))
             })
             .collect();
+        for index in &self.indexes {
+            index.reset(&mut st.objects.values().map(|kv| kv.as_ref()));
+        }
         st.events.clear();
         st.horizon = resp.revision;
         st.revision = resp.revision;
@@ -154,6 +171,10 @@ impl WatchCache {
                 EventKind::Put => st.objects.insert(kv.key.clone(), kv.clone()),
                 EventKind::Delete => st.objects.remove(&kv.key),
             };
+            let now = (ev.kind == EventKind::Put).then_some(kv.as_ref());
+            for index in &self.indexes {
+                index.changed(&kv.key, now);
+            }
             for p in self.tracked {
                 if kv.key.starts_with(p.as_bytes()) {
                     st.prefix_changed.insert(p, revision);

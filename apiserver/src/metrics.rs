@@ -120,7 +120,7 @@ pub async fn serve(
     let mut items = Vec::new();
     if resource.name == "pods" {
         let pods_resource = api::registry::find("", "v1", "pods").expect("registered");
-        for (_, report) in &reports {
+        for (reporter, report) in &reports {
             for p in report["pods"].as_array().into_iter().flatten() {
                 let (Some(ns), Some(pod)) = (p["namespace"].as_str(), p["name"].as_str()) else {
                     continue;
@@ -134,6 +134,11 @@ pub async fn serve(
                     continue;
                 };
                 let obj = from_kv(&kv);
+                // A node speaks for its own pods only: usage it reports for another node's
+                // pods (to steer an autoscaler) is not taken.
+                if obj["spec"]["nodeName"].as_str() != Some(reporter.as_str()) {
+                    continue;
+                }
                 let labels = object::labels(&obj);
                 if !selector.matches(&labels) {
                     continue;

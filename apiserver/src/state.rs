@@ -53,10 +53,12 @@ impl ApiState {
         inflight: crate::inflight::Inflight,
     ) -> Arc<ApiState> {
         let opener = sealer.clone();
+        let pods = Arc::new(auth::PodGraph::default());
         let cache = WatchCache::start(
             store.engine().clone(),
             &[auth::RBAC_PREFIX],
             Arc::new(move |kv: &mut KeyValue| opener.open_kv(kv)),
+            vec![pods.clone()],
         );
         let continue_key = ring::hmac::Key::new(
             ring::hmac::HMAC_SHA256,
@@ -66,7 +68,7 @@ impl ApiState {
             )
             .as_ref(),
         );
-        let auth = Auth::new(admin_token, cache.clone());
+        let auth = Auth::new(admin_token, cache.clone(), pods);
         tokio::spawn(crate::signing::follow(
             store.clone(),
             sealer.clone(),

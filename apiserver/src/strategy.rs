@@ -52,6 +52,13 @@ pub trait Strategy: Sync {
         None
     }
 
+    /// Why `user` may not make this change of `old` (Null for a create) to `new` although it
+    /// may write the object: the message of a 403 (a node changing the labels that say what
+    /// role it has).
+    fn forbids_change(&self, _user: &User, _old: &Value, _new: &Value) -> Option<String> {
+        None
+    }
+
     /// What an update of `old` to `new` reserves and releases, completing `new`. Err: the field
     /// at fault and why, for a 422.
     fn reallocate(
@@ -103,6 +110,7 @@ pub fn of(resource: &Resource) -> &'static dyn Strategy {
         ("", "pods") => &Pods,
         ("", "services") => &Services,
         ("", "nodes") => &Nodes,
+        ("coordination.k8s.io", "leases") => &Leases,
         (RBAC_GROUP, "roles") => &Roles { resource: "roles" },
         (RBAC_GROUP, "clusterroles") => &Roles {
             resource: "clusterroles",
@@ -157,6 +165,10 @@ impl Strategy for Namespaces {
 struct Pods;
 
 impl Strategy for Pods {
+    fn update_problem(&self, old: &Value, new: &Value) -> Option<(String, String)> {
+        pod_spec_change_problem(&old["spec"], &new["spec"]).map(|why| ("spec".to_string(), why))
+    }
+
     fn prepare_delete(&self, obj: &mut Value, grace: i64) {
         if grace == 0 {
             object::metadata_mut(obj).insert("deletionGracePeriodSeconds".into(), json!(0));
@@ -205,6 +217,13 @@ impl Strategy for Nodes {
         })
     }
 
+    fn forbids_change(&self, user: &User, old: &Value, new: &Value) -> Option<String> {
+        user.node_name()?;
+        let changed = restricted_labels(new, old);
+        (!changed.is_empty())
+            .then(|| format!("is not allowed to modify labels: {}", changed.join(", ")))
+    }
+
     fn update_problem(&self, old: &Value, new: &Value) -> Option<(String, String)> {
         for field in ["podCIDR", "podCIDRs"] {
             let before = &old["spec"][field];
@@ -218,6 +237,118 @@ impl Strategy for Nodes {
         }
         None
     }
+}
+
+/// The labels a node may not set or change on its own Node (NodeRestriction): those that say
+/// what role it has or what it may run, under `node-role.kubernetes.io/` and
+/// `node-restriction.kubernetes.io/` — whatever differs between `new` and `old`.
+fn restricted_labels(new: &Value, old: &Value) -> Vec<String> {
+    let restricted = |k: &String| {
+        let prefix = k.split_once('/').map_or("", |(p, _)| p);
+        prefix == "node-role.kubernetes.io"
+            || prefix == "node-restriction.kubernetes.io"
+            || prefix.ends_with(".node-restriction.kubernetes.io")
+    };
+    let empty = serde_json::Map::new();
+    let labels = |v: &Value| {
+        v["metadata"]["labels"]
+            .as_object()
+            .cloned()
+            .unwrap_or_else(|| empty.clone())
+    };
+    let (new, old) = (labels(new), labels(old));
+    let mut keys: Vec<String> = new
+        .keys()
+        .chain(old.keys())
+        .filter(|k| restricted(k) && new.get(*k) != old.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Leases: a node creates and renews only its own, in `kube-node-lease` (the name of a create
+/// is in the body, beyond what the authorizer sees).
+struct Leases;
+
+impl Strategy for Leases {
+    fn forbids(&self, _auth: &Auth, user: &User, obj: &Value, name: &str) -> Option<String> {
+        let node = user.node_name()?;
+        let ns = object::namespace(obj).unwrap_or_default();
+        (ns != "kube-node-lease" || name != node).then(|| {
+            format!("node {node:?} may only write its own Lease (kube-node-lease/{node}), not {ns}/{name}")
+        })
+    }
+}
+
+/// Why a pod's spec may not change from `old` to `new`, as kube-apiserver's pod update rule:
+/// only images, `activeDeadlineSeconds` (set, or made shorter), added tolerations and removed
+/// scheduling gates may change (whoever writes: a node moving its pod to another node with
+/// another command is refused like anyone else).
+pub fn pod_spec_change_problem(old: &Value, new: &Value) -> Option<String> {
+    if old == new {
+        return None;
+    }
+    let mut allowed = new.clone();
+    // Images, container by container (same containers, same order).
+    for group in ["containers", "initContainers"] {
+        let (Some(was), Some(now)) = (old[group].as_array(), allowed[group].as_array_mut()) else {
+            continue;
+        };
+        if was.len() == now.len() {
+            for (w, n) in was.iter().zip(now.iter_mut()) {
+                if w["name"] == n["name"] {
+                    n["image"] = w["image"].clone();
+                }
+            }
+        }
+    }
+    // activeDeadlineSeconds: set where unset, or lowered, never removed.
+    let deadline_ok = match (
+        old["activeDeadlineSeconds"].as_i64(),
+        new["activeDeadlineSeconds"].as_i64(),
+    ) {
+        (None, Some(n)) => n > 0,
+        (Some(o), Some(n)) => 0 < n && n <= o,
+        _ => false,
+    };
+    if deadline_ok {
+        allowed["activeDeadlineSeconds"] = old["activeDeadlineSeconds"].clone();
+    }
+    // Tolerations: the old ones kept, new ones added.
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let (was, now) = (list(&old["tolerations"]), list(&new["tolerations"]));
+    if was.iter().all(|t| now.contains(t)) {
+        allowed["tolerations"] = old["tolerations"].clone();
+    }
+    // Scheduling gates: only removed.
+    let (was, now) = (list(&old["schedulingGates"]), list(&new["schedulingGates"]));
+    if now.iter().all(|g| was.contains(g)) {
+        allowed["schedulingGates"] = old["schedulingGates"].clone();
+    }
+    let strip_nulls = |v: &mut Value| {
+        if let Some(m) = v.as_object_mut() {
+            m.retain(|_, x| !x.is_null());
+        }
+    };
+    let mut old = old.clone();
+    strip_nulls(&mut old);
+    strip_nulls(&mut allowed);
+    (allowed != old).then(|| {
+        let keys = |v: &Value| v.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        let changed: std::collections::BTreeSet<String> = keys(&allowed)
+            .into_iter()
+            .chain(keys(&old))
+            .filter(|k| allowed.get(k.as_str()) != old.get(k.as_str()))
+            .map(|k| format!("spec.{k}"))
+            .collect();
+        let changed: Vec<String> = changed.into_iter().collect();
+        format!(
+            "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.schedulingGates` (only removals) (changed: {})",
+            changed.join(", ")
+        )
+    })
 }
 
 /// Whether `user` may `verb` the RBAC `resource` named `role` in `namespace`.

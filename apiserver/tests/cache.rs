@@ -22,6 +22,7 @@ async fn lists_and_watches_follow_the_store_and_fall_back_past_the_window() {
         node.engine().clone(),
         &["/registry/t/"],
         std::sync::Arc::new(|_: &mut raft_store::KeyValue| {}),
+        vec![],
         8,
     );
     let start = put(&node, "/registry/t/a", "1").await;

@@ -483,6 +483,13 @@ impl Call<'_> {
         let account = pod["spec"]["serviceAccountName"]
             .as_str()
             .unwrap_or("default");
+        // A node asks only for its own pods' tokens (the authorizer saw the ServiceAccount; the
+        // pod is here).
+        if let Some(node) = self.user.node_name() {
+            if pod["spec"]["nodeName"].as_str() != Some(node) {
+                return Err(format!("the pod {ns}/{name} is not bound to node {node}"));
+            }
+        }
         let asker = self.o.name.as_deref().unwrap_or_default();
         if account != asker {
             return Err(format!(
@@ -565,6 +572,14 @@ impl Call<'_> {
                 };
                 let uid = sa["metadata"]["uid"].as_str().map(str::to_string);
                 let pod = if bound.is_null() {
+                    if self.user.node_name().is_some() {
+                        return invalid(
+                            r,
+                            name,
+                            "spec.boundObjectRef",
+                            "a node's token request must be bound to one of its pods",
+                        );
+                    }
                     None
                 } else {
                     match self.bound_pod(&ns, bound).await {

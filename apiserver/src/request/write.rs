@@ -160,6 +160,13 @@ impl Call<'_> {
             Ok(x) => x,
             Err(r) => return r,
         };
+        // A create changes the object from nothing.
+        if let Some(why) = self
+            .strategy()
+            .forbids_change(self.user, &Value::Null, &obj)
+        {
+            return forbidden(&why);
+        }
         if self.resource().namespaced {
             match self.namespace_exists().await {
                 Ok(true) => {}
@@ -258,6 +265,9 @@ impl Call<'_> {
         let old = self.load(current);
         if let Some((field, msg)) = self.strategy().update_problem(&old, &obj) {
             return Err(invalid(self.resource(), name, &field, &msg));
+        }
+        if let Some(why) = self.strategy().forbids_change(self.user, &old, &obj) {
+            return Err(forbidden(&why));
         }
         let change = match self.strategy().reallocate(&old, &mut obj) {
             Ok(c) => c,

@@ -94,7 +94,7 @@ pub async fn call_as(
     call_as_with_type(app, token, method, uri, body, content_type).await
 }
 
-async fn call_as_with_type(
+pub async fn call_as_with_type(
     app: &axum::Router,
     token: &str,
     method: &str,
