@@ -12,7 +12,8 @@
 //! - [`auth`]: bearer tokens (admin, ServiceAccounts, nodes), the node authorizer and RBAC;
 //!   [`signing`]: the keys tokens are signed with; [`rotation`]: `drover token rotate`.
 //! - [`encryption`]: Secrets (and the cluster CA key) sealed with AES-GCM in the store.
-//! - [`admission`]: ClusterIP and NodePort allocation for Services.
+//! - [`admission`]: ClusterIP and NodePort allocation for Services; [`podsecurity`]: Pod
+//!   Security admission (the namespaces' levels; the rules are `api::podsecurity`).
 //! - `request`: the API itself: the [`router`], authentication, and one dispatcher to the
 //!   handlers of reads, writes, deletes and the subresources that act; `strategy`: what is
 //!   particular to one kind in that path; `respond`: Kubernetes' responses; `stored`: how
@@ -36,6 +37,7 @@ pub mod nodecerts;
 pub mod nodetokens;
 pub mod path;
 pub mod pki;
+pub mod podsecurity;
 pub mod protobuf;
 pub mod proxy;
 mod query;

@@ -31,6 +31,8 @@ pub struct ApiState {
     /// The cluster's CA, admin token and join secret, read from the store once (they do not
     /// change): joins and serving certificates check and sign with them without a store read.
     secrets: std::sync::OnceLock<crate::pki::ClusterSecrets>,
+    /// The cluster's Pod Security levels ([`ApiState::set_pod_security`]; baseline unless set).
+    pod_security: std::sync::OnceLock<crate::podsecurity::Settings>,
 }
 
 impl ApiState {
@@ -81,10 +83,20 @@ impl ApiState {
             inflight,
             node_tls: Default::default(),
             secrets: Default::default(),
+            pod_security: Default::default(),
             auth,
             cache,
             sealer,
         })
+    }
+
+    /// Sets the cluster's Pod Security levels (once, before serving).
+    pub fn set_pod_security(&self, settings: crate::podsecurity::Settings) {
+        let _ = self.pod_security.set(settings);
+    }
+
+    pub fn pod_security(&self) -> &crate::podsecurity::Settings {
+        self.pod_security.get_or_init(Default::default)
     }
 
     /// Reaches nodes over TLS, trusting the CA `ca_pem` and checking each node by its name.

@@ -66,6 +66,11 @@ pub struct ServerArgs {
     /// without it a LoadBalancer Service's addresses are the nodes' own (as k3s).
     #[arg(long)]
     service_lb_pool: Option<controllers::servicelb::Pool>,
+    /// The Pod Security level namespaces enforce (and warn of) unless their
+    /// `pod-security.kubernetes.io/*` labels say otherwise: privileged, baseline or
+    /// restricted. kube-system is exempt.
+    #[arg(long, default_value = "baseline", value_parser = parse_level)]
+    pod_security_enforce: api::podsecurity::Level,
 }
 
 impl ServerArgs {
@@ -105,6 +110,12 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
 /// operations (create-if-absent, then read back), which both callers are: retrying one whose
 /// first attempt did land is harmless, and a starting member must not exit because the leader
 /// changed under it.
+fn parse_level(s: &str) -> Result<api::podsecurity::Level, String> {
+    api::podsecurity::Level::parse(s).ok_or_else(|| {
+        format!("{s:?} is not a Pod Security level: privileged, baseline or restricted")
+    })
+}
+
 async fn with_retry<T, F, Fut>(op: F) -> anyhow::Result<T>
 where
     F: Fn() -> Fut,
@@ -422,6 +433,9 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     api_state
         .trust_nodes(&pki.ca_pem)
         .map_err(anyhow::Error::msg)?;
+    api_state.set_pod_security(apiserver::podsecurity::Settings::enforcing(
+        args.pod_security_enforce,
+    ));
     // Before the API opens: nothing is signed with a key a rotation retired.
     with_retry(|| api_state.load_signing_keys()).await?;
     *api_slot.write().unwrap_or_else(|p| p.into_inner()) =

@@ -886,3 +886,72 @@ async fn server_dry_run_and_diff_change_nothing() {
         "shop",
     ]);
 }
+
+/// Pod Security admission through the real kubectl: baseline by default (a hostPath pod is
+/// refused with Kubernetes' words, Wasm or not), warn levels come back as `Warning:` lines,
+/// workloads are only warned of, a namespace chooses its level by label (and a label naming
+/// no level is refused), kube-system is exempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_security_levels_refuse_and_warn_as_kubernetes_does() {
+    let k = Kubectl::start(109).await;
+    let host_pod = |ns: &str| {
+        k.write(
+            &format!("host-{ns}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: escape, namespace: {ns}}}\nspec:\n  \
+                 containers: [{{name: c, image: hello-world:v1}}]\n  \
+                 volumes: [{{name: root, hostPath: {{path: /}}}}]\n"
+            ),
+        )
+    };
+    let err = k.fails(&["apply", "-f", &host_pod("default")]);
+    assert!(
+        err.contains("pods \"escape\" is forbidden: violates PodSecurity \"baseline:latest\": hostPath volumes (volume \"root\")"),
+        "{err}"
+    );
+    k.ok(&["apply", "-f", &host_pod("kube-system")]);
+    k.ok(&["create", "namespace", "ops"]);
+    k.ok(&[
+        "label",
+        "namespace",
+        "ops",
+        "pod-security.kubernetes.io/enforce=privileged",
+    ]);
+    k.ok(&["apply", "-f", &host_pod("ops")]);
+
+    let err = k.fails(&[
+        "label",
+        "namespace",
+        "ops",
+        "--overwrite",
+        "pod-security.kubernetes.io/enforce=strict",
+    ]);
+    assert!(err.contains("pod-security.kubernetes.io/enforce"), "{err}");
+
+    // Warn stricter than enforce: created, with the warning kubectl prints.
+    k.ok(&[
+        "label",
+        "namespace",
+        "default",
+        "pod-security.kubernetes.io/warn=restricted",
+    ]);
+    let (ok, _, err) = k.run(&["run", "plain", "--image=hello-world:v1"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("Warning: would violate PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false"),
+        "{err}"
+    );
+    // A workload breaking enforce is created, with a warning; its pods would be refused.
+    let deployment = k.write(
+        "hostnet.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: hostnet}\nspec:\n  \
+         selector: {matchLabels: {app: h}}\n  template:\n    metadata: {labels: {app: h}}\n    \
+         spec: {hostNetwork: true, containers: [{name: c, image: hello-world:v1}]}\n",
+    );
+    let (ok, _, err) = k.run(&["apply", "-f", &deployment]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("Warning: would violate PodSecurity \"baseline:latest\": host namespaces (hostNetwork=true)"),
+        "{err}"
+    );
+}

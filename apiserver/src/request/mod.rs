@@ -297,6 +297,7 @@ async fn dispatch(
                 table,
                 user: &user,
                 dry_run,
+                warnings: Default::default(),
             };
             if o.resource.is_metrics() {
                 return match (&method, &o.subresource) {
@@ -445,6 +446,8 @@ struct Call<'a> {
     user: &'a User,
     /// `dryRun=All`: every write goes through `commit`, which then writes nothing.
     dry_run: bool,
+    /// What admission warns the client of (`Warning` headers of the answer).
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl Call<'_> {
@@ -521,10 +524,18 @@ impl Call<'_> {
 
     /// An object as the answer, or as a one-row Table when the client asked for one.
     fn respond(&self, code: StatusCode, obj: Value) -> Response {
-        if self.table {
-            return json_response(code, &self.to_table(std::slice::from_ref(&obj), None));
+        let mut response = if self.table {
+            json_response(code, &self.to_table(std::slice::from_ref(&obj), None))
+        } else {
+            json_response(code, &obj)
+        };
+        let warnings = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        for w in warnings.iter() {
+            if let Ok(v) = crate::podsecurity::warning_header(w).parse() {
+                response.headers_mut().append(header::WARNING, v);
+            }
         }
-        json_response(code, &obj)
+        response
     }
 
     /// Err: the subresource addressed is not one a get, update or patch serves (only `status`

@@ -430,7 +430,15 @@ impl Call<'_> {
             subresource: None,
             ..self.o.clone()
         };
-        let plain = Call { o: &path, ..*self };
+        let plain = Call {
+            st: self.st,
+            o: &path,
+            query: self.query,
+            table: self.table,
+            user: self.user,
+            dry_run: self.dry_run,
+            warnings: Default::default(),
+        };
         let resp = plain
             .delete(
                 name,

@@ -22,7 +22,7 @@ use crate::stored::{now_rfc3339, stamp_new, to_bytes};
 impl Call<'_> {
     /// Checks and completes an object a client sent for `name` (None: a create that may use
     /// generateName). Returns the object and its name.
-    fn admit(&self, body: &Bytes, name: Option<&str>) -> Result<(Value, String), Response> {
+    fn admit(&self, body: &Bytes, name_given: Option<&str>) -> Result<(Value, String), Response> {
         let r = self.resource();
         let mut obj: Value = serde_json::from_slice(body).map_err(|e| {
             bad_request(&format!(
@@ -52,7 +52,7 @@ impl Call<'_> {
             _ => obj["apiVersion"] = json!(api_version),
         }
         let body_name = object::name(&obj).map(str::to_string);
-        let name = match (name, body_name) {
+        let name = match (name_given, body_name) {
             (Some(url), Some(b)) if url != b => {
                 return Err(bad_request(&format!(
                     "the name of the object ({b}) does not match the name on the URL ({url})"
@@ -138,7 +138,49 @@ impl Call<'_> {
         {
             return Err(forbidden(&why));
         }
+        self.pod_security(&obj, name_given.is_none())?;
         Ok((obj, name))
+    }
+
+    /// Pod Security admission for a write of `obj` through the object's own path (status and
+    /// scale writes change nothing it judges): a pod past its namespace's enforce level is
+    /// refused; what breaks a warn level (a workload's template, any level) is a warning.
+    fn pod_security(&self, obj: &Value, create: bool) -> Result<(), Response> {
+        if self.o.subresource.is_some() {
+            return Ok(());
+        }
+        let r = self.resource();
+        if r.name == "namespaces" {
+            let causes = crate::podsecurity::namespace_label_problems(obj);
+            if !causes.is_empty() {
+                let name = object::name(obj).unwrap_or_default();
+                return Err(invalid_causes(r, name, &causes));
+            }
+            return Ok(());
+        }
+        let Some(ns) = self.o.namespace.as_deref() else {
+            return Ok(());
+        };
+        let namespaces = api::registry::find("", "v1", "namespaces").expect("registered");
+        let namespace = self
+            .st
+            .cache
+            .get(&namespaces.key(None, ns))
+            .map(|kv| crate::stored::from_kv(&kv));
+        let labels = namespace
+            .as_ref()
+            .and_then(|n| n["metadata"]["labels"].as_object());
+        let settings = self.st.pod_security();
+        match crate::podsecurity::review(settings, ns, labels, r.name, obj, create) {
+            crate::podsecurity::Verdict::Deny(message) => Err(forbidden(&message)),
+            crate::podsecurity::Verdict::Admit(warnings) => {
+                self.warnings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(warnings);
+                Ok(())
+            }
+        }
     }
 
     /// Whether the namespace addressed exists (true where none is addressed).
