@@ -303,6 +303,79 @@ async fn exec_runs_commands_in_the_running_container() {
     s.assert_nothing_left();
 }
 
+/// An exec'd process is confined exactly as the container's main process: the same seccomp
+/// filter, capabilities, no_new_privs, user and groups, and cgroup. Before, it ran as root
+/// with no seccomp filter (`Seccomp: 0`) whatever the container ran as.
+#[tokio::test]
+async fn an_exec_is_confined_as_the_main_process() {
+    let s = setup("tconf");
+    let mut spec = s.spec("conf", &["sleep", "3600"]);
+    spec.linux.security.run_as_user = Some(1000);
+    spec.linux.security.run_as_group = Some(3000);
+    spec.linux.security.capabilities_drop = vec!["ALL".into()];
+    spec.linux.security.capabilities_add = vec!["NET_BIND_SERVICE".into()];
+    let running = s.rt.start(spec).await.unwrap();
+    let status_of = |pid: &str| {
+        let rt = s.rt.clone();
+        let cmd = format!("cat /proc/{pid}/status; echo cgroup; cat /proc/{pid}/cgroup");
+        async move {
+            let (code, out) = rt
+                .exec_output(
+                    "default",
+                    "pod-conf",
+                    "conf",
+                    vec!["sh".into(), "-c".into(), cmd],
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+            assert_eq!(code, 0, "{out}");
+            out
+        }
+    };
+    let main = status_of("1").await;
+    let exec = status_of("self").await;
+    let field = |status: &str, name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}:")))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    assert_eq!(
+        field(&main, "Seccomp"),
+        "2",
+        "the main process is filtered: {main}"
+    );
+    for name in [
+        "Seccomp",
+        "NoNewPrivs",
+        "CapEff",
+        "CapPrm",
+        "CapBnd",
+        "CapAmb",
+        "Uid",
+        "Gid",
+        "Groups",
+    ] {
+        assert_eq!(
+            field(&exec, name),
+            field(&main, name),
+            "{name}\nexec:\n{exec}\nmain:\n{main}"
+        );
+    }
+    assert!(field(&exec, "Uid").starts_with("1000 "), "{exec}");
+    let cgroup = |status: &str| {
+        status
+            .split("cgroup\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(cgroup(&exec), cgroup(&main));
+    drop(running);
+}
+
 #[tokio::test]
 async fn bad_specs_are_start_errors_that_leave_nothing_behind() {
     let s = setup("tbad");

@@ -20,6 +20,9 @@ use std::process::ExitCode;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::get_executor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use oci_spec::runtime::{LinuxSeccomp, Spec};
 use rustix::process::{Pid, Signal, WaitOptions};
 use serde::{Deserialize, Serialize};
 
@@ -237,13 +240,19 @@ pub fn oom_kills(cgroup: &str) -> u64 {
 /// With `pid_file`, the command's host pid is written there once it runs, so whoever started
 /// the shim can kill the command itself (killing the shim does not end it).
 pub fn exec(root: &Path, id: &str, argv: Vec<String>, pid_file: Option<&Path>) -> ExitCode {
-    let started = builder(root, id).and_then(|b| {
-        b.as_tenant()
-            .with_container_args(argv.clone())
+    let process_file = root
+        .join(id)
+        .join(format!("exec-{}.json", std::process::id()));
+    let started = confined_exec(root, id, &argv, &process_file).and_then(|(seccomp, process)| {
+        builder(root, id)?
+            .with_executor(ConfinedExec { seccomp })
+            .as_tenant()
+            .with_process(Some(process))
             .with_detach(true)
             .build()
             .map_err(|e| e.to_string())
     });
+    let _ = std::fs::remove_file(&process_file);
     let pid = match started.map(|p| Pid::from_raw(p.as_raw())) {
         Ok(Some(pid)) => pid,
         Ok(None) => {
@@ -276,6 +285,68 @@ pub fn exec(root: &Path, id: &str, argv: Vec<String>, pid_file: Option<&Path>) -
                 return ExitCode::from(126);
             }
         }
+    }
+}
+
+/// What an exec'd process of container `id` runs with: the container's own process (user and
+/// groups, capabilities, no_new_privs, environment, working directory, rlimits) with `argv`,
+/// written to `process_file` for libcontainer, and the container's seccomp filter.
+///
+/// Without it libcontainer's exec (a "tenant") runs as root with the container's capabilities
+/// merged into a default set and no seccomp filter: it rebuilds the `linux` section from the
+/// namespaces and cgroup alone (libcontainer 0.7, `TenantContainerBuilder`).
+fn confined_exec(
+    root: &Path,
+    id: &str,
+    argv: &[String],
+    process_file: &Path,
+) -> Result<(Option<LinuxSeccomp>, PathBuf), String> {
+    let container =
+        Container::load(root.join(id)).map_err(|e| format!("no container {id}: {e}"))?;
+    let config = container.bundle().join("config.json");
+    let spec = Spec::load(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| format!("{} has no process", config.display()))?;
+    process
+        .set_args(Some(argv.to_vec()))
+        .set_terminal(Some(false));
+    let text = serde_json::to_vec(&process).map_err(|e| e.to_string())?;
+    // The container's environment (its Secrets among it): for root's eyes only.
+    std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().write(true).create_new(true),
+        0o600,
+    )
+    .open(process_file)
+    .and_then(|mut f| f.write_all(&text))
+    .map_err(|e| format!("{}: {e}", process_file.display()))?;
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    Ok((seccomp, process_file.to_path_buf()))
+}
+
+/// Runs an exec'd process as libcontainer would, with the container's seccomp filter
+/// installed last, right before the exec, as the container's own init installs it (after the
+/// user, capabilities and no_new_privs are set: Drover's filtered containers always have
+/// no_new_privs, which lets an unprivileged process install a filter). A filter that cannot
+/// be installed fails the exec.
+#[derive(Clone)]
+struct ConfinedExec {
+    seccomp: Option<LinuxSeccomp>,
+}
+
+impl Executor for ConfinedExec {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        if let Some(filter) = &self.seccomp {
+            libcontainer::seccomp::initialize_seccomp(filter).map_err(|e| {
+                ExecutorError::Other(format!("cannot install the seccomp filter: {e}"))
+            })?;
+        }
+        get_executor().exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        get_executor().validate(spec)
     }
 }
 
