@@ -186,9 +186,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             let config = runtime::oci::OciConfig::for_node(&args.dir.node_dir, shim);
             runtime::oci::OciRuntime::new(config)?.clean_up().await;
         }
+        node::volumes::release_all(&args.dir.node_dir.join("pods"));
         node::network::cleanup(&args.dir.node_dir).await?;
         eprintln!(
-            "drover node: Drover's containers, nftables table, pod namespaces and routes are removed"
+            "drover node: Drover's containers, secret volumes, nftables table, pod namespaces and routes are removed"
         );
         return Ok(());
     }

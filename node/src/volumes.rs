@@ -1,7 +1,12 @@
 //! A pod's volumes on the node: emptyDir and the files of configMap and secret volumes under
 //! the pod's directory, hostPath as it is. Containers see them as preopened directories at
 //! their mountPath. configMap and secret files are rewritten when the objects change (the pod
-//! worker calls [`sync`] again every few seconds).
+//! worker calls [`sync`] again every few seconds), with the modes the volume asks for
+//! (`defaultMode`, an item's `mode`; 0644 by default, as Kubernetes).
+//!
+//! A secret volume is a tmpfs of its own, as the kubelet makes it: a Secret, sealed in the
+//! store, never reaches the node's disk in the clear. [`release`] unmounts them when the pod
+//! goes (and `drover node --cleanup` after a crash).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,17 +31,23 @@ fn write_files(
     dir: &Path,
     data: &BTreeMap<String, Vec<u8>>,
     items: Option<&Vec<KeyToPath>>,
+    default_mode: Option<i32>,
 ) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
     let err = |e: std::io::Error| ConfigError(format!("cannot write {}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(err)?;
-    let wanted: Vec<(String, &Vec<u8>)> = match items {
+    let mode = |m: Option<i32>| (m.or(default_mode).unwrap_or(DEFAULT_FILE_MODE) & 0o777) as u32;
+    let wanted: Vec<(String, &Vec<u8>, u32)> = match items {
         Some(items) => items
             .iter()
-            .filter_map(|i| data.get(&i.key).map(|v| (i.path.clone(), v)))
+            .filter_map(|i| data.get(&i.key).map(|v| (i.path.clone(), v, mode(i.mode))))
             .collect(),
-        None => data.iter().map(|(k, v)| (k.clone(), v)).collect(),
+        None => data
+            .iter()
+            .map(|(k, v)| (k.clone(), v, mode(None)))
+            .collect(),
     };
-    for (path, value) in &wanted {
+    for (path, value, mode) in &wanted {
         if !plain_relative(path) {
             return Err(ConfigError(format!("invalid volume file path {path:?}")));
         }
@@ -44,20 +55,92 @@ fn write_files(
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent).map_err(err)?;
         }
-        if std::fs::read(&file).ok().as_deref() != Some(value.as_slice()) {
-            // Write aside and rename, so a reader sees the old or the new file, never half.
+        let same_mode =
+            std::fs::metadata(&file).is_ok_and(|m| m.permissions().mode() & 0o777 == *mode);
+        if std::fs::read(&file).ok().as_deref() != Some(value.as_slice()) || !same_mode {
+            // Written aside with its mode, then renamed: a reader sees the old or the new file,
+            // never half of one, nor one readable by more than it should be.
             let tmp = file.with_extension("drover-tmp");
-            std::fs::write(&tmp, value).map_err(err)?;
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new().write(true).create_new(true),
+                *mode,
+            )
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, value))
+            .map_err(err)?;
+            // The umask may have taken bits away.
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(*mode)).map_err(err)?;
             std::fs::rename(&tmp, &file).map_err(err)?;
         }
     }
     for entry in std::fs::read_dir(dir).map_err(err)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if entry.path().is_file() && !wanted.iter().any(|(p, _)| *p == name) {
+        if entry.path().is_file() && !wanted.iter().any(|(p, _, _)| *p == name) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
     Ok(())
+}
+
+/// A volume file's mode when the volume says none (Kubernetes' 0644).
+const DEFAULT_FILE_MODE: i32 = 0o644;
+
+/// The most a secret volume's tmpfs may hold (a Secret is at most 1 MiB; items may repeat a
+/// key).
+const SECRET_VOLUME_BYTES: u64 = 16 << 20;
+
+/// Whether `dir` is a mount point (on another device than its parent).
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    match (std::fs::metadata(dir), std::fs::metadata(parent)) {
+        (Ok(d), Ok(p)) => d.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// Makes `dir` a tmpfs of its own unless it is one already (the agent restarted): what is
+/// written there stays in memory.
+pub fn memory_backed(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if is_mount_point(dir) {
+        return Ok(());
+    }
+    use rustix::mount::{mount, MountFlags};
+    let options = std::ffi::CString::new(format!("mode=0755,size={SECRET_VOLUME_BYTES}"))
+        .expect("no NUL in the options");
+    mount(
+        "tmpfs",
+        dir,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        Some(options.as_c_str()),
+    )?;
+    Ok(())
+}
+
+/// Unmounts the memory-backed volumes of the pod whose directory is `pod_dir`, so that the
+/// directory can go (and their contents with the mounts).
+pub fn release(pod_dir: &Path) {
+    let Ok(volumes) = std::fs::read_dir(pod_dir.join("volumes")) else {
+        return;
+    };
+    for v in volumes.flatten() {
+        let path = v.path();
+        if is_mount_point(&path) {
+            if let Err(e) = rustix::mount::unmount(&path, rustix::mount::UnmountFlags::DETACH) {
+                tracing::warn!("cannot unmount {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+/// [`release`] for every pod directory under `pods_dir` (`drover node --cleanup`).
+pub fn release_all(pods_dir: &Path) {
+    for pod in std::fs::read_dir(pods_dir).into_iter().flatten().flatten() {
+        release(&pod.path());
+    }
 }
 
 /// Makes (or refreshes) every volume of `pod` under `pod_dir`; returns volume name → host path.
@@ -86,7 +169,7 @@ pub async fn sync(
             match sources.configmap(&cm.name).await? {
                 Some(data) => {
                     let bytes = data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-                    write_files(&dir, &bytes, cm.items.as_ref())?;
+                    write_files(&dir, &bytes, cm.items.as_ref(), cm.default_mode)?;
                 }
                 None if cm.optional == Some(true) => std::fs::create_dir_all(&dir).map_err(err)?,
                 None => {
@@ -99,8 +182,9 @@ pub async fn sync(
             out.insert(v.name.clone(), (dir, true));
         } else if let Some(s) = &v.secret {
             let name = s.secret_name.clone().unwrap_or_default();
+            memory_backed(&dir).map_err(err)?;
             match sources.secret(&name).await? {
-                Some(data) => write_files(&dir, &data, s.items.as_ref())?,
+                Some(data) => write_files(&dir, &data, s.items.as_ref(), s.default_mode)?,
                 None if s.optional == Some(true) => std::fs::create_dir_all(&dir).map_err(err)?,
                 None => {
                     return Err(ConfigError(format!(
@@ -197,5 +281,43 @@ mod tests {
         let err = mounts(&container("evil/etc"), &volumes).unwrap_err();
         assert!(err.0.contains("symbolic link"), "{}", err.0);
         assert!(mounts(&container("../x"), &volumes).is_err());
+    }
+
+    /// NEEDS ROOT (CI runs as root): a secret volume is a tmpfs, its files have the modes the
+    /// volume asks for, and it is gone once released.
+    #[test]
+    fn secret_files_live_in_memory_with_their_modes_until_released() {
+        use std::os::unix::fs::PermissionsExt;
+        let pod_dir = tempfile::tempdir().unwrap();
+        let dir = pod_dir.path().join("volumes").join("creds");
+        memory_backed(&dir).unwrap();
+        memory_backed(&dir).unwrap(); // again, as after an agent restart: one mount
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        let on = |p: &Path| rustix::fs::statfs(p).unwrap().f_type as i64;
+        assert_eq!(on(&dir), TMPFS_MAGIC, "the volume is in memory");
+        let data = BTreeMap::from([
+            ("password".to_string(), b"hunter2".to_vec()),
+            ("user".to_string(), b"admin".to_vec()),
+        ]);
+        let items: Vec<KeyToPath> = serde_json::from_value(serde_json::json!([
+            {"key": "password", "path": "password", "mode": 0o400},
+            {"key": "user", "path": "user"},
+        ]))
+        .unwrap();
+        write_files(&dir, &data, Some(&items), Some(0o440)).unwrap();
+        let mode = |f: &str| std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode("password"), mode("user")), (0o400, 0o440));
+        write_files(&dir, &data, None, None).unwrap();
+        assert_eq!(
+            (mode("password"), mode("user")),
+            (0o644, 0o644),
+            "Kubernetes' default"
+        );
+        release(pod_dir.path());
+        assert!(!is_mount_point(&dir));
+        assert!(
+            !dir.join("password").exists(),
+            "the contents went with the mount"
+        );
     }
 }

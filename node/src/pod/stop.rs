@@ -156,6 +156,7 @@ impl Worker {
 
     /// The pod's files (secret volumes among them) go, and its usage figures.
     fn forget(&self) {
+        crate::volumes::release(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
         self.ctx.usage.forget(&self.pod_uid());
     }
