@@ -165,6 +165,10 @@ impl Strategy for Namespaces {
 struct Pods;
 
 impl Strategy for Pods {
+    fn prepare_create(&self, obj: &mut Value) {
+        mount_service_account_token(obj);
+    }
+
     fn update_problem(&self, old: &Value, new: &Value) -> Option<(String, String)> {
         pod_spec_change_problem(&old["spec"], &new["spec"]).map(|why| ("spec".to_string(), why))
     }
@@ -180,6 +184,60 @@ impl Strategy for Pods {
             .as_str()
             .is_some_and(|n| !n.is_empty())
             && obj["metadata"]["deletionGracePeriodSeconds"].as_i64() != Some(0)
+    }
+}
+
+/// Where a pod's containers find their ServiceAccount's token, the cluster CA and their
+/// namespace (what in-cluster clients read).
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The ServiceAccount admission of Kubernetes: a new pod gets a projected volume
+/// `kube-api-access-<random>` (a token for its ServiceAccount, bound to the pod and renewed by
+/// its node; the `kube-root-ca.crt` ConfigMap; its namespace) mounted read-only in every
+/// container at [`SERVICE_ACCOUNT_DIR`], unless `automountServiceAccountToken` is false or a
+/// container mounts something there already.
+fn mount_service_account_token(pod: &mut Value) {
+    let spec = &mut pod["spec"];
+    if spec["automountServiceAccountToken"] == json!(false) {
+        return;
+    }
+    let already = |c: &Value| {
+        c["volumeMounts"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["mountPath"] == SERVICE_ACCOUNT_DIR))
+    };
+    let suffix: String = (0..5)
+        .map(|_| {
+            let n = rand::random::<u8>() % 36;
+            char::from_digit(n as u32, 36).expect("below 36")
+        })
+        .collect();
+    let name = format!("kube-api-access-{suffix}");
+    let mut mounted = false;
+    for group in ["initContainers", "containers"] {
+        for c in spec[group].as_array_mut().into_iter().flatten() {
+            if already(c) {
+                continue;
+            }
+            let mount = json!({"name": name, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": true});
+            match c["volumeMounts"].as_array_mut() {
+                Some(m) => m.push(mount),
+                None => c["volumeMounts"] = json!([mount]),
+            }
+            mounted = true;
+        }
+    }
+    if !mounted {
+        return;
+    }
+    let volume = json!({"name": name, "projected": {"defaultMode": 420, "sources": [
+        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+    ]}});
+    match spec["volumes"].as_array_mut() {
+        Some(v) => v.push(volume),
+        None => spec["volumes"] = json!([volume]),
     }
 }
 

@@ -467,6 +467,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
         },
         lb_pool: args.service_lb_pool,
     };
+    let root_ca = pki.ca_pem.clone();
     let is_leader = move || {
         let status = leader_of.status();
         status.leader == Some(status.node_id)
@@ -474,11 +475,15 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     tokio::spawn(controllers::run_while_leader(
         admin,
         is_leader,
-        move |client: kube::Client| async move {
-            tokio::join!(
-                controllers::run(client.clone(), settings),
-                scheduler::run(client)
-            );
+        move |client: kube::Client| {
+            let ca_pem = root_ca.clone();
+            async move {
+                tokio::join!(
+                    controllers::run(client.clone(), settings),
+                    controllers::rootca::run(client.clone(), ca_pem),
+                    scheduler::run(client)
+                );
+            }
         },
     ));
     eprintln!(

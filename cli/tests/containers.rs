@@ -411,3 +411,87 @@ spec:
         });
     assert!(!get("stranger"), "the stranger got through");
 }
+
+/// A pod's ServiceAccount token, projected at /var/run/secrets/kubernetes.io/serviceaccount
+/// with the cluster CA and the namespace, on a tmpfs: the token is the pod's ServiceAccount's,
+/// gets what RBAC grants it and no more, and dies with the pod.
+#[test]
+fn pods_get_their_service_account_token_ca_and_namespace() {
+    let c = cluster(10, 1);
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: IMAGE
+    command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: quiet, labels: {app: quiet}}
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: IMAGE
+    command: ["sleep", "3600"]
+"#,
+    );
+    c.lan.ready_pods("app=client", 1);
+    c.lan.ready_pods("app=quiet", 1);
+    let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let read = |pod: &str, file: &str| c.exec(pod, &["cat", &format!("{dir}/{file}")]);
+    let (ok, token, err) = read("client", "token");
+    assert!(ok && token.starts_with("drover."), "{token}{err}");
+    let (_, namespace, _) = read("client", "namespace");
+    assert_eq!(namespace, "default");
+    let (_, ca, _) = read("client", "ca.crt");
+    let cluster_ca = std::fs::read_to_string(c.lan.dir.path().join("server/pki/ca.crt")).unwrap();
+    assert_eq!(ca.trim(), cluster_ca.trim());
+    let (_, mounts, _) = c.exec("client", &["cat", "/proc/mounts"]);
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(dir) && l.starts_with("tmpfs ")),
+        "the token is in memory on the node: {mounts}"
+    );
+    assert!(
+        !read("quiet", "token").0,
+        "automountServiceAccountToken: false"
+    );
+
+    // The token is system:serviceaccount:default:default: nothing until RBAC grants it.
+    let flag = format!("--token={token}");
+    let as_pod = |args: &[&str]| {
+        let mut all = vec![flag.as_str()];
+        all.extend_from_slice(args);
+        c.lan.run(&all)
+    };
+    let (ok, _, err) = as_pod(&["get", "pods"]);
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+    c.lan.ok(&[
+        "create",
+        "rolebinding",
+        "viewers",
+        "--clusterrole=view",
+        "--serviceaccount=default:default",
+    ]);
+    c.lan
+        .until(10, "RBAC granting the pod's ServiceAccount", || {
+            let (ok, out, _) = as_pod(&["get", "pods", "-o", "name"]);
+            (ok && out.contains("pod/client")).then_some(())
+        });
+    let (ok, _, _) = as_pod(&["get", "secrets"]);
+    assert!(!ok, "view reads no Secrets");
+    // Bound to the pod: deleted with it.
+    c.lan.ok(&["delete", "pod", "client", "--wait=false"]);
+    c.lan.until(30, "the pod's token dying with it", || {
+        let (ok, _, err) = as_pod(&["get", "pods"]);
+        (!ok && err.contains("Unauthorized")).then_some(())
+    });
+}

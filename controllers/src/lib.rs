@@ -19,6 +19,7 @@
 //! - [`nodeipam`]: a pod range (spec.podCIDR) for every node, cut from the cluster CIDR.
 //! - [`nodelifecycle`]: nodes Unknown and tainted when their agents go silent; eviction.
 //! - [`gc`]: the garbage collector over ownerReferences; default ServiceAccounts.
+//! - [`rootca`]: the `kube-root-ca.crt` ConfigMap of every namespace.
 //!
 //! Shared by the controllers: [`expectations`] (their own writes the cache does not show yet)
 //! and [`error`] (a kube call that failed, and while doing what); what they ask of a pod, their
@@ -44,6 +45,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod requeue;
+pub mod rootca;
 pub mod servicelb;
 pub mod statefulset;
 

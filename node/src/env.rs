@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, ServiceAccount};
 use kube::Api;
 
 /// Why a container's configuration cannot be made (reason `CreateContainerConfigError`).
@@ -12,10 +12,11 @@ use kube::Api;
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// Reads the ConfigMaps and Secrets a pod refers to.
+/// Reads the ConfigMaps and Secrets a pod refers to, and asks for its ServiceAccount's tokens.
 pub struct Sources {
     pub configmaps: Api<ConfigMap>,
     pub secrets: Api<Secret>,
+    pub service_accounts: Api<ServiceAccount>,
 }
 
 impl Sources {
@@ -56,6 +57,50 @@ impl Sources {
             Ok(None) => Ok(None),
             Err(e) => Err(ConfigError(format!("cannot read secret {name:?}: {e}"))),
         }
+    }
+}
+
+impl Sources {
+    /// A token of `pod`'s ServiceAccount for `audience` (None: the API), bound to the pod,
+    /// valid for `seconds` (TokenRequest, as the kubelet asks for projected tokens).
+    pub async fn token(
+        &self,
+        pod: &Pod,
+        audience: Option<&str>,
+        seconds: i64,
+    ) -> Result<String, ConfigError> {
+        let account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let mut spec = serde_json::json!({
+            "expirationSeconds": seconds,
+            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
+                               "name": pod.metadata.name, "uid": pod.metadata.uid},
+        });
+        if let Some(a) = audience {
+            spec["audiences"] = serde_json::json!([a]);
+        }
+        let body = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+        let answer: serde_json::Value = self
+            .service_accounts
+            .create_subresource(
+                "token",
+                &account,
+                &kube::api::PostParams::default(),
+                serde_json::to_vec(&body).expect("serialises"),
+            )
+            .await
+            .map_err(|e| {
+                ConfigError(format!(
+                    "cannot get a token of ServiceAccount {account:?}: {e}"
+                ))
+            })?;
+        answer["status"]["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ConfigError(format!("the token request for {account:?} got no token")))
     }
 }
 

@@ -33,21 +33,42 @@ fn write_files(
     items: Option<&Vec<KeyToPath>>,
     default_mode: Option<i32>,
 ) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let err = |e: std::io::Error| ConfigError(format!("cannot write {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let mode = |m: Option<i32>| (m.or(default_mode).unwrap_or(DEFAULT_FILE_MODE) & 0o777) as u32;
-    let wanted: Vec<(String, &Vec<u8>, u32)> = match items {
+    write_chosen(dir, &choose(data, items, default_mode))
+}
+
+/// The files a volume source makes of `data`: `items` choose and rename keys (with their own
+/// modes), otherwise every key is a file; modes default to `default_mode`, then 0644.
+fn choose(
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&Vec<KeyToPath>>,
+    default_mode: Option<i32>,
+) -> Vec<(String, Vec<u8>, u32)> {
+    let mode = |m: Option<i32>| file_mode(m, default_mode);
+    match items {
         Some(items) => items
             .iter()
-            .filter_map(|i| data.get(&i.key).map(|v| (i.path.clone(), v, mode(i.mode))))
+            .filter_map(|i| {
+                data.get(&i.key)
+                    .map(|v| (i.path.clone(), v.clone(), mode(i.mode)))
+            })
             .collect(),
         None => data
             .iter()
-            .map(|(k, v)| (k.clone(), v, mode(None)))
+            .map(|(k, v)| (k.clone(), v.clone(), mode(None)))
             .collect(),
-    };
-    for (path, value, mode) in &wanted {
+    }
+}
+
+fn file_mode(mode: Option<i32>, default_mode: Option<i32>) -> u32 {
+    (mode.or(default_mode).unwrap_or(DEFAULT_FILE_MODE) & 0o777) as u32
+}
+
+/// Writes `wanted` (path, contents, mode) under `dir`, and removes the files not wanted.
+fn write_chosen(dir: &Path, wanted: &[(String, Vec<u8>, u32)]) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |e: std::io::Error| ConfigError(format!("cannot write {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    for (path, value, mode) in wanted {
         if !plain_relative(path) {
             return Err(ConfigError(format!("invalid volume file path {path:?}")));
         }
@@ -143,6 +164,71 @@ pub fn release_all(pods_dir: &Path) {
     }
 }
 
+/// The files of a projected volume (`dir`, where they were written last time): its Secrets',
+/// ConfigMaps' and the pod's fields, and its ServiceAccount tokens, each asked for again once
+/// 80% of its life has passed (as the kubelet renews them), else kept as written.
+async fn projected_files(
+    pod: &Pod,
+    volume: &k8s_openapi::api::core::v1::ProjectedVolumeSource,
+    dir: &Path,
+    sources: &Sources,
+) -> Result<Vec<(String, Vec<u8>, u32)>, ConfigError> {
+    let default_mode = volume.default_mode;
+    let mut files = Vec::new();
+    for source in volume.sources.iter().flatten() {
+        if let Some(s) = &source.secret {
+            let name = s.name.clone();
+            match sources.secret(&name).await? {
+                Some(data) => files.extend(choose(&data, s.items.as_ref(), default_mode)),
+                None if s.optional == Some(true) => {}
+                None => return Err(ConfigError(format!("secret {name:?} not found"))),
+            }
+        }
+        if let Some(cm) = &source.config_map {
+            match sources.configmap(&cm.name).await? {
+                Some(data) => {
+                    let bytes = data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+                    files.extend(choose(&bytes, cm.items.as_ref(), default_mode));
+                }
+                None if cm.optional == Some(true) => {}
+                None => return Err(ConfigError(format!("configmap {:?} not found", cm.name))),
+            }
+        }
+        if let Some(d) = &source.downward_api {
+            for item in d.items.iter().flatten() {
+                let Some(field) = &item.field_ref else {
+                    continue; // resourceFieldRef: not projected yet
+                };
+                let value =
+                    crate::env::field_value(pod, &field.field_path, "", "").unwrap_or_default();
+                files.push((
+                    item.path.clone(),
+                    value.into_bytes(),
+                    file_mode(item.mode, default_mode),
+                ));
+            }
+        }
+        if let Some(t) = &source.service_account_token {
+            let seconds = t.expiration_seconds.unwrap_or(3600).max(600);
+            let file = dir.join(&t.path);
+            let age = std::fs::metadata(&file)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| m.elapsed().ok());
+            let fresh = age.is_some_and(|a| a.as_secs() < (seconds as u64) * 8 / 10);
+            let token = match std::fs::read(&file) {
+                Ok(kept) if fresh => kept,
+                _ => sources
+                    .token(pod, t.audience.as_deref(), seconds)
+                    .await?
+                    .into_bytes(),
+            };
+            files.push((t.path.clone(), token, file_mode(None, default_mode)));
+        }
+    }
+    Ok(files)
+}
+
 /// Makes (or refreshes) every volume of `pod` under `pod_dir`; returns volume name → host path.
 pub async fn sync(
     pod: &Pod,
@@ -194,6 +280,11 @@ pub async fn sync(
                 }
             }
             out.insert(v.name.clone(), (dir, true));
+        } else if let Some(p) = &v.projected {
+            memory_backed(&dir).map_err(err)?;
+            let files = projected_files(pod, p, &dir, sources).await?;
+            write_chosen(&dir, &files)?;
+            out.insert(v.name.clone(), (dir, true));
         } else if let Some(h) = &v.host_path {
             let path = PathBuf::from(&h.path);
             match h.type_.as_deref().unwrap_or("") {
@@ -209,7 +300,7 @@ pub async fn sync(
             out.insert(v.name.clone(), (path, false));
         } else {
             return Err(ConfigError(format!(
-                "volume {:?}: only emptyDir, configMap, secret and hostPath volumes are supported",
+                "volume {:?}: only emptyDir, configMap, secret, projected and hostPath volumes are supported",
                 v.name
             )));
         }

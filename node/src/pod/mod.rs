@@ -256,6 +256,7 @@ impl Worker {
             sources: Sources {
                 configmaps: Api::namespaced(ctx.client.clone(), &ns),
                 secrets: Api::namespaced(ctx.client.clone(), &ns),
+                service_accounts: Api::namespaced(ctx.client.clone(), &ns),
             },
             dir: ctx.pods_dir.join(format!("{ns}_{}_{uid}", name_of(&pod))),
             policy: RestartPolicy::parse(spec.restart_policy.as_deref()),
