@@ -376,6 +376,74 @@ async fn an_exec_is_confined_as_the_main_process() {
     drop(running);
 }
 
+/// seccompProfile and the host's namespaces, as the pod asks: Unconfined runs without a
+/// filter, Localhost loads the node's profile file (here one that refuses mkdir), a missing
+/// or escaping profile is a start error; hostPID and hostIPC share the host's namespaces.
+#[tokio::test]
+async fn seccomp_profiles_and_host_namespaces_are_honoured() {
+    let s = setup("tsecc");
+    let status = |name: &'static str, cmd: &'static str| {
+        let rt = s.rt.clone();
+        async move {
+            let (_, out) = rt
+                .exec_output(
+                    "default",
+                    &format!("pod-{name}"),
+                    name,
+                    vec!["sh".into(), "-c".into(), cmd.into()],
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+            out
+        }
+    };
+    let mut unconfined = s.spec("unconf", &["sleep", "3600"]);
+    unconfined.linux.security.seccomp = runtime::SeccompProfile::Unconfined;
+    let _u = s.rt.start(unconfined).await.unwrap();
+    assert!(status("unconf", "grep Seccomp: /proc/1/status")
+        .await
+        .contains("Seccomp:\t0"));
+
+    std::fs::create_dir_all(s.dir.path().join("seccomp/profiles")).unwrap();
+    std::fs::write(
+        s.dir.path().join("seccomp/profiles/no-mkdir.json"),
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+    )
+    .unwrap();
+    let mut local = s.spec("local", &["sleep", "3600"]);
+    local.linux.security.seccomp =
+        runtime::SeccompProfile::Localhost("profiles/no-mkdir.json".into());
+    let _l = s.rt.start(local).await.unwrap();
+    let out = status("local", "mkdir /tmp/x && echo made || echo refused").await;
+    assert!(out.contains("refused"), "{out}");
+    for bad in ["profiles/none.json", "../../etc/passwd", "/etc/passwd"] {
+        let mut spec = s.spec("badprof", &["true"]);
+        spec.linux.security.seccomp = runtime::SeccompProfile::Localhost(bad.into());
+        let Err(e) = s.rt.start(spec).await else {
+            panic!("{bad} starts")
+        };
+        assert!(e.to_string().contains("seccomp profile"), "{bad}: {e}");
+    }
+
+    let mut host = s.spec("hostns", &["sleep", "3600"]);
+    host.linux.security.host_pid = true;
+    host.linux.security.host_ipc = true;
+    let _h = s.rt.start(host).await.unwrap();
+    let ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap();
+    let out = status("hostns", "readlink /proc/self/ns/ipc; cat /proc/1/comm").await;
+    assert!(
+        out.contains(&ipc.to_string_lossy().to_string()),
+        "the host's IPC namespace: {out}"
+    );
+    assert!(
+        !out.contains("sleep"),
+        "pid 1 is the host's, not the container's: {out}"
+    );
+    let own = status("unconf", "cat /proc/1/comm").await;
+    assert!(own.contains("sleep"), "{own}");
+}
+
 #[tokio::test]
 async fn bad_specs_are_start_errors_that_leave_nothing_behind() {
     let s = setup("tbad");

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use runtime::{LinuxOptions, Security};
+use runtime::{LinuxOptions, SeccompProfile, Security};
 
 /// The Linux side of a container's spec; `$(VAR)` in command and args expanded from `env`.
 pub fn options(pod: &Pod, container: &Container, env: &[(String, String)]) -> LinuxOptions {
@@ -41,6 +41,15 @@ pub fn options(pod: &Pod, container: &Container, env: &[(String, String)]) -> Li
             allow_privilege_escalation: sc.allow_privilege_escalation,
             capabilities_add: caps.add.unwrap_or_default(),
             capabilities_drop: caps.drop.unwrap_or_default(),
+            host_pid: spec.host_pid.unwrap_or(false),
+            host_ipc: spec.host_ipc.unwrap_or(false),
+            seccomp: match sc.seccomp_profile.or(pod_sc.seccomp_profile) {
+                Some(p) if p.type_ == "Unconfined" => SeccompProfile::Unconfined,
+                Some(p) if p.type_ == "Localhost" => {
+                    SeccompProfile::Localhost(p.localhost_profile.unwrap_or_default())
+                }
+                _ => SeccompProfile::RuntimeDefault,
+            },
         },
     }
 }

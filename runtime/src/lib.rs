@@ -85,6 +85,25 @@ pub struct Security {
     pub allow_privilege_escalation: Option<bool>,
     pub capabilities_add: Vec<String>,
     pub capabilities_drop: Vec<String>,
+    /// The pod's `hostPID` and `hostIPC`: the container shares the host's process and IPC
+    /// namespaces (Pod Security admission decides who may ask).
+    pub host_pid: bool,
+    pub host_ipc: bool,
+    /// `seccompProfile`, the container's over the pod's.
+    pub seccomp: SeccompProfile,
+}
+
+/// A container's seccomp profile, as `securityContext.seccompProfile` names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SeccompProfile {
+    /// The runtime's default filter (also where none is named, as Kubernetes' kubelet does
+    /// with `seccompDefault`).
+    #[default]
+    RuntimeDefault,
+    /// No filter.
+    Unconfined,
+    /// A profile file on the node, relative to its seccomp directory (`NODE_DIR/seccomp`).
+    Localhost(String),
 }
 
 /// A host directory the container sees at `guest_path`.

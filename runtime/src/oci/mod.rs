@@ -28,7 +28,9 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{oneshot, watch};
 
 use crate::images::{ImageKind, OciImage};
-use crate::{BoxFuture, ContainerSpec, ExitStatus, Running, Runtime, StartError, StopRequest};
+use crate::{
+    BoxFuture, ContainerSpec, ExitStatus, Running, Runtime, SeccompProfile, StartError, StopRequest,
+};
 use shim::Report;
 
 /// How the backend is set up on a node.
@@ -45,6 +47,9 @@ pub struct OciConfig {
     pub allow_privileged: bool,
     /// The most processes one container may have.
     pub pids_limit: i64,
+    /// Where `Localhost` seccomp profiles are (`NODE_DIR/seccomp`, as the kubelet's
+    /// `/var/lib/kubelet/seccomp`).
+    pub seccomp_root: PathBuf,
 }
 
 impl OciConfig {
@@ -57,6 +62,7 @@ impl OciConfig {
             bundles_dir: node_dir.join("containers"),
             allow_privileged: false,
             pids_limit: 4096,
+            seccomp_root: node_dir.join("seccomp"),
         }
     }
 }
@@ -244,6 +250,41 @@ impl OciRuntime {
     /// The pod's IPC and UTS namespaces, made at its first container: namespace files
     /// bind-mounted by util-linux `unshare`, which also sets the pod's hostname in the UTS one
     /// (Kubernetes keeps them in a pause container; a file needs no process).
+    /// The seccomp profile `file` names in the node's seccomp directory: a relative path of
+    /// plain names to a JSON file with the OCI (and Docker) profile fields.
+    fn localhost_profile(&self, file: &str) -> Result<serde_json::Value, StartError> {
+        let plain = !file.is_empty()
+            && Path::new(file)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(StartError::Config(format!(
+                "seccomp profile {file:?} must be a relative path inside {}",
+                self.config.seccomp_root.display()
+            )));
+        }
+        let path = self.config.seccomp_root.join(file);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            StartError::Config(format!(
+                "cannot read seccomp profile {}: {e}",
+                path.display()
+            ))
+        })?;
+        let profile: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            StartError::Config(format!(
+                "seccomp profile {} is not JSON: {e}",
+                path.display()
+            ))
+        })?;
+        if !profile["defaultAction"].is_string() {
+            return Err(StartError::Config(format!(
+                "seccomp profile {} has no defaultAction",
+                path.display()
+            )));
+        }
+        Ok(profile)
+    }
+
     fn pod_namespaces(&self, pod_uid: &str, hostname: &str) -> std::io::Result<(PathBuf, PathBuf)> {
         let dir = self.pod_dir(pod_uid);
         let (ipc, uts) = (dir.join("ipc"), dir.join("uts"));
@@ -368,6 +409,17 @@ impl OciRuntime {
             .filter(|d| d.starts_with('/'))
             .unwrap_or_else(|| "/".into());
         spec::find_executable(&rootfs, &argv[0], &cwd, &env).map_err(StartError::InvalidImage)?;
+        let capabilities = spec::capabilities(
+            &sec.capabilities_add,
+            &sec.capabilities_drop,
+            sec.privileged,
+        );
+        // Privileged containers are unconfined, as under containerd.
+        let seccomp = match (&sec.seccomp, sec.privileged) {
+            (_, true) | (SeccompProfile::Unconfined, _) => None,
+            (SeccompProfile::RuntimeDefault, _) => Some(spec::default_seccomp(&capabilities)),
+            (SeccompProfile::Localhost(file), _) => Some(self.localhost_profile(file)?),
+        };
         let oci = spec::build(&spec::SpecInputs {
             argv,
             env,
@@ -385,13 +437,12 @@ impl OciRuntime {
             cpu_request_millis: linux.cpu_request,
             cpu_limit_millis: spec.cpu_limit,
             pids_limit: self.config.pids_limit,
-            capabilities: spec::capabilities(
-                &sec.capabilities_add,
-                &sec.capabilities_drop,
-                sec.privileged,
-            ),
+            capabilities,
             privileged: sec.privileged,
             no_new_privileges: !sec.privileged && sec.allow_privilege_escalation != Some(true),
+            host_pid: sec.host_pid,
+            host_ipc: sec.host_ipc,
+            seccomp,
             cgroup_v2: cgroup_v2(),
         })
         .map_err(StartError::Config)?;

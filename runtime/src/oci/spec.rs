@@ -335,9 +335,38 @@ pub struct SpecInputs<'a> {
     pub capabilities: Vec<String>,
     pub privileged: bool,
     pub no_new_privileges: bool,
+    /// The host's PID and IPC namespaces instead of the container's and the pod's own.
+    pub host_pid: bool,
+    pub host_ipc: bool,
+    /// The `linux.seccomp` of the spec; None: no filter.
+    pub seccomp: Option<Value>,
     /// Whether the host has the unified (v2) cgroup hierarchy only: then the container gets a
     /// cgroup namespace, as runc gives it there.
     pub cgroup_v2: bool,
+}
+
+/// The runtime's default seccomp filter for a container with `capabilities`: Docker's
+/// deny-list of dangerous syscalls (EPERM) over allow, no new namespaces through clone without
+/// CAP_SYS_ADMIN, and clone3 answered ENOSYS so libc falls back to clone.
+pub fn default_seccomp(capabilities: &[String]) -> Value {
+    let mut rules =
+        vec![json!({"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1})];
+    if !capabilities.iter().any(|c| c == "CAP_SYS_ADMIN") {
+        // As Docker: no new namespaces through clone (a user namespace would hand the
+        // container CAP_NET_ADMIN over a network namespace of its own, the usual way into
+        // kernel bugs), and clone3, whose flags seccomp cannot read, says ENOSYS so libc
+        // falls back to clone.
+        for flag in CLONE_NAMESPACE_FLAGS {
+            rules.push(json!({"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+                "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]}));
+        }
+        rules.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}));
+    }
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_AARCH64"],
+        "syscalls": rules,
+    })
 }
 
 /// The cpu shares of a request, as the kubelet computes them (minimum 2).
@@ -377,14 +406,21 @@ pub fn build(i: &SpecInputs) -> Result<Spec, String> {
     // (a fixed high RLIMIT_NOFILE fails where the host's fs.nr_open is lower).
     process["rlimits"] = json!([]);
 
-    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "mount"})];
+    let mut namespaces = vec![json!({"type": "mount"})];
+    if !i.host_pid {
+        namespaces.push(json!({"type": "pid"}));
+    }
     match i.pod_namespaces {
         Some((ipc, uts)) => {
-            namespaces.push(json!({"type": "ipc", "path": ipc}));
+            if !i.host_ipc {
+                namespaces.push(json!({"type": "ipc", "path": ipc}));
+            }
             namespaces.push(json!({"type": "uts", "path": uts}));
         }
         None => {
-            namespaces.push(json!({"type": "ipc"}));
+            if !i.host_ipc {
+                namespaces.push(json!({"type": "ipc"}));
+            }
             namespaces.push(json!({"type": "uts"}));
         }
     }
@@ -422,25 +458,9 @@ pub fn build(i: &SpecInputs) -> Result<Spec, String> {
     if i.privileged {
         linux["maskedPaths"] = json!([]);
         linux["readonlyPaths"] = json!([]);
-    } else {
-        let mut rules =
-            vec![json!({"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1})];
-        if !i.capabilities.iter().any(|c| c == "CAP_SYS_ADMIN") {
-            // As Docker: no new namespaces through clone (a user namespace would hand the
-            // container CAP_NET_ADMIN over a network namespace of its own, the usual way into
-            // kernel bugs), and clone3, whose flags seccomp cannot read, says ENOSYS so libc
-            // falls back to clone.
-            for flag in CLONE_NAMESPACE_FLAGS {
-                rules.push(json!({"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
-                    "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]}));
-            }
-            rules.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}));
-        }
-        linux["seccomp"] = json!({
-            "defaultAction": "SCMP_ACT_ALLOW",
-            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_AARCH64"],
-            "syscalls": rules,
-        });
+    }
+    if let Some(filter) = &i.seccomp {
+        linux["seccomp"] = filter.clone();
     }
 
     let mounts = spec["mounts"]
@@ -587,6 +607,9 @@ mod tests {
             capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
             privileged: false,
             no_new_privileges: true,
+            host_pid: false,
+            host_ipc: false,
+            seccomp: Some(default_seccomp(&[])),
             cgroup_v2: false,
         };
         let spec = build(&inputs).unwrap();
@@ -623,8 +646,29 @@ mod tests {
             .unwrap();
         assert!(data["options"].as_array().unwrap().contains(&json!("ro")));
 
+        let host = build(&SpecInputs {
+            host_pid: true,
+            host_ipc: true,
+            seccomp: None,
+            ..inputs
+        })
+        .unwrap();
+        let v = serde_json::to_value(&host).unwrap();
+        let types: Vec<&Value> = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| &n["type"])
+            .collect();
+        assert!(
+            !types.contains(&&json!("pid")) && !types.contains(&&json!("ipc")),
+            "{types:?}"
+        );
+        assert!(v["linux"]["seccomp"].is_null(), "Unconfined");
+
         let privileged = build(&SpecInputs {
             privileged: true,
+            seccomp: None,
             ..inputs
         })
         .unwrap();
