@@ -13,6 +13,7 @@
 //! State that outlives a crash lives in two places, both swept by [`OciRuntime::clean_up`] when
 //! the agent starts: libcontainer's state directory (one per node, under /run) and the bundles.
 
+mod seccomp_default;
 pub mod shim;
 pub mod spec;
 

@@ -77,79 +77,6 @@ const ALL_CAPABILITIES: &[&str] = &[
     "CAP_CHECKPOINT_RESTORE",
 ];
 
-/// Syscalls the default seccomp profile refuses (EPERM): the ones Docker's default profile
-/// leaves out because they reach past the container (kernel modules, clocks, keyrings, other
-/// processes' memory, new namespaces and mounts, tracing). Docker writes its profile as an
-/// allow-list of ~350 names; a deny-list of the same dangerous set is far shorter to keep
-/// true, and a syscall this list misses is still bounded by the capability set.
-pub const DENIED_SYSCALLS: &[&str] = &[
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "io_uring_enter",
-    "io_uring_register",
-    "io_uring_setup",
-    "get_kernel_syms",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mount",
-    "mount_setattr",
-    "move_mount",
-    "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "ptrace",
-    "query_module",
-    "quotactl",
-    "reboot",
-    "request_key",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "sysfs",
-    "_sysctl",
-    "umount2",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-    "vm86",
-    "vm86old",
-];
-
-/// clone(2) flags that make new namespaces: CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER,
-/// NEWPID, NEWNET.
-const CLONE_NAMESPACE_FLAGS: [u64; 7] = [
-    0x0002_0000,
-    0x0200_0000,
-    0x0400_0000,
-    0x0800_0000,
-    0x1000_0000,
-    0x2000_0000,
-    0x4000_0000,
-];
-
 /// The program and arguments, as Kubernetes merges them with the image: `command` replaces the
 /// Entrypoint (and drops Cmd); `args` replaces Cmd.
 pub fn argv(
@@ -345,28 +272,64 @@ pub struct SpecInputs<'a> {
     pub cgroup_v2: bool,
 }
 
-/// The runtime's default seccomp filter for a container with `capabilities`: Docker's
-/// deny-list of dangerous syscalls (EPERM) over allow, no new namespaces through clone without
-/// CAP_SYS_ADMIN, and clone3 answered ENOSYS so libc falls back to clone.
+/// The runtime's default seccomp filter for a container with `capabilities` (its bounding
+/// set): containerd's default profile ([`super::seccomp_default`]), an allow-list over EPERM,
+/// with the rules for this machine's architecture, kernel and the container's capabilities —
+/// what `seccompProfile: RuntimeDefault` means on a containerd node.
 pub fn default_seccomp(capabilities: &[String]) -> Value {
-    let mut rules =
-        vec![json!({"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1})];
-    if !capabilities.iter().any(|c| c == "CAP_SYS_ADMIN") {
-        // As Docker: no new namespaces through clone (a user namespace would hand the
-        // container CAP_NET_ADMIN over a network namespace of its own, the usual way into
-        // kernel bugs), and clone3, whose flags seccomp cannot read, says ENOSYS so libc
-        // falls back to clone.
-        for flag in CLONE_NAMESPACE_FLAGS {
-            rules.push(json!({"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
-                "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]}));
-        }
-        rules.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}));
-    }
+    use super::seccomp_default::{ARCHITECTURES, DEFAULT_ACTION, DEFAULT_ERRNO, RULES};
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let kernel = kernel_version();
+    let has = |c: &&str| capabilities.iter().any(|h| h == c);
+    let syscalls: Vec<Value> = RULES
+        .iter()
+        .filter(|r| r.includes_caps.iter().all(&has))
+        .filter(|r| !r.excludes_caps.iter().any(&has))
+        .filter(|r| r.arches.is_empty() || r.arches.contains(&arch))
+        .filter(|r| {
+            r.min_kernel
+                .is_none_or(|min| kernel.is_some_and(|k| k >= min))
+        })
+        .map(|r| {
+            let mut rule = json!({"names": r.names, "action": r.action});
+            if let Some(errno) = r.errno_ret {
+                rule["errnoRet"] = json!(errno);
+            }
+            if !r.args.is_empty() {
+                rule["args"] = r
+                    .args
+                    .iter()
+                    .map(|(index, value, value_two, op)| {
+                        json!({"index": index, "value": value, "valueTwo": value_two, "op": op})
+                    })
+                    .collect();
+            }
+            rule
+        })
+        .collect();
+    let architectures = ARCHITECTURES
+        .iter()
+        .find(|(a, _)| *a == arch)
+        .map_or(&[][..], |(_, list)| *list);
     json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_AARCH64"],
-        "syscalls": rules,
+        "defaultAction": DEFAULT_ACTION,
+        "defaultErrnoRet": DEFAULT_ERRNO,
+        "architectures": architectures,
+        "syscalls": syscalls,
     })
+}
+
+/// The running kernel's (major, minor), from /proc.
+fn kernel_version() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// The cpu shares of a request, as the kubelet computes them (minimum 2).
@@ -623,17 +586,35 @@ mod tests {
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(v["linux"]["resources"]["pids"]["limit"], 1024);
         assert_eq!(v["linux"]["cgroupsPath"], "/drover/abc");
-        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         let rules = v["linux"]["seccomp"]["syscalls"].as_array().unwrap();
+        let allowed = |name: &str| {
+            rules.iter().any(|r| {
+                r["action"] == "SCMP_ACT_ALLOW"
+                    && r["args"].is_null()
+                    && r["names"].as_array().unwrap().contains(&json!(name))
+            })
+        };
+        assert!(allowed("read") && allowed("execve"));
+        assert!(
+            !allowed("mount") && !allowed("reboot"),
+            "not without their capabilities"
+        );
         assert!(
             rules
                 .iter()
-                .any(|r| r["names"] == json!(["clone"]) && r["args"][0]["value"] == 0x1000_0000),
-            "clone(CLONE_NEWUSER) is refused"
+                .any(|r| r["names"] == json!(["clone"])
+                    && r["args"][0]["op"] == "SCMP_CMP_MASKED_EQ"),
+            "clone without new namespaces only"
         );
         assert!(rules
             .iter()
             .any(|r| r["names"] == json!(["clone3"]) && r["errnoRet"] == 38));
+        let admin = default_seccomp(&["CAP_SYS_ADMIN".to_string()]);
+        let admin_rules = admin["syscalls"].as_array().unwrap();
+        assert!(admin_rules
+            .iter()
+            .any(|r| r["names"].as_array().unwrap().contains(&json!("mount"))));
         let ns = v["linux"]["namespaces"].as_array().unwrap();
         assert!(ns
             .iter()
@@ -650,6 +631,12 @@ mod tests {
             host_pid: true,
             host_ipc: true,
             seccomp: None,
+            argv: inputs.argv.clone(),
+            env: inputs.env.clone(),
+            cwd: inputs.cwd.clone(),
+            hostname: inputs.hostname.clone(),
+            cgroups_path: inputs.cgroups_path.clone(),
+            capabilities: inputs.capabilities.clone(),
             ..inputs
         })
         .unwrap();
