@@ -495,3 +495,51 @@ spec:
         (!ok && err.contains("Unauthorized")).then_some(())
     });
 }
+
+/// hostNetwork, where Pod Security admits it: the pod has the node's network namespace and
+/// the node's address, and gives nothing back when it goes; where baseline holds, it is
+/// refused.
+#[test]
+fn host_network_pods_share_the_nodes_network_where_admitted() {
+    let c = cluster(11, 1);
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hostnet, labels: {app: hostnet}}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: IMAGE
+    command: ["sleep", "3600"]
+"#;
+    let file = c.lan.dir.path().join("hostnet.yaml");
+    std::fs::write(&file, pod.replace("IMAGE", &c.image)).unwrap();
+    let (ok, _, err) = c.lan.run(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("host namespaces (hostNetwork=true)"),
+        "{err}"
+    );
+    c.lan.ok(&[
+        "label",
+        "namespace",
+        "default",
+        "pod-security.kubernetes.io/enforce=privileged",
+    ]);
+    c.apply(pod);
+    let pods = c.lan.ready_pods("app=hostnet", 1);
+    assert_eq!(pods[0].1, c.lan.host_ip(1), "the node's address");
+    let (ok, ns, err) = c.exec("hostnet", &["readlink", "/proc/self/ns/net"]);
+    assert!(ok, "{err}");
+    let host = sh(&format!("stat -L -c %i /run/netns/{}", c.lan.host_ns(1))).1;
+    assert_eq!(
+        ns.trim(),
+        format!("net:[{}]", host.trim()),
+        "the node's network namespace"
+    );
+    c.lan.ok(&["delete", "pod", "hostnet", "--wait=true"]);
+    // The node still has its address and its route to the bridge.
+    let (ok, addrs) = c.lan.on_host(1, "ip -4 -o addr show dev eth0");
+    assert!(ok && addrs.contains(&c.lan.host_ip(1)), "{addrs}");
+}

@@ -9,7 +9,7 @@
 //! to write an event is logged, never fatal.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -52,7 +52,18 @@ pub struct Recorder {
     client: kube::Client,
     source: Source,
     seen: Mutex<HashMap<Key, Written>>,
+    /// Places for writes in flight: a burst of events waits for them rather than becoming as
+    /// many concurrent requests (the API's cap would answer them, and everyone else, 429).
+    writes: Arc<tokio::sync::Semaphore>,
+    /// Events waiting for a place.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Events written at once by one recorder.
+const CONCURRENT_WRITES: usize = 4;
+/// Events waiting for a place beyond which new ones are dropped (as client-go's broadcaster
+/// drops past its queue of 1,000).
+const QUEUED_WRITES: usize = 1000;
 
 fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -64,6 +75,8 @@ impl Recorder {
             client,
             source,
             seen: Mutex::new(HashMap::new()),
+            writes: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_WRITES)),
+            waiting: Default::default(),
         }
     }
 
@@ -153,7 +166,17 @@ impl Recorder {
             "firstTimestamp": now(), "lastTimestamp": now(), "count": 1,
         });
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let queued = CONCURRENT_WRITES.saturating_sub(self.writes.available_permits())
+            + self.waiting.load(std::sync::atomic::Ordering::Relaxed);
+        if queued > QUEUED_WRITES {
+            tracing::debug!("too many events waiting; dropped {reason}: {message}");
+            return;
+        }
+        let (writes, waiting) = (self.writes.clone(), self.waiting.clone());
+        waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
+            let _place = writes.acquire_owned().await.expect("never closed");
+            waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             let result = match repeat {
                 Some(count) => api
                     .patch(

@@ -404,7 +404,18 @@ impl NodeAgent {
             .as_ref()
             .and_then(|s| s.pod_ip.as_deref())
             .and_then(|ip| ip.parse().ok());
-        let ip = match self.ctx.network.address(&uid, previous) {
+        // A hostNetwork pod has the node's network, and so its address.
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let assigned = if host_network {
+            Ok(self.config.address)
+        } else {
+            self.ctx.network.address(&uid, previous)
+        };
+        let ip = match assigned {
             Ok(ip) => ip,
             Err(e) => {
                 tracing::error!("pod {uid}: {e:#}");

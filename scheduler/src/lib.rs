@@ -38,6 +38,8 @@ pub const NAME: &str = "default-scheduler";
 
 /// Bindings written at once; each is one Raft write, so many in flight batch well.
 const CONCURRENT_BINDS: usize = 256;
+/// Reports of unschedulable pods (status and event) in flight at once.
+const CONCURRENT_REPORTS: usize = 8;
 
 struct State {
     scheduler: Scheduler,
@@ -194,6 +196,9 @@ async fn report_unschedulable(shared: Arc<Shared>, key: String, message: String)
 /// The scheduling loop: pop, decide, assume, bind in the background.
 async fn schedule_loop(shared: Arc<Shared>) {
     let binds = Arc::new(Semaphore::new(CONCURRENT_BINDS));
+    // Thousands of pods that fit nowhere must not become thousands of concurrent status writes
+    // (the API's cap would answer those, and everyone else, with 429).
+    let reports = Arc::new(Semaphore::new(CONCURRENT_REPORTS));
     loop {
         let next = {
             let mut st = shared.lock();
@@ -227,7 +232,12 @@ async fn schedule_loop(shared: Arc<Shared>) {
             }
             Err(Some((key, message))) => {
                 tracing::debug!("scheduler: {key}: {message}");
-                tokio::spawn(report_unschedulable(shared.clone(), key, message));
+                let permit = reports.clone().acquire_owned().await.expect("never closed");
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    report_unschedulable(shared, key, message).await;
+                    drop(permit);
+                });
             }
             Err(None) => {
                 let due = shared.lock().queue.next_due();

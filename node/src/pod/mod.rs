@@ -429,6 +429,11 @@ impl Worker {
     /// Gives the pod its network (namespace and address); on failure the containers wait
     /// (CreatePodSandbox, as the kubelet says) and the next refresh tries again.
     async fn prepare_network(&mut self) {
+        if self.host_network() {
+            self.netns = None;
+            self.enter(StageEvent::NetworkReady);
+            return;
+        }
         let uid = self.pod_uid();
         match self.ctx.network.attach(&uid, self.pod_ip).await {
             Ok(netns) => {
@@ -460,8 +465,21 @@ impl Worker {
         if let Some(oci) = &self.ctx.oci {
             oci.release_pod(&uid);
         }
-        self.ctx.network.detach(&uid, self.pod_ip).await;
+        // A hostNetwork pod's address is the node's: nothing to give back.
+        if !self.host_network() {
+            self.ctx.network.detach(&uid, self.pod_ip).await;
+        }
         self.netns = None;
+    }
+
+    /// Whether the pod runs in the node's network (`hostNetwork`): no namespace of its own, the
+    /// node's address.
+    fn host_network(&self) -> bool {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false)
     }
 
     /// Starts whatever should run now: the next init container, or every container once the
