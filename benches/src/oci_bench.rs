@@ -60,7 +60,8 @@ fn busybox_rootfs(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(root)
 }
 
-/// The bundle every runtime runs: Drover's spec for `/bin/true`, on the host network.
+/// The bundle every runtime runs: Drover's spec for `/bin/true`, on the host network, under
+/// the default seccomp profile (containerd's allow-list).
 fn bundle(dir: &Path, rootfs: &Path) -> anyhow::Result<PathBuf> {
     let bundle = dir.join("bundle");
     std::fs::create_dir_all(&bundle)?;
@@ -87,6 +88,14 @@ fn bundle(dir: &Path, rootfs: &Path) -> anyhow::Result<PathBuf> {
             .collect(),
         privileged: false,
         no_new_privileges: true,
+        host_pid: false,
+        host_ipc: false,
+        seccomp: Some(runtime::oci::spec::default_seccomp(
+            &runtime::oci::spec::DEFAULT_CAPABILITIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>(),
+        )),
         cgroup_v2: runtime::oci::cgroup_v2(),
     })
     .map_err(|e| anyhow::anyhow!(e))?;
