@@ -323,13 +323,16 @@ pub fn default_seccomp(capabilities: &[String]) -> Value {
     })
 }
 
-/// The running kernel's (major, minor), from /proc.
+/// The running kernel's (major, minor), from /proc, read once (not at every container start).
 fn kernel_version() -> Option<(u32, u32)> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-    let mut parts = release.trim().split(['.', '-']);
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
+    static VERSION: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+        let mut parts = release.trim().split(['.', '-']);
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some((major, minor))
+    })
 }
 
 /// The cpu shares of a request, as the kubelet computes them (minimum 2).
