@@ -12,16 +12,20 @@ mod common;
 /// `wanted` accepts (or all it wrote within 30 s).
 fn log_lines_until(extra: &[&str], wanted: impl Fn(&str) -> bool) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // An address of its own (no other test uses 127.0.0.195) and an explicit peer port: the
+    // default peer port (--listen's plus one) is not reserved, so another test's process could
+    // already hold it.
+    // Both are held until both are known, so the two differ.
+    let bind = || std::net::TcpListener::bind("127.0.0.195:0").unwrap();
+    let held = (bind(), bind());
+    let (api, peer) = (held.0.local_addr().unwrap(), held.1.local_addr().unwrap());
+    drop(held);
     let mut child = Command::new(common::bin())
         .args(extra)
         .args(["server", "--data-dir"])
         .arg(dir.path())
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", &api.to_string()])
+        .args(["--peer-listen", &peer.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
