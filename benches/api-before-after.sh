@@ -9,32 +9,38 @@
 # "fresh" and hands back that checkout's binary. The script compared a commit with itself
 # this way until 2026-12-07. Both target dirs start empty: a full release build each.
 #
-#   ./benches/api-before-after.sh BEFORE [AFTER]     # AFTER defaults to HEAD
+#   ./benches/api-before-after.sh BEFORE [BEFORE...]     # each against AFTER (default HEAD)
+#   AFTER=commit ROUNDS=n ./benches/api-before-after.sh BEFORE
 set -euo pipefail
 cd "$(dirname "$0")/.."
-before=${1:?usage: $0 BEFORE-COMMIT [AFTER-COMMIT]}
-after=${2:-}
+[ $# -ge 1 ] || { echo "usage: $0 BEFORE-COMMIT [BEFORE-COMMIT...]" >&2; exit 2; }
 rounds=${ROUNDS:-2}
 target=$(pwd)/target
 out=$(mktemp -d)
-build() { # dir name target-dir
-  (cd "$1" && cargo build --release --target-dir "$3" --bin drover --bin api-bench)
-  mkdir -p "$out/$2" && cp "$3/release/drover" "$3/release/api-bench" "$out/$2/"
-}
-rm -rf "$target/bench-before" "$target/bench-after"
-git worktree add -f "$out/src-before" "$before" -q
-build "$out/src-before" before "$target/bench-before"
-git worktree add -f "$out/src-after" "${after:-HEAD}" -q
-build "$out/src-after" after "$target/bench-after"
-if cmp -s "$out/before/drover" "$out/after/drover"; then
-  echo "the two commits built the same drover binary: nothing to compare" >&2
-  exit 1
-fi
+# Labels: before-1 .. before-N, then after.
+commits=("$@" "${AFTER:-HEAD}")
+labels=()
+for i in $(seq "$#"); do labels+=("before-$i"); done
+labels+=(after)
+for i in "${!commits[@]}"; do
+  label=${labels[$i]}
+  dir="$target/bench-$label"
+  rm -rf "$dir"
+  git worktree add -f "$out/src-$label" "${commits[$i]}" -q
+  echo "# $label = $(git rev-parse --short "${commits[$i]}")"
+  (cd "$out/src-$label" && cargo build --release --target-dir "$dir" --bin drover --bin api-bench)
+  mkdir -p "$out/$label" && cp "$dir/release/drover" "$dir/release/api-bench" "$out/$label/"
+  git worktree remove --force "$out/src-$label"
+done
+for label in "${labels[@]}"; do
+  if [ "$label" != after ] && cmp -s "$out/$label/drover" "$out/after/drover"; then
+    echo "$label and after built the same drover binary: nothing to compare" >&2
+    exit 1
+  fi
+done
 for round in $(seq "$rounds"); do
-  for which in before after; do
-    echo "# $which, round $round, $(date -u +%FT%TZ)"
-    "$out/$which/api-bench" --drover "$out/$which/drover"
+  for label in "${labels[@]}"; do
+    echo "# $label, round $round, $(date -u +%FT%TZ)"
+    "$out/$label/api-bench" --drover "$out/$label/drover"
   done
 done
-git worktree remove --force "$out/src-before"
-git worktree remove --force "$out/src-after"
