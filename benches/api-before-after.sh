@@ -3,11 +3,14 @@
 # a target dir of its own (release, same profile), then runs each one's api-bench against its
 # own drover, alternating, ROUNDS times. Figures in BENCHMARKS.md come from it.
 #
-# Each commit needs its own target dir, also apart from the tree's `target`: cargo keys a
-# workspace member's fingerprint without its path and checks its sources by paths relative to
-# the workspace, so a build in another checkout finds a fingerprint another checkout left
-# "fresh" and hands back that checkout's binary. The script compared a commit with itself
-# this way until 2026-12-07. Both target dirs start empty: a full release build each.
+# Each commit builds in a target dir of its own, and every .rs and Cargo.toml of its worktree
+# is touched first: cargo keys a workspace member's fingerprint without its path and checks
+# its sources by paths relative to the workspace, so a build in another checkout whose files
+# are older than a fingerprint would be taken as "fresh" and hand back another checkout's
+# binary (the script compared a commit with itself this way until 2026-12-07). Touched
+# sources are always newer, so the workspace's own crates always rebuild; the target dir
+# starts as a copy of the previous commit's, so third-party crates (keyed by version and
+# flags) are not built again. Identical binaries stop the run.
 #
 #   ./benches/api-before-after.sh BEFORE [BEFORE...]     # each against AFTER (default HEAD)
 #   AFTER=commit ROUNDS=n ./benches/api-before-after.sh BEFORE
@@ -25,8 +28,11 @@ labels+=(after)
 for i in "${!commits[@]}"; do
   label=${labels[$i]}
   dir="$target/bench-$label"
-  rm -rf "$dir"
+  if [ "$i" -gt 0 ]; then
+    rm -rf "$dir" && cp -r "$target/bench-${labels[$((i - 1))]}" "$dir"
+  fi
   git worktree add -f "$out/src-$label" "${commits[$i]}" -q
+  find "$out/src-$label" \( -name '*.rs' -o -name Cargo.toml -o -name '*.json' \) -exec touch {} +
   echo "# $label = $(git rev-parse --short "${commits[$i]}")"
   (cd "$out/src-$label" && cargo build --release --target-dir "$dir" --bin drover --bin api-bench)
   mkdir -p "$out/$label" && cp "$dir/release/drover" "$dir/release/api-bench" "$out/$label/"
