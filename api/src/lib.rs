@@ -10,6 +10,7 @@ pub mod apply;
 pub mod cidr;
 pub mod columns;
 pub mod convert;
+pub mod credentials;
 pub mod defaults;
 pub mod nodegraph;
 pub mod object;

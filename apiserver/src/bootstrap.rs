@@ -6,7 +6,8 @@
 
 use api::object;
 use raft_store::{
-    Compare, Consistency, KeySpan, KeyValue, Op, RangeRequest, StoreError, StoreNode, Txn,
+    Compare, CompareOp, Consistency, KeySpan, KeyValue, Op, RangeRequest, StoreError, StoreNode,
+    Txn,
 };
 use serde_json::{json, Value};
 
@@ -85,8 +86,8 @@ pub async fn cluster_secrets(
 }
 
 /// Creates what a cluster has from the start, where it is missing: the system namespaces, the
-/// `kubernetes` Service (10.96.0.1:443) with Endpoints pointing at this API server, and the
-/// default RBAC roles.
+/// `kubernetes` Service (10.96.0.1:443) with Endpoints and an EndpointSlice pointing at this
+/// API server (`api_address`, the address pods reach it at), and the default RBAC roles.
 pub async fn bootstrap(store: &StoreNode, api_address: &str) -> Result<(), StoreError> {
     let create = |key: String, obj: Value, extra: Option<String>| async move {
         let mut txn =
@@ -142,16 +143,7 @@ pub async fn bootstrap(store: &StoreNode, api_address: &str) -> Result<(), Store
         reservation,
     )
     .await?;
-    let mut ep = json!({"apiVersion": "v1", "kind": "Endpoints",
-        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": [{"ip": host}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]});
-    stamp_new(&mut ep);
-    create(
-        find("endpoints").key(Some("default"), "kubernetes"),
-        ep,
-        None,
-    )
-    .await?;
+    publish_api_endpoints(store, host, port).await?;
     // The default ClusterRoles and their bindings (cluster-admin for system:masters, discovery
     // for every authenticated user); made once, so that an operator may edit them after.
     let rbac =
@@ -162,6 +154,77 @@ pub async fn bootstrap(store: &StoreNode, api_address: &str) -> Result<(), Store
             stamp_new(&mut obj);
             let name = object::name(&obj).unwrap_or_default().to_string();
             create(rbac(resource).key(None, &name), obj, None).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Points the `kubernetes` Service's Endpoints and EndpointSlice at `host:port`, this member's
+/// API as pods reach it; written when missing or pointing elsewhere (the member's address
+/// changed), left alone otherwise. Nodes program the Service from the slice.
+///
+/// The last member to start is the one endpoint: kube-apiserver's lease-based reconciler,
+/// which lists every live member, is still to come with high availability.
+async fn publish_api_endpoints(store: &StoreNode, host: &str, port: u16) -> Result<(), StoreError> {
+    let endpoints = api::registry::find("", "v1", "endpoints").expect("registered");
+    let slices =
+        api::registry::find("discovery.k8s.io", "v1", "endpointslices").expect("registered");
+    let wanted = [
+        (
+            endpoints.key(Some("default"), "kubernetes"),
+            json!({"apiVersion": "v1", "kind": "Endpoints",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                    "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                "subsets": [{"addresses": [{"ip": host}],
+                    "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]}),
+            "subsets",
+        ),
+        (
+            slices.key(Some("default"), "kubernetes"),
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "kubernetes",
+                        "endpointslice.kubernetes.io/managed-by": "drover-apiserver"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [host], "conditions": {"ready": true}}],
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}),
+            "endpoints",
+        ),
+    ];
+    for (key, mut obj, field) in wanted {
+        let read = store
+            .range(
+                RangeRequest::new(KeySpan::key(key.as_bytes())),
+                Consistency::Linearizable,
+                false,
+            )
+            .await?;
+        let txn = match read.kvs.first() {
+            None => {
+                stamp_new(&mut obj);
+                Txn::put(key.as_bytes(), to_bytes(&obj))
+                    .when(Compare::exists(key.as_bytes(), false))
+            }
+            Some(kv) => {
+                let mut current: Value = serde_json::from_slice(&kv.value)
+                    .map_err(|e| StoreError::Internal(format!("{key}: {e}")))?;
+                if current[field] == obj[field] && current["ports"] == obj["ports"] {
+                    continue;
+                }
+                current[field] = obj[field].take();
+                if field == "endpoints" {
+                    current["ports"] = obj["ports"].take();
+                }
+                Txn::put(key.as_bytes(), to_bytes(&current)).when(Compare::mod_revision(
+                    key.as_bytes(),
+                    CompareOp::Equal,
+                    kv.mod_revision,
+                ))
+            }
+        };
+        // A lost race (another member wrote it meanwhile) is the caller's retry.
+        if !store.txn(txn, false).await?.succeeded {
+            return Err(StoreError::NoLeader);
         }
     }
     Ok(())

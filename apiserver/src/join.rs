@@ -86,7 +86,7 @@ pub async fn grant(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: By
     let offered = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(api::credentials::bearer_token)
         .unwrap_or("");
     if !same_secret(offered.trim().as_bytes(), secrets.join_secret.as_bytes()) {
         tracing::debug!("a join was refused: wrong join secret");

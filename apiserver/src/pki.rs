@@ -281,11 +281,49 @@ impl ClusterSecrets {
     }
 }
 
-/// The PKI this member already made, if it made one (restarts need no store to serve TLS).
-pub fn load(data_dir: &Path) -> Result<Option<Pki>, String> {
+/// The names the API's serving certificate carries: loopback, the member's own addresses
+/// (`addresses`; 0.0.0.0 is left out) and the `kubernetes` Service's address and DNS names,
+/// which in-cluster clients dial (kube-apiserver's certificate names the same).
+pub fn serving_names(addresses: &[IpAddr]) -> Vec<String> {
+    let mut names: Vec<String> = ["localhost", "127.0.0.1"].map(String::from).to_vec();
+    let service_ip = IpAddr::V4(crate::admission::API_SERVICE_IP);
+    for ip in addresses.iter().chain([&service_ip]) {
+        if !ip.is_unspecified() {
+            names.push(ip.to_string());
+        }
+    }
+    names.extend(
+        [
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ]
+        .map(String::from),
+    );
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
+}
+
+/// The file beside the serving certificate that lists the names it was made for.
+const HOSTS_FILE: &str = "apiserver.hosts";
+
+/// The PKI this member already made, if it made one for `hosts` (restarts need no store to
+/// serve TLS). A certificate made for other names (the member's address changed, or it
+/// predates a name) is not used: the caller makes a new one.
+pub fn load(data_dir: &Path, hosts: &[String]) -> Result<Option<Pki>, String> {
     let dir = data_dir.join("pki");
     let files = ["ca.crt", "apiserver.crt", "apiserver.key", "admin.token"].map(|f| dir.join(f));
     if !files.iter().all(|f| f.exists()) {
+        return Ok(None);
+    }
+    let made_for = std::fs::read_to_string(dir.join(HOSTS_FILE)).unwrap_or_default();
+    if made_for != hosts.join("\n") {
+        tracing::info!(
+            "the API's serving certificate names {:?}; a new one names {hosts:?}",
+            made_for.lines().collect::<Vec<_>>()
+        );
         return Ok(None);
     }
     let admin_token = read(&files[3])?.trim().to_string();
@@ -333,6 +371,7 @@ pub fn create(data_dir: &Path, hosts: &[String], secrets: &ClusterSecrets) -> Re
     write_private(&dir.join("apiserver.crt"), &pki.cert_pem)?;
     write_private(&dir.join("apiserver.key"), &pki.key_pem)?;
     write_private(&dir.join("admin.token"), &pki.admin_token)?;
+    write_private(&dir.join(HOSTS_FILE), &hosts.join("\n"))?;
     Ok(pki)
 }
 

@@ -165,10 +165,6 @@ impl Strategy for Namespaces {
 struct Pods;
 
 impl Strategy for Pods {
-    fn prepare_create(&self, obj: &mut Value) {
-        mount_service_account_token(obj);
-    }
-
     fn update_problem(&self, old: &Value, new: &Value) -> Option<(String, String)> {
         pod_spec_change_problem(&old["spec"], &new["spec"]).map(|why| ("spec".to_string(), why))
     }
@@ -191,14 +187,35 @@ impl Strategy for Pods {
 /// namespace (what in-cluster clients read).
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
-/// The ServiceAccount admission of Kubernetes: a new pod gets a projected volume
-/// `kube-api-access-<random>` (a token for its ServiceAccount, bound to the pod and renewed by
-/// its node; the `kube-root-ca.crt` ConfigMap; its namespace) mounted read-only in every
-/// container at [`SERVICE_ACCOUNT_DIR`], unless `automountServiceAccountToken` is false or a
-/// container mounts something there already.
-fn mount_service_account_token(pod: &mut Value) {
+/// The ServiceAccount a pod runs as: `spec.serviceAccountName`, or the older
+/// `spec.serviceAccount`, or `default`.
+pub fn service_account_name(pod: &Value) -> &str {
+    let spec = &pod["spec"];
+    [&spec["serviceAccountName"], &spec["serviceAccount"]]
+        .into_iter()
+        .find_map(|v| v.as_str().filter(|s| !s.is_empty()))
+        .unwrap_or("default")
+}
+
+/// The ServiceAccount admission of Kubernetes, for a new pod: its ServiceAccount is `default`
+/// unless it names one (`spec.serviceAccount`, the old name, is kept equal); and it gets a
+/// projected volume `kube-api-access-<random>` (a token for its ServiceAccount, bound to the
+/// pod and renewed by its node; the `kube-root-ca.crt` ConfigMap; its namespace) mounted
+/// read-only in every container at [`SERVICE_ACCOUNT_DIR`], unless a container mounts
+/// something there already, or `automountServiceAccountToken` is false on the pod, or on
+/// `account` (the ServiceAccount's object, when it exists) where the pod does not say.
+pub fn admit_service_account(pod: &mut Value, account: impl FnOnce(&str) -> Option<Value>) {
+    let name = service_account_name(pod).to_string();
     let spec = &mut pod["spec"];
-    if spec["automountServiceAccountToken"] == json!(false) {
+    spec["serviceAccountName"] = json!(name);
+    spec["serviceAccount"] = json!(name);
+    let automount = match spec["automountServiceAccountToken"].as_bool() {
+        Some(pod_says) => pod_says,
+        None => account(&name)
+            .and_then(|sa| sa["automountServiceAccountToken"].as_bool())
+            .unwrap_or(true),
+    };
+    if !automount {
         return;
     }
     let already = |c: &Value| {

@@ -645,3 +645,59 @@ async fn rotating_the_signing_keys_retires_old_tokens_after_the_grace_period() {
     let newest = token_for(&app, &format!("{sa}/app/token")).await;
     assert!(works(newest).await);
 }
+
+/// ServiceAccount admission: a pod runs as `default` unless it names an account, and gets the
+/// token volume unless the pod, or failing that its ServiceAccount, says
+/// `automountServiceAccountToken: false`.
+#[tokio::test]
+async fn the_token_volume_follows_the_pod_then_its_service_account() {
+    let (_dir, _node, app) = common::start().await;
+    let ns = "/api/v1/namespaces/default";
+    let (code, body) = call(
+        &app,
+        "POST",
+        &format!("{ns}/serviceaccounts"),
+        Some(json!({"metadata": {"name": "quiet"}, "automountServiceAccountToken": false})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let token_volumes = |pod: &Value| -> usize {
+        pod["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| {
+                v["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("kube-api-access-")
+            })
+            .count()
+    };
+    let create = |name: &str, spec: Value| {
+        let app = app.clone();
+        let mut p = pod(name, None);
+        for (k, v) in spec.as_object().unwrap() {
+            p["spec"][k] = v.clone();
+        }
+        async move {
+            let (code, body) = call(&app, "POST", &format!("{ns}/pods"), Some(p)).await;
+            assert_eq!(code, StatusCode::CREATED, "{body}");
+            body
+        }
+    };
+    let plain = create("plain", json!({})).await;
+    assert_eq!(plain["spec"]["serviceAccountName"], "default");
+    assert_eq!(plain["spec"]["serviceAccount"], "default");
+    assert_eq!(token_volumes(&plain), 1);
+    let quiet = create("quiet", json!({"serviceAccountName": "quiet"})).await;
+    assert_eq!(token_volumes(&quiet), 0, "the account opts out");
+    let insists = create(
+        "insists",
+        json!({"serviceAccountName": "quiet", "automountServiceAccountToken": true}),
+    )
+    .await;
+    assert_eq!(token_volumes(&insists), 1, "the pod's word wins");
+    let off = create("off", json!({"automountServiceAccountToken": false})).await;
+    assert_eq!(token_volumes(&off), 0);
+}

@@ -104,7 +104,7 @@ pub fn hostname() -> String {
 }
 
 /// Whether this process's effective uid is 0 (from /proc, so no libc call is needed).
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

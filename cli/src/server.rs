@@ -1,6 +1,6 @@
 //! `drover server`: runs one control-plane member until SIGINT or SIGTERM.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,9 +12,15 @@ pub struct ServerArgs {
     /// Where this member keeps its log, state and identity.
     #[arg(long, env = "DROVER_DATA_DIR", default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
-    /// The address this member serves the Kubernetes API on (HTTPS only).
-    #[arg(long, default_value = "127.0.0.1:6443")]
-    listen: SocketAddr,
+    /// The address this member serves the Kubernetes API on (HTTPS only). Default:
+    /// 127.0.0.1:6443 (`drover up`: the node's address, port 6443, so that pods reach it).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The address pods and other hosts reach this member's API at: the endpoint of the
+    /// `kubernetes` Service and a name in the API's certificate. Default: the --listen
+    /// address, or for 0.0.0.0 the host's primary address.
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
     /// The address this member serves the other members on (mutual TLS with member
     /// certificates only). Default: the --listen address with the next port.
     #[arg(long)]
@@ -73,7 +79,48 @@ pub struct ServerArgs {
     pod_security_enforce: api::podsecurity::Level,
 }
 
+/// The API address `drover server` serves on without --listen.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 6443);
+
 impl ServerArgs {
+    pub fn listen(&self) -> SocketAddr {
+        self.listen.unwrap_or(DEFAULT_LISTEN)
+    }
+
+    /// `drover up`: without --listen, the API is served on `address` (the node's), and the
+    /// members' port stays on loopback (one member).
+    pub fn default_listen_on(&mut self, address: IpAddr) {
+        if self.listen.is_none() {
+            self.listen = Some(SocketAddr::new(address, DEFAULT_LISTEN.port()));
+            self.peer_listen.get_or_insert(SocketAddr::new(
+                DEFAULT_LISTEN.ip(),
+                DEFAULT_LISTEN.port() + 1,
+            ));
+        }
+    }
+
+    /// Where pods and other hosts reach this member's API (see --advertise-address).
+    fn advertise(&self) -> IpAddr {
+        if let Some(ip) = self.advertise_address {
+            return ip;
+        }
+        let listen = self.listen().ip();
+        if !listen.is_unspecified() {
+            return listen;
+        }
+        match network::hostaddr::primary_ipv4() {
+            network::hostaddr::HostAddress::DefaultRoute { address, .. } => IpAddr::V4(address),
+            network::hostaddr::HostAddress::NoDefaultRoute(why) => {
+                eprintln!(
+                    "drover: no address to advertise the API at ({why}); pods will not reach \
+                     it: pass --advertise-address"
+                );
+                IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            }
+        }
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         &self.data_dir
     }
@@ -213,10 +260,11 @@ impl ServerArgs {
         match self.peer_listen {
             Some(addr) => Ok(addr),
             None => {
-                let port = self.listen.port().checked_add(1).context(
+                let listen = self.listen();
+                let port = listen.port().checked_add(1).context(
                     "--listen uses the last port, so the peer port cannot follow it; pass --peer-listen",
                 )?;
-                Ok(SocketAddr::new(self.listen.ip(), port))
+                Ok(SocketAddr::new(listen.ip(), port))
             }
         }
     }
@@ -306,7 +354,7 @@ impl ServerArgs {
 pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     let peer = args.peer_listen()?;
     anyhow::ensure!(
-        peer != args.listen,
+        peer != args.listen(),
         "--peer-listen must differ from --listen: the API and the members are served apart"
     );
     anyhow::ensure!(
@@ -320,7 +368,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
             format!("cannot listen on {addr} ({what}); is another member already using it?")
         })
     };
-    let listener = bind(args.listen, "--listen").await?;
+    let listener = bind(args.listen(), "--listen").await?;
     let peer_listener = bind(peer, "--peer-listen").await?;
 
     let key_file = args
@@ -386,21 +434,22 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     // The API: HTTPS with the cluster's certificates. A restarted member has its serving
     // certificate already; a joining one signs it with the CA key it reads from the store once
     // it is a member, so the API opens after bootstrap.
-    let ip = args.listen.ip();
-    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    if !ip.is_unspecified() && !hosts.contains(&ip.to_string()) {
-        hosts.push(ip.to_string());
-    }
+    let listen = args.listen();
+    let ip = listen.ip();
+    let advertise = args.advertise();
+    let hosts = apiserver::pki::serving_names(&[ip, advertise]);
     let host = if ip.is_unspecified() {
         "127.0.0.1".to_string()
     } else {
         ip.to_string()
     };
-    let address = format!("{host}:{}", args.listen.port());
+    let address = format!("{host}:{}", listen.port());
+    // What pods reach through the `kubernetes` Service.
+    let advertised = SocketAddr::new(advertise, listen.port()).to_string();
     let api_slot: apiserver::listener::ApiSlot = Default::default();
     let api_serving = tokio::spawn(apiserver::listener::serve(listener, api_slot.clone()));
     node.bootstrap().await?;
-    let pki = match apiserver::pki::load(&args.data_dir).map_err(anyhow::Error::msg)? {
+    let pki = match apiserver::pki::load(&args.data_dir, &hosts).map_err(anyhow::Error::msg)? {
         Some(pki) => pki,
         None => {
             // The first member proposes what it made (kept on disk until stored, so a crash
@@ -445,7 +494,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
         .map_err(anyhow::Error::msg)?;
     // The system namespaces and the kubernetes Service, once a leader can take the writes.
     let boot = node.clone();
-    let boot_address = address.clone();
+    let boot_address = advertised;
     tokio::spawn(async move {
         if let Err(e) = with_retry(|| apiserver::bootstrap(&boot, &boot_address)).await {
             tracing::error!(error = %e, "cannot create the system namespaces");

@@ -15,7 +15,15 @@ pub struct UpArgs {
     node: NodeOptions,
 }
 
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
+    // The node's address, found once. With routed pod networking (root) the API is served
+    // there (unless --listen says otherwise), so that pods reach it through the `kubernetes`
+    // Service: a pod in a network namespace of its own cannot reach the host's loopback.
+    let node_address = args.node.resolve_address();
+    args.node.node_address = Some(node_address);
+    if args.node.pod_ip_range.is_none() && crate::node::is_root() {
+        args.server.default_listen_on(node_address);
+    }
     let member = crate::server::start(&args.server).await?;
     let node_name = args.node.name.clone().unwrap_or_else(crate::node::hostname);
     // The node's credential, signed here: the node talks to the API like any other node. It

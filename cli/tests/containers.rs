@@ -496,11 +496,11 @@ spec:
     });
 }
 
-/// hostNetwork, where Pod Security admits it: the pod has the node's network namespace and
-/// the node's address, and gives nothing back when it goes; where baseline holds, it is
-/// refused.
+/// hostNetwork and hostPort, where Pod Security admits them: a hostNetwork pod has the node's
+/// network namespace and the node's address, and gives nothing back when it goes (where
+/// baseline holds, it is refused); a hostPort leads the node's port to the pod.
 #[test]
-fn host_network_pods_share_the_nodes_network_where_admitted() {
+fn host_network_and_host_ports_where_admitted() {
     let c = cluster(11, 1);
     let pod = r#"
 apiVersion: v1
@@ -542,4 +542,143 @@ spec:
     // The node still has its address and its route to the bridge.
     let (ok, addrs) = c.lan.on_host(1, "ip -4 -o addr show dev eth0");
     assert!(ok && addrs.contains(&c.lan.host_ip(1)), "{addrs}");
+
+    // A hostPort: the node's address and that port lead to the pod's containerPort, from
+    // another host (this test, on the bridge); gone with the pod.
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hostport, labels: {app: hostport}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: IMAGE
+    command: ["sh", "-c", "mkdir -p /www && echo hostport-ok > /www/index.html && httpd -f -p 8080 -h /www"]
+    ports: [{containerPort: 8080, hostPort: 18080}]
+"#,
+    );
+    let pods = c.lan.ready_pods("app=hostport", 1);
+    assert_ne!(pods[0].1, c.lan.host_ip(1), "a pod address of its own");
+    let node = format!("{}:18080", c.lan.host_ip(1));
+    let get = || {
+        use std::io::{Read, Write};
+        let addr: std::net::SocketAddr = node.parse().unwrap();
+        let mut s =
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let body = c.lan.until(20, "the host port answering", || {
+        get().filter(|b| b.contains("hostport-ok"))
+    });
+    assert!(body.contains(" 200 OK"), "{body}");
+    c.lan.ok(&["delete", "pod", "hostport", "--wait=true"]);
+    c.lan.until(20, "the host port closing with its pod", || {
+        get().is_none().then_some(())
+    });
+}
+
+/// The Python `kubernetes` client inside a container, configured in-cluster (its mounted
+/// token and CA, the `kubernetes` Service from its environment): refused while RBAC grants
+/// its ServiceAccount nothing, lists the pods of its namespace once it does. The interpreter
+/// and the package are the host's, mounted read-only (hostPath, so the namespace is
+/// privileged); the image is busybox.
+#[test]
+fn the_python_client_in_a_container_uses_its_mounted_token() {
+    let c = cluster(12, 1);
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, kubernetes\n\
+             print(sys.executable)\n\
+             for p in [sys.base_prefix, sys.prefix] + sys.path: print(p)",
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "run ./scripts/test.sh, which installs the kubernetes package: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let python = lines.next().unwrap().to_string();
+    // Where the interpreter, its libraries and the package live; a path under another is
+    // mounted with it.
+    let mut dirs: Vec<String> = ["/usr", "/lib", "/lib64"]
+        .iter()
+        .map(|d| d.to_string())
+        .chain(lines.map(String::from))
+        .filter(|d| d.starts_with('/') && std::path::Path::new(d).is_dir())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let all = dirs.clone();
+    dirs.retain(|d| {
+        !all.iter()
+            .any(|o| o != d && d.starts_with(&format!("{o}/")))
+    });
+    let mut volumes = String::new();
+    let mut mounts = String::new();
+    for (i, d) in dirs.iter().enumerate() {
+        volumes += &format!("  - {{name: h{i}, hostPath: {{path: \"{d}\"}}}}\n");
+        mounts += &format!("    - {{name: h{i}, mountPath: \"{d}\", readOnly: true}}\n");
+    }
+    c.lan.ok(&["create", "namespace", "py"]);
+    c.lan.ok(&[
+        "label",
+        "namespace",
+        "py",
+        "pod-security.kubernetes.io/enforce=privileged",
+    ]);
+    let script = "from kubernetes import client, config\n\
+                  config.load_incluster_config()\n\
+                  try:\n    \
+                      pods = client.CoreV1Api().list_namespaced_pod('py')\n    \
+                      print('pods:', ' '.join(p.metadata.name for p in pods.items))\n\
+                  except client.exceptions.ApiException as e:\n    \
+                      print('refused:', e.status, e.reason)\n";
+    let run = |name: &str| -> String {
+        c.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: py}}\nspec:\n  \
+             restartPolicy: Never\n  containers:\n  - name: c\n    image: IMAGE\n    \
+             command: [{python:?}, \"-c\", {script:?}]\n    volumeMounts:\n{mounts}  volumes:\n{volumes}"
+        ));
+        c.lan.until(90, &format!("pod py/{name} to finish"), || {
+            let (_, phase, _) = c.lan.run(&[
+                "get",
+                "pod",
+                name,
+                "-n",
+                "py",
+                "-o",
+                "jsonpath={.status.phase}",
+            ]);
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(())
+        });
+        let (_, logs, err) = c.lan.run(&["logs", name, "-n", "py"]);
+        format!("{logs}{err}")
+    };
+    let denied = run("denied");
+    assert!(denied.contains("refused: 403 Forbidden"), "{denied}");
+    c.lan.ok(&[
+        "create",
+        "rolebinding",
+        "viewers",
+        "-n",
+        "py",
+        "--clusterrole=view",
+        "--serviceaccount=py:default",
+    ]);
+    let allowed = run("allowed");
+    assert!(
+        allowed.contains("pods:") && allowed.contains("denied") && allowed.contains("allowed"),
+        "{allowed}"
+    );
 }

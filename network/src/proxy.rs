@@ -14,6 +14,7 @@
 //! | EndpointSlices | Service rules, DNS records |
 //! | Nodes | routes, pool addresses |
 //! | NetworkPolicies, Pods, Namespaces | the policy table |
+//! | Pods | this node's pods' host ports (the Service rules, only when those changed) |
 //!
 //! A failed effect is retried: `sync` returns the kinds to mark changed again (after a pause,
 //! the caller's choice), and a failed Services transaction is followed by a full one.
@@ -127,6 +128,8 @@ pub struct ProxyState {
     node_net: NodeNet,
     /// The Service ports in the kernel; None until a full transaction succeeded.
     services: Option<BTreeMap<String, ServicePort>>,
+    /// This node's pods' host ports as last computed (they are programmed with the Services).
+    host_ports: BTreeMap<String, ServicePort>,
     policy: Option<String>,
     routes: Option<Vec<(Ipv4Net, Ipv4Addr)>>,
     pool_addresses: Option<Vec<Ipv4Addr>>,
@@ -140,6 +143,7 @@ impl ProxyState {
             node_name: node_name.to_string(),
             node_net,
             services: None,
+            host_ports: BTreeMap::new(),
             policy: None,
             routes: None,
             pool_addresses: None,
@@ -152,13 +156,22 @@ impl ProxyState {
     pub async fn sync(&mut self, host: &dyn Host, changed: Changed, now: &Snapshot) -> Changed {
         use Kind::*;
         let mut retry = Vec::new();
-        if changed.any(&[Services, EndpointSlices]) {
+        let mut ports_changed = false;
+        if changed.has(Pods) {
+            let host_ports = services::host_ports(&now.pods, &self.node_name);
+            ports_changed = host_ports != self.host_ports;
+            self.host_ports = host_ports;
+        }
+        if changed.any(&[Services, EndpointSlices]) || ports_changed {
             let mut records = ClusterRecords::default();
             now.services.iter().for_each(|s| records.upsert_service(s));
             now.slices.iter().for_each(|s| records.upsert_slice(s));
             *self.dns.write().unwrap_or_else(|p| p.into_inner()) = records;
 
-            let desired = services::desired(&now.services, &now.slices);
+            let desired = services::with_host_ports(
+                services::desired(&now.services, &now.slices),
+                &self.host_ports,
+            );
             let ops = match &self.services {
                 None => services::full(&self.node_net, &desired),
                 Some(old) => services::changes(old, &desired),
@@ -374,6 +387,44 @@ mod tests {
             "{effects:?}"
         );
         assert!(dns.read().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_pod_of_this_node_with_a_host_port_changes_the_service_rules() {
+        let (mut proxy, _) = state();
+        let host = RecordingHost::default();
+        let mut now = snapshot();
+        proxy.sync(&host, Changed::ALL, &now).await;
+        host.take();
+        now.pods.push(obj(json!({
+            "metadata": {"name": "hp", "namespace": "default", "uid": "u1"},
+            "spec": {"nodeName": "me", "containers": [{"name": "c", "image": "i",
+                "ports": [{"containerPort": 80, "hostPort": 8081}]}]},
+            "status": {"phase": "Running", "podIP": "10.42.0.8"}})));
+        proxy.sync(&host, Changed::of(&[Kind::Pods]), &now).await;
+        let effects = host.take();
+        let text = match effects.as_slice() {
+            [Effect::ServiceOps(ops), Effect::Policy(_)] => crate::nft::render(ops),
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            text.contains("tcp . 8081 : goto svc/hostport/u1/tcp/any/8081"),
+            "{text}"
+        );
+        // Its status changing otherwise (a condition) leaves the Service rules alone.
+        proxy.sync(&host, Changed::of(&[Kind::Pods]), &now).await;
+        assert_eq!(host.take(), vec![]);
+        // Gone: its port goes.
+        now.pods.pop();
+        proxy.sync(&host, Changed::of(&[Kind::Pods]), &now).await;
+        let text = match host.take().as_slice() {
+            [Effect::ServiceOps(ops), Effect::Policy(_)] => crate::nft::render(ops),
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            text.contains("delete element") && text.contains("8081"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -222,6 +222,101 @@ pub fn desired(
     out
 }
 
+/// The host ports of the pods running on node `me` (a container port's `hostPort`), as
+/// Service ports of one endpoint each, as the CNI portmap plugin gives them: answered on every
+/// address of the node, or only on `hostIP` when one is given, and led to the pod's address
+/// and `containerPort`. A hostNetwork pod binds the node's ports itself, so has none here; a
+/// pod that finished or has no address yet has none either.
+///
+/// They join the Services' maps (their keys, `hostport/<pod uid>/<protocol>/<address or any>/<port>`,
+/// have five parts where a Service port's have four, so never meet one), and a port already
+/// claimed by a Service or another pod is the first claimant's ([`drop_conflicts`]). Like a
+/// NodePort's, their traffic is masqueraded, so a connection from the host's own loopback
+/// reaches the pod; the pod sees the node's address as the client's.
+pub fn host_ports(
+    pods: &[impl Borrow<k8s_openapi::api::core::v1::Pod>],
+    me: &str,
+) -> BTreeMap<String, ServicePort> {
+    let mut out = BTreeMap::new();
+    for pod in pods {
+        let pod = pod.borrow();
+        let (Some(spec), Some(status)) = (&pod.spec, &pod.status) else {
+            continue;
+        };
+        if spec.node_name.as_deref() != Some(me)
+            || spec.host_network == Some(true)
+            || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+        {
+            continue;
+        }
+        let Some(pod_ip) = status
+            .pod_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+        else {
+            continue;
+        };
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        // Sidecars (init containers that keep running) have ports too.
+        let sidecars = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+        for port in spec
+            .containers
+            .iter()
+            .chain(sidecars)
+            .flat_map(|c| c.ports.iter().flatten())
+        {
+            let (Some(host_port), Ok(target)) = (
+                port.host_port
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p > 0),
+                u16::try_from(port.container_port),
+            ) else {
+                continue;
+            };
+            let protocol = Protocol::parse(port.protocol.as_deref());
+            let host_ip = port
+                .host_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+                .filter(|ip| !ip.is_unspecified());
+            let shown = host_ip.map_or("any".to_string(), |ip| ip.to_string());
+            let key = format!("hostport/{uid}/{}/{shown}/{host_port}", protocol.nft());
+            let (ips, node_ports) = match host_ip {
+                Some(ip) => (vec![ip], vec![]),
+                None => (vec![], vec![host_port]),
+            };
+            out.insert(
+                key.clone(),
+                ServicePort {
+                    key,
+                    external_ips: ips.clone(),
+                    ips,
+                    protocol,
+                    port: host_port,
+                    node_ports,
+                    endpoints: vec![(pod_ip, target)],
+                },
+            );
+        }
+    }
+    out
+}
+
+/// The Service ports and the host ports of a node together, claims on one address and port
+/// settled (see [`host_ports`]).
+pub fn with_host_ports(
+    mut services: BTreeMap<String, ServicePort>,
+    host_ports: &BTreeMap<String, ServicePort>,
+) -> BTreeMap<String, ServicePort> {
+    services.extend(host_ports.iter().map(|(k, v)| (k.clone(), v.clone())));
+    drop_conflicts(&mut services);
+    services
+}
+
 /// Two Service ports claiming one map key (an external IP and port, or a NodePort) would make
 /// the kernel refuse the whole transaction, and with it every later change: the first claim in
 /// key order keeps it, the later ones lose that entry point and are logged.
@@ -782,5 +877,81 @@ mod tests {
         let got = desired(&services, &Vec::<EndpointSlice>::new());
         assert_eq!(got.keys().collect::<Vec<_>>(), ["a/lb/tcp/8080"]);
         assert_eq!(got["a/lb/tcp/8080"].node_ports, [31000]);
+    }
+
+    #[test]
+    fn host_ports_lead_to_the_pod_on_this_node_only() {
+        let pod = |name: &str,
+                   node: &str,
+                   extra: serde_json::Value|
+         -> k8s_openapi::api::core::v1::Pod {
+            let mut v = json!({
+                "metadata": {"name": name, "namespace": "a", "uid": format!("uid-{name}")},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i", "ports": [
+                    {"containerPort": 8080, "hostPort": 9090},
+                    {"containerPort": 53, "hostPort": 5353, "protocol": "UDP", "hostIP": "192.0.2.1"},
+                    {"containerPort": 81}
+                ]}]},
+                "status": {"phase": "Running", "podIP": "10.42.0.7"}
+            });
+            merge(&mut v, extra);
+            serde_json::from_value(v).unwrap()
+        };
+        let pods = vec![
+            pod("web", "me", json!({})),
+            pod("elsewhere", "other", json!({})),
+            pod("host", "me", json!({"spec": {"hostNetwork": true}})),
+            pod("done", "me", json!({"status": {"phase": "Succeeded"}})),
+            pod("new", "me", json!({"status": {"podIP": null}})),
+        ];
+        let got = host_ports(&pods, "me");
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            [
+                "hostport/uid-web/tcp/any/9090",
+                "hostport/uid-web/udp/192.0.2.1/5353"
+            ]
+        );
+        let tcp = &got["hostport/uid-web/tcp/any/9090"];
+        assert_eq!(tcp.node_ports, [9090]);
+        assert!(tcp.ips.is_empty());
+        assert_eq!(tcp.endpoints, [(Ipv4Addr::new(10, 42, 0, 7), 8080)]);
+        let udp = &got["hostport/uid-web/udp/192.0.2.1/5353"];
+        assert_eq!(udp.ips, [Ipv4Addr::new(192, 0, 2, 1)]);
+        assert_eq!(udp.external_ips, udp.ips);
+        assert!(udp.node_ports.is_empty());
+        let batch = render(&changes(&BTreeMap::new(), &got));
+        assert!(
+            batch.contains(
+                "service-nodeports { tcp . 9090 : goto svc/hostport/uid-web/tcp/any/9090 }"
+            ),
+            "{batch}"
+        );
+        assert!(
+            batch.contains(
+                "svc/hostport/uid-web/tcp/any/9090 meta l4proto tcp dnat to 10.42.0.7:8080"
+            ),
+            "{batch}"
+        );
+
+        // A Service's NodePort taken first keeps its port; the pod's other port stays.
+        let services = vec![svc(json!({"metadata": {"name": "np", "namespace": "a"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.3", "ports": [{"port": 80, "nodePort": 9090}]}}))];
+        let all = with_host_ports(desired(&services, &Vec::<EndpointSlice>::new()), &got);
+        assert_eq!(all["a/np/tcp/80"].node_ports, [9090]);
+        assert!(all["hostport/uid-web/tcp/any/9090"].node_ports.is_empty());
+        assert_eq!(all["hostport/uid-web/udp/192.0.2.1/5353"].ips.len(), 1);
+    }
+
+    /// Merges `extra` into `v`, objects key by key (a test's variations of one object).
+    pub(crate) fn merge(v: &mut serde_json::Value, extra: serde_json::Value) {
+        match (v, extra) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, x) in b {
+                    merge(a.entry(k).or_insert(serde_json::Value::Null), x);
+                }
+            }
+            (slot, x) => *slot = x,
+        }
     }
 }

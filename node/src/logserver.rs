@@ -190,7 +190,7 @@ async fn from_api_server(server: &LogServer, headers: &HeaderMap) -> bool {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(api::credentials::bearer_token);
     match token {
         Some(t) => server.authorized(t).await,
         None => false,

@@ -36,8 +36,10 @@ use schedule::Scheduler;
 /// The name pods ask for in spec.schedulerName (the default).
 pub const NAME: &str = "default-scheduler";
 
-/// Bindings written at once; each is one Raft write, so many in flight batch well.
-const CONCURRENT_BINDS: usize = 256;
+/// Bindings written at once; each is one Raft write, so many in flight batch well. Kept well
+/// under the API's cap on writes in flight (`apiserver::inflight::MAX_WRITES`, 200), which the
+/// scheduler shares with every other client: past it, everyone's writes get 429.
+const CONCURRENT_BINDS: usize = 128;
 /// Reports of unschedulable pods (status and event) in flight at once.
 const CONCURRENT_REPORTS: usize = 8;
 

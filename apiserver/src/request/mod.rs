@@ -127,8 +127,7 @@ async fn authenticate(State(st): State<Arc<ApiState>>, mut req: Request, next: N
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(api::credentials::bearer_token);
     let mut user = token.and_then(|t| st.auth.authenticate(t));
     if let (None, Some(token)) = (&user, token.filter(|t| t.starts_with("drover."))) {
         // A signed token lives as long as its ServiceAccount, Node or pod, looked up in the

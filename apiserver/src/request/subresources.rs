@@ -488,9 +488,7 @@ impl Call<'_> {
                 .ok_or(format!("pod {ns}/{name} not found"))?,
             Err(e) => return Err(e.to_string()),
         };
-        let account = pod["spec"]["serviceAccountName"]
-            .as_str()
-            .unwrap_or("default");
+        let account = crate::strategy::service_account_name(&pod);
         // A node asks only for its own pods' tokens (the authorizer saw the ServiceAccount; the
         // pod is here).
         if let Some(node) = self.user.node_name() {

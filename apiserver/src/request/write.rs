@@ -183,6 +183,19 @@ impl Call<'_> {
         }
     }
 
+    /// The ServiceAccount a new pod names (`default` when it names none), if it exists: from
+    /// the cache, or from the store when the cache has not seen it yet (one just created).
+    async fn service_account(&self, pod: &Value) -> Result<Option<Value>, StoreError> {
+        let name = crate::strategy::service_account_name(pod);
+        let accounts = api::registry::find("", "v1", "serviceaccounts").expect("registered");
+        let key = accounts.key(self.o.namespace.as_deref(), name);
+        if let Some(kv) = self.st.cache.get(&key) {
+            return Ok(Some(crate::stored::from_kv(&kv)));
+        }
+        let resp = self.range(RangeRequest::new(KeySpan::key(key))).await?;
+        Ok(resp.kvs.first().map(crate::stored::from_kv))
+    }
+
     /// Whether the namespace addressed exists (true where none is addressed).
     async fn namespace_exists(&self) -> Result<bool, StoreError> {
         let Some(ns) = &self.o.namespace else {
@@ -225,6 +238,13 @@ impl Call<'_> {
         stamp_new(&mut obj);
         self.strategy().prepare_create(&mut obj);
         let r = self.resource();
+        if (r.group, r.name) == ("", "pods") {
+            let account = match self.service_account(&obj).await {
+                Ok(a) => a,
+                Err(e) => return store_failure(e),
+            };
+            crate::strategy::admit_service_account(&mut obj, |_| account);
+        }
         let key = self.key(&name);
         let holder = format!("{}/{name}", self.o.namespace.as_deref().unwrap_or(""));
         // Reservations (a Service's IP and ports) are picked at random; a clash with another

@@ -409,7 +409,8 @@ impl OciRuntime {
             .or_else(|| image.config.working_dir.clone())
             .filter(|d| d.starts_with('/'))
             .unwrap_or_else(|| "/".into());
-        spec::find_executable(&rootfs, &argv[0], &cwd, &env).map_err(StartError::InvalidImage)?;
+        spec::find_executable(&rootfs, &spec.mounts, &argv[0], &cwd, &env)
+            .map_err(StartError::InvalidImage)?;
         let capabilities = spec::capabilities(
             &sec.capabilities_add,
             &sec.capabilities_drop,

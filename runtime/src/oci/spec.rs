@@ -193,18 +193,39 @@ pub fn resolve_user(spec: &str, passwd: &str, group: &str) -> Result<(u32, u32),
     Ok((uid, gid))
 }
 
-/// Whether `program` exists in the image: a path is looked up as it is, a bare name along the
-/// container's PATH. Symbolic links count without being followed (they point into the image,
-/// which the host does not see at the same place).
+/// Whether `program` exists in the container's filesystem: the image, with the container's
+/// volumes (`mounts`) over it, as runc finds it after mounting them. A path is looked up as it
+/// is, a bare name along the container's PATH. Symbolic links count without being followed
+/// (they point into the container's filesystem, which the host does not see at the same place).
 pub fn find_executable(
     rootfs: &Path,
+    mounts: &[Mount],
     program: &str,
     cwd: &str,
     env: &[String],
 ) -> Result<(), String> {
     let exists = |p: &str| {
         let rel = p.trim_start_matches('/');
-        !rel.is_empty() && std::fs::symlink_metadata(rootfs.join(rel)).is_ok()
+        if rel.is_empty() {
+            return false;
+        }
+        // The innermost volume holding the path, else the image.
+        let on_volume = mounts
+            .iter()
+            .filter_map(|m| {
+                let guest = m.guest_path.trim_matches('/');
+                let rest = if guest.is_empty() {
+                    Some(rel)
+                } else {
+                    rel.strip_prefix(guest)
+                        .filter(|r| r.is_empty() || r.starts_with('/'))
+                };
+                rest.map(|r| (guest.len(), m.host_path.join(r.trim_start_matches('/'))))
+            })
+            .max_by_key(|(depth, _)| *depth)
+            .map(|(_, path)| path);
+        let path = on_volume.unwrap_or_else(|| rootfs.join(rel));
+        std::fs::symlink_metadata(path).is_ok()
     };
     if program.contains('/') {
         let path = if program.starts_with('/') {
@@ -535,13 +556,41 @@ mod tests {
         std::fs::write(dir.path().join("bin/busybox"), b"").unwrap();
         std::os::unix::fs::symlink("/bin/busybox", dir.path().join("bin/sh")).unwrap();
         let env = vec!["PATH=/usr/bin:/bin".to_string()];
-        assert!(find_executable(dir.path(), "sh", "/", &env).is_ok());
-        assert!(find_executable(dir.path(), "/bin/busybox", "/", &env).is_ok());
-        assert!(find_executable(dir.path(), "./busybox", "/bin", &env).is_ok());
-        assert!(find_executable(dir.path(), "./busybox", "/", &env).is_err());
-        let err = find_executable(dir.path(), "nope", "/", &env).unwrap_err();
+        assert!(find_executable(dir.path(), &[], "sh", "/", &env).is_ok());
+        assert!(find_executable(dir.path(), &[], "/bin/busybox", "/", &env).is_ok());
+        assert!(find_executable(dir.path(), &[], "./busybox", "/bin", &env).is_ok());
+        assert!(find_executable(dir.path(), &[], "./busybox", "/", &env).is_err());
+        let err = find_executable(dir.path(), &[], "nope", "/", &env).unwrap_err();
         assert!(err.contains("executable file not found in $PATH"), "{err}");
-        assert!(find_executable(dir.path(), "/", "/", &env).is_err());
+        assert!(find_executable(dir.path(), &[], "/", "/", &env).is_err());
+
+        // A program on a volume is found there, the innermost volume first; the image's file
+        // under a volume's mount point is hidden by it.
+        let volume = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(volume.path().join("bin")).unwrap();
+        std::fs::write(volume.path().join("bin/tool"), b"").unwrap();
+        let mounts = [
+            Mount {
+                host_path: volume.path().to_path_buf(),
+                guest_path: "/opt/tools".into(),
+                read_only: true,
+            },
+            Mount {
+                host_path: dir.path().join("empty"),
+                guest_path: "/opt".into(),
+                read_only: true,
+            },
+        ];
+        assert!(find_executable(dir.path(), &mounts, "/opt/tools/bin/tool", "/", &env).is_ok());
+        let path = vec!["PATH=/opt/tools/bin".to_string()];
+        assert!(find_executable(dir.path(), &mounts, "tool", "/", &path).is_ok());
+        assert!(find_executable(dir.path(), &mounts, "/opt/toolsbin/tool", "/", &env).is_err());
+        let hidden = [Mount {
+            host_path: volume.path().to_path_buf(),
+            guest_path: "/bin".into(),
+            read_only: true,
+        }];
+        assert!(find_executable(dir.path(), &hidden, "/bin/busybox", "/", &env).is_err());
     }
 
     #[test]
