@@ -29,7 +29,7 @@ for i in "${!commits[@]}"; do
   label=${labels[$i]}
   dir="$target/bench-$label"
   if [ "$i" -gt 0 ]; then
-    rm -rf "$dir" && cp -r "$target/bench-${labels[$((i - 1))]}" "$dir"
+    rm -rf "$dir" && cp -a "$target/bench-${labels[$((i - 1))]}" "$dir"
   fi
   git worktree add -f "$out/src-$label" "${commits[$i]}" -q
   find "$out/src-$label" \( -name '*.rs' -o -name Cargo.toml -o -name '*.json' \) -exec touch {} +
