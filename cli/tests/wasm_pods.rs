@@ -274,7 +274,7 @@ spec:
     env:
     - {name: GREETING, valueFrom: {configMapKeyRef: {name: settings, key: greeting}}}
     - {name: PASSWORD, valueFrom: {secretKeyRef: {name: creds, key: password}}}
-    - {name: READ_DIR, value: "/etc/settings:/etc/creds"}
+    - {name: READ_DIR, value: "/etc/settings:/etc/creds:/var/run/secrets/kubernetes.io/serviceaccount"}
     volumeMounts:
     - {name: settings, mountPath: /etc/settings}
     - {name: creds, mountPath: /etc/creds}
@@ -307,6 +307,10 @@ spec:
         "batch: file /etc/settings/greeting = hello from a configmap",
         "batch: file /etc/settings/mode = fast",
         "batch: file /etc/creds/password = s3cret",
+        // The ServiceAccount's token, the cluster CA and the namespace, as a container has them.
+        "batch: file /var/run/secrets/kubernetes.io/serviceaccount/namespace = default",
+        "batch: file /var/run/secrets/kubernetes.io/serviceaccount/token = drover.",
+        "batch: file /var/run/secrets/kubernetes.io/serviceaccount/ca.crt = -----BEGIN CERTIFICATE-----",
         "batch: step 3",
         "batch: done",
     ] {
