@@ -82,6 +82,67 @@ fn quantity_memory(bytes: u64) -> String {
     format!("{}Ki", bytes.div_ceil(1024))
 }
 
+/// The PodMetrics of nodes' usage `reports` (node name, report), for the pods that exist
+/// (`pod_of(namespace, name)`) and match the request. A node speaks for its own pods only:
+/// usage it reports for another node's pods (to steer an autoscaler) is not taken.
+fn pod_items(
+    reports: &[(String, Value)],
+    pod_of: impl Fn(&str, &str) -> Option<Value>,
+    namespace: Option<&str>,
+    name: Option<&str>,
+    selector: &LabelSelector,
+    kind: &str,
+) -> Vec<Value> {
+    let mut items = Vec::new();
+    for (reporter, report) in reports {
+        for p in report["pods"].as_array().into_iter().flatten() {
+            let (Some(ns), Some(pod)) = (p["namespace"].as_str(), p["name"].as_str()) else {
+                continue;
+            };
+            if namespace.is_some_and(|want| want != ns) || name.is_some_and(|want| want != pod) {
+                continue;
+            }
+            // Only pods that exist, with their labels for the selector.
+            let Some(obj) = pod_of(ns, pod) else {
+                continue;
+            };
+            // A node speaks for its own pods only: usage it reports for another node's
+            // pods (to steer an autoscaler) is not taken.
+            if obj["spec"]["nodeName"].as_str() != Some(reporter.as_str()) {
+                continue;
+            }
+            let labels = object::labels(&obj);
+            if !selector.matches(&labels) {
+                continue;
+            }
+            let containers: Vec<Value> = p["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    json!({"name": c["name"], "usage": {
+                        "cpu": quantity_cpu(c["cpuNanoCores"].as_u64().unwrap_or(0)),
+                        "memory": quantity_memory(c["memoryBytes"].as_u64().unwrap_or(0)),
+                        REQUESTS_PER_SECOND: format!("{}m", (c["requestsPerSecond"].as_f64().unwrap_or(0.0) * 1000.0).round() as u64),
+                    }})
+                })
+                .collect();
+            if containers.is_empty() {
+                continue; // not sampled twice yet: no rates to give
+            }
+            items.push(json!({
+                "kind": kind, "apiVersion": "metrics.k8s.io/v1beta1",
+                "metadata": {"name": pod, "namespace": ns, "labels": labels,
+                             "creationTimestamp": obj["metadata"]["creationTimestamp"]},
+                "timestamp": p["timestamp"],
+                "window": format!("{}s", p["windowSeconds"].as_f64().unwrap_or(0.0).round() as u64),
+                "containers": containers,
+            }));
+        }
+    }
+    items
+}
+
 /// Serves GET on pods or nodes of metrics.k8s.io (a list, or one object by name).
 pub async fn serve(
     st: &ApiState,
@@ -120,54 +181,12 @@ pub async fn serve(
     let mut items = Vec::new();
     if resource.name == "pods" {
         let pods_resource = api::registry::find("", "v1", "pods").expect("registered");
-        for (reporter, report) in &reports {
-            for p in report["pods"].as_array().into_iter().flatten() {
-                let (Some(ns), Some(pod)) = (p["namespace"].as_str(), p["name"].as_str()) else {
-                    continue;
-                };
-                if namespace.is_some_and(|want| want != ns) || name.is_some_and(|want| want != pod)
-                {
-                    continue;
-                }
-                // Only pods that exist, with their labels for the selector.
-                let Some(kv) = st.cache.get(&pods_resource.key(Some(ns), pod)) else {
-                    continue;
-                };
-                let obj = from_kv(&kv);
-                // A node speaks for its own pods only: usage it reports for another node's
-                // pods (to steer an autoscaler) is not taken.
-                if obj["spec"]["nodeName"].as_str() != Some(reporter.as_str()) {
-                    continue;
-                }
-                let labels = object::labels(&obj);
-                if !selector.matches(&labels) {
-                    continue;
-                }
-                let containers: Vec<Value> = p["containers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|c| {
-                        json!({"name": c["name"], "usage": {
-                            "cpu": quantity_cpu(c["cpuNanoCores"].as_u64().unwrap_or(0)),
-                            "memory": quantity_memory(c["memoryBytes"].as_u64().unwrap_or(0)),
-                            REQUESTS_PER_SECOND: format!("{}m", (c["requestsPerSecond"].as_f64().unwrap_or(0.0) * 1000.0).round() as u64),
-                        }})
-                    })
-                    .collect();
-                if containers.is_empty() {
-                    continue; // not sampled twice yet: no rates to give
-                }
-                items.push(json!({
-                    "kind": kind, "apiVersion": "metrics.k8s.io/v1beta1",
-                    "metadata": {"name": pod, "namespace": ns, "labels": labels,
-                                 "creationTimestamp": obj["metadata"]["creationTimestamp"]},
-                    "timestamp": p["timestamp"],
-                    "window": format!("{}s", p["windowSeconds"].as_f64().unwrap_or(0.0).round() as u64),
-                    "containers": containers,
-                }));
-            }
-        }
+        let pod = |ns: &str, pod: &str| {
+            st.cache
+                .get(&pods_resource.key(Some(ns), pod))
+                .map(|kv| from_kv(&kv))
+        };
+        items = pod_items(&reports, pod, namespace, name, &selector, kind);
     } else {
         let by_name: BTreeMap<&str, &Value> = nodes.iter().map(|(n, v)| (n.as_str(), v)).collect();
         for (node, report) in &reports {
@@ -211,5 +230,50 @@ pub async fn serve(
             &json!({"kind": format!("{kind}List"), "apiVersion": "metrics.k8s.io/v1beta1",
                     "metadata": {}, "items": items}),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that reports usage for another node's pod (to steer that pod's autoscaler) is
+    /// not believed; its own pod's usage is served.
+    #[test]
+    fn a_node_speaks_for_its_own_pods_only() {
+        let report = json!({"pods": [
+            {"namespace": "shop", "name": "mine", "timestamp": "t", "windowSeconds": 4,
+             "containers": [{"name": "c", "cpuNanoCores": 5_000_000, "memoryBytes": 2048}]},
+            {"namespace": "shop", "name": "theirs", "timestamp": "t", "windowSeconds": 4,
+             "containers": [{"name": "c", "cpuNanoCores": 900_000_000_000u64, "memoryBytes": 1}]},
+            {"namespace": "shop", "name": "gone", "timestamp": "t", "windowSeconds": 4,
+             "containers": [{"name": "c", "cpuNanoCores": 1, "memoryBytes": 1}]},
+        ]});
+        let pod_of = |ns: &str, name: &str| {
+            let node = match name {
+                "mine" => "n1",
+                "theirs" => "n2",
+                _ => return None,
+            };
+            Some(
+                json!({"metadata": {"name": name, "namespace": ns, "labels": {"app": "web"}},
+                        "spec": {"nodeName": node}}),
+            )
+        };
+        let all = LabelSelector::parse("").unwrap();
+        let items = pod_items(
+            &[("n1".to_string(), report)],
+            pod_of,
+            None,
+            None,
+            &all,
+            "PodMetrics",
+        );
+        let names: Vec<&str> = items
+            .iter()
+            .filter_map(|i| i["metadata"]["name"].as_str())
+            .collect();
+        assert_eq!(names, ["mine"]);
+        assert_eq!(items[0]["containers"][0]["usage"]["cpu"], "5000000n");
     }
 }
