@@ -30,16 +30,26 @@ struct Args {
     /// Let the server give each pod its ServiceAccount token volume (Kubernetes' default).
     #[arg(long)]
     token_volumes: bool,
+    /// Leave the pods to the default scheduler (which, with no node, reports each one as
+    /// unschedulable while the bench runs).
+    #[arg(long)]
+    scheduled: bool,
 }
 
 /// The pods written: without a ServiceAccount token volume unless `--token-volumes`, so that
 /// servers from before and after ServiceAccount admission store objects of the same size (the
-/// volume and its mounts double a pod's bytes, which lists and watches pay for).
-fn pod(name: &str, token_volume: bool) -> Value {
+/// volume and its mounts make a pod 1.5x the bytes, which lists and watches pay for); and for a
+/// scheduler that does not exist unless `--scheduled`: with no node, the default scheduler
+/// writes a status and an event for each of the 5,000 unschedulable pods, beside (and, since
+/// those writes are bounded, after) the requests measured.
+fn pod(name: &str, token_volume: bool, scheduled: bool) -> Value {
     let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "bench"}},
            "spec": {"containers": [{"name": "main", "image": "example/hello:1", "ports": [{"containerPort": 8080}]}]}});
     if !token_volume {
         pod["spec"]["automountServiceAccountToken"] = json!(false);
+    }
+    if !scheduled {
+        pod["spec"]["schedulerName"] = json!("api-bench");
     }
     pod
 }
@@ -133,14 +143,14 @@ async fn main() -> anyhow::Result<()> {
     let ctx = Arc::new((http.clone(), token.clone(), pods.clone()));
 
     let c = ctx.clone();
-    let token_volumes = args.token_volumes;
+    let (token_volumes, scheduled) = (args.token_volumes, args.scheduled);
     let h = measure(args.pods, args.clients, move |i| {
         let c = c.clone();
         async move {
             let resp =
                 c.0.post(&c.2)
                     .bearer_auth(&c.1)
-                    .json(&pod(&format!("p{i}"), token_volumes))
+                    .json(&pod(&format!("p{i}"), token_volumes, scheduled))
                     .send()
                     .await?;
             anyhow::ensure!(resp.status() == 201, "create answered {}", resp.status());
