@@ -13,6 +13,11 @@
 //!    the encryption key and the peer addresses of the voters.
 //! 3. The new server keeps these in its data dir and joins the store over mutual TLS.
 //!
+//! Members started together (`--initial-cluster`) have no CA to hash yet: they share a secret
+//! from `drover token generate` instead (`drover1:secret:<hex>`). Before step 1, the new server
+//! asks the member for its CA's hash signed with that secret over a nonce of its own
+//! ([`discover_ca`]); the join then goes on as with a full token.
+//!
 //! Nothing is copied by hand. Whoever holds the token can become a member, so it is as secret as
 //! the CA key; `GET /drover/v1/join-token` gives it to `system:masters` only.
 
@@ -35,6 +40,7 @@ use crate::state::ApiState;
 
 pub const PATH_JOIN: &str = "/drover/v1/join";
 pub const PATH_JOIN_TOKEN: &str = "/drover/v1/join-token";
+pub const PATH_JOIN_CA: &str = "/drover/v1/join-ca";
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -186,13 +192,26 @@ pub enum JoinError {
     Refused { addr: String },
     #[error("the join through {addr} failed: {msg}")]
     Failed { addr: String, msg: String },
+    #[error("{addr} cannot take a join now: {msg}")]
+    Unavailable { addr: String, msg: String },
+}
+
+impl JoinError {
+    /// Whether asking again later may succeed: the member is not up yet, still starting, or
+    /// busy. A refused secret, another cluster or a bad token will not change by waiting.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            JoinError::Connect { .. } | JoinError::Unavailable { .. }
+        )
+    }
 }
 
 /// Step 1: TLS to the member at `addr`, trusting only a server certificate signed by the CA
-/// whose hash is `ca_hash`.
+/// whose hash is `ca_hash` (any server when there is none yet: see [`discover_ca`]).
 async fn connect(
     addr: &str,
-    ca_hash: &str,
+    ca_hash: Option<&str>,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, JoinError> {
     let failed = |msg: String| JoinError::Failed {
         addr: addr.to_string(),
@@ -212,10 +231,13 @@ async fn connect(
         .with_safe_default_protocol_versions()
         .map_err(|e| failed(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCa {
-            ca_hash: ca_hash.to_string(),
-            provider,
-        }))
+        .with_custom_certificate_verifier(match ca_hash {
+            Some(hash) => Arc::new(PinnedCa {
+                ca_hash: hash.to_string(),
+                provider,
+            }) as Arc<dyn ServerCertVerifier>,
+            None => Arc::new(Unverified { provider }),
+        })
         .with_no_client_auth();
     let tcp = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -230,9 +252,17 @@ async fn connect(
         addr: addr.to_string(),
         source,
     })?;
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(server_name, tcp)
+    // Bounded: a member whose listener is bound but not yet served never answers the hello.
+    let handshake = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name, tcp);
+    tokio::time::timeout(std::time::Duration::from_secs(10), handshake)
         .await
+        .map_err(|_| JoinError::Connect {
+            addr: addr.to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no TLS handshake within 10s",
+            ),
+        })?
         .map_err(|e| {
             // Only a certificate that fails the check says "another cluster"; a closed or
             // reset connection (a member still starting) is just unreachable.
@@ -263,56 +293,36 @@ async fn connect(
 /// given --join checks that it still points at its own cluster). Unreachable is not an answer.
 pub async fn check_same_cluster(addr: &str, ca_pem: &str) -> Result<(), JoinError> {
     let hash = crate::pki::ca_hash(ca_pem).map_err(JoinError::Token)?;
-    connect(addr, &hash).await.map(|_| ())
+    connect(addr, Some(&hash)).await.map(|_| ())
 }
 
 /// Steps 1 and 2 on the joining side: asks the member at `addr` (its API address) for a member
-/// certificate for `peer_address`.
+/// certificate for `peer_address`. A shared secret without a CA hash first has the member
+/// prove it knows the secret ([`discover_ca`]).
 pub async fn request_grant(
     addr: &str,
     token: &str,
     peer_address: SocketAddr,
 ) -> Result<JoinGrant, JoinError> {
-    let (ca_hash, secret) = crate::pki::parse_join_token(token).map_err(JoinError::Token)?;
+    let token = crate::pki::parse_join_token(token).map_err(JoinError::Token)?;
+    let ca_hash = match &token.ca_hash {
+        Some(hash) => hash.clone(),
+        None => discover_ca(addr, &token.secret).await?,
+    };
     let failed = |msg: String| JoinError::Failed {
         addr: addr.to_string(),
         msg,
     };
-    let tls = connect(addr, &ca_hash).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-    tokio::spawn(conn);
+    let tls = connect(addr, Some(&ca_hash)).await?;
     let body = serde_json::to_vec(&JoinRequest {
         peer_address: peer_address.to_string(),
     })
     .expect("serialises");
-    let req = hyper::Request::post(PATH_JOIN)
-        .header(header::HOST, addr)
-        .header(header::AUTHORIZATION, format!("Bearer {secret}"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(http_body_util::Full::new(Bytes::from(body)))
-        .expect("a valid request");
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), sender.send_request(req))
-        .await
-        .map_err(|_| failed("no answer within 30s".into()))?
-        .map_err(|e| failed(e.to_string()))?;
-    let status = resp.status();
-    let bytes = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .map_err(|e| failed(e.to_string()))?
-        .to_bytes();
+    let (status, bytes) = post(tls, addr, PATH_JOIN, Some(&token.secret), body).await?;
     if status == StatusCode::UNAUTHORIZED {
         return Err(JoinError::Refused {
             addr: addr.to_string(),
         });
-    }
-    if !status.is_success() {
-        return Err(failed(format!(
-            "{status}: {}",
-            String::from_utf8_lossy(&bytes)
-        )));
     }
     let grant: JoinGrant =
         serde_json::from_slice(&bytes).map_err(|e| failed(format!("bad answer: {e}")))?;
@@ -322,6 +332,218 @@ pub async fn request_grant(
         ));
     }
     Ok(grant)
+}
+
+/// One request over a TLS connection made for it; an answer other than 2xx or 401 is an error
+/// (5xx and 429 retryable: the member is starting, or busy).
+async fn post(
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    addr: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Vec<u8>,
+) -> Result<(StatusCode, Bytes), JoinError> {
+    let failed = |msg: String| JoinError::Failed {
+        addr: addr.to_string(),
+        msg,
+    };
+    let unavailable = |msg: String| JoinError::Unavailable {
+        addr: addr.to_string(),
+        msg,
+    };
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::post(path)
+        .header(header::HOST, addr)
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(secret) = bearer {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {secret}"));
+    }
+    let req = req
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .expect("a valid request");
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), sender.send_request(req))
+        .await
+        .map_err(|_| unavailable("no answer within 30s".into()))?
+        .map_err(|e| unavailable(e.to_string()))?;
+    let status = resp.status();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .to_bytes();
+    let text = || format!("{status}: {}", String::from_utf8_lossy(&bytes));
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(unavailable(text()));
+    }
+    if !status.is_success() && status != StatusCode::UNAUTHORIZED {
+        return Err(failed(text()));
+    }
+    Ok((status, bytes))
+}
+
+/// The message a member signs, with the shared secret, to prove which CA is the cluster's.
+fn ca_proof_message(nonce: &str, ca_hash: &str) -> Vec<u8> {
+    format!("drover join-ca\0{nonce}\0{ca_hash}").into_bytes()
+}
+
+fn ca_proof_key(secret: &str) -> ring::hmac::Key {
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes())
+}
+
+/// For a shared secret (no CA hash yet): asks the member at `addr` for its CA's hash, signed
+/// with the secret over a fresh nonce. Only a holder of the secret can sign it, and the nonce
+/// keeps an old answer from being replayed; the secret itself is not sent (the connection is
+/// not verified yet: anyone could be at the other end). The join then goes on pinned to that CA,
+/// as with a full token.
+pub async fn discover_ca(addr: &str, secret: &str) -> Result<String, JoinError> {
+    let tls = connect(addr, None).await?;
+    let nonce = crate::pki::hex(&rand::random::<[u8; 32]>());
+    let body = serde_json::to_vec(&CaChallenge {
+        nonce: nonce.clone(),
+    })
+    .expect("serialises");
+    let (status, bytes) = post(tls, addr, PATH_JOIN_CA, None, body).await?;
+    let not_ours = |reason: &str| JoinError::NotTheCluster {
+        addr: addr.to_string(),
+        reason: reason.to_string(),
+    };
+    if status != StatusCode::OK {
+        return Err(not_ours(&format!(
+            "it answered the CA challenge with {status}"
+        )));
+    }
+    let answer: CaProof =
+        serde_json::from_slice(&bytes).map_err(|_| not_ours("its CA proof is unreadable"))?;
+    let proof = decode_hex(&answer.proof).ok_or_else(|| not_ours("its CA proof is not hex"))?;
+    ring::hmac::verify(
+        &ca_proof_key(secret),
+        &ca_proof_message(&nonce, &answer.ca_hash),
+        &proof,
+    )
+    .map_err(|_| not_ours("it does not know the shared secret"))?;
+    Ok(answer.ca_hash)
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[derive(Serialize, Deserialize)]
+struct CaChallenge {
+    nonce: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CaProof {
+    ca_hash: String,
+    proof: String,
+}
+
+/// `POST /drover/v1/join-ca`: the member side of [`discover_ca`]. Open to anyone: the answer
+/// says only which CA the cluster has (public: every serving certificate names it), signed.
+pub async fn prove_ca(State(st): State<Arc<ApiState>>, body: Bytes) -> Response {
+    let challenge: CaChallenge = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return bad_request(&format!("the CA challenge is not valid: {e}")),
+    };
+    // A nonce of the joiner's making: 128 to 512 bits, hex.
+    let nonce = &challenge.nonce;
+    if !(32..=128).contains(&nonce.len()) || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return bad_request("nonce: must be 32 to 128 hex digits");
+    }
+    let secrets = match st.cluster_secrets().await {
+        Ok(s) => s,
+        Err(e) => {
+            return failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                &format!("cannot read the cluster's secrets: {e}"),
+            )
+        }
+    };
+    let ca_hash = match crate::pki::ca_hash(&secrets.ca_pem) {
+        Ok(h) => h,
+        Err(e) => return failure(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &e),
+    };
+    let tag = ring::hmac::sign(
+        &ca_proof_key(&secrets.join_secret),
+        &ca_proof_message(nonce, &ca_hash),
+    );
+    let answer = CaProof {
+        ca_hash,
+        proof: crate::pki::hex(tag.as_ref()),
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(&answer).expect("serialises"),
+    )
+        .into_response()
+}
+
+/// Accepts any server: only for [`discover_ca`], which sends nothing secret and trusts only an
+/// answer signed with the shared secret. The handshake's signature is still checked, so the
+/// peer at least holds the key of the certificate it shows.
+#[derive(Debug)]
+struct Unverified {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// Accepts a server whose chain holds the CA the token names and whose certificate that CA

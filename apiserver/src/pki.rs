@@ -67,6 +67,12 @@ fn random_hex(bytes: usize) -> String {
 impl ClusterSecrets {
     /// A new CA, admin token and join secret, for a new cluster.
     pub fn generate() -> Result<ClusterSecrets, String> {
+        Self::generate_with_join_secret(random_hex(16))
+    }
+
+    /// A new CA and admin token for a new cluster whose join secret the operator chose (the
+    /// shared secret of members started together).
+    pub fn generate_with_join_secret(join_secret: String) -> Result<ClusterSecrets, String> {
         let key = KeyPair::generate().map_err(cert_err)?;
         let cert = ca_params()
             .map_err(cert_err)?
@@ -76,7 +82,7 @@ impl ClusterSecrets {
             ca_pem: cert.pem(),
             ca_key_pem: key.serialize_pem(),
             admin_token: random_hex(32),
-            join_secret: random_hex(16),
+            join_secret,
         })
     }
 
@@ -218,22 +224,55 @@ pub fn join_token(secrets: &ClusterSecrets) -> Result<String, String> {
 }
 
 const JOIN_TOKEN_PREFIX: &str = "drover1:sha256:";
+const SHARED_SECRET_PREFIX: &str = "drover1:secret:";
 
-/// A join token taken apart: (CA hash, secret).
-pub fn parse_join_token(token: &str) -> Result<(String, String), String> {
+/// A join token taken apart. A full token (`drover token server`) pins the cluster's CA by its
+/// hash; a shared secret (`drover token generate`, given to every member of a cluster that
+/// forms together, before any CA exists) has no hash: the member it joins through must prove
+/// that it knows the secret before the CA it shows is trusted (`join::discover_ca`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinToken {
+    pub ca_hash: Option<String>,
+    pub secret: String,
+}
+
+/// A new shared secret for a cluster formed by members started together: 256 random bits.
+pub fn new_shared_secret() -> String {
+    format!("{SHARED_SECRET_PREFIX}{}", random_hex(32))
+}
+
+/// The least a shared secret may hold: it is the only thing a member proves, and a proof can be
+/// replayed against guesses offline, so it must be beyond guessing (128 bits).
+const MIN_SECRET_HEX: usize = 32;
+
+pub fn parse_join_token(token: &str) -> Result<JoinToken, String> {
     let bad = || {
-        "not a Drover join token (expected drover1:sha256:<64 hex digits>:<secret>,          as `drover token server` prints it)"
+        "not a Drover join token (expected drover1:sha256:<64 hex digits>:<secret>, as `drover \
+         token server` prints it, or drover1:secret:<hex>, as `drover token generate` prints it)"
             .to_string()
     };
-    let rest = token
-        .trim()
-        .strip_prefix(JOIN_TOKEN_PREFIX)
-        .ok_or_else(bad)?;
+    let token = token.trim();
+    if let Some(secret) = token.strip_prefix(SHARED_SECRET_PREFIX) {
+        if secret.len() < MIN_SECRET_HEX || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "the shared secret must be at least {MIN_SECRET_HEX} hex digits; make one with \
+                 `drover token generate`"
+            ));
+        }
+        return Ok(JoinToken {
+            ca_hash: None,
+            secret: secret.to_string(),
+        });
+    }
+    let rest = token.strip_prefix(JOIN_TOKEN_PREFIX).ok_or_else(bad)?;
     let (hash, secret) = rest.split_once(':').ok_or_else(bad)?;
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) || secret.is_empty() {
         return Err(bad());
     }
-    Ok((hash.to_ascii_lowercase(), secret.to_string()))
+    Ok(JoinToken {
+        ca_hash: Some(hash.to_ascii_lowercase()),
+        secret: secret.to_string(),
+    })
 }
 
 const PROPOSED_FILE: &str = "pki/cluster-secrets.json";
@@ -402,4 +441,34 @@ pub fn write_kubeconfig(pki: &Pki, server: &str, path: &Path) -> Result<PathBuf,
 pub fn server_tls(pki: &Pki) -> Result<rustls::ServerConfig, String> {
     let chain = format!("{}\n{}", pki.cert_pem.trim_end(), pki.ca_pem);
     serving_config(&chain, &pki.key_pem, &[b"h2", b"http/1.1"])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_tokens_are_full_or_a_shared_secret_beyond_guessing() {
+        let shared = new_shared_secret();
+        let parsed = parse_join_token(&format!("{shared}\n")).unwrap();
+        assert_eq!(parsed.ca_hash, None);
+        assert_eq!(parsed.secret.len(), 64);
+        let full = format!("drover1:sha256:{}:{}", "AB".repeat(32), "s3cret");
+        assert_eq!(
+            parse_join_token(&full).unwrap(),
+            JoinToken {
+                ca_hash: Some("ab".repeat(32)),
+                secret: "s3cret".into()
+            }
+        );
+        for bad in [
+            "drover1:secret:abcd",
+            "drover1:secret:zz000000000000000000000000000000",
+            "drover1:sha256:abc:secret",
+            "k10something",
+            "",
+        ] {
+            assert!(parse_join_token(bad).is_err(), "{bad:?} was taken");
+        }
+    }
 }

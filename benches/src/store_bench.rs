@@ -55,6 +55,14 @@ enum Mode {
         #[arg(long, default_value_t = 5)]
         trials: usize,
     },
+    /// How long applies stall while a Raft snapshot of a large state is built (in process, on
+    /// the engine alone: no network, no Raft).
+    SnapshotPause {
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -270,6 +278,46 @@ impl Running {
         }
     }
 
+    /// The highest Raft term a live member reports: how many elections there have been.
+    async fn term(&self) -> u64 {
+        match self {
+            Running::Drover(c) => {
+                let mut term = 0;
+                for i in 0..c.members.len() {
+                    if let Ok(s) = c.status(i).await {
+                        term = term.max(s.term);
+                    }
+                }
+                term
+            }
+            Running::Etcd(c) => {
+                let mut term = 0;
+                for addr in &c.clients {
+                    let Ok(resp) = c
+                        .http
+                        .post(format!("https://{addr}/v3/maintenance/status"))
+                        .timeout(Duration::from_millis(500))
+                        .json(&json!({}))
+                        .send()
+                        .await
+                    else {
+                        continue;
+                    };
+                    if let Ok(v) = resp.json::<serde_json::Value>().await {
+                        // The JSON gateway gives 64-bit numbers as strings.
+                        let t = v["raftTerm"]
+                            .as_str()
+                            .and_then(|t| t.parse().ok())
+                            .or_else(|| v["raftTerm"].as_u64())
+                            .unwrap_or(0);
+                        term = term.max(t);
+                    }
+                }
+                term
+            }
+        }
+    }
+
     fn addrs(&self) -> Vec<String> {
         match self {
             // The store's own address, behind mutual TLS (the API address does not serve it).
@@ -357,6 +405,7 @@ async fn throughput(
     let leader = cluster.leader().await?;
     let addr = cluster.addrs()[leader].clone();
     let putter = Putter::new(&cluster, &addr);
+    let term_before = cluster.term().await;
     let value = vec![b'v'; value_size];
     let warmup = Duration::from_secs(2);
     let start = Instant::now();
@@ -397,6 +446,8 @@ async fn throughput(
         t.await?;
     }
     let elapsed = (Instant::now() - measure_from).as_secs_f64();
+    // Elections under load: none should happen with a healthy leader.
+    let elections = cluster.term().await.saturating_sub(term_before);
     let h = hist.lock().await;
     let result = json!({
         "system": format!("{:?}", args.system).to_lowercase(),
@@ -408,6 +459,7 @@ async fn throughput(
         "p50_ms": h.value_at_quantile(0.50) as f64 / 1000.0,
         "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
         "errors": errors.load(std::sync::atomic::Ordering::Relaxed),
+        "elections_under_load": elections,
     });
     println!("{result}");
     Ok(())
@@ -499,6 +551,67 @@ async fn failover(args: &Args, trials: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fills an engine with `keys` keys, then builds a snapshot while one thread applies puts as
+/// fast as it can, and reports the longest apply (the stall a snapshot causes) beside the
+/// export's duration. Before 2026-12-07 the whole export ran under the state's lock, so every
+/// apply waited for all of it: the duration is what that pause was.
+fn snapshot_pause(keys: usize, value_size: usize) -> anyhow::Result<()> {
+    use raft_store::engine::{Command, Engine};
+    let engine = Engine::new();
+    let value = vec![b'v'; value_size];
+    let mut applied = 0u64;
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(1000) {
+        let batch: Vec<Txn> = chunk
+            .iter()
+            .map(|i| {
+                Txn::put(
+                    format!("/registry/pods/default/p{i:08}").as_bytes(),
+                    value.as_slice(),
+                )
+            })
+            .collect();
+        applied += 1;
+        engine.apply(&[Some(Command::Batch(batch))], &applied.to_be_bytes());
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (writer_engine, writer_stop) = (engine.clone(), stop.clone());
+    let writer = std::thread::spawn(move || {
+        let mut h = Histogram::<u64>::new(3).expect("histogram");
+        let mut n = applied;
+        while !writer_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            n += 1;
+            let put = Txn::put(
+                format!("/registry/pods/default/p{:08}", n % 1000).as_bytes(),
+                b"x",
+            );
+            let t0 = Instant::now();
+            writer_engine.apply(&[Some(Command::Txn(put))], &n.to_be_bytes());
+            h.record(t0.elapsed().as_micros() as u64).expect("record");
+        }
+        h
+    });
+    // Let the writer run alone first, so its own figures are in the histogram as a baseline.
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let (payload, _) = engine.export();
+    let export_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let h = writer.join().expect("writer");
+    println!(
+        "{}",
+        json!({
+            "keys": keys,
+            "snapshot_bytes": payload.len(),
+            "export_ms": export_ms.round(),
+            "applies_during_run": h.len(),
+            "apply_p50_us": h.value_at_quantile(0.5),
+            "apply_p99_us": h.value_at_quantile(0.99),
+            "apply_max_ms": h.max() as f64 / 1000.0,
+        })
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -510,5 +623,6 @@ async fn main() -> anyhow::Result<()> {
             value_size,
         } => throughput(&args, members, clients, secs, value_size).await,
         Mode::Failover { trials } => failover(&args, trials).await,
+        Mode::SnapshotPause { keys, value_size } => snapshot_pause(keys, value_size),
     }
 }

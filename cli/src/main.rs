@@ -1,6 +1,7 @@
 //! `drover`: one binary for the control plane, the node agent and the command-line client.
 //! Thin: each verb parses its flags and calls into the library crates.
 
+mod formation;
 mod image;
 mod node;
 mod server;

@@ -29,7 +29,19 @@ pub struct ServerArgs {
     /// --token-file (only used with a new data dir).
     #[arg(long)]
     join: Option<String>,
-    /// A file holding the join token that `drover token server` prints on a member.
+    /// Members that form a new cluster together, as etcd's --initial-cluster: the API
+    /// addresses (HOST:PORT) of all of them, this one included, the same list on each, each
+    /// started with the same --token-file from `drover token generate`. The first listed
+    /// founds the cluster and the others join it (only used with a new data dir).
+    #[arg(long, value_delimiter = ',', conflicts_with = "join")]
+    initial_cluster: Vec<String>,
+    /// How long a new member keeps trying to join while the members it joins through are
+    /// unreachable or still starting.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    join_timeout: Duration,
+    /// A file holding the join token that `drover token server` prints on a member, or the
+    /// shared secret from `drover token generate` (--initial-cluster; alone, the secret a new
+    /// cluster's members join with).
     #[arg(long, env = "DROVER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// The join token itself. Prefer --token-file: a command line is visible to every local
@@ -37,10 +49,13 @@ pub struct ServerArgs {
     #[arg(long, hide_env_values = true)]
     token: Option<String>,
     /// Raft heartbeat interval, in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
-    /// Raft election timeout range, in milliseconds: MIN-MAX.
-    #[arg(long, default_value = "250-450", value_parser = parse_range)]
+    /// Raft election timeout range, in milliseconds: MIN-MAX. A follower that hears no leader
+    /// for MAX (the leader's lease) plus a random time in the range starts an election: with
+    /// the defaults, 300-400 ms after the leader's last heartbeat. Raise both on hosts whose
+    /// members are far apart or starved of CPU.
+    #[arg(long, default_value = "100-200", value_parser = parse_range)]
     election_timeout_ms: (u64, u64),
     /// Build a Raft snapshot and purge the log after this many entries.
     #[arg(long, default_value_t = 100_000)]
@@ -151,18 +166,17 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
-/// Retries `op` while the store says it may work later (no leader yet, a member restarting).
-/// Runs `op` until it succeeds, retrying for a minute while the cluster has no leader or the
-/// outcome of an attempt is unknown (the leader was lost mid-request). Only for idempotent
-/// operations (create-if-absent, then read back), which both callers are: retrying one whose
-/// first attempt did land is harmless, and a starting member must not exit because the leader
-/// changed under it.
 fn parse_level(s: &str) -> Result<api::podsecurity::Level, String> {
     api::podsecurity::Level::parse(s).ok_or_else(|| {
         format!("{s:?} is not a Pod Security level: privileged, baseline or restricted")
     })
 }
 
+/// Runs `op` until it succeeds, retrying for a minute while the cluster has no leader or the
+/// outcome of an attempt is unknown (the leader was lost mid-request). Only for idempotent
+/// operations (create-if-absent, then read back), which both callers are: retrying one whose
+/// first attempt did land is harmless, and a starting member must not exit because the leader
+/// changed under it.
 async fn with_retry<T, F, Fut>(op: F) -> anyhow::Result<T>
 where
     F: Fn() -> Fut,
@@ -183,7 +197,6 @@ where
     }
 }
 
-/// Logs to stderr, filtered by DROVER_LOG.
 /// How the long-running commands (`up`, `server`, `node`) write their logs to stderr.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LogFormat {
@@ -269,20 +282,18 @@ impl ServerArgs {
         }
     }
 
-    fn join_token(&self) -> anyhow::Result<String> {
+    /// The join token or shared secret given, if any.
+    fn join_token(&self) -> anyhow::Result<Option<String>> {
         if let Some(path) = &self.token_file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the join token in {}", path.display()))?;
-            return Ok(text.trim().to_string());
+            return Ok(Some(text.trim().to_string()));
         }
         if let Some(token) = &self.token {
             eprintln!("drover server: warning: --token is visible to every local user; prefer --token-file");
-            return Ok(token.clone());
+            return Ok(Some(token.clone()));
         }
-        anyhow::bail!(
-            "--join needs the cluster's join token: run `drover token server` on a member, save \
-             what it prints to a file readable only by you, and pass --token-file FILE"
-        )
+        Ok(None)
     }
 
     /// Decides how this member starts, and prepares the data dir for it: certificates (made or
@@ -319,30 +330,56 @@ impl ServerArgs {
                  it to the cluster again)",
                 dir.display()
             ),
-            (_, _, Some(join)) => {
-                let token = self.join_token()?;
-                let grant = apiserver::join::request_grant(join, &token, peer).await?;
-                if let Some(id) = &identity {
-                    anyhow::ensure!(
-                        id.cluster_id == grant.cluster_id,
-                        "data dir {} belongs to cluster {}, but {join} serves cluster {}; use a \
-                         fresh --data-dir to join that cluster",
-                        dir.display(),
-                        id.cluster_id,
-                        grant.cluster_id
+            (Some(id), true, _) if self.join.is_none() && self.initial_cluster.is_empty() => {
+                anyhow::bail!(
+                    "this member's join (to cluster {}) was interrupted; start it again with \
+                     --join and --token-file",
+                    id.cluster_id
+                )
+            }
+            (identity, _, _) => {
+                let text = self.join_token()?;
+                let token = text
+                    .as_deref()
+                    .map(apiserver::pki::parse_join_token)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?;
+                let listen = self.listen();
+                let me = [listen, SocketAddr::new(self.advertise(), listen.port())];
+                let plan = crate::formation::plan(
+                    self.join.as_deref(),
+                    &self.initial_cluster,
+                    &me,
+                    token.as_ref(),
+                )
+                .map_err(anyhow::Error::msg)?;
+                if identity.is_some() && !matches!(plan, crate::formation::Plan::Join { .. }) {
+                    anyhow::bail!(
+                        "this member's join was interrupted; start it again with --join (or \
+                         --initial-cluster) and --token-file"
                     );
                 }
-                grant.credentials().save(dir).map_err(anyhow::Error::msg)?;
-                apiserver::encryption::SecretBox::install(key_file, &grant.encryption_key)?;
-                Ok(Membership::Join(Box::new(grant)))
-            }
-            (Some(_), true, None) => anyhow::bail!(
-                "this member's join was interrupted; start it again with --join and --token-file"
-            ),
-            (None, _, None) => {
-                let secrets =
-                    apiserver::pki::ClusterSecrets::generate().map_err(anyhow::Error::msg)?;
-                Ok(Membership::New(Box::new(secrets)))
+                match crate::formation::execute(plan, text.as_deref(), peer, self.join_timeout)
+                    .await?
+                {
+                    crate::formation::Outcome::Found(secrets) => Ok(Membership::New(secrets)),
+                    crate::formation::Outcome::Joined(grant) => {
+                        if let Some(id) = identity {
+                            anyhow::ensure!(
+                                id.cluster_id == grant.cluster_id,
+                                "data dir {} belongs to cluster {}, but the member it joined \
+                                 through serves cluster {}; use a fresh --data-dir to join that \
+                                 cluster",
+                                dir.display(),
+                                id.cluster_id,
+                                grant.cluster_id
+                            );
+                        }
+                        grant.credentials().save(dir).map_err(anyhow::Error::msg)?;
+                        apiserver::encryption::SecretBox::install(key_file, &grant.encryption_key)?;
+                        Ok(Membership::Join(grant))
+                    }
+                }
             }
         }
     }
@@ -370,6 +407,11 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     };
     let listener = bind(args.listen(), "--listen").await?;
     let peer_listener = bind(peer, "--peer-listen").await?;
+    // The API address answers from now on, closing TLS connections until the member has its
+    // certificates: members started together that ask this one for a join hear "not yet" at
+    // once instead of waiting on a listener nobody accepts on.
+    let api_slot: apiserver::listener::ApiSlot = Default::default();
+    let api_serving = tokio::spawn(apiserver::listener::serve(listener, api_slot.clone()));
 
     let key_file = args
         .encryption_key_file
@@ -423,6 +465,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
         Duration::from_millis(args.election_timeout_ms.1),
     );
     config.snapshot_every = args.snapshot_every;
+    config.join_timeout = args.join_timeout;
     config.compaction_interval = Duration::from_secs(args.compaction_interval_secs);
     let node = StoreNode::open(config).await?;
     let peers_serving = tokio::spawn(raft_store::service::serve(
@@ -446,8 +489,6 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     let address = format!("{host}:{}", listen.port());
     // What pods reach through the `kubernetes` Service.
     let advertised = SocketAddr::new(advertise, listen.port()).to_string();
-    let api_slot: apiserver::listener::ApiSlot = Default::default();
-    let api_serving = tokio::spawn(apiserver::listener::serve(listener, api_slot.clone()));
     node.bootstrap().await?;
     let pki = match apiserver::pki::load(&args.data_dir, &hosts).map_err(anyhow::Error::msg)? {
         Some(pki) => pki,

@@ -1,7 +1,8 @@
 //! `drover token node NAME`: a credential for a node to join with (`drover node --token`),
 //! from the API's `nodes/NAME/token` subresource (admins only). `drover token server`: the
 //! token a new server joins with (`drover server --join ADDR --token-file FILE`).
-//! `drover token rotate`: a new key signs the cluster's tokens; the old ones verify for the
+//! `drover token generate`: a shared secret for servers that form a cluster together
+//! (`--initial-cluster`). `drover token rotate`: a new key signs the cluster's tokens; the old ones verify for the
 //! grace period, then every token they signed (nodes', ServiceAccounts') is dead.
 
 use std::path::PathBuf;
@@ -33,6 +34,10 @@ enum TokenCommand {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
+    /// Print a new shared secret for servers that form a cluster together (`drover server
+    /// --initial-cluster ... --token-file FILE` on each). Needs no cluster: run it once, before
+    /// the members start, and keep it as secret as the CA key.
+    Generate,
     /// Rotate the keys the cluster signs tokens with (system:masters only). Tokens signed
     /// before keep working for the grace period, then stop: give nodes new tokens
     /// (`drover token node NAME`) before it ends. `--grace 0s` revokes every signed token now.
@@ -58,6 +63,10 @@ async fn admin_client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Clien
 
 pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
     match args.command {
+        TokenCommand::Generate => {
+            println!("{}", apiserver::pki::new_shared_secret());
+            Ok(())
+        }
         TokenCommand::Node {
             name,
             kubeconfig,

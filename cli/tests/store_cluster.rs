@@ -390,3 +390,90 @@ async fn a_data_dir_is_tied_to_its_cluster_and_checked_at_start() {
         "{err}"
     );
 }
+
+/// Three members started at the same moment, as systemd on three machines would start them,
+/// twenty times over: half with the same `--initial-cluster` list, half with the second and
+/// third told to `--join` the first. Each time all three must end as voters of one cluster (a
+/// join that met another member's join in progress used to exit, leaving two voters).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_started_together_form_one_cluster_every_time() {
+    for round in 0..20 {
+        let how = if round % 2 == 0 {
+            testkit::Together::InitialCluster
+        } else {
+            testkit::Together::JoinTheFirst
+        };
+        let c = Cluster::start_together(bin(), 210, 3, how)
+            .await
+            .unwrap_or_else(|e| panic!("round {round} ({how:?}): {e}"));
+        let statuses: Vec<_> = futures_util::future::join_all((0..3).map(|i| c.status(i)))
+            .await
+            .into_iter()
+            .map(|s| s.unwrap())
+            .collect();
+        for s in &statuses {
+            assert_eq!(
+                s.cluster_id, statuses[0].cluster_id,
+                "round {round}: two clusters"
+            );
+            assert_eq!(
+                s.voters.len(),
+                3,
+                "round {round} ({how:?}): voters {:?}\n{}",
+                s.voters,
+                c.all_logs()
+            );
+        }
+    }
+}
+
+/// A member that does not know the shared secret gets no CA proof, so a server told to join
+/// it refuses at once (it does not send its secret to an unproven member, nor wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_secret_joins_only_a_member_that_proves_it() {
+    let c = Cluster::start_together(bin(), 214, 1, testkit::Together::JoinTheFirst)
+        .await
+        .unwrap();
+    let other = Cluster::new(bin(), 215).unwrap();
+    let wrong = other.dir.path().join("wrong.token");
+    let secret = std::process::Command::new(bin())
+        .args(["token", "generate"])
+        .output()
+        .unwrap()
+        .stdout;
+    std::fs::write(&wrong, secret).unwrap();
+    let data = other.dir.path().join("data");
+    let (code, stderr) = run_server(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.215:0",
+        "--peer-listen",
+        "127.0.0.215:26501",
+        "--join",
+        &c.members[0].addr.to_string(),
+        "--token-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("does not know the shared secret"),
+        "{stderr}"
+    );
+    // A secret too short to be beyond guessing is refused before anything is sent.
+    std::fs::write(&wrong, "drover1:secret:abcd").unwrap();
+    let (code, stderr) = run_server(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.215:0",
+        "--peer-listen",
+        "127.0.0.215:26502",
+        "--join",
+        &c.members[0].addr.to_string(),
+        "--token-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("at least 32 hex digits"), "{stderr}");
+}

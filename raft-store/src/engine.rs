@@ -19,6 +19,7 @@
 //! must fit in memory, which the compaction interval bounds.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -96,6 +97,18 @@ struct State {
     applied: Option<Vec<u8>>,
     keys: BTreeMap<Vec<u8>, History>,
     changes: BTreeMap<Revision, Vec<Vec<u8>>>,
+    /// Snapshots being built ([`Engine::export`]): while any is, compaction only moves
+    /// `compact_revision` and leaves the history in place, because an export reads the history
+    /// at its revision a chunk at a time.
+    #[serde(skip)]
+    exports: usize,
+    /// The compaction whose history removal waits for the exports to end.
+    #[serde(skip)]
+    pending_prune: Option<Revision>,
+    /// How many times the state was replaced by an installed snapshot: an export that sees it
+    /// change starts again.
+    #[serde(skip)]
+    generation: u64,
 }
 
 impl State {
@@ -304,6 +317,19 @@ impl State {
                 compact_revision: self.compact_revision,
             });
         }
+        self.compact_revision = rev;
+        if self.exports > 0 {
+            self.pending_prune = Some(rev);
+        } else {
+            self.prune(rev);
+        }
+        Ok(())
+    }
+
+    /// Removes history older than `rev` (keeping each key's live value at `rev`), and the
+    /// change index before it. Reads below `compact_revision` are refused either way; this
+    /// frees the memory.
+    fn prune(&mut self, rev: Revision) {
         self.keys.retain(|_, history| {
             let idx = history.partition_point(|(r, _)| *r <= rev);
             let keep_from = match idx.checked_sub(1) {
@@ -314,10 +340,11 @@ impl State {
             !history.is_empty()
         });
         self.changes = self.changes.split_off(&(rev + 1));
-        self.compact_revision = rev;
-        Ok(())
     }
 }
+
+/// Keys (or change-index revisions) copied per hold of the lock while exporting a snapshot.
+const EXPORT_CHUNK: usize = 4096;
 
 /// The engine. Cheap to clone; one writer (the Raft state machine), many concurrent readers.
 #[derive(Clone)]
@@ -349,6 +376,12 @@ impl Engine {
     /// without the writer ever waiting for them.
     pub fn subscribe(&self) -> watch::Receiver<Head> {
         self.head.subscribe()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -439,22 +472,118 @@ impl Engine {
     /// Serialises the whole engine for a Raft snapshot, from one consistent view. Returns the
     /// payload and the `applied` blob it corresponds to.
     pub fn export(&self) -> (Vec<u8>, Option<Vec<u8>>) {
-        let state = self.read();
+        self.export_in_chunks(EXPORT_CHUNK, &mut || {})
+    }
+
+    /// [`Engine::export`], `chunk` keys per hold of the lock, calling `between` each time the
+    /// lock is let go (tests apply commands there, as the state machine would).
+    pub fn export_in_chunks(
+        &self,
+        chunk: usize,
+        between: &mut dyn FnMut(),
+    ) -> (Vec<u8>, Option<Vec<u8>>) {
+        let snapshot = loop {
+            if let Some(snapshot) = self.try_export(chunk.max(1), between) {
+                break snapshot;
+            }
+            // A snapshot was installed meanwhile (the state was replaced): start again.
+        };
+        let applied = snapshot.applied.clone();
         (
-            bincode::serialize(&*state).expect("in-memory bincode encoding cannot fail"),
-            state.applied.clone(),
+            bincode::serialize(&snapshot).expect("in-memory bincode encoding cannot fail"),
+            applied,
         )
+    }
+
+    /// The state as of now, copied a chunk of keys at a time with the lock released in between,
+    /// so applies wait for one chunk at most (milliseconds), not for the whole state (seconds at
+    /// a million keys). History only grows at its end while no compaction prunes it (pruning
+    /// waits for exports), so the state at revision `at` is every key's history up to `at`.
+    /// `None` if the state was replaced by an installed snapshot meanwhile.
+    fn try_export(&self, chunk: usize, between: &mut dyn FnMut()) -> Option<State> {
+        let (mut snapshot, generation) = {
+            let mut state = self.write();
+            state.exports += 1;
+            let snapshot = State {
+                revision: state.revision,
+                compact_revision: state.compact_revision,
+                applied: state.applied.clone(),
+                ..State::default()
+            };
+            (snapshot, state.generation)
+        };
+        let at = snapshot.revision;
+        let mut complete = true;
+        let mut after: Option<Vec<u8>> = None;
+        'keys: loop {
+            let state = self.read();
+            if state.generation != generation {
+                complete = false;
+                break 'keys;
+            }
+            let rest = match &after {
+                Some(key) => state
+                    .keys
+                    .range::<Vec<u8>, _>((Bound::Excluded(key), Bound::Unbounded)),
+                None => state.keys.range::<Vec<u8>, _>(..),
+            };
+            let mut taken = 0;
+            for (key, history) in rest.take(chunk) {
+                taken += 1;
+                let upto = history.partition_point(|(r, _)| *r <= at);
+                if upto > 0 {
+                    snapshot.keys.insert(key.clone(), history[..upto].to_vec());
+                }
+                after = Some(key.clone());
+            }
+            drop(state);
+            if taken < chunk {
+                break 'keys;
+            }
+            between();
+        }
+        let mut from = 0;
+        while complete && from <= at {
+            let state = self.read();
+            if state.generation != generation {
+                complete = false;
+                break;
+            }
+            let changes: Vec<_> = state
+                .changes
+                .range(from..=at)
+                .take(chunk)
+                .map(|(r, keys)| (*r, keys.clone()))
+                .collect();
+            drop(state);
+            let Some(&(last, _)) = changes.last() else {
+                break;
+            };
+            snapshot.changes.extend(changes);
+            from = last + 1;
+            between();
+        }
+        let mut state = self.write();
+        state.exports -= 1;
+        if state.exports == 0 {
+            if let Some(rev) = state.pending_prune.take() {
+                state.prune(rev);
+            }
+        }
+        complete.then_some(snapshot)
     }
 
     /// Replaces everything with a snapshot's contents.
     pub fn import(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        let imported: State = bincode::deserialize(bytes)
+        let mut imported: State = bincode::deserialize(bytes)
             .map_err(|e| StoreError::Internal(format!("storage: corrupt snapshot: {e}")))?;
         let head = imported.head();
-        *self
-            .state
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = imported;
+        let mut state = self.write();
+        // Exports in progress see the new generation and start again; they still count.
+        imported.exports = state.exports;
+        imported.generation = state.generation + 1;
+        *state = imported;
+        drop(state);
         self.head.send_replace(head);
         Ok(())
     }

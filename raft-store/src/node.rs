@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +49,9 @@ pub struct StoreConfig {
     pub watch: WatchOptions,
     /// How long a write may wait for commit before its outcome is reported unknown.
     pub write_timeout: Duration,
+    /// How long a joining member keeps asking while the cluster cannot take it yet (no
+    /// leader, another membership change in progress).
+    pub join_timeout: Duration,
 }
 
 impl StoreConfig {
@@ -59,13 +62,15 @@ impl StoreConfig {
             join: None,
             cluster_id: None,
             tls: None,
-            heartbeat: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(250), Duration::from_millis(450)),
+            // Failover within half a second: see ARCHITECTURE.md ("Timers").
+            heartbeat: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(100), Duration::from_millis(200)),
             snapshot_every: 100_000,
             compaction_interval: Duration::from_secs(300),
             limits: Limits::default(),
             watch: WatchOptions::default(),
             write_timeout: Duration::from_secs(10),
+            join_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -117,6 +122,9 @@ pub struct StoreNode {
     engine: Engine,
     proposer: Proposer,
     transport: Transport,
+    /// Membership changes go one at a time through this member while it leads: Raft refuses a
+    /// change while another is in progress, which members started together would all meet.
+    membership_lock: tokio::sync::Mutex<()>,
     /// Held for the member's lifetime: two processes on one data dir would corrupt it.
     _lock: std::fs::File,
 }
@@ -221,6 +229,7 @@ impl StoreNode {
             engine,
             proposer,
             transport,
+            membership_lock: tokio::sync::Mutex::new(()),
             _lock: lock,
         });
         tokio::spawn(compaction_loop(Arc::downgrade(&node)));
@@ -255,7 +264,7 @@ impl StoreNode {
             Some(peer) => {
                 // The peer may be between leaders (an election, a heal): keep asking a while.
                 let remote = RemoteMember::direct(self.transport.clone(), peer);
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                let deadline = tokio::time::Instant::now() + self.config.join_timeout;
                 loop {
                     match remote
                         .join(self.identity.node_id, &self.identity.addr)
@@ -427,6 +436,7 @@ impl StoreNode {
         if !self.is_leader() {
             return self.leader_member(forwarded)?.join(id, &addr).await;
         }
+        let _one_at_a_time = self.membership_lock.lock().await;
         let voters = self.voters();
         if let Some(existing) = voters.get(&id) {
             return if *existing == addr {
@@ -445,11 +455,11 @@ impl StoreNode {
         self.raft
             .add_learner(id, BasicNode { addr }, true)
             .await
-            .map_err(|e| StoreError::Membership(e.to_string()))?;
+            .map_err(membership_err)?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
-            .map_err(|e| StoreError::Membership(e.to_string()))?;
+            .map_err(membership_err)?;
         Ok(())
     }
 
@@ -458,6 +468,7 @@ impl StoreNode {
         if !self.is_leader() {
             return self.leader_member(forwarded)?.remove(id).await;
         }
+        let _one_at_a_time = self.membership_lock.lock().await;
         let voters = self.voters();
         let learners = self.learners();
         if !voters.contains_key(&id) && !learners.contains_key(&id) {
@@ -474,13 +485,13 @@ impl StoreNode {
             self.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                 .await
-                .map_err(|e| StoreError::Membership(e.to_string()))?;
+                .map_err(membership_err)?;
         }
         if self.learners().contains_key(&id) {
             self.raft
                 .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                 .await
-                .map_err(|e| StoreError::Membership(e.to_string()))?;
+                .map_err(membership_err)?;
         }
         Ok(())
     }
@@ -530,6 +541,21 @@ impl StoreNode {
             compact_revision: head.compact_revision,
             last_applied: m.last_applied.map_or(0, |l| l.index),
         }
+    }
+}
+
+/// A refused membership change, as the caller should take it: leadership moving away or
+/// another change in progress (a change by another member's request, or Raft's own joint
+/// configuration step) are worth retrying; anything else is the request's fault.
+fn membership_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> StoreError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NoLeader,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(p),
+        )) => StoreError::Unavailable(format!(
+            "another membership change is in progress ({p}); retry"
+        )),
+        other => StoreError::Membership(other.to_string()),
     }
 }
 

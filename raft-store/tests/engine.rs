@@ -362,3 +362,104 @@ fn a_corrupt_snapshot_is_an_error_not_a_panic() {
     let err = f.engine.import(b"not a snapshot").unwrap_err();
     assert!(err.to_string().contains("corrupt snapshot"), "{err}");
 }
+
+/// The commands of the concurrent-export test: puts over 20,000 keys (several export chunks),
+/// deletes, and a compaction every 500 commands.
+fn mixed_command(i: u64, revision_hint: u64) -> Command {
+    let key = format!("k{:05}", (i * 7919) % 20_000);
+    match i % 10 {
+        _ if i % 500 == 499 => Command::Compact(revision_hint.saturating_sub(100).max(1)),
+        0 => Command::Txn(Txn::delete(key.as_bytes())),
+        _ => Command::Txn(Txn::put(key.as_bytes(), format!("v{i}").as_bytes())),
+    }
+}
+
+/// A snapshot is built a chunk at a time while applies go on between chunks (so a million keys
+/// do not stop the world): what it holds must still be the state at exactly one applied index,
+/// with writes, deletes and compactions landing mid-export, and identical to what a member that
+/// applied the same commands up to that index holds.
+#[test]
+fn a_snapshot_built_while_writes_and_compactions_apply_is_the_state_at_one_index() {
+    let engine = Engine::new();
+    let mut next = 0u64;
+    let apply = |engine: &Engine, next: &mut u64| {
+        let cmd = mixed_command(*next, engine.head().revision);
+        *next += 1;
+        engine.apply(&[Some(cmd)], &next.to_be_bytes());
+    };
+    for _ in 0..12_000 {
+        apply(&engine, &mut next);
+    }
+    let started_at = next;
+    // 37 commands each time the export lets go of the lock (every 100 keys).
+    let (payload, marker) =
+        engine.export_in_chunks(100, &mut || (0..37).for_each(|_| apply(&engine, &mut next)));
+    let n = u64::from_be_bytes(marker.unwrap().try_into().unwrap());
+    assert_eq!(n, started_at, "the snapshot is of the state when it began");
+    assert!(
+        next - started_at > 1_000,
+        "compactions must have landed mid-export ({} commands did)",
+        next - started_at
+    );
+
+    let reference = Engine::new();
+    let mut replayed = 0u64;
+    while replayed < n {
+        apply(&reference, &mut replayed);
+    }
+    let restored = Engine::new();
+    restored.import(&payload).unwrap();
+    assert_eq!(restored.head(), reference.head());
+    let all = RangeRequest::new(KeySpan::prefix(""));
+    assert_eq!(
+        restored.range(&all).unwrap(),
+        reference.range(&all).unwrap()
+    );
+    let at_snapshot = reference.head();
+    let head = at_snapshot;
+    for rev in [
+        head.compact_revision,
+        (head.compact_revision + head.revision) / 2,
+    ] {
+        assert_eq!(
+            restored.range(&all.clone().at(rev)).unwrap(),
+            reference.range(&all.clone().at(rev)).unwrap(),
+            "at revision {rev}"
+        );
+    }
+    let from = head.compact_revision + 1;
+    assert_eq!(
+        restored
+            .changes_since(&KeySpan::prefix(""), from, 1_000_000)
+            .unwrap(),
+        reference
+            .changes_since(&KeySpan::prefix(""), from, 1_000_000)
+            .unwrap()
+    );
+    // And both go on alike: a member that installed the snapshot and then applied the commands
+    // after it is the member that applied everything.
+    let (mut at_reference, mut at_restored) = (n, n);
+    while at_reference < next {
+        apply(&reference, &mut at_reference);
+        apply(&restored, &mut at_restored);
+    }
+    let head = reference.head();
+    assert_eq!(restored.head(), head);
+    for rev in [
+        0,
+        head.compact_revision,
+        (head.compact_revision + head.revision) / 2,
+    ] {
+        assert_eq!(
+            restored.range(&all.clone().at(rev)).unwrap(),
+            reference.range(&all.clone().at(rev)).unwrap(),
+            "at revision {rev} after replaying the rest"
+        );
+    }
+    // The history the compactions mid-export spared is pruned once the export ends.
+    let live = engine.head();
+    assert!(live.compact_revision > at_snapshot.compact_revision);
+    assert!(engine
+        .range(&all.clone().at(live.compact_revision - 1))
+        .is_err());
+}

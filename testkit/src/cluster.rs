@@ -23,6 +23,8 @@ pub struct Member {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     join: Option<String>,
+    /// Flags of its own (how it forms a cluster with the others).
+    own_flags: Vec<String>,
     child: Option<Child>,
 }
 
@@ -30,6 +32,15 @@ impl Member {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
+}
+
+/// How members started at the same moment find each other.
+#[derive(Clone, Copy, Debug)]
+pub enum Together {
+    /// Each with the same `--initial-cluster` list and shared secret.
+    InitialCluster,
+    /// The first with the shared secret alone, the others `--join` it with the secret.
+    JoinTheFirst,
 }
 
 /// A cluster of member processes under one temporary directory.
@@ -112,11 +123,77 @@ impl Cluster {
             data_dir,
             log: self.dir.path().join(format!("member-{i}.log")),
             join,
+            own_flags: Vec::new(),
             child: None,
         });
         self.spawn(i)?;
         self.wait_serving(i, Duration::from_secs(60)).await?;
         Ok(i)
+    }
+
+    /// Starts `n` members at the same moment, as systemd on `n` machines would, and waits
+    /// until each is a voter: formation must not depend on the order they come up in.
+    pub async fn start_together(
+        bin: &Path,
+        first_ip: u8,
+        n: usize,
+        how: Together,
+    ) -> anyhow::Result<Cluster> {
+        let mut c = Cluster::new(bin, first_ip)?;
+        let out = Command::new(bin)
+            .args(["token", "generate"])
+            .output()
+            .context("run drover token generate")?;
+        anyhow::ensure!(out.status.success(), "drover token generate failed");
+        std::fs::write(c.token_file(), &out.stdout)?;
+        let mut addrs = Vec::new();
+        for i in 0..n {
+            let ip = Ipv4Addr::new(127, 0, 0, c.next_ip);
+            c.next_ip += 1;
+            let (addr, peer) = (free_addr(ip)?, free_addr(ip)?);
+            addrs.push(addr);
+            c.members.push(Member {
+                addr,
+                peer,
+                data_dir: c.dir.path().join(format!("member-{i}")),
+                log: c.dir.path().join(format!("member-{i}.log")),
+                join: None,
+                own_flags: Vec::new(),
+                child: None,
+            });
+        }
+        let list = addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let token_file = c.token_file().display().to_string();
+        for (i, m) in c.members.iter_mut().enumerate() {
+            m.own_flags = match how {
+                Together::InitialCluster => {
+                    vec![
+                        "--initial-cluster".into(),
+                        list.clone(),
+                        "--token-file".into(),
+                        token_file.clone(),
+                    ]
+                }
+                Together::JoinTheFirst if i == 0 => vec!["--token-file".into(), token_file.clone()],
+                Together::JoinTheFirst => vec![
+                    "--join".into(),
+                    addrs[0].to_string(),
+                    "--token-file".into(),
+                    token_file.clone(),
+                ],
+            };
+        }
+        for i in 0..n {
+            c.spawn(i)?;
+        }
+        for i in 0..n {
+            c.wait_serving(i, Duration::from_secs(60)).await?;
+        }
+        Ok(c)
     }
 
     fn token_file(&self) -> PathBuf {
@@ -160,6 +237,7 @@ impl Cluster {
             .arg("--peer-listen")
             .arg(m.peer.to_string())
             .args(&self.flags)
+            .args(&m.own_flags)
             .env("DROVER_LOG", "info,openraft=info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -8,4 +8,4 @@ pub mod linearizability;
 pub mod registry;
 pub mod workload;
 
-pub use cluster::{Cluster, Partition};
+pub use cluster::{Cluster, Partition, Together};

@@ -205,12 +205,45 @@ pub fn check_kv(history: &[(String, Operation<KvInput, KvOutput>)]) -> Result<()
     for (key, ops) in per_key {
         if !check(&Register, &ops) {
             return Err(format!(
-                "the history of key {key:?} ({} operations) is not linearizable",
-                ops.len()
+                "the history of key {key:?} ({} operations) is not linearizable; it is kept in {}",
+                ops.len(),
+                keep_history(key, &ops)
             ));
         }
     }
     Ok(())
+}
+
+/// Writes a failing history where it outlives the test (`DROVER_HISTORY_DIR`, else the temp
+/// dir), one operation per line in call order (times in ns; no return: outcome unknown), and
+/// says where.
+fn keep_history(key: &str, ops: &[Operation<KvInput, KvOutput>]) -> String {
+    let dir = std::env::var_os("DROVER_HISTORY_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!(
+        "drover-history-{}-{}.txt",
+        std::process::id(),
+        key.replace('/', "_")
+    ));
+    let mut sorted: Vec<_> = ops.iter().collect();
+    sorted.sort_by_key(|op| op.call);
+    let text: String = sorted
+        .iter()
+        .map(|op| {
+            format!(
+                "{} {} {:?} {:?}\n",
+                op.call,
+                op.ret.map_or("-".to_string(), |r| r.to_string()),
+                op.input,
+                op.output
+            )
+        })
+        .collect();
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+        Ok(()) => path.display().to_string(),
+        Err(e) => format!("nowhere (cannot write {}: {e})", path.display()),
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route(crate::join::PATH_JOIN_TOKEN, get(crate::join::token))
         .route(
+            crate::join::PATH_JOIN_CA,
+            axum::routing::post(crate::join::prove_ca),
+        )
+        .route(
             crate::rotation::PATH_ROTATE,
             axum::routing::post(crate::rotation::rotate),
         )
@@ -121,7 +125,12 @@ async fn authenticate(State(st): State<Arc<ApiState>>, mut req: Request, next: N
         .insert(crate::query::Parsed(query.clone()));
     let open = matches!(
         req.uri().path(),
-        "/version" | "/healthz" | "/livez" | "/readyz" | crate::join::PATH_JOIN
+        "/version"
+            | "/healthz"
+            | "/livez"
+            | "/readyz"
+            | crate::join::PATH_JOIN
+            | crate::join::PATH_JOIN_CA
     ) || crate::nodecerts::is_route(req.uri().path());
     let token = req
         .headers()
