@@ -62,6 +62,9 @@ enum Mode {
         keys: usize,
         #[arg(long, default_value_t = 256)]
         value_size: usize,
+        /// Keys copied per hold of the lock (the engine's own export uses 4096).
+        #[arg(long, default_value_t = 4096)]
+        chunk: usize,
     },
 }
 
@@ -555,7 +558,7 @@ async fn failover(args: &Args, trials: usize) -> anyhow::Result<()> {
 /// fast as it can, and reports the longest apply (the stall a snapshot causes) beside the
 /// export's duration. Before 2026-12-07 the whole export ran under the state's lock, so every
 /// apply waited for all of it: the duration is what that pause was.
-fn snapshot_pause(keys: usize, value_size: usize) -> anyhow::Result<()> {
+fn snapshot_pause(keys: usize, value_size: usize, chunk: usize) -> anyhow::Result<()> {
     use raft_store::engine::{Command, Engine};
     let engine = Engine::new();
     let value = vec![b'v'; value_size];
@@ -575,8 +578,10 @@ fn snapshot_pause(keys: usize, value_size: usize) -> anyhow::Result<()> {
     }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (writer_engine, writer_stop) = (engine.clone(), stop.clone());
+    let origin = Instant::now();
     let writer = std::thread::spawn(move || {
         let mut h = Histogram::<u64>::new(3).expect("histogram");
+        let mut longest = (Duration::ZERO, Duration::ZERO); // (when, how long)
         let mut n = applied;
         while !writer_stop.load(std::sync::atomic::Ordering::Relaxed) {
             n += 1;
@@ -586,17 +591,23 @@ fn snapshot_pause(keys: usize, value_size: usize) -> anyhow::Result<()> {
             );
             let t0 = Instant::now();
             writer_engine.apply(&[Some(Command::Txn(put))], &n.to_be_bytes());
-            h.record(t0.elapsed().as_micros() as u64).expect("record");
+            let took = t0.elapsed();
+            if took > longest.1 {
+                longest = (t0 - origin, took);
+            }
+            h.record(took.as_micros() as u64).expect("record");
         }
-        h
+        (h, longest)
     });
     // Let the writer run alone first, so its own figures are in the histogram as a baseline.
     std::thread::sleep(Duration::from_millis(500));
     let t0 = Instant::now();
-    let (payload, _) = engine.export();
+    let mut copied = t0;
+    let (payload, _) = engine.export_in_chunks(chunk, &mut || copied = Instant::now());
     let export_ms = t0.elapsed().as_secs_f64() * 1000.0;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let h = writer.join().expect("writer");
+    let (h, longest) = writer.join().expect("writer");
+    let ms = |d: Duration| (d.as_secs_f64() * 1000.0).round();
     println!(
         "{}",
         json!({
@@ -607,6 +618,11 @@ fn snapshot_pause(keys: usize, value_size: usize) -> anyhow::Result<()> {
             "apply_p50_us": h.value_at_quantile(0.5),
             "apply_p99_us": h.value_at_quantile(0.99),
             "apply_max_ms": h.max() as f64 / 1000.0,
+            // When the longest apply began, against the export's phases (ms from the start).
+            "longest_apply_at_ms": ms(longest.0),
+            "export_began_at_ms": ms(t0 - origin),
+            "copy_ended_at_ms": ms(copied - origin),
+            "export_ended_at_ms": ms(t0 - origin) + export_ms.round(),
         })
     );
     Ok(())
@@ -623,6 +639,10 @@ async fn main() -> anyhow::Result<()> {
             value_size,
         } => throughput(&args, members, clients, secs, value_size).await,
         Mode::Failover { trials } => failover(&args, trials).await,
-        Mode::SnapshotPause { keys, value_size } => snapshot_pause(keys, value_size),
+        Mode::SnapshotPause {
+            keys,
+            value_size,
+            chunk,
+        } => snapshot_pause(keys, value_size, chunk),
     }
 }

@@ -9,7 +9,9 @@ use anyhow::Context;
 
 #[derive(clap::Args)]
 pub struct NodeArgs {
-    /// The API server's URL, e.g. https://10.0.0.1:6443.
+    /// The API server's URL, e.g. https://10.0.0.1:6443; for a control plane of several
+    /// members, each member's, comma-separated: the agent moves to the next when one cannot be
+    /// reached.
     #[arg(long, env = "DROVER_SERVER", required_unless_present = "cleanup")]
     server: Option<String>,
     /// A file holding the node's credential (`drover token node NAME` on the control plane

@@ -477,3 +477,44 @@ async fn a_shared_secret_joins_only_a_member_that_proves_it() {
     assert_ne!(code, 0);
     assert!(stderr.contains("at least 32 hex digits"), "{stderr}");
 }
+
+/// A client given every member's address (as `drover node --server A,B,C` is) keeps working
+/// when the member it talks to dies: the next request goes to a member that answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_several_servers_moves_on_when_one_dies() {
+    let mut c = Cluster::start(bin(), 217, 3).await.unwrap();
+    let data = &c.members[0].data_dir;
+    let ca = std::fs::read_to_string(data.join("pki/ca.crt")).unwrap();
+    let token = std::fs::read_to_string(data.join("pki/admin.token")).unwrap();
+    let urls: Vec<String> = c
+        .members
+        .iter()
+        .map(|m| format!("https://{}", m.addr))
+        .collect();
+    let client = kubeclient::connect(&urls.join(","), &ca, token.trim()).unwrap();
+    let maps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client, "default");
+    let map = |name: &str| {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}
+        }))
+        .unwrap()
+    };
+    maps.create(&Default::default(), &map("before"))
+        .await
+        .unwrap();
+    c.kill(0);
+    // The next request finds member 0 refusing connections and is sent to member 1.
+    maps.create(&Default::default(), &map("after"))
+        .await
+        .unwrap();
+    let names: Vec<String> = maps
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|m| m.metadata.name)
+        .collect();
+    assert!(names.contains(&"before".to_string()) && names.contains(&"after".to_string()));
+}

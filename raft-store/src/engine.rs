@@ -20,7 +20,9 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{RwLock, RwLockReadGuard};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -378,16 +380,12 @@ impl Engine {
         self.head.subscribe()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn write(&self) -> parking_lot::RwLockWriteGuard<'_, State> {
+        self.state.write()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read()
     }
 
     /// The opaque record of what has been applied, kept with the data it describes.
@@ -398,10 +396,7 @@ impl Engine {
     /// Applies commands in order and records `applied` with them. `None` entries are log
     /// entries without a command (blank, membership): they only move `applied`.
     pub fn apply(&self, commands: &[Option<Command>], applied: &[u8]) -> Vec<Applied> {
-        let mut state = self
-            .state
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self.write();
         let results = commands
             .iter()
             .map(|command| match command {
@@ -527,17 +522,26 @@ impl Engine {
                     .range::<Vec<u8>, _>((Bound::Excluded(key), Bound::Unbounded)),
                 None => state.keys.range::<Vec<u8>, _>(..),
             };
-            let mut taken = 0;
-            for (key, history) in rest.take(chunk) {
-                taken += 1;
+            // A chunk ends after `chunk` keys or `chunk` history entries, whichever comes
+            // first: a few hot keys with long histories must not make one long hold.
+            let (mut keys, mut entries, mut done) = (0, 0, true);
+            for (key, history) in rest {
+                if keys == chunk || entries >= chunk {
+                    done = false;
+                    break;
+                }
                 let upto = history.partition_point(|(r, _)| *r <= at);
                 if upto > 0 {
                     snapshot.keys.insert(key.clone(), history[..upto].to_vec());
                 }
                 after = Some(key.clone());
+                keys += 1;
+                entries += upto;
             }
-            drop(state);
-            if taken < chunk {
+            // Handed straight to a waiting apply: a plain unlock lets this loop take the lock
+            // again before the woken writer runs, starving applies for most of the export.
+            RwLockReadGuard::unlock_fair(state);
+            if done {
                 break 'keys;
             }
             between();
@@ -555,7 +559,7 @@ impl Engine {
                 .take(chunk)
                 .map(|(r, keys)| (*r, keys.clone()))
                 .collect();
-            drop(state);
+            RwLockReadGuard::unlock_fair(state);
             let Some(&(last, _)) = changes.last() else {
                 break;
             };

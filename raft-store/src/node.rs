@@ -337,10 +337,41 @@ impl StoreNode {
     /// read-only txn goes the same way: it adds no revision, and is linearizable for free.
     pub async fn txn(&self, txn: Txn, forwarded: bool) -> Result<TxnResponse, StoreError> {
         txn.validate(&self.config.limits)?;
-        if !self.is_leader() {
-            return self.leader_member(forwarded)?.txn(&txn).await;
+        self.through_elections(forwarded, || async {
+            if !self.is_leader() {
+                return self.leader_member(forwarded)?.txn(&txn).await;
+            }
+            self.proposer.propose(txn.clone()).await
+        })
+        .await
+    }
+
+    /// Runs `op` again while it fails in a way that proves nothing was done (no leader known,
+    /// the leader unreachable) for up to [`StoreNode::leader_wait`]: a request made on this
+    /// member (the API's, the controllers') then rides out an election instead of failing
+    /// with it. A forwarded request is answered at once: the member that forwarded it waits.
+    async fn through_elections<T, F, Fut>(&self, forwarded: bool, op: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.leader_wait();
+        loop {
+            match op().await {
+                Err(e)
+                    if !forwarded && e.is_retryable() && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
         }
-        self.proposer.propose(txn).await
+    }
+
+    /// How long a request made on this member waits for a leader: a few election rounds (the
+    /// leader's lease plus an election timeout, each at most `election_timeout.1`), at least 2 s.
+    fn leader_wait(&self) -> Duration {
+        (self.config.election_timeout.1 * 4).max(Duration::from_secs(2))
     }
 
     /// Compacts history before `revision` on every member.
@@ -407,13 +438,18 @@ impl StoreNode {
     ) -> Result<RangeResponse, StoreError> {
         self.config.limits.check_span(&req.span, "span")?;
         if consistency == Consistency::Linearizable {
-            if !self.is_leader() {
-                return self
-                    .leader_member(forwarded)?
-                    .range(&req, consistency)
-                    .await;
+            if let Some(answer) = self
+                .through_elections(forwarded, || async {
+                    if !self.is_leader() {
+                        let leader = self.leader_member(forwarded)?;
+                        return leader.range(&req, consistency).await.map(Some);
+                    }
+                    self.linearize().await.map(|()| None)
+                })
+                .await?
+            {
+                return Ok(answer);
             }
-            self.linearize().await?;
         }
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || engine.range(&req))
