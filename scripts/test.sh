@@ -52,3 +52,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --manifest-path examples/Cargo.toml --target-dir examples/target --target wasm32-wasip2 --release --locked
 cargo nextest run --workspace --locked --no-fail-fast
+# A short chaos soak (issue 15): three members under store and API load while they are killed,
+# cut off and replaced, every history checked. The long soaks are benches/chaos-soak.sh.
+cargo build --locked --bin chaos-soak
+target/debug/chaos-soak --drover target/debug/drover --duration 100s --seed "$(date +%s)"

@@ -518,3 +518,249 @@ async fn a_client_with_several_servers_moves_on_when_one_dies() {
         .collect();
     assert!(names.contains(&"before".to_string()) && names.contains(&"after".to_string()));
 }
+
+/// Puts `n` unique keys under `prefix` through `c`'s client; returns those acknowledged.
+async fn acknowledged_puts(c: &Cluster, prefix: &str, n: usize) -> Vec<String> {
+    let client = c.client();
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let key = format!("{prefix}{i:05}");
+        if client.put(key.as_bytes(), b"x").await.is_ok() {
+            acked.push(key);
+        }
+    }
+    acked
+}
+
+/// Every key in `acked` is on every running member (read from each member's own state once
+/// they have converged).
+async fn assert_all_present(c: &Cluster, prefix: &str, acked: &[String]) {
+    converge(c)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.all_logs()));
+    for i in 0..c.members.len() {
+        let member = c.client_of(&[c.members[i].peer.to_string()]);
+        let resp = member
+            .range(
+                &RangeRequest::new(KeySpan::prefix(prefix)),
+                Consistency::Serializable,
+            )
+            .await
+            .unwrap();
+        let present: std::collections::BTreeSet<String> = resp
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect();
+        let missing: Vec<_> = acked.iter().filter(|k| !present.contains(*k)).collect();
+        assert!(
+            missing.is_empty(),
+            "member {i} lost acknowledged writes: {missing:?}"
+        );
+    }
+}
+
+/// A power cut: every member killed at once, then all started again together. They elect a
+/// leader among themselves, every acknowledged write is there, and writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_killed_at_once_comes_back_with_every_acknowledged_write() {
+    let mut c = Cluster::start(bin(), 220, 3).await.unwrap();
+    let acked = acknowledged_puts(&c, "/cut/", 300).await;
+    assert_eq!(acked.len(), 300, "a healthy cluster acknowledges every put");
+    c.restart_all()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.all_logs()));
+    assert_all_present(&c, "/cut/", &acked).await;
+    let after = acknowledged_puts(&c, "/after/", 10).await;
+    assert_eq!(after.len(), 10);
+}
+
+/// The last segment of a member's Raft log (the one written last).
+fn last_wal_segment(data_dir: &Path) -> std::path::PathBuf {
+    let mut segments: Vec<_> = std::fs::read_dir(data_dir.join("raft-log"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segments.sort();
+    segments.pop().expect("a Raft log segment")
+}
+
+/// Two members of three (a quorum) die in the middle of writing a batch to their logs: one
+/// with half a frame header written, one with a zeroed block the file system allocated but
+/// never filled. Both cut the torn tail (it was never acknowledged: its fsync never returned),
+/// and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_log_tail_on_two_members_at_once_is_cut_and_loses_nothing_acknowledged() {
+    use std::io::Write;
+    let mut c = Cluster::start(bin(), 223, 3).await.unwrap();
+    let acked = acknowledged_puts(&c, "/torn/", 200).await;
+    assert_eq!(acked.len(), 200);
+    for i in 0..3 {
+        c.kill(i);
+    }
+    let tails: [&[u8]; 2] = [&[0x2a, 0x01, 0, 0, 0x99, 0x12, 0x7f], &[0u8; 4096]];
+    for (i, tail) in tails.iter().enumerate() {
+        let segment = last_wal_segment(&c.members[i].data_dir);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&segment)
+            .unwrap()
+            .write_all(tail)
+            .unwrap();
+    }
+    c.restart_all()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.all_logs()));
+    for i in 0..2 {
+        let log = std::fs::read_to_string(&c.members[i].log).unwrap();
+        assert!(
+            log.contains("cut a torn write off the end of the Raft log"),
+            "member {i} did not say it cut its torn tail:\n{}",
+            c.log_tail(i)
+        );
+    }
+    assert_all_present(&c, "/torn/", &acked).await;
+    assert_eq!(acknowledged_puts(&c, "/after/", 10).await.len(), 10);
+}
+
+/// A tmpfs mounted on a directory until dropped: a disk that can be filled.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, megabytes: u32) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={megabytes}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .expect("mount (this test needs root)");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs on {}",
+            dir.display()
+        );
+        SmallDisk(dir.to_path_buf())
+    }
+
+    /// Fills the disk with one file; returns it (removing it frees the space).
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0xa5u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A member whose disk fills up stops taking writes with an error that says why (not a
+/// timeout, not a dead store), loses and corrupts nothing, and takes writes again once space
+/// is freed, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_a_full_disk_refuses_writes_clearly_and_recovers_when_space_returns() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&dir.path().join("member-0"), 64);
+    let mut c = Cluster::new(bin(), 227).unwrap();
+    c.dir = dir;
+    c.add_member().await.unwrap();
+    let acked = acknowledged_puts(&c, "/full/", 50).await;
+    assert_eq!(acked.len(), 50);
+
+    let filler = disk.fill();
+    let mut client = c.client();
+    client.patience = Duration::from_secs(3);
+    // The first write after the disk filled waits in the log writer; the member then knows,
+    // and refuses writes with the reason.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let said = loop {
+        match client.put(b"/full/while", b"x").await {
+            Err(e) if e.to_string().contains("No space left on device") => break e.to_string(),
+            Err(_) | Ok(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes on a full disk never said why:\n{}",
+            c.log_tail(0)
+        );
+    };
+    assert!(said.contains("free space"), "{said}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.put(b"/full/after", b"x").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "writes did not resume once space was freed:\n{}",
+            c.log_tail(0)
+        );
+    }
+    // Nothing on disk is damaged: the member restarts with every acknowledged write.
+    c.restart(0).await.unwrap();
+    let mut all = acked.clone();
+    all.push("/full/after".into());
+    assert_all_present(&c, "/full/", &all).await;
+}
+
+/// A member brought back from an old copy of its data dir (a restored backup, a VM snapshot)
+/// has forgotten entries it acknowledged, and perhaps votes it gave. It must not take part:
+/// it refuses to start, says why and what to do, and the cluster carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restored_from_an_old_copy_of_its_data_dir_refuses_to_start() {
+    let mut c = Cluster::start(bin(), 229, 3).await.unwrap();
+    acknowledged_puts(&c, "/old/", 20).await;
+    let leader = c.leader(Duration::from_secs(10)).await.unwrap();
+    let stale = (leader + 1) % 3;
+    let dir = c.members[stale].data_dir.clone();
+    let copy = c.dir.path().join("old-copy");
+    c.kill(stale);
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&dir)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    c.restart(stale).await.unwrap();
+    // The member acknowledges more after the copy was taken...
+    let acked = acknowledged_puts(&c, "/new/", 200).await;
+    assert_eq!(acked.len(), 200);
+    converge(&c).await.unwrap();
+    // ...then comes back from the copy.
+    c.kill(stale);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mv = std::process::Command::new("mv")
+        .arg(&copy)
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(mv.success());
+    let err = c
+        .restart(stale)
+        .await
+        .expect_err("a member behind what it acknowledged started");
+    assert!(
+        err.to_string().contains("older than the member")
+            && err.to_string().contains("remove-member"),
+        "{err}"
+    );
+    // The others go on.
+    assert_eq!(acknowledged_puts(&c, "/after/", 10).await.len(), 10);
+}

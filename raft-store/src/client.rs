@@ -32,6 +32,10 @@ pub struct Status {
     pub revision: Revision,
     pub compact_revision: Revision,
     pub last_applied: u64,
+    /// On the leader: how far each follower's log is known to match its own (the index it
+    /// acknowledged). A restarted member whose log ends before that lost data it acknowledged.
+    #[serde(default)]
+    pub matched: BTreeMap<NodeId, u64>,
 }
 
 pub const FORWARDED_HEADER: &str = "drover-forwarded";

@@ -75,7 +75,36 @@ pub struct LogStore {
     meta: Arc<Mutex<Meta>>,
     pending: Pending,
     queue: mpsc::Sender<LogOp>,
+    blocked: Blocked,
+    durable: Durable,
 }
+
+/// What a log held on disk when it was opened, for the check that a restarted member's data
+/// is not older than what it already acknowledged (`node::refuse_if_behind`).
+#[derive(Clone, Debug, Default)]
+pub struct Durable {
+    /// The last index it holds (or purged into a snapshot).
+    pub last_index: Option<u64>,
+    /// The members' addresses in the last membership entry it holds (empty if that entry was
+    /// purged into the snapshot).
+    pub members: Vec<String>,
+}
+
+/// Why the log cannot grow right now (its disk is full), if it cannot: shared with the member,
+/// which then refuses new writes with that reason instead of letting them time out.
+pub type Blocked = Arc<Mutex<Option<String>>>;
+
+/// Whether an I/O error means the disk (or the user's quota) is full: a state that passes when
+/// space is freed, so the writer waits instead of failing the log for good.
+fn out_of_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// How often a blocked writer tries again.
+const RETRY_FULL_DISK: std::time::Duration = std::time::Duration::from_millis(500);
 
 const META_FILE: &str = "raft-meta.bin";
 
@@ -115,6 +144,7 @@ impl LogStore {
                 "cut a torn write off the end of the Raft log (a batch that was never acknowledged)"
             );
         }
+        let mut recorded_members = Vec::new();
         for (index, loc) in wal.locate(..) {
             let bytes = loc.read().map_err(|e| damaged(e.to_string()))?;
             let entry: Entry = bincode::deserialize(&bytes)
@@ -125,16 +155,22 @@ impl LogStore {
                     entry.log_id.index
                 )));
             }
+            if let openraft::EntryPayload::Membership(m) = &entry.payload {
+                recorded_members = m.nodes().map(|(_, n)| n.addr.clone()).collect();
+            }
         }
+        let last_index = wal.last_index().or(meta.last_purged.map(|l| l.index));
         let wal = Arc::new(Mutex::new(wal));
         let meta = Arc::new(Mutex::new(meta));
         let pending: Pending = Arc::default();
         let (queue, rx) = mpsc::channel();
+        let blocked: Blocked = Arc::default();
         let writer = Writer {
             dir: dir.to_path_buf(),
             wal: wal.clone(),
             meta: meta.clone(),
             pending: pending.clone(),
+            blocked: blocked.clone(),
         };
         std::thread::Builder::new()
             .name("raft-log-writer".into())
@@ -145,7 +181,22 @@ impl LogStore {
             meta,
             pending,
             queue,
+            blocked,
+            durable: Durable {
+                last_index,
+                members: recorded_members,
+            },
         })
+    }
+
+    /// What the log held on disk when it was opened.
+    pub fn durable(&self) -> &Durable {
+        &self.durable
+    }
+
+    /// Why the log cannot be written now, while its disk is full.
+    pub fn blocked(&self) -> Blocked {
+        self.blocked.clone()
     }
 
     /// Queues an operation and waits until the writer has made it durable.
@@ -166,6 +217,7 @@ struct Writer {
     wal: Arc<Mutex<Wal>>,
     meta: Arc<Mutex<Meta>>,
     pending: Pending,
+    blocked: Blocked,
 }
 
 impl Writer {
@@ -205,21 +257,55 @@ impl Writer {
         }
     }
 
+    /// Writes `rows` as one frame and syncs it. On a full disk it waits and tries again until
+    /// space is freed (saying so in the log and through [`LogStore::blocked`]): the entries
+    /// stay unacknowledged meanwhile, and nothing half-written stays behind.
     fn write_appends(
         &self,
         rows: &mut Vec<(LogId<NodeId>, Vec<u8>)>,
     ) -> std::result::Result<(), String> {
-        if rows.is_empty() {
-            return Ok(());
+        let mut said = false;
+        loop {
+            match self.write_frame(rows) {
+                Ok(()) => {
+                    if said {
+                        tracing::warn!("the Raft log is written again: the disk has space");
+                        *self.blocked.lock().expect("poisoned") = None;
+                    }
+                    return Ok(());
+                }
+                Err(e) if out_of_space(&e) => {
+                    if !said {
+                        let why = format!("{e} in {}", self.dir.display());
+                        tracing::error!(error = %why, "cannot write the Raft log: waiting for space; this member takes no writes meanwhile");
+                        *self.blocked.lock().expect("poisoned") = Some(why);
+                        said = true;
+                    }
+                    std::thread::sleep(RETRY_FULL_DISK);
+                }
+                Err(e) => return Err(format!("append to the Raft log: {e}")),
+            }
         }
+    }
+
+    /// One attempt of [`Writer::write_appends`]; a failed one leaves the WAL as it was.
+    fn write_frame(&self, rows: &mut Vec<(LogId<NodeId>, Vec<u8>)>) -> std::io::Result<()> {
+        let Some(first) = rows.first().map(|(id, _)| id.index) else {
+            return Ok(());
+        };
         let records: Vec<(u64, &[u8])> = rows
             .iter()
             .map(|(id, b)| (id.index, b.as_slice()))
             .collect();
         let mut wal = self.wal.lock().expect("poisoned");
-        wal.append(&records)
-            .and_then(|_| wal.sync())
-            .map_err(|e| format!("append to the Raft log: {e}"))?;
+        if let Err(e) = wal.append(&records).and_then(|_| wal.sync()) {
+            // An append that got as far as the index (its sync failed) is taken back, so a
+            // retry does not write the records twice.
+            if wal.last_index() >= Some(first) {
+                wal.truncate(first)?;
+            }
+            return Err(e);
+        }
         drop(wal);
         // On disk now: drop from memory unless a truncate and a new append replaced them.
         let mut pending = self.pending.lock().expect("poisoned");

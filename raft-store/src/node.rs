@@ -125,6 +125,8 @@ pub struct StoreNode {
     /// Membership changes go one at a time through this member while it leads: Raft refuses a
     /// change while another is in progress, which members started together would all meet.
     membership_lock: tokio::sync::Mutex<()>,
+    /// Why this member's Raft log cannot be written now (its disk is full), if so.
+    log_blocked: crate::log_store::Blocked,
     /// Held for the member's lifetime: two processes on one data dir would corrupt it.
     _lock: std::fs::File,
 }
@@ -200,7 +202,15 @@ impl StoreNode {
 
         let engine = Engine::new();
         let log = LogStore::open(&dir.join("raft-log")).map_err(data_err)?;
+        let log_blocked = log.blocked();
         let sm = StateMachine::open(engine.clone(), &dir).map_err(data_err)?;
+        if identity.joined {
+            let mut members = log.durable().members.clone();
+            members.extend(sm.member_addrs());
+            refuse_if_behind(&transport, &identity, log.durable().last_index, &members)
+                .await
+                .map_err(data_err)?;
+        }
         let raft_config = openraft::Config {
             cluster_name: "drover".into(),
             heartbeat_interval: config.heartbeat.as_millis() as u64,
@@ -230,6 +240,7 @@ impl StoreNode {
             proposer,
             transport,
             membership_lock: tokio::sync::Mutex::new(()),
+            log_blocked,
             _lock: lock,
         });
         tokio::spawn(compaction_loop(Arc::downgrade(&node)));
@@ -340,6 +351,12 @@ impl StoreNode {
         self.through_elections(forwarded, || async {
             if !self.is_leader() {
                 return self.leader_member(forwarded)?.txn(&txn).await;
+            }
+            // A leader that cannot write its log cannot commit: say why at once.
+            if let Some(why) = self.log_blocked.lock().expect("poisoned").clone() {
+                return Err(StoreError::Unavailable(format!(
+                    "the leader cannot write its Raft log ({why}); free space there and writes resume"
+                )));
             }
             self.proposer.propose(txn.clone()).await
         })
@@ -576,6 +593,12 @@ impl StoreNode {
             revision: head.revision,
             compact_revision: head.compact_revision,
             last_applied: m.last_applied.map_or(0, |l| l.index),
+            matched: m
+                .replication
+                .iter()
+                .flatten()
+                .filter_map(|(id, log)| Some((*id, log.as_ref()?.index)))
+                .collect(),
         }
     }
 }
@@ -622,6 +645,50 @@ async fn compaction_loop(node: std::sync::Weak<StoreNode>) {
         }
         previous = Some(head.revision);
     }
+}
+
+/// Refuses to start a member whose log ends before what the leader knows it acknowledged:
+/// its data dir was restored from an old copy (or lost writes some other way), and taking part
+/// in Raft with it could vote in a term it already voted in, or help elect a leader without
+/// committed entries. Asked of the members its log names, before Raft runs; when none answers
+/// (the whole cluster is restarting) there is nothing to compare with, and it starts.
+async fn refuse_if_behind(
+    transport: &Transport,
+    identity: &Identity,
+    last_index: Option<u64>,
+    members: &[String],
+) -> Result<(), String> {
+    let ours = last_index.unwrap_or(0);
+    let peers: BTreeSet<&String> = members.iter().filter(|a| **a != identity.addr).collect();
+    let asks = peers.into_iter().map(|addr| {
+        let remote = RemoteMember::direct(transport.clone(), addr);
+        async move {
+            tokio::time::timeout(Duration::from_secs(2), remote.status())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+    });
+    for status in futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        let leads = status.leader == Some(status.node_id);
+        if let (true, Some(&acked)) = (leads, status.matched.get(&identity.node_id)) {
+            if acked > ours {
+                return Err(format!(
+                    "its Raft log ends at entry {ours}, but this member had already stored entry \
+                     {acked} (the leader, {}, says so): the data dir is older than the member, \
+                     restored from an old copy or damaged. Starting it could break the \
+                     cluster's guarantees. Remove the member (`drover store remove-member {}`) \
+                     and join it again with a fresh data dir",
+                    status.addr, identity.node_id
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The TLS settings of the member whose data dir this is (its credentials and cluster id), for

@@ -78,6 +78,19 @@ impl StateMachine {
         Ok(sm)
     }
 
+    /// The members' addresses in the membership the state holds (from its snapshot).
+    pub fn member_addrs(&self) -> Vec<String> {
+        StateMachine::applied_state(self)
+            .map(|s| {
+                s.membership
+                    .membership()
+                    .nodes()
+                    .map(|(_, n)| n.addr.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn applied_state(&self) -> Result<AppliedState, StorageError<NodeId>> {
         match self.engine.applied() {
             Some(bytes) => bincode::deserialize(&bytes).map_err(sm_err),

@@ -299,6 +299,27 @@ impl Cluster {
         self.wait_serving(i, Duration::from_secs(60)).await
     }
 
+    /// SIGKILL of every member at once (a power cut), then all started again together: none
+    /// can serve until a quorum is back, so they are waited for together.
+    pub async fn restart_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        for i in 0..self.members.len() {
+            self.spawn(i)?;
+        }
+        for i in 0..self.members.len() {
+            self.wait_serving(i, Duration::from_secs(60)).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a member that was killed, without waiting for it (see [`Cluster::wait_serving`]).
+    pub fn start_again(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        self.spawn(i)
+    }
+
     /// The peer (store) addresses of the running members.
     pub fn addrs(&self) -> Vec<String> {
         self.members

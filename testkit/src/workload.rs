@@ -40,10 +40,12 @@ impl Recorder {
             counts: Arc::default(),
         }
     }
-    fn now(&self) -> u64 {
+    /// Nanoseconds since the recorder was made: the clock every operation is timed on.
+    pub fn now(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
-    fn record(&self, key: &str, call: u64, input: KvInput, outcome: Outcome) {
+    /// Records one operation on `key`, called at `call` and ending now.
+    pub fn record(&self, key: &str, call: u64, input: KvInput, outcome: Outcome) {
         let mut counts = self.counts.lock().unwrap();
         let op = match outcome {
             Outcome::Done(output) => {
@@ -74,15 +76,38 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// The longest time, in ms, between two writes that completed (any outcome the store
+    /// decided, swapped or not): how long writes were unavailable at worst.
+    pub fn longest_gap_ms(&self) -> u64 {
+        let mut done: Vec<u64> = self
+            .ops
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, op)| !matches!(op.input, KvInput::Get))
+            .filter_map(|(_, op)| op.ret)
+            .collect();
+        done.sort_unstable();
+        done.windows(2)
+            .map(|w| (w[1] - w[0]) / 1_000_000)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 impl Default for Recorder {
     fn default() -> Self {
         Self::new()
     }
 }
 
-enum Outcome {
+/// How an operation ended, as far as its client can tell.
+pub enum Outcome {
     Done(KvOutput),
+    /// It may or may not have taken effect (a lost answer, a timeout).
     Unknown,
+    /// It certainly did not take effect (a write), or failed (a read): not checked.
     NotApplied,
 }
 
