@@ -231,13 +231,10 @@ async fn connect(
         .with_safe_default_protocol_versions()
         .map_err(|e| failed(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(match ca_hash {
-            Some(hash) => Arc::new(PinnedCa {
-                ca_hash: hash.to_string(),
-                provider,
-            }) as Arc<dyn ServerCertVerifier>,
-            None => Arc::new(Unverified { provider }),
-        })
+        .with_custom_certificate_verifier(Arc::new(PinnedCa {
+            ca_hash: ca_hash.map(str::to_string),
+            provider,
+        }))
         .with_no_client_auth();
     let tcp = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -491,66 +488,14 @@ pub async fn prove_ca(State(st): State<Arc<ApiState>>, body: Bytes) -> Response 
         .into_response()
 }
 
-/// Accepts any server: only for [`discover_ca`], which sends nothing secret and trusts only an
-/// answer signed with the shared secret. The handshake's signature is still checked, so the
-/// peer at least holds the key of the certificate it shows.
-#[derive(Debug)]
-struct Unverified {
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// Accepts a server whose chain holds the CA the token names and whose certificate that CA
-/// signed (for the address dialled). Nothing else is trusted before the join.
+/// signed (for the address dialled). Nothing else is trusted before the join. Without a hash
+/// it accepts any server: only for [`discover_ca`], which sends nothing secret and trusts only
+/// an answer signed with the shared secret (the handshake's signature is still checked, so the
+/// peer holds the key of the certificate it shows).
 #[derive(Debug)]
 struct PinnedCa {
-    ca_hash: String,
+    ca_hash: Option<String>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -563,12 +508,15 @@ impl ServerCertVerifier for PinnedCa {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(pinned) = &self.ca_hash else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let hash_of = |der: &CertificateDer<'_>| {
             crate::pki::hex(ring::digest::digest(&ring::digest::SHA256, der.as_ref()).as_ref())
         };
         let ca = intermediates
             .iter()
-            .find(|der| hash_of(der) == self.ca_hash)
+            .find(|der| hash_of(der) == *pinned)
             .ok_or_else(|| {
                 rustls::Error::General(
                     "the server did not present the CA whose hash the token holds".into(),

@@ -222,23 +222,26 @@ async fn start_etcd(bin: &PathBuf, members: usize, first_ip: u8) -> anyhow::Resu
     Ok(c)
 }
 
+/// An etcd member's `/v3/maintenance/status`, if it answers within half a second.
+async fn etcd_status(c: &EtcdCluster, addr: &str) -> Option<serde_json::Value> {
+    let resp = c
+        .http
+        .post(format!("https://{addr}/v3/maintenance/status"))
+        .timeout(Duration::from_millis(500))
+        .json(&json!({}))
+        .send()
+        .await
+        .ok()?;
+    resp.json().await.ok()
+}
+
 /// The index of the etcd member that leads, asking every live member.
 async fn etcd_leader(c: &EtcdCluster) -> Option<usize> {
     for (i, addr) in c.clients.iter().enumerate() {
         if c.children[i].is_none() {
             continue;
         }
-        let Ok(resp) = c
-            .http
-            .post(format!("https://{addr}/v3/maintenance/status"))
-            .timeout(Duration::from_millis(500))
-            .json(&json!({}))
-            .send()
-            .await
-        else {
-            continue;
-        };
-        let Ok(v) = resp.json::<serde_json::Value>().await else {
+        let Some(v) = etcd_status(c, addr).await else {
             continue;
         };
         if v["leader"].is_string() && v["leader"] == v["header"]["member_id"] {
@@ -296,17 +299,7 @@ impl Running {
             Running::Etcd(c) => {
                 let mut term = 0;
                 for addr in &c.clients {
-                    let Ok(resp) = c
-                        .http
-                        .post(format!("https://{addr}/v3/maintenance/status"))
-                        .timeout(Duration::from_millis(500))
-                        .json(&json!({}))
-                        .send()
-                        .await
-                    else {
-                        continue;
-                    };
-                    if let Ok(v) = resp.json::<serde_json::Value>().await {
+                    if let Some(v) = etcd_status(c, addr).await {
                         // The JSON gateway gives 64-bit numbers as strings.
                         let t = v["raftTerm"]
                             .as_str()

@@ -77,6 +77,7 @@ pub struct LogStore {
     queue: mpsc::Sender<LogOp>,
     blocked: Blocked,
     durable: Durable,
+    dir: PathBuf,
 }
 
 /// What a log held on disk when it was opened, for the check that a restarted member's data
@@ -186,7 +187,30 @@ impl LogStore {
                 last_index,
                 members: recorded_members,
             },
+            dir: dir.to_path_buf(),
         })
+    }
+
+    /// Makes the stored vote a vote not known to be granted, before Raft starts (a restart).
+    ///
+    /// openraft 0.9 makes a member whose stored vote is its own granted leadership leader
+    /// again at once, in the same term and without a new no-op entry. It does not know the
+    /// commit index after a restart (it is not stored), so its read index was its old no-op or
+    /// what it had re-committed so far, and linearizable reads that followers still following
+    /// it confirmed (nobody had noticed the restart) were served from a state machine still
+    /// replaying its log: seconds stale. That was the root fault test's non-linearizable
+    /// history (ARCHITECTURE.md, "Invariants"). Not granted, the vote still forbids voting for
+    /// anyone else in its term, and the member starts as a follower: leadership comes back
+    /// only through an election in a new term, whose no-op commits everything before it.
+    pub fn forget_granted_leadership(&self) -> std::result::Result<(), String> {
+        let mut meta = self.meta.lock().expect("poisoned").clone();
+        match &mut meta.vote {
+            Some(vote) if vote.committed => vote.committed = false,
+            _ => return Ok(()),
+        }
+        write_meta(&self.dir, &meta)?;
+        *self.meta.lock().expect("poisoned") = meta;
+        Ok(())
     }
 
     /// What the log held on disk when it was opened.

@@ -203,6 +203,7 @@ impl StoreNode {
         let engine = Engine::new();
         let log = LogStore::open(&dir.join("raft-log")).map_err(data_err)?;
         let log_blocked = log.blocked();
+        log.forget_granted_leadership().map_err(data_err)?;
         let sm = StateMachine::open(engine.clone(), &dir).map_err(data_err)?;
         if identity.joined {
             let mut members = log.durable().members.clone();

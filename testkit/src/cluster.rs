@@ -238,7 +238,11 @@ impl Cluster {
             .arg(m.peer.to_string())
             .args(&self.flags)
             .args(&m.own_flags)
-            .env("DROVER_LOG", "info,openraft=info")
+            // DROVER_TEST_LOG overrides what members log (when a fault test is studied).
+            .env(
+                "DROVER_LOG",
+                std::env::var("DROVER_TEST_LOG").unwrap_or_else(|_| "info,openraft=info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -376,6 +380,12 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.members.len() {
             self.kill(i);
+        }
+        // DROVER_KEEP_CLUSTER=1 keeps the data dirs and logs for a post-mortem.
+        if std::env::var_os("DROVER_KEEP_CLUSTER").is_some() {
+            let kept =
+                std::mem::replace(&mut self.dir, tempfile::tempdir().expect("a temp dir")).keep();
+            eprintln!("cluster kept in {}", kept.display());
         }
     }
 }
