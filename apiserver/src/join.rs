@@ -77,17 +77,23 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The cluster's secrets, or the 503 a joiner retries on (the store has no leader yet, or
+/// the first member has not stored them yet).
+async fn secrets_or_unavailable(st: &ApiState) -> Result<crate::pki::ClusterSecrets, Response> {
+    st.cluster_secrets().await.map_err(|e| {
+        failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            &format!("cannot read the cluster's secrets: {e}"),
+        )
+    })
+}
+
 /// `POST /drover/v1/join`: the member side of step 2.
 pub async fn grant(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let secrets = match st.cluster_secrets().await {
+    let secrets = match secrets_or_unavailable(&st).await {
         Ok(s) => s,
-        Err(e) => {
-            return failure(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                &format!("cannot read the cluster's secrets: {e}"),
-            )
-        }
+        Err(unavailable) => return unavailable,
     };
     let offered = headers
         .get(header::AUTHORIZATION)
@@ -458,15 +464,9 @@ pub async fn prove_ca(State(st): State<Arc<ApiState>>, body: Bytes) -> Response 
     if !(32..=128).contains(&nonce.len()) || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
         return bad_request("nonce: must be 32 to 128 hex digits");
     }
-    let secrets = match st.cluster_secrets().await {
+    let secrets = match secrets_or_unavailable(&st).await {
         Ok(s) => s,
-        Err(e) => {
-            return failure(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                &format!("cannot read the cluster's secrets: {e}"),
-            )
-        }
+        Err(unavailable) => return unavailable,
     };
     let ca_hash = match crate::pki::ca_hash(&secrets.ca_pem) {
         Ok(h) => h,
