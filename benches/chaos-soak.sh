@@ -9,12 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin drover --bin chaos-soak
+bin=${CARGO_TARGET_DIR:-target}/release
 duration=${DURATION:-10m}
 seed=${SEED:-$(date +%s)}
 out=${OUT:-bench-out}
 mkdir -p "$out"
 echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) on $(nproc) cores; seed $seed" | tee -a "$out/soak.jsonl"
 for members in 3 5; do
-  target/release/chaos-soak --drover target/release/drover --members "$members" \
+  "$bin/chaos-soak" --drover "$bin/drover" --members "$members" \
     --duration "$duration" --seed "$seed" | tee -a "$out/soak.jsonl"
 done

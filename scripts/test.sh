@@ -18,6 +18,8 @@ command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)
 # libcontainer links libseccomp (the default seccomp profile of Linux containers).
 [ -e /usr/include/seccomp.h ] || missing+=(libseccomp-dev)
+# The clock-step test runs a member under libfaketime (its wall clock stepped, monotonic kept).
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing+=(libfaketime)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

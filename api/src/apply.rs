@@ -7,9 +7,10 @@
 //!   conflict, unless it forces, and then takes the field over.
 //!
 //! Lists of objects with a merge key (containers by name, ports by port, ...) are associative:
-//! each item is owned on its own (`k:{"name":"web"}`); other lists are owned whole. Only Apply
-//! operations record ownership here: plain updates (PUT, PATCH) do not take fields, so they
-//! never cause apply conflicts — simpler than Kubernetes, which tracks them too.
+//! each item is owned on its own (`k:{"name":"web"}`); other lists are owned whole. Plain
+//! writes (create, PUT, PATCH) record the fields they change as their manager's `Update`
+//! entry ([`record_update`]), so an apply of a field `kubectl edit` or a controller set
+//! conflicts, as in Kubernetes. Status is not tracked (no apply configuration here sets it).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -252,27 +253,41 @@ pub fn apply(
         .map(|e| e.fields.clone())
         .unwrap_or_default();
 
-    let mut conflicts = Vec::new();
-    for e in entries
-        .iter_mut()
-        .filter(|e| !mine(e) && e.operation == "Apply")
-    {
-        let contested: Vec<FieldPath> = e
-            .fields
+    // Fields another manager applied, or set with an update, are theirs: a different value
+    // conflicts.
+    let contested = |e: &Entry| -> Vec<FieldPath> {
+        e.fields
             .intersection(&new)
             .filter(|p| value_at(live, p) != value_at(applied, p))
             .cloned()
+            .collect()
+    };
+    if !force {
+        // kubectl moving an object from client-side to server-side apply takes over, without
+        // conflicts, what its client-side applies set (the fields of the last-applied
+        // annotation), as kube-apiserver lets it.
+        let taken_over = match manager {
+            "kubectl" => last_applied_fields(live),
+            _ => FieldSet::new(),
+        };
+        let conflicts: Vec<(String, String)> = entries
+            .iter()
+            .filter(|e| !mine(e))
+            .flat_map(|e| {
+                contested(e)
+                    .into_iter()
+                    .filter(|p| !taken_over.contains(p))
+                    .map(|p| (e.manager.clone(), render(&p)))
+            })
             .collect();
-        if force {
-            contested.iter().for_each(|p| {
-                e.fields.remove(p);
-            });
-        } else {
-            conflicts.extend(contested.iter().map(|p| (e.manager.clone(), render(p))));
+        if !conflicts.is_empty() {
+            return Err(Conflicts(conflicts));
         }
     }
-    if !conflicts.is_empty() {
-        return Err(Conflicts(conflicts));
+    for e in entries.iter_mut().filter(|e| !mine(e)) {
+        for p in contested(e) {
+            e.fields.remove(&p);
+        }
     }
 
     let mut obj = live.clone();
@@ -338,6 +353,100 @@ pub fn apply(
         meta.insert("managedFields".into(), Value::Array(managed));
     }
     Ok(obj)
+}
+
+/// The fields of `live`'s `kubectl.kubernetes.io/last-applied-configuration` (what client-side
+/// `kubectl apply` last sent), none without one.
+fn last_applied_fields(live: &Value) -> FieldSet {
+    live["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+        .as_str()
+        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+        .map(|config| field_set(&config))
+        .unwrap_or_default()
+}
+
+/// Records a write that is not an apply — a create, PUT or PATCH by `manager` (through
+/// `subresource`, if any) of `old` (Null for a create) into `new` — in new's managedFields, as
+/// kube-apiserver does: the fields the write changed become the manager's (an `Update` entry),
+/// taken from whoever held them, so that a later apply of a different value there conflicts
+/// with it; fields the write removed are nobody's. A write that changes no field leaves the
+/// entries as they were (and the object can stay unwritten).
+pub fn record_update(
+    old: &Value,
+    new: &mut Value,
+    manager: &str,
+    subresource: Option<&str>,
+    api_version: &str,
+    now: &str,
+) {
+    // What the writer sent back (a GET's managedFields, as `kubectl edit` does), else the
+    // stored entries.
+    let sent = new["metadata"]["managedFields"].as_array().cloned();
+    let entries = sent
+        .filter(|e| !e.is_empty())
+        .or_else(|| old["metadata"]["managedFields"].as_array().cloned())
+        .unwrap_or_default();
+    let (before, after) = (field_set(old), field_set(new));
+    let changed: FieldSet = after
+        .iter()
+        .filter(|p| value_at(old, p) != value_at(new, p))
+        .cloned()
+        .collect();
+    let removed: FieldSet = before.difference(&after).cloned().collect();
+    let keep_as_is = |new: &mut Value, entries: Vec<Value>| {
+        if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            if entries.is_empty() {
+                meta.remove("managedFields");
+            } else {
+                meta.insert("managedFields".into(), Value::Array(entries));
+            }
+        }
+    };
+    if changed.is_empty() && removed.is_empty() {
+        keep_as_is(new, entries);
+        return;
+    }
+    let subresource = subresource.unwrap_or("");
+    let mine = |e: &Value| {
+        e["manager"] == manager
+            && e["operation"] == "Update"
+            && e["subresource"].as_str().unwrap_or("") == subresource
+    };
+    let mut my_fields: FieldSet = entries
+        .iter()
+        .find(|e| mine(e))
+        .map(|e| from_fields_v1(&e["fieldsV1"]))
+        .unwrap_or_default();
+    my_fields.extend(changed.iter().cloned());
+    my_fields.retain(|p| !removed.contains(p));
+    let mut managed: Vec<Value> = entries
+        .into_iter()
+        .filter(|e| !mine(e))
+        .filter_map(|mut e| {
+            let mut fields = from_fields_v1(&e["fieldsV1"]);
+            fields.retain(|p| !changed.contains(p) && !removed.contains(p));
+            if fields.is_empty() {
+                return None;
+            }
+            e["fieldsV1"] = to_fields_v1(&fields);
+            Some(e)
+        })
+        .collect();
+    if !my_fields.is_empty() {
+        let mut entry = json!({
+            "manager": manager,
+            "operation": "Update",
+            "apiVersion": api_version,
+            "time": now,
+            "fieldsType": "FieldsV1",
+            "fieldsV1": to_fields_v1(&my_fields),
+        });
+        if !subresource.is_empty() {
+            entry["subresource"] = json!(subresource);
+        }
+        managed.push(entry);
+    }
+    keep_as_is(new, managed);
 }
 
 /// How many fields each manager owns (for messages and tests).
@@ -437,5 +546,47 @@ mod tests {
             "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
         let out = apply(Some(&forced), &alice_again, "alice", false, "apps/v1", "t").unwrap();
         assert_eq!(out["spec"]["replicas"], 5);
+    }
+
+    /// An update takes the fields it changes: a later apply of another value there conflicts
+    /// with the updater, and an update that changes nothing records nothing.
+    #[test]
+    fn an_update_owns_what_it_changed_and_an_apply_then_conflicts() {
+        let applied = deploy(2, json!([{"name": "a", "image": "x"}]));
+        let live = apply(None, &applied, "kubectl", false, "apps/v1", "t1").unwrap();
+        let mut edited = live.clone();
+        edited["spec"]["replicas"] = json!(7);
+        record_update(&live, &mut edited, "kubectl-edit", None, "apps/v1", "t2");
+        assert_eq!(owners(&edited)["kubectl-edit"], 1);
+        match apply(Some(&edited), &applied, "kubectl", false, "apps/v1", "t3") {
+            Err(Conflicts(c)) => assert_eq!(
+                c,
+                vec![("kubectl-edit".to_string(), ".spec.replicas".to_string())]
+            ),
+            Ok(o) => panic!("no conflict: {o}"),
+        }
+        let mut again = edited.clone();
+        record_update(&edited, &mut again, "kubectl-edit", None, "apps/v1", "t4");
+        assert_eq!(again, edited, "nothing changed, nothing recorded");
+        // A removed field is nobody's.
+        let mut unlabelled = edited.clone();
+        unlabelled["metadata"]["labels"] = json!({});
+        record_update(
+            &edited,
+            &mut unlabelled,
+            "kubectl-label",
+            None,
+            "apps/v1",
+            "t5",
+        );
+        let kubectl = from_fields_v1(
+            &unlabelled["metadata"]["managedFields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["manager"] == "kubectl")
+                .unwrap()["fieldsV1"],
+        );
+        assert!(!kubectl.iter().any(|p| render(p).contains("labels")));
     }
 }

@@ -12,6 +12,7 @@ pub mod columns;
 pub mod convert;
 pub mod credentials;
 pub mod defaults;
+pub mod impersonation;
 pub mod nodegraph;
 pub mod object;
 pub mod patch;

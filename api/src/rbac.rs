@@ -6,11 +6,15 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-/// Who is asking, as authentication established it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Who is asking, as authentication established it (or impersonation replaced it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct User {
     pub name: String,
     pub groups: Vec<String>,
+    /// Empty when the credential carries none.
+    pub uid: String,
+    /// Extra attributes (impersonation's `Impersonate-Extra-*`), reported by reviews.
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The group whose members may do anything, as in Kubernetes (the admin token's user is in it).
@@ -342,6 +346,39 @@ impl Rbac {
         Ok(())
     }
 
+    /// The rules `user` holds in `namespace` ("" for the cluster scope) as
+    /// SelfSubjectRulesReview lists them: (resource rules, non-resource rules).
+    pub fn rules_for(&self, user: &User, namespace: &str) -> (Vec<Value>, Vec<Value>) {
+        if user.in_group(MASTERS) {
+            return (
+                vec![json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]})],
+                vec![json!({"verbs": ["*"], "nonResourceURLs": ["*"]})],
+            );
+        }
+        let (mut resources, mut non_resources) = (Vec::new(), Vec::new());
+        for b in &self.bindings {
+            let in_scope = b.namespace.as_ref().is_none_or(|ns| ns == namespace);
+            if !in_scope || !b.applies_to(user) {
+                continue;
+            }
+            for r in self.role_rules(b) {
+                if !r.resources.is_empty() {
+                    let mut rule = json!({"verbs": r.verbs, "apiGroups": r.api_groups,
+                                          "resources": r.resources});
+                    if !r.resource_names.is_empty() {
+                        rule["resourceNames"] = json!(r.resource_names);
+                    }
+                    resources.push(rule);
+                }
+                if !r.non_resource_urls.is_empty() {
+                    non_resources
+                        .push(json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls}));
+                }
+            }
+        }
+        (resources, non_resources)
+    }
+
     /// The rules of the role a binding refers to, if it exists.
     pub fn rules_of_ref(&self, namespace: &str, kind: &str, name: &str) -> Option<Vec<Value>> {
         let rules = match kind {
@@ -563,11 +600,18 @@ pub fn default_roles() -> (Vec<Value>, Vec<Value>) {
     ];
     roles.push(cluster_role(
         "system:basic-user",
-        vec![rule(
-            &["authorization.k8s.io"],
-            &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
-            &["create"],
-        )],
+        vec![
+            rule(
+                &["authorization.k8s.io"],
+                &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+                &["create"],
+            ),
+            rule(
+                &["authentication.k8s.io"],
+                &["selfsubjectreviews"],
+                &["create"],
+            ),
+        ],
     ));
     let binding = |name: &str, role: &str, group: &str| {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -599,6 +643,7 @@ mod tests {
         User {
             name: name.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..Default::default()
         }
     }
 

@@ -196,11 +196,18 @@ pub static REGISTRY: &[Resource] = &[
 ];
 
 /// Reviews: resources that are only ever created, answered and never stored (TokenReview for
-/// nodes checking the API server's tokens, SelfSubjectAccessReview for `kubectl auth can-i`).
+/// nodes checking the API server's tokens, SelfSubjectReview for `kubectl auth whoami`,
+/// SelfSubjectAccessReview and SelfSubjectRulesReview for `kubectl auth can-i [--list]`,
+/// SubjectAccessReview and LocalSubjectAccessReview for webhooks and operators asking for
+/// somebody else).
 #[rustfmt::skip]
 pub static REVIEWS: &[Resource] = &[
     r("authentication.k8s.io", "v1", "tokenreviews", "tokenreview", "TokenReview", false, NONE, NONE),
+    r("authentication.k8s.io", "v1", "selfsubjectreviews", "selfsubjectreview", "SelfSubjectReview", false, NONE, NONE),
     r("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "selfsubjectaccessreview", "SelfSubjectAccessReview", false, NONE, NONE),
+    r("authorization.k8s.io", "v1", "selfsubjectrulesreviews", "selfsubjectrulesreview", "SelfSubjectRulesReview", false, NONE, NONE),
+    r("authorization.k8s.io", "v1", "subjectaccessreviews", "subjectaccessreview", "SubjectAccessReview", false, NONE, NONE),
+    r("authorization.k8s.io", "v1", "localsubjectaccessreviews", "localsubjectaccessreview", "LocalSubjectAccessReview", true, NONE, NONE),
 ];
 
 /// Resource metrics (metrics.k8s.io, what metrics-server serves in Kubernetes): read-only,

@@ -197,6 +197,57 @@ impl FieldSelector {
         Ok(FieldSelector(out))
     }
 
+    /// The first field this selector names that `resource` (e.g. `pods`, `events`) cannot be
+    /// selected by, as kube-apiserver's field label conversions allow them: `metadata.name` and
+    /// `metadata.namespace` on every kind, and a few fields of some kinds.
+    pub fn unsupported(&self, resource: &str) -> Option<&str> {
+        let extra: &[&str] = match resource {
+            "pods" => &[
+                "spec.nodeName",
+                "spec.restartPolicy",
+                "spec.schedulerName",
+                "spec.serviceAccountName",
+                "spec.hostNetwork",
+                "status.phase",
+                "status.podIP",
+                "status.nominatedNodeName",
+            ],
+            "events" => &[
+                "involvedObject.kind",
+                "involvedObject.namespace",
+                "involvedObject.name",
+                "involvedObject.uid",
+                "involvedObject.apiVersion",
+                "involvedObject.resourceVersion",
+                "involvedObject.fieldPath",
+                "reason",
+                "reportingComponent",
+                "source",
+                "type",
+                "regarding.kind",
+                "regarding.namespace",
+                "regarding.name",
+                "regarding.uid",
+                "regarding.apiVersion",
+                "regarding.resourceVersion",
+                "regarding.fieldPath",
+                "reportingController",
+            ],
+            "secrets" => &["type"],
+            "nodes" => &["spec.unschedulable"],
+            "namespaces" => &["status.phase"],
+            "replicasets" | "replicationcontrollers" => &["status.replicas"],
+            "jobs" => &["status.successful"],
+            "services" => &["spec.clusterIP", "spec.type"],
+            "certificatesigningrequests" => &["spec.signerName"],
+            _ => &[],
+        };
+        self.0
+            .iter()
+            .map(|(path, _, _)| path.as_str())
+            .find(|p| !["metadata.name", "metadata.namespace"].contains(p) && !extra.contains(p))
+    }
+
     pub fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|(path, want, equal)| {
             let got = path.split('.').try_fold(object, |v, part| v.get(part));
@@ -276,5 +327,20 @@ mod tests {
         assert!(check("status.phase!=Pending"));
         assert!(!check("metadata.namespace=other"));
         assert!(check("spec.missing="));
+    }
+
+    #[test]
+    fn only_the_fields_kubernetes_indexes_can_be_selected() {
+        let f = |s: &str| FieldSelector::parse(s).unwrap();
+        assert_eq!(
+            f("metadata.name=a,spec.nodeName=n").unsupported("pods"),
+            None
+        );
+        assert_eq!(
+            f("spec.nodeName=n").unsupported("configmaps"),
+            Some("spec.nodeName")
+        );
+        assert_eq!(f("bogus.field=x").unsupported("pods"), Some("bogus.field"));
+        assert_eq!(f("involvedObject.name=p").unsupported("events"), None);
     }
 }

@@ -118,6 +118,7 @@ pub fn service_account_user(namespace: &str, name: &str) -> User {
             format!("system:serviceaccounts:{namespace}"),
             "system:authenticated".into(),
         ],
+        ..Default::default()
     }
 }
 
@@ -126,6 +127,7 @@ pub fn node_user(node: &str) -> User {
     User {
         name: format!("system:node:{node}"),
         groups: vec![rbac::NODES.into(), "system:authenticated".into()],
+        ..Default::default()
     }
 }
 
@@ -133,6 +135,7 @@ pub fn admin_user() -> User {
     User {
         name: "admin".into(),
         groups: vec![rbac::MASTERS.into(), "system:authenticated".into()],
+        ..Default::default()
     }
 }
 
@@ -294,6 +297,7 @@ impl Auth {
         Some(User {
             name: claims.sub,
             groups: claims.groups,
+            ..Default::default()
         })
     }
 
@@ -326,11 +330,6 @@ impl Auth {
             *memo = (changed, Arc::new(rbac));
         }
         memo.1.clone()
-    }
-
-    /// Whether `user` may do what `info` describes.
-    pub fn allows(&self, user: &User, info: &RequestInfo) -> bool {
-        self.allows_attributes(user, &info.attributes())
     }
 
     /// Whether `user` may do what `a` describes (also what SelfSubjectAccessReview asks).

@@ -57,7 +57,7 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
     let reviews = registry::REVIEWS
         .iter()
         .filter(|r| r.group == group && r.version == version)
-        .map(|r| json!({"name": r.name, "singularName": r.singular, "namespaced": false, "kind": r.kind, "verbs": ["create"]}));
+        .map(|r| json!({"name": r.name, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind, "verbs": ["create"]}));
     let metrics = registry::METRICS
         .iter()
         .filter(|r| r.group == group && r.version == version)

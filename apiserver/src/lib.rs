@@ -35,6 +35,7 @@ pub mod listener;
 pub mod metrics;
 pub mod nodecerts;
 pub mod nodetokens;
+mod openapi_v2;
 pub mod path;
 pub mod pki;
 pub mod podsecurity;

@@ -44,10 +44,20 @@ fn schema() -> &'static Schema {
 const MAGIC: &[u8] = b"k8s\0";
 
 /// The message key of a built-in kind, e.g. `apps/v1` `Deployment` → `api.apps.v1.Deployment`.
+/// The options kinds of apimachinery (DeleteOptions above all: client-go sends it in protobuf
+/// with `helm uninstall`) travel as `v1` or `meta.k8s.io/v1` and live under `meta.v1`.
 fn message_key(api_version: &str, kind: &str) -> String {
     let (group, version) = api_version.split_once('/').unwrap_or(("core", api_version));
     let group = group.split('.').next().unwrap_or(group);
-    format!("api.{group}.{version}.{kind}")
+    let built_in = format!("api.{group}.{version}.{kind}");
+    let meta = format!("apimachinery.pkg.apis.meta.{version}.{kind}");
+    if !schema().contains_key(&built_in)
+        && matches!(group, "core" | "meta")
+        && schema().contains_key(&meta)
+    {
+        return meta;
+    }
+    built_in
 }
 
 /// Decodes a `application/vnd.kubernetes.protobuf` body into the object's JSON.
@@ -356,6 +366,29 @@ mod tests {
         assert_eq!(obj["metadata"]["creationTimestamp"], "1970-01-01T00:00:00Z");
         assert_eq!(obj["data"]["k"], "v");
         assert_eq!(obj["binaryData"]["b"], "AAE=");
+    }
+
+    /// `helm uninstall` (client-go) sends its DeleteOptions in protobuf as `v1`.
+    #[test]
+    fn delete_options_decode_as_the_meta_kind() {
+        let preconditions = field(1, b"uid-1");
+        let options = [
+            int_field(1, 0),
+            field(2, &preconditions),
+            field(4, b"Background"),
+            field(5, b"All"),
+        ]
+        .concat();
+        for api_version in ["v1", "meta.k8s.io/v1"] {
+            let type_meta = [field(1, api_version.as_bytes()), field(2, b"DeleteOptions")].concat();
+            let body = [MAGIC.to_vec(), field(1, &type_meta), field(2, &options)].concat();
+            let obj = decode_body(&body).unwrap();
+            assert_eq!(obj["kind"], "DeleteOptions");
+            assert_eq!(obj["gracePeriodSeconds"], 0);
+            assert_eq!(obj["preconditions"]["uid"], "uid-1");
+            assert_eq!(obj["propagationPolicy"], "Background");
+            assert_eq!(obj["dryRun"], json!(["All"]));
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What is particular to one kind in the generic request path, as Kubernetes' registry
 //! strategies: how its objects are named, what the server sets on a new one, what it reserves
 //! beyond its key (a Service's ClusterIP and NodePorts), who may write it beyond RBAC's verbs,
-//! and how it is deleted (gracefully, or with what it contains).
+//! and how it is deleted (gracefully, or after what it contains).
 //!
 //! The request path (`request`) asks [`of`] for the strategy of the resource addressed and
 //! never branches on a resource's name: a new kind with something particular is one more
@@ -9,7 +9,7 @@
 
 use api::object;
 use api::rbac::{Rbac, User};
-use api::registry::{Resource, REGISTRY};
+use api::registry::Resource;
 use serde_json::{json, Value};
 
 use crate::admission::{self, Reservation, ServiceChange};
@@ -74,12 +74,6 @@ pub trait Strategy: Sync {
         vec![]
     }
 
-    /// Whether objects of this kind may hold reservations at all (so that a delete of what
-    /// contains them, a Namespace, must read them to release what they hold).
-    fn reserves(&self) -> bool {
-        false
-    }
-
     /// What a delete with grace period `grace` marks on the object before it decides how to
     /// delete it (a pod deleted with grace 0 is marked so, and goes at once).
     fn prepare_delete(&self, _obj: &mut Value, _grace: i64) {}
@@ -90,15 +84,9 @@ pub trait Strategy: Sync {
         false
     }
 
-    /// The collections deleted with the object named `name`, in the same transaction: each
-    /// resource with the key prefix of its objects there (a Namespace's contents).
-    fn contents(&self, _name: &str) -> Vec<(&'static Resource, String)> {
-        vec![]
-    }
-
-    /// What a delete that removed the object at once answers about it (a Namespace reports
-    /// Terminating).
-    fn deleted(&self, _obj: &mut Value) {}
+    /// What an update through the object's own path keeps of the stored `old` in `new`
+    /// (a Namespace's spec.finalizers, which only `/finalize` changes).
+    fn keep_on_update(&self, _old: &Value, _new: &mut Value) {}
 }
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
@@ -131,9 +119,14 @@ struct Plain;
 impl Strategy for Plain {}
 
 /// Namespaces: named by a DNS label, Active from their creation, their status written through
-/// the object too; a delete takes everything in the namespace with it, in one transaction, and
-/// reports the namespace Terminating.
+/// the object too. A delete marks the namespace Terminating and keeps it while its
+/// `kubernetes` finalizer (spec.finalizers) is there: the namespace controller deletes what is
+/// inside — gracefully, waiting for the contents' own finalizers — and then removes that
+/// finalizer through `/finalize`, and the namespace goes.
 struct Namespaces;
+
+/// The finalizer of a namespace's contents (spec.finalizers), as Kubernetes names it.
+const NAMESPACE_FINALIZER: &str = "kubernetes";
 
 impl Strategy for Namespaces {
     fn name_problem(&self, name: &str) -> Option<String> {
@@ -146,18 +139,39 @@ impl Strategy for Namespaces {
 
     fn prepare_create(&self, obj: &mut Value) {
         obj["status"] = json!({"phase": "Active"});
+        let mut finalizers = obj["spec"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !finalizers.contains(&json!(NAMESPACE_FINALIZER)) {
+            finalizers.push(json!(NAMESPACE_FINALIZER));
+        }
+        obj["spec"]["finalizers"] = json!(finalizers);
     }
 
-    fn contents(&self, name: &str) -> Vec<(&'static Resource, String)> {
-        REGISTRY
-            .iter()
-            .filter(|r| r.namespaced)
-            .map(|r| (r, format!("{}{name}/", r.key_prefix())))
-            .collect()
+    fn keep_on_update(&self, old: &Value, new: &mut Value) {
+        match old["spec"].get("finalizers") {
+            Some(f) => new["spec"]["finalizers"] = f.clone(),
+            None => {
+                new.get_mut("spec")
+                    .and_then(Value::as_object_mut)
+                    .map(|spec| spec.remove("finalizers"));
+            }
+        }
     }
 
-    fn deleted(&self, obj: &mut Value) {
-        obj["status"] = json!({"phase": "Terminating"});
+    fn prepare_delete(&self, obj: &mut Value, _grace: i64) {
+        // A namespace from before finalizers were set gets one now: its contents go first.
+        if obj["metadata"].get("deletionTimestamp").is_none() {
+            obj["spec"]["finalizers"] = json!([NAMESPACE_FINALIZER]);
+        }
+        obj["status"]["phase"] = json!("Terminating");
+    }
+
+    fn graceful(&self, obj: &Value) -> bool {
+        obj["spec"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
     }
 }
 
@@ -273,10 +287,6 @@ impl Strategy for Services {
 
     fn held(&self, obj: &Value) -> Vec<String> {
         admission::service_reservations(obj)
-    }
-
-    fn reserves(&self) -> bool {
-        true
     }
 }
 

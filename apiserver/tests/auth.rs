@@ -701,3 +701,106 @@ async fn the_token_volume_follows_the_pod_then_its_service_account() {
     let off = create("off", json!({"automountServiceAccountToken": false})).await;
     assert_eq!(token_volumes(&off), 0);
 }
+
+/// A request with impersonation headers, as the admin ("t") or another token.
+async fn call_impersonating(
+    app: &axum::Router,
+    token: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::builder()
+        .method("GET")
+        .uri(uri)
+        .header("authorization", format!("Bearer {token}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// The impersonation attacks of issue 16, at the headers: `Impersonate-User: nobody` read
+/// Secrets as the admin; a token without rights could become the admin or join
+/// system:masters; groups without a user were taken.
+#[tokio::test]
+async fn impersonation_headers_are_authorized_part_by_part() {
+    let (_dir, _node, app) = common::start().await;
+    let secrets = "/api/v1/namespaces/default/secrets";
+    let (code, _) = call_impersonating(&app, "t", secrets, &[("Impersonate-User", "nobody")]).await;
+    assert_eq!(
+        code,
+        StatusCode::FORBIDDEN,
+        "served as the admin, not as nobody"
+    );
+    let (code, body) = call_impersonating(
+        &app,
+        "t",
+        secrets,
+        &[("Impersonate-Group", "system:masters")],
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    call(
+        &app,
+        "POST",
+        "/api/v1/namespaces/default/serviceaccounts",
+        Some(json!({"metadata": {"name": "nobody-much"}})),
+    )
+    .await;
+    let token = token_for(
+        &app,
+        "/api/v1/namespaces/default/serviceaccounts/nobody-much/token",
+    )
+    .await;
+    for headers in [
+        vec![("Impersonate-User", "admin")],
+        vec![
+            ("Impersonate-User", "admin"),
+            ("Impersonate-Group", "system:masters"),
+        ],
+        vec![(
+            "Impersonate-User",
+            "system:serviceaccount:kube-system:default",
+        )],
+    ] {
+        let (code, body) = call_impersonating(&app, &token, secrets, &headers).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{headers:?}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("cannot impersonate"),
+            "{body}"
+        );
+    }
+    // The admin as a user with no rights, with extras and a uid: who am I says so.
+    let (code, body) = call_impersonating(
+        &app,
+        "t",
+        "/api/v1/namespaces/default/configmaps",
+        &[
+            ("Impersonate-User", "carol"),
+            ("Impersonate-Uid", "42"),
+            ("Impersonate-Extra-Team", "shop"),
+        ],
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("User \"carol\""),
+        "{body}"
+    );
+}

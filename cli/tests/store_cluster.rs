@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::chrono;
 use raft_store::{Consistency, KeySpan, RangeRequest, StoreError, Txn};
 use testkit::linearizability::check_kv;
 use testkit::workload::{final_reads, run_client, Recorder};
@@ -827,4 +828,140 @@ async fn a_leader_killed_and_restarted_at_once_serves_no_stale_read() {
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
+}
+
+/// libfaketime (Debian's `libfaketime`, installed by scripts/test.sh): preloaded into a
+/// member, it offsets the wall clock by what a file says, read on every call; the monotonic
+/// clock stays real, as when NTP or a person steps a machine's clock.
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The creation time the API of member `i` gives a new ConfigMap: that member's wall clock.
+async fn wall_clock_of(c: &Cluster, i: usize, name: &str) -> chrono::DateTime<chrono::Utc> {
+    let data = &c.members[i].data_dir;
+    let ca = std::fs::read_to_string(data.join("pki/ca.crt")).unwrap();
+    let token = std::fs::read_to_string(data.join("pki/admin.token")).unwrap();
+    let url = format!("https://{}", c.members[i].addr);
+    let client = kubeclient::connect(&url, &ca, token.trim()).unwrap();
+    let maps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client, "default");
+    let map = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}
+    }))
+    .unwrap();
+    let created = maps
+        .create(&Default::default(), &map)
+        .await
+        .unwrap_or_else(|e| panic!("member {i}'s API refused a create: {e}\n{}", c.all_logs()));
+    created.metadata.creation_timestamp.unwrap().0
+}
+
+/// The wall clock stepped forward an hour on a follower and back two hours on the leader,
+/// under writes: Raft's timers run on the monotonic clock, so no election follows (the term
+/// stays), writes go on through every step, every acknowledged write is on every member and
+/// the stepped members' APIs keep answering. Timers on the wall clock would show here: a
+/// follower's election timeout would fire at once, a leader's next heartbeat would wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wall_clock_stepped_forward_and_back_disturbs_nothing() {
+    assert!(
+        Path::new(FAKETIME_LIB).exists(),
+        "{FAKETIME_LIB} is missing: run ./scripts/test.sh, which installs libfaketime"
+    );
+    let mut c = Cluster::new(bin(), 240).unwrap();
+    // Long election timeouts: an election within the test is then a clock fault, not load.
+    c.flags = [
+        "--heartbeat-ms",
+        "100",
+        "--election-timeout-ms",
+        "2000-3000",
+    ]
+    .map(String::from)
+    .to_vec();
+    for _ in 0..3 {
+        c.add_member().await.unwrap();
+    }
+    let clocks = c.dir.path().to_path_buf();
+    let clock_file = |i: usize| clocks.join(format!("clock-{i}"));
+    for i in 0..3 {
+        std::fs::write(clock_file(i), "+0\n").unwrap();
+        let env = [
+            ("LD_PRELOAD", FAKETIME_LIB.to_string()),
+            (
+                "FAKETIME_TIMESTAMP_FILE",
+                clock_file(i).display().to_string(),
+            ),
+            ("FAKETIME_NO_CACHE", "1".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .to_vec();
+        c.restart_with_env(i, env)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.all_logs()));
+    }
+    let leader = c.leader(Duration::from_secs(20)).await.unwrap();
+    let follower = (leader + 1) % 3;
+    let term = c.status(leader).await.unwrap().term;
+
+    // Writers through every member, counting what was acknowledged.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let writer = {
+        let (client, stop, acked) = (c.client(), stop.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("/clock/{n:06}");
+                n += 1;
+                if client.put(key.as_bytes(), b"x").await.is_ok() {
+                    acked.lock().unwrap().push(key);
+                }
+            }
+        })
+    };
+    // Waits until `more` further writes are acknowledged (writes go on across the step).
+    let writes_go_on = |more: usize| {
+        let acked = acked.clone();
+        async move {
+            let from = acked.lock().unwrap().len();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while acked.lock().unwrap().len() < from + more {
+                assert!(
+                    Instant::now() < deadline,
+                    "writes stopped after a clock step"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    writes_go_on(200).await;
+
+    std::fs::write(clock_file(follower), "+1h\n").unwrap();
+    let seen = wall_clock_of(&c, follower, "forward").await;
+    let ahead = seen - chrono::Utc::now();
+    assert!(
+        ahead > chrono::Duration::minutes(50),
+        "the follower's clock was not stepped (it is {ahead} ahead): is libfaketime working?"
+    );
+    writes_go_on(300).await;
+
+    std::fs::write(clock_file(leader), "-2h\n").unwrap();
+    let seen = wall_clock_of(&c, leader, "back").await;
+    let behind = chrono::Utc::now() - seen;
+    assert!(
+        behind > chrono::Duration::minutes(110),
+        "the leader's clock was not stepped back (it is {behind} behind)"
+    );
+    writes_go_on(300).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+
+    let now_term = c.status(leader).await.unwrap().term;
+    assert_eq!(
+        (c.leader(Duration::from_secs(5)).await.unwrap(), now_term),
+        (leader, term),
+        "a clock step caused an election\n{}",
+        c.all_logs()
+    );
+    let acked = acked.lock().unwrap().clone();
+    assert_all_present(&c, "/clock/", &acked).await;
 }

@@ -1,7 +1,8 @@
 //! The garbage collector over ownerReferences, and the `default` ServiceAccount of every
 //! namespace.
 //!
-//! Each pass lists the kinds that own or are owned (through the API's watch cache) and:
+//! Each pass lists every kind the API serves ([`crate::kinds`], custom kinds included; not
+//! events) through the API's watch cache and:
 //! - deletes objects whose owners are all gone (background deletion: `kubectl delete
 //!   deployment` takes its ReplicaSets, and they their pods), after checking the owner is
 //!   really gone with a live read, so a cache that lags a new owner never costs a dependent;
@@ -24,21 +25,16 @@ use kube::api::{
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-pub const PASS_EVERY: Duration = Duration::from_secs(1);
+pub const PASS_EVERY: Duration = Duration::from_secs(2);
 
-/// The kinds the collector looks at: owners and their dependents.
-fn kinds() -> Vec<ApiResource> {
-    use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
-    vec![
-        ApiResource::erase::<apps::Deployment>(&()),
-        ApiResource::erase::<apps::ReplicaSet>(&()),
-        ApiResource::erase::<apps::DaemonSet>(&()),
-        ApiResource::erase::<apps::StatefulSet>(&()),
-        ApiResource::erase::<apps::ControllerRevision>(&()),
-        ApiResource::erase::<batch::Job>(&()),
-        ApiResource::erase::<batch::CronJob>(&()),
-        ApiResource::erase::<core::Pod>(&()),
-    ]
+/// The kinds the collector looks at: every kind the API serves (as discovery says), but
+/// events, which nothing owns and of which there are many.
+fn collected(kinds: &[crate::kinds::Kind]) -> Vec<ApiResource> {
+    kinds
+        .iter()
+        .filter(|k| k.resource.plural != "events")
+        .map(|k| k.resource.clone())
+        .collect()
 }
 
 /// One object as the collector sees it.
@@ -220,7 +216,13 @@ pub async fn pass(client: &kube::Client, kinds: &[ApiResource]) -> Result<(), ku
             .filter(|r| r.uid != owner_uid)
             .cloned()
             .collect();
-        let patch = json!({"metadata": {"ownerReferences": kept}});
+        // The last reference goes with the field (Kubernetes omits an empty list).
+        let refs = if kept.is_empty() {
+            json!(null)
+        } else {
+            json!(kept)
+        };
+        let patch = json!({"metadata": {"ownerReferences": refs}});
         api(client, &kinds[n.kind], n.namespace.as_deref())
             .patch(&n.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
@@ -264,9 +266,13 @@ async fn default_service_accounts(client: &kube::Client) -> Result<(), kube::Err
 
 /// Runs passes until dropped.
 pub async fn run(client: kube::Client) {
-    let kinds = kinds();
+    let mut kinds = crate::kinds::Cached::default();
     loop {
-        if let Err(e) = pass(&client, &kinds).await {
+        let result = match kinds.get(&client).await {
+            Ok(kinds) => pass(&client, &collected(kinds)).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             tracing::warn!("gc: {e}");
         }
         tokio::time::sleep(PASS_EVERY).await;

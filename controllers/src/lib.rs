@@ -19,9 +19,10 @@
 //! - [`nodeipam`]: a pod range (spec.podCIDR) for every node, cut from the cluster CIDR.
 //! - [`nodelifecycle`]: nodes Unknown and tainted when their agents go silent; eviction.
 //! - [`gc`]: the garbage collector over ownerReferences; default ServiceAccounts.
+//! - [`namespace`]: a deleted namespace emptied (finalizers waited for), then removed.
 //! - [`rootca`]: the `kube-root-ca.crt` ConfigMap of every namespace.
 //!
-//! Shared by the controllers: [`expectations`] (their own writes the cache does not show yet)
+//! Shared by the controllers: [`kinds`] (what the API serves, from discovery), [`expectations`] (their own writes the cache does not show yet)
 //! and [`error`] (a kube call that failed, and while doing what); what they ask of a pod, their
 //! label selectors and where a pod may run are rules of `api` (`api::pods`, `api::selector`,
 //! `api::placement`), shared with the scheduler. [`requeue`] holds the one rule for when a
@@ -41,6 +42,8 @@ pub mod expectations;
 pub mod gc;
 pub mod hpa;
 pub mod job;
+pub mod kinds;
+pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
@@ -282,7 +285,8 @@ pub async fn run(client: kube::Client, settings: Settings) {
         endpoint_controller,
         load_balancers,
         endpoint_cleanup,
-        gc::run(client.clone())
+        gc::run(client.clone()),
+        namespace::run(client.clone())
     );
     drop(tasks);
 }

@@ -25,6 +25,8 @@ pub struct Member {
     join: Option<String>,
     /// Flags of its own (how it forms a cluster with the others).
     own_flags: Vec<String>,
+    /// Environment of its own (set with [`Cluster::restart_with_env`]).
+    own_env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -124,6 +126,7 @@ impl Cluster {
             log: self.dir.path().join(format!("member-{i}.log")),
             join,
             own_flags: Vec::new(),
+            own_env: Vec::new(),
             child: None,
         });
         self.spawn(i)?;
@@ -159,6 +162,7 @@ impl Cluster {
                 log: c.dir.path().join(format!("member-{i}.log")),
                 join: None,
                 own_flags: Vec::new(),
+                own_env: Vec::new(),
                 child: None,
             });
         }
@@ -238,6 +242,7 @@ impl Cluster {
             .arg(m.peer.to_string())
             .args(&self.flags)
             .args(&m.own_flags)
+            .envs(m.own_env.iter().map(|(k, v)| (k, v)))
             // DROVER_TEST_LOG overrides what members log (when a fault test is studied).
             .env(
                 "DROVER_LOG",
@@ -301,6 +306,17 @@ impl Cluster {
         self.kill(i);
         self.spawn(i)?;
         self.wait_serving(i, Duration::from_secs(60)).await
+    }
+
+    /// Restarts member `i` with extra environment variables (kept for its later restarts),
+    /// e.g. a preloaded library that fakes its wall clock.
+    pub async fn restart_with_env(
+        &mut self,
+        i: usize,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Status> {
+        self.members[i].own_env = env;
+        self.restart(i).await
     }
 
     /// SIGKILL of every member at once (a power cut), then all started again together: none

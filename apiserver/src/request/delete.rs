@@ -1,5 +1,5 @@
-//! Deletes: one object (preconditions, propagation finalizers, graceful deletion by a node,
-//! what goes with it in the same transaction) and a collection. Kept from the rest of the
+//! Deletes: one object (preconditions, propagation finalizers, graceful deletion by a node)
+//! and a collection, each of whose objects is deleted as it would be alone. Kept from the rest of the
 //! writes because deletion has rules of its own: an object with finalizers, or one a node must
 //! stop first, is only marked, and a delete without preconditions retries when the object
 //! moved under it. What an object holds (a Service's reservations) is released with it.
@@ -46,15 +46,9 @@ pub(super) fn release_ops(r: &Resource, obj: &Value) -> Vec<Op> {
 impl Call<'_> {
     /// DELETE of one object, with DeleteOptions (preconditions, propagation, grace).
     pub(super) async fn delete(&self, name: &str, body: &Bytes) -> Response {
-        let options: Value = if body.is_empty() {
-            json!({})
-        } else {
-            match serde_json::from_slice(body) {
-                Ok(v) => v,
-                Err(e) => {
-                    return bad_request(&format!("the DeleteOptions body is not valid JSON: {e}"))
-                }
-            }
+        let options = match delete_options(body) {
+            Ok(o) => o,
+            Err(r) => return r,
         };
         // Without preconditions the caller means whatever version is there, so a write that
         // slipped in between (a controller's status update) is read again, as kube-apiserver
@@ -167,22 +161,6 @@ impl Call<'_> {
         let key = self.key(name);
         let mut ops = vec![Op::delete(key.as_bytes())];
         ops.extend(release_ops(self.resource(), &from_kv(&current)));
-        // What goes with the object (a namespace's contents), and what that holds (its
-        // Services' reservations), in the same transaction.
-        let mut contents = self.strategy().contents(name);
-        contents.dedup_by(|a, b| a.1 == b.1);
-        ops.extend(contents.iter().map(|(_, prefix)| Op::Delete {
-            span: KeySpan::prefix(prefix.clone()),
-        }));
-        for (r, prefix) in contents.iter().filter(|(r, _)| strategy::of(r).reserves()) {
-            match self
-                .range(RangeRequest::new(KeySpan::prefix(prefix.clone())))
-                .await
-            {
-                Ok(resp) => ops.extend(resp.kvs.iter().flat_map(|kv| release_ops(r, &from_kv(kv)))),
-                Err(e) => return Deletion::Done(store_failure(e)),
-            }
-        }
         let txn = Txn {
             compare: vec![Compare::mod_revision(
                 key.as_bytes(),
@@ -194,20 +172,23 @@ impl Call<'_> {
         };
         match self.commit(txn).await {
             Ok(resp) if resp.succeeded => {
-                let mut obj = self.load(&current);
-                self.strategy().deleted(&mut obj);
-                Deletion::Done(self.respond(StatusCode::OK, obj))
+                Deletion::Done(self.respond(StatusCode::OK, self.load(&current)))
             }
             Ok(_) => Deletion::Moved,
             Err(e) => Deletion::Done(store_failure(e)),
         }
     }
 
-    /// DELETE of a collection: each object that matches the selectors, each in its own
-    /// transaction (one that changed meanwhile is left alone).
-    pub(super) async fn delete_collection(&self) -> Response {
+    /// DELETE of a collection: each object that matches the selectors, deleted as a DELETE of
+    /// it alone would (finalizers and a node's graceful stop respected, each in its own
+    /// transaction; one that changed meanwhile is left alone).
+    pub(super) async fn delete_collection(&self, body: &Bytes) -> Response {
         let (labels, fields) = match self.selectors() {
             Ok(s) => s,
+            Err(r) => return r,
+        };
+        let options = match delete_options(body) {
+            Ok(o) => o,
             Err(r) => return r,
         };
         let resp = match self
@@ -223,17 +204,12 @@ impl Call<'_> {
             if !labels.matches(&object::labels(&obj)) || !fields.matches(&obj) {
                 continue;
             }
-            let mut txn = Txn::delete(kv.key.clone()).when(Compare::mod_revision(
-                kv.key.clone(),
-                CompareOp::Equal,
-                kv.mod_revision,
-            ));
-            txn.success
-                .extend(release_ops(self.resource(), &from_kv(kv)));
-            match self.commit(txn).await {
-                Ok(r) if r.succeeded => deleted.push(obj),
-                Ok(_) => {} // changed meantime: it is no longer the object that matched
-                Err(e) => return store_failure(e),
+            let name = object::name(&obj).unwrap_or("").to_string();
+            match self.delete_once(&name, &options).await {
+                Deletion::Done(r) if r.status().is_success() => deleted.push(obj),
+                Deletion::Done(r) if r.status() == StatusCode::NOT_FOUND => {}
+                Deletion::Done(refusal) => return refusal,
+                Deletion::Moved => {} // no longer the object that matched
             }
         }
         let r = self.resource();
@@ -242,4 +218,13 @@ impl Call<'_> {
             &json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": {"resourceVersion": resp.revision.to_string()}, "items": deleted}),
         )
     }
+}
+
+/// The DeleteOptions of a request's body (none: the defaults).
+fn delete_options(body: &Bytes) -> Result<Value, Response> {
+    if body.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| bad_request(&format!("the DeleteOptions body is not valid JSON: {e}")))
 }

@@ -66,6 +66,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             crate::nodecerts::ROUTE,
             axum::routing::post(crate::nodecerts::issue),
         )
+        .route("/openapi/v2", get(crate::openapi_v2::serve))
         .route(
             "/openapi/v3",
             get(|| async { json_response(StatusCode::OK, &discovery::openapi_v3_index()) }),
@@ -153,17 +154,13 @@ async fn authenticate(State(st): State<Arc<ApiState>>, mut req: Request, next: N
         }
         return failure(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     };
+    let user = match impersonate(&st, user, req.headers()).await {
+        Ok(user) => user,
+        Err(refusal) => return refusal,
+    };
     let watch = is_true(query.get("watch"));
     let info = RequestInfo::new(req.method(), req.uri().path(), watch);
-    let mut allowed = open || st.auth.allows(&user, &info);
-    if !allowed {
-        // RBAC is read from the watch cache, which follows this member's store a moment
-        // behind: a binding written just before this request must still count.
-        let head = st.store.engine().head().revision;
-        if st.cache.wait_for(head, Duration::from_secs(1)).await {
-            allowed = st.auth.allows(&user, &info);
-        }
-    }
+    let allowed = open || allows_soon(&st, &user, &info.attributes()).await;
     if !allowed {
         let message = api::rbac::forbidden_message(&user, &info.attributes());
         let details = info.resource.as_ref().map(
@@ -176,6 +173,44 @@ async fn authenticate(State(st): State<Arc<ApiState>>, mut req: Request, next: N
     }
     req.extensions_mut().insert(user);
     next.run(req).await
+}
+
+/// Whether RBAC allows `a` to `user`. RBAC is read from the watch cache, which follows this
+/// member's store a moment behind: a binding written just before this request must still
+/// count, so a refusal is asked again once the cache has caught up.
+async fn allows_soon(st: &ApiState, user: &User, a: &api::rbac::Attributes<'_>) -> bool {
+    if st.auth.allows_attributes(user, a) {
+        return true;
+    }
+    let head = st.store.engine().head().revision;
+    st.cache.wait_for(head, Duration::from_secs(1)).await && st.auth.allows_attributes(user, a)
+}
+
+/// The user a request is served as: the authenticated one, or the one its `Impersonate-*`
+/// headers name when the caller may impersonate every part of it (403 naming the first part
+/// it may not, 400 for headers that make no sense together).
+async fn impersonate(st: &ApiState, user: User, headers: &HeaderMap) -> Result<User, Response> {
+    use api::impersonation;
+    let pairs = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
+    let requested = match impersonation::requested(pairs) {
+        Ok(None) => return Ok(user),
+        Ok(Some(r)) => r,
+        Err(e) => return Err(bad_request(&e.to_string())),
+    };
+    for check in impersonation::checks(&requested) {
+        let a = impersonation::attributes(&check);
+        if !allows_soon(st, &user, &a).await {
+            let message = api::rbac::forbidden_message(&user, &a);
+            let details = json!({"name": check.4, "group": check.0, "kind": check.1});
+            return Err(json_response(
+                StatusCode::FORBIDDEN,
+                &status(403, "Forbidden", &message, Some(details)),
+            ));
+        }
+    }
+    Ok(impersonation::user(&requested))
 }
 
 use crate::query::{is_true, parse_query, Query};
@@ -199,6 +234,7 @@ async fn dispatch(
         .unwrap_or_else(|| User {
             name: "system:anonymous".into(),
             groups: vec!["system:unauthenticated".into()],
+            ..Default::default()
         });
     let query = crate::query::of(&req);
     let body = match axum::body::to_bytes(req.into_body(), 3 * 1024 * 1024).await {
@@ -298,6 +334,10 @@ async fn dispatch(
                 Ok(d) => d,
                 Err(r) => return r,
             };
+            let manager = match field_manager(&query, &headers) {
+                Ok(m) => m,
+                Err(r) => return r,
+            };
             let call = Call {
                 st: &st,
                 o: &o,
@@ -305,6 +345,7 @@ async fn dispatch(
                 table,
                 user: &user,
                 dry_run,
+                manager,
                 warnings: Default::default(),
             };
             if o.resource.is_metrics() {
@@ -329,7 +370,12 @@ async fn dispatch(
             if o.resource.is_review() {
                 return match (&method, &o.name, o.resource.name) {
                     (&Method::POST, None, "tokenreviews") => call.token_review(&body),
-                    (&Method::POST, None, _) => call.access_review(&body),
+                    (&Method::POST, None, "selfsubjectreviews") => call.self_review(&body),
+                    (&Method::POST, None, "selfsubjectaccessreviews") => {
+                        call.self_access_review(&body)
+                    }
+                    (&Method::POST, None, "selfsubjectrulesreviews") => call.rules_review(&body),
+                    (&Method::POST, None, _) => call.subject_access_review(&body),
                     _ => failure(
                         StatusCode::METHOD_NOT_ALLOWED,
                         "MethodNotAllowed",
@@ -396,7 +442,7 @@ async fn dispatch(
                 (&Method::PUT, _, Some(name), _) => call.update(name, &body).await,
                 (&Method::PATCH, _, Some(name), _) => call.patch(name, &content_type, &body).await,
                 (&Method::DELETE, _, Some(name), _) => call.delete(name, &body).await,
-                (&Method::DELETE, _, None, _) => call.delete_collection().await,
+                (&Method::DELETE, _, None, _) => call.delete_collection(&body).await,
                 _ => failure(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "MethodNotAllowed",
@@ -437,6 +483,34 @@ fn dry_run(query: &Query, delete_options: Option<&Bytes>) -> Result<bool, Respon
     }
 }
 
+/// Who a write is recorded as in managedFields: the `fieldManager` parameter, or else the
+/// program name that begins the client's User-Agent (`kubectl/v1.32.0 (linux/amd64) …` is
+/// `kubectl`), as kube-apiserver defaults it.
+fn field_manager(query: &Query, headers: &HeaderMap) -> Result<String, Response> {
+    const MAX: usize = 128;
+    if let Some(m) = query.get("fieldManager").filter(|m| !m.is_empty()) {
+        if m.len() > MAX || m.chars().any(|c| c.is_control()) {
+            return Err(bad_request(&format!(
+                "fieldManager: must be at most {MAX} printable characters"
+            )));
+        }
+        return Ok(m.clone());
+    }
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .map(|p| {
+            p.trim()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(MAX)
+                .collect::<String>()
+        })
+        .filter(|p| !p.is_empty());
+    Ok(agent.unwrap_or_else(|| "unknown".into()))
+}
+
 /// Whose token a TokenRequest asks for.
 enum TokenFor {
     /// A ServiceAccount's (`serviceaccounts/{name}/token`), for an hour by default.
@@ -454,6 +528,8 @@ struct Call<'a> {
     user: &'a User,
     /// `dryRun=All`: every write goes through `commit`, which then writes nothing.
     dry_run: bool,
+    /// Who a write is recorded as in managedFields ([`field_manager`]).
+    manager: String,
     /// What admission warns the client of (`Warning` headers of the answer).
     warnings: std::sync::Mutex<Vec<String>>,
 }
@@ -547,13 +623,14 @@ impl Call<'_> {
     }
 
     /// Err: the subresource addressed is not one a get, update or patch serves (only `status`
-    /// and `scale`, where the kind has them).
+    /// and `scale`, where the kind has them, and a namespace's `finalize`).
     fn check_subresource(&self) -> Result<(), Response> {
         let r = self.resource();
         match self.o.subresource.as_deref() {
             None => Ok(()),
             Some("status") if r.has_status() => Ok(()),
             Some("scale") if r.has_scale() => Ok(()),
+            Some("finalize") if (r.group, r.name) == ("", "namespaces") => Ok(()),
             Some(other) => Err(failure(
                 StatusCode::NOT_FOUND,
                 "NotFound",
@@ -597,6 +674,7 @@ impl Call<'_> {
         match self.o.subresource.as_deref() {
             None => {
                 let mut obj = incoming;
+                self.strategy().keep_on_update(stored, &mut obj);
                 if r.has_status() && !self.strategy().main_endpoint_writes_status() {
                     match stored.get("status") {
                         Some(st) => obj["status"] = st.clone(),
@@ -610,6 +688,16 @@ impl Call<'_> {
             Some("status") => {
                 let mut obj = stored.clone();
                 obj["status"] = incoming.get("status").cloned().unwrap_or(Value::Null);
+                Ok(obj)
+            }
+            // A namespace's spec.finalizers, and nothing else (the namespace controller
+            // removes `kubernetes` once the namespace is empty).
+            Some("finalize") => {
+                let mut obj = stored.clone();
+                obj["spec"]["finalizers"] = match &incoming["spec"]["finalizers"] {
+                    Value::Null => json!([]),
+                    f => f.clone(),
+                };
                 Ok(obj)
             }
             Some("scale") => {

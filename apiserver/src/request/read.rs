@@ -45,6 +45,9 @@ impl Call<'_> {
         let fields =
             FieldSelector::parse(self.query.get("fieldSelector").map_or("", String::as_str))
                 .map_err(|e| bad_request(&e.to_string()))?;
+        if let Some(field) = fields.unsupported(self.resource().name) {
+            return Err(bad_request(&format!("field label not supported: {field}")));
+        }
         Ok((labels, fields))
     }
 

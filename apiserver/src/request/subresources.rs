@@ -12,6 +12,8 @@ use axum::response::{IntoResponse, Response};
 use raft_store::{Compare, CompareOp, Txn};
 use serde_json::{json, Value};
 
+use api::rbac::User;
+
 use super::{Call, TokenFor};
 use crate::auth;
 use crate::path::ObjectPath;
@@ -120,33 +122,137 @@ impl Call<'_> {
     }
 
     /// SelfSubjectAccessReview: may I do this?
-    pub(super) fn access_review(&self, body: &Bytes) -> Response {
+    pub(super) fn self_access_review(&self, body: &Bytes) -> Response {
+        self.review(body, |spec| Ok(self.decide(self.user, spec)))
+    }
+
+    /// SubjectAccessReview (cluster-wide) and LocalSubjectAccessReview (in the URL's
+    /// namespace): may this user, with these groups, do this?
+    pub(super) fn subject_access_review(&self, body: &Bytes) -> Response {
+        let r = self.resource();
         self.review(body, |spec| {
-            let ra = &spec["resourceAttributes"];
-            let nra = &spec["nonResourceAttributes"];
-            let field = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
-            let (verb, group, resource, sub, ns, name, path) = (
-                field(if ra.is_object() { ra } else { nra }, "verb"),
-                field(ra, "group"),
-                field(ra, "resource"),
-                field(ra, "subresource"),
-                field(ra, "namespace"),
-                field(ra, "name"),
-                field(nra, "path"),
-            );
-            let a = api::rbac::Attributes {
-                verb: &verb,
-                resource: ra.is_object().then_some(api::rbac::ResourceAttributes {
-                    group: &group,
-                    resource: &resource,
-                    subresource: &sub,
-                    namespace: &ns,
-                    name: &name,
-                }),
-                path: &path,
+            let strings = |v: &Value| -> Vec<String> {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
             };
-            let allowed = self.st.auth.allows_attributes(self.user, &a);
-            Ok(json!({"allowed": allowed, "reason": if allowed { "allowed by RBAC" } else { "" }}))
+            let user = User {
+                name: spec["user"].as_str().unwrap_or("").to_string(),
+                groups: strings(&spec["groups"]),
+                uid: spec["uid"].as_str().unwrap_or("").to_string(),
+                extra: spec["extra"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), strings(v)))
+                    .collect(),
+            };
+            if user.name.is_empty() && user.groups.is_empty() {
+                return Err(invalid(
+                    r,
+                    "",
+                    "spec.user",
+                    "at least one of user or group must be specified",
+                ));
+            }
+            let (resource, non_resource) = (
+                spec["resourceAttributes"].is_object(),
+                spec["nonResourceAttributes"].is_object(),
+            );
+            if resource == non_resource {
+                return Err(invalid(
+                    r,
+                    "",
+                    "spec.resourceAttributes",
+                    "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+                ));
+            }
+            let mut spec = spec.clone();
+            if r.namespaced {
+                let ns = self.o.namespace.as_deref().unwrap_or("");
+                match spec["resourceAttributes"]["namespace"].as_str() {
+                    None | Some("") if resource => {
+                        spec["resourceAttributes"]["namespace"] = json!(ns)
+                    }
+                    Some(sent) if sent != ns => {
+                        return Err(invalid(
+                            r,
+                            "",
+                            "spec.resourceAttributes.namespace",
+                            &format!("must be the request's namespace {ns:?}"),
+                        ))
+                    }
+                    _ if non_resource => {
+                        return Err(invalid(
+                            r,
+                            "",
+                            "spec.nonResourceAttributes",
+                            "disallowed on this kind of request",
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            Ok(self.decide(&user, &spec))
+        })
+    }
+
+    /// Whether `user` may do what an access review's `spec` describes: the review's status.
+    fn decide(&self, user: &User, spec: &Value) -> Value {
+        let ra = &spec["resourceAttributes"];
+        let nra = &spec["nonResourceAttributes"];
+        let field = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+        let (verb, group, resource, sub, ns, name, path) = (
+            field(if ra.is_object() { ra } else { nra }, "verb"),
+            field(ra, "group"),
+            field(ra, "resource"),
+            field(ra, "subresource"),
+            field(ra, "namespace"),
+            field(ra, "name"),
+            field(nra, "path"),
+        );
+        let a = api::rbac::Attributes {
+            verb: &verb,
+            resource: ra.is_object().then_some(api::rbac::ResourceAttributes {
+                group: &group,
+                resource: &resource,
+                subresource: &sub,
+                namespace: &ns,
+                name: &name,
+            }),
+            path: &path,
+        };
+        let allowed = self.st.auth.allows_attributes(user, &a);
+        json!({"allowed": allowed, "reason": if allowed { "allowed by RBAC" } else { "" }})
+    }
+
+    /// SelfSubjectRulesReview: what may I do in this namespace? (`kubectl auth can-i --list`)
+    pub(super) fn rules_review(&self, body: &Bytes) -> Response {
+        self.review(body, |spec| {
+            let ns = spec["namespace"].as_str().unwrap_or("");
+            let (resource_rules, non_resource_rules) = self.st.auth.rbac().rules_for(self.user, ns);
+            // A node's rights come from the node authorizer, which has no list of rules.
+            let incomplete = self.user.node_name().is_some();
+            Ok(
+                json!({"resourceRules": resource_rules, "nonResourceRules": non_resource_rules,
+                      "incomplete": incomplete}),
+            )
+        })
+    }
+
+    /// SelfSubjectReview: who am I? (`kubectl auth whoami`)
+    pub(super) fn self_review(&self, body: &Bytes) -> Response {
+        self.review(body, |_| {
+            let mut info = json!({"username": self.user.name, "groups": self.user.groups});
+            if !self.user.uid.is_empty() {
+                info["uid"] = json!(self.user.uid);
+            }
+            if !self.user.extra.is_empty() {
+                info["extra"] = json!(self.user.extra);
+            }
+            Ok(json!({"userInfo": info}))
         })
     }
 
@@ -437,6 +543,7 @@ impl Call<'_> {
             table: self.table,
             user: self.user,
             dry_run: self.dry_run,
+            manager: self.manager.clone(),
             warnings: Default::default(),
         };
         let resp = plain

@@ -84,14 +84,26 @@ impl Call<'_> {
                 }
             },
         };
-        // The object must fit its type; with strict field validation (kubectl's default),
-        // unknown fields are errors too.
-        let strict = self
-            .query
-            .get("fieldValidation")
-            .is_some_and(|v| v == "Strict");
-        match api::validate::check(r.group, r.version, r.kind, &obj, strict) {
-            Ok(()) => {}
+        // The object must fit its type; unknown fields are errors under strict field
+        // validation (kubectl's default), warnings under Warn (the server's default), and
+        // dropped silently under Ignore.
+        let validation = self.query.get("fieldValidation").map(String::as_str);
+        let strict = match validation {
+            Some("Strict") => true,
+            None | Some("Warn" | "Ignore") => false,
+            Some(other) => return Err(bad_request(&format!(
+                "fieldValidation: invalid value {other:?}: must be one of Ignore, Warn or Strict"
+            ))),
+        };
+        match api::validate::check(r.group, r.version, r.kind, &mut obj, strict) {
+            Ok(unknown) => {
+                if validation != Some("Ignore") {
+                    self.warnings
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")));
+                }
+            }
             Err(api::validate::ShapeError::Invalid { field, message }) => {
                 return Err(invalid(r, &name, &field, &message))
             }
@@ -196,16 +208,23 @@ impl Call<'_> {
         Ok(resp.kvs.first().map(crate::stored::from_kv))
     }
 
-    /// Whether the namespace addressed exists (true where none is addressed).
-    async fn namespace_exists(&self) -> Result<bool, StoreError> {
+    /// Whether the namespace addressed exists and takes new objects (Active where none is
+    /// addressed).
+    async fn namespace_state(&self) -> Result<NamespaceState, StoreError> {
         let Some(ns) = &self.o.namespace else {
-            return Ok(true);
+            return Ok(NamespaceState::Active);
         };
         let nsr = api::registry::find("", "v1", "namespaces").expect("registered");
         let resp = self
             .range(RangeRequest::new(KeySpan::key(nsr.key(None, ns))))
             .await?;
-        Ok(!resp.kvs.is_empty())
+        Ok(match resp.kvs.first().map(crate::stored::from_kv) {
+            None => NamespaceState::Missing,
+            Some(obj) if obj["metadata"].get("deletionTimestamp").is_some() => {
+                NamespaceState::Terminating
+            }
+            Some(_) => NamespaceState::Active,
+        })
     }
 
     /// A new object: admitted, stamped, prepared by its kind, and stored with what it
@@ -223,21 +242,44 @@ impl Call<'_> {
             return forbidden(&why);
         }
         if self.resource().namespaced {
-            match self.namespace_exists().await {
-                Ok(true) => {}
-                Ok(false) => {
-                    let ns = self.o.namespace.clone().unwrap_or_default();
+            let ns = self.o.namespace.clone().unwrap_or_default();
+            match self.namespace_state().await {
+                Ok(NamespaceState::Active) => {}
+                Ok(NamespaceState::Missing) => {
                     return not_found(
                         api::registry::find("", "v1", "namespaces").expect("registered"),
                         &ns,
                     );
                 }
+                // As kube-apiserver's NamespaceLifecycle: what is being emptied takes nothing
+                // new, but events (of the deletion itself) still go in.
+                Ok(NamespaceState::Terminating) if self.resource().name != "events" => {
+                    return forbidden(&format!(
+                        "unable to create new content in namespace {ns} because it is being terminated"
+                    ));
+                }
+                Ok(NamespaceState::Terminating) => {}
                 Err(e) => return store_failure(e),
             }
         }
         stamp_new(&mut obj);
         self.strategy().prepare_create(&mut obj);
         let r = self.resource();
+        // A create is its writer's update of every field it sets (an apply's create comes
+        // with its own entry).
+        if obj["metadata"]["managedFields"]
+            .as_array()
+            .is_none_or(|m| m.is_empty())
+        {
+            api::apply::record_update(
+                &Value::Null,
+                &mut obj,
+                &self.manager,
+                None,
+                &r.api_version(),
+                &now_rfc3339(),
+            );
+        }
         if (r.group, r.name) == ("", "pods") {
             let account = match self.service_account(&obj).await {
                 Ok(a) => a,
@@ -318,13 +360,26 @@ impl Call<'_> {
     }
 
     /// Writes `obj` over the stored `current` if it has not changed since (`current`'s revision).
+    /// `apply`: whether this write is a server-side apply (which recorded its own fields) or
+    /// a plain update (recorded here, [`api::apply::record_update`]).
     async fn replace(
         &self,
         name: &str,
         current: &KeyValue,
         mut obj: Value,
+        apply: bool,
     ) -> Result<Value, Response> {
         let old = self.load(current);
+        if !apply {
+            api::apply::record_update(
+                &old,
+                &mut obj,
+                &self.manager,
+                self.o.subresource.as_deref(),
+                &self.resource().api_version(),
+                &now_rfc3339(),
+            );
+        }
         if let Some((field, msg)) = self.strategy().update_problem(&old, &obj) {
             return Err(invalid(self.resource(), name, &field, &msg));
         }
@@ -471,23 +526,25 @@ impl Call<'_> {
                 return conflict(self.resource(), name);
             }
         }
-        self.write_view(name, &current, incoming)
+        self.write_view(name, &current, incoming, false)
             .await
             .unwrap_or_else(|r| r)
     }
 
-    /// Writes `incoming` — the object, or its status or scale view — over `current`.
+    /// Writes `incoming` — the object, or its status or scale view — over `current` (`apply`:
+    /// as a server-side apply, see [`Call::replace`]).
     async fn write_view(
         &self,
         name: &str,
         current: &KeyValue,
         incoming: Value,
+        apply: bool,
     ) -> Result<Response, Response> {
         let stored = self.load(current);
         let merged = self.unview(&stored, incoming)?;
         let bytes = Bytes::from(serde_json::to_vec(&merged).expect("serialises"));
         let (obj, _) = self.admit(&bytes, Some(name))?;
-        let obj = self.replace(name, current, obj).await?;
+        let obj = self.replace(name, current, obj, apply).await?;
         Ok(self.respond(StatusCode::OK, self.view(obj)))
     }
 
@@ -554,7 +611,7 @@ impl Call<'_> {
                     &status(422, "Invalid", &e, None),
                 );
             }
-            match self.write_view(name, &current, obj).await {
+            match self.write_view(name, &current, obj, false).await {
                 Ok(resp) => return resp,
                 Err(r) if r.status() == StatusCode::CONFLICT => continue,
                 Err(r) => return r,
@@ -639,7 +696,7 @@ impl Call<'_> {
                 }
                 return created;
             };
-            match self.write_view(name, &current, merged).await {
+            match self.write_view(name, &current, merged, true).await {
                 Ok(resp) => return resp,
                 Err(resp) if resp.status() == StatusCode::CONFLICT => continue,
                 Err(resp) => return resp,
@@ -681,4 +738,12 @@ fn bounded_json_patch(obj: &mut Value, patch: &json_patch::Patch) -> Result<(), 
         json_patch::patch(obj, std::slice::from_ref(op)).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// A namespace as a create in it finds it.
+enum NamespaceState {
+    Missing,
+    Active,
+    /// Being deleted: its contents are going, nothing new comes in.
+    Terminating,
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod lan;
+pub mod up;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
