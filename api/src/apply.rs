@@ -255,9 +255,12 @@ pub fn apply(
 
     // Fields another manager applied, or set with an update, are theirs: a different value
     // conflicts.
+    // A list item (`k:{"name":"web"}`) is owned for its existence, which applying it again
+    // does not contest: only fields, and lists owned whole, have values that can differ.
     let contested = |e: &Entry| -> Vec<FieldPath> {
         e.fields
             .intersection(&new)
+            .filter(|p| matches!(p.last(), Some(Seg::Field(_))))
             .filter(|p| value_at(live, p) != value_at(applied, p))
             .cloned()
             .collect()
@@ -588,5 +591,18 @@ mod tests {
                 .unwrap()["fieldsV1"],
         );
         assert!(!kubectl.iter().any(|p| render(p).contains("labels")));
+    }
+
+    /// Applying a list item that another manager created, with fewer fields than the live
+    /// item has (the server defaulted the rest), contests nothing: the Python client's
+    /// create-then-apply of the same Deployment conflicted on `containers[{name}]`.
+    #[test]
+    fn reapplying_an_item_someone_created_is_no_conflict() {
+        let applied = deploy(1, json!([{"name": "a", "image": "x", "ports": [{"containerPort": 80}]}]));
+        let mut live = applied.clone();
+        record_update(&Value::Null, &mut live, "creator", None, "apps/v1", "t");
+        live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!("Always");
+        live["spec"]["template"]["spec"]["containers"][0]["ports"][0]["protocol"] = json!("TCP");
+        apply(Some(&live), &applied, "applier", false, "apps/v1", "t").unwrap();
     }
 }
