@@ -8,9 +8,10 @@
 //!
 //! Lists of objects with a merge key (containers by name, ports by port, ...) are associative:
 //! each item is owned on its own (`k:{"name":"web"}`); other lists are owned whole. Plain
-//! writes (create, PUT, PATCH) record the fields they change as their manager's `Update`
-//! entry ([`record_update`]), so an apply of a field `kubectl edit` or a controller set
-//! conflicts, as in Kubernetes. Status is not tracked (no apply configuration here sets it).
+//! writes (PUT, PATCH) record the fields they change as their manager's `Update` entry
+//! ([`record_update`]), so an apply of a field `kubectl edit` or a controller set conflicts,
+//! as in Kubernetes. Creates are not recorded (the API server's choice, for object size) and
+//! status is not tracked (no apply configuration here sets it).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -598,7 +599,10 @@ mod tests {
     /// create-then-apply of the same Deployment conflicted on `containers[{name}]`.
     #[test]
     fn reapplying_an_item_someone_created_is_no_conflict() {
-        let applied = deploy(1, json!([{"name": "a", "image": "x", "ports": [{"containerPort": 80}]}]));
+        let applied = deploy(
+            1,
+            json!([{"name": "a", "image": "x", "ports": [{"containerPort": 80}]}]),
+        );
         let mut live = applied.clone();
         record_update(&Value::Null, &mut live, "creator", None, "apps/v1", "t");
         live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!("Always");

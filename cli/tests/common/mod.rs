@@ -71,3 +71,17 @@ pub fn kubectl(kubeconfig: &Path, home: &Path, args: &[&str]) -> (bool, String, 
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A client the machine image does not carry (kubectl 1.34–1.36, `helm3`, `helm4`), installed
+/// by `scripts/client-tools.sh` when missing; its path.
+pub fn client_tool(name: &str) -> PathBuf {
+    let out = Command::new(repo().join("scripts/client-tools.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("scripts/client-tools.sh runs");
+    assert!(out.status.success(), "scripts/client-tools.sh failed");
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let path = Path::new(&dir).join(name);
+    assert!(path.exists(), "{} was not installed", path.display());
+    path
+}
