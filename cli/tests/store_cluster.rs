@@ -965,3 +965,46 @@ async fn the_wall_clock_stepped_forward_and_back_disturbs_nothing() {
     let acked = acked.lock().unwrap().clone();
     assert_all_present(&c, "/clock/", &acked).await;
 }
+
+/// A leader cut off from its peers but not from its clients (issue 15's soak: writes stood
+/// still for up to 7 s). A write in flight on it is answered as unknown once it sees it lost
+/// its quorum, not at the 10 s commit timeout, and a new write is refused before it is
+/// proposed (nothing done, so the client may try elsewhere); the others elect a leader and
+/// take writes; healed, the old leader follows and every acknowledged write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_a_leader_cut_off_from_its_peers_says_so_instead_of_waiting() {
+    require_root();
+    let mut c = Cluster::new(bin(), 243).unwrap();
+    for _ in 0..3 {
+        c.add_member().await.unwrap();
+    }
+    let leader = c.leader(Duration::from_secs(20)).await.unwrap();
+    let acked = acknowledged_puts(&c, "/cut-off/", 50).await;
+    let ip = |i: usize| c.members[i].addr.ip();
+    let others: Vec<_> = (0..3).filter(|i| *i != leader).map(ip).collect();
+    let cut = Partition::between(ip(leader), &others).expect("partition");
+    let mut on_leader = c.client_of(&[c.members[leader].peer.to_string()]);
+    on_leader.patience = Duration::ZERO;
+    match on_leader.put(b"/cut-off/in-flight", b"x").await {
+        Err(StoreError::Indeterminate(why)) => {
+            assert!(why.contains("lost its quorum"), "{why}")
+        }
+        Err(StoreError::Unavailable(why)) => assert!(why.contains("lost its quorum"), "{why}"),
+        other => panic!("a write to a cut-off leader: {other:?}\n{}", c.all_logs()),
+    }
+    match on_leader.put(b"/cut-off/new", b"x").await {
+        Err(StoreError::Unavailable(why)) => assert!(why.contains("lost its quorum"), "{why}"),
+        other => panic!("a new write to a cut-off leader: {other:?}"),
+    }
+    // The two others go on without it.
+    let survivors: Vec<String> = (0..3)
+        .filter(|i| *i != leader)
+        .map(|i| c.members[i].peer.to_string())
+        .collect();
+    c.client_of(&survivors)
+        .put(b"/cut-off/after", b"x")
+        .await
+        .unwrap_or_else(|e| panic!("the majority took no write: {e}\n{}", c.all_logs()));
+    drop(cut);
+    assert_all_present(&c, "/cut-off/", &acked).await;
+}

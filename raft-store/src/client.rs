@@ -282,6 +282,9 @@ pub struct StoreClient {
     members: Vec<RemoteMember>,
     /// How long to keep trying while no member can serve (an election, a restart).
     pub patience: Duration,
+    /// The member that answered last: the next request starts there, so a member that is cut
+    /// off or down costs one detour, not one per request.
+    preferred: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl StoreClient {
@@ -302,6 +305,7 @@ impl StoreClient {
                 .map(|a| RemoteMember::direct(transport.clone(), a))
                 .collect(),
             patience: Duration::from_secs(10),
+            preferred: Default::default(),
         }
     }
 
@@ -310,18 +314,26 @@ impl StoreClient {
         F: Fn(RemoteMember) -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
+        use std::sync::atomic::Ordering;
         let deadline = tokio::time::Instant::now() + self.patience;
-        let mut i = 0;
+        let n = self.members.len();
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut tried = 0;
         loop {
-            let member = self.members[i % self.members.len()].clone();
-            match op(member).await {
+            let at = (start + tried) % n;
+            match op(self.members[at].clone()).await {
                 Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                    i += 1;
-                    if i % self.members.len() == 0 {
+                    tried += 1;
+                    if tried % n == 0 {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
-                other => return other,
+                other => {
+                    // Whatever it answered, it answered: unreachable members are the ones
+                    // passed over.
+                    self.preferred.store(at, Ordering::Relaxed);
+                    return other;
+                }
             }
         }
     }

@@ -349,6 +349,14 @@ impl StoreNode {
     /// read-only txn goes the same way: it adds no revision, and is linearizable for free.
     pub async fn txn(&self, txn: Txn, forwarded: bool) -> Result<TxnResponse, StoreError> {
         txn.validate(&self.config.limits)?;
+        // A leader cut off from its quorum refuses a new write before proposing it, at once
+        // (waiting here for an election would not help: the others hold it): retryable,
+        // nothing was done, and the client tries another member.
+        if self.cut_off() {
+            return Err(StoreError::Unavailable(
+                "this member leads but has lost its quorum; another member can serve".into(),
+            ));
+        }
         self.through_elections(forwarded, || async {
             if !self.is_leader() {
                 return self.leader_member(forwarded)?.txn(&txn).await;
@@ -359,9 +367,50 @@ impl StoreNode {
                     "the leader cannot write its Raft log ({why}); free space there and writes resume"
                 )));
             }
-            self.proposer.propose(txn.clone()).await
+            // Nor can a leader cut off from its quorum: a write in flight is answered as
+            // unknown as soon as the cut is seen instead of at the commit timeout, so its
+            // client moves on to the members that elected a new leader.
+            tokio::select! {
+                result = self.proposer.propose(txn.clone()) => result,
+                () = self.until_cut_off() => Err(StoreError::Indeterminate(
+                    "the leader lost its quorum while the write was in flight".into(),
+                )),
+            }
         })
         .await
+    }
+
+    /// How long a leader may go without hearing from a quorum before it counts itself cut
+    /// off: twice the longest election timeout (by then the others have elected a new
+    /// leader), and at least a second, so a leader slowed by load is not taken for one.
+    fn cut_off_after(&self) -> Duration {
+        (self.config.election_timeout.1 * 2).max(Duration::from_secs(1))
+    }
+
+    /// Whether this member leads a cluster of several voters but has not heard from a
+    /// quorum of them for [`StoreNode::cut_off_after`] (openraft's `millis_since_quorum_ack`,
+    /// refreshed at every turn of its loop, heartbeats included).
+    fn cut_off(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(self.identity.node_id)
+            && m.membership_config
+                .membership()
+                .voter_ids()
+                .nth(1)
+                .is_some()
+            && m.millis_since_quorum_ack
+                .is_some_and(|ms| u128::from(ms) > self.cut_off_after().as_millis())
+    }
+
+    /// Resolves once this member is a cut-off leader ([`StoreNode::cut_off`]).
+    async fn until_cut_off(&self) {
+        loop {
+            tokio::time::sleep(self.config.heartbeat).await;
+            if self.cut_off() {
+                return;
+            }
+        }
     }
 
     /// Runs `op` again while it fails in a way that proves nothing was done (no leader known,

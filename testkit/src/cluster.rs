@@ -431,6 +431,33 @@ impl Partition {
             .context("cannot install the nftables partition (root and nft are needed)")?;
         Ok(Partition { table })
     }
+
+    /// Cuts `ip` off from `others` only (both ways): clients elsewhere, the test's among
+    /// them, still reach it, as a member that lost its network to its peers but not to its
+    /// own clients.
+    pub fn between(ip: std::net::IpAddr, others: &[std::net::IpAddr]) -> anyhow::Result<Partition> {
+        let table = format!(
+            "drover_test_{}_{}_peers",
+            std::process::id(),
+            ip.to_string().replace('.', "_")
+        );
+        let set = others
+            .iter()
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let script = format!(
+            "table inet {table} {{\n\
+               chain input {{ type filter hook input priority -10; policy accept;\n\
+                 ip saddr {ip} ip daddr {{ {set} }} drop\n\
+                 ip saddr {{ {set} }} ip daddr {ip} drop\n\
+               }}\n\
+             }}\n"
+        );
+        nft(&["-f", "-"], Some(&script))
+            .context("cannot install the nftables partition (root and nft are needed)")?;
+        Ok(Partition { table })
+    }
 }
 
 impl Drop for Partition {
