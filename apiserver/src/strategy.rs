@@ -84,6 +84,12 @@ pub trait Strategy: Sync {
         false
     }
 
+    /// Whether a new object of this kind may go into a namespace being deleted (Events may:
+    /// they report the deletion itself, as kube-apiserver's NamespaceLifecycle lets them).
+    fn created_while_namespace_terminates(&self) -> bool {
+        false
+    }
+
     /// What an update through the object's own path keeps of the stored `old` in `new`
     /// (a Namespace's spec.finalizers, which only `/finalize` changes).
     fn keep_on_update(&self, _old: &Value, _new: &mut Value) {}
@@ -99,6 +105,7 @@ pub fn of(resource: &Resource) -> &'static dyn Strategy {
         ("", "services") => &Services,
         ("", "nodes") => &Nodes,
         ("coordination.k8s.io", "leases") => &Leases,
+        ("" | "events.k8s.io", "events") => &Events,
         (RBAC_GROUP, "roles") => &Roles { resource: "roles" },
         (RBAC_GROUP, "clusterroles") => &Roles {
             resource: "clusterroles",
@@ -117,6 +124,15 @@ pub fn of(resource: &Resource) -> &'static dyn Strategy {
 struct Plain;
 
 impl Strategy for Plain {}
+
+/// Events (core and events.k8s.io): what goes on in a namespace, its deletion included.
+struct Events;
+
+impl Strategy for Events {
+    fn created_while_namespace_terminates(&self) -> bool {
+        true
+    }
+}
 
 /// Namespaces: named by a DNS label, Active from their creation, their status written through
 /// the object too. A delete marks the namespace Terminating and keeps it while its

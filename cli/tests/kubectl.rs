@@ -1216,6 +1216,12 @@ async fn a_deleted_namespace_waits_for_the_finalizers_of_its_contents() {
         "--from-literal=a=b",
     ]);
     assert!(err.contains("is being terminated"), "{err}");
+    // Events still go in: they report the deletion itself.
+    let event = k.write(
+        "event.yaml",
+        "apiVersion: v1\nkind: Event\nmetadata: {name: deleting, namespace: hold}\ninvolvedObject: {kind: Namespace, name: hold}\nreason: Deleting\nmessage: going\n",
+    );
+    k.ok(&["create", "-f", &event]);
     k.ok(&[
         "-n",
         "hold",

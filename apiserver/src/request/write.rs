@@ -254,8 +254,10 @@ impl Call<'_> {
                     );
                 }
                 // As kube-apiserver's NamespaceLifecycle: what is being emptied takes nothing
-                // new, but events (of the deletion itself) still go in.
-                Ok(NamespaceState::Terminating) if self.resource().name != "events" => {
+                // new (but what its kind's strategy lets in: events of the deletion itself).
+                Ok(NamespaceState::Terminating)
+                    if !self.strategy().created_while_namespace_terminates() =>
+                {
                     return forbidden(&format!(
                         "unable to create new content in namespace {ns} because it is being terminated"
                     ));
