@@ -318,10 +318,7 @@ async fn dispatch(
             ),
         },
         Target::Object(o) => {
-            let table = headers
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|a| a.contains("as=Table"));
+            let view = View::asked(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
             let content_type = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
@@ -342,7 +339,7 @@ async fn dispatch(
                 st: &st,
                 o: &o,
                 query: &query,
-                table,
+                view,
                 user: &user,
                 dry_run,
                 manager,
@@ -519,12 +516,63 @@ enum TokenFor {
     Node,
 }
 
+/// The shape the client asked its objects in (the `as=` of its Accept header), as
+/// kube-apiserver negotiates it: the objects themselves, a Table for `kubectl get`, or only
+/// their metadata (`PartialObjectMetadata`, what metadata informers and the dynamic client's
+/// metadata-only lists ask for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    Object,
+    Table,
+    Metadata,
+}
+
+impl View {
+    /// From the Accept header; its media-type parameters are case-insensitive names.
+    fn asked(accept: Option<&str>) -> View {
+        let Some(accept) = accept else {
+            return View::Object;
+        };
+        // The first media range that names a shape wins (clients list their preference first).
+        for range in accept.split(',') {
+            for param in range.split(';').skip(1) {
+                let Some((name, value)) = param.split_once('=') else {
+                    continue;
+                };
+                if name.trim().eq_ignore_ascii_case("as") {
+                    match value.trim() {
+                        "Table" => return View::Table,
+                        "PartialObjectMetadata" | "PartialObjectMetadataList" => {
+                            return View::Metadata
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        View::Object
+    }
+
+    /// An object as a `meta.k8s.io/v1` PartialObjectMetadata.
+    fn metadata_only(obj: &Value) -> Value {
+        json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]})
+    }
+
+    /// A watch event's object in this view (a Table watch gets the objects themselves).
+    fn shape(self, obj: Value) -> Value {
+        match self {
+            View::Metadata => View::metadata_only(&obj),
+            View::Object | View::Table => obj,
+        }
+    }
+}
+
 /// One request against one resource.
 struct Call<'a> {
     st: &'a ApiState,
     o: &'a ObjectPath,
     query: &'a Query,
-    table: bool,
+    view: View,
     user: &'a User,
     /// `dryRun=All`: every write goes through `commit`, which then writes nothing.
     dry_run: bool,
@@ -608,10 +656,10 @@ impl Call<'_> {
 
     /// An object as the answer, or as a one-row Table when the client asked for one.
     fn respond(&self, code: StatusCode, obj: Value) -> Response {
-        let mut response = if self.table {
-            json_response(code, &self.to_table(std::slice::from_ref(&obj), None))
-        } else {
-            json_response(code, &obj)
+        let mut response = match self.view {
+            View::Table => json_response(code, &self.to_table(std::slice::from_ref(&obj), None)),
+            View::Metadata => json_response(code, &View::metadata_only(&obj)),
+            View::Object => json_response(code, &obj),
         };
         let warnings = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
         for w in warnings.iter() {
@@ -719,5 +767,37 @@ impl Call<'_> {
                 .check_subresource()
                 .expect_err("only served subresources get here")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::View;
+
+    #[test]
+    fn the_view_is_the_first_shape_the_accept_header_names() {
+        assert_eq!(View::asked(None), View::Object);
+        assert_eq!(View::asked(Some("application/json")), View::Object);
+        assert_eq!(
+            View::asked(Some(
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+            )),
+            View::Table
+        );
+        // The Python dynamic client's spelling, and a parameter name in another case.
+        assert_eq!(
+            View::asked(Some(
+                "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
+            )),
+            View::Metadata
+        );
+        assert_eq!(
+            View::asked(Some("application/json; AS=PartialObjectMetadata; g=meta.k8s.io")),
+            View::Metadata
+        );
+        assert_eq!(
+            View::asked(Some("application/json;as=Nothing,application/json")),
+            View::Object
+        );
     }
 }

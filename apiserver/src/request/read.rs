@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use raft_store::{EventKind, KeySpan, KeyValue, RangeRequest, StoreError};
 use serde_json::{json, Value};
 
-use super::{is_true, Call};
+use super::{is_true, Call, View};
 use crate::cache::Feed;
 use crate::respond::{bad_request, json_response, not_found, store_failure};
 use crate::stored::{age, from_kv};
@@ -69,7 +69,7 @@ impl Call<'_> {
         // The common case — a plain list in the storage version — is rendered from the stored
         // bytes, parsing only each object's top level and metadata (a 5,000-pod list spent most
         // of its time parsing and re-serialising whole objects).
-        let plain = !self.table && self.query.get("fieldSelector").is_none_or(|f| f.is_empty());
+        let plain = self.view == View::Object && self.query.get("fieldSelector").is_none_or(|f| f.is_empty());
         if plain && r.version == api::registry::storage_version(r) {
             if let Some(body) = render_list(r, &resp, &labels, limit, &self.pager()) {
                 return (
@@ -102,8 +102,18 @@ impl Call<'_> {
         if let Some(token) = next {
             meta["continue"] = json!(token);
         }
-        if self.table {
-            return json_response(StatusCode::OK, &self.to_table(&objects, Some(meta)));
+        match self.view {
+            View::Table => {
+                return json_response(StatusCode::OK, &self.to_table(&objects, Some(meta)))
+            }
+            View::Metadata => {
+                let items: Vec<Value> = objects.iter().map(View::metadata_only).collect();
+                return json_response(
+                    StatusCode::OK,
+                    &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items}),
+                );
+            }
+            View::Object => {}
         }
         json_response(
             StatusCode::OK,
@@ -190,6 +200,7 @@ impl Call<'_> {
         let streaming_list = send_initial == Some(true);
         let mut initial = Vec::new();
         let r = self.resource();
+        let view = self.view;
         let load = move |kv: &KeyValue| convert::from_storage(r, from_kv(kv));
         let from = if streaming_list || (rv == 0 && send_initial.is_none()) {
             match self.list_range().await {
@@ -211,6 +222,10 @@ impl Call<'_> {
             .into_iter()
             .filter(|e| {
                 labels.matches(&object::labels(&e["object"])) && fields.matches(&e["object"])
+            })
+            .map(|mut e| {
+                e["object"] = view.shape(e["object"].take());
+                e
             })
             .collect();
         if streaming_list {
@@ -276,7 +291,7 @@ impl Call<'_> {
                                     };
                                     if let Some(kind_str) = watch_event_type(before, after) {
                                         out.extend_from_slice(&line(
-                                            &json!({"type": kind_str, "object": obj}),
+                                            &json!({"type": kind_str, "object": view.shape(obj)}),
                                         ));
                                     }
                                 }

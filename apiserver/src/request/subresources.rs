@@ -540,7 +540,7 @@ impl Call<'_> {
             st: self.st,
             o: &path,
             query: self.query,
-            table: self.table,
+            view: self.view,
             user: self.user,
             dry_run: self.dry_run,
             manager: self.manager.clone(),
