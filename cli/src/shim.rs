@@ -37,6 +37,10 @@ enum ShimCommand {
         /// Write the command's host pid here once it runs.
         #[arg(long)]
         pid_file: Option<PathBuf>,
+        /// Run the command on a terminal made in the container, whose controlling side is
+        /// sent to this Unix socket (an OCI console socket).
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
@@ -78,8 +82,15 @@ pub fn run(args: ShimArgs) -> ExitCode {
             root,
             id,
             pid_file,
+            console_socket,
             argv,
-        } => shim::exec(&root, &id, argv, pid_file.as_deref()),
+        } => shim::exec(
+            &root,
+            &id,
+            argv,
+            pid_file.as_deref(),
+            console_socket.as_deref(),
+        ),
         ShimCommand::Delete { root, id } => shim::delete(&root, &id),
     }
 }

@@ -247,6 +247,10 @@ impl NodeAgent {
             Arc::new(crate::linux::ContainerExec {
                 oci: self.ctx.oci.clone(),
             }),
+            Arc::new(crate::portforward::PodDial {
+                client: self.client.clone(),
+                node_name: self.config.name.clone(),
+            }),
         ));
         tokio::spawn(self.ctx.usage.clone().run());
         tokio::spawn(crate::imagegc::run(

@@ -18,5 +18,7 @@ pub mod logserver;
 pub mod metrics;
 pub mod network;
 pub mod pod;
+pub mod portforward;
 pub mod probe;
+pub mod spdy;
 pub mod volumes;

@@ -127,26 +127,46 @@ impl crate::exec::Exec for ContainerExec {
         pod: &str,
         container: &str,
         argv: Vec<String>,
-        stdin: bool,
-    ) -> runtime::BoxFuture<'_, Result<tokio::process::Child, crate::exec::ExecError>> {
-        use crate::exec::ExecError;
-        let result = match &self.oci {
-            None => Err(ExecError::NotSupported(
-                "exec is not supported for Wasm containers, and this node runs no Linux \
-                 containers"
-                    .into(),
-            )),
-            Some(oci) => oci
-                .exec(namespace, pod, container, argv, stdin)
-                .map_err(|e| match e {
-                    runtime::oci::ExecError::NotRunning(_) => ExecError::NotSupported(format!(
-                        "container {container:?} of pod {namespace}/{pod} is not a running \
-                         Linux container here (exec is not supported for Wasm containers)"
-                    )),
-                    runtime::oci::ExecError::Failed(m) => ExecError::Failed(m),
-                }),
-        };
-        Box::pin(async move { result })
+        io: crate::exec::ExecIo,
+    ) -> runtime::BoxFuture<'_, Result<crate::exec::Running, crate::exec::ExecError>> {
+        use crate::exec::{ExecError, ExecIo, Running};
+        let (namespace, pod, container) = (
+            namespace.to_string(),
+            pod.to_string(),
+            container.to_string(),
+        );
+        Box::pin(async move {
+            let Some(oci) = &self.oci else {
+                return Err(ExecError::NotSupported(
+                    "exec is not supported for Wasm containers, and this node runs no Linux \
+                     containers"
+                        .into(),
+                ));
+            };
+            let started = match io {
+                ExecIo::Pipes { stdin } => {
+                    oci.exec(&namespace, &pod, &container, argv, stdin)
+                        .map(|child| Running {
+                            child,
+                            terminal: None,
+                        })
+                }
+                ExecIo::Terminal => oci
+                    .exec_terminal(&namespace, &pod, &container, argv)
+                    .await
+                    .map(|(child, terminal)| Running {
+                        child,
+                        terminal: Some(terminal),
+                    }),
+            };
+            started.map_err(|e| match e {
+                runtime::oci::ExecError::NotRunning(_) => ExecError::NotSupported(format!(
+                    "container {container:?} of pod {namespace}/{pod} is not a running \
+                     Linux container here (exec is not supported for Wasm containers)"
+                )),
+                runtime::oci::ExecError::Failed(m) => ExecError::Failed(m),
+            })
+        })
     }
 }
 

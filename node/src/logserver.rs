@@ -1,8 +1,10 @@
 //! The node's endpoint for the API server: container logs, which `pods/log` proxies to
 //! (`GET /containerLogs/{namespace}/{pod}/{container}?follow&tailLines&previous&timestamps`),
-//! commands in containers, which `pods/exec` splices kubectl's WebSocket to
-//! (`GET /exec/{namespace}/{pod}/{container}?command=..`, see [`crate::exec`]), and the pods'
-//! resource usage, which metrics.k8s.io serves (`GET /metrics/pods`).
+//! commands in containers, which `pods/exec` splices kubectl's connection to
+//! (`/exec/{namespace}/{pod}/{container}?command=..`, see [`crate::exec`]), connections to
+//! pods' ports, which `pods/portforward` splices to (`/portForward/{namespace}/{pod}`, see
+//! [`crate::portforward`]), both over a WebSocket or SPDY, and the pods' resource usage,
+//! which metrics.k8s.io serves (`GET /metrics/pods`).
 //!
 //! Callers authenticate with a bearer token the API server signed for this node's audience;
 //! the node asks the API server to review it (TokenReview, as the kubelet does) and accepts
@@ -14,9 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path as UrlPath, Query, RawQuery, State};
+use axum::extract::{FromRequestParts, Path as UrlPath, Query, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -59,6 +60,8 @@ pub struct LogServer {
     pub client: kube::Client,
     /// Starts the commands of `kubectl exec`.
     pub exec: Arc<dyn crate::exec::Exec>,
+    /// Opens the connections of `kubectl port-forward`.
+    pub dial: Arc<dyn crate::portforward::Dial>,
     reviewed: Mutex<HashMap<String, Instant>>,
 }
 
@@ -78,6 +81,7 @@ impl LogServer {
         usage: Arc<crate::metrics::PodUsage>,
         client: kube::Client,
         exec: Arc<dyn crate::exec::Exec>,
+        dial: Arc<dyn crate::portforward::Dial>,
     ) -> LogServer {
         LogServer {
             node_name,
@@ -86,6 +90,7 @@ impl LogServer {
             usage,
             client,
             exec,
+            dial,
             reviewed: Mutex::new(HashMap::new()),
         }
     }
@@ -93,11 +98,14 @@ impl LogServer {
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
-            // POST too: kubectl falls back to SPDY (a POST) when the WebSocket is refused, and
-            // should then hear why rather than "405".
+            // GET for WebSocket clients, POST for SPDY ones.
             .route(
                 "/exec/{ns}/{pod}/{container}",
                 get(exec_in_container).post(exec_in_container),
+            )
+            .route(
+                "/portForward/{ns}/{pod}",
+                get(port_forward).post(port_forward),
             )
             .route("/metrics/pods", get(pod_metrics))
             .route("/healthz", get(|| async { "ok" }))
@@ -205,31 +213,142 @@ async fn pod_metrics(State(server): State<Arc<LogServer>>, headers: HeaderMap) -
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// The upgrade a streaming request asks for.
+enum Upgrade {
+    WebSocket(WebSocketUpgrade),
+    /// SPDY/3.1, with the stream protocols the client offers (`X-Stream-Protocol-Version`).
+    Spdy(hyper::upgrade::OnUpgrade, Vec<String>),
+}
+
+impl Upgrade {
+    /// Err: the refusal (400) for a request that is neither.
+    async fn of(request: Request, what: &str) -> Result<Upgrade, Response> {
+        let (mut parts, _) = request.into_parts();
+        let asked = parts
+            .headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if asked.eq_ignore_ascii_case(crate::spdy::UPGRADE) {
+            let offered = parts
+                .headers
+                .get_all("x-stream-protocol-version")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_string)
+                .collect();
+            return match parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+                Some(on) => Ok(Upgrade::Spdy(on, offered)),
+                None => Err(text(
+                    StatusCode::BAD_REQUEST,
+                    "the connection cannot be upgraded",
+                )),
+            };
+        }
+        WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .map(Upgrade::WebSocket)
+            .map_err(|e| {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("{what} streams over a WebSocket or SPDY/3.1, and this request asks for neither ({e})"),
+                )
+            })
+    }
+}
+
+/// Switches to SPDY with `protocol` and runs `session` on the connection.
+fn switch_to_spdy<F, Fut>(on: hyper::upgrade::OnUpgrade, protocol: &str, session: F) -> Response
+where
+    F: FnOnce(hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        match on.await {
+            Ok(upgraded) => session(hyper_util::rt::TokioIo::new(upgraded)).await,
+            Err(e) => tracing::debug!("a SPDY upgrade failed: {e}"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, crate::spdy::UPGRADE)
+        .header("X-Stream-Protocol-Version", protocol)
+        .body(Body::empty())
+        .unwrap_or_default()
+}
+
 async fn exec_in_container(
     State(server): State<Arc<LogServer>>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    websocket: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    request: Request,
 ) -> Response {
-    if !from_api_server(&server, &headers).await {
+    if !from_api_server(&server, request.headers()).await {
         return text(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
-    let request =
+    let exec =
         match crate::exec::ExecRequest::parse(ns, pod, container, query.as_deref().unwrap_or("")) {
             Ok(r) => r,
             Err(message) => return text(StatusCode::BAD_REQUEST, &message),
         };
-    match websocket {
-        Ok(ws) => crate::exec::upgrade(ws, server.exec.clone(), request),
-        Err(e) => text(
-            StatusCode::BAD_REQUEST,
-            &format!(
-                "exec streams over a WebSocket ({} or {}), and this request is not one ({e}); SPDY is not supported",
-                crate::exec::PROTOCOL_V5,
-                crate::exec::PROTOCOL_V4
-            ),
-        ),
+    match Upgrade::of(request, "exec").await {
+        Ok(Upgrade::WebSocket(ws)) => crate::exec::upgrade(ws, server.exec.clone(), exec),
+        Ok(Upgrade::Spdy(on, offered)) => match crate::exec::spdy_protocol(&offered) {
+            Ok(protocol) => {
+                let runner = server.exec.clone();
+                switch_to_spdy(on, protocol, move |io| {
+                    crate::exec::spdy_session(io, runner, exec, protocol)
+                })
+            }
+            Err(message) => text(StatusCode::FORBIDDEN, &message),
+        },
+        Err(refusal) => refusal,
+    }
+}
+
+async fn port_forward(
+    State(server): State<Arc<LogServer>>,
+    UrlPath((ns, pod)): UrlPath<(String, String)>,
+    request: Request,
+) -> Response {
+    use crate::portforward::{PROTOCOL, TUNNEL};
+    if !from_api_server(&server, request.headers()).await {
+        return text(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    let dial = server.dial.clone();
+    match Upgrade::of(request, "port-forward").await {
+        Ok(Upgrade::WebSocket(ws)) => {
+            let ws = ws.protocols([TUNNEL]);
+            if ws.selected_protocol().is_none() {
+                // Not a 101: client-go then falls back to SPDY.
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("port-forward over a WebSocket speaks the subprotocol {TUNNEL}; the client offered another"),
+                );
+            }
+            ws.on_upgrade(move |socket| {
+                crate::portforward::session(crate::portforward::tunnel(socket), dial, ns, pod)
+            })
+        }
+        Ok(Upgrade::Spdy(on, offered)) => {
+            let speaks = offered.is_empty()
+                || offered
+                    .iter()
+                    .flat_map(|v| v.split(','))
+                    .any(|p| p.trim() == PROTOCOL);
+            if !speaks {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    &format!("unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts [\"{PROTOCOL}\"]"),
+                );
+            }
+            switch_to_spdy(on, PROTOCOL, move |io| {
+                crate::portforward::session(io, dial, ns, pod)
+            })
+        }
+        Err(refusal) => refusal,
     }
 }
 

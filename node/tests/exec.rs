@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use axum::Json;
 use futures_util::{SinkExt, StreamExt};
-use node::exec::{Exec, ExecError, WasmExec};
+use node::exec::{Exec, ExecError, ExecIo, Running, WasmExec};
 use node::logserver::LogServer;
+use node::portforward::Dial;
 use serde_json::{json, Value};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -28,17 +29,37 @@ impl Exec for HostExec {
         pod: &str,
         container: &str,
         argv: Vec<String>,
-        stdin: bool,
-    ) -> runtime::BoxFuture<'_, Result<Child, ExecError>> {
+        io: ExecIo,
+    ) -> runtime::BoxFuture<'_, Result<Running, ExecError>> {
         match container {
             "missing" => {
                 let message = format!("container missing is not running in pod {namespace}/{pod}");
                 Box::pin(async move { Err(ExecError::NotFound(message)) })
             }
-            "wasm" => WASM.exec(namespace, pod, container, argv, stdin),
+            "wasm" => WASM.exec(namespace, pod, container, argv, io),
             _ => Box::pin(async move {
                 let (program, args) = argv.split_first().expect("the endpoint checks");
-                Command::new(program)
+                let failed =
+                    |e: std::io::Error| ExecError::Failed(format!("cannot start {program}: {e}"));
+                let ExecIo::Pipes { stdin } = io else {
+                    // On a host terminal, as its controlling terminal (util-linux setsid).
+                    let (terminal, device) = runtime::terminal::Terminal::open().map_err(failed)?;
+                    let stdio = || device.try_clone().map(std::process::Stdio::from);
+                    let child = Command::new("setsid")
+                        .arg("--ctty")
+                        .arg(program)
+                        .args(args)
+                        .stdin(stdio().map_err(failed)?)
+                        .stdout(stdio().map_err(failed)?)
+                        .stderr(stdio().map_err(failed)?)
+                        .spawn()
+                        .map_err(failed)?;
+                    return Ok(Running {
+                        child,
+                        terminal: Some(terminal),
+                    });
+                };
+                let child = Command::new(program)
                     .args(args)
                     .stdin(if stdin {
                         std::process::Stdio::piped()
@@ -48,9 +69,33 @@ impl Exec for HostExec {
                     .stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::piped())
                     .spawn()
-                    .map_err(|e| ExecError::Failed(format!("cannot start {program}: {e}")))
+                    .map_err(failed)?;
+                Ok(Running {
+                    child,
+                    terminal: None,
+                })
             }),
         }
+    }
+}
+
+/// Dials the host's loopback for every pod: port-forward's connections reach the test's own
+/// listeners.
+struct HostDial;
+
+impl Dial for HostDial {
+    fn dial(
+        &self,
+        _namespace: &str,
+        pod: &str,
+        port: u16,
+    ) -> runtime::BoxFuture<'_, Result<tokio::net::TcpStream, String>> {
+        let pod = pod.to_string();
+        Box::pin(async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| format!("error forwarding port {port} to pod {pod}: {e}"))
+        })
     }
 }
 
@@ -86,6 +131,7 @@ async fn endpoint() -> (SocketAddr, tempfile::TempDir) {
         Arc::default(),
         client,
         Arc::new(HostExec),
+        Arc::new(HostDial),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -350,18 +396,6 @@ async fn requests_that_cannot_be_served_are_refused_before_the_upgrade() {
     let (addr, _dir) = endpoint().await;
     let (code, _) = refusal(connect(addr, "web", &sh("true"), "bad", "v5.channel.k8s.io").await);
     assert_eq!(code, 401);
-    let (code, body) = refusal(
-        connect(
-            addr,
-            "web",
-            &format!("{}&tty=true", sh("true")),
-            "good",
-            "v5.channel.k8s.io",
-        )
-        .await,
-    );
-    assert_eq!(code, 400);
-    assert!(body.contains("kubectl exec -t"), "{body}");
     let (code, body) =
         refusal(connect(addr, "web", "stdout=true", "good", "v5.channel.k8s.io").await);
     assert_eq!(code, 400);
@@ -371,13 +405,13 @@ async fn requests_that_cannot_be_served_are_refused_before_the_upgrade() {
     assert_eq!(code, 400);
     assert!(body.contains("v5.channel.k8s.io"), "{body}");
 
-    // SPDY (kubectl's fallback when the WebSocket is refused) is told what is spoken instead.
+    // A SPDY client that speaks no channel protocol of ours hears which are.
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     tcp.write_all(
         format!(
             "POST /exec/default/web/web?{} HTTP/1.1\r\nHost: n1\r\nAuthorization: Bearer good\r\n\
-             Connection: Upgrade, close\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\
+             Connection: Upgrade, close\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v9.channel.k8s.io\r\n\
              Content-Length: 0\r\n\r\n",
             sh("true")
         )
@@ -390,6 +424,61 @@ async fn requests_that_cannot_be_served_are_refused_before_the_upgrade() {
         .await
         .unwrap()
         .unwrap();
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains("SPDY is not supported"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("v4.channel.k8s.io"), "{answer}");
+}
+
+/// `kubectl exec -it`: the command runs on a terminal (`tty` names one), the client's resize
+/// reaches it (`stty size`), what is typed is echoed, and the exit code comes back.
+#[tokio::test]
+async fn a_terminal_session_resizes_echoes_and_exits() {
+    let (addr, _dir) = endpoint().await;
+    let query = "command=sh&stdin=true&stdout=true&stderr=true&tty=true";
+    let socket = connect(addr, "web", query, "good", "v5.channel.k8s.io")
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = socket.split();
+    tx.send(Message::Binary(
+        [&[4u8][..], br#"{"Width":101,"Height":37}"#]
+            .concat()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let mut status = None;
+    let mut typed = false;
+    let read = async {
+        while let Some(message) = rx.next().await {
+            match message.unwrap() {
+                Message::Binary(data) => match data.first() {
+                    Some(1) => out.extend_from_slice(&data[1..]),
+                    Some(3) => status = Some(serde_json::from_slice::<Value>(&data[1..]).unwrap()),
+                    other => panic!("a message on channel {other:?} (a terminal has only stdout)"),
+                },
+                Message::Close(_) => break,
+                _ => {}
+            }
+            // Once the shell has prompted, type: the size comes before the commands.
+            if !typed && !out.is_empty() {
+                typed = true;
+                let line = b"\x00tty; stty size; exit 7\n".to_vec();
+                tx.send(Message::Binary(line.into())).await.unwrap();
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the session ends");
+    let out = String::from_utf8_lossy(&out).replace('\r', "");
+    assert!(
+        out.contains("tty; stty size; exit 7"),
+        "the terminal echoes: {out}"
+    );
+    assert!(out.contains("/dev/pts/"), "tty names a terminal: {out}");
+    assert!(
+        out.contains("37 101"),
+        "the resize reached the terminal: {out}"
+    );
+    assert_eq!(status.unwrap()["details"]["causes"][0]["message"], "7");
 }

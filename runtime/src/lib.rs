@@ -12,6 +12,7 @@ pub mod netns;
 pub mod oci;
 pub mod outbound;
 pub mod registry;
+pub mod terminal;
 pub mod usage;
 pub mod wasm;
 

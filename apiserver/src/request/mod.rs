@@ -37,6 +37,7 @@ use crate::respond::{bad_request, failure, invalid, json_response, not_found};
 use crate::state::ApiState;
 use crate::stored::from_kv;
 use crate::strategy::{self, Strategy};
+use subresources::PodStream;
 
 /// The API: version, health and OpenAPI documents, then everything else through `dispatch`,
 /// all behind `authenticate`.
@@ -387,9 +388,19 @@ async fn dispatch(
             match (&method, kind, o.name.as_deref(), o.subresource.as_deref()) {
                 (&Method::GET, ("", "pods"), Some(name), Some("log")) => call.pod_log(name).await,
                 // GET for WebSocket clients (kubectl 1.30+), POST for SPDY ones.
-                (&Method::GET | &Method::POST, ("", "pods"), Some(name), Some("exec")) => {
-                    call.pod_exec(
+                (
+                    &Method::GET | &Method::POST,
+                    ("", "pods"),
+                    Some(name),
+                    Some(sub @ ("exec" | "portforward")),
+                ) => {
+                    let stream = match sub {
+                        "exec" => PodStream::Exec,
+                        _ => PodStream::PortForward,
+                    };
+                    call.pod_stream(
                         name,
+                        stream,
                         &method,
                         &headers,
                         uri.query().unwrap_or(""),
@@ -397,17 +408,8 @@ async fn dispatch(
                     )
                     .await
                 }
-                (
-                    &Method::GET | &Method::POST,
-                    ("", "pods"),
-                    Some(_),
-                    Some(sub @ ("portforward" | "attach")),
-                ) => {
-                    let what = match sub {
-                        "portforward" => "port-forward",
-                        _ => "attach",
-                    };
-                    bad_request(&format!("{what} is not supported yet"))
+                (&Method::GET | &Method::POST, ("", "pods"), Some(_), Some("attach")) => {
+                    bad_request("attach is not supported yet")
                 }
                 (&Method::POST, ("", "serviceaccounts"), Some(name), Some("token")) => {
                     call.token_request(name, &body, Some(TokenFor::ServiceAccount))
@@ -792,7 +794,9 @@ mod tests {
             View::Metadata
         );
         assert_eq!(
-            View::asked(Some("application/json; AS=PartialObjectMetadata; g=meta.k8s.io")),
+            View::asked(Some(
+                "application/json; AS=PartialObjectMetadata; g=meta.k8s.io"
+            )),
             View::Metadata
         );
         assert_eq!(

@@ -69,7 +69,8 @@ impl Call<'_> {
         // The common case — a plain list in the storage version — is rendered from the stored
         // bytes, parsing only each object's top level and metadata (a 5,000-pod list spent most
         // of its time parsing and re-serialising whole objects).
-        let plain = self.view == View::Object && self.query.get("fieldSelector").is_none_or(|f| f.is_empty());
+        let plain = self.view == View::Object
+            && self.query.get("fieldSelector").is_none_or(|f| f.is_empty());
         if plain && r.version == api::registry::storage_version(r) {
             if let Some(body) = render_list(r, &resp, &labels, limit, &self.pager()) {
                 return (
@@ -353,8 +354,9 @@ impl Call<'_> {
 /// One stored object with its resourceVersion filled in, parsing only its top level and its
 /// metadata; and its labels. `None` if the stored bytes are not an object with metadata.
 fn render_stored(kv: &KeyValue) -> Option<(Vec<u8>, std::collections::BTreeMap<String, String>)> {
-    let top: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
-        serde_json::from_slice(&kv.value).ok()?;
+    use serde_json::value::RawValue;
+    type Raw<'a> = std::collections::BTreeMap<String, &'a RawValue>;
+    let top: Raw = serde_json::from_slice(&kv.value).ok()?;
     let mut out = Vec::with_capacity(kv.value.len() + 40);
     let mut labels = None;
     out.push(b'{');
@@ -365,9 +367,16 @@ fn render_stored(kv: &KeyValue) -> Option<(Vec<u8>, std::collections::BTreeMap<S
         serde_json::to_writer(&mut out, key).ok()?;
         out.push(b':');
         if key == "metadata" {
-            let mut meta: serde_json::Map<String, Value> = serde_json::from_str(raw.get()).ok()?;
-            meta.insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
-            labels = Some(object::labels(&json!({"metadata": &meta})));
+            // Only the labels are parsed: the rest (managedFields above all, which every
+            // updated object carries) is copied as it is stored.
+            let mut meta: Raw = serde_json::from_str(raw.get()).ok()?;
+            labels = Some(match meta.get("labels") {
+                Some(l) => serde_json::from_str(l.get()).unwrap_or_default(),
+                None => Default::default(),
+            });
+            let revision = serde_json::to_string(&kv.mod_revision.to_string()).ok()?;
+            let revision = RawValue::from_string(revision).ok()?;
+            meta.insert("resourceVersion".into(), &revision);
             serde_json::to_writer(&mut out, &meta).ok()?;
         } else {
             out.extend_from_slice(raw.get().as_bytes());

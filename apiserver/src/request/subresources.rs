@@ -374,13 +374,15 @@ impl Call<'_> {
         Ok((node_name.to_string(), endpoint))
     }
 
-    /// `pods/{name}/exec`: checked here (the pod runs, the container is one of its own), then
-    /// the client's upgrade (a WebSocket, `v5.channel.k8s.io`) is passed to the node the pod
-    /// runs on, and once the node has switched protocols the two connections are spliced. The
-    /// stream itself (channels, the exit status) is between kubectl and the node.
-    pub(super) async fn pod_exec(
+    /// `pods/{name}/exec` and `pods/{name}/portforward`: checked here (the pod runs; for exec,
+    /// the container is one of its own), then the client's upgrade (a WebSocket or SPDY/3.1)
+    /// is passed to the node the pod runs on, and once the node has switched protocols the two
+    /// connections are spliced. The stream itself (channels, the exit status, forwarded
+    /// connections) is between the client and the node.
+    pub(super) async fn pod_stream(
         &self,
         name: &str,
+        stream: PodStream,
         method: &Method,
         headers: &HeaderMap,
         raw_query: &str,
@@ -392,21 +394,24 @@ impl Call<'_> {
             Ok(None) => return not_found(r, name),
             Err(e) => return store_failure(e),
         };
-        let container = match exec_container(name, &pod, self.query.get("container")) {
-            Ok(c) => c,
-            Err(message) => return bad_request(&message),
+        let ns = self.o.namespace.clone().unwrap_or_default();
+        let path = match stream {
+            PodStream::Exec => match exec_container(name, &pod, self.query.get("container")) {
+                Ok(container) => format!("/exec/{ns}/{name}/{container}?{raw_query}"),
+                Err(message) => return bad_request(&message),
+            },
+            PodStream::PortForward => format!("/portForward/{ns}/{name}?{raw_query}"),
         };
+        let what = stream.what();
         let (node_name, endpoint) = match self.pod_node(name, &pod) {
             Ok(found) => found,
             Err(refusal) => return refusal,
         };
         let Some(client) = client else {
-            return bad_request(
-                "exec needs a connection that can be upgraded: a WebSocket over HTTP/1.1",
-            );
+            return bad_request(&format!(
+                "{what} needs a connection that can be upgraded: a WebSocket or SPDY/3.1 over HTTP/1.1"
+            ));
         };
-        let ns = self.o.namespace.clone().unwrap_or_default();
-        let path = format!("/exec/{ns}/{name}/{container}?{raw_query}");
         let token = crate::metrics::node_token(self.st, &node_name);
         let target = crate::proxy::NodeTarget {
             tls: self.st.node_tls.get(),
@@ -420,7 +425,7 @@ impl Call<'_> {
                 return failure(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ServiceUnavailable",
-                    &format!("cannot reach node {node_name} at {endpoint} for exec: {e}"),
+                    &format!("cannot reach node {node_name} at {endpoint} for {what}: {e}"),
                 )
             }
         };
@@ -743,5 +748,21 @@ impl Call<'_> {
                 "status": {"token": token, "expirationTimestamp": expires},
             }),
         )
+    }
+}
+
+/// The streams of a pod the API server splices to its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PodStream {
+    Exec,
+    PortForward,
+}
+
+impl PodStream {
+    fn what(self) -> &'static str {
+        match self {
+            PodStream::Exec => "exec",
+            PodStream::PortForward => "port-forward",
+        }
     }
 }

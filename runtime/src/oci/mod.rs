@@ -197,6 +197,79 @@ impl OciRuntime {
             .map_err(|e| ExecError::Failed(format!("cannot start the shim: {e}")))
     }
 
+    /// Starts `argv` inside a running container on a terminal of its own (`kubectl exec -t`):
+    /// the shim is told to have libcontainer make the terminal in the container and pass its
+    /// controlling side to a console socket here. The child's stdout and stderr carry only the
+    /// shim's own errors.
+    pub async fn exec_terminal(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        argv: Vec<String>,
+    ) -> Result<(Child, crate::terminal::Terminal), ExecError> {
+        let id = self
+            .lookup(namespace, pod, container)
+            .ok_or_else(|| ExecError::NotRunning(format!("{namespace}/{pod}/{container}")))?;
+        if argv.is_empty() {
+            return Err(ExecError::Failed("no command given".into()));
+        }
+        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let socket = self.config.bundles_dir.join(format!(".console-{n}.sock"));
+        let _ = std::fs::remove_file(&socket);
+        let listener = tokio::net::UnixListener::bind(&socket)
+            .map_err(|e| ExecError::Failed(format!("{}: {e}", socket.display())))?;
+        let spawned = Command::new(&self.config.shim_program)
+            .args(["shim", "exec", "--root"])
+            .arg(&self.config.state_root)
+            .args(["--id", &id, "--console-socket"])
+            .arg(&socket)
+            .arg("--")
+            .args(&argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_file(&socket);
+                return Err(ExecError::Failed(format!("cannot start the shim: {e}")));
+            }
+        };
+        // The terminal arrives once the command is set up; a shim that exits first failed.
+        let received = tokio::select! {
+            t = tokio::time::timeout(
+                Duration::from_secs(30),
+                crate::terminal::receive(&listener, &socket),
+            ) => match t {
+                Ok(Ok(t)) => Ok(t),
+                Ok(Err(e)) => Err(format!("no terminal from the container: {e}")),
+                Err(_) => Err("no terminal from the container within 30s".to_string()),
+            },
+            _ = child.wait() => Err(String::new()),
+        };
+        let _ = std::fs::remove_file(&socket);
+        match received {
+            Ok(terminal) => Ok((child, terminal)),
+            Err(message) => {
+                let _ = child.start_kill();
+                let out = child.wait_with_output().await;
+                let said = out
+                    .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+                    .unwrap_or_default();
+                Err(ExecError::Failed(
+                    [message, said]
+                        .into_iter()
+                        .filter(|m| !m.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(": "),
+                ))
+            }
+        }
+    }
+
     /// Runs `argv` in the container to completion (exec probes): its exit code and output.
     pub async fn exec_output(
         &self,

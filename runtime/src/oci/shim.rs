@@ -238,20 +238,32 @@ pub fn oom_kills(cgroup: &str) -> u64 {
 /// `drover shim exec`: runs `argv` inside a running container with the shim's own stdio, and
 /// exits with its exit code (128 + the signal that ended it; 126 when it could not start).
 /// With `pid_file`, the command's host pid is written there once it runs, so whoever started
-/// the shim can kill the command itself (killing the shim does not end it).
-pub fn exec(root: &Path, id: &str, argv: Vec<String>, pid_file: Option<&Path>) -> ExitCode {
+/// the shim can kill the command itself (killing the shim does not end it). With
+/// `console_socket`, the command runs on a terminal libcontainer makes in the container's own
+/// devpts (the terminal's controlling side goes to that socket, as runc's `--console-socket`)
+/// instead of on the shim's stdio.
+pub fn exec(
+    root: &Path,
+    id: &str,
+    argv: Vec<String>,
+    pid_file: Option<&Path>,
+    console_socket: Option<&Path>,
+) -> ExitCode {
     let process_file = root
         .join(id)
         .join(format!("exec-{}.json", std::process::id()));
-    let started = confined_exec(root, id, &argv, &process_file).and_then(|(seccomp, process)| {
-        builder(root, id)?
-            .with_executor(ConfinedExec { seccomp })
-            .as_tenant()
-            .with_process(Some(process))
-            .with_detach(true)
-            .build()
-            .map_err(|e| e.to_string())
-    });
+    let terminal = console_socket.is_some();
+    let started =
+        confined_exec(root, id, &argv, terminal, &process_file).and_then(|(seccomp, process)| {
+            builder(root, id)?
+                .with_console_socket(console_socket)
+                .with_executor(ConfinedExec { seccomp })
+                .as_tenant()
+                .with_process(Some(process))
+                .with_detach(true)
+                .build()
+                .map_err(|e| e.to_string())
+        });
     let _ = std::fs::remove_file(&process_file);
     let pid = match started.map(|p| Pid::from_raw(p.as_raw())) {
         Ok(Some(pid)) => pid,
@@ -299,6 +311,7 @@ fn confined_exec(
     root: &Path,
     id: &str,
     argv: &[String],
+    terminal: bool,
     process_file: &Path,
 ) -> Result<(Option<LinuxSeccomp>, PathBuf), String> {
     let container =
@@ -311,7 +324,15 @@ fn confined_exec(
         .ok_or_else(|| format!("{} has no process", config.display()))?;
     process
         .set_args(Some(argv.to_vec()))
-        .set_terminal(Some(false));
+        .set_terminal(Some(terminal));
+    if terminal {
+        // As container runtimes do for a terminal: programs need to know what it is.
+        let mut env = process.env().clone().unwrap_or_default();
+        if !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push("TERM=xterm".into());
+            process.set_env(Some(env));
+        }
+    }
     let text = serde_json::to_vec(&process).map_err(|e| e.to_string())?;
     // The container's environment (its Secrets among it): for root's eyes only.
     std::os::unix::fs::OpenOptionsExt::mode(
