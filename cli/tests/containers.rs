@@ -198,6 +198,76 @@ spec:
         out.contains("from-localhost").then_some(())
     });
 
+    // exec over SPDY (kubectl 1.29, as every kubectl before 1.30), with stdin.
+    let kubectl = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new("timeout")
+            .arg("60")
+            .arg(program)
+            .args(args)
+            .env("KUBECONFIG", &c.lan.kubeconfig)
+            .env("HOME", c.lan.dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let old = "/usr/lib/google-cloud-sdk/bin/kubectl.1.29";
+    let (code, out, err) = kubectl(
+        old,
+        &[
+            "exec",
+            "duo",
+            "-c",
+            "server",
+            "--",
+            "sh",
+            "-c",
+            "cat /www/index.html; exit 4",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (Some(4), "from-localhost\n"), "{err}");
+    // exec -it on a terminal made in the container: kubectl needs one of its own, which
+    // `script` gives it. `tty` names the container's terminal, `stty size` sees kubectl's
+    // (once its first resize has arrived: the command may start before it).
+    let (code, out, err) = kubectl(
+        "script",
+        &["-qec", "stty cols 91 rows 29; kubectl exec -it duo -c server -- sh -c 'tty; until [ \"$(stty size)\" != \"0 0\" ]; do :; done; stty size; echo $TERM'", "/dev/null"],
+    );
+    let out = out.replace('\r', "");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("/dev/pts/0\n29 91\nxterm\n"), "{out:?}");
+    // port-forward into the pod's own localhost (where its containers meet), with both
+    // kubectl transports.
+    for program in ["kubectl", old] {
+        let mut forward = std::process::Command::new(program)
+            .args(["port-forward", "pod/duo", ":8081"])
+            .env("KUBECONFIG", &c.lan.kubeconfig)
+            .env("HOME", c.lan.dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(forward.stdout.take().unwrap()));
+        let port = lines
+            .find_map(|l| {
+                l.ok()?
+                    .strip_prefix("Forwarding from 127.0.0.1:")?
+                    .split(' ')
+                    .next()?
+                    .parse::<u16>()
+                    .ok()
+            })
+            .expect("kubectl port-forward listens");
+        let (ok, body) = sh(&format!("curl -s -m 10 http://127.0.0.1:{port}/"));
+        let _ = forward.kill();
+        let _ = forward.wait();
+        assert!(ok && body == "from-localhost\n", "{program}: {body:?}");
+    }
+
     // The pod's containers share its UTS namespace (hostname) and IPC namespace.
     for container in ["server", "client"] {
         let (ok, out, err) = c

@@ -386,9 +386,10 @@ fn a_restarted_node_takes_its_pods_back_without_duplicates() {
 
 /// `kubectl exec` goes through the API server (authorized, the pod checked, the WebSocket
 /// spliced over TLS) to the node; a Wasm container has nothing to run a command in, and kubectl
-/// prints why and fails.
+/// prints why and fails. `kubectl port-forward` reaches the Wasm pod's port, over both
+/// transports.
 #[test]
-fn kubectl_exec_reaches_the_node_and_a_wasm_container_refuses_it_clearly() {
+fn kubectl_exec_is_refused_clearly_by_a_wasm_container_and_port_forward_reaches_its_port() {
     let up = Up::start(53);
     up.import("hello_world.wasm", "hello-world:v1");
     up.apply(
@@ -433,12 +434,56 @@ fn kubectl_exec_reaches_the_node_and_a_wasm_container_refuses_it_clearly() {
     let (code, stderr) = kubectl(&["exec", "hello", "-c", "nope", "--", "true"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("nope"), "{stderr}");
-    let (code, stderr) = kubectl(&["port-forward", "pod/hello", "18053:8080"]);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains("port-forward is not supported yet"),
-        "{stderr}"
-    );
+    // port-forward reaches the Wasm pod's port: kubectl 1.32 over the WebSocket tunnel,
+    // kubectl 1.29 over SPDY (as every kubectl before 1.30).
+    for kubectl in ["kubectl", "/usr/lib/google-cloud-sdk/bin/kubectl.1.29"] {
+        let mut forward = Command::new(kubectl)
+            .args(["port-forward", "pod/hello", ":8080", "-v=6"])
+            .env("KUBECONFIG", &up.kubeconfig)
+            .env("HOME", up.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // "Forwarding from 127.0.0.1:PORT -> 8080" once it listens.
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(forward.stdout.take().unwrap()));
+        let port = lines.find_map(|l| {
+            let l = l.ok()?;
+            l.strip_prefix("Forwarding from 127.0.0.1:")?
+                .split(' ')
+                .next()?
+                .parse::<u16>()
+                .ok()
+        });
+        let Some(port) = port else {
+            let _ = forward.kill();
+            let out = forward.wait_with_output().unwrap();
+            panic!(
+                "{kubectl} port-forward did not listen:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        // Two requests, each its own forwarded connection.
+        for _ in 0..2 {
+            let answer = http_get(&format!("127.0.0.1:{port}"), "/");
+            assert!(
+                answer.as_ref().is_some_and(
+                    |(code, body)| *code == 200 && body.contains("Hello world from hello!")
+                ),
+                "{kubectl} port-forward: {answer:?}\n--- drover:\n{}",
+                up.log()
+            );
+        }
+        let _ = forward.kill();
+        let out = forward.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        // Which transport each kubectl used, from its own log.
+        if kubectl == "kubectl" {
+            assert!(log.contains("101 Switching Protocols"), "{log}");
+        }
+    }
 }
 
 /// The commands README.md lists after `drover up`, run as written (with the test's binary for

@@ -31,6 +31,8 @@ pub const PROTOCOL: &str = "portforward.k8s.io";
 pub const TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one direction of a forwarded connection may go on after the other has ended.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Opens connections to a pod's ports.
 pub trait Dial: Send + Sync {
@@ -184,7 +186,18 @@ async fn forward(conn: TcpStream, mut data: spdy::Stream) {
         }
         let _ = to_pod.shutdown().await;
     };
-    tokio::join!(upstream, downstream);
+    // When one direction ends, the other has a second to finish, then both are closed (as
+    // containerd's CRI port-forward does): kubectl closes its local connection only when
+    // this connection's error stream ends, and that is after both.
+    tokio::pin!(upstream, downstream);
+    tokio::select! {
+        _ = &mut upstream => {
+            let _ = tokio::time::timeout(LINGER, downstream).await;
+        }
+        _ = &mut downstream => {
+            let _ = tokio::time::timeout(LINGER, upstream).await;
+        }
+    }
 }
 
 /// The WebSocket tunnel's bytes as a byte stream: each binary message is the next slice of
