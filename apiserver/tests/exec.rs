@@ -320,9 +320,14 @@ async fn exec_checks_the_pod_then_splices_the_client_to_the_node() {
             "pods \"nope\" not found",
         ),
         (
-            "/api/v1/namespaces/default/pods/web/portforward?ports=80".into(),
+            "/api/v1/namespaces/default/pods/starting/portforward?ports=80".into(),
             400,
-            "port-forward is not supported yet",
+            "pod starting is not running (phase Pending); port-forward needs a running pod",
+        ),
+        (
+            "/api/v1/namespaces/default/pods/web/attach?stdout=true&container=zzz".into(),
+            400,
+            "container zzz is not valid for pod web",
         ),
     ] {
         let (head, body, _) = exec_over_tcp(&api, &path).await;

@@ -68,6 +68,7 @@ fn bundle(dir: &Path, rootfs: &Path) -> anyhow::Result<PathBuf> {
     let spec = runtime::oci::spec::build(&runtime::oci::spec::SpecInputs {
         argv: vec!["/bin/true".into()],
         env: vec!["PATH=/bin".into()],
+        terminal: false,
         cwd: "/".into(),
         uid: 0,
         gid: 0,

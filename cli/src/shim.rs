@@ -27,6 +27,18 @@ enum ShimCommand {
         log: PathBuf,
         #[arg(long)]
         cgroup: String,
+        /// Serve `kubectl attach` on this Unix socket.
+        #[arg(long)]
+        attach_socket: Option<PathBuf>,
+        /// Keep the container's stdin open for attachments (`stdin: true`).
+        #[arg(long)]
+        stdin: bool,
+        /// Close it after the first attachment's input ends (`stdinOnce: true`).
+        #[arg(long)]
+        stdin_once: bool,
+        /// Run the container on a terminal (`tty: true`).
+        #[arg(long)]
+        tty: bool,
     },
     /// Run a command inside a running container, with this process's stdio.
     Exec {
@@ -71,12 +83,20 @@ pub fn run(args: ShimArgs) -> ExitCode {
             bundle,
             log,
             cgroup,
+            attach_socket,
+            stdin,
+            stdin_once,
+            tty,
         } => shim::run(shim::RunArgs {
             root,
             id,
             bundle,
             log,
             cgroup,
+            attach_socket,
+            stdin,
+            stdin_once,
+            tty,
         }),
         ShimCommand::Exec {
             root,

@@ -231,10 +231,11 @@ spec:
     assert_eq!((code, out.as_str()), (Some(4), "from-localhost\n"), "{err}");
     // exec -it on a terminal made in the container: kubectl needs one of its own, which
     // `script` gives it. `tty` names the container's terminal, `stty size` sees kubectl's
-    // (once its first resize has arrived: the command may start before it).
+    // (once its first resize has arrived: the command may start before it; busybox's stty
+    // fails on a terminal of no size).
     let (code, out, err) = kubectl(
         "script",
-        &["-qec", "stty cols 91 rows 29; kubectl exec -it duo -c server -- sh -c 'tty; until [ \"$(stty size)\" != \"0 0\" ]; do :; done; stty size; echo $TERM'", "/dev/null"],
+        &["-qec", "stty cols 91 rows 29; kubectl exec -it duo -c server -- sh -c 'tty; until [ -n \"$(stty size 2>/dev/null | grep -v \"^0 0\")\" ]; do :; done; stty size; echo $TERM'", "/dev/null"],
     );
     let out = out.replace('\r', "");
     assert_eq!(code, Some(0), "{out}{err}");
@@ -267,6 +268,28 @@ spec:
         let _ = forward.wait();
         assert!(ok && body == "from-localhost\n", "{program}: {body:?}");
     }
+
+    // kubectl run -i attaches to the new container's stdin (stdinOnce: its end is the
+    // shell's), over the WebSocket (1.32) and SPDY (1.29).
+    for (i, program) in ["kubectl", old].iter().enumerate() {
+        let script = format!(
+            "echo 'echo attached-$((6*7)); echo to-stderr >&2' | {program} run reader{i} -i --rm \
+             --restart=Never --image={} -- sh",
+            c.image
+        );
+        let (code, out, err) = kubectl("sh", &["-c", &script]);
+        assert_eq!(code, Some(0), "{program}: {out}{err}");
+        assert!(out.contains("attached-42"), "{program}: {out:?} {err:?}");
+        assert!(err.contains("to-stderr"), "{program}: {out:?} {err:?}");
+    }
+    // kubectl run -it: the container runs on a terminal, and the attachment's resize reaches it.
+    let (code, out, err) = kubectl(
+        "script",
+        &["-qec", &format!("stty cols 77 rows 21; kubectl run tty1 -it --rm --restart=Never --image={} -- sh -c 'until [ -n \"$(stty size 2>/dev/null | grep -v \"^0 0\")\" ]; do :; done; tty; stty size; echo $TERM'", c.image), "/dev/null"],
+    );
+    let out = out.replace('\r', "");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("/dev/pts/0\n21 77\nxterm\n"), "{out:?}");
 
     // The pod's containers share its UTS namespace (hostname) and IPC namespace.
     for container in ["server", "client"] {

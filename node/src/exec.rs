@@ -61,7 +61,26 @@ pub trait Exec: Send + Sync {
         argv: Vec<String>,
         io: ExecIo,
     ) -> runtime::BoxFuture<'_, Result<Running, ExecError>>;
+
+    /// Connects to the container's main process (`kubectl attach`): a connection speaking
+    /// [`runtime::oci::attach`]'s frames. None of a node's runtimes but the oci one can.
+    fn attach(
+        &self,
+        _namespace: &str,
+        _pod: &str,
+        _container: &str,
+    ) -> runtime::BoxFuture<'_, Result<Box<dyn AttachIo>, ExecError>> {
+        Box::pin(async {
+            Err(ExecError::NotSupported(
+                "attach is not supported for Wasm containers".into(),
+            ))
+        })
+    }
 }
+
+/// A connection to a container's main process.
+pub trait AttachIo: AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + tokio::io::AsyncWrite + Send + Unpin> AttachIo for T {}
 
 /// Why a command could not be started; the message is what kubectl prints.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +155,8 @@ pub struct ExecRequest {
     pub stdout: bool,
     pub stderr: bool,
     pub tty: bool,
+    /// `kubectl attach` (to the main process; `command` is empty) rather than exec.
+    pub attach: bool,
 }
 
 /// A query flag as Go's `strconv.ParseBool` (what kube clients produce) reads it.
@@ -152,6 +173,26 @@ impl ExecRequest {
         container: String,
         query: &str,
     ) -> Result<ExecRequest, String> {
+        Self::parse_for(namespace, pod, container, query, false)
+    }
+
+    /// An attach request: the same query without a command.
+    pub fn parse_attach(
+        namespace: String,
+        pod: String,
+        container: String,
+        query: &str,
+    ) -> Result<ExecRequest, String> {
+        Self::parse_for(namespace, pod, container, query, true)
+    }
+
+    fn parse_for(
+        namespace: String,
+        pod: String,
+        container: String,
+        query: &str,
+        attach: bool,
+    ) -> Result<ExecRequest, String> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
             .map_err(|e| format!("the exec query string is not valid: {e}"))?;
         let mut request = ExecRequest {
@@ -163,6 +204,7 @@ impl ExecRequest {
             stdout: false,
             stderr: false,
             tty: false,
+            attach,
         };
         for (key, value) in pairs {
             match key.as_str() {
@@ -174,8 +216,11 @@ impl ExecRequest {
                 _ => {}
             }
         }
-        if request.command.is_empty() {
+        if request.command.is_empty() && !attach {
             return Err("you must specify at least one command for the container".into());
+        }
+        if attach {
+            request.command.clear();
         }
         if !(request.stdin || request.stdout || request.stderr) {
             return Err("you must specify at least one of stdin, stdout, stderr".into());
@@ -230,6 +275,18 @@ async fn run(
     to: mpsc::Sender<(u8, Bytes)>,
     from: mpsc::Receiver<FromClient>,
 ) -> Option<Value> {
+    if request.attach {
+        let attached = exec
+            .attach(&request.namespace, &request.pod, &request.container)
+            .await;
+        return match attached {
+            Ok(io) => pump_attach(io, request, to, from)
+                .await
+                .ok()
+                .map(|()| json!({"metadata": {}, "status": "Success"})),
+            Err(e) => Some(error_status(&e)),
+        };
+    }
     let started = exec
         .exec(
             &request.namespace,
@@ -470,6 +527,65 @@ where
     session.close().await;
 }
 
+/// Copies an attachment's output out and the client's input in, until the container's
+/// process ends (Ok) or the client goes away (Err: it detached; the container runs on).
+async fn pump_attach(
+    io: Box<dyn AttachIo>,
+    request: &ExecRequest,
+    to: mpsc::Sender<(u8, Bytes)>,
+    mut from: mpsc::Receiver<FromClient>,
+) -> Result<(), ()> {
+    use runtime::oci::attach;
+    let (mut reader, mut writer) = tokio::io::split(io);
+    // Frames are read by a task of their own: a frame read halfway must not be dropped when
+    // input arrives.
+    let (frames_tx, mut frames) = mpsc::channel(8);
+    let reading = tokio::spawn(async move {
+        while let Some(frame) = attach::read_frame(&mut reader).await {
+            if frames_tx.send(frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let outcome = loop {
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Some((channel, data)) => {
+                    let (channel, wanted) = match channel {
+                        attach::STDERR if !request.tty => (STDERR, request.stderr),
+                        _ => (STDOUT, request.stdout),
+                    };
+                    if wanted && to.send((channel, Bytes::from(data))).await.is_err() {
+                        break Err(());
+                    }
+                }
+                None => break Ok(()), // the process has exited
+            },
+            input = from.recv() => {
+                let sent = match input {
+                    Some(FromClient::Stdin(data)) if request.stdin => {
+                        attach::write_frame(&mut writer, attach::STDIN, &data).await
+                    }
+                    Some(FromClient::Stdin(_)) => Ok(()),
+                    Some(FromClient::StdinEnd) => {
+                        attach::write_frame(&mut writer, attach::STDIN_END, b"").await
+                    }
+                    Some(FromClient::Resize(width, height)) => {
+                        let size = json!({"Width": width, "Height": height}).to_string();
+                        attach::write_frame(&mut writer, attach::RESIZE, size.as_bytes()).await
+                    }
+                    None => break Err(()),
+                };
+                if sent.is_err() {
+                    break Ok(()); // the container's side is gone with its process
+                }
+            }
+        }
+    };
+    reading.abort();
+    outcome
+}
+
 /// Reads from a pipe that may be gone (then never ready).
 async fn read_some<R: AsyncRead + Unpin>(
     pipe: &mut Option<R>,
@@ -681,6 +797,15 @@ mod tests {
         assert!(tty.tty && !tty.stderr, "a terminal carries stderr itself");
         assert_eq!(tty.io(), ExecIo::Terminal);
         assert_eq!(r.io(), ExecIo::Pipes { stdin: true });
+        // An attachment names no command.
+        let attach =
+            ExecRequest::parse_attach("ns".into(), "p".into(), "c".into(), "stdin=1&stdout=1")
+                .unwrap();
+        assert!(attach.attach && attach.command.is_empty());
+        assert!(
+            parse("stdin=1&stdout=1").is_err(),
+            "an exec needs a command"
+        );
     }
 
     #[test]

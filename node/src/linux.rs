@@ -23,6 +23,9 @@ pub fn options(pod: &Pod, container: &Container, env: &[(String, String)]) -> Li
         args: expand(&container.args),
         working_dir: container.working_dir.clone().filter(|d| !d.is_empty()),
         hostname: hostname(pod),
+        stdin: container.stdin.unwrap_or(false),
+        stdin_once: container.stdin_once.unwrap_or(false),
+        tty: container.tty.unwrap_or(false),
         cpu_request: container
             .resources
             .as_ref()
@@ -166,6 +169,38 @@ impl crate::exec::Exec for ContainerExec {
                 )),
                 runtime::oci::ExecError::Failed(m) => ExecError::Failed(m),
             })
+        })
+    }
+
+    fn attach(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> runtime::BoxFuture<'_, Result<Box<dyn crate::exec::AttachIo>, crate::exec::ExecError>>
+    {
+        use crate::exec::ExecError;
+        let (namespace, pod, container) = (
+            namespace.to_string(),
+            pod.to_string(),
+            container.to_string(),
+        );
+        Box::pin(async move {
+            let Some(oci) = &self.oci else {
+                return Err(ExecError::NotSupported(
+                    "attach is not supported for Wasm containers".into(),
+                ));
+            };
+            match oci.attach(&namespace, &pod, &container).await {
+                Ok(conn) => Ok(Box::new(conn) as Box<dyn crate::exec::AttachIo>),
+                Err(runtime::oci::ExecError::NotRunning(_)) => {
+                    Err(ExecError::NotSupported(format!(
+                        "container {container:?} of pod {namespace}/{pod} is not a running Linux \
+                     container here (attach is not supported for Wasm containers)"
+                    )))
+                }
+                Err(runtime::oci::ExecError::Failed(m)) => Err(ExecError::Failed(m)),
+            }
         })
     }
 }

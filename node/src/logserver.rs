@@ -1,7 +1,8 @@
 //! The node's endpoint for the API server: container logs, which `pods/log` proxies to
 //! (`GET /containerLogs/{namespace}/{pod}/{container}?follow&tailLines&previous&timestamps`),
 //! commands in containers, which `pods/exec` splices kubectl's connection to
-//! (`/exec/{namespace}/{pod}/{container}?command=..`, see [`crate::exec`]), connections to
+//! (`/exec/{namespace}/{pod}/{container}?command=..`, see [`crate::exec`]) and `pods/attach`
+//! to its main process (`/attach/{namespace}/{pod}/{container}`), connections to
 //! pods' ports, which `pods/portforward` splices to (`/portForward/{namespace}/{pod}`, see
 //! [`crate::portforward`]), both over a WebSocket or SPDY, and the pods' resource usage,
 //! which metrics.k8s.io serves (`GET /metrics/pods`).
@@ -102,6 +103,10 @@ impl LogServer {
             .route(
                 "/exec/{ns}/{pod}/{container}",
                 get(exec_in_container).post(exec_in_container),
+            )
+            .route(
+                "/attach/{ns}/{pod}/{container}",
+                get(attach_to_container).post(attach_to_container),
             )
             .route(
                 "/portForward/{ns}/{pod}",
@@ -285,15 +290,37 @@ async fn exec_in_container(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Response {
+    let query = query.unwrap_or_default();
+    let parsed = crate::exec::ExecRequest::parse(ns, pod, container, &query);
+    stream_with_container(server, parsed, request).await
+}
+
+async fn attach_to_container(
+    State(server): State<Arc<LogServer>>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let parsed = crate::exec::ExecRequest::parse_attach(ns, pod, container, &query);
+    stream_with_container(server, parsed, request).await
+}
+
+/// An exec or attach session, over whichever transport the client asked for.
+async fn stream_with_container(
+    server: Arc<LogServer>,
+    parsed: Result<crate::exec::ExecRequest, String>,
+    request: Request,
+) -> Response {
     if !from_api_server(&server, request.headers()).await {
         return text(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
-    let exec =
-        match crate::exec::ExecRequest::parse(ns, pod, container, query.as_deref().unwrap_or("")) {
-            Ok(r) => r,
-            Err(message) => return text(StatusCode::BAD_REQUEST, &message),
-        };
-    match Upgrade::of(request, "exec").await {
+    let exec = match parsed {
+        Ok(r) => r,
+        Err(message) => return text(StatusCode::BAD_REQUEST, &message),
+    };
+    let what = if exec.attach { "attach" } else { "exec" };
+    match Upgrade::of(request, what).await {
         Ok(Upgrade::WebSocket(ws)) => crate::exec::upgrade(ws, server.exec.clone(), exec),
         Ok(Upgrade::Spdy(on, offered)) => match crate::exec::spdy_protocol(&offered) {
             Ok(protocol) => {

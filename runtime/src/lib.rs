@@ -70,6 +70,11 @@ pub struct LinuxOptions {
     pub hostname: String,
     /// CPU request in millicores: the container's cpu shares.
     pub cpu_request: Option<u64>,
+    /// `stdin`: the container's stdin stays open for `kubectl attach`; `stdinOnce`: until the
+    /// first attachment ends; `tty`: it runs on a terminal.
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
     pub security: Security,
 }
 

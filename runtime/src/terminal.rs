@@ -78,37 +78,47 @@ impl Terminal {
 /// Waits on `listener` (bound at `path`, an OCI console socket) for one connection and takes
 /// the terminal it passes (SCM_RIGHTS).
 pub async fn receive(listener: &tokio::net::UnixListener, path: &Path) -> io::Result<Terminal> {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let (stream, _) = listener.accept().await?;
     loop {
         stream.readable().await?;
-        let got = stream.try_io(tokio::io::Interest::READABLE, || {
-            let mut name = [0u8; 256];
-            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-            let mut ancillary = RecvAncillaryBuffer::new(&mut space);
-            rustix::net::recvmsg(
-                &stream,
-                &mut [io::IoSliceMut::new(&mut name)],
-                &mut ancillary,
-                RecvFlags::CMSG_CLOEXEC,
-            )
-            .map_err(io::Error::from)?;
-            let fd = ancillary.drain().find_map(|m| match m {
-                RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
-                _ => None,
-            });
-            Ok(fd)
-        });
-        match got {
+        match stream.try_io(tokio::io::Interest::READABLE, || take_fd(&stream)) {
             Ok(Some(fd)) => return Terminal::new(fd),
-            Ok(None) => {
-                return Err(io::Error::other(format!(
-                    "{} received no terminal",
-                    path.display()
-                )))
-            }
+            Ok(None) => return Err(no_terminal(path)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
     }
+}
+
+/// [`receive`] for a thread that may block (the shim): the terminal's controlling side.
+pub fn receive_blocking(
+    listener: &std::os::unix::net::UnixListener,
+    path: &Path,
+) -> io::Result<OwnedFd> {
+    let (stream, _) = listener.accept()?;
+    take_fd(&stream)?.ok_or_else(|| no_terminal(path))
+}
+
+fn no_terminal(path: &Path) -> io::Error {
+    io::Error::other(format!("{} received no terminal", path.display()))
+}
+
+/// The descriptor a console socket's one message carries.
+fn take_fd(stream: impl std::os::fd::AsFd) -> io::Result<Option<OwnedFd>> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut name = [0u8; 256];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    rustix::net::recvmsg(
+        stream,
+        &mut [io::IoSliceMut::new(&mut name)],
+        &mut ancillary,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    let fd = ancillary.drain().find_map(|m| match m {
+        RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+        _ => None,
+    });
+    Ok(fd)
 }

@@ -392,10 +392,11 @@ async fn dispatch(
                     &Method::GET | &Method::POST,
                     ("", "pods"),
                     Some(name),
-                    Some(sub @ ("exec" | "portforward")),
+                    Some(sub @ ("exec" | "attach" | "portforward")),
                 ) => {
                     let stream = match sub {
                         "exec" => PodStream::Exec,
+                        "attach" => PodStream::Attach,
                         _ => PodStream::PortForward,
                     };
                     call.pod_stream(
@@ -407,9 +408,6 @@ async fn dispatch(
                         client_upgrade,
                     )
                     .await
-                }
-                (&Method::GET | &Method::POST, ("", "pods"), Some(_), Some("attach")) => {
-                    bad_request("attach is not supported yet")
                 }
                 (&Method::POST, ("", "serviceaccounts"), Some(name), Some("token")) => {
                     call.token_request(name, &body, Some(TokenFor::ServiceAccount))

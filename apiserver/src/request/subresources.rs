@@ -374,8 +374,8 @@ impl Call<'_> {
         Ok((node_name.to_string(), endpoint))
     }
 
-    /// `pods/{name}/exec` and `pods/{name}/portforward`: checked here (the pod runs; for exec,
-    /// the container is one of its own), then the client's upgrade (a WebSocket or SPDY/3.1)
+    /// `pods/{name}/exec`, `attach` and `portforward`: checked here (the pod runs; for exec
+    /// and attach, the container is one of its own), then the client's upgrade (a WebSocket or SPDY/3.1)
     /// is passed to the node the pod runs on, and once the node has switched protocols the two
     /// connections are spliced. The stream itself (channels, the exit status, forwarded
     /// connections) is between the client and the node.
@@ -400,7 +400,19 @@ impl Call<'_> {
                 Ok(container) => format!("/exec/{ns}/{name}/{container}?{raw_query}"),
                 Err(message) => return bad_request(&message),
             },
-            PodStream::PortForward => format!("/portForward/{ns}/{name}?{raw_query}"),
+            PodStream::Attach => match exec_container(name, &pod, self.query.get("container")) {
+                Ok(container) => format!("/attach/{ns}/{name}/{container}?{raw_query}"),
+                Err(message) => return bad_request(&message),
+            },
+            PodStream::PortForward => {
+                let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+                if phase != "Running" {
+                    return bad_request(&format!(
+                        "pod {name} is not running (phase {phase}); port-forward needs a running pod"
+                    ));
+                }
+                format!("/portForward/{ns}/{name}?{raw_query}")
+            }
         };
         let what = stream.what();
         let (node_name, endpoint) = match self.pod_node(name, &pod) {
@@ -755,6 +767,7 @@ impl Call<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PodStream {
     Exec,
+    Attach,
     PortForward,
 }
 
@@ -762,6 +775,7 @@ impl PodStream {
     fn what(self) -> &'static str {
         match self {
             PodStream::Exec => "exec",
+            PodStream::Attach => "attach",
             PodStream::PortForward => "port-forward",
         }
     }

@@ -13,6 +13,7 @@
 //! State that outlives a crash lives in two places, both swept by [`OciRuntime::clean_up`] when
 //! the agent starts: libcontainer's state directory (one per node, under /run) and the bundles.
 
+pub mod attach;
 mod seccomp_default;
 pub mod shim;
 pub mod spec;
@@ -270,6 +271,22 @@ impl OciRuntime {
         }
     }
 
+    /// A connection to the attach socket of a running container (`kubectl attach`).
+    pub async fn attach(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> Result<tokio::net::UnixStream, ExecError> {
+        let id = self
+            .lookup(namespace, pod, container)
+            .ok_or_else(|| ExecError::NotRunning(format!("{namespace}/{pod}/{container}")))?;
+        let path = attach::socket_path(&self.config.state_root, &id);
+        tokio::net::UnixStream::connect(&path)
+            .await
+            .map_err(|e| ExecError::Failed(format!("cannot attach to container {container}: {e}")))
+    }
+
     /// Runs `argv` in the container to completion (exec probes): its exit code and output.
     pub async fn exec_output(
         &self,
@@ -498,6 +515,7 @@ impl OciRuntime {
         let oci = spec::build(&spec::SpecInputs {
             argv,
             env,
+            terminal: linux.tty,
             cwd,
             uid,
             gid,
@@ -555,6 +573,11 @@ impl OciRuntime {
             .arg("--log")
             .arg(spec.log.path())
             .args(["--cgroup", &format!("/drover/{id}")])
+            .arg("--attach-socket")
+            .arg(attach::socket_path(&self.config.state_root, &id))
+            .args(spec.linux.stdin.then_some("--stdin"))
+            .args(spec.linux.stdin_once.then_some("--stdin-once"))
+            .args(spec.linux.tty.then_some("--tty"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

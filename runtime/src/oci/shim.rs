@@ -56,6 +56,12 @@ pub struct RunArgs {
     pub log: PathBuf,
     /// The container's cgroup, relative to each hierarchy's mount (its OOM count is read there).
     pub cgroup: String,
+    /// Where `kubectl attach` connects ([`super::attach`]).
+    pub attach_socket: Option<PathBuf>,
+    /// The container's `stdin`, `stdinOnce` and `tty`.
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
 }
 
 fn report(r: &Report) {
@@ -63,6 +69,15 @@ fn report(r: &Report) {
     let line = serde_json::to_string(r).expect("a report serialises");
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// A Unix listener at `path`, in place of whatever a previous run left there.
+fn bind_fresh(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    std::os::unix::net::UnixListener::bind(path)
 }
 
 fn builder(root: &Path, id: &str) -> Result<ContainerBuilder, String> {
@@ -83,19 +98,57 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The attach socket is bound now, while the shim has one thread; it serves once the
+    // container runs.
+    let attach_listener = match args.attach_socket.as_deref().map(bind_fresh).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            report(&Report::Failed {
+                message: format!("cannot make the attach socket: {e}"),
+            });
+            return ExitCode::FAILURE;
+        }
+    };
+    // A terminal (`tty: true`) is made by libcontainer in the container's devpts and handed
+    // over through a console socket; otherwise stdout and stderr are pipes, and stdin a pipe
+    // too when the container keeps one open (`stdin: true`), else /dev/null.
+    let console = match (args.tty, &args.attach_socket) {
+        (true, Some(socket)) => {
+            let path = socket.with_extension("console");
+            match bind_fresh(&path) {
+                Ok(l) => Some((l, path)),
+                Err(e) => {
+                    report(&Report::Failed {
+                        message: format!("cannot make the console socket: {e}"),
+                    });
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => None,
+    };
     let pipes = (|| -> std::io::Result<_> {
         let (out_r, out_w) = std::io::pipe()?;
         let (err_r, err_w) = std::io::pipe()?;
-        let null = std::fs::File::open("/dev/null")?;
+        let (in_r, in_w) = if args.stdin {
+            let (r, w) = std::io::pipe()?;
+            (
+                OwnedFd::from(r),
+                Some(std::fs::File::from(OwnedFd::from(w))),
+            )
+        } else {
+            (OwnedFd::from(std::fs::File::open("/dev/null")?), None)
+        };
         Ok((
             out_r,
             OwnedFd::from(out_w),
             err_r,
             OwnedFd::from(err_w),
-            null,
+            in_r,
+            in_w,
         ))
     })();
-    let (out_r, out_w, err_r, err_w, null) = match pipes {
+    let (out_r, out_w, err_r, err_w, in_r, in_w) = match pipes {
         Ok(p) => p,
         Err(e) => {
             report(&Report::Failed {
@@ -105,15 +158,37 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     };
     let created = builder(&args.root, &args.id).and_then(|b| {
-        b.with_stdin(OwnedFd::from(null))
-            .with_stdout(out_w)
-            .with_stderr(err_w)
-            .as_init(&args.bundle)
+        let b = match &console {
+            Some((_, path)) => b.with_console_socket(Some(path)),
+            None => b.with_stdin(in_r).with_stdout(out_w).with_stderr(err_w),
+        };
+        b.as_init(&args.bundle)
             .with_systemd(false)
             .with_detach(true)
             .build()
             .map_err(|e| e.to_string())
     });
+    // The terminal was sent while the container was created.
+    let terminal = match (&created, &console) {
+        (Ok(_), Some((listener, path))) => {
+            match crate::terminal::receive_blocking(listener, path) {
+                Ok(t) => Some(std::fs::File::from(t)),
+                Err(e) => {
+                    if let Ok(mut c) = created {
+                        let _ = c.delete(true);
+                    }
+                    report(&Report::Failed {
+                        message: format!("no terminal from the container: {e}"),
+                    });
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => None,
+    };
+    if let Some((_, path)) = &console {
+        let _ = std::fs::remove_file(path);
+    }
     let mut container = match created {
         Ok(c) => c,
         Err(message) => {
@@ -141,18 +216,63 @@ pub fn run(args: RunArgs) -> ExitCode {
     });
 
     // From here on the shim may have threads: it clones no more.
-    let copiers = [(out_r, Stream::Stdout), (err_r, Stream::Stderr)].map(|(mut pipe, stream)| {
-        let log = log.clone();
+    let attachments = super::attach::Attachments::default();
+    let copy = |mut from: std::fs::File, stream: Stream, channel: u8| {
+        let (log, attachments) = (log.clone(), attachments.clone());
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 32 * 1024];
             loop {
-                match pipe.read(&mut buf) {
+                match from.read(&mut buf) {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => log.write(stream, &buf[..n]),
+                    Ok(n) => {
+                        log.write(stream, &buf[..n]);
+                        attachments.send(channel, &buf[..n]);
+                    }
                 }
             }
         })
-    });
+    };
+    let mut copiers = Vec::new();
+    let mut input = in_w;
+    let mut shared_terminal = None;
+    match terminal {
+        // Everything the terminal shows is the container's stdout (as in the kubelet's logs).
+        Some(t) => {
+            let reader = t.try_clone();
+            let writer = t.try_clone();
+            let t = std::sync::Arc::new(t);
+            if let Ok(r) = reader {
+                copiers.push(copy(r, Stream::Stdout, super::attach::STDOUT));
+            }
+            if args.stdin {
+                input = writer.ok();
+            }
+            shared_terminal = Some(t);
+        }
+        None => {
+            copiers.push(copy(
+                std::fs::File::from(OwnedFd::from(out_r)),
+                Stream::Stdout,
+                super::attach::STDOUT,
+            ));
+            copiers.push(copy(
+                std::fs::File::from(OwnedFd::from(err_r)),
+                Stream::Stderr,
+                super::attach::STDERR,
+            ));
+        }
+    }
+    if let Some(listener) = attach_listener {
+        super::attach::serve(
+            listener,
+            attachments.clone(),
+            super::attach::Options {
+                input: input.map(|f| std::sync::Arc::new(std::sync::Mutex::new(Some(f)))),
+                stdin_once: args.stdin_once,
+                terminal: shared_terminal.clone(),
+            },
+        );
+    }
     // Set once the process is reaped: its pid may then belong to another process.
     let reaped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let gone = reaped.clone();
@@ -191,9 +311,14 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     };
     reaped.store(true, std::sync::atomic::Ordering::SeqCst);
-    // The pid namespace died with its first process, so every writer of the pipes is gone.
+    // The pid namespace died with its first process, so every writer of the pipes is gone;
+    // a terminal reads EIO once nothing in the container holds it.
     for c in copiers {
         let _ = c.join();
+    }
+    attachments.close();
+    if let Some(path) = &args.attach_socket {
+        let _ = std::fs::remove_file(path);
     }
     log.finish();
     let oom_killed = oom_kills(&args.cgroup) > 0;

@@ -262,6 +262,8 @@ pub fn find_executable(
 pub struct SpecInputs<'a> {
     pub argv: Vec<String>,
     pub env: Vec<String>,
+    /// Whether the process runs on a terminal (`tty: true`).
+    pub terminal: bool,
     pub cwd: String,
     pub uid: u32,
     pub gid: u32,
@@ -380,7 +382,13 @@ pub fn build(i: &SpecInputs) -> Result<Spec, String> {
     let caps = json!(i.capabilities);
     let process = &mut spec["process"];
     process["args"] = json!(i.argv);
-    process["env"] = json!(i.env);
+    let mut env = i.env.clone();
+    if i.terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
+        // As container runtimes do for a terminal: programs need to know what it is.
+        env.push("TERM=xterm".into());
+    }
+    process["env"] = json!(env);
+    process["terminal"] = json!(i.terminal);
     process["cwd"] = json!(i.cwd);
     process["user"] = json!({"uid": i.uid, "gid": i.gid});
     process["noNewPrivileges"] = json!(i.no_new_privileges);
@@ -605,6 +613,7 @@ mod tests {
         let inputs = SpecInputs {
             argv: vec!["sh".into()],
             env: vec!["PATH=/bin".into()],
+            terminal: false,
             cwd: "/".into(),
             uid: 1000,
             gid: 1000,
