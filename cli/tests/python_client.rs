@@ -169,3 +169,36 @@ fn the_python_clients_own_dynamic_client_e2e_tests_pass() {
         source.display()
     );
 }
+
+/// The Python client's port-forward (WebSocket channels, not SPDY) reaches a Wasm pod's port.
+#[test]
+fn python_client_port_forwards_to_a_wasm_pod() {
+    let up = Up::start(63);
+    up.import("hello_world.wasm", "hello-world:v1");
+    up.apply(
+        "hello.yaml",
+        &std::fs::read_to_string(common::repo().join("examples/hello-pod.yaml")).unwrap(),
+    );
+    up.wait_for(
+        "hello",
+        "{.status.containerStatuses[0].ready}",
+        "true",
+        60,
+        |r| r == "true",
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/portforward.py");
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg("python3")
+        .arg(&script)
+        .env("KUBECONFIG", &up.kubeconfig)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{}\n{}\n--- drover:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        up.log()
+    );
+}

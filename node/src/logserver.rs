@@ -340,24 +340,31 @@ async fn port_forward(
     UrlPath((ns, pod)): UrlPath<(String, String)>,
     request: Request,
 ) -> Response {
-    use crate::portforward::{PROTOCOL, TUNNEL};
+    use crate::portforward::{CHANNELS, PROTOCOL, TUNNEL};
     if !from_api_server(&server, request.headers()).await {
         return text(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
     let dial = server.dial.clone();
+    let query = request.uri().query().unwrap_or_default().to_string();
     match Upgrade::of(request, "port-forward").await {
         Ok(Upgrade::WebSocket(ws)) => {
-            let ws = ws.protocols([TUNNEL]);
-            if ws.selected_protocol().is_none() {
+            let ws = ws.protocols([TUNNEL, CHANNELS[0], CHANNELS[1]]);
+            match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
+                Some(TUNNEL) => ws.on_upgrade(move |socket| {
+                    crate::portforward::session(crate::portforward::tunnel(socket), dial, ns, pod)
+                }),
+                Some(_) => match crate::portforward::ports(&query) {
+                    Ok(ports) => ws.on_upgrade(move |socket| {
+                        crate::portforward::channel_session(socket, dial, ns, pod, ports)
+                    }),
+                    Err(message) => text(StatusCode::BAD_REQUEST, &message),
+                },
                 // Not a 101: client-go then falls back to SPDY.
-                return text(
+                None => text(
                     StatusCode::BAD_REQUEST,
-                    &format!("port-forward over a WebSocket speaks the subprotocol {TUNNEL}; the client offered another"),
-                );
+                    &format!("port-forward over a WebSocket speaks the subprotocols {TUNNEL}, {} and {}; the client offered none", CHANNELS[0], CHANNELS[1]),
+                ),
             }
-            ws.on_upgrade(move |socket| {
-                crate::portforward::session(crate::portforward::tunnel(socket), dial, ns, pod)
-            })
         }
         Ok(Upgrade::Spdy(on, offered)) => {
             let speaks = offered.is_empty()

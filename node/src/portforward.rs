@@ -7,7 +7,8 @@
 //! subprotocol `SPDY/3.1+portforward.k8s.io` whose binary messages carry the same SPDY bytes
 //! (kubectl 1.30+, KEP-4006). For each connection it forwards, the client opens two streams
 //! with the same `requestID` and `port`: `error`, where a failure is reported as text, and
-//! `data`, the connection's bytes. As kubelet does, the connection is made to the port on the
+//! `data`, the connection's bytes. (The Python client speaks `v4.channel.k8s.io` over a
+//! WebSocket instead: [`channel_session`].) As kubelet does, the connection is made to the port on the
 //! pod's localhost, inside its network namespace (in loopback mode, pods have no namespace of
 //! their own: to the pod's address).
 
@@ -29,6 +30,9 @@ use crate::spdy;
 pub const PROTOCOL: &str = "portforward.k8s.io";
 /// The WebSocket subprotocol whose messages carry SPDY.
 pub const TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+/// The channel protocols over a WebSocket (the Python client's port-forward): one connection
+/// per port named in the query, each port a data and an error channel.
+pub const CHANNELS: [&str; 2] = ["v4.channel.k8s.io", "v5.channel.k8s.io"];
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one direction of a forwarded connection may go on after the other has ended.
@@ -236,4 +240,106 @@ pub fn tunnel(socket: WebSocket) -> tokio::io::DuplexStream {
         }
     });
     ours
+}
+
+/// The ports a WebSocket port-forward asks for: `ports=80,443` or `ports` repeated. Err: what
+/// is wrong, for the client.
+pub fn ports(query: &str) -> Result<Vec<u16>, String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| format!("the query string is not valid: {e}"))?;
+    let mut ports = Vec::new();
+    for (k, v) in pairs.iter().filter(|(k, _)| k == "ports") {
+        for p in v.split(',').map(str::trim) {
+            match p.parse::<u16>() {
+                Ok(n) if n > 0 => ports.push(n),
+                _ => return Err(format!("{k}: invalid port {p:?}")),
+            }
+        }
+    }
+    if ports.is_empty() {
+        return Err("query parameter \"port\" is required".into());
+    }
+    Ok(ports)
+}
+
+/// Port-forward over a WebSocket's channels (kubelet's `v4.channel.k8s.io` port-forward): the
+/// i-th port's data is channel 2i and its errors 2i+1, each announced first with the port as
+/// two little-endian bytes. One connection per port, for the life of the WebSocket.
+pub async fn channel_session(
+    socket: WebSocket,
+    dial: Arc<dyn Dial>,
+    namespace: String,
+    pod: String,
+    ports: Vec<u16>,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    let (mut sink, mut source) = socket.split();
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let mut to_pod = HashMap::new();
+    let mut tasks = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let (data, error) = (2 * i as u8, 2 * i as u8 + 1);
+        for channel in [data, error] {
+            let mut hello = vec![channel];
+            hello.extend_from_slice(&port.to_le_bytes());
+            if sink.send(Message::Binary(hello.into())).await.is_err() {
+                return;
+            }
+        }
+        match dial.dial(&namespace, &pod, *port).await {
+            Ok(conn) => {
+                let (mut reader, writer) = conn.into_split();
+                to_pod.insert(data, writer);
+                let out = out_tx.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 32 * 1024];
+                    while let Ok(n) = reader.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut message = vec![data];
+                        message.extend_from_slice(&buf[..n]);
+                        if out.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                }));
+            }
+            Err(message) => {
+                let mut m = vec![error];
+                m.extend_from_slice(message.as_bytes());
+                let _ = out_tx.send(m).await;
+            }
+        }
+    }
+    drop(out_tx);
+    loop {
+        tokio::select! {
+            out = out_rx.recv() => match out {
+                Some(message) => {
+                    if sink.send(Message::Binary(message.into())).await.is_err() {
+                        break;
+                    }
+                }
+                // Every pod connection has ended.
+                None => break,
+            },
+            message = source.next() => match message {
+                Some(Ok(Message::Binary(data))) => {
+                    let Some((&channel, rest)) = data.split_first() else { continue };
+                    if let Some(writer) = to_pod.get_mut(&channel) {
+                        if !rest.is_empty() && writer.write_all(rest).await.is_err() {
+                            to_pod.remove(&channel);
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    let _ = sink.close().await;
 }

@@ -106,8 +106,10 @@ async fn endpoint() -> (SocketAddr, tempfile::TempDir) {
 enum Wire {
     Tcp(tokio::net::TcpStream),
     Ws(
-        tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        Box<
+            tokio_tungstenite::WebSocketStream<
+                tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+            >,
         >,
     ),
 }
@@ -456,7 +458,7 @@ async fn port_forward_over_the_websocket_tunnel_is_the_same_spdy() {
         response.headers()["sec-websocket-protocol"],
         "SPDY/3.1+portforward.k8s.io"
     );
-    forward_through(Client::new(Wire::Ws(socket)), port).await;
+    forward_through(Client::new(Wire::Ws(Box::new(socket))), port).await;
 
     // Another WebSocket subprotocol is refused without a 101, so client-go falls back to SPDY.
     let mut request = format!("ws://{addr}/portForward/default/web?ports={port}")

@@ -106,10 +106,7 @@ pub fn serve(listener: UnixListener, attachments: Attachments, options: Options)
 /// Reads one client's frames: its input to the container, its resizes to the terminal.
 fn take_input(mut conn: UnixStream, options: Options) {
     let mut gave_input = false;
-    loop {
-        let Some((channel, data)) = read_frame_blocking(&mut conn) else {
-            break;
-        };
+    while let Some((channel, data)) = read_frame_blocking(&mut conn) {
         match channel {
             STDIN => {
                 if let Some(input) = &options.input {
