@@ -1,14 +1,45 @@
-//! Conversion between the served versions of a resource and the version it is stored in.
-//! Today one resource has two versions: HorizontalPodAutoscaler, stored as `autoscaling/v2`
-//! and served as `autoscaling/v1` too (what `kubectl autoscale` writes).
+//! Conversion between the served versions of a resource and the version it is stored in:
+//! HorizontalPodAutoscaler, stored as `autoscaling/v2` and served as `autoscaling/v1` too (what
+//! `kubectl autoscale` writes); Event, stored as core `v1` and served as `events.k8s.io/v1`
+//! too (what client-go's new event recorder and `kubectl events` use).
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use crate::registry::{storage_version, Resource};
+use crate::registry::{served_as_stored, Resource};
+
+/// Field names of `events.k8s.io/v1` Event and the core `v1` Event field each is.
+const EVENT_FIELDS: [(&str, &str); 7] = [
+    ("note", "message"),
+    ("regarding", "involvedObject"),
+    ("reportingController", "reportingComponent"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+];
+
+/// Renames an object's top-level fields `from` → `to` per pair.
+fn rename(obj: &mut Value, pairs: impl Iterator<Item = (&'static str, &'static str)>) {
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    let mut moved = Map::new();
+    for (from, to) in pairs {
+        if let Some(v) = map.remove(from) {
+            moved.insert(to.to_string(), v);
+        }
+    }
+    map.extend(moved);
+}
 
 /// `obj`, sent to `r`'s version, in the storage version.
 pub fn to_storage(r: &Resource, mut obj: Value) -> Value {
-    if r.version == storage_version(r) {
+    if served_as_stored(r) {
+        return obj;
+    }
+    if r.group == "events.k8s.io" && r.name == "events" {
+        obj["apiVersion"] = json!("v1");
+        rename(&mut obj, EVENT_FIELDS.into_iter());
         return obj;
     }
     if r.name == "horizontalpodautoscalers" && r.version == "v1" {
@@ -35,7 +66,15 @@ pub fn to_storage(r: &Resource, mut obj: Value) -> Value {
 
 /// `obj`, stored in the storage version, as `r`'s version shows it.
 pub fn from_storage(r: &Resource, mut obj: Value) -> Value {
-    if r.version == storage_version(r) {
+    if served_as_stored(r) {
+        return obj;
+    }
+    if r.group == "events.k8s.io" && r.name == "events" {
+        obj["apiVersion"] = json!("events.k8s.io/v1");
+        rename(
+            &mut obj,
+            EVENT_FIELDS.into_iter().map(|(new, old)| (old, new)),
+        );
         return obj;
     }
     if r.name == "horizontalpodautoscalers" && r.version == "v1" {
@@ -70,6 +109,25 @@ pub fn from_storage(r: &Resource, mut obj: Value) -> Value {
 mod tests {
     use super::*;
     use crate::registry::find;
+
+    #[test]
+    fn events_of_either_group_are_one_core_event() {
+        let new = find("events.k8s.io", "v1", "events").unwrap();
+        let served = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e1", "namespace": "default"},
+            "eventTime": "2026-12-07T12:00:00.000000Z", "reason": "Started", "type": "Normal",
+            "note": "it began", "action": "Start", "reportingController": "me/ctl",
+            "reportingInstance": "me-1", "regarding": {"kind": "Pod", "name": "web"},
+            "deprecatedCount": 2});
+        let stored = to_storage(new, served.clone());
+        assert_eq!(stored["apiVersion"], "v1");
+        assert_eq!(stored["message"], "it began");
+        assert_eq!(stored["involvedObject"]["name"], "web");
+        assert_eq!(stored["reportingComponent"], "me/ctl");
+        assert_eq!(stored["count"], 2);
+        assert!(stored.get("note").is_none());
+        assert_eq!(from_storage(new, stored), served);
+    }
 
     #[test]
     fn hpa_v1_round_trips_through_v2() {

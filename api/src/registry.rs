@@ -115,10 +115,9 @@ impl Resource {
 
     /// The store key prefix of this resource's objects, ending in '/'.
     pub fn key_prefix(&self) -> String {
-        let group = if self.group.is_empty() {
-            "core"
-        } else {
-            self.group
+        let group = match storage_group(self) {
+            "" => "core",
+            g => g,
         };
         format!("/registry/{group}/{}/", self.name)
     }
@@ -246,12 +245,28 @@ pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
     out
 }
 
-/// The version objects of this resource are stored in: the first one registered.
+/// The group whose objects this resource's are: its own, except for `events.k8s.io` Events,
+/// which are core Events seen another way (as in kube-apiserver, where both read one store).
+pub fn storage_group(r: &Resource) -> &'static str {
+    match (r.group, r.name) {
+        ("events.k8s.io", "events") => "",
+        (group, _) => group,
+    }
+}
+
+/// The version objects of this resource are stored in: the first one registered in its
+/// storage group.
 pub fn storage_version(r: &Resource) -> &'static str {
+    let group = storage_group(r);
     REGISTRY
         .iter()
-        .find(|s| s.group == r.group && s.name == r.name)
+        .find(|s| s.group == group && s.name == r.name)
         .map_or(r.version, |s| s.version)
+}
+
+/// Whether objects of `r` are stored exactly as `r` serves them (no conversion either way).
+pub fn served_as_stored(r: &Resource) -> bool {
+    storage_group(r) == r.group && storage_version(r) == r.version
 }
 
 #[cfg(test)]
@@ -269,10 +284,11 @@ mod tests {
         assert_eq!(ns.key(None, "default"), "/registry/core/namespaces/default");
         let deploy = find("apps", "v1", "deployments").unwrap();
         assert_eq!(deploy.api_version(), "apps/v1");
-        // Both events resources exist, in their own groups, without sharing keys.
+        // Both events resources read one store: events.k8s.io's are core Events converted.
         let ev = find("", "v1", "events").unwrap();
         let ev2 = find("events.k8s.io", "v1", "events").unwrap();
-        assert_ne!(ev.key_prefix(), ev2.key_prefix());
+        assert_eq!(ev.key_prefix(), ev2.key_prefix());
+        assert!(served_as_stored(ev) && !served_as_stored(ev2));
     }
 
     #[test]

@@ -202,3 +202,88 @@ async fn a_streaming_list_ends_its_initial_events_with_a_bookmark() {
     .await;
     assert!(!text.contains("initial-events-end"), "{text}");
 }
+
+/// An Event written through `events.k8s.io/v1` is a core Event (and the other way round), as
+/// both groups read one store in kube-apiserver: `kubectl get events` and `kubectl events`
+/// show every event, whichever recorder wrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_both_groups_are_one_list() {
+    let (_dir, _node, app) = start().await;
+    let (code, created) = call(
+        &app,
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+        Some(
+            json!({"metadata": {"name": "new-style"}, "eventTime": "2026-12-07T12:00:00.000000Z",
+            "reason": "Pulled", "type": "Normal", "note": "image pulled", "action": "Pull",
+            "reportingController": "drover/node", "reportingInstance": "n1",
+            "regarding": {"kind": "Pod", "namespace": "default", "name": "web"}}),
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    assert_eq!(created["note"], "image pulled");
+    let (code, _) = call(
+        &app,
+        "POST",
+        "/api/v1/namespaces/default/events",
+        Some(
+            json!({"metadata": {"name": "old-style"}, "reason": "Started", "type": "Normal",
+            "message": "container started", "involvedObject": {"kind": "Pod", "name": "web"}}),
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (_, core) = call(&app, "GET", "/api/v1/namespaces/default/events", None).await;
+    let (_, new) = call(
+        &app,
+        "GET",
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+        None,
+    )
+    .await;
+    let names = |list: &serde_json::Value| {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["metadata"]["name"].as_str().unwrap().to_string())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(names(&core), names(&new));
+    assert_eq!(names(&core).len(), 2);
+    let as_core = core["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["metadata"]["name"] == "new-style")
+        .unwrap();
+    assert_eq!(as_core["message"], "image pulled");
+    assert_eq!(as_core["involvedObject"]["name"], "web");
+    let as_new = new["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["metadata"]["name"] == "old-style")
+        .unwrap();
+    assert_eq!(as_new["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(as_new["note"], "container started");
+    assert_eq!(as_new["regarding"]["name"], "web");
+    // One object: deleting it through either group removes it from both.
+    let (code, _) = call(
+        &app,
+        "DELETE",
+        "/apis/events.k8s.io/v1/namespaces/default/events/old-style",
+        None,
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = call(
+        &app,
+        "GET",
+        "/api/v1/namespaces/default/events/old-style",
+        None,
+    )
+    .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}

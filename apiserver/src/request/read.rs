@@ -71,7 +71,7 @@ impl Call<'_> {
         // of its time parsing and re-serialising whole objects).
         let plain = self.view == View::Object
             && self.query.get("fieldSelector").is_none_or(|f| f.is_empty());
-        if plain && r.version == api::registry::storage_version(r) {
+        if plain && api::registry::served_as_stored(r) {
             if let Some(body) = render_list(r, &resp, &labels, limit, &self.pager()) {
                 return (
                     StatusCode::OK,
