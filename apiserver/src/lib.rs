@@ -27,6 +27,7 @@ pub mod admission;
 pub mod auth;
 mod bootstrap;
 pub mod cache;
+mod compress;
 pub mod discovery;
 pub mod encryption;
 pub mod inflight;

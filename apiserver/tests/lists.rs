@@ -287,3 +287,56 @@ async fn events_of_both_groups_are_one_list() {
     .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
 }
+
+/// Lists of 128 KiB or more go out gzipped to clients that accept it (as kube-apiserver's
+/// APIResponseCompression); smaller answers, clients that do not, and watches stay plain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_lists_are_gzipped_for_clients_that_accept_it() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use std::io::Read;
+    use tower::ServiceExt;
+    let (_dir, _node, app) = start().await;
+    let filler = "x".repeat(4096);
+    for i in 0..40 {
+        let (code, _) = call(
+            &app,
+            "POST",
+            CM,
+            Some(json!({"metadata": {"name": format!("big{i}")}, "data": {"f": filler}})),
+        )
+        .await;
+        assert_eq!(code, StatusCode::CREATED);
+    }
+    let get = |uri: &str, gzip: bool| {
+        let mut req = Request::builder()
+            .uri(uri)
+            .header("authorization", "Bearer t");
+        if gzip {
+            req = req.header("accept-encoding", "gzip");
+        }
+        app.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    let resp = get(CM, true).await.unwrap();
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    let zipped = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&zipped[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 40);
+    assert!(zipped.len() * 10 < text.len(), "it compressed");
+    // Not asked for, or small: plain.
+    let resp = get(CM, false).await.unwrap();
+    assert!(resp.headers().get("content-encoding").is_none());
+    let resp = get(&format!("{CM}/big1"), true).await.unwrap();
+    assert!(resp.headers().get("content-encoding").is_none());
+    // A watch is a stream: never compressed, whatever it carries.
+    let resp = get(&format!("{CM}?watch=1&timeoutSeconds=1"), true)
+        .await
+        .unwrap();
+    assert!(resp.headers().get("content-encoding").is_none());
+}

@@ -100,6 +100,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             limit_inflight,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn(crate::compress::gzip_large))
         .with_state(state)
 }
 
