@@ -108,6 +108,114 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
     )
 }
 
+/// The aggregated discovery version (`apidiscovery.k8s.io` v2, or v2beta1 for kubectl 1.27
+/// to 1.29) the Accept header asks for first, if any: then `/api` and `/apis` answer with
+/// every resource at once (one request instead of one per group version).
+pub fn aggregated_version(accept: Option<&str>) -> Option<&'static str> {
+    for range in accept?.split(',') {
+        let mut params = std::collections::HashMap::new();
+        for p in range.split(';').skip(1) {
+            if let Some((k, v)) = p.split_once('=') {
+                params.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let discovery = params.get("g").map(String::as_str) == Some("apidiscovery.k8s.io")
+            && params.get("as").map(String::as_str) == Some("APIGroupDiscoveryList");
+        if discovery {
+            match params.get("v").map(String::as_str) {
+                Some("v2") => return Some("v2"),
+                Some("v2beta1") => return Some("v2beta1"),
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+/// The Content-Type of an aggregated discovery answer, which is how clients know it is one.
+pub fn aggregated_content_type(version: &str) -> String {
+    format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList")
+}
+
+/// `APIGroupDiscoveryList` for `/api` (core) or `/apis` (every group): each group version's
+/// resources with their subresources, from the same documents as the per-version discovery.
+pub fn aggregated(core: bool, version: &str) -> Value {
+    let groups: Vec<(&str, Vec<&str>)> = if core {
+        vec![("", vec!["v1"])]
+    } else {
+        registry::groups()
+    };
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .filter_map(|v| {
+                    let list = resources(group, v)?;
+                    Some(json!({
+                        "version": v,
+                        "resources": aggregated_resources(group, v, &list),
+                        "freshness": "Current",
+                    }))
+                })
+                .collect();
+            json!({"metadata": {"name": group}, "versions": versions})
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": format!("apidiscovery.k8s.io/{version}"),
+        "metadata": {},
+        "items": items,
+    })
+}
+
+/// An APIResourceList's entries as APIResourceDiscovery: `name/sub` entries become the
+/// subresources of `name`.
+fn aggregated_resources(group: &str, version: &str, list: &Value) -> Vec<Value> {
+    let entries = list["resources"].as_array().cloned().unwrap_or_default();
+    let kind_of = |e: &Value| {
+        json!({
+            "group": e["group"].as_str().unwrap_or(group),
+            "version": e["version"].as_str().unwrap_or(version),
+            "kind": e["kind"],
+        })
+    };
+    let mut out: Vec<Value> = Vec::new();
+    for e in &entries {
+        let name = e["name"].as_str().unwrap_or_default();
+        if name.contains('/') {
+            continue;
+        }
+        let mut doc = json!({
+            "resource": name,
+            "responseKind": kind_of(e),
+            "scope": if e["namespaced"] == true { "Namespaced" } else { "Cluster" },
+            "singularResource": e["singularName"],
+            "verbs": e["verbs"],
+        });
+        for field in ["shortNames", "categories"] {
+            if let Some(v) = e.get(field) {
+                doc[field] = v.clone();
+            }
+        }
+        let subresources: Vec<Value> = entries
+            .iter()
+            .filter_map(|s| {
+                let (parent, sub) = s["name"].as_str()?.split_once('/')?;
+                (parent == name).then(
+                    || json!({"subresource": sub, "responseKind": kind_of(s), "verbs": s["verbs"]}),
+                )
+            })
+            .collect();
+        if !subresources.is_empty() {
+            doc["subresources"] = json!(subresources);
+        }
+        out.push(doc);
+    }
+    out
+}
+
 /// The schemas of every served kind, with Kubernetes' descriptions, generated from
 /// k8s-openapi by `tools/gen-openapi` (see there to regenerate).
 static SCHEMAS: &str = include_str!("openapi_schemas.json");
@@ -244,4 +352,67 @@ fn openapi_v3_document(all: &Value, group: &str, version: &str) -> Value {
         "paths": paths,
         "components": {"schemas": schemas},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregated_discovery_is_asked_for_by_version_and_lists_subresources() {
+        let kubectl_132 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(aggregated_version(Some(kubectl_132)), Some("v2"));
+        let kubectl_127 = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(aggregated_version(Some(kubectl_127)), Some("v2beta1"));
+        assert_eq!(aggregated_version(Some("application/json")), None);
+        assert_eq!(aggregated_version(None), None);
+
+        let apis = aggregated(false, "v2");
+        assert_eq!(apis["apiVersion"], "apidiscovery.k8s.io/v2");
+        let apps = apis["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["metadata"]["name"] == "apps")
+            .unwrap();
+        let deployments = apps["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "deployments")
+            .unwrap();
+        assert_eq!(deployments["scope"], "Namespaced");
+        assert_eq!(
+            deployments["responseKind"],
+            json!({"group": "apps", "version": "v1", "kind": "Deployment"})
+        );
+        let subs: Vec<&str> = deployments["subresources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["subresource"].as_str().unwrap())
+            .collect();
+        assert!(
+            subs.contains(&"status") && subs.contains(&"scale"),
+            "{subs:?}"
+        );
+        let scale = deployments["subresources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["subresource"] == "scale")
+            .unwrap();
+        assert_eq!(scale["responseKind"]["group"], "autoscaling");
+        // Every resource of the per-version documents is in it, and only those.
+        let api = aggregated(true, "v2");
+        let core = &api["items"][0]["versions"][0]["resources"];
+        let legacy = resources("", "v1").unwrap();
+        let top = legacy["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| !r["name"].as_str().unwrap().contains('/'))
+            .count();
+        assert_eq!(core.as_array().unwrap().len(), top);
+    }
 }

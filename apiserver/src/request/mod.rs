@@ -299,10 +299,23 @@ async fn dispatch(
         );
     }
     match target {
-        Target::CoreVersions => {
-            json_response(StatusCode::OK, &discovery::core_versions(&st.address))
+        Target::CoreVersions | Target::Groups => {
+            let core = matches!(target, Target::CoreVersions);
+            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            if let Some(version) = discovery::aggregated_version(accept) {
+                let mut response =
+                    json_response(StatusCode::OK, &discovery::aggregated(core, version));
+                if let Ok(v) = discovery::aggregated_content_type(version).parse() {
+                    response.headers_mut().insert(header::CONTENT_TYPE, v);
+                }
+                return response;
+            }
+            if core {
+                json_response(StatusCode::OK, &discovery::core_versions(&st.address))
+            } else {
+                json_response(StatusCode::OK, &discovery::groups())
+            }
         }
-        Target::Groups => json_response(StatusCode::OK, &discovery::groups()),
         Target::Group(g) => match discovery::group(&g) {
             Some(doc) => json_response(StatusCode::OK, &doc),
             None => failure(
