@@ -50,7 +50,15 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // No transparent huge pages for Drover itself. Where the kernel makes them for every
+    // mapping (`always`), each region mimalloc commits ahead is backed by 2 MiB pages as soon
+    // as one byte of it is touched: an idle `drover up` held 36 MiB of anonymous memory
+    // instead of 10 (BENCHMARKS.md, "Idle memory"). The flag is inherited across fork and
+    // exec, so the shim clears it again: containers get the machine's own policy. Either
+    // call only changes whether huge pages are made, so a failure is not worth stopping for.
     let cli = Cli::parse();
+    let drover_itself = !matches!(cli.command, Command::Shim(_));
+    let _ = rustix::thread::disable_transparent_huge_pages(drover_itself);
     let command = match cli.command {
         // Before any thread exists: the shim clones itself into containers.
         Command::Shim(args) => return shim::run(args),
