@@ -118,6 +118,23 @@ pub fn etc_files(pod: &Pod, pod_ip: IpAddr, dns: Option<Ipv4Addr>) -> Vec<(&'sta
     files
 }
 
+/// What kubectl hears when the oci runtime cannot `what` (exec, attach) in a container.
+fn refusal(
+    e: runtime::oci::ExecError,
+    what: &str,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> crate::exec::ExecError {
+    match e {
+        runtime::oci::ExecError::NotRunning(_) => crate::exec::ExecError::NotSupported(format!(
+            "container {container:?} of pod {namespace}/{pod} is not a running Linux container \
+             here ({what} is not supported for Wasm containers)"
+        )),
+        runtime::oci::ExecError::Failed(m) => crate::exec::ExecError::Failed(m),
+    }
+}
+
 /// `kubectl exec` on this node: commands run in Linux containers through the oci runtime.
 pub struct ContainerExec {
     pub oci: Option<std::sync::Arc<runtime::oci::OciRuntime>>,
@@ -162,13 +179,7 @@ impl crate::exec::Exec for ContainerExec {
                         terminal: Some(terminal),
                     }),
             };
-            started.map_err(|e| match e {
-                runtime::oci::ExecError::NotRunning(_) => ExecError::NotSupported(format!(
-                    "container {container:?} of pod {namespace}/{pod} is not a running \
-                     Linux container here (exec is not supported for Wasm containers)"
-                )),
-                runtime::oci::ExecError::Failed(m) => ExecError::Failed(m),
-            })
+            started.map_err(|e| refusal(e, "exec", &namespace, &pod, &container))
         })
     }
 
@@ -193,13 +204,7 @@ impl crate::exec::Exec for ContainerExec {
             };
             match oci.attach(&namespace, &pod, &container).await {
                 Ok(conn) => Ok(Box::new(conn) as Box<dyn crate::exec::AttachIo>),
-                Err(runtime::oci::ExecError::NotRunning(_)) => {
-                    Err(ExecError::NotSupported(format!(
-                        "container {container:?} of pod {namespace}/{pod} is not a running Linux \
-                     container here (attach is not supported for Wasm containers)"
-                    )))
-                }
-                Err(runtime::oci::ExecError::Failed(m)) => Err(ExecError::Failed(m)),
+                Err(e) => Err(refusal(e, "attach", &namespace, &pod, &container)),
             }
         })
     }

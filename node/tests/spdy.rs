@@ -3,103 +3,18 @@
 //! blocks compressed with SPDY's dictionary), over a plain upgrade and over the WebSocket
 //! tunnel kubectl 1.30+ uses for port-forward. Real kubectl drives both in cli's tests.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
+use common::endpoint;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use futures_util::{SinkExt, StreamExt};
-use node::exec::{Exec, ExecError, ExecIo, Running};
-use node::logserver::LogServer;
-use node::portforward::Dial;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-/// Runs host commands with piped stdio.
-struct HostExec;
-
-impl Exec for HostExec {
-    fn exec(
-        &self,
-        _namespace: &str,
-        _pod: &str,
-        _container: &str,
-        argv: Vec<String>,
-        io: ExecIo,
-    ) -> runtime::BoxFuture<'_, Result<Running, ExecError>> {
-        Box::pin(async move {
-            let stdin = matches!(io, ExecIo::Pipes { stdin: true });
-            let child = tokio::process::Command::new(&argv[0])
-                .args(&argv[1..])
-                .stdin(if stdin {
-                    std::process::Stdio::piped()
-                } else {
-                    std::process::Stdio::null()
-                })
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .map_err(|e| ExecError::Failed(e.to_string()))?;
-            Ok(Running {
-                child,
-                terminal: None,
-            })
-        })
-    }
-}
-
-/// Every pod's ports are the host's loopback ports.
-struct HostDial;
-
-impl Dial for HostDial {
-    fn dial(
-        &self,
-        _namespace: &str,
-        _pod: &str,
-        port: u16,
-    ) -> runtime::BoxFuture<'_, Result<tokio::net::TcpStream, String>> {
-        Box::pin(async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map_err(|e| format!("error forwarding port {port} to pod: {e}"))
-        })
-    }
-}
-
-async fn endpoint() -> (SocketAddr, tempfile::TempDir) {
-    let review = |Json(review): Json<Value>| async move {
-        let good = review["spec"]["token"] == "good";
-        Json(
-            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-            "status": {"authenticated": good, "user": {"username": "system:kube-apiserver"}}}),
-        )
-    };
-    let api = axum::Router::new().route(
-        "/apis/authentication.k8s.io/v1/tokenreviews",
-        axum::routing::post(review),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, api).await });
-    let config = kube::Config::new(format!("http://{api_addr}").parse().unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let server = Arc::new(LogServer::new(
-        "n1".into(),
-        dir.path().to_path_buf(),
-        Arc::default(),
-        Arc::default(),
-        kube::Client::try_from(config).unwrap(),
-        Arc::new(HostExec),
-        Arc::new(HostDial),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, server.router()).await });
-    (addr, dir)
-}
 
 /// The bytes of a session: a TCP connection after the upgrade, or a WebSocket whose binary
 /// messages carry them.
@@ -460,7 +375,8 @@ async fn port_forward_over_the_websocket_tunnel_is_the_same_spdy() {
     );
     forward_through(Client::new(Wire::Ws(Box::new(socket))), port).await;
 
-    // Another WebSocket subprotocol is refused without a 101, so client-go falls back to SPDY.
+    // A WebSocket subprotocol spoken neither way is refused without a 101, so client-go
+    // falls back to SPDY.
     let mut request = format!("ws://{addr}/portForward/default/web?ports={port}")
         .into_client_request()
         .unwrap();
@@ -469,7 +385,7 @@ async fn port_forward_over_the_websocket_tunnel_is_the_same_spdy() {
         .insert("authorization", "Bearer good".parse().unwrap());
     request.headers_mut().insert(
         "sec-websocket-protocol",
-        "v4.channel.k8s.io".parse().unwrap(),
+        "base64.channel.k8s.io".parse().unwrap(),
     );
     let refused = tokio_tungstenite::connect_async(request)
         .await
