@@ -33,6 +33,11 @@ const GOAWAY: u16 = 7;
 const FIN: u8 = 0x01;
 /// RST_STREAM's status for a stream id used twice.
 const STREAM_IN_USE: u32 = 8;
+/// RST_STREAM's status for a stream past the limit below.
+const REFUSED_STREAM: u32 = 3;
+/// How many streams a client may have open at once (kubectl opens two per forwarded
+/// connection, five for an exec): each may hold up to [`STREAM_QUEUE`] frames in memory.
+const MAX_STREAMS: usize = 1024;
 /// A data frame larger than this ends the session: Go's framer sends at most 64 KiB at once.
 const MAX_DATA_FRAME: usize = 1 << 20;
 /// A header block that inflates beyond this ends the session (a zlib bomb).
@@ -209,6 +214,10 @@ async fn read_frames<R: AsyncRead + Unpin>(
                     let _ = frames.send(Outgoing::Reset(id, STREAM_IN_USE)).await;
                     continue;
                 }
+                if open.len() >= MAX_STREAMS {
+                    let _ = frames.send(Outgoing::Reset(id, REFUSED_STREAM)).await;
+                    continue;
+                }
                 let (tx, rx) = mpsc::channel(STREAM_QUEUE);
                 if flags & FIN == 0 {
                     open.insert(id, tx);
@@ -335,21 +344,34 @@ impl HeaderInflater {
                 }
                 out.reserve(out.len());
             }
+            let (was_in, was_out) = (self.inflater.total_in(), self.inflater.total_out());
             match self
                 .inflater
                 .decompress_vec(&block[taken..], &mut out, FlushDecompress::Sync)
             {
-                Ok(Status::Ok | Status::BufError | Status::StreamEnd) => {}
+                Ok(Status::StreamEnd) => {
+                    // A client ends its header stream only with the connection.
+                    return Err(SpdyError::Protocol("the header stream ended".into()));
+                }
+                Ok(Status::Ok | Status::BufError) => {}
                 Err(e) if e.needs_dictionary().is_some() => {
                     self.inflater
                         .set_dictionary(&dictionary())
                         .map_err(|e| SpdyError::Protocol(format!("the header dictionary: {e}")))?;
+                    continue;
                 }
                 Err(e) => return Err(SpdyError::Protocol(format!("a header block: {e}"))),
             }
             let done = (self.inflater.total_in() - before) as usize == block.len();
             if done && out.len() < out.capacity() {
                 return Ok(out);
+            }
+            // Room to write and input left, yet nothing moved: not a zlib stream that goes on.
+            let stuck = self.inflater.total_in() == was_in && self.inflater.total_out() == was_out;
+            if stuck && out.len() < out.capacity() {
+                return Err(SpdyError::Protocol(
+                    "a header block that does not inflate".into(),
+                ));
             }
         }
     }
@@ -485,6 +507,81 @@ mod tests {
         let id = c.set_dictionary(&dictionary()).unwrap();
         assert_eq!(id, 0xe3c6_a7c2);
         assert_eq!(dictionary().len(), 1423);
+    }
+
+    /// A SYN_STREAM frame carrying `block` (already compressed) as its header block.
+    fn syn_stream(id: u32, block: &[u8]) -> Vec<u8> {
+        let mut body = id.to_be_bytes().to_vec();
+        body.extend_from_slice(&[0; 6]);
+        body.extend_from_slice(block);
+        let mut out = Vec::new();
+        control(&mut out, SYN_STREAM, 0, &body);
+        out
+    }
+
+    /// What a client's compressor makes of `raw`, with SPDY's dictionary.
+    fn compressed(raw: &[u8]) -> Vec<u8> {
+        let mut c = Compress::new(Compression::default(), true);
+        c.set_dictionary(&dictionary()).unwrap();
+        let mut out = Vec::with_capacity(raw.len() + 1024);
+        c.compress_vec(raw, &mut out, FlushCompress::Sync).unwrap();
+        out
+    }
+
+    /// Feeds `bytes` to a session (then ends the connection when `close`); checks that the
+    /// session ends (no panic, no hang) and says how many streams it opened first.
+    async fn ends_on(bytes: Vec<u8>, close: bool) -> usize {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let mut session = serve(server);
+        let (_read, mut write) = tokio::io::split(client);
+        write.write_all(&bytes).await.unwrap();
+        if close {
+            write.shutdown().await.unwrap();
+        }
+        let mut opened = 0;
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while session.streams.recv().await.is_some() {
+                opened += 1;
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the session did not end");
+        opened
+    }
+
+    #[tokio::test]
+    async fn hostile_frames_end_the_session_without_a_panic() {
+        // Each ends it by itself, the connection still open.
+        // Another SPDY version.
+        let mut v2 = Vec::new();
+        control(&mut v2, SYN_STREAM, 0, &[0; 10]);
+        v2[1] = 2;
+        assert_eq!(ends_on(v2, false).await, 0);
+        // A frame of 16 MiB announced.
+        assert_eq!(
+            ends_on(vec![0, 0, 0, 1, 0, 0xff, 0xff, 0xff], false).await,
+            0
+        );
+        // A header block that is not zlib.
+        assert_eq!(ends_on(syn_stream(1, b"not zlib at all"), false).await, 0);
+        // A zlib bomb: 1 MiB of headers from a few kilobytes.
+        let mut bomb = 1u32.to_be_bytes().to_vec();
+        bomb.extend_from_slice(&(1u32 << 20).to_be_bytes());
+        bomb.extend(std::iter::repeat_n(b'a', 1 << 20));
+        assert_eq!(ends_on(syn_stream(1, &compressed(&bomb)), false).await, 0);
+        // A header block whose lengths point past its end.
+        let lies = [1u32.to_be_bytes(), 1000u32.to_be_bytes()].concat();
+        assert_eq!(ends_on(syn_stream(1, &compressed(&lies)), false).await, 0);
+        // A short control frame (a PING without its id).
+        let mut short = Vec::new();
+        control(&mut short, PING, 0, &[1]);
+        assert_eq!(ends_on(short, false).await, 0);
+        // A good stream, then the connection just ends: the stream is handed over first.
+        let good = [1u32.to_be_bytes(), 1u32.to_be_bytes()].concat();
+        let mut ok = [&good[..], b"a", &1u32.to_be_bytes(), b"b"].concat();
+        ok = syn_stream(1, &compressed(&ok));
+        // (The connection ends as a client's that went away.)
+        assert_eq!(ends_on(ok, true).await, 1);
     }
 
     #[test]
