@@ -489,8 +489,14 @@ where
             }
         });
     }
-    // Held until the session ends: the client's own streams ending is not its going away.
+    // Held until the connection ends: the client's own streams ending is not its going away,
+    // but the connection's is (the session then sees its input close and kills the command).
     let keep_open = from_tx;
+    let mut later_streams = std::mem::replace(&mut session.streams, mpsc::channel(1).1);
+    let connection = tokio::spawn(async move {
+        while later_streams.recv().await.is_some() {} // a client opens no streams after these
+        drop(keep_open);
+    });
     let writers: std::collections::HashMap<u8, spdy::StreamWriter> =
         [(STDOUT, "stdout"), (STDERR, "stderr")]
             .into_iter()
@@ -509,7 +515,7 @@ where
         }
     });
     let status = run(&*exec, &request, to_tx, from_rx).await;
-    drop(keep_open);
+    connection.abort();
     let _ = forwarding.await;
     if let (Some(status), Some(error)) = (status, streams.get("error")) {
         let v4 = protocol == PROTOCOL_V4;

@@ -393,3 +393,34 @@ async fn port_forward_over_the_websocket_tunnel_is_the_same_spdy() {
         .unwrap();
     assert!(refused.to_string().contains("400"), "{refused}");
 }
+
+/// A SPDY client that goes away stops its command, as a WebSocket one does.
+#[tokio::test]
+async fn a_spdy_client_that_leaves_stops_its_command() {
+    let (addr, _dir) = endpoint().await;
+    let path = "/exec/default/web/web?command=sh&command=-c&command=echo%20%24%24%3B%20exec%20sleep%2060&stdout=true";
+    let mut c = Client::upgrade(addr, path, "v4.channel.k8s.io")
+        .await
+        .unwrap();
+    c.open(&[("streamType", "error")]).await;
+    let stdout = c.open(&[("streamType", "stdout")]).await;
+    let pid = loop {
+        match c.frame().await.expect("the session is open") {
+            Frame::Data(id, _, data) if id == stdout && !data.is_empty() => {
+                break String::from_utf8(data).unwrap().trim().to_string();
+            }
+            _ => {}
+        }
+    };
+    let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc.exists());
+    drop(c);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while proc.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
