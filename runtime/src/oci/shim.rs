@@ -71,10 +71,13 @@ fn report(r: &Report) {
     let _ = out.flush();
 }
 
-/// A Unix listener at `path`, in place of whatever a previous run left there.
+/// A Unix listener at `path`, in place of whatever a previous run left there. Its directory
+/// is root's alone: whoever can connect to an attach socket types into the container.
 fn bind_fresh(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     let _ = std::fs::remove_file(path);
     std::os::unix::net::UnixListener::bind(path)
