@@ -269,6 +269,12 @@ spec:
         assert!(ok && body == "from-localhost\n", "{program}: {body:?}");
     }
 
+    // Attach sockets are root's alone: whoever connects types into a container.
+    let (_, modes) = sh("stat -c '%a %n' /run/drover-oci/*/attach");
+    assert!(
+        !modes.trim().is_empty() && modes.lines().all(|l| l.starts_with("700 ")),
+        "{modes}"
+    );
     // kubectl run -i attaches to the new container's stdin (stdinOnce: its end is the
     // shell's), over the WebSocket (1.32) and SPDY (1.29).
     for (i, program) in ["kubectl", old].iter().enumerate() {
