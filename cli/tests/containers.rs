@@ -270,7 +270,7 @@ spec:
     }
 
     // Attach sockets are root's alone: whoever connects types into a container.
-    let (_, modes) = sh("stat -c '%a %n' /run/drover-oci/*/attach");
+    let (_, modes) = sh("stat -c '%a %n' /run/drover-oci/*-attach");
     assert!(
         !modes.trim().is_empty() && modes.lines().all(|l| l.starts_with("700 ")),
         "{modes}"

@@ -28,13 +28,17 @@ const MAX_FRAME: usize = 1 << 20;
 /// container's output (and its log) behind it.
 const SLOW_CLIENT: Duration = Duration::from_secs(5);
 
-/// Where the socket of container `id` is: under the runtime's state root, named by a digest
-/// of the id, as a Unix socket's path must stay within 108 bytes.
+/// The directory of a node's attach sockets: beside libcontainer's state root (whose entries
+/// are all containers), root's alone.
+pub fn socket_dir(state_root: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-attach", state_root.display()))
+}
+
+/// Where the socket of container `id` is, named by a digest of the id, as a Unix socket's
+/// path must stay within 108 bytes.
 pub fn socket_path(state_root: &Path, id: &str) -> PathBuf {
     let digest = crate::images::sha256_digest(id.as_bytes());
-    state_root
-        .join("attach")
-        .join(format!("{}.sock", &digest[7..23]))
+    socket_dir(state_root).join(format!("{}.sock", &digest[7..23]))
 }
 
 /// One frame's bytes.

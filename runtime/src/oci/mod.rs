@@ -127,6 +127,11 @@ impl OciRuntime {
                 let _ = std::fs::remove_dir_all(self.config.state_root.join(&id));
             }
         }
+        // Sockets of shims that are gone (a shim removes its own when it ends).
+        let sockets = attach::socket_dir(&self.config.state_root);
+        for socket in std::fs::read_dir(&sockets).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(socket.path());
+        }
         let bundles: Vec<PathBuf> = std::fs::read_dir(&self.config.bundles_dir)
             .into_iter()
             .flatten()

@@ -71,6 +71,17 @@ fn report(r: &Report) {
     let _ = out.flush();
 }
 
+/// Files removed when it is dropped.
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// A Unix listener at `path`, in place of whatever a previous run left there. Its directory
 /// is root's alone: whoever can connect to an attach socket types into the container.
 fn bind_fresh(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
@@ -101,6 +112,13 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The sockets go with the shim, however it ends.
+    let _sockets = RemoveOnDrop(
+        args.attach_socket
+            .iter()
+            .flat_map(|p| [p.clone(), p.with_extension("console")])
+            .collect(),
+    );
     // The attach socket is bound now, while the shim has one thread; it serves once the
     // container runs.
     let attach_listener = match args.attach_socket.as_deref().map(bind_fresh).transpose() {
@@ -320,9 +338,6 @@ pub fn run(args: RunArgs) -> ExitCode {
         let _ = c.join();
     }
     attachments.close();
-    if let Some(path) = &args.attach_socket {
-        let _ = std::fs::remove_file(path);
-    }
     log.finish();
     let oom_killed = oom_kills(&args.cgroup) > 0;
     let _ = container.refresh_status();
