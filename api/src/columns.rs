@@ -348,8 +348,62 @@ pub fn columns(resource: &str) -> Vec<Column> {
                 .collect();
             or_none(eps.join(","))
         })],
+        "services.serving.knative.dev" => vec![
+            col("URL", 0, |v| text(v, "status.url")),
+            col("LatestCreated", 0, |v| {
+                text(v, "status.latestCreatedRevisionName")
+            }),
+            col("LatestReady", 0, |v| {
+                text(v, "status.latestReadyRevisionName")
+            }),
+            col("Ready", 0, |v| knative_ready(v, "status")),
+            col("Reason", 0, |v| knative_ready(v, "reason")),
+        ],
+        "configurations" => vec![
+            col("LatestCreated", 0, |v| {
+                text(v, "status.latestCreatedRevisionName")
+            }),
+            col("LatestReady", 0, |v| {
+                text(v, "status.latestReadyRevisionName")
+            }),
+            col("Ready", 0, |v| knative_ready(v, "status")),
+            col("Reason", 0, |v| knative_ready(v, "reason")),
+        ],
+        "revisions" => vec![
+            col("Config Name", 0, |v| {
+                label(v, crate::knative::labels::CONFIGURATION)
+            }),
+            col("Generation", 0, |v| {
+                label(v, crate::knative::labels::CONFIGURATION_GENERATION)
+            }),
+            col("Ready", 0, |v| knative_ready(v, "status")),
+            col("Reason", 0, |v| knative_ready(v, "reason")),
+            col("Actual Replicas", 0, |v| text(v, "status.actualReplicas")),
+            col("Desired Replicas", 0, |v| text(v, "status.desiredReplicas")),
+        ],
+        "routes" => vec![
+            col("URL", 0, |v| text(v, "status.url")),
+            col("Ready", 0, |v| knative_ready(v, "status")),
+            col("Reason", 0, |v| knative_ready(v, "reason")),
+        ],
         _ => vec![],
     }
+}
+
+fn label(v: &Value, key: &str) -> String {
+    v["metadata"]["labels"][key]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A field of a Knative object's Ready condition (its printer columns' `Ready` and `Reason`).
+fn knative_ready(v: &Value, field: &str) -> String {
+    array(v, "status.conditions")
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .map(|c| text(c, field))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

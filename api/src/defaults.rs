@@ -60,6 +60,8 @@ fn pod_spec(spec: &mut Value, restart_policy: Option<&str>) {
 /// Fills in defaults for a new object of `resource` (plural name).
 pub fn apply(resource: &str, obj: &mut Value) {
     match resource {
+        "services.serving.knative.dev" => crate::knative::apply_defaults("services", obj),
+        "configurations" | "revisions" | "routes" => crate::knative::apply_defaults(resource, obj),
         "secrets" => default(obj, "type", json!("Opaque")),
         "services" => {
             default(obj, "spec", json!({}));

@@ -7,12 +7,14 @@
 //! `validate` checks them against the k8s-openapi types.
 
 pub mod apply;
+pub mod cause;
 pub mod cidr;
 pub mod columns;
 pub mod convert;
 pub mod credentials;
 pub mod defaults;
 pub mod impersonation;
+pub mod knative;
 pub mod nodegraph;
 pub mod object;
 pub mod patch;

@@ -442,7 +442,11 @@ pub fn node_allows(node: &str, a: &Attributes, facts: &impl NodeFacts) -> bool {
         }
         ("", "services" | "endpoints" | "namespaces", "")
         | ("discovery.k8s.io", "endpointslices", "")
-        | ("networking.k8s.io", "networkpolicies", "") => reads,
+        | ("networking.k8s.io", "networkpolicies", "")
+        // The node's function router: where each Knative route's traffic goes.
+        | (crate::knative::GROUP, "routes" | "revisions", "") => reads,
+        // ... which wakes a revision scaled to zero (`revisions/activate`: 0 → 1, no more).
+        (crate::knative::GROUP, "revisions", "activate") => a.verb == "create",
         (
             "",
             kind @ ("secrets" | "configmaps" | "persistentvolumeclaims" | "serviceaccounts"),

@@ -47,22 +47,33 @@ impl Resource {
         }
     }
 
+    /// The name the per-kind rules (defaults, validation, table columns, field selectors)
+    /// know this resource by: its plural, or `plural.group` for a kind whose plural a core kind
+    /// already has (Knative's Service).
+    pub fn rule_key(&self) -> &'static str {
+        match (self.group, self.name) {
+            (crate::knative::GROUP, "services") => "services.serving.knative.dev",
+            _ => self.name,
+        }
+    }
+
     /// Whether `status` is written only through the `/status` subresource.
     pub fn has_status(&self) -> bool {
-        matches!(
-            self.name,
-            "pods"
-                | "services"
-                | "nodes"
-                | "namespaces"
-                | "deployments"
-                | "replicasets"
-                | "daemonsets"
-                | "statefulsets"
-                | "jobs"
-                | "cronjobs"
-                | "horizontalpodautoscalers"
-        )
+        self.group == crate::knative::GROUP
+            || matches!(
+                self.name,
+                "pods"
+                    | "services"
+                    | "nodes"
+                    | "namespaces"
+                    | "deployments"
+                    | "replicasets"
+                    | "daemonsets"
+                    | "statefulsets"
+                    | "jobs"
+                    | "cronjobs"
+                    | "horizontalpodautoscalers"
+            )
     }
 
     /// Whether the resource has a `/scale` subresource (an `autoscaling/v1` Scale).
@@ -107,6 +118,13 @@ impl Resource {
                 group: "authentication.k8s.io",
                 version: "v1",
                 kind: "TokenRequest",
+                verbs: &["create"],
+            }],
+            "revisions" if self.group == crate::knative::GROUP => &[Action {
+                name: "activate",
+                group: "",
+                version: "v1",
+                kind: "Status",
                 verbs: &["create"],
             }],
             _ => &[],
@@ -159,6 +177,7 @@ const fn r(
 
 const ALL: &[&str] = &["all"];
 const NONE: &[&str] = &[];
+const KNATIVE: &[&str] = &["all", "knative", "serving"];
 
 /// The served resources. Subresources (status, scale, binding, log, eviction) come with the
 /// handlers that give them meaning.
@@ -192,6 +211,11 @@ pub static REGISTRY: &[Resource] = &[
     r("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", true, NONE, NONE),
     r("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", false, NONE, NONE),
     r("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, NONE, NONE),
+    // Knative Serving (`knative`), served natively; its categories are Knative's.
+    r("serving.knative.dev", "v1", "services", "service", "Service", true, &["kservice", "ksvc"], KNATIVE),
+    r("serving.knative.dev", "v1", "configurations", "configuration", "Configuration", true, &["config", "cfg"], KNATIVE),
+    r("serving.knative.dev", "v1", "revisions", "revision", "Revision", true, &["rev"], KNATIVE),
+    r("serving.knative.dev", "v1", "routes", "route", "Route", true, &["rt"], KNATIVE),
 ];
 
 /// Reviews: resources that are only ever created, answered and never stored (TokenReview for

@@ -8,13 +8,7 @@ use serde_json::Value;
 
 use crate::object;
 
-/// One reason an object is invalid: the field path, and the message after it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cause {
-    pub field: String,
-    pub reason: &'static str,
-    pub message: String,
-}
+pub use crate::cause::Cause;
 
 impl Cause {
     fn invalid(field: impl Into<String>, value: &Value, why: &str) -> Cause {
@@ -62,11 +56,6 @@ impl Cause {
             message: format!("Not found: {}", show(value)),
         }
     }
-
-    /// `field: message`, as the summary line lists causes.
-    pub fn line(&self) -> String {
-        format!("{}: {}", self.field, self.message)
-    }
 }
 
 fn show(v: &Value) -> String {
@@ -82,6 +71,8 @@ pub fn check(resource: &str, obj: &Value) -> Vec<Cause> {
     metadata(obj, &mut c);
     let spec = &obj["spec"];
     match resource {
+        "services.serving.knative.dev" => c.extend(crate::knative::check("services", obj)),
+        "configurations" | "revisions" | "routes" => c.extend(crate::knative::check(resource, obj)),
         "pods" => pod_spec(spec, "spec", &["Always", "OnFailure", "Never"], &mut c),
         "deployments" | "replicasets" | "daemonsets" | "statefulsets" => {
             workload(resource, spec, &mut c)

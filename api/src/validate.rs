@@ -167,6 +167,16 @@ pub fn check(
         ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding") => {
             check_as::<rbac::v1::ClusterRoleBinding>(obj, strict)
         }
+        (crate::knative::GROUP, "v1", "Service") => {
+            check_as::<crate::knative::Service>(obj, strict)
+        }
+        (crate::knative::GROUP, "v1", "Configuration") => {
+            check_as::<crate::knative::Configuration>(obj, strict)
+        }
+        (crate::knative::GROUP, "v1", "Revision") => {
+            check_as::<crate::knative::Revision>(obj, strict)
+        }
+        (crate::knative::GROUP, "v1", "Route") => check_as::<crate::knative::Route>(obj, strict),
         _ => Ok(vec![]),
     }
 }

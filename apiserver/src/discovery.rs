@@ -223,7 +223,8 @@ static SCHEMAS: &str = include_str!("openapi_schemas.json");
 /// Each group version's OpenAPI v3 document, serialised once, and its hash for the index.
 static OPENAPI_V3: std::sync::LazyLock<BTreeMap<String, (Bytes, String)>> =
     std::sync::LazyLock::new(|| {
-        let all: Value = serde_json::from_str(SCHEMAS).expect("the embedded schemas are JSON");
+        let mut all: Value = serde_json::from_str(SCHEMAS).expect("the embedded schemas are JSON");
+        add_knative_schemas(&mut all);
         let mut gvs: Vec<(String, String)> = vec![(String::new(), "v1".into())];
         gvs.extend(
             registry::groups()
@@ -270,6 +271,104 @@ pub fn openapi_v3(path: &str) -> Option<Bytes> {
     OPENAPI_V3
         .get(path.trim_matches('/'))
         .map(|(b, _)| b.clone())
+}
+
+/// Knative Serving's kinds, written here (k8s-openapi has no Knative types): a revision's spec
+/// is the pod spec's schema with Knative's fields beside it, so `kubectl explain
+/// ksvc.spec.template.spec.containers` reads Kubernetes' own descriptions.
+fn add_knative_schemas(all: &mut Value) {
+    const PREFIX: &str = "dev.knative.serving.v1.";
+    let r = |name: &str| json!({"$ref": format!("#/components/schemas/{PREFIX}{name}")});
+    let meta = json!({"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "description": "Standard object's metadata."});
+    let string = |d: &str| json!({"type": "string", "description": d});
+    let integer = |d: &str| json!({"type": "integer", "format": "int64", "description": d});
+    let mut revision_spec = all["schemas"]["io.k8s.api.core.v1.PodSpec"].clone();
+    revision_spec["description"] = json!("RevisionSpec holds the desired state of the Revision (from the client): a pod spec, and how requests reach it.");
+    let props = &mut revision_spec["properties"];
+    props["containerConcurrency"] = integer("ContainerConcurrency specifies the maximum allowed in-flight (concurrent) requests per container of the Revision. Defaults to 0 which means concurrency to the application is not limited, and the system decides the target concurrency for the autoscaler.");
+    props["timeoutSeconds"] = integer("TimeoutSeconds is the maximum duration in seconds that the request instance is allowed to respond to a request. If unspecified, a system default will be provided.");
+    props["responseStartTimeoutSeconds"] = integer("ResponseStartTimeoutSeconds is the maximum duration in seconds that the request routing layer will wait for a request delivered to a container to begin sending any network traffic.");
+    props["idleTimeoutSeconds"] = integer("IdleTimeoutSeconds is the maximum duration in seconds a request will be allowed to stay open while not receiving any bytes from the user's application.");
+    let condition = json!({"type": "object", "description": "Condition defines a readiness condition for a Knative resource.",
+        "required": ["type", "status"], "properties": {
+        "type": string("Type of condition."), "status": string("Status of the condition, one of True, False, Unknown."),
+        "severity": string("Severity with which to treat failures of this type of condition. When this is not specified, it defaults to Error."),
+        "lastTransitionTime": string("LastTransitionTime is the last time the condition transitioned from one status to another."),
+        "reason": string("The reason for the condition's last transition."),
+        "message": string("A human readable message indicating details about the transition.")}});
+    let traffic = json!({"type": "object", "description": "TrafficTarget holds a single entry of the routing table for a Route.", "properties": {
+        "tag": string("Tag is optionally used to expose a dedicated url for referencing this target exclusively."),
+        "revisionName": string("RevisionName of a specific revision to which to send this portion of traffic. This is mutually exclusive with ConfigurationName."),
+        "configurationName": string("ConfigurationName of a configuration to whose latest revision we will send this portion of traffic. When the \"status.latestReadyRevisionName\" of the referenced configuration changes, we will automatically migrate traffic from the prior \"latest ready\" revision to the new one."),
+        "latestRevision": {"type": "boolean", "description": "LatestRevision may be optionally provided to indicate that the latest ready Revision of the Configuration should be used for this traffic target. When provided LatestRevision must be true if RevisionName is empty; it must be false when RevisionName is non-empty."},
+        "percent": integer("Percent indicates that percentage based routing should be used and the value indicates the percent of traffic that is be routed to this Revision or Configuration. `0` (zero) mean no traffic, `100` means all traffic."),
+        "url": string("URL displays the URL for accessing named traffic targets. URL is displayed in status, and is disallowed on spec.")}});
+    let status = |extra: Value| {
+        let mut props = json!({
+            "observedGeneration": integer("ObservedGeneration is the 'Generation' of the object that was last processed by the controller."),
+            "conditions": {"type": "array", "items": r("Condition"), "description": "Conditions the latest available observations of a resource's current state."},
+            "annotations": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Annotations is additional Status fields for the Resource to save some additional State as well as convey more information to the user."}});
+        props
+            .as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().cloned().unwrap_or_default());
+        json!({"type": "object", "properties": props})
+    };
+    let routing = json!({
+        "url": string("URL holds the url that will distribute traffic over the provided traffic targets."),
+        "address": {"type": "object", "properties": {"url": string("URL of the addressable.")}, "description": "Address holds the information needed for a Route to be the target of an event."},
+        "traffic": {"type": "array", "items": r("TrafficTarget"), "description": "Traffic holds the configured traffic distribution."}});
+    let revisions = json!({
+        "latestReadyRevisionName": string("LatestReadyRevisionName holds the name of the latest Revision stamped out from this Configuration that has had its \"Ready\" condition become \"True\"."),
+        "latestCreatedRevisionName": string("LatestCreatedRevisionName is the last revision that was created from this Configuration. It might not be ready yet, for that use LatestReadyRevisionName.")});
+    let mut service_status = routing.clone();
+    service_status
+        .as_object_mut()
+        .expect("object")
+        .extend(revisions.as_object().cloned().unwrap_or_default());
+    let template = json!({"type": "object", "description": "RevisionTemplateSpec describes the data a revision should have when created from a template.",
+        "properties": {"metadata": meta, "spec": r("RevisionSpec")}});
+    let kind = |desc: &str, spec: &str, status: &str| {
+        json!({"type": "object", "description": desc, "properties": {
+        "apiVersion": string("APIVersion defines the versioned schema of this representation of an object."),
+        "kind": string("Kind is a string value representing the REST resource this object represents."),
+        "metadata": meta, "spec": r(spec), "status": r(status)}})
+    };
+    let schemas = all["schemas"]
+        .as_object_mut()
+        .expect("schemas is an object");
+    for (name, schema) in [
+        ("Condition", condition),
+        ("TrafficTarget", traffic),
+        ("RevisionSpec", revision_spec),
+        ("RevisionTemplateSpec", template),
+        ("ServiceSpec", json!({"type": "object", "description": "ServiceSpec represents the configuration for the Service object: a Configuration's template and a Route's traffic.", "properties": {
+            "template": r("RevisionTemplateSpec"), "traffic": {"type": "array", "items": r("TrafficTarget"), "description": "Traffic specifies how to distribute traffic over a collection of revisions and configurations."}}})),
+        ("ServiceStatus", status(service_status)),
+        ("ConfigurationSpec", json!({"type": "object", "description": "ConfigurationSpec holds the desired state of the Configuration (from the client).", "properties": {"template": r("RevisionTemplateSpec")}})),
+        ("ConfigurationStatus", status(revisions)),
+        ("RevisionStatus", status(json!({
+            "logUrl": string("LogURL specifies the generated logging url for this particular revision."),
+            "actualReplicas": integer("ActualReplicas reflects the amount of ready pods running this revision."),
+            "desiredReplicas": integer("DesiredReplicas reflects the desired amount of pods running this revision.")}))),
+        ("RouteSpec", json!({"type": "object", "description": "RouteSpec holds the desired state of the Route (from the client).", "properties": {
+            "traffic": {"type": "array", "items": r("TrafficTarget"), "description": "Traffic specifies how to distribute traffic over a collection of revisions and configurations."}}})),
+        ("RouteStatus", status(routing)),
+        ("Service", kind("Service acts as a top-level container that manages a Route and Configuration which implement a network service.", "ServiceSpec", "ServiceStatus")),
+        ("Configuration", kind("Configuration represents the \"floating HEAD\" of a linear history of Revisions. Users create new Revisions by updating the Configuration's spec.", "ConfigurationSpec", "ConfigurationStatus")),
+        ("Revision", kind("Revision is an immutable snapshot of code and configuration.", "RevisionSpec", "RevisionStatus")),
+        ("Route", kind("Route is responsible for configuring ingress over a collection of Revisions.", "RouteSpec", "RouteStatus")),
+    ] {
+        schemas.insert(format!("{PREFIX}{name}"), schema);
+    }
+    let kinds = all["kinds"].as_object_mut().expect("kinds is an object");
+    for kind in ["Service", "Configuration", "Revision", "Route"] {
+        kinds.insert(
+            format!("{PREFIX}{kind}"),
+            json!([{"group": api::knative::GROUP, "kind": kind, "version": "v1"}]),
+        );
+    }
 }
 
 /// The names of the schemas `name` refers to, transitively.

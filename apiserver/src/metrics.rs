@@ -48,7 +48,12 @@ pub fn node_token(st: &ApiState, node: &str) -> String {
 }
 
 /// One node's report, or None when it cannot be reached in time.
-async fn node_report(st: &ApiState, name: String, node: Value) -> Option<(String, Value)> {
+async fn node_report(
+    st: &ApiState,
+    name: String,
+    node: Value,
+    path: &str,
+) -> Option<(String, Value)> {
     let addr = node_endpoint(&node)?;
     let token = node_token(st, &name);
     let fetch = async {
@@ -57,9 +62,7 @@ async fn node_report(st: &ApiState, name: String, node: Value) -> Option<(String
             addr,
             name: &name,
         };
-        let resp = crate::proxy::get(&target, "/metrics/pods", &token)
-            .await
-            .ok()?;
+        let resp = crate::proxy::get(&target, path, &token).await.ok()?;
         if !resp.status().is_success() {
             return None;
         }
@@ -171,7 +174,7 @@ pub async fn serve(
     let reports: Vec<(String, Value)> = futures_util::future::join_all(
         nodes
             .iter()
-            .map(|(n, v)| node_report(st, n.clone(), v.clone())),
+            .map(|(n, v)| node_report(st, n.clone(), v.clone(), "/metrics/pods")),
     )
     .await
     .into_iter()
@@ -275,5 +278,99 @@ mod tests {
             .collect();
         assert_eq!(names, ["mine"]);
         assert_eq!(items[0]["containers"][0]["usage"]["cpu"], "5000000n");
+    }
+}
+
+/// `GET /drover/v1/function-stats`: every node router's measurements of Knative revisions'
+/// traffic (`node::functions`), summed per revision and second, for the autoscaler
+/// (`controllers::knative::autoscale`). `system:masters` only: it shows what every function
+/// is asked.
+pub async fn function_stats(
+    axum::extract::State(st): axum::extract::State<std::sync::Arc<ApiState>>,
+    user: Option<axum::Extension<api::rbac::User>>,
+) -> Response {
+    let admin =
+        user.is_some_and(|axum::Extension(u)| u.groups.iter().any(|g| g == "system:masters"));
+    if !admin {
+        return failure(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "only system:masters may read the function routers' stats",
+        );
+    }
+    let nodes_resource = api::registry::find("", "v1", "nodes").expect("registered");
+    let nodes: Vec<(String, Value)> = st
+        .cache
+        .range(&nodes_resource.key_prefix(), None)
+        .kvs
+        .iter()
+        .map(from_kv)
+        .filter_map(|n| Some((n["metadata"]["name"].as_str()?.to_string(), n)))
+        .collect();
+    let reports: Vec<Value> = futures_util::future::join_all(
+        nodes
+            .iter()
+            .map(|(n, v)| node_report(&st, n.clone(), v.clone(), "/functions/stats")),
+    )
+    .await
+    .into_iter()
+    .flatten()
+    .map(|(_, r)| r)
+    .collect();
+    json_response(StatusCode::OK, &merge_function_stats(&reports))
+}
+
+/// The routers' reports summed: per revision its requests in flight, and per second its
+/// average concurrency and request count.
+fn merge_function_stats(reports: &[Value]) -> Value {
+    /// Per revision: in flight, and per second (concurrency, requests).
+    type Summed = (f64, BTreeMap<u64, (f64, f64)>);
+    let mut merged: BTreeMap<String, Summed> = BTreeMap::new();
+    for report in reports {
+        for (key, stats) in report["revisions"].as_object().into_iter().flatten() {
+            let entry = merged.entry(key.clone()).or_default();
+            entry.0 += stats["inflight"].as_f64().unwrap_or(0.0);
+            for s in stats["seconds"].as_array().into_iter().flatten() {
+                let (Some(t), Some(c), Some(r)) = (s[0].as_u64(), s[1].as_f64(), s[2].as_f64())
+                else {
+                    continue;
+                };
+                let second = entry.1.entry(t).or_default();
+                second.0 += c;
+                second.1 += r;
+            }
+        }
+    }
+    let revisions: serde_json::Map<String, Value> = merged
+        .into_iter()
+        .map(|(k, (inflight, seconds))| {
+            let seconds: Vec<Value> = seconds
+                .into_iter()
+                .map(|(t, (c, r))| json!([t, c, r]))
+                .collect();
+            (k, json!({"inflight": inflight, "seconds": seconds}))
+        })
+        .collect();
+    json!({"revisions": revisions})
+}
+
+#[cfg(test)]
+mod function_stats_tests {
+    use super::*;
+
+    #[test]
+    fn routers_reports_add_up_per_revision_and_second() {
+        let a = json!({"revisions": {"default/hello-00001": {"inflight": 2.0, "seconds": [[100, 1.5, 3.0], [101, 2.0, 4.0]]}}});
+        let b = json!({"revisions": {"default/hello-00001": {"inflight": 1.0, "seconds": [[101, 1.0, 1.0]]},
+            "x/y": {"inflight": 0.0, "seconds": [["bad"]]}}});
+        let m = merge_function_stats(&[a, b]);
+        assert_eq!(
+            m["revisions"]["default/hello-00001"],
+            json!({"inflight": 3.0, "seconds": [[100, 1.5, 3.0], [101, 3.0, 5.0]]})
+        );
+        assert_eq!(
+            m["revisions"]["x/y"],
+            json!({"inflight": 0.0, "seconds": []})
+        );
     }
 }

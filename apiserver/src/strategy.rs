@@ -116,7 +116,23 @@ pub fn of(resource: &Resource) -> &'static dyn Strategy {
         (RBAC_GROUP, "clusterrolebindings") => &Bindings {
             resource: "clusterrolebindings",
         },
+        (api::knative::GROUP, "revisions") => &Revisions,
         _ => &Plain,
+    }
+}
+
+/// Knative Revisions: an immutable snapshot of what a Configuration ran; only its metadata
+/// and status change.
+struct Revisions;
+
+impl Strategy for Revisions {
+    fn update_problem(&self, old: &Value, new: &Value) -> Option<(String, String)> {
+        (old["spec"] != new["spec"]).then(|| {
+            (
+                "spec".to_string(),
+                "Immutable fields changed: a Revision's spec never changes; change its Configuration's or Service's template to make a new Revision".to_string(),
+            )
+        })
     }
 }
 

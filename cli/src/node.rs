@@ -68,6 +68,10 @@ pub struct NodeOptions {
     /// A registry (host:port) to reach over plain HTTP (loopback ones always are). Repeatable.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// The port on the node's address where Knative Routes' traffic is answered (by Host:
+    /// `{route}.{namespace}.{domain}`); 0: none.
+    #[arg(long, default_value_t = 80)]
+    pub function_port: u16,
 }
 
 impl NodeOptions {
@@ -162,6 +166,7 @@ pub fn agent(
             },
         },
         insecure_registries: options.insecure_registries.clone(),
+        function_port: options.function_port,
     };
     Ok(Arc::new(node::agent::NodeAgent::new(
         config,

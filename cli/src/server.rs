@@ -87,6 +87,14 @@ pub struct ServerArgs {
     /// without it a LoadBalancer Service's addresses are the nodes' own (as k3s).
     #[arg(long)]
     service_lb_pool: Option<controllers::servicelb::Pool>,
+    /// The domain of Knative Routes' URLs: `http://{name}.{namespace}.{domain}` (Knative's
+    /// config-domain).
+    #[arg(long, default_value = "example.com")]
+    function_domain: String,
+    /// How long a Knative revision keeps its last instance after its last request (Knative's
+    /// scale-to-zero-grace-period).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    scale_to_zero_grace_period: std::time::Duration,
     /// The Pod Security level namespaces enforce (and warn of) unless their
     /// `pod-security.kubernetes.io/*` labels say otherwise: privileged, baseline or
     /// restricted. kube-system is exempt.
@@ -556,6 +564,10 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
             node_prefix: args.node_cidr_mask_size,
         },
         lb_pool: args.service_lb_pool,
+        functions: controllers::FunctionSettings {
+            domain: args.function_domain.clone(),
+            scale_to_zero_grace: args.scale_to_zero_grace_period,
+        },
     };
     let root_ca = pki.ca_pem.clone();
     let is_leader = move || {
@@ -567,6 +579,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
         is_leader,
         move |client: kube::Client| {
             let ca_pem = root_ca.clone();
+            let settings = settings.clone();
             async move {
                 tokio::join!(
                     controllers::run(client.clone(), settings),

@@ -21,6 +21,8 @@
 //! - [`gc`]: the garbage collector over ownerReferences; default ServiceAccounts.
 //! - [`namespace`]: a deleted namespace emptied (finalizers waited for), then removed.
 //! - [`rootca`]: the `kube-root-ca.crt` ConfigMap of every namespace.
+//! - [`knative`]: Knative Serving's Services, Configurations, Revisions and Routes, and the
+//!   autoscaler that scales revisions (to zero too) from the node routers' measurements.
 //!
 //! Shared by the controllers: [`kinds`] (what the API serves, from discovery), [`expectations`] (their own writes the cache does not show yet)
 //! and [`error`] (a kube call that failed, and while doing what); what they ask of a pod, their
@@ -43,6 +45,7 @@ pub mod gc;
 pub mod hpa;
 pub mod job;
 pub mod kinds;
+pub mod knative;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -69,13 +72,32 @@ use kubeclient::informer::Informer;
 
 /// Runs every controller until the returned future is dropped.
 /// What the controllers can be tuned with (`drover server` flags).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Settings {
     pub nodes: nodelifecycle::Settings,
     pub hpa: hpa::Settings,
     pub ipam: nodeipam::Settings,
     /// Addresses for LoadBalancer Services (None: the nodes' addresses, as k3s).
     pub lb_pool: Option<servicelb::Pool>,
+    pub functions: FunctionSettings,
+}
+
+/// Knative Serving's cluster settings (Knative's `config-domain` and `config-autoscaler`).
+#[derive(Clone, Debug)]
+pub struct FunctionSettings {
+    /// Routes' URLs are `http://{name}.{namespace}.{domain}`.
+    pub domain: String,
+    /// How long a revision keeps its last instance after its last request.
+    pub scale_to_zero_grace: Duration,
+}
+
+impl Default for FunctionSettings {
+    fn default() -> Self {
+        FunctionSettings {
+            domain: "example.com".into(),
+            scale_to_zero_grace: Duration::from_secs(30),
+        }
+    }
 }
 
 pub async fn run(client: kube::Client, settings: Settings) {
@@ -261,6 +283,13 @@ pub async fn run(client: kube::Client, settings: Settings) {
             }
         }
     };
+    let functions = run_knative(
+        client.clone(),
+        &settings.functions,
+        &pods,
+        &deployments,
+        &mut tasks,
+    );
     pods.ready().await;
     replicasets.ready().await;
     deployments.ready().await;
@@ -286,9 +315,95 @@ pub async fn run(client: kube::Client, settings: Settings) {
         load_balancers,
         endpoint_cleanup,
         gc::run(client.clone()),
-        namespace::run(client.clone())
+        namespace::run(client.clone()),
+        functions,
     );
     drop(tasks);
+}
+
+/// Knative Serving's four controllers and its autoscaler, as one future.
+fn run_knative(
+    client: kube::Client,
+    settings: &FunctionSettings,
+    pods: &Informer<Pod>,
+    deployments: &Informer<Deployment>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> impl std::future::Future<Output = ()> {
+    use api::knative::{Configuration, Revision, Route, Service as KService};
+    let services = Informer::<KService>::start(Api::all(client.clone()), tasks);
+    let configurations = Informer::<Configuration>::start(Api::all(client.clone()), tasks);
+    let revisions = Informer::<Revision>::start(Api::all(client.clone()), tasks);
+    let routes = Informer::<Route>::start(Api::all(client.clone()), tasks);
+    let ctx = Arc::new(knative::Context {
+        client: client.clone(),
+        configurations: configurations.store(),
+        routes: routes.store(),
+        revisions: revisions.store(),
+        deployments: deployments.store(),
+        pods: pods.store(),
+        domain: settings.domain.clone(),
+    });
+    let service_loop = Controller::for_stream(services.subscribe(), services.store())
+        .owns_stream(configurations.subscribe())
+        .owns_stream(routes.subscribe())
+        .run(
+            knative::reconcile_service,
+            requeue::error_policy("knative-service"),
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let configuration_loop =
+        Controller::for_stream(configurations.subscribe(), configurations.store())
+            .owns_stream(revisions.subscribe())
+            .run(
+                knative::reconcile_configuration,
+                requeue::error_policy("knative-configuration"),
+                ctx.clone(),
+            )
+            .for_each(|_| async {});
+    let revision_loop = Controller::for_stream(revisions.subscribe(), revisions.store())
+        .owns_stream(deployments.subscribe())
+        .watches_stream(pods.subscribe(), |p: Pod| knative::revision_of_pod(&p))
+        .run(
+            knative::reconcile_revision,
+            requeue::error_policy("knative-revision"),
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let (by_config, by_revision) = (routes.store(), routes.store());
+    let route_loop = Controller::for_stream(routes.subscribe(), routes.store())
+        .watches_stream(configurations.subscribe(), move |c: Configuration| {
+            knative::routes_in_namespace(&by_config, c.metadata.namespace)
+        })
+        .watches_stream(revisions.subscribe(), move |r: Revision| {
+            knative::routes_in_namespace(&by_revision, r.metadata.namespace)
+        })
+        .run(
+            knative::reconcile_route,
+            requeue::error_policy("knative-route"),
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let autoscaler = knative::autoscale::run(Arc::new(knative::autoscale::Context {
+        client,
+        revisions: revisions.store(),
+        deployments: deployments.store(),
+        pods: pods.store(),
+        grace: settings.scale_to_zero_grace,
+    }));
+    async move {
+        services.ready().await;
+        configurations.ready().await;
+        revisions.ready().await;
+        routes.ready().await;
+        tokio::join!(
+            service_loop,
+            configuration_loop,
+            revision_loop,
+            route_loop,
+            autoscaler
+        );
+    }
 }
 
 /// Runs `work` (the controllers, the scheduler) whenever `is_leader` says this member leads,

@@ -20,8 +20,26 @@ where
         + Sync
         + 'static,
 {
+    spawn_with(api, watcher::Config::default(), writer, changed)
+}
+
+/// [`spawn`], watching only what `config` selects (a label selector).
+pub fn spawn_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    changed: impl Fn() + Send + Sync + 'static,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     tokio::spawn(async move {
-        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        let stream = reflector::reflector(writer, watcher(api, config))
             .default_backoff()
             .touched_objects();
         futures_util::pin_mut!(stream);

@@ -47,6 +47,9 @@ pub struct NodeConfig {
     pub pod_network: crate::network::Mode,
     /// Registries (`host:port`) reached over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// The port of the function router (Knative Routes' traffic) on the node's address; 0:
+    /// none.
+    pub function_port: u16,
 }
 
 fn rfc3339_micros(t: std::time::SystemTime) -> String {
@@ -238,20 +241,38 @@ impl NodeAgent {
         }
         tracing::info!("node {} registered", self.config.name);
 
-        let logs = Arc::new(LogServer::new(
-            self.config.name.clone(),
-            self.ctx.pods_dir.clone(),
-            self.ctx.logs.clone(),
-            self.ctx.usage.clone(),
-            self.client.clone(),
-            Arc::new(crate::linux::ContainerExec {
-                oci: self.ctx.oci.clone(),
-            }),
-            Arc::new(crate::portforward::PodDial {
-                client: self.client.clone(),
-                node_name: self.config.name.clone(),
-            }),
-        ));
+        let functions =
+            crate::functions::FunctionRouter::new(self.client.clone(), &self.config.name);
+        if self.config.function_port != 0 {
+            let addr = SocketAddr::new(self.config.address, self.config.function_port);
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    tracing::info!("function router on {addr}");
+                    tokio::spawn(functions.clone().run(listener));
+                }
+                // The node runs without it: its pods do not need it.
+                Err(e) => tracing::warn!(
+                    "cannot serve functions (Knative routes) on {addr}: {e}; choose another --function-port, or 0 for none"
+                ),
+            }
+        }
+        let logs = Arc::new(
+            LogServer::new(
+                self.config.name.clone(),
+                self.ctx.pods_dir.clone(),
+                self.ctx.logs.clone(),
+                self.ctx.usage.clone(),
+                self.client.clone(),
+                Arc::new(crate::linux::ContainerExec {
+                    oci: self.ctx.oci.clone(),
+                }),
+                Arc::new(crate::portforward::PodDial {
+                    client: self.client.clone(),
+                    node_name: self.config.name.clone(),
+                }),
+            )
+            .with_functions(functions),
+        );
         tokio::spawn(self.ctx.usage.clone().run());
         tokio::spawn(crate::imagegc::run(
             self.ctx.images.clone(),

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod endpoint;
 pub mod env;
 pub mod exec;
+pub mod functions;
 pub mod imagegc;
 pub mod lifecycle;
 pub mod linux;

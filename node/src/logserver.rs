@@ -64,6 +64,8 @@ pub struct LogServer {
     /// Opens the connections of `kubectl port-forward`.
     pub dial: Arc<dyn crate::portforward::Dial>,
     reviewed: Mutex<HashMap<String, Instant>>,
+    /// The function router, whose meters `/functions/stats` serves.
+    functions: Option<Arc<crate::functions::FunctionRouter>>,
 }
 
 /// The audience the API server signs log-proxy tokens for.
@@ -93,7 +95,14 @@ impl LogServer {
             exec,
             dial,
             reviewed: Mutex::new(HashMap::new()),
+            functions: None,
         }
+    }
+
+    /// Serves the function router's meters at `/functions/stats` (for the autoscaler).
+    pub fn with_functions(mut self, router: Arc<crate::functions::FunctionRouter>) -> LogServer {
+        self.functions = Some(router);
+        self
     }
 
     pub fn router(self: Arc<Self>) -> Router {
@@ -113,6 +122,7 @@ impl LogServer {
                 get(port_forward).post(port_forward),
             )
             .route("/metrics/pods", get(pod_metrics))
+            .route("/functions/stats", get(function_stats))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self)
     }
@@ -215,6 +225,18 @@ async fn pod_metrics(State(server): State<Arc<LogServer>>, headers: HeaderMap) -
         return text(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
     let body = serde_json::to_vec(&server.usage.report()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn function_stats(State(server): State<Arc<LogServer>>, headers: HeaderMap) -> Response {
+    if !from_api_server(&server, &headers).await {
+        return text(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    let stats = server
+        .functions
+        .as_ref()
+        .map_or_else(|| serde_json::json!({"revisions": {}}), |f| f.stats());
+    let body = serde_json::to_vec(&stats).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 

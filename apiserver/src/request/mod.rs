@@ -56,6 +56,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route(crate::join::PATH_JOIN_TOKEN, get(crate::join::token))
         .route(
+            "/drover/v1/function-stats",
+            get(crate::metrics::function_stats),
+        )
+        .route(
             crate::join::PATH_JOIN_CA,
             axum::routing::post(crate::join::prove_ca),
         )
@@ -440,6 +444,12 @@ async fn dispatch(
                 (&Method::POST, ("", "pods"), Some(name), Some("eviction")) => {
                     call.evict(name, &body).await
                 }
+                (
+                    &Method::POST,
+                    (api::knative::GROUP, "revisions"),
+                    Some(name),
+                    Some("activate"),
+                ) => call.activate(name).await,
                 // Another kind's log, exec, binding or eviction: there is no such object.
                 (&Method::GET, _, Some(name), Some("log"))
                 | (&Method::GET | &Method::POST, _, Some(name), Some("exec"))

@@ -45,7 +45,7 @@ impl Call<'_> {
         let fields =
             FieldSelector::parse(self.query.get("fieldSelector").map_or("", String::as_str))
                 .map_err(|e| bad_request(&e.to_string()))?;
-        if let Some(field) = fields.unsupported(self.resource().name) {
+        if let Some(field) = fields.unsupported(self.resource().rule_key()) {
             return Err(bad_request(&format!("field label not supported: {field}")));
         }
         Ok((labels, fields))
@@ -327,7 +327,7 @@ impl Call<'_> {
 
     /// A `meta.k8s.io/v1` Table for `kubectl get`, with the usual columns of the kind.
     pub(super) fn to_table(&self, objects: &[Value], list_meta: Option<Value>) -> Value {
-        let kind_columns = api::columns::columns(self.resource().name);
+        let kind_columns = api::columns::columns(self.resource().rule_key());
         let column = |name: &str, priority: u8, format: &str| json!({"name": name, "type": "string", "format": format, "description": name, "priority": priority});
         let mut columns = vec![column("Name", 0, "name")];
         columns.extend(kind_columns.iter().map(|c| column(c.name, c.priority, "")));

@@ -578,6 +578,69 @@ impl Call<'_> {
         )
     }
 
+    /// `revisions/{name}/activate` (Drover's; Knative's activator does this inside its
+    /// mesh): a node's function router holds requests for a revision scaled to zero and asks
+    /// for one instance. It scales the revision's Deployment from 0 to 1 and does nothing
+    /// when it already runs, so a node may wake a function but never size one: scaling is the
+    /// autoscaler's, and a node may ask this only of the revisions' own Deployments.
+    pub(super) async fn activate(&self, name: &str) -> Response {
+        let own = ObjectPath {
+            subresource: None,
+            ..self.o.clone()
+        };
+        let plain = Call {
+            st: self.st,
+            o: &own,
+            query: self.query,
+            view: self.view,
+            user: self.user,
+            dry_run: self.dry_run,
+            manager: self.manager.clone(),
+            warnings: Default::default(),
+        };
+        let revision = plain.get(name).await;
+        if !revision.status().is_success() {
+            return revision;
+        }
+        let deployments = api::registry::find("apps", "v1", "deployments").expect("served");
+        let path = ObjectPath {
+            resource: deployments,
+            namespace: self.o.namespace.clone(),
+            name: Some(format!("{name}-deployment")),
+            subresource: Some("scale".into()),
+        };
+        let scale = Call {
+            st: self.st,
+            o: &path,
+            query: self.query,
+            view: self.view,
+            user: self.user,
+            dry_run: self.dry_run,
+            manager: "function-router".into(),
+            warnings: Default::default(),
+        };
+        // A test of the current count makes the wake a compare-and-swap: two routers waking
+        // one function, or a wake racing the autoscaler, never set a count twice.
+        let wake = json!([{"op": "test", "path": "/spec/replicas", "value": 0},
+                          {"op": "replace", "path": "/spec/replicas", "value": 1}]);
+        let resp = scale
+            .patch(
+                &format!("{name}-deployment"),
+                "application/json-patch+json",
+                &Bytes::from(wake.to_string()),
+            )
+            .await;
+        let woke = resp.status().is_success();
+        if !woke && resp.status() != StatusCode::UNPROCESSABLE_ENTITY {
+            return resp;
+        }
+        json_response(
+            StatusCode::CREATED,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201,
+                "reason": if woke { "Activated" } else { "AlreadyActive" }}),
+        )
+    }
+
     /// `serviceaccounts/{name}/token` and `nodes/{name}/token`: a TokenRequest answered with a
     /// token this cluster signed for the ServiceAccount, or for the node's agent. `None`: the
     /// `token` of a kind that has none, checked as the others and then refused (404).

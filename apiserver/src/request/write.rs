@@ -139,8 +139,8 @@ impl Call<'_> {
             meta.remove("namespace");
         }
         // Defaults, then the rules beyond the shape (after defaulting, as Kubernetes does).
-        api::defaults::apply(r.name, &mut obj);
-        let causes = api::semantic::check(r.name, &obj);
+        api::defaults::apply(r.rule_key(), &mut obj);
+        let causes = api::semantic::check(r.rule_key(), &obj);
         if !causes.is_empty() {
             return Err(invalid_causes(r, &name, &causes));
         }

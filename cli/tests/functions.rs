@@ -1,0 +1,231 @@
+//! Knative Serving on Drover, end to end: a real `drover up` driven by the real kubectl with
+//! Knative's own manifests (images swapped for the example Wasm functions), and requests sent
+//! through the node's function router by Host, as a user's curl sends them.
+
+use std::time::{Duration, Instant};
+
+mod common;
+use common::up::Up;
+
+/// One HTTP/1.1 request to the router at `addr` for `host`; (status, body).
+fn get(addr: &str, host: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((code, body))
+}
+
+fn ksvc_ready(up: &Up, name: &str) -> Option<String> {
+    let (ok, out, _) = up.run(&[
+        "get",
+        "ksvc",
+        name,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.url}",
+    ]);
+    (ok && out.starts_with("True ")).then(|| out["True ".len()..].to_string())
+}
+
+fn pods_of(up: &Up, service: &str) -> Vec<String> {
+    let (_, out, _) = up.run(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("serving.knative.dev/service={service}"),
+        "-o",
+        "name",
+    ]);
+    out.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn a_knative_service_gets_a_url_answers_splits_traffic_and_scales_to_zero_and_back() {
+    let up = Up::start_with(56, &["--scale-to-zero-grace-period", "1s"]);
+    let router = "127.0.56.1:80";
+    up.import("hello_world.wasm", "hello-world:v1");
+
+    // Knative's hello world, unchanged but for the image.
+    let example = common::repo().join("examples/hello-ksvc.yaml");
+    up.ok(&["apply", "-f", example.to_str().unwrap()]);
+    let url = up.until(60, "the Knative Service to be Ready", || {
+        ksvc_ready(&up, "hello")
+    });
+    assert_eq!(url, "http://hello.default.example.com");
+    let table = up.ok(&["get", "ksvc", "hello"]);
+    assert!(
+        table.starts_with("NAME")
+            && table.contains("URL")
+            && table.contains("LATESTCREATED")
+            && table.contains("hello-00001")
+            && table.contains("True"),
+        "{table}"
+    );
+    for kind in ["configurations", "routes", "revisions"] {
+        assert!(
+            up.ok(&["get", kind]).contains("hello"),
+            "kubectl get {kind}"
+        );
+    }
+    let explain = up.ok(&["explain", "ksvc.spec.template.spec.containerConcurrency"]);
+    assert!(explain.contains("in-flight"), "{explain}");
+    let (code, body) = get(router, "hello.default.example.com", "/").expect("the router answers");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.starts_with("Hello world from hello-00001-deployment-"),
+        "{body}"
+    );
+    let (code, _) = get(router, "nobody.default.example.com", "/").unwrap();
+    assert_eq!(code, 404);
+
+    // Bad input gets Knative's errors, naming the field.
+    let bad = up.dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: bad}\nspec:\n  template:\n    spec:\n      containers: [{image: hello-world:v1}]\n  traffic:\n  - {latestRevision: true, percent: 90, tag: Not_A_Label}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = up.run(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("spec.traffic: Traffic targets sum to 90, want 100"),
+        "{err}"
+    );
+    assert!(err.contains("spec.traffic[0].tag"), "{err}");
+    std::fs::write(
+        &bad,
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: bad}\nspec:\n  template:\n    spec:\n      containers: [{image: hello-world:v1}]\n      containerConcurrencyy: 1\n",
+    )
+    .unwrap();
+    let (ok, _, err) = up.run(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("containerConcurrencyy"), "{err}");
+    // A revision is immutable.
+    let (ok, _, err) = up.run(&[
+        "patch",
+        "revision",
+        "hello-00001",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"containerConcurrency":3}}"#,
+    ]);
+    assert!(!ok && err.contains("Immutable"), "{err}");
+
+    // A second revision and a 90/10 split, with tags.
+    let split = common::repo().join("examples/hello-ksvc-split.yaml");
+    up.ok(&["apply", "-f", split.to_str().unwrap()]);
+    up.until(60, "the split to be in place", || {
+        let (_, out, _) = up.run(&[
+            "get",
+            "route",
+            "hello",
+            "-o",
+            "jsonpath={.status.traffic[*].revisionName}",
+        ]);
+        (out == "hello-00002 hello-00001").then_some(())
+    });
+    let mut newer = 0;
+    let rounds = 600;
+    for _ in 0..rounds {
+        let (code, body) = get(router, "hello.default.example.com", "/").unwrap();
+        assert_eq!(code, 200, "{body}");
+        if body.contains("hello-00002-deployment") {
+            newer += 1;
+        }
+    }
+    // 10 % of 600 is 60; five standard deviations (7.3 each) either side.
+    assert!(
+        (24..=96).contains(&newer),
+        "{newer} of {rounds} went to the 10 % revision"
+    );
+    for _ in 0..20 {
+        let (_, body) = get(router, "latest-hello.default.example.com", "/").unwrap();
+        assert!(body.contains("hello-00002-deployment"), "{body}");
+        let (_, body) = get(router, "stable-hello.default.example.com", "/").unwrap();
+        assert!(body.contains("hello-00001-deployment"), "{body}");
+    }
+
+    // Scale to zero and back: a short stable window, the 1 s grace period of this cluster.
+    up.apply(
+        "quick.yaml",
+        r#"apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: quick
+spec:
+  template:
+    metadata:
+      annotations:
+        autoscaling.knative.dev/window: "6s"
+    spec:
+      containers:
+        - image: hello-world:v1
+"#,
+    );
+    up.until(60, "the quick service to be Ready", || {
+        ksvc_ready(&up, "quick")
+    });
+    let (code, _) = get(router, "quick.default.example.com", "/").unwrap();
+    assert_eq!(code, 200);
+    up.until(60, "the quick service to scale to zero", || {
+        pods_of(&up, "quick").is_empty().then_some(())
+    });
+    assert_eq!(
+        up.ok(&[
+            "get",
+            "ksvc",
+            "quick",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"
+        ]),
+        "True",
+        "a revision at zero stays Ready"
+    );
+    let started = Instant::now();
+    let (code, body) =
+        get(router, "quick.default.example.com", "/").expect("a cold request is answered");
+    let cold = started.elapsed();
+    assert_eq!(code, 200, "{body}");
+    assert!(cold < Duration::from_secs(10), "cold start took {cold:?}");
+    let events = up.until(
+        30,
+        "the event saying which request woke the function",
+        || {
+            let (_, out, _) = up.run(&[
+                "get",
+                "events",
+                "--field-selector",
+                "reason=Activated",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ]);
+            out.contains("GET quick.default.example.com/")
+                .then_some(out)
+        },
+    );
+    assert!(events.contains("Started from zero by request"), "{events}");
+    eprintln!("cold start through the API (scale 0 → 1, schedule, start): {cold:?}");
+
+    // Deleting a Service removes what it made.
+    up.ok(&["delete", "ksvc", "hello", "quick"]);
+    up.until(60, "the services' revisions, routes and pods to go", || {
+        let (_, revisions, _) = up.run(&["get", "revisions", "-o", "name"]);
+        let (_, routes, _) = up.run(&["get", "routes", "-o", "name"]);
+        let (_, deployments, _) = up.run(&["get", "deployments", "-o", "name"]);
+        (revisions.is_empty()
+            && routes.is_empty()
+            && deployments.is_empty()
+            && pods_of(&up, "hello").is_empty()
+            && pods_of(&up, "quick").is_empty())
+        .then_some(())
+    });
+    let (code, _) = get(router, "hello.default.example.com", "/").unwrap();
+    assert_eq!(code, 404);
+}

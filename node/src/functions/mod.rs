@@ -1,0 +1,564 @@
+//! The function router: Knative Serving's data path in the node agent, instead of a mesh
+//! gateway, an activator and a queue-proxy sidecar per pod. It listens on the node's address
+//! (`--function-port`, 80 by default), finds a request's Route by its Host
+//! (`{route}.{namespace}.{domain}`, a tag's `{tag}-{route}...`, or the in-cluster
+//! `{route}.{namespace}.svc.cluster.local`), picks a revision by the Route's percentages, and
+//! sends the request to one of its ready instances:
+//!
+//! - at most `containerConcurrency` requests at once per instance (the least busy is chosen);
+//! - when none can take it, the request waits in the revision's queue (bounded: past
+//!   [`QUEUE_LIMIT`] waiting, 503 with `Retry-After`), for at most the revision's
+//!   `timeoutSeconds` (then 504);
+//! - a revision scaled to zero is woken (`revisions/{name}/activate`) by the first request
+//!   that finds it without instances, which waits for the first instance to be ready; the wait
+//!   is a cold start, counted in the revision's histogram and told in an Event on the pod
+//!   that took it.
+//!
+//! Every request is metered ([`meter`]) from arrival to the end of its response, queued time
+//! included, which is what the autoscaler scales on. The routing table ([`table`]) is rebuilt
+//! from watches of Routes, Revisions and their pods whenever one changes.
+
+pub mod meter;
+pub mod table;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use api::knative::{labels, Revision, Route};
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::Api;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use meter::Meter;
+use table::{Instance, RevisionRoute, Table};
+
+/// Requests one revision may hold waiting on one node before new ones get 503.
+pub const QUEUE_LIMIT: usize = 10_000;
+/// How often a revision without instances is asked to wake while requests wait for it.
+const WAKE_AGAIN: Duration = Duration::from_secs(1);
+
+type ResponseBody = Either<Metered<Incoming>, Full<Bytes>>;
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// One revision's instances, their requests in flight, the queue and the meter.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    /// Woken when an instance frees a slot or the instances change.
+    changed: Notify,
+    meter: Mutex<Meter>,
+}
+
+#[derive(Default)]
+struct GateState {
+    instances: Vec<Instance>,
+    concurrency: u32,
+    inflight: HashMap<SocketAddr, u32>,
+    waiting: usize,
+    woken_at: Option<Instant>,
+    /// Spreads ties between equally busy instances.
+    turn: usize,
+}
+
+impl GateState {
+    /// The least busy instance with room, if any.
+    fn pick(&mut self) -> Option<Instance> {
+        let n = self.instances.len();
+        self.turn = self.turn.wrapping_add(1);
+        let mut best: Option<(u32, &Instance)> = None;
+        for i in 0..n {
+            let inst = &self.instances[(self.turn + i) % n];
+            let busy = self.inflight.get(&inst.addr).copied().unwrap_or(0);
+            if self.concurrency > 0 && busy >= self.concurrency {
+                continue;
+            }
+            if best.is_none_or(|(b, _)| busy < b) {
+                best = Some((busy, inst));
+            }
+        }
+        let inst = best?.1.clone();
+        *self.inflight.entry(inst.addr).or_default() += 1;
+        Some(inst)
+    }
+}
+
+/// A place taken at an instance, given back when dropped.
+struct Slot {
+    gate: Arc<Gate>,
+    addr: SocketAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut st = self.gate.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = st.inflight.get_mut(&self.addr) {
+            *n = n.saturating_sub(1);
+        }
+        drop(st);
+        self.gate.changed.notify_waiters();
+    }
+}
+
+/// A request counted in its revision's meter until dropped.
+struct Arrival {
+    gate: Arc<Gate>,
+}
+
+impl Arrival {
+    fn new(gate: Arc<Gate>) -> Arrival {
+        gate.meter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .arrived(unix_now());
+        Arrival { gate }
+    }
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.gate
+            .meter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .finished(unix_now());
+    }
+}
+
+/// A response body that holds its request's slot and meter entry until it has been sent.
+pub struct Metered<B> {
+    inner: B,
+    _slot: Slot,
+    _arrival: Arrival,
+}
+
+impl<B: Body + Unpin> Body for Metered<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Why a request got no instance.
+enum Refused {
+    /// The revision's queue on this node is full.
+    Overloaded,
+}
+
+/// Decrements the queue's count when a waiting request stops waiting (answered or gone).
+struct Waiting<'a>(&'a Gate);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.waiting = st.waiting.saturating_sub(1);
+    }
+}
+
+pub struct FunctionRouter {
+    client: kube::Client,
+    table: RwLock<Arc<Table>>,
+    gates: Mutex<HashMap<String, Arc<Gate>>>,
+    http: hyper_util::client::legacy::Client<HttpConnector, Incoming>,
+    events: kubeclient::events::Recorder,
+    pods: std::sync::OnceLock<Store<Pod>>,
+}
+
+impl FunctionRouter {
+    pub fn new(client: kube::Client, node_name: &str) -> Arc<FunctionRouter> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Arc::new(FunctionRouter {
+            events: kubeclient::events::Recorder::new(
+                client.clone(),
+                kubeclient::events::Source::Node(node_name.to_string()),
+            ),
+            client,
+            table: RwLock::new(Arc::default()),
+            gates: Mutex::default(),
+            http,
+            pods: Default::default(),
+        })
+    }
+
+    fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn gate(&self, revision: &str) -> Arc<Gate> {
+        self.gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(revision.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Takes a new table: each revision's gate learns its instances and limit, and requests
+    /// waiting for instances look again.
+    pub fn set_table(&self, table: Table) {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, route) in &table.revisions {
+            let gate = gates.entry(key.clone()).or_default();
+            update_gate(gate, route);
+        }
+        // A revision gone: its waiting requests learn it (they find no instance and time out)
+        // and its gate goes when nothing holds it.
+        gates.retain(|key, gate| table.revisions.contains_key(key) || Arc::strong_count(gate) > 1);
+        drop(gates);
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    }
+
+    /// Every revision's meter, for the autoscaler.
+    pub fn stats(&self) -> Value {
+        let now = unix_now();
+        let gates: Vec<(String, Arc<Gate>)> = self
+            .gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, g)| (k.clone(), g.clone()))
+            .collect();
+        let revisions: serde_json::Map<String, Value> = gates
+            .into_iter()
+            .map(|(k, g)| {
+                let report = g
+                    .meter
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .report(now);
+                (k, report)
+            })
+            .collect();
+        json!({"revisions": revisions})
+    }
+
+    /// Waits for a place at an instance of `revision`, waking it when it has none. Returns
+    /// the place and, for the request that woke it, how long it waited.
+    async fn acquire(
+        self: &Arc<Self>,
+        revision: &str,
+        gate: &Arc<Gate>,
+    ) -> Result<(Slot, Option<Instance>), Refused> {
+        let mut waited_from: Option<Instant> = None;
+        let mut woke = false;
+        let mut waiting: Option<Waiting> = None;
+        loop {
+            let notified = gate.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(inst) = st.pick() {
+                    drop(st);
+                    drop(waiting);
+                    if let Some(from) = waited_from.filter(|_| woke) {
+                        gate.meter
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .cold_start(from.elapsed().as_secs_f64());
+                    }
+                    let addr = inst.addr;
+                    return Ok((
+                        Slot {
+                            gate: gate.clone(),
+                            addr,
+                        },
+                        woke.then_some(inst),
+                    ));
+                }
+                if waiting.is_none() {
+                    if st.waiting >= QUEUE_LIMIT {
+                        return Err(Refused::Overloaded);
+                    }
+                    st.waiting += 1;
+                    waiting = Some(Waiting(gate));
+                    waited_from = Some(Instant::now());
+                }
+                if st.instances.is_empty() && st.woken_at.is_none_or(|t| t.elapsed() >= WAKE_AGAIN)
+                {
+                    st.woken_at = Some(Instant::now());
+                    woke = true;
+                    let router = self.clone();
+                    let revision = revision.to_string();
+                    tokio::spawn(async move { router.wake(&revision).await });
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Asks the control plane for an instance of `revision` (`namespace/name`).
+    async fn wake(&self, revision: &str) {
+        let Some((ns, name)) = revision.split_once('/') else {
+            return;
+        };
+        let path =
+            format!("/apis/serving.knative.dev/v1/namespaces/{ns}/revisions/{name}/activate");
+        let req = http::Request::post(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(b"{}".to_vec())
+            .expect("a valid request");
+        if let Err(e) = self.client.request::<Value>(req).await {
+            tracing::warn!(revision, "function router: cannot wake the revision: {e}");
+        }
+    }
+
+    /// Serves one request.
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ResponseBody> {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().host().map(str::to_string))
+            .unwrap_or_default();
+        let table = self.table();
+        let Some(shares) = table.shares(&host) else {
+            return plain(
+                StatusCode::NOT_FOUND,
+                &format!("no function answers host {host:?}"),
+            );
+        };
+        let roll = rand::random_range(0..100);
+        let Some(share) = table::pick(shares, roll) else {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the route has no traffic targets",
+            );
+        };
+        let Some(route) = table.revisions.get(&share.revision) else {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("revision {} is not known here yet", share.revision),
+            );
+        };
+        let timeout = route.timeout;
+        let gate = self.gate(&share.revision);
+        let arrival = Arrival::new(gate.clone());
+        let started = Instant::now();
+        let what = format!("{} {host}{}", req.method(), req.uri().path());
+        let (slot, woken) =
+            match tokio::time::timeout(timeout, self.acquire(&share.revision, &gate)).await {
+                Ok(Ok(got)) => got,
+                Ok(Err(Refused::Overloaded)) => {
+                    let mut r = plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!(
+                            "revision {} is overloaded: {QUEUE_LIMIT} requests are waiting",
+                            share.revision
+                        ),
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return r;
+                }
+                Err(_) => {
+                    return plain(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!(
+                            "no instance of revision {} was ready within {timeout:?}",
+                            share.revision
+                        ),
+                    );
+                }
+            };
+        if let Some(inst) = woken {
+            self.tell_woken(&share.revision, &inst, &what, started.elapsed());
+        }
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        *req.uri_mut() = match format!("http://{}{path}", slot.addr).parse() {
+            Ok(uri) => uri,
+            Err(_) => return plain(StatusCode::BAD_REQUEST, "the request's path is not valid"),
+        };
+        let left = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, self.http.request(req)).await {
+            Ok(Ok(resp)) => resp.map(|body| {
+                Either::Left(Metered {
+                    inner: body,
+                    _slot: slot,
+                    _arrival: arrival,
+                })
+            }),
+            Ok(Err(e)) => plain(
+                StatusCode::BAD_GATEWAY,
+                &format!("the instance at {} did not answer: {e}", slot.addr),
+            ),
+            Err(_) => plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!(
+                    "revision {} did not answer within {timeout:?}",
+                    share.revision
+                ),
+            ),
+        }
+    }
+
+    /// An Event on the pod that took the request which woke its revision.
+    fn tell_woken(&self, revision: &str, inst: &Instance, what: &str, waited: Duration) {
+        let Some(pods) = self.pods.get() else { return };
+        let ns = revision.split_once('/').map_or("", |(ns, _)| ns);
+        let Some(pod) = pods.get(&reflector::ObjectRef::new(&inst.pod).within(ns)) else {
+            return;
+        };
+        self.events.pod(
+            &pod,
+            None,
+            kubeclient::events::Type::Normal,
+            "Activated",
+            &format!(
+                "Started from zero by request {what} (it waited {} ms)",
+                waited.as_millis()
+            ),
+        );
+    }
+
+    /// Serves the router on `listener` and keeps its table from the cluster, until dropped.
+    pub async fn run(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        let changed = Arc::new(Notify::new());
+        let (routes, routes_writer) = reflector::store::<Route>();
+        let (revisions, revisions_writer) = reflector::store::<Revision>();
+        let (pods, pods_writer) = reflector::store::<Pod>();
+        let _ = self.pods.set(pods.clone());
+        let mark = |n: &Arc<Notify>| {
+            let n = n.clone();
+            move || n.notify_one()
+        };
+        kubeclient::reflect::spawn(Api::all(self.client.clone()), routes_writer, mark(&changed));
+        kubeclient::reflect::spawn(
+            Api::all(self.client.clone()),
+            revisions_writer,
+            mark(&changed),
+        );
+        kubeclient::reflect::spawn_with(
+            Api::all(self.client.clone()),
+            watcher::Config::default().labels(labels::REVISION),
+            pods_writer,
+            mark(&changed),
+        );
+        let router = self.clone();
+        tokio::spawn(async move {
+            loop {
+                changed.notified().await;
+                router.set_table(table::build(
+                    &routes.state(),
+                    &revisions.state(),
+                    &pods.state(),
+                ));
+            }
+        });
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("function router: accept: {e}");
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let router = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let router = router.clone();
+                    async move { Ok::<_, std::convert::Infallible>(router.handle(req).await) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!("function router: connection: {e}");
+                }
+            });
+        }
+    }
+}
+
+fn update_gate(gate: &Arc<Gate>, route: &RevisionRoute) {
+    let mut st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+    if st.instances == route.instances && st.concurrency == route.concurrency {
+        return;
+    }
+    st.instances = route.instances.clone();
+    st.concurrency = route.concurrency;
+    drop(st);
+    gate.changed.notify_waiters();
+}
+
+fn plain(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(format!(
+        "{message}\n"
+    )))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(port: u16) -> Instance {
+        Instance {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            pod: format!("p{port}"),
+        }
+    }
+
+    #[test]
+    fn the_least_busy_instance_with_room_is_picked() {
+        let mut st = GateState {
+            instances: vec![inst(1), inst(2)],
+            concurrency: 1,
+            ..Default::default()
+        };
+        let a = st.pick().unwrap();
+        let b = st.pick().unwrap();
+        assert_ne!(a.addr, b.addr);
+        assert!(st.pick().is_none(), "both hold their one request");
+        *st.inflight.get_mut(&a.addr).unwrap() -= 1;
+        assert_eq!(st.pick().unwrap().addr, a.addr);
+        st.concurrency = 0;
+        assert!(st.pick().is_some(), "no limit");
+    }
+}

@@ -1,0 +1,265 @@
+//! Where each Host goes: the routing table of Knative Routes, built from the Routes' statuses
+//! (which the control plane resolves to revisions), the Revisions and their ready pods. Pure:
+//! the router rebuilds it whenever one of those changes.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::knative::{labels, Revision, Route};
+use k8s_openapi::api::core::v1::Pod;
+
+/// One share of a host's traffic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Share {
+    /// `namespace/name` of the revision.
+    pub revision: String,
+    pub percent: u32,
+}
+
+/// A ready instance of a revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub addr: SocketAddr,
+    pub pod: String,
+}
+
+/// What the router needs of a revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevisionRoute {
+    /// Requests one instance takes at once; 0 is no limit.
+    pub concurrency: u32,
+    pub timeout: Duration,
+    pub instances: Vec<Instance>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Table {
+    /// By lower-case host, without a port.
+    pub hosts: HashMap<String, Vec<Share>>,
+    pub revisions: HashMap<String, RevisionRoute>,
+}
+
+impl Table {
+    /// The shares of the host a request names (its `Host` header, a port allowed).
+    pub fn shares(&self, host: &str) -> Option<&[Share]> {
+        let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        self.hosts
+            .get(&host.to_ascii_lowercase())
+            .map(Vec::as_slice)
+    }
+}
+
+/// The host of an `http://host[:port]/...` URL.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let host = rest.split('/').next()?;
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// Picks the share a request goes to, from a number in 0..100.
+pub fn pick(shares: &[Share], roll: u32) -> Option<&Share> {
+    let mut acc = 0;
+    for s in shares {
+        acc += s.percent;
+        if roll < acc {
+            return Some(s);
+        }
+    }
+    None
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The table of `routes`, over `revisions` and their `pods`. A route's hosts are its URL's,
+/// its in-cluster names (`name.namespace.svc.cluster.local`, `name.namespace.svc`,
+/// `name.namespace`) and its tags' URLs; the control plane publishes no URL a route cannot
+/// have (a host another route holds), so every host here has one owner.
+pub fn build(routes: &[Arc<Route>], revisions: &[Arc<Revision>], pods: &[Arc<Pod>]) -> Table {
+    let mut table = Table::default();
+    for rev in revisions {
+        let (Some(ns), Some(name)) = (&rev.metadata.namespace, &rev.metadata.name) else {
+            continue;
+        };
+        let port = controllers_port(rev);
+        let instances = pods
+            .iter()
+            .filter(|p| {
+                p.metadata.namespace.as_ref() == Some(ns)
+                    && p.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(labels::REVISION))
+                        == Some(name)
+                    && pod_ready(p)
+            })
+            .filter_map(|p| {
+                let ip: IpAddr = p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
+                Some(Instance {
+                    addr: SocketAddr::new(ip, port),
+                    pod: p.metadata.name.clone().unwrap_or_default(),
+                })
+            })
+            .collect();
+        table.revisions.insert(
+            format!("{ns}/{name}"),
+            RevisionRoute {
+                concurrency: u32::try_from(rev.spec.container_concurrency.unwrap_or(0))
+                    .unwrap_or(0),
+                timeout: Duration::from_secs(
+                    u64::try_from(
+                        rev.spec
+                            .timeout_seconds
+                            .unwrap_or(api::knative::DEFAULT_TIMEOUT_SECONDS),
+                    )
+                    .unwrap_or(300)
+                    .max(1),
+                ),
+                instances,
+            },
+        );
+    }
+    for route in routes {
+        let (Some(ns), Some(name)) = (&route.metadata.namespace, &route.metadata.name) else {
+            continue;
+        };
+        let status = &route.status;
+        let Some(url) = status.url.as_deref().and_then(url_host) else {
+            continue;
+        };
+        let shares: Vec<Share> = status
+            .traffic
+            .iter()
+            .filter_map(|t| {
+                Some(Share {
+                    revision: format!("{ns}/{}", t.revision_name.as_ref()?),
+                    percent: u32::try_from(t.percent.unwrap_or(0)).unwrap_or(0),
+                })
+            })
+            .filter(|s| s.percent > 0)
+            .collect();
+        let internal = [
+            format!("{name}.{ns}.svc.cluster.local"),
+            format!("{name}.{ns}.svc"),
+            format!("{name}.{ns}"),
+        ];
+        for host in std::iter::once(url).chain(internal) {
+            table.hosts.entry(host).or_insert_with(|| shares.clone());
+        }
+        for t in &status.traffic {
+            let (Some(tag_url), Some(rev)) =
+                (t.url.as_deref().and_then(url_host), &t.revision_name)
+            else {
+                continue;
+            };
+            table.hosts.entry(tag_url).or_insert_with(|| {
+                vec![Share {
+                    revision: format!("{ns}/{rev}"),
+                    percent: 100,
+                }]
+            });
+        }
+    }
+    table
+}
+
+/// The port a revision's instances serve on: its one container port, else 8080.
+fn controllers_port(rev: &Revision) -> u16 {
+    rev.spec
+        .pod
+        .containers
+        .iter()
+        .find_map(|c| {
+            c.ports
+                .as_ref()
+                .and_then(|p| p.first())
+                .map(|p| p.container_port)
+        })
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(8080)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn route() -> Arc<Route> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": "hello", "namespace": "default"},
+                "status": {"url": "http://hello.default.example.com", "traffic": [
+                    {"revisionName": "hello-00002", "percent": 90},
+                    {"revisionName": "hello-00001", "percent": 10, "tag": "old", "url": "http://old-hello.default.example.com"},
+                    {"revisionName": "hello-00003", "percent": 0, "tag": "next", "url": "http://next-hello.default.example.com"}]}}))
+            .unwrap(),
+        )
+    }
+
+    fn revision(name: &str, cc: i64) -> Arc<Revision> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"},
+                "spec": {"containerConcurrency": cc, "containers": [{"image": "x", "ports": [{"containerPort": 9000}]}]}}))
+            .unwrap(),
+        )
+    }
+
+    fn pod(name: &str, rev: &str, ip: &str, ready: bool) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default", "labels": {labels::REVISION: rev}},
+                "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}}))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn hosts_split_by_percent_and_tags_reach_their_revision_alone() {
+        let t = build(
+            &[route()],
+            &[revision("hello-00001", 0), revision("hello-00002", 1)],
+            &[
+                pod("a", "hello-00002", "10.0.0.5", true),
+                pod("b", "hello-00002", "10.0.0.6", false),
+            ],
+        );
+        let main = t.shares("Hello.Default.example.com:80").unwrap();
+        assert_eq!(main.len(), 2, "a 0 % share takes nothing");
+        assert_eq!(pick(main, 0).unwrap().revision, "default/hello-00002");
+        assert_eq!(pick(main, 89).unwrap().revision, "default/hello-00002");
+        assert_eq!(pick(main, 90).unwrap().revision, "default/hello-00001");
+        assert_eq!(t.shares("hello.default.svc.cluster.local").unwrap(), main);
+        assert_eq!(
+            t.shares("old-hello.default.example.com").unwrap()[0].revision,
+            "default/hello-00001"
+        );
+        assert_eq!(
+            t.shares("next-hello.default.example.com").unwrap()[0].revision,
+            "default/hello-00003"
+        );
+        assert!(t.shares("other.default.example.com").is_none());
+        let r = &t.revisions["default/hello-00002"];
+        assert_eq!(r.concurrency, 1);
+        assert_eq!(
+            r.instances,
+            [Instance {
+                addr: "10.0.0.5:9000".parse().unwrap(),
+                pod: "a".into()
+            }]
+        );
+    }
+}
