@@ -584,29 +584,34 @@ impl Call<'_> {
     /// when it already runs, so a node may wake a function but never size one: scaling is the
     /// autoscaler's, and a node may ask this only of the revisions' own Deployments.
     pub(super) async fn activate(&self, name: &str) -> Response {
-        let own = ObjectPath {
-            subresource: None,
-            ..self.o.clone()
+        let ns = self.o.namespace.clone().unwrap_or_default();
+        let Some(revision) = self.read_linearizable(&self.resource().key(Some(&ns), name)).await else {
+            return not_found(self.resource(), name);
         };
-        let plain = Call {
-            st: self.st,
-            o: &own,
-            query: self.query,
-            view: self.view,
-            user: self.user,
-            dry_run: self.dry_run,
-            manager: self.manager.clone(),
-            warnings: Default::default(),
-        };
-        let revision = plain.get(name).await;
-        if !revision.status().is_success() {
-            return revision;
-        }
         let deployments = api::registry::find("apps", "v1", "deployments").expect("served");
+        let deployment_name = format!("{name}-deployment");
+        let deployment = self
+            .read_linearizable(&deployments.key(Some(&ns), &deployment_name))
+            .await;
+        // Only the revision's own Deployment: a revision named after somebody else's
+        // Deployment must not let a node scale that.
+        let owned = deployment.as_ref().is_some_and(|d| {
+            d["metadata"]["ownerReferences"].as_array().into_iter().flatten().any(|o| {
+                o["uid"] == revision["metadata"]["uid"] && o["controller"] == json!(true)
+            })
+        });
+        let Some(deployment) = deployment.filter(|_| owned) else {
+            return failure(
+                StatusCode::CONFLICT,
+                "Conflict",
+                &format!("revision {name:?} has no Deployment of its own to wake (expected {deployment_name:?}, controlled by the revision)"),
+            );
+        };
+
         let path = ObjectPath {
             resource: deployments,
             namespace: self.o.namespace.clone(),
-            name: Some(format!("{name}-deployment")),
+            name: Some(deployment_name.clone()),
             subresource: Some("scale".into()),
         };
         let scale = Call {
@@ -619,13 +624,15 @@ impl Call<'_> {
             manager: "function-router".into(),
             warnings: Default::default(),
         };
-        // A test of the current count makes the wake a compare-and-swap: two routers waking
-        // one function, or a wake racing the autoscaler, never set a count twice.
-        let wake = json!([{"op": "test", "path": "/spec/replicas", "value": 0},
+        // A test of the current count makes the wake a compare-and-swap (two routers waking
+        // one function, or a wake racing the autoscaler, never set a count twice); the uid
+        // pins the Deployment checked above, not one made since under its name.
+        let wake = json!([{"op": "test", "path": "/metadata/uid", "value": deployment["metadata"]["uid"]},
+                          {"op": "test", "path": "/spec/replicas", "value": 0},
                           {"op": "replace", "path": "/spec/replicas", "value": 1}]);
         let resp = scale
             .patch(
-                &format!("{name}-deployment"),
+                &deployment_name,
                 "application/json-patch+json",
                 &Bytes::from(wake.to_string()),
             )
@@ -639,6 +646,21 @@ impl Call<'_> {
             &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201,
                 "reason": if woke { "Activated" } else { "AlreadyActive" }}),
         )
+    }
+
+    /// The object at `key`, read linearizably; None when it does not exist or cannot be read.
+    async fn read_linearizable(&self, key: &str) -> Option<Value> {
+        let resp = self
+            .st
+            .store
+            .range(
+                raft_store::RangeRequest::new(raft_store::KeySpan::key(key.as_bytes())),
+                raft_store::Consistency::Linearizable,
+                false,
+            )
+            .await
+            .ok()?;
+        resp.kvs.first().map(from_kv)
     }
 
     /// `serviceaccounts/{name}/token` and `nodes/{name}/token`: a TokenRequest answered with a
