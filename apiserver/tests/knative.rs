@@ -13,7 +13,13 @@ const REVISIONS: &str = "/apis/serving.knative.dev/v1/namespaces/default/revisio
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
 
 async fn node_token(app: &axum::Router, node: &str) -> String {
-    let (code, body) = call(app, "POST", &format!("/api/v1/nodes/{node}/token"), Some(json!({"spec": {}}))).await;
+    let (code, body) = call(
+        app,
+        "POST",
+        &format!("/api/v1/nodes/{node}/token"),
+        Some(json!({"spec": {}})),
+    )
+    .await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
     body["status"]["token"].as_str().unwrap().to_string()
 }
@@ -50,14 +56,30 @@ async fn knatives_defaults_and_errors_and_a_core_service_of_the_same_name() {
     let (_dir, _node, app) = common::start().await;
     let (code, svc) = call(&app, "POST", KSVC, Some(hello())).await;
     assert_eq!(code, StatusCode::CREATED, "{svc}");
-    assert_eq!(svc["spec"]["traffic"], json!([{"latestRevision": true, "percent": 100}]));
-    assert_eq!(svc["spec"]["template"]["spec"]["containers"][0]["name"], "user-container");
+    assert_eq!(
+        svc["spec"]["traffic"],
+        json!([{"latestRevision": true, "percent": 100}])
+    );
+    assert_eq!(
+        svc["spec"]["template"]["spec"]["containers"][0]["name"],
+        "user-container"
+    );
     assert_eq!(svc["spec"]["template"]["spec"]["timeoutSeconds"], 300);
     // A core Service "hello" is another object, with a ClusterIP; the Knative one has none.
-    let (code, core) = call(&app, "POST", "/api/v1/namespaces/default/services",
-        Some(json!({"metadata": {"name": "hello"}, "spec": {"ports": [{"port": 80}]}}))).await;
+    let (code, core) = call(
+        &app,
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(json!({"metadata": {"name": "hello"}, "spec": {"ports": [{"port": 80}]}})),
+    )
+    .await;
     assert_eq!(code, StatusCode::CREATED, "{core}");
-    assert!(core["spec"]["clusterIP"].as_str().is_some_and(|ip| ip.starts_with("10.")), "{core}");
+    assert!(
+        core["spec"]["clusterIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.")),
+        "{core}"
+    );
     let (_, ksvc) = call(&app, "GET", &format!("{KSVC}/hello"), None).await;
     assert_eq!(ksvc["kind"], "Service");
     assert_eq!(ksvc["apiVersion"], "serving.knative.dev/v1");
@@ -65,29 +87,68 @@ async fn knatives_defaults_and_errors_and_a_core_service_of_the_same_name() {
 
     let mut bad = hello();
     bad["metadata"]["name"] = json!("bad");
-    bad["spec"]["traffic"] = json!([{"revisionName": "bad-00001", "latestRevision": true, "percent": 50}]);
+    bad["spec"]["traffic"] =
+        json!([{"revisionName": "bad-00001", "latestRevision": true, "percent": 50}]);
     let (code, status) = call(&app, "POST", KSVC, Some(bad)).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
-    let fields: Vec<&str> = status["details"]["causes"].as_array().unwrap().iter()
-        .map(|c| c["field"].as_str().unwrap()).collect();
-    assert_eq!(fields, ["spec.traffic[0].latestRevision", "spec.traffic"], "{status}");
-    assert!(status["message"].as_str().unwrap().contains("Traffic targets sum to 50, want 100"), "{status}");
+    let fields: Vec<&str> = status["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["spec.traffic[0].latestRevision", "spec.traffic"],
+        "{status}"
+    );
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("Traffic targets sum to 50, want 100"),
+        "{status}"
+    );
 
     let mut unknown = hello();
     unknown["metadata"]["name"] = json!("typo");
     unknown["spec"]["template"]["spec"]["containerConcurrencyy"] = json!(1);
-    let (code, status) = call(&app, "POST", &format!("{KSVC}?fieldValidation=Strict"), Some(unknown)).await;
+    let (code, status) = call(
+        &app,
+        "POST",
+        &format!("{KSVC}?fieldValidation=Strict"),
+        Some(unknown),
+    )
+    .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
-    assert!(status["message"].as_str().unwrap().contains("spec.template.spec.containerConcurrencyy"), "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.template.spec.containerConcurrencyy"),
+        "{status}"
+    );
 
     // A revision's spec never changes.
     let (code, rev) = call(&app, "POST", REVISIONS, Some(revision("hello-00001"))).await;
     assert_eq!(code, StatusCode::CREATED, "{rev}");
-    let (code, status) = call_with_type(&app, "PATCH", &format!("{REVISIONS}/hello-00001"),
-        json!({"spec": {"containerConcurrency": 2}}), "application/merge-patch+json").await;
+    let (code, status) = call_with_type(
+        &app,
+        "PATCH",
+        &format!("{REVISIONS}/hello-00001"),
+        json!({"spec": {"containerConcurrency": 2}}),
+        "application/merge-patch+json",
+    )
+    .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
-    let (code, _) = call_with_type(&app, "PATCH", &format!("{REVISIONS}/hello-00001"),
-        json!({"metadata": {"labels": {"team": "a"}}}), "application/merge-patch+json").await;
+    let (code, _) = call_with_type(
+        &app,
+        "PATCH",
+        &format!("{REVISIONS}/hello-00001"),
+        json!({"metadata": {"labels": {"team": "a"}}}),
+        "application/merge-patch+json",
+    )
+    .await;
     assert_eq!(code, StatusCode::OK, "its metadata does");
 }
 
@@ -98,19 +159,39 @@ async fn a_node_wakes_a_revisions_own_deployment_from_zero_and_nothing_else() {
     let (code, rev) = call(&app, "POST", REVISIONS, Some(revision("fn-00001"))).await;
     assert_eq!(code, StatusCode::CREATED, "{rev}");
     let uid = rev["metadata"]["uid"].as_str().unwrap().to_string();
-    let (code, d) = call(&app, "POST", DEPLOYMENTS, Some(deployment("fn-00001-deployment", 0, Some(("fn-00001", &uid))))).await;
+    let (code, d) = call(
+        &app,
+        "POST",
+        DEPLOYMENTS,
+        Some(deployment(
+            "fn-00001-deployment",
+            0,
+            Some(("fn-00001", &uid)),
+        )),
+    )
+    .await;
     assert_eq!(code, StatusCode::CREATED, "{d}");
 
     // The attack: a revision named after somebody else's Deployment ("victim-deployment", not
     // the revision's), which a node then "wakes".
-    let (code, _) = call(&app, "POST", DEPLOYMENTS, Some(deployment("victim-deployment", 0, None))).await;
+    let (code, _) = call(
+        &app,
+        "POST",
+        DEPLOYMENTS,
+        Some(deployment("victim-deployment", 0, None)),
+    )
+    .await;
     assert_eq!(code, StatusCode::CREATED);
     let (code, _) = call(&app, "POST", REVISIONS, Some(revision("victim"))).await;
     assert_eq!(code, StatusCode::CREATED);
     let activate = |name: &str| format!("{REVISIONS}/{name}/activate");
     let (code, status) = call_as(&app, &node, "POST", &activate("victim"), Some(json!({}))).await;
     assert_eq!(code, StatusCode::CONFLICT, "{status}");
-    assert_eq!(replicas(&app, "victim-deployment").await, 0, "a Deployment the revision does not own stays as it is");
+    assert_eq!(
+        replicas(&app, "victim-deployment").await,
+        0,
+        "a Deployment the revision does not own stays as it is"
+    );
 
     // Its own Deployment: 0 → 1, and never more.
     let (code, status) = call_as(&app, &node, "POST", &activate("fn-00001"), Some(json!({}))).await;
@@ -125,16 +206,45 @@ async fn a_node_wakes_a_revisions_own_deployment_from_zero_and_nothing_else() {
     assert_eq!(code, StatusCode::NOT_FOUND, "{status}");
 
     // What else a node might try with the same credential.
-    let (code, _) = call_as_with_type(&app, &node, "PATCH", &format!("{DEPLOYMENTS}/fn-00001-deployment/scale"),
-        json!({"spec": {"replicas": 50}}), "application/merge-patch+json").await;
-    assert_eq!(code, StatusCode::FORBIDDEN, "a node does not size functions");
+    let (code, _) = call_as_with_type(
+        &app,
+        &node,
+        "PATCH",
+        &format!("{DEPLOYMENTS}/fn-00001-deployment/scale"),
+        json!({"spec": {"replicas": 50}}),
+        "application/merge-patch+json",
+    )
+    .await;
+    assert_eq!(
+        code,
+        StatusCode::FORBIDDEN,
+        "a node does not size functions"
+    );
     let (code, _) = call_as(&app, &node, "POST", REVISIONS, Some(revision("planted"))).await;
     assert_eq!(code, StatusCode::FORBIDDEN);
-    let (code, _) = call_as_with_type(&app, &node, "PATCH", &format!("{REVISIONS}/fn-00001"),
-        json!({"metadata": {"labels": {"x": "y"}}}), "application/merge-patch+json").await;
+    let (code, _) = call_as_with_type(
+        &app,
+        &node,
+        "PATCH",
+        &format!("{REVISIONS}/fn-00001"),
+        json!({"metadata": {"labels": {"x": "y"}}}),
+        "application/merge-patch+json",
+    )
+    .await;
     assert_eq!(code, StatusCode::FORBIDDEN);
-    let (code, _) = call_as(&app, &node, "GET", "/apis/serving.knative.dev/v1/routes", None).await;
+    let (code, _) = call_as(
+        &app,
+        &node,
+        "GET",
+        "/apis/serving.knative.dev/v1/routes",
+        None,
+    )
+    .await;
     assert_eq!(code, StatusCode::OK, "the router reads routes");
     let (code, _) = call_as(&app, &node, "GET", "/drover/v1/function-stats", None).await;
-    assert_eq!(code, StatusCode::FORBIDDEN, "only the control plane reads every function's traffic");
+    assert_eq!(
+        code,
+        StatusCode::FORBIDDEN,
+        "only the control plane reads every function's traffic"
+    );
 }

@@ -15,6 +15,10 @@ struct Cluster {
 }
 
 fn cluster(n: u8, hosts: usize) -> Cluster {
+    cluster_with(n, hosts, &[])
+}
+
+fn cluster_with(n: u8, hosts: usize, server_flags: &[&str]) -> Cluster {
     // The registry listens on every address: the test pushes through loopback, the nodes
     // (each in its own namespace) pull through the bridge.
     let registry = testkit::registry::LocalRegistry::start_on("0.0.0.0");
@@ -25,7 +29,12 @@ fn cluster(n: u8, hosts: usize) -> Cluster {
         .block_on(testkit::images::busybox_image(&pushed))
         .expect("the busybox image is pushed");
     let bridge_registry = format!("172.30.{n}.1:{port}");
-    let lan = Lan::start_full(n, hosts, &[], &["--insecure-registry", &bridge_registry]);
+    let lan = Lan::start_full(
+        n,
+        hosts,
+        server_flags,
+        &["--insecure-registry", &bridge_registry],
+    );
     Cluster {
         image: format!("{bridge_registry}/busybox:1"),
         lan,
@@ -780,4 +789,86 @@ fn the_python_client_in_a_container_uses_its_mounted_token() {
         allowed.contains("pods:") && allowed.contains("denied") && allowed.contains("allowed"),
         "{allowed}"
     );
+}
+
+/// A Knative Service of a container image: it answers through the node's function router by
+/// Host and in the cluster at `{name}.{namespace}.svc.cluster.local`, scales to zero, and
+/// the next request starts a container again.
+#[test]
+fn a_container_function_answers_by_host_and_in_cluster_and_comes_back_from_zero() {
+    let c = cluster_with(13, 1, &["--scale-to-zero-grace-period", "1s"]);
+    c.apply(
+        r#"
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: web}
+spec:
+  template:
+    metadata:
+      annotations: {autoscaling.knative.dev/window: "6s"}
+    spec:
+      containers:
+      - image: IMAGE
+        command: ["sh", "-c", "mkdir -p /www && echo container function $K_REVISION on $PORT > /www/index.html && exec httpd -f -p $PORT -h /www"]
+        ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {role: client}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: IMAGE
+    command: ["sleep", "3600"]
+"#,
+    );
+    let node = c.lan.host_ip(1);
+    c.lan.until(120, "the container function to be Ready", || {
+        let (_, out, _) = c.lan.run(&[
+            "get",
+            "ksvc",
+            "web",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        (out == "True").then_some(())
+    });
+    let curl = format!("curl -s -m 20 -H \"Host: web.default.example.com\" http://{node}/");
+    let (_, out) = c.lan.on_host(1, &curl);
+    assert_eq!(out.trim(), "container function web-00001 on 8080");
+
+    // From a pod: the route's in-cluster name, through the cluster DNS and a Service whose
+    // endpoints are the nodes' routers.
+    c.lan.ready_pods("role=client", 1);
+    c.lan.until(60, "the in-cluster address to answer", || {
+        // (Debian's busybox wget crashes with its own -T timeout without a terminal: the
+        // shell stops it instead.)
+        let script = "wget -q -O- http://web.default.svc.cluster.local/ & pid=$!; (sleep 3; kill $pid 2>/dev/null) & wait $pid";
+        let (_, out, _) = c.exec("client", &["sh", "-c", script]);
+        out.contains("container function web-00001").then_some(())
+    });
+
+    // Zero, then back on the next request.
+    c.lan
+        .until(90, "the container function to scale to zero", || {
+            let (_, out, _) = c.lan.run(&[
+                "get",
+                "pods",
+                "-l",
+                "serving.knative.dev/service=web",
+                "-o",
+                "name",
+            ]);
+            out.trim().is_empty().then_some(())
+        });
+    let started = std::time::Instant::now();
+    let (_, out) = c.lan.on_host(1, &curl);
+    let cold = started.elapsed();
+    assert_eq!(
+        out.trim(),
+        "container function web-00001 on 8080",
+        "the request that woke it is answered"
+    );
+    eprintln!("container function cold start: {cold:?}");
 }

@@ -152,6 +152,42 @@ fn a_knative_service_gets_a_url_answers_splits_traffic_and_scales_to_zero_and_ba
         assert!(body.contains("hello-00001-deployment"), "{body}");
     }
 
+    // A Service whose host a tag of another route holds: the older route keeps it.
+    up.apply(
+        "conflict.yaml",
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: latest-hello}\nspec:\n  template:\n    spec:\n      containers: [{image: hello-world:v1}]\n",
+    );
+    let reason = up.until(60, "the younger route's DomainConflict", || {
+        let (_, out, _) = up.run(&[
+            "get",
+            "ksvc",
+            "latest-hello",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].reason}",
+        ]);
+        (out == "DomainConflict").then_some(out)
+    });
+    assert_eq!(reason, "DomainConflict");
+    let (_, body) = get(router, "latest-hello.default.example.com", "/").unwrap();
+    assert!(body.contains("hello-00002-deployment"), "{body}");
+    // An image that does not exist: Ready False, with the revision's reason.
+    up.apply(
+        "missing.yaml",
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: missing}\nspec:\n  template:\n    spec:\n      containers: [{image: 127.0.0.1:1/nothing:v1}]\n",
+    );
+    let message = up.until(90, "the missing image to be reported", || {
+        let (_, out, _) = up.run(&["get", "ksvc", "missing", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].reason} {.status.conditions[?(@.type==\"Ready\")].message}"]);
+        out.starts_with("RevisionFailed ").then_some(out)
+    });
+    assert!(message.contains("missing-00001"), "{message}");
+    let (code, body) = get(router, "missing.default.example.com", "/").unwrap();
+    assert_eq!(
+        code, 503,
+        "a route without a ready revision answers at once: {body}"
+    );
+    assert!(body.contains("no traffic targets"), "{body}");
+    up.ok(&["delete", "ksvc", "latest-hello", "missing"]);
+
     // Scale to zero and back: a short stable window, the 1 s grace period of this cluster.
     up.apply(
         "quick.yaml",

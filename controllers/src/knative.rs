@@ -32,6 +32,8 @@ pub const MANAGER: &str = "knative-serving";
 
 pub struct Context {
     pub client: kube::Client,
+    pub services: Store<k8s_openapi::api::core::v1::Service>,
+    pub nodes: Store<k8s_openapi::api::core::v1::Node>,
     pub configurations: Store<Configuration>,
     pub routes: Store<Route>,
     pub revisions: Store<Revision>,
@@ -109,7 +111,19 @@ async fn patch_status<K>(
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let mut new: knative::Status = serde_json::from_value(status.clone()).unwrap_or_default();
+    // Nulls (fields the merge patch removes) are absent in the typed form.
+    let mut present = status.clone();
+    if let Some(fields) = present.as_object_mut() {
+        fields.retain(|_, v| !v.is_null());
+    }
+    let mut new: knative::Status = match serde_json::from_value(present) {
+        Ok(s) => s,
+        // Not comparable: written as it is.
+        Err(_) => knative::Status {
+            observed_generation: Some(-1),
+            ..Default::default()
+        },
+    };
     // Only a change of something other than transition times is worth a write.
     let strip = |s: &mut knative::Status| {
         s.conditions
@@ -677,6 +691,94 @@ pub fn resolve_traffic(
     Ok(out)
 }
 
+/// The annotation on which a node says the port its function router answers on.
+pub const FUNCTION_PORT_ANNOTATION: &str = "drover.dev/function-port";
+/// Who manages the EndpointSlices of routes' in-cluster Services.
+const SLICE_MANAGER: &str = "knative-serving.drover.dev";
+
+/// The function routers a route's in-cluster Service leads to: the Ready nodes' addresses,
+/// grouped by the port their router answers on.
+pub fn routers(
+    nodes: &[Arc<k8s_openapi::api::core::v1::Node>],
+) -> BTreeMap<i32, Vec<(String, String)>> {
+    let mut by_port: BTreeMap<i32, Vec<(String, String)>> = BTreeMap::new();
+    for n in nodes {
+        let Some(port) = n
+            .annotations()
+            .get(FUNCTION_PORT_ANNOTATION)
+            .and_then(|p| p.parse::<i32>().ok())
+            .filter(|p| (1..=65535).contains(p))
+        else {
+            continue;
+        };
+        let status = n.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let ip = status
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .map(|a| a.address.clone());
+        if let (true, Some(ip)) = (ready, ip) {
+            by_port.entry(port).or_default().push((ip, n.name_any()));
+        }
+    }
+    by_port
+}
+
+/// A route's in-cluster address (`{name}.{namespace}.svc.cluster.local`): a Service of its
+/// name without a selector, whose EndpointSlices lead to the nodes' function routers (which
+/// know the route by that Host). Err: the Service's name is somebody else's.
+async fn apply_in_cluster_service(
+    route: &Route,
+    ctx: &Context,
+) -> Result<Result<(), String>, Error> {
+    let ns = route.namespace().unwrap_or_default();
+    let name = route.name_any();
+    if let Some(existing) = ctx.services.get(&ObjectRef::new(&name).within(&ns)) {
+        let ours = existing
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == route.meta().uid.as_ref());
+        if !ours {
+            return Ok(Err(format!(
+                "service {name:?} exists and is not owned by the route"
+            )));
+        }
+    }
+    let owner = json!([owner_reference(route)]);
+    let service = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns, "ownerReferences": owner, "labels": {labels::ROUTE: name}},
+        "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}});
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(ctx.client.clone(), &ns)
+        .patch(&name, &apply_params(), &Patch::Apply(service))
+        .await
+        .map_err(failed(format!(
+            "route {ns}/{name}: applying its in-cluster service"
+        )))?;
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(ctx.client.clone(), &ns);
+    for (port, nodes) in routers(&ctx.nodes.state()) {
+        let endpoints: Vec<Value> = nodes
+            .iter()
+            .map(|(ip, node)| json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": node}))
+            .collect();
+        let slice_name = format!("{name}-routers-{port}");
+        let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": slice_name, "namespace": ns, "ownerReferences": owner,
+                "labels": {api::wellknown::SERVICE_NAME_LABEL: name, api::wellknown::SLICE_MANAGED_BY_LABEL: SLICE_MANAGER}},
+            "addressType": "IPv4", "endpoints": endpoints,
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}]});
+        slices
+            .patch(&slice_name, &apply_params(), &Patch::Apply(slice))
+            .await
+            .map_err(failed(format!(
+                "route {ns}/{name}: applying the routers' endpoints"
+            )))?;
+    }
+    Ok(Ok(()))
+}
+
 /// The hosts a route claims: its own and its tags'.
 pub fn route_hosts(route: &Route, domain: &str) -> Vec<String> {
     let ns = route.namespace().unwrap_or_default();
@@ -742,6 +844,7 @@ pub async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Act
         .await?;
         return Ok(Action::await_change());
     }
+    let in_cluster = apply_in_cluster_service(&route, &ctx).await?;
     let resolved = resolve_traffic(&route, &ctx.configurations, &ctx.revisions, &ctx.domain);
     let mut st = json!({
         "observedGeneration": route.meta().generation,
@@ -751,10 +854,14 @@ pub async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Act
     match resolved {
         Ok(traffic) => {
             st["traffic"] = json!(traffic);
+            let (ingress, reason, message) = match &in_cluster {
+                Ok(()) => ("True", "", String::new()),
+                Err(why) => ("False", "NotOwned", why.clone()),
+            };
             st["conditions"] = json!([
                 condition(old, "AllTrafficAssigned", "True", "", ""),
-                condition(old, "IngressReady", "True", "", ""),
-                condition(old, "Ready", "True", "", ""),
+                condition(old, "IngressReady", ingress, reason, &message),
+                condition(old, "Ready", ingress, reason, &message),
             ]);
         }
         Err((reason, message)) => {
@@ -806,6 +913,14 @@ mod tests {
             "metadata": {"name": "hello", "namespace": "default", "uid": "u1", "generation": 2}, "spec": spec});
         knative::apply_defaults("services", &mut v);
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn statuses_that_remove_fields_still_differ_from_an_empty_one() {
+        let mut present = json!({"url": null, "traffic": null, "conditions": [{"type": "Ready", "status": "False"}]});
+        present.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+        let typed: knative::Status = serde_json::from_value(present).unwrap();
+        assert_ne!(typed, knative::Status::default());
     }
 
     #[test]

@@ -274,6 +274,17 @@ pub async fn run(client: kube::Client, settings: Settings) {
             }),
         )
         .for_each(|_| async {});
+    let functions = run_knative(
+        client.clone(),
+        &settings.functions,
+        Shared {
+            pods: &pods,
+            deployments: &deployments,
+            services: &services,
+            nodes: &nodes,
+        },
+        &mut tasks,
+    );
     let service_store = services.store();
     let endpoint_cleanup = async move {
         loop {
@@ -283,13 +294,6 @@ pub async fn run(client: kube::Client, settings: Settings) {
             }
         }
     };
-    let functions = run_knative(
-        client.clone(),
-        &settings.functions,
-        &pods,
-        &deployments,
-        &mut tasks,
-    );
     pods.ready().await;
     replicasets.ready().await;
     deployments.ready().await;
@@ -321,14 +325,27 @@ pub async fn run(client: kube::Client, settings: Settings) {
     drop(tasks);
 }
 
+/// The informers of built-in kinds Knative's controllers read.
+struct Shared<'a> {
+    pods: &'a Informer<Pod>,
+    deployments: &'a Informer<Deployment>,
+    services: &'a Informer<Service>,
+    nodes: &'a Informer<Node>,
+}
+
 /// Knative Serving's four controllers and its autoscaler, as one future.
 fn run_knative(
     client: kube::Client,
     settings: &FunctionSettings,
-    pods: &Informer<Pod>,
-    deployments: &Informer<Deployment>,
+    shared: Shared<'_>,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> impl std::future::Future<Output = ()> {
+    let Shared {
+        pods,
+        deployments,
+        services: core_services,
+        nodes,
+    } = shared;
     use api::knative::{Configuration, Revision, Route, Service as KService};
     let services = Informer::<KService>::start(Api::all(client.clone()), tasks);
     let configurations = Informer::<Configuration>::start(Api::all(client.clone()), tasks);
@@ -336,6 +353,8 @@ fn run_knative(
     let routes = Informer::<Route>::start(Api::all(client.clone()), tasks);
     let ctx = Arc::new(knative::Context {
         client: client.clone(),
+        services: core_services.store(),
+        nodes: nodes.store(),
         configurations: configurations.store(),
         routes: routes.store(),
         revisions: revisions.store(),
@@ -378,6 +397,8 @@ fn run_knative(
         .watches_stream(revisions.subscribe(), move |r: Revision| {
             knative::routes_in_namespace(&by_revision, r.metadata.namespace)
         })
+        // The routers behind routes' in-cluster Services are the nodes'.
+        .reconcile_all_on(nodes.subscribe().map(|_| ()))
         .run(
             knative::reconcile_route,
             requeue::error_policy("knative-route"),

@@ -180,12 +180,18 @@ impl NodeAgent {
                 Err(e) => return Err(e.into()),
             }
         }
+        // Where this node's function router answers, for Knative routes' in-cluster Services.
+        let function_port = match self.config.function_port {
+            0 => serde_json::Value::Null,
+            port => json!(port.to_string()),
+        };
         // Merged into what is there (a label an admin added stays); unchanged, nothing is written.
         nodes
             .patch(
                 name,
                 &PatchParams::default(),
-                &Patch::Merge(&json!({"metadata": {"labels": labels}})),
+                &Patch::Merge(&json!({"metadata": {"labels": labels,
+                    "annotations": {"drover.dev/function-port": function_port}}})),
             )
             .await?;
         let mut handlers = vec![self.ctx.runtime.handler()];

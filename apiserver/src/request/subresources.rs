@@ -585,7 +585,10 @@ impl Call<'_> {
     /// autoscaler's, and a node may ask this only of the revisions' own Deployments.
     pub(super) async fn activate(&self, name: &str) -> Response {
         let ns = self.o.namespace.clone().unwrap_or_default();
-        let Some(revision) = self.read_linearizable(&self.resource().key(Some(&ns), name)).await else {
+        let Some(revision) = self
+            .read_linearizable(&self.resource().key(Some(&ns), name))
+            .await
+        else {
             return not_found(self.resource(), name);
         };
         let deployments = api::registry::find("apps", "v1", "deployments").expect("served");
@@ -596,9 +599,11 @@ impl Call<'_> {
         // Only the revision's own Deployment: a revision named after somebody else's
         // Deployment must not let a node scale that.
         let owned = deployment.as_ref().is_some_and(|d| {
-            d["metadata"]["ownerReferences"].as_array().into_iter().flatten().any(|o| {
-                o["uid"] == revision["metadata"]["uid"] && o["controller"] == json!(true)
-            })
+            d["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|o| o["uid"] == revision["metadata"]["uid"] && o["controller"] == json!(true))
         });
         let Some(deployment) = deployment.filter(|_| owned) else {
             return failure(

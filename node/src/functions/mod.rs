@@ -47,6 +47,10 @@ use table::{Instance, RevisionRoute, Table};
 
 /// Requests one revision may hold waiting on one node before new ones get 503.
 pub const QUEUE_LIMIT: usize = 10_000;
+/// Connections the router holds at once.
+const MAX_CONNECTIONS: usize = 16_384;
+/// How long a client has to send a request's headers (also the idle limit between requests).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a revision without instances is asked to wake while requests wait for it.
 const WAKE_AGAIN: Duration = Duration::from_secs(1);
 
@@ -485,7 +489,13 @@ impl FunctionRouter {
                 ));
             }
         });
+        // Bounded like the node's other endpoints: past this, new connections wait in the
+        // listen backlog.
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
+            let Ok(permit) = connections.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, _) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -496,11 +506,15 @@ impl FunctionRouter {
             let _ = stream.set_nodelay(true);
             let router = self.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let service = hyper::service::service_fn(move |req| {
                     let router = router.clone();
                     async move { Ok::<_, std::convert::Infallible>(router.handle(req).await) }
                 });
+                // A client must send its headers within the limit (no slowloris).
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service)
                     .await
                 {
