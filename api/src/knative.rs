@@ -205,6 +205,21 @@ kind!(
 kind!(Revision, RevisionSpec, "Revision", "revisions");
 kind!(Route, RouteSpec, "Route", "routes");
 
+/// The port a revision's requests go to: its (one) declared container port, else 8080, where
+/// a function without a port listens (`$PORT`, which its Deployment sets, defaults to it).
+pub fn port(spec: &RevisionSpec) -> i32 {
+    spec.pod
+        .containers
+        .iter()
+        .find_map(|c| {
+            c.ports
+                .as_ref()
+                .and_then(|p| p.first())
+                .map(|p| p.container_port)
+        })
+        .unwrap_or(8080)
+}
+
 /// The name of the revision a configuration makes at `generation`.
 pub fn revision_name(configuration: &str, generation: i64) -> String {
     format!("{configuration}-{generation:05}")

@@ -26,6 +26,9 @@ use serde_json::{json, Value};
 
 #[path = "up_client.rs"]
 mod up_client;
+#[path = "wrk.rs"]
+mod wrk;
+use wrk::wrk;
 
 #[derive(Parser)]
 struct Args {
@@ -134,63 +137,6 @@ fn ksvc(name: &str, annotations: Value, env: &str, traffic: Option<Value>) -> Va
 
 fn host(name: &str) -> String {
     format!("{name}.default.example.com")
-}
-
-/// wrk's requests/s and latency percentiles (µs).
-fn wrk(
-    url: &str,
-    host: Option<&str>,
-    threads: u32,
-    connections: u32,
-    seconds: u64,
-) -> anyhow::Result<Value> {
-    let mut cmd = Command::new("wrk");
-    cmd.args([
-        format!("-t{threads}"),
-        format!("-c{connections}"),
-        format!("-d{seconds}s"),
-        "--latency".into(),
-    ]);
-    if let Some(h) = host {
-        cmd.args(["-H", &format!("Host: {h}")]);
-    }
-    let out = cmd.arg(url).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "wrk failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let to_us = |v: &str| -> f64 {
-        let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
-        let n: f64 = num.parse().unwrap_or(f64::NAN);
-        match unit {
-            "us" => n,
-            "ms" => n * 1000.0,
-            "s" => n * 1_000_000.0,
-            _ => f64::NAN,
-        }
-    };
-    let pct = |p: &str| {
-        text.lines()
-            .find(|l| l.trim_start().starts_with(p))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .map(to_us)
-            .unwrap_or(f64::NAN)
-    };
-    let rps = text
-        .lines()
-        .find(|l| l.starts_with("Requests/sec:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    let errors = text
-        .lines()
-        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    Ok(json!({"requests_per_s": rps, "p50_us": pct("50%"), "p99_us": pct("99%"), "errors": errors}))
 }
 
 fn summary(h: &Histogram<u64>) -> Value {

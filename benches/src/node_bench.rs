@@ -20,9 +20,12 @@ use clap::Parser;
 
 #[path = "up_client.rs"]
 mod up_client;
+#[path = "wrk.rs"]
+mod wrk;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+use wrk::wrk;
 
 #[derive(Parser)]
 struct Args {
@@ -64,56 +67,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
-}
-
-/// wrk's requests/s and latency percentiles (µs) from its --latency output.
-fn wrk(url: &str, threads: u32, connections: u32, seconds: u64) -> anyhow::Result<Value> {
-    let out = Command::new("wrk")
-        .args([
-            &format!("-t{threads}"),
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            url,
-        ])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "wrk failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let to_us = |v: &str| -> f64 {
-        let v = v.trim();
-        let (n, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
-        let n: f64 = n.parse().unwrap_or(f64::NAN);
-        match unit {
-            "us" => n,
-            "ms" => n * 1e3,
-            "s" => n * 1e6,
-            _ => f64::NAN,
-        }
-    };
-    let pct = |p: &str| {
-        text.lines()
-            .find(|l| l.trim_start().starts_with(p))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .map(to_us)
-            .unwrap_or(f64::NAN)
-    };
-    let rps = text
-        .lines()
-        .find(|l| l.starts_with("Requests/sec:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    let errors = text
-        .lines()
-        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    Ok(json!({"requests_per_s": rps, "p50_us": pct("50%"), "p99_us": pct("99%"), "errors": errors}))
 }
 
 #[tokio::main]
@@ -312,8 +265,8 @@ async fn run(args: &Args, data: &std::path::Path, pid: u32) -> anyhow::Result<()
             .to_string()
     };
     let url = format!("http://{served_ip}:8080/");
-    let drover64 = wrk(&url, 2, 64, args.wrk_seconds)?;
-    let drover1 = wrk(&url, 1, 1, args.wrk_seconds.min(5))?;
+    let drover64 = wrk(&url, None, 2, 64, args.wrk_seconds)?;
+    let drover1 = wrk(&url, None, 1, 1, args.wrk_seconds.min(5))?;
     println!(
         "{}",
         json!({"op": "hello throughput, drover node", "wrk": "-t2 -c64", "result": drover64})
@@ -343,8 +296,14 @@ async fn run(args: &Args, data: &std::path::Path, pid: u32) -> anyhow::Result<()
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let version = Command::new(wasmtime).arg("--version").output()?;
-        let w64 = wrk("http://127.0.9.2:8080/", 2, 64, args.wrk_seconds);
-        let w1 = wrk("http://127.0.9.2:8080/", 1, 1, args.wrk_seconds.min(5));
+        let w64 = wrk("http://127.0.9.2:8080/", None, 2, 64, args.wrk_seconds);
+        let w1 = wrk(
+            "http://127.0.9.2:8080/",
+            None,
+            1,
+            1,
+            args.wrk_seconds.min(5),
+        );
         let _ = serve.kill();
         let _ = serve.wait();
         let version = String::from_utf8_lossy(&version.stdout).trim().to_string();

@@ -365,22 +365,6 @@ pub async fn reconcile_configuration(
 
 // ---- Revision ----
 
-/// The port a revision's requests go to: its (one) declared container port, else 8080, where a
-/// function without a port listens (`$PORT`, which the agent sets, defaults to it).
-pub fn revision_port(rev: &Revision) -> i32 {
-    rev.spec
-        .pod
-        .containers
-        .iter()
-        .find_map(|c| {
-            c.ports
-                .as_ref()
-                .and_then(|p| p.first())
-                .map(|p| p.container_port)
-        })
-        .unwrap_or(8080)
-}
-
 /// The annotation `key` of the revision as an integer.
 fn annotation_int(rev: &Revision, keys: &[&str]) -> Option<i32> {
     keys.iter()
@@ -419,7 +403,7 @@ pub fn plan_revision_workload(rev: &Revision) -> (Value, Value) {
     let mut labels: BTreeMap<String, String> = rev.labels().clone();
     labels.insert(labels::REVISION.into(), name.clone());
     labels.insert(labels::REVISION_UID.into(), uid.clone());
-    let port = revision_port(rev);
+    let port = knative::port(&rev.spec);
     let mut pod = serde_json::to_value(&rev.spec.pod).expect("serialises");
     // The function's own environment, as Knative's (PORT, K_SERVICE, K_CONFIGURATION, K_REVISION).
     let mut env = vec![
@@ -976,7 +960,7 @@ mod tests {
         );
         let mut rev: Revision = serde_json::from_value(rev).unwrap();
         rev.metadata.uid = Some("r1".into());
-        assert_eq!(revision_port(&rev), 9000);
+        assert_eq!(knative::port(&rev.spec), 9000);
         assert_eq!(initial_scale(&rev), 2);
         let (deployment, service) = plan_revision_workload(&rev);
         assert_eq!(deployment["metadata"]["name"], "hello-00003-deployment");

@@ -97,7 +97,7 @@ pub fn build(routes: &[Arc<Route>], revisions: &[Arc<Revision>], pods: &[Arc<Pod
         let (Some(ns), Some(name)) = (&rev.metadata.namespace, &rev.metadata.name) else {
             continue;
         };
-        let port = controllers_port(rev);
+        let port = u16::try_from(api::knative::port(&rev.spec)).unwrap_or(8080);
         let instances = pods
             .iter()
             .filter(|p| {
@@ -177,22 +177,6 @@ pub fn build(routes: &[Arc<Route>], revisions: &[Arc<Revision>], pods: &[Arc<Pod
         }
     }
     table
-}
-
-/// The port a revision's instances serve on: its one container port, else 8080.
-fn controllers_port(rev: &Revision) -> u16 {
-    rev.spec
-        .pod
-        .containers
-        .iter()
-        .find_map(|c| {
-            c.ports
-                .as_ref()
-                .and_then(|p| p.first())
-                .map(|p| p.container_port)
-        })
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or(8080)
 }
 
 #[cfg(test)]
