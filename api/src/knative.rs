@@ -389,7 +389,14 @@ fn annotation_problem(key: &str, value: &str) -> Option<String> {
             Some(v) if (1.0..=100.0).contains(&v) => None,
             _ => Some(format!("expected 1 <= {value} <= 100")),
         },
-        "min-scale" | "minScale" | "max-scale" | "maxScale" | "initial-scale" => match whole() {
+        // Knative's allow-zero-initial-scale is false: a revision that starts at zero would
+        // never be seen Ready.
+        "initial-scale" | "initialScale" => match whole() {
+            Some(v) if v >= 1 => None,
+            Some(0) => Some("invalid value: 0: initial scale of 0 is not allowed".into()),
+            _ => Some(format!("expected 1 <= {value} <= 2147483647")),
+        },
+        "min-scale" | "minScale" | "max-scale" | "maxScale" => match whole() {
             Some(v) if v >= 0 => None,
             _ => Some(format!("expected 0 <= {value} <= 2147483647")),
         },
@@ -692,6 +699,22 @@ mod tests {
                 "spec.template.spec.containers[0].ports.containerPort: invalid value: 8012",
                 "spec.template.spec.containerConcurrency: expected 0 <= 1001 <= 1000",
             ]
+        );
+    }
+
+    #[test]
+    fn a_revision_may_not_start_at_zero() {
+        assert_eq!(
+            annotation_problem("autoscaling.knative.dev/initial-scale", "0").as_deref(),
+            Some("invalid value: 0: initial scale of 0 is not allowed")
+        );
+        assert_eq!(
+            annotation_problem("autoscaling.knative.dev/initial-scale", "2"),
+            None
+        );
+        assert_eq!(
+            annotation_problem("autoscaling.knative.dev/min-scale", "0"),
+            None
         );
     }
 

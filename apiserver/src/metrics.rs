@@ -320,6 +320,14 @@ pub async fn function_stats(
     json_response(StatusCode::OK, &merge_function_stats(&reports))
 }
 
+/// A router's measurement as far as one router can have seen it: never negative (which would
+/// cancel other routers' traffic) and at most what it can hold at once (its connections, or
+/// requests a second at that), so one node cannot make a function scale without bound.
+fn plausible(v: Option<f64>) -> f64 {
+    const MOST: f64 = 100_000.0;
+    v.filter(|v| v.is_finite()).unwrap_or(0.0).clamp(0.0, MOST)
+}
+
 /// The routers' reports summed: per revision its requests in flight, and per second its
 /// average concurrency and request count.
 fn merge_function_stats(reports: &[Value]) -> Value {
@@ -329,15 +337,15 @@ fn merge_function_stats(reports: &[Value]) -> Value {
     for report in reports {
         for (key, stats) in report["revisions"].as_object().into_iter().flatten() {
             let entry = merged.entry(key.clone()).or_default();
-            entry.0 += stats["inflight"].as_f64().unwrap_or(0.0);
+            entry.0 += plausible(stats["inflight"].as_f64());
             for s in stats["seconds"].as_array().into_iter().flatten() {
                 let (Some(t), Some(c), Some(r)) = (s[0].as_u64(), s[1].as_f64(), s[2].as_f64())
                 else {
                     continue;
                 };
                 let second = entry.1.entry(t).or_default();
-                second.0 += c;
-                second.1 += r;
+                second.0 += plausible(Some(c));
+                second.1 += plausible(Some(r));
             }
         }
     }
@@ -361,12 +369,12 @@ mod function_stats_tests {
     #[test]
     fn routers_reports_add_up_per_revision_and_second() {
         let a = json!({"revisions": {"default/hello-00001": {"inflight": 2.0, "seconds": [[100, 1.5, 3.0], [101, 2.0, 4.0]]}}});
-        let b = json!({"revisions": {"default/hello-00001": {"inflight": 1.0, "seconds": [[101, 1.0, 1.0]]},
+        let b = json!({"revisions": {"default/hello-00001": {"inflight": 1.0, "seconds": [[101, 1.0, 1.0], [102, -5.0, 1e12]]},
             "x/y": {"inflight": 0.0, "seconds": [["bad"]]}}});
         let m = merge_function_stats(&[a, b]);
         assert_eq!(
             m["revisions"]["default/hello-00001"],
-            json!({"inflight": 3.0, "seconds": [[100, 1.5, 3.0], [101, 3.0, 5.0]]})
+            json!({"inflight": 3.0, "seconds": [[100, 1.5, 3.0], [101, 3.0, 5.0], [102, 0.0, 100000.0]]})
         );
         assert_eq!(
             m["revisions"]["x/y"],

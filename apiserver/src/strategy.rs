@@ -116,18 +116,37 @@ pub fn of(resource: &Resource) -> &'static dyn Strategy {
         (RBAC_GROUP, "clusterrolebindings") => &Bindings {
             resource: "clusterrolebindings",
         },
-        (api::knative::GROUP, "revisions") => &Revisions,
+        (api::knative::GROUP, "revisions") => &Knative {
+            immutable_spec: true,
+        },
+        (api::knative::GROUP, _) => &Knative {
+            immutable_spec: false,
+        },
         _ => &Plain,
     }
 }
 
-/// Knative Revisions: an immutable snapshot of what a Configuration ran; only its metadata
-/// and status change.
-struct Revisions;
+/// Knative's kinds: named by DNS labels (Knative's rule: a name becomes hosts, labels and
+/// other objects' names), a status only their controllers write (dropped on create: the node
+/// routers trust a route's URL and traffic), and Revisions, immutable snapshots of what a
+/// Configuration ran, whose spec never changes.
+struct Knative {
+    immutable_spec: bool,
+}
 
-impl Strategy for Revisions {
+impl Strategy for Knative {
+    fn name_problem(&self, name: &str) -> Option<String> {
+        object::invalid_label(name)
+    }
+
+    fn prepare_create(&self, obj: &mut Value) {
+        if let Some(o) = obj.as_object_mut() {
+            o.remove("status");
+        }
+    }
+
     fn update_problem(&self, old: &Value, new: &Value) -> Option<(String, String)> {
-        (old["spec"] != new["spec"]).then(|| {
+        (self.immutable_spec && old["spec"] != new["spec"]).then(|| {
             (
                 "spec".to_string(),
                 "Immutable fields changed: a Revision's spec never changes; change its Configuration's or Service's template to make a new Revision".to_string(),

@@ -129,6 +129,18 @@ async fn knatives_defaults_and_errors_and_a_core_service_of_the_same_name() {
         "{status}"
     );
 
+    // A status is the controllers' to write: one sent with a create is dropped (the routers
+    // trust a route's URL); names are DNS labels (they become hosts).
+    let (code, route) = call(&app, "POST", "/apis/serving.knative.dev/v1/namespaces/default/routes",
+        Some(json!({"metadata": {"name": "evil"}, "spec": {"traffic": [{"revisionName": "x", "percent": 100}]},
+            "status": {"url": "http://hello.default.example.com", "traffic": [{"revisionName": "x", "percent": 100}]}}))).await;
+    assert_eq!(code, StatusCode::CREATED, "{route}");
+    assert!(route["status"].get("url").is_none(), "{route}");
+    let mut dotted = hello();
+    dotted["metadata"]["name"] = json!("hello.default.svc");
+    let (code, status) = call(&app, "POST", KSVC, Some(dotted)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+
     // A revision's spec never changes.
     let (code, rev) = call(&app, "POST", REVISIONS, Some(revision("hello-00001"))).await;
     assert_eq!(code, StatusCode::CREATED, "{rev}");

@@ -444,6 +444,11 @@ pub fn plan_revision_workload(rev: &Revision) -> (Value, Value) {
     (deployment, service)
 }
 
+/// Whether a revision has been Ready (it stays Ready at zero once it has).
+pub fn ready_once(rev: &Revision) -> bool {
+    ready(&rev.status).0 == "True"
+}
+
 /// Why a revision's pods fail, as Knative's reasons: a missing image is `ContainerMissing`, a
 /// container that exits is `ExitCode{n}`.
 pub fn pod_failure(pods: &[Arc<Pod>]) -> Option<(String, String)> {

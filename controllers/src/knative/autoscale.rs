@@ -173,13 +173,13 @@ pub fn decide(
         let end = (t + 1) as f64;
         memory.last_active = Some(memory.last_active.map_or(end, |m| m.max(end)));
     }
-    let want_stable = (stable / per_instance).ceil() as i32;
-    let want_panic = (panic / per_instance).ceil() as i32;
+    // Saturating: measurements are bounded where they are gathered, the count here too.
+    let want_stable = (stable / per_instance).ceil().min(f64::from(i32::MAX)) as i32;
+    let want_panic = (panic / per_instance).ceil().min(f64::from(i32::MAX)) as i32;
     let ready_f = f64::from(ready.max(1));
     if f64::from(want_panic) / ready_f >= s.panic_threshold && want_panic > ready {
-        if memory.panic_since.is_none() {
-            memory.panic_since = Some(now);
-        }
+        // Each tick over the threshold extends the panic by a stable window (Knative's).
+        memory.panic_since = Some(now);
     } else if memory
         .panic_since
         .is_some_and(|since| now - since >= s.stable_window)
@@ -291,7 +291,12 @@ pub async fn run(ctx: Arc<Context>) {
                 last_active: Some(now),
                 ..Memory::default()
             });
-            let want = decide(&settings, &rev_stats, ready, current, mem, now);
+            let mut want = decide(&settings, &rev_stats, ready, current, mem, now);
+            // A revision that has not yet been Ready keeps its initial scale: scaled to zero
+            // while its image is still being pulled, nothing would ever start it again.
+            if !super::ready_once(&rev) {
+                want = want.max(super::initial_scale(&rev));
+            }
             if want != current {
                 tracing::info!(revision = %k, from = current, to = want, "knative autoscaler: scaling");
                 let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);

@@ -322,7 +322,9 @@ impl FunctionRouter {
                     tokio::spawn(async move { router.wake(&revision).await });
                 }
             }
-            notified.await;
+            // Without instances, look again after a while even if nothing changes: the wake
+            // may have failed, or the revision gone back to zero before it was ready.
+            let _ = tokio::time::timeout(WAKE_AGAIN, notified).await;
         }
     }
 

@@ -140,7 +140,21 @@ pub fn build(routes: &[Arc<Route>], revisions: &[Arc<Revision>], pods: &[Arc<Pod
             continue;
         };
         let status = &route.status;
-        let Some(url) = status.url.as_deref().and_then(url_host) else {
+        // Only hosts the route may have (its name and namespace first): a status is the
+        // controllers' to write, and a forged one must not take another route's host.
+        let own = |host: &str, tag: Option<&str>| {
+            let prefix = match tag {
+                Some(tag) => format!("{tag}-{name}.{ns}."),
+                None => format!("{name}.{ns}."),
+            };
+            host.starts_with(&prefix)
+        };
+        let Some(url) = status
+            .url
+            .as_deref()
+            .and_then(url_host)
+            .filter(|h| own(h, None))
+        else {
             continue;
         };
         let shares: Vec<Share> = status
@@ -163,11 +177,16 @@ pub fn build(routes: &[Arc<Route>], revisions: &[Arc<Revision>], pods: &[Arc<Pod
             table.hosts.entry(host).or_insert_with(|| shares.clone());
         }
         for t in &status.traffic {
-            let (Some(tag_url), Some(rev)) =
-                (t.url.as_deref().and_then(url_host), &t.revision_name)
-            else {
+            let (Some(tag_url), Some(rev), Some(tag)) = (
+                t.url.as_deref().and_then(url_host),
+                &t.revision_name,
+                t.tag.as_deref(),
+            ) else {
                 continue;
             };
+            if !own(&tag_url, Some(tag)) {
+                continue;
+            }
             table.hosts.entry(tag_url).or_insert_with(|| {
                 vec![Share {
                     revision: format!("{ns}/{rev}"),
@@ -236,6 +255,23 @@ mod tests {
             "default/hello-00003"
         );
         assert!(t.shares("other.default.example.com").is_none());
+        // A status naming another route's host (forged: statuses are the controllers') is
+        // not taken.
+        let forged: Arc<Route> = Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": "evil", "namespace": "mine"},
+                "status": {"url": "http://hello.default.example.com", "traffic": [
+                    {"revisionName": "x", "percent": 100, "tag": "t", "url": "http://old-hello.default.example.com"}]}}))
+            .unwrap(),
+        );
+        let t2 = build(&[forged, route()], &[], &[]);
+        assert_eq!(
+            t2.shares("hello.default.example.com").unwrap()[0].revision,
+            "default/hello-00002"
+        );
+        assert_eq!(
+            t2.shares("old-hello.default.example.com").unwrap()[0].revision,
+            "default/hello-00001"
+        );
         let r = &t.revisions["default/hello-00002"];
         assert_eq!(r.concurrency, 1);
         assert_eq!(
