@@ -220,6 +220,29 @@ pub fn port(spec: &RevisionSpec) -> i32 {
         .unwrap_or(8080)
 }
 
+/// The environment Knative gives a revision's containers before their own (which win): `PORT`,
+/// `K_REVISION`, `K_CONFIGURATION`, `K_SERVICE`. One list for the revision's Deployment and
+/// for the node's in-process start, so both run the function alike.
+pub fn function_env(rev: &Revision) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PORT".to_string(), port(&rev.spec).to_string()),
+        (
+            "K_REVISION".to_string(),
+            rev.metadata.name.clone().unwrap_or_default(),
+        ),
+    ];
+    let labels = rev.metadata.labels.as_ref();
+    for (var, label) in [
+        ("K_CONFIGURATION", labels::CONFIGURATION),
+        ("K_SERVICE", labels::SERVICE),
+    ] {
+        if let Some(v) = labels.and_then(|l| l.get(label)) {
+            env.push((var.to_string(), v.clone()));
+        }
+    }
+    env
+}
+
 /// The name of the revision a configuration makes at `generation`.
 pub fn revision_name(configuration: &str, generation: i64) -> String {
     format!("{configuration}-{generation:05}")

@@ -328,16 +328,54 @@ fn plausible(v: Option<f64>) -> f64 {
     v.filter(|v| v.is_finite()).unwrap_or(0.0).clamp(0.0, MOST)
 }
 
-/// The routers' reports summed: per revision its requests in flight, and per second its
-/// average concurrency and request count.
+/// A revision's cold starts summed over the routers: count, seconds, in process, and the
+/// histogram's cumulative count per bucket bound (`le`).
+#[derive(Default)]
+struct ColdStarts {
+    count: f64,
+    sum: f64,
+    in_process: f64,
+    buckets: Vec<(String, f64)>,
+}
+
+impl ColdStarts {
+    /// Adds one router's report (counts that are not finite or are negative count as 0).
+    fn add(&mut self, report: &Value) {
+        let n = |v: &Value| {
+            v.as_f64()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .unwrap_or(0.0)
+        };
+        self.count += n(&report["count"]);
+        self.sum += n(&report["sum"]);
+        self.in_process += n(&report["inProcess"]);
+        for b in report["buckets"].as_array().into_iter().flatten() {
+            let Some(le) = b[0].as_str() else { continue };
+            match self.buckets.iter_mut().find(|(l, _)| l == le) {
+                Some((_, c)) => *c += n(&b[1]),
+                None => self.buckets.push((le.to_string(), n(&b[1]))),
+            }
+        }
+    }
+
+    fn report(&self) -> Value {
+        let buckets: Vec<Value> = self.buckets.iter().map(|(le, c)| json!([le, c])).collect();
+        json!({"count": self.count, "sum": self.sum, "inProcess": self.in_process,
+            "buckets": buckets})
+    }
+}
+
+/// The routers' reports summed: per revision its requests in flight, per second its
+/// average concurrency and request count, and its cold starts.
 fn merge_function_stats(reports: &[Value]) -> Value {
-    /// Per revision: in flight, and per second (concurrency, requests).
-    type Summed = (f64, BTreeMap<u64, (f64, f64)>);
+    /// Per revision: in flight, per second (concurrency, requests), cold starts.
+    type Summed = (f64, BTreeMap<u64, (f64, f64)>, ColdStarts);
     let mut merged: BTreeMap<String, Summed> = BTreeMap::new();
     for report in reports {
         for (key, stats) in report["revisions"].as_object().into_iter().flatten() {
             let entry = merged.entry(key.clone()).or_default();
             entry.0 += plausible(stats["inflight"].as_f64());
+            entry.2.add(&stats["coldStarts"]);
             for s in stats["seconds"].as_array().into_iter().flatten() {
                 let (Some(t), Some(c), Some(r)) = (s[0].as_u64(), s[1].as_f64(), s[2].as_f64())
                 else {
@@ -351,12 +389,16 @@ fn merge_function_stats(reports: &[Value]) -> Value {
     }
     let revisions: serde_json::Map<String, Value> = merged
         .into_iter()
-        .map(|(k, (inflight, seconds))| {
+        .map(|(k, (inflight, seconds, cold))| {
             let seconds: Vec<Value> = seconds
                 .into_iter()
                 .map(|(t, (c, r))| json!([t, c, r]))
                 .collect();
-            (k, json!({"inflight": inflight, "seconds": seconds}))
+            let cold = cold.report();
+            (
+                k,
+                json!({"inflight": inflight, "seconds": seconds, "coldStarts": cold}),
+            )
         })
         .collect();
     json!({"revisions": revisions})
@@ -368,17 +410,23 @@ mod function_stats_tests {
 
     #[test]
     fn routers_reports_add_up_per_revision_and_second() {
-        let a = json!({"revisions": {"default/hello-00001": {"inflight": 2.0, "seconds": [[100, 1.5, 3.0], [101, 2.0, 4.0]]}}});
-        let b = json!({"revisions": {"default/hello-00001": {"inflight": 1.0, "seconds": [[101, 1.0, 1.0], [102, -5.0, 1e12]]},
+        let a = json!({"revisions": {"default/hello-00001": {"inflight": 2.0, "seconds": [[100, 1.5, 3.0], [101, 2.0, 4.0]],
+            "coldStarts": {"count": 2, "sum": 0.01, "inProcess": 1, "buckets": [["0.005", 1], ["+Inf", 2]]}}}});
+        let b = json!({"revisions": {"default/hello-00001": {"inflight": 1.0, "seconds": [[101, 1.0, 1.0], [102, -5.0, 1e12]],
+            "coldStarts": {"count": 1, "sum": 0.2, "inProcess": -4, "buckets": [["0.005", 0], ["+Inf", 1]]}},
             "x/y": {"inflight": 0.0, "seconds": [["bad"]]}}});
         let m = merge_function_stats(&[a, b]);
+        let hello = &m["revisions"]["default/hello-00001"];
         assert_eq!(
-            m["revisions"]["default/hello-00001"],
-            json!({"inflight": 3.0, "seconds": [[100, 1.5, 3.0], [101, 3.0, 5.0], [102, 0.0, 100000.0]]})
+            hello["seconds"],
+            json!([[100, 1.5, 3.0], [101, 3.0, 5.0], [102, 0.0, 100000.0]])
         );
+        assert_eq!(hello["inflight"], 3.0);
         assert_eq!(
-            m["revisions"]["x/y"],
-            json!({"inflight": 0.0, "seconds": []})
+            hello["coldStarts"],
+            json!({"count": 3.0, "sum": 0.21000000000000002, "inProcess": 1.0,
+                "buckets": [["0.005", 1.0], ["+Inf", 3.0]]})
         );
+        assert_eq!(m["revisions"]["x/y"]["seconds"], json!([]));
     }
 }

@@ -72,6 +72,10 @@ pub struct NodeOptions {
     /// `{route}.{namespace}.{domain}`); 0: none.
     #[arg(long, default_value_t = 80)]
     pub function_port: u16,
+    /// Whether a Wasm function at zero answers its first requests from the node agent's
+    /// process while its pod starts (false: requests wait for the pod).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub functions_in_process: bool,
 }
 
 impl NodeOptions {
@@ -167,6 +171,7 @@ pub fn agent(
         },
         insecure_registries: options.insecure_registries.clone(),
         function_port: options.function_port,
+        functions_in_process: options.functions_in_process,
     };
     Ok(Arc::new(node::agent::NodeAgent::new(
         config,

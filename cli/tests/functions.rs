@@ -230,6 +230,18 @@ spec:
     let cold = started.elapsed();
     assert_eq!(code, 200, "{body}");
     assert!(cold < Duration::from_secs(10), "cold start took {cold:?}");
+    // The node started the function in its own process while the pod came.
+    assert!(
+        body.starts_with("Hello world from quick-00001-in-process!"),
+        "{body}"
+    );
+    let stats = up.ok(&["get", "--raw", "/drover/v1/function-stats"]);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(
+        stats["revisions"]["default/quick-00001"]["coldStarts"]["inProcess"].as_f64(),
+        Some(1.0),
+        "{stats}"
+    );
     let events = up.until(
         30,
         "the event saying which request woke the function",
@@ -247,7 +259,14 @@ spec:
         },
     );
     assert!(events.contains("Started from zero by request"), "{events}");
-    eprintln!("cold start through the API (scale 0 → 1, schedule, start): {cold:?}");
+    assert!(events.contains("answered in process on node"), "{events}");
+    eprintln!("cold start in process: {cold:?}");
+    // The pod followed; new requests go to it, and the in-process instance has stopped.
+    up.until(30, "the pod to take the requests", || {
+        let (_, body) = get(router, "quick.default.example.com", "/")?;
+        body.starts_with("Hello world from quick-00001-deployment-")
+            .then_some(())
+    });
 
     // Deleting a Service removes what it made.
     up.ok(&["delete", "ksvc", "hello", "quick"]);

@@ -405,17 +405,10 @@ pub fn plan_revision_workload(rev: &Revision) -> (Value, Value) {
     labels.insert(labels::REVISION_UID.into(), uid.clone());
     let port = knative::port(&rev.spec);
     let mut pod = serde_json::to_value(&rev.spec.pod).expect("serialises");
-    // The function's own environment, as Knative's (PORT, K_SERVICE, K_CONFIGURATION, K_REVISION).
-    let mut env = vec![
-        json!({"name": "PORT", "value": port.to_string()}),
-        json!({"name": "K_REVISION", "value": name}),
-    ];
-    if let Some(c) = rev.labels().get(labels::CONFIGURATION) {
-        env.push(json!({"name": "K_CONFIGURATION", "value": c}));
-    }
-    if let Some(s) = rev.labels().get(labels::SERVICE) {
-        env.push(json!({"name": "K_SERVICE", "value": s}));
-    }
+    let env: Vec<Value> = knative::function_env(rev)
+        .into_iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
     for c in pod["containers"].as_array_mut().into_iter().flatten() {
         let own = c["env"].as_array().cloned().unwrap_or_default();
         let mut all: Vec<Value> = env

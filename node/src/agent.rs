@@ -50,6 +50,9 @@ pub struct NodeConfig {
     /// The port of the function router (Knative Routes' traffic) on the node's address; 0:
     /// none.
     pub function_port: u16,
+    /// Whether functions at zero are started in process while their pods come
+    /// (`crate::functions::local`).
+    pub functions_in_process: bool,
 }
 
 fn rfc3339_micros(t: std::time::SystemTime) -> String {
@@ -247,8 +250,22 @@ impl NodeAgent {
         }
         tracing::info!("node {} registered", self.config.name);
 
-        let functions =
-            crate::functions::FunctionRouter::new(self.client.clone(), &self.config.name);
+        let in_process: Option<Arc<dyn crate::functions::local::Start>> =
+            self.config.functions_in_process.then(|| {
+                Arc::new(crate::functions::local::InProcess {
+                    runtime: self.ctx.runtime.clone(),
+                    images: self.ctx.images.clone(),
+                    net: self.ctx.network.clone(),
+                    client: self.client.clone(),
+                    host_ip: self.config.address,
+                    log_dir: self.config.data_dir.join("functions"),
+                }) as Arc<dyn crate::functions::local::Start>
+            });
+        let functions = crate::functions::FunctionRouter::new(
+            self.client.clone(),
+            &self.config.name,
+            in_process,
+        );
         if self.config.function_port != 0 {
             let addr = SocketAddr::new(self.config.address, self.config.function_port);
             match tokio::net::TcpListener::bind(addr).await {

@@ -169,6 +169,13 @@ impl PodNet {
         })
     }
 
+    /// The network namespace of pod `uid` of this node once its network is up: its own in
+    /// routed mode, the node's (None) in loopback mode.
+    pub fn netns_of(&self, uid: &str) -> Option<PathBuf> {
+        self.is_routed()
+            .then(|| network::pods::PodLink::for_uid(uid).netns_path())
+    }
+
     pub fn new(mode: Mode) -> PodNet {
         let base = match &mode {
             Mode::Loopback(base) => *base,

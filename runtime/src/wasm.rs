@@ -545,6 +545,8 @@ impl WasmRuntime {
             let listener = crate::netns::listen(spec.netns.as_deref(), addr)
                 .await
                 .map_err(|e| StartError::Config(format!("cannot listen on {addr}: {e}")))?;
+            // Port 0 (the node's in-process starts) gets a port of the kernel's choosing.
+            let bound = listener.local_addr().unwrap_or(addr);
             let (exit_tx, exit_rx) = oneshot::channel();
             let (stop_tx, mut stop_rx) = watch::channel(None);
             let engine = self.engine.clone();
@@ -594,7 +596,7 @@ impl WasmRuntime {
                 log.finish();
                 let _ = exit_tx.send(ExitStatus::Stopped);
             });
-            Ok(Running::new(exit_rx, stop_tx).serving_on(addr))
+            Ok(Running::new(exit_rx, stop_tx).serving_on(bound))
         })
     }
 }

@@ -30,6 +30,8 @@ pub struct Meter {
     cold_buckets: [u64; COLD_START_BUCKETS.len() + 1],
     cold_sum: f64,
     cold_count: u64,
+    /// Cold starts answered by an in-process instance.
+    cold_in_process: u64,
 }
 
 impl Meter {
@@ -78,7 +80,8 @@ impl Meter {
     }
 
     /// A request waited `seconds` for its revision to start from zero.
-    pub fn cold_start(&mut self, seconds: f64) {
+    pub fn cold_start(&mut self, seconds: f64, in_process: bool) {
+        self.cold_in_process += u64::from(in_process);
         let i = COLD_START_BUCKETS
             .iter()
             .position(|b| seconds <= *b)
@@ -109,7 +112,8 @@ impl Meter {
             })
             .collect();
         json!({"inflight": self.inflight, "seconds": seconds,
-            "coldStarts": {"count": self.cold_count, "sum": self.cold_sum, "buckets": buckets}})
+            "coldStarts": {"count": self.cold_count, "sum": self.cold_sum, "buckets": buckets,
+                "inProcess": self.cold_in_process}})
     }
 
     pub fn inflight(&self) -> u32 {
@@ -145,11 +149,12 @@ mod tests {
     #[test]
     fn cold_starts_fill_a_cumulative_histogram() {
         let mut m = Meter::default();
-        m.cold_start(0.004);
-        m.cold_start(0.03);
-        m.cold_start(20.0);
+        m.cold_start(0.004, true);
+        m.cold_start(0.03, false);
+        m.cold_start(20.0, false);
         let r = m.report(1.0);
         assert_eq!(r["coldStarts"]["count"], 3);
+        assert_eq!(r["coldStarts"]["inProcess"], 1);
         let buckets = r["coldStarts"]["buckets"].as_array().unwrap();
         assert_eq!(buckets[2], json!(["0.005", 1]));
         assert_eq!(buckets[5], json!(["0.05", 2]));

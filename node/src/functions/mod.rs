@@ -12,12 +12,14 @@
 //! - a revision scaled to zero is woken (`revisions/{name}/activate`) by the first request
 //!   that finds it without instances, which waits for the first instance to be ready; the wait
 //!   is a cold start, counted in the revision's histogram and told in an Event on the pod
-//!   that took it.
+//!   that took it (or, when the node started the function in process meanwhile — [`local`] —
+//!   on the first pod that follows).
 //!
 //! Every request is metered ([`meter`]) from arrival to the end of its response, queued time
 //! included, which is what the autoscaler scales on. The routing table ([`table`]) is rebuilt
 //! from watches of Routes, Revisions and their pods whenever one changes.
 
+pub mod local;
 pub mod meter;
 pub mod table;
 
@@ -35,12 +37,12 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::Api;
 use serde_json::{json, Value};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use meter::Meter;
 use table::{Instance, RevisionRoute, Table};
@@ -81,11 +83,50 @@ struct GateState {
     woken_at: Option<Instant>,
     /// Spreads ties between equally busy instances.
     turn: usize,
+    /// How this node can start the revision in process, when it can ([`local::plan`]).
+    in_process_plan: Option<Arc<local::Plan>>,
+    /// The in-process instance, while the revision has no ready pod.
+    in_process: Option<InProcessInstance>,
+    /// Whether this stretch without pods has had its in-process start (one per stretch: the
+    /// instance bridges to the pods, it does not replace them).
+    in_process_spent: bool,
+    /// The request that woke the revision onto the in-process instance and how long it
+    /// waited, told on the first pod once it is ready.
+    woken_by: Option<(String, Duration)>,
+}
+
+/// An instance of a revision running in the node agent's process ([`local`]).
+struct InProcessInstance {
+    instance: Instance,
+    started: Instant,
+    /// Dropping it stops the instance.
+    _running: runtime::Running,
+}
+
+impl InProcessInstance {
+    fn takes_requests(&self) -> bool {
+        self.started.elapsed() < local::LIFETIME
+    }
 }
 
 impl GateState {
-    /// The least busy instance with room, if any.
+    /// The least busy instance with room, if any: a ready pod, else the in-process instance.
     fn pick(&mut self) -> Option<Instance> {
+        self.settle_in_process();
+        if self.instances.is_empty() {
+            let inst = self
+                .in_process
+                .as_ref()
+                .filter(|l| l.takes_requests())?
+                .instance
+                .clone();
+            let busy = self.inflight.entry(inst.addr).or_default();
+            if self.concurrency > 0 && *busy >= self.concurrency {
+                return None;
+            }
+            *busy += 1;
+            return Some(inst);
+        }
         let n = self.instances.len();
         self.turn = self.turn.wrapping_add(1);
         let mut best: Option<(u32, &Instance)> = None;
@@ -103,6 +144,18 @@ impl GateState {
         *self.inflight.entry(inst.addr).or_default() += 1;
         Some(inst)
     }
+
+    /// Stops the in-process instance once it takes no new requests (a pod is ready, or its
+    /// lifetime is over) and its last request has ended.
+    fn settle_in_process(&mut self) {
+        let Some(l) = &self.in_process else { return };
+        let retired = !self.instances.is_empty() || !l.takes_requests();
+        let addr = l.instance.addr;
+        if retired && self.inflight.get(&addr).copied().unwrap_or(0) == 0 {
+            self.inflight.remove(&addr);
+            self.in_process = None;
+        }
+    }
 }
 
 /// A place taken at an instance, given back when dropped.
@@ -117,6 +170,7 @@ impl Drop for Slot {
         if let Some(n) = st.inflight.get_mut(&self.addr) {
             *n = n.saturating_sub(1);
         }
+        st.settle_in_process();
         drop(st);
         self.gate.changed.notify_waiters();
     }
@@ -192,6 +246,12 @@ impl Drop for Waiting<'_> {
 
 pub struct FunctionRouter {
     client: kube::Client,
+    node_name: String,
+    /// Starts revisions in process while their pods come (None: requests wait for pods).
+    in_process: Option<Arc<dyn local::Start>>,
+    /// Counts changes of the revisions' pods (in-process instances wait on it for a pod's
+    /// network).
+    pods_changed: watch::Sender<u64>,
     table: RwLock<Arc<Table>>,
     gates: Mutex<HashMap<String, Arc<Gate>>>,
     http: hyper_util::client::legacy::Client<HttpConnector, Incoming>,
@@ -200,7 +260,11 @@ pub struct FunctionRouter {
 }
 
 impl FunctionRouter {
-    pub fn new(client: kube::Client, node_name: &str) -> Arc<FunctionRouter> {
+    pub fn new(
+        client: kube::Client,
+        node_name: &str,
+        in_process: Option<Arc<dyn local::Start>>,
+    ) -> Arc<FunctionRouter> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -212,6 +276,9 @@ impl FunctionRouter {
                 kubeclient::events::Source::Node(node_name.to_string()),
             ),
             client,
+            node_name: node_name.to_string(),
+            in_process,
+            pods_changed: watch::Sender::new(0),
             table: RwLock::new(Arc::default()),
             gates: Mutex::default(),
             http,
@@ -236,15 +303,21 @@ impl FunctionRouter {
     /// waiting for instances look again.
     pub fn set_table(&self, table: Table) {
         let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        let mut woken = Vec::new();
         for (key, route) in &table.revisions {
             let gate = gates.entry(key.clone()).or_default();
-            update_gate(gate, route);
+            if let Some((inst, what, waited)) = update_gate(gate, route) {
+                woken.push((key.clone(), inst, what, waited));
+            }
         }
         // A revision gone: its waiting requests learn it (they find no instance and time out)
         // and its gate goes when nothing holds it.
         gates.retain(|key, gate| table.revisions.contains_key(key) || Arc::strong_count(gate) > 1);
         drop(gates);
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        for (revision, inst, what, waited) in woken {
+            self.tell_woken(&revision, &inst, &what, waited, true);
+        }
     }
 
     /// Every revision's meter, for the autoscaler.
@@ -294,7 +367,7 @@ impl FunctionRouter {
                         gate.meter
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .cold_start(from.elapsed().as_secs_f64());
+                            .cold_start(from.elapsed().as_secs_f64(), inst.pod.is_empty());
                     }
                     let addr = inst.addr;
                     return Ok((
@@ -320,12 +393,68 @@ impl FunctionRouter {
                     let router = self.clone();
                     let revision = revision.to_string();
                     tokio::spawn(async move { router.wake(&revision).await });
+                    self.start_in_process(gate, &mut st);
                 }
             }
             // Without instances, look again after a while even if nothing changes: the wake
             // may have failed, or the revision gone back to zero before it was ready.
             let _ = tokio::time::timeout(WAKE_AGAIN, notified).await;
         }
+    }
+
+    /// Starts the revision in process, if it may be and has not been in this stretch without
+    /// pods; the waiting requests take the instance as soon as it listens.
+    fn start_in_process(self: &Arc<Self>, gate: &Arc<Gate>, st: &mut GateState) {
+        let (Some(starter), Some(plan), Some(pods)) = (
+            self.in_process.clone(),
+            st.in_process_plan.clone(),
+            self.pods.get().cloned(),
+        ) else {
+            return;
+        };
+        if st.in_process.is_some() || st.in_process_spent {
+            return;
+        }
+        st.in_process_spent = true;
+        let network = local::PodNetwork {
+            pods,
+            pods_changed: self.pods_changed.subscribe(),
+            node_name: self.node_name.clone(),
+        };
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            let revision = plan.revision.clone();
+            let running = match starter.start(plan, network).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(revision, "function router: no start in process: {e}");
+                    return;
+                }
+            };
+            let Some(addr) = running.serving else { return };
+            {
+                let mut st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+                // A pod that got ready meanwhile wins; the instance is dropped (stopped).
+                if st.instances.is_empty() {
+                    st.in_process = Some(InProcessInstance {
+                        instance: Instance {
+                            addr,
+                            pod: String::new(),
+                        },
+                        started: Instant::now(),
+                        _running: running,
+                    });
+                }
+            }
+            gate.changed.notify_waiters();
+            // Its lifetime over, it goes even if no request or pod comes to retire it.
+            tokio::time::sleep(local::LIFETIME).await;
+            gate.state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .settle_in_process();
+            gate.changed.notify_waiters();
+        });
     }
 
     /// Asks the control plane for an instance of `revision` (`namespace/name`).
@@ -404,7 +533,15 @@ impl FunctionRouter {
                 }
             };
         if let Some(inst) = woken {
-            self.tell_woken(&share.revision, &inst, &what, started.elapsed());
+            if inst.pod.is_empty() {
+                // Told on the first pod, once one is ready.
+                gate.state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .woken_by = Some((what, started.elapsed()));
+            } else {
+                self.tell_woken(&share.revision, &inst, &what, started.elapsed(), false);
+            }
         }
         let path = req
             .uri()
@@ -438,8 +575,16 @@ impl FunctionRouter {
         }
     }
 
-    /// An Event on the pod that took the request which woke its revision.
-    fn tell_woken(&self, revision: &str, inst: &Instance, what: &str, waited: Duration) {
+    /// An Event on the pod that took the request which woke its revision (or, `in_process`,
+    /// the first pod after the in-process instance that took it).
+    fn tell_woken(
+        &self,
+        revision: &str,
+        inst: &Instance,
+        what: &str,
+        waited: Duration,
+        in_process: bool,
+    ) {
         let Some(pods) = self.pods.get() else { return };
         let ns = revision.split_once('/').map_or("", |(ns, _)| ns);
         let Some(pod) = pods.get(&reflector::ObjectRef::new(&inst.pod).within(ns)) else {
@@ -450,10 +595,19 @@ impl FunctionRouter {
             None,
             kubeclient::events::Type::Normal,
             "Activated",
-            &format!(
-                "Started from zero by request {what} (it waited {} ms)",
-                waited.as_millis()
-            ),
+            &if in_process {
+                format!(
+                    "Started from zero by request {what} (it waited {} ms, answered in process \
+                     on node {} while this pod started)",
+                    waited.as_millis(),
+                    self.node_name
+                )
+            } else {
+                format!(
+                    "Started from zero by request {what} (it waited {} ms)",
+                    waited.as_millis()
+                )
+            },
         );
     }
 
@@ -463,6 +617,7 @@ impl FunctionRouter {
         let (routes, routes_writer) = reflector::store::<Route>();
         let (revisions, revisions_writer) = reflector::store::<Revision>();
         let (pods, pods_writer) = reflector::store::<Pod>();
+        let (nodes, nodes_writer) = reflector::store::<Node>();
         let _ = self.pods.set(pods.clone());
         let mark = |n: &Arc<Notify>| {
             let n = n.clone();
@@ -474,20 +629,36 @@ impl FunctionRouter {
             revisions_writer,
             mark(&changed),
         );
+        let pods_marked = {
+            let (router, changed) = (self.clone(), changed.clone());
+            move || {
+                router.pods_changed.send_modify(|n| *n = n.wrapping_add(1));
+                changed.notify_one();
+            }
+        };
         kubeclient::reflect::spawn_with(
             Api::all(self.client.clone()),
             watcher::Config::default().labels(labels::REVISION),
             pods_writer,
+            pods_marked,
+        );
+        // This node itself: whether it may run a revision in process (cordons, taints).
+        kubeclient::reflect::spawn_with(
+            Api::all(self.client.clone()),
+            watcher::Config::default().fields(&format!("metadata.name={}", self.node_name)),
+            nodes_writer,
             mark(&changed),
         );
         let router = self.clone();
         tokio::spawn(async move {
             loop {
                 changed.notified().await;
+                let node = nodes.state().first().cloned();
                 router.set_table(table::build(
                     &routes.state(),
                     &revisions.state(),
                     &pods.state(),
+                    node.as_deref(),
                 ));
             }
         });
@@ -527,15 +698,29 @@ impl FunctionRouter {
     }
 }
 
-fn update_gate(gate: &Arc<Gate>, route: &RevisionRoute) {
+/// Gives a gate its revision's instances and limits; returns the request to tell on the first
+/// pod when pods have come after an in-process start.
+fn update_gate(gate: &Arc<Gate>, route: &RevisionRoute) -> Option<(Instance, String, Duration)> {
     let mut st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+    st.in_process_plan = route.in_process.clone();
     if st.instances == route.instances && st.concurrency == route.concurrency {
-        return;
+        return None;
     }
     st.instances = route.instances.clone();
     st.concurrency = route.concurrency;
+    let mut told = None;
+    if let Some(first) = st.instances.first().cloned() {
+        // Pods are here: the next stretch at zero may start in process again.
+        st.in_process_spent = false;
+        told = st
+            .woken_by
+            .take()
+            .map(|(what, waited)| (first, what, waited));
+    }
+    st.settle_in_process();
     drop(st);
     gate.changed.notify_waiters();
+    told
 }
 
 fn plain(status: StatusCode, message: &str) -> Response<ResponseBody> {
@@ -576,5 +761,62 @@ mod tests {
         assert_eq!(st.pick().unwrap().addr, a.addr);
         st.concurrency = 0;
         assert!(st.pick().is_some(), "no limit");
+    }
+
+    /// An in-process instance whose stop channel the test watches.
+    fn in_process(
+        port: u16,
+    ) -> (
+        InProcessInstance,
+        tokio::sync::watch::Receiver<runtime::StopRequest>,
+    ) {
+        let (_exit_tx, exit_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+        let instance = InProcessInstance {
+            instance: Instance {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                pod: String::new(),
+            },
+            started: Instant::now(),
+            _running: runtime::Running::new(exit_rx, stop_tx),
+        };
+        (instance, stop_rx)
+    }
+
+    #[test]
+    fn the_in_process_instance_bridges_until_a_pod_is_ready_and_stops_after_its_last_request() {
+        let (local, stopped) = in_process(9);
+        let mut st = GateState {
+            concurrency: 1,
+            in_process: Some(local),
+            ..Default::default()
+        };
+        let first = st
+            .pick()
+            .expect("no pod yet: the in-process instance takes it");
+        assert!(first.pod.is_empty());
+        assert!(st.pick().is_none(), "it too holds containerConcurrency");
+        // A pod is ready: new requests go to it, the in-process instance finishes its own.
+        st.instances = vec![inst(1)];
+        st.settle_in_process();
+        assert!(st.in_process.is_some(), "its request is still in flight");
+        assert_eq!(st.pick().unwrap().addr, inst(1).addr);
+        *st.inflight.get_mut(&first.addr).unwrap() -= 1;
+        st.settle_in_process();
+        assert!(st.in_process.is_none());
+        assert!(
+            stopped.has_changed().is_err(),
+            "dropped: the instance stops"
+        );
+
+        // Past its lifetime it takes nothing, even with no pod, and goes once idle.
+        let (mut old, _stopped) = in_process(10);
+        old.started = Instant::now() - local::LIFETIME;
+        let mut st = GateState {
+            in_process: Some(old),
+            ..Default::default()
+        };
+        assert!(st.pick().is_none());
+        assert!(st.in_process.is_none());
     }
 }

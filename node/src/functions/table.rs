@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::knative::{labels, Revision, Route};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 
 /// One share of a host's traffic.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,12 +26,14 @@ pub struct Instance {
 }
 
 /// What the router needs of a revision.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RevisionRoute {
     /// Requests one instance takes at once; 0 is no limit.
     pub concurrency: u32,
     pub timeout: Duration,
     pub instances: Vec<Instance>,
+    /// How this node can start the revision in process, when it can.
+    pub in_process: Option<Arc<super::local::Plan>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -87,11 +89,16 @@ fn pod_ready(p: &Pod) -> bool {
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The table of `routes`, over `revisions` and their `pods`. A route's hosts are its URL's,
+/// The table of `routes`, over `revisions` and their `pods`, on `node` (this one, once seen). A route's hosts are its URL's,
 /// its in-cluster names (`name.namespace.svc.cluster.local`, `name.namespace.svc`,
 /// `name.namespace`) and its tags' URLs; the control plane publishes no URL a route cannot
 /// have (a host another route holds), so every host here has one owner.
-pub fn build(routes: &[Arc<Route>], revisions: &[Arc<Revision>], pods: &[Arc<Pod>]) -> Table {
+pub fn build(
+    routes: &[Arc<Route>],
+    revisions: &[Arc<Revision>],
+    pods: &[Arc<Pod>],
+    node: Option<&Node>,
+) -> Table {
     let mut table = Table::default();
     for rev in revisions {
         let (Some(ns), Some(name)) = (&rev.metadata.namespace, &rev.metadata.name) else {
@@ -132,6 +139,7 @@ pub fn build(routes: &[Arc<Route>], revisions: &[Arc<Revision>], pods: &[Arc<Pod
                     .max(1),
                 ),
                 instances,
+                in_process: super::local::plan(rev, node).ok().map(Arc::new),
             },
         );
     }
@@ -239,6 +247,7 @@ mod tests {
                 pod("a", "hello-00002", "10.0.0.5", true),
                 pod("b", "hello-00002", "10.0.0.6", false),
             ],
+            None,
         );
         let main = t.shares("Hello.Default.example.com:80").unwrap();
         assert_eq!(main.len(), 2, "a 0 % share takes nothing");
@@ -263,7 +272,7 @@ mod tests {
                     {"revisionName": "x", "percent": 100, "tag": "t", "url": "http://old-hello.default.example.com"}]}}))
             .unwrap(),
         );
-        let t2 = build(&[forged, route()], &[], &[]);
+        let t2 = build(&[forged, route()], &[], &[], None);
         assert_eq!(
             t2.shares("hello.default.example.com").unwrap()[0].revision,
             "default/hello-00002"

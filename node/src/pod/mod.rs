@@ -45,6 +45,8 @@ mod start;
 mod status;
 mod stop;
 
+pub(crate) use start::command_line;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -433,7 +433,7 @@ impl Worker {
 
 /// The container's argv: its command (its name when it has none), then its args with
 /// `$(VAR)` references expanded.
-fn command_line(container: &Container, env: &[(String, String)]) -> Vec<String> {
+pub(crate) fn command_line(container: &Container, env: &[(String, String)]) -> Vec<String> {
     let mut args: Vec<String> = container.command.clone().unwrap_or_default();
     if args.is_empty() {
         args.push(container.name.clone());
