@@ -243,6 +243,31 @@ pub fn function_env(rev: &Revision) -> Vec<(String, String)> {
     env
 }
 
+/// The label that keeps a Knative Service (and its Route) inside the cluster.
+pub const VISIBILITY_LABEL: &str = "networking.knative.dev/visibility";
+
+/// Whether a route (or the Service that made it, whose labels it carries) is
+/// `cluster-local`: its URLs are in-cluster names, answered to clients in the cluster only.
+pub fn cluster_local(labels: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get(VISIBILITY_LABEL))
+        .is_some_and(|v| v == "cluster-local")
+}
+
+/// The domain of a route's URLs: `svc.cluster.local` for a cluster-local one (Knative's
+/// form: `{name}.{namespace}.svc.cluster.local`, tags `{tag}-{name}...`), else `domain`.
+pub fn route_domain<'a>(route: &Route, domain: &'a str) -> &'a str {
+    if cluster_local(route.metadata.labels.as_ref()) {
+        "svc.cluster.local"
+    } else {
+        domain
+    }
+}
+
+/// The pod annotation that carries a revision's `containerConcurrency` to the node, whose
+/// runtime holds it per instance (Drover's own: Knative's queue-proxy holds it in the pod).
+pub const CONTAINER_CONCURRENCY_ANNOTATION: &str = "drover.dev/container-concurrency";
+
 /// The name of the revision a configuration makes at `generation`.
 pub fn revision_name(configuration: &str, generation: i64) -> String {
     format!("{configuration}-{generation:05}")

@@ -1,12 +1,15 @@
 //! Knative functions on one `drover up`, through the node's function router:
 //!
 //! - cold start: a Wasm hello function at zero pods, one request timed by the client, per
-//!   round (the round waits for zero pods first);
+//!   round (the round waits for zero pods first); on one node, and at the end on three (two
+//!   more `drover node`s join, the rounds go round the nodes' routers);
 //! - burst from zero: many concurrent clients against a function at zero: errors, latency,
 //!   and how long until the instance count the autoscaler wants is reached;
 //! - step: 10 then 500 concurrent clients; how long until the target count is reached;
 //! - the router's cost: the warm hello function through the router and at its pod directly,
 //!   and the same component under `wasmtime serve`, with wrk, in the same run;
+//! - `containerConcurrency: 1` under 64 clients: requests the function saw overlap
+//!   (`examples/inflight` counts its own);
 //! - a 90/10 split over many requests, and how soon a changed split reaches new requests.
 //!
 //! Prints one JSON line per measurement. `benches/functions.sh` installs wrk and the wasmtime
@@ -49,9 +52,14 @@ struct Args {
     wrk_seconds: u64,
     #[arg(long, default_value_t = 10_000)]
     split_requests: usize,
+    /// Requests of the containerConcurrency 1 check (64 clients).
+    #[arg(long, default_value_t = 100_000)]
+    single_requests: usize,
 }
 
 const API: &str = "https://127.0.9.1:6443";
+/// Functions the cold-start rounds go round.
+const COLD_FUNCTIONS: usize = 20;
 const ROUTER: &str = "http://127.0.9.1:80";
 
 struct Api {
@@ -92,7 +100,17 @@ impl Api {
         )
         .await
     }
-    /// The revision's deployment's spec.replicas and its ready pods.
+    async fn delete_ksvc(&self, name: &str) -> anyhow::Result<()> {
+        self.send(
+            reqwest::Method::DELETE,
+            &format!("/apis/serving.knative.dev/v1/namespaces/default/services/{name}"),
+            None,
+            "",
+        )
+        .await?;
+        Ok(())
+    }
+    /// The revision's deployment's spec.replicas and its pods.
     async fn scale(&self, revision: &str) -> anyhow::Result<(i64, usize)> {
         let d = self
             .get(&format!(
@@ -104,6 +122,30 @@ impl Api {
             .await?;
         let n = pods["items"].as_array().map_or(0, Vec::len);
         Ok((d["spec"]["replicas"].as_i64().unwrap_or(-1), n))
+    }
+    /// The revision's deployment's spec.replicas and its ready pods.
+    async fn ready_scale(&self, revision: &str) -> anyhow::Result<(i64, usize)> {
+        let d = self
+            .get(&format!(
+                "/apis/apps/v1/namespaces/default/deployments/{revision}-deployment"
+            ))
+            .await?;
+        let pods = self
+            .get(&format!("/api/v1/namespaces/default/pods?labelSelector=serving.knative.dev%2Frevision%3D{revision}"))
+            .await?;
+        let ready = pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+            .count();
+        Ok((d["spec"]["replicas"].as_i64().unwrap_or(-1), ready))
     }
     async fn until<T, F, Fut>(&self, secs: u64, what: &str, mut check: F) -> anyhow::Result<T>
     where
@@ -185,8 +227,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn get_once(client: &reqwest::Client, host: &str) -> Result<String, String> {
+    get_at(client, ROUTER, host).await
+}
+
+/// One request to the router at `router` (`http://ip:port`) for `host`.
+async fn get_at(client: &reqwest::Client, router: &str, host: &str) -> Result<String, String> {
     let resp = client
-        .get(format!("{ROUTER}/"))
+        .get(format!("{router}/"))
         .header("host", host)
         .send()
         .await
@@ -200,20 +247,95 @@ async fn get_once(client: &reqwest::Client, host: &str) -> Result<String, String
     }
 }
 
+/// Waits for Knative Service `name` to be Ready.
+async fn ready(api: &Api, name: &str) -> anyhow::Result<()> {
+    api.until(120, "the service to be Ready", || async {
+        let s = api
+            .get(&format!(
+                "/apis/serving.knative.dev/v1/namespaces/default/services/{name}"
+            ))
+            .await?;
+        Ok(s["status"]["conditions"].as_array().and_then(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                .then_some(())
+        }))
+    })
+    .await
+}
+
+/// Cold starts: `rounds` requests, each to a function at zero pods, timed by the client, sent
+/// round the `routers`. Rounds go round several functions, so that each round finds its
+/// function at zero without waiting out a whole stable window (6 s, Knative's shortest).
+async fn cold_starts(
+    api: &Api,
+    prefix: &str,
+    rounds: usize,
+    routers: &[String],
+) -> anyhow::Result<Histogram<u64>> {
+    let names: Vec<String> = (0..COLD_FUNCTIONS)
+        .map(|i| format!("{prefix}{i}"))
+        .collect();
+    for name in &names {
+        api.apply(
+            name,
+            ksvc(
+                name,
+                json!({"autoscaling.knative.dev/window": "6s"}),
+                name,
+                None,
+            ),
+        )
+        .await?;
+    }
+    for name in &names {
+        ready(api, name).await?;
+    }
+    let mut cold = Histogram::<u64>::new(3)?;
+    for round in 0..rounds {
+        let name = &names[round % COLD_FUNCTIONS];
+        let revision = format!("{name}-00001");
+        api.until(120, "the function to reach zero", || async {
+            let (replicas, pods) = api.scale(&revision).await?;
+            Ok((replicas == 0 && pods == 0).then_some(()))
+        })
+        .await?;
+        // A new connection each round, as a first request has.
+        let fresh = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        let router = &routers[round % routers.len()];
+        let t = Instant::now();
+        get_at(&fresh, router, &host(name))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        cold.record(t.elapsed().as_micros() as u64)?;
+    }
+    for name in &names {
+        api.delete_ksvc(name).await?;
+    }
+    Ok(cold)
+}
+
 async fn run(args: &Args, data: &std::path::Path) -> anyhow::Result<()> {
     let (http, token) = up_client::admin_client(data).await?;
     let api = Api { http, token };
-    let import = Command::new(&args.drover)
-        .args(["image", "import", "--node-dir"])
-        .arg(data.join("node"))
-        .arg(args.examples.join("hello_world.wasm"))
-        .arg("hello-world:v1")
-        .output()?;
-    anyhow::ensure!(
-        import.status.success(),
-        "import failed: {}",
-        String::from_utf8_lossy(&import.stderr)
-    );
+    for (file, image) in [
+        ("hello_world.wasm", "hello-world:v1"),
+        ("inflight.wasm", "inflight:v1"),
+    ] {
+        let import = Command::new(&args.drover)
+            .args(["image", "import", "--node-dir"])
+            .arg(data.join("node"))
+            .arg(args.examples.join(file))
+            .arg(image)
+            .output()?;
+        anyhow::ensure!(
+            import.status.success(),
+            "import of {file} failed: {}",
+            String::from_utf8_lossy(&import.stderr)
+        );
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(2000)
         .timeout(Duration::from_secs(60))
@@ -240,25 +362,7 @@ async fn run(args: &Args, data: &std::path::Path) -> anyhow::Result<()> {
         ),
     )
     .await?;
-    let ready = |name: &'static str| {
-        let api = &api;
-        async move {
-            api.until(120, "the service to be Ready", || async {
-                let s = api
-                    .get(&format!(
-                        "/apis/serving.knative.dev/v1/namespaces/default/services/{name}"
-                    ))
-                    .await?;
-                Ok(s["status"]["conditions"].as_array().and_then(|cs| {
-                    cs.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                        .then_some(())
-                }))
-            })
-            .await
-        }
-    };
-    ready("warm").await?;
+    ready(&api, "warm").await?;
     let pods = api
         .get("/api/v1/namespaces/default/pods?labelSelector=serving.knative.dev%2Fservice%3Dwarm")
         .await?;
@@ -345,34 +449,7 @@ async fn run(args: &Args, data: &std::path::Path) -> anyhow::Result<()> {
     }
 
     // --- cold start -------------------------------------------------------------------------
-    api.apply(
-        "cold",
-        ksvc(
-            "cold",
-            json!({"autoscaling.knative.dev/window": "6s"}),
-            "cold",
-            None,
-        ),
-    )
-    .await?;
-    ready("cold").await?;
-    let mut cold = Histogram::<u64>::new(3)?;
-    for _ in 0..args.rounds {
-        api.until(120, "the function to reach zero", || async {
-            let (replicas, pods) = api.scale("cold-00001").await?;
-            Ok((replicas == 0 && pods == 0).then_some(()))
-        })
-        .await?;
-        // A new connection each round, as a first request has.
-        let fresh = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?;
-        let t = Instant::now();
-        get_once(&fresh, &host("cold"))
-            .await
-            .map_err(anyhow::Error::msg)?;
-        cold.record(t.elapsed().as_micros() as u64)?;
-    }
+    let cold = cold_starts(&api, "cold", args.rounds, &[ROUTER.to_string()]).await?;
     println!(
         "{}",
         json!({"op": "cold start from zero pods, Wasm hello, one node", "result": summary(&cold)})
@@ -389,7 +466,7 @@ async fn run(args: &Args, data: &std::path::Path) -> anyhow::Result<()> {
         ),
     )
     .await?;
-    ready("burst").await?;
+    ready(&api, "burst").await?;
     api.until(120, "the burst function to reach zero", || async {
         let (replicas, pods) = api.scale("burst-00001").await?;
         Ok((replicas == 0 && pods == 0).then_some(()))
@@ -454,6 +531,124 @@ async fn run(args: &Args, data: &std::path::Path) -> anyhow::Result<()> {
         "scale_steps": seen.iter().map(|(t, r)| json!([(t.as_secs_f64() * 1000.0).round() / 1000.0, r])).collect::<Vec<_>>()})
     );
 
+    // --- step from 10 to 500 concurrent clients -----------------------------------------------
+    api.apply(
+        "step",
+        ksvc(
+            "step",
+            json!({"autoscaling.knative.dev/target": "10", "autoscaling.knative.dev/min-scale": "1"}),
+            "step",
+            None,
+        ),
+    )
+    .await?;
+    ready(&api, "step").await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let step_errors = Arc::new(AtomicU64::new(0));
+    let load = |clients: usize| {
+        (0..clients)
+            .map(|_| {
+                let (client, stop, errors) = (client.clone(), stop.clone(), step_errors.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        if get_once(&client, &host("step")).await.is_err() {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut clients = load(10);
+    // The stable window (60 s by default) sees 10 clients for a while: the autoscaler settles.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (before, _) = api.ready_scale("step-00001").await?;
+    let stepped = Instant::now();
+    clients.extend(load(490));
+    let mut seen: Vec<(f64, i64, usize)> = Vec::new();
+    while stepped.elapsed() < Duration::from_secs(15) {
+        if let Ok((replicas, ready)) = api.ready_scale("step-00001").await {
+            if seen
+                .last()
+                .is_none_or(|(_, r, n)| *r != replicas || *n != ready)
+            {
+                seen.push((stepped.elapsed().as_secs_f64(), replicas, ready));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    let target = seen.iter().map(|(_, r, _)| *r).max().unwrap_or(0);
+    let asked = seen
+        .iter()
+        .find(|(_, r, _)| *r == target)
+        .map(|(t, _, _)| *t);
+    let ready_at = seen
+        .iter()
+        .find(|(_, _, n)| *n as i64 >= target)
+        .map(|(t, _, _)| *t);
+    println!(
+        "{}",
+        json!({"op": "step from 10 to 500 concurrent", "scale_before": before, "target": target,
+        "target_asked_s": asked, "target_ready_s": ready_at, "errors": step_errors.load(Ordering::Relaxed)})
+    );
+    api.delete_ksvc("step").await?;
+
+    // --- containerConcurrency 1 under 64 clients ---------------------------------------------
+    // examples/inflight takes a mark in its pod's emptyDir for each request and answers
+    // "violation" when another request holds it.
+    api.apply(
+        "single",
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "single"},
+            "spec": {"template": {"spec": {"containerConcurrency": 1,
+                "containers": [{"image": "inflight:v1", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                "volumes": [{"name": "data", "emptyDir": {}}]}}}}),
+    )
+    .await?;
+    ready(&api, "single").await?;
+    let violations = Arc::new(AtomicU64::new(0));
+    let single_errors = Arc::new(AtomicU64::new(0));
+    let single_first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let per_client = args.single_requests / 64;
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (client, violations, errors, first) = (
+            client.clone(),
+            violations.clone(),
+            single_errors.clone(),
+            single_first_error.clone(),
+        );
+        tasks.spawn(async move {
+            for _ in 0..per_client {
+                match get_once(&client, &host("single")).await {
+                    Ok(body) if body.starts_with("violation") => {
+                        violations.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        first.lock().unwrap().get_or_insert(e);
+                    }
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r?;
+    }
+    let (single_scale, _) = api.ready_scale("single-00001").await?;
+    println!(
+        "{}",
+        json!({"op": "containerConcurrency 1, 64 clients", "requests": per_client * 64,
+        "violations": violations.load(Ordering::Relaxed), "errors": single_errors.load(Ordering::Relaxed),
+        "first_error": *single_first_error.lock().unwrap(), "took_s": t.elapsed().as_secs_f64(), "scale": single_scale})
+    );
+    api.delete_ksvc("single").await?;
+
     // --- split -------------------------------------------------------------------------------
     api.apply(
         "split",
@@ -465,7 +660,7 @@ async fn run(args: &Args, data: &std::path::Path) -> anyhow::Result<()> {
         ),
     )
     .await?;
-    ready("split").await?;
+    ready(&api, "split").await?;
     api.apply("split", ksvc("split", json!({"autoscaling.knative.dev/min-scale": "1"}), "two",
         Some(json!([{"revisionName": "split-00001", "percent": 90}, {"latestRevision": true, "percent": 10}])))).await?;
     api.until(120, "the split to be in place", || async {
@@ -516,5 +711,98 @@ async fn run(args: &Args, data: &std::path::Path) -> anyhow::Result<()> {
         "{}",
         json!({"op": "a changed split reaches new requests", "after_ms": t.elapsed().as_millis()})
     );
+    // --- three nodes -------------------------------------------------------------------------
+    let nodes = join_nodes(args, data, 2).await?;
+    api.until(60, "the two new nodes to be Ready", || async {
+        let list = api.get("/api/v1/nodes").await?;
+        let ready = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| {
+                n["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+            .count();
+        Ok((ready == 3).then_some(()))
+    })
+    .await?;
+    let routers: Vec<String> = std::iter::once(ROUTER.to_string())
+        .chain(nodes.addresses.iter().map(|a| format!("http://{a}:80")))
+        .collect();
+    let cold3 = cold_starts(&api, "three", args.rounds, &routers).await?;
+    println!(
+        "{}",
+        json!({"op": "cold start from zero pods, Wasm hello, three nodes", "result": summary(&cold3)})
+    );
+    drop(nodes);
     Ok(())
+}
+
+/// Node agents that joined the bench's `drover up`; killed when dropped.
+struct JoinedNodes {
+    children: Vec<std::process::Child>,
+    addresses: Vec<String>,
+}
+
+impl Drop for JoinedNodes {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `n` more node agents (`n2`, `n3`, ... at 127.0.9.2, ...), each with the example
+/// images imported, joined to the `drover up` in `data` with a node token.
+async fn join_nodes(args: &Args, data: &std::path::Path, n: usize) -> anyhow::Result<JoinedNodes> {
+    let mut joined = JoinedNodes {
+        children: Vec::new(),
+        addresses: Vec::new(),
+    };
+    for k in 2..2 + n {
+        let name = format!("n{k}");
+        let address = format!("127.0.9.{k}");
+        let dir = data.join(&name);
+        let import = Command::new(&args.drover)
+            .args(["image", "import", "--node-dir"])
+            .arg(&dir)
+            .arg(args.examples.join("hello_world.wasm"))
+            .arg("hello-world:v1")
+            .output()?;
+        anyhow::ensure!(import.status.success(), "import into {name} failed");
+        let token = Command::new(&args.drover)
+            .args(["token", "node", &name, "--kubeconfig"])
+            .arg(data.join("admin.kubeconfig"))
+            .output()?;
+        anyhow::ensure!(
+            token.status.success(),
+            "drover token node: {}",
+            String::from_utf8_lossy(&token.stderr)
+        );
+        let token_file = data.join(format!("{name}.token"));
+        std::fs::write(&token_file, &token.stdout)?;
+        let log = std::fs::File::create(data.join(format!("{name}.log")))?;
+        let child = Command::new(&args.drover)
+            .args(["node", "--server", API, "--token-file"])
+            .arg(&token_file)
+            .arg("--ca-file")
+            .arg(data.join("pki/ca.crt"))
+            .args(["--name", &name, "--node-address", &address])
+            .args(["--pod-ip-range", &format!("127.{}.0.0", 200 + k)])
+            .arg("--node-dir")
+            .arg(&dir)
+            .env("DROVER_LOG", "warn")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()?;
+        joined.children.push(child);
+        joined.addresses.push(address);
+    }
+    Ok(joined)
 }

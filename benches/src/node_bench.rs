@@ -99,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
             memory_limit: None,
             cpu_limit: None,
             listen: None,
+            max_concurrency: None,
             netns: None,
             outbound: None,
             usage: Default::default(),

@@ -413,6 +413,7 @@ async fn backend(args: &Args, dir: &Path, rootfs: &Path) -> anyhow::Result<()> {
             memory_limit: Some(64 << 20),
             cpu_limit: None,
             listen: None,
+            max_concurrency: None,
             netns: None,
             outbound: None,
             usage: Default::default(),

@@ -871,4 +871,95 @@ spec:
         "the request that woke it is answered"
     );
     eprintln!("container function cold start: {cold:?}");
+
+    // A Wasm function at zero answers from the node agent's process while its pod comes, but
+    // its outgoing requests still leave from its pod, under the pod's NetworkPolicy: with its
+    // egress denied, the cold request cannot reach another pod (from the node's own network
+    // it could), and without the policy the same cold request does.
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: target, labels: {role: target}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: IMAGE
+    command: ["sh", "-c", "mkdir -p /www && echo target answered > /www/index.html && exec httpd -f -p 8080 -h /www"]
+---
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: fetcher}
+spec:
+  template:
+    metadata:
+      annotations: {autoscaling.knative.dev/window: "6s"}
+    spec:
+      timeoutSeconds: 5
+      containers:
+      - image: fetch:v1
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: fetcher-no-egress}
+spec:
+  podSelector:
+    matchLabels: {serving.knative.dev/service: fetcher}
+  policyTypes: [Egress]
+"#,
+    );
+    let target = c.lan.ready_pods("role=target", 1)[0].1.clone();
+    c.lan.until(120, "the fetcher to be Ready", || {
+        let (_, out, _) = c.lan.run(&[
+            "get",
+            "ksvc",
+            "fetcher",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        (out == "True").then_some(())
+    });
+    let at_zero = || {
+        c.lan.until(90, "the fetcher to scale to zero", || {
+            let (_, out, _) = c.lan.run(&[
+                "get",
+                "pods",
+                "-l",
+                "serving.knative.dev/service=fetcher",
+                "-o",
+                "name",
+            ]);
+            out.trim().is_empty().then_some(())
+        })
+    };
+    let in_process_starts = || {
+        let stats = c.lan.ok(&["get", "--raw", "/drover/v1/function-stats"]);
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        stats["revisions"]["default/fetcher-00001"]["coldStarts"]["inProcess"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    let fetch = format!(
+        "curl -s -m 20 -H \"Host: fetcher.default.example.com\" \"http://{node}/?url=http://{target}:8080/\""
+    );
+    at_zero();
+    let (_, out) = c.lan.on_host(1, &fetch);
+    assert!(
+        !out.contains("target answered"),
+        "a function whose egress is denied reached another pod: {out}"
+    );
+    assert_eq!(
+        in_process_starts(),
+        1.0,
+        "the cold request was answered in process"
+    );
+    c.lan.ok(&["delete", "networkpolicy", "fetcher-no-egress"]);
+    at_zero();
+    let (_, out) = c.lan.on_host(1, &fetch);
+    assert!(
+        out.contains("upstream 200") && out.contains("target answered"),
+        "{out}"
+    );
+    assert_eq!(in_process_starts(), 2.0);
 }

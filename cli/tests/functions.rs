@@ -188,6 +188,69 @@ fn a_knative_service_gets_a_url_answers_splits_traffic_and_scales_to_zero_and_ba
     assert!(body.contains("no traffic targets"), "{body}");
     up.ok(&["delete", "ksvc", "latest-hello", "missing"]);
 
+    // A Deployment that a revision would have, made by someone else first: the revision
+    // leaves it alone (whoever may create a Knative Service must not rewrite it) and says so.
+    up.apply(
+        "taken.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: taken-00001-deployment}\nspec:\n  replicas: 0\n  selector: {matchLabels: {app: mine}}\n  template:\n    metadata: {labels: {app: mine}}\n    spec:\n      containers: [{name: c, image: mine:v1}]\n---\napiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: taken}\nspec:\n  template:\n    spec:\n      containers: [{image: hello-world:v1}]\n",
+    );
+    let reason = up.until(60, "the revision to say NotOwned", || {
+        let (_, out, _) = up.run(&["get", "revision", "taken-00001", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].reason} {.status.conditions[?(@.type==\"Ready\")].message}"]);
+        out.starts_with("NotOwned ").then_some(out)
+    });
+    assert!(reason.contains("taken-00001-deployment"), "{reason}");
+    assert_eq!(
+        up.ok(&[
+            "get",
+            "deployment",
+            "taken-00001-deployment",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image} {.metadata.ownerReferences}"
+        ]),
+        "mine:v1 ",
+        "the Deployment is untouched"
+    );
+    up.ok(&["delete", "deployment", "taken-00001-deployment"]);
+    up.until(60, "the revision to take its name once it is free", || {
+        ksvc_ready(&up, "taken")
+    });
+    up.ok(&["delete", "ksvc", "taken"]);
+
+    // min-scale holds a revision up only while a route reaches it: once the latest revision
+    // takes all the traffic, the old one goes to zero.
+    let pinned = |target: &str| {
+        format!("apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: pinned}}\nspec:\n  template:\n    metadata:\n      annotations: {{autoscaling.knative.dev/min-scale: \"1\", autoscaling.knative.dev/window: 6s}}\n    spec:\n      containers: [{{image: hello-world:v1, env: [{{name: TARGET, value: {target}}}]}}]\n")
+    };
+    up.apply("pinned.yaml", &pinned("one"));
+    up.until(60, "the pinned service to be Ready", || {
+        ksvc_ready(&up, "pinned")
+    });
+    up.apply("pinned.yaml", &pinned("two"));
+    up.until(90, "the unrouted revision to go to zero", || {
+        let (_, out, _) = up.run(&[
+            "get",
+            "pods",
+            "-l",
+            "serving.knative.dev/revision=pinned-00001",
+            "-o",
+            "name",
+        ]);
+        out.trim().is_empty().then_some(())
+    });
+    assert!(
+        !up.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "serving.knative.dev/revision=pinned-00002",
+            "-o",
+            "name"
+        ])
+        .is_empty(),
+        "the routed revision keeps its min-scale"
+    );
+    up.ok(&["delete", "ksvc", "pinned"]);
+
     // Scale to zero and back: a short stable window, the 1 s grace period of this cluster.
     up.apply(
         "quick.yaml",

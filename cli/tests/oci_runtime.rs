@@ -87,6 +87,7 @@ impl Setup {
             memory_limit: None,
             cpu_limit: None,
             listen: None,
+            max_concurrency: None,
             netns: None,
             outbound: None,
             usage: Default::default(),

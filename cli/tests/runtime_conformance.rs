@@ -188,6 +188,7 @@ impl Harness {
             memory_limit: None,
             cpu_limit: None,
             listen: None,
+            max_concurrency: None,
             netns: None,
             outbound: None,
             usage: Default::default(),
@@ -749,3 +750,72 @@ macro_rules! conformance {
 
 conformance!(wasm, super::Backend::Wasm);
 conformance!(oci, super::Backend::Oci);
+
+/// An HTTP function holds `max_concurrency` itself (Knative's containerConcurrency, which a
+/// revision's pods carry), whatever sends to it: `examples/inflight` answers "violation" when
+/// a second request finds its mark taken. Without the limit the same load overlaps, so the
+/// check can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_function_holds_its_concurrency_itself() {
+    async fn violations(max_concurrency: Option<u32>) -> usize {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(&dir.path().join("images")).unwrap();
+        let image = store
+            .import(&common::examples().join("inflight.wasm"), "inflight:v1")
+            .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let rt = WasmRuntime::new(dir.path().join("cache")).unwrap();
+        let spec = ContainerSpec {
+            pod_namespace: "default".into(),
+            pod_name: "inflight".into(),
+            pod_uid: "u".into(),
+            container: "c".into(),
+            image,
+            args: vec!["c".into()],
+            env: vec![],
+            mounts: vec![runtime::Mount {
+                host_path: data,
+                guest_path: "/data".into(),
+                read_only: false,
+            }],
+            log: LogFile::create(&dir.path().join("c.log")).unwrap(),
+            memory_limit: None,
+            cpu_limit: None,
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            max_concurrency,
+            netns: None,
+            outbound: None,
+            usage: Default::default(),
+            linux: Default::default(),
+        };
+        let running = runtime::Runtime::start(&rt, spec).await.unwrap();
+        let addr = running.serving.unwrap();
+        let requests: Vec<_> = (0..16)
+            .map(|_| {
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    s.write_all(b"GET /?hold=20 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let mut out = String::new();
+                    s.read_to_string(&mut out).await.unwrap();
+                    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+                    out.ends_with("violation\n")
+                })
+            })
+            .collect();
+        let mut n = 0;
+        for r in requests {
+            n += usize::from(r.await.unwrap());
+        }
+        running.stop();
+        n
+    }
+    assert_eq!(violations(Some(1)).await, 0);
+    assert!(
+        violations(None).await > 0,
+        "without the limit, 16 requests at once holding 20 ms each overlap"
+    );
+}

@@ -419,6 +419,13 @@ pub fn plan_revision_workload(rev: &Revision) -> (Value, Value) {
         all.extend(own);
         c["env"] = json!(all);
     }
+    let mut template_annotations = rev.annotations().clone();
+    if let Some(n) = rev.spec.container_concurrency.filter(|n| *n > 0) {
+        template_annotations.insert(
+            knative::CONTAINER_CONCURRENCY_ANNOTATION.into(),
+            n.to_string(),
+        );
+    }
     let meta = json!({"namespace": rev.namespace(), "labels": labels,
         "ownerReferences": [owner_reference(rev)]});
     let mut deployment_meta = meta.clone();
@@ -427,7 +434,7 @@ pub fn plan_revision_workload(rev: &Revision) -> (Value, Value) {
     "spec": {
         "selector": {"matchLabels": {labels::REVISION_UID: uid}},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
-        "template": {"metadata": {"labels": labels, "annotations": rev.annotations()}, "spec": pod},
+        "template": {"metadata": {"labels": labels, "annotations": template_annotations}, "spec": pod},
     }});
     let mut service_meta = meta;
     service_meta["name"] = json!(name);
@@ -503,6 +510,51 @@ pub async fn reconcile_revision(rev: Arc<Revision>, ctx: Arc<Context>) -> Result
     let existing = ctx
         .deployments
         .get(&ObjectRef::new(&deployment_name).within(&ns));
+    // A Deployment or Service of these names that the revision does not control is left alone
+    // (applying over it would let whoever may create a Knative Service rewrite it), and the
+    // revision says so, as Knative does.
+    let uid = rev.meta().uid.clone().unwrap_or_default();
+    let controls = |refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]| {
+        refs.iter()
+            .any(|o| o.uid == uid && o.controller == Some(true))
+    };
+    let not_owned = if existing
+        .as_ref()
+        .is_some_and(|d| !controls(d.owner_references()))
+    {
+        Some(format!(
+            "There is an existing Deployment \"{deployment_name}\" that we do not own."
+        ))
+    } else if ctx
+        .services
+        .get(&ObjectRef::new(&name).within(&ns))
+        .is_some_and(|s| !controls(s.owner_references()))
+    {
+        Some(format!(
+            "There is an existing Service \"{name}\" that we do not own."
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = not_owned {
+        let old = &rev.status.conditions;
+        let st = json!({
+            "observedGeneration": rev.meta().generation,
+            "conditions": [
+                condition(old, "ContainerHealthy", "Unknown", "", ""),
+                condition(old, "Ready", "False", "NotOwned", &message),
+                condition(old, "ResourcesAvailable", "False", "NotOwned", &message),
+            ],
+        });
+        patch_status(
+            &Api::<Revision>::namespaced(ctx.client.clone(), &ns),
+            &name,
+            &rev.status,
+            st,
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
     if existing.is_none() {
         // Created with its first replica count; from then on only the autoscaler changes it
         // (a create records no managed fields, so later applies without it leave it alone).
@@ -763,6 +815,7 @@ async fn apply_in_cluster_service(
 
 /// The hosts a route claims: its own and its tags'.
 pub fn route_hosts(route: &Route, domain: &str) -> Vec<String> {
+    let domain = knative::route_domain(route, domain);
     let ns = route.namespace().unwrap_or_default();
     let name = route.name_any();
     std::iter::once(knative::host(&name, &ns, None, domain))
@@ -827,10 +880,11 @@ pub async fn reconcile_route(route: Arc<Route>, ctx: Arc<Context>) -> Result<Act
         return Ok(Action::await_change());
     }
     let in_cluster = apply_in_cluster_service(&route, &ctx).await?;
-    let resolved = resolve_traffic(&route, &ctx.configurations, &ctx.revisions, &ctx.domain);
+    let domain = knative::route_domain(&route, &ctx.domain);
+    let resolved = resolve_traffic(&route, &ctx.configurations, &ctx.revisions, domain);
     let mut st = json!({
         "observedGeneration": route.meta().generation,
-        "url": format!("http://{}", knative::host(&name, &ns, None, &ctx.domain)),
+        "url": format!("http://{}", knative::host(&name, &ns, None, domain)),
         "address": {"url": format!("http://{name}.{ns}.svc.cluster.local")},
     });
     match resolved {

@@ -65,6 +65,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::Controller;
 use kube::Api;
 
@@ -380,8 +381,19 @@ fn run_knative(
                 ctx.clone(),
             )
             .for_each(|_| async {});
+    // Deployments and Services by name, owned or not: one of a revision's names that it does
+    // not own holds it back (NotOwned) until it goes.
     let revision_loop = Controller::for_stream(revisions.subscribe(), revisions.store())
-        .owns_stream(deployments.subscribe())
+        .watches_stream(deployments.subscribe(), |d: Deployment| {
+            let revision = d.metadata.name.as_deref()?.strip_suffix("-deployment")?;
+            Some(ObjectRef::new(revision).within(d.metadata.namespace.as_deref()?))
+        })
+        .watches_stream(core_services.subscribe(), |s: Service| {
+            Some(
+                ObjectRef::new(s.metadata.name.as_deref()?)
+                    .within(s.metadata.namespace.as_deref()?),
+            )
+        })
         .watches_stream(pods.subscribe(), |p: Pod| knative::revision_of_pod(&p))
         .run(
             knative::reconcile_revision,
@@ -408,6 +420,7 @@ fn run_knative(
     let autoscaler = knative::autoscale::run(Arc::new(knative::autoscale::Context {
         client,
         revisions: revisions.store(),
+        routes: routes.store(),
         deployments: deployments.store(),
         pods: pods.store(),
         grace: settings.scale_to_zero_grace,

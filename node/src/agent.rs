@@ -8,6 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,6 +123,8 @@ pub struct NodeAgent {
     config: NodeConfig,
     client: kube::Client,
     ctx: Arc<NodeContext>,
+    /// The port the function router listens on, once it does (0: none), as the Node says.
+    function_port: AtomicU16,
 }
 
 impl NodeAgent {
@@ -156,6 +159,7 @@ impl NodeAgent {
             config,
             client,
             ctx,
+            function_port: AtomicU16::new(0),
         }
     }
 
@@ -183,8 +187,9 @@ impl NodeAgent {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Where this node's function router answers, for Knative routes' in-cluster Services.
-        let function_port = match self.config.function_port {
+        // Where this node's function router answers, for Knative routes' in-cluster Services:
+        // only once it listens (a port it could not bind would draw traffic to nothing).
+        let function_port = match self.function_port.load(Ordering::Relaxed) {
             0 => serde_json::Value::Null,
             port => json!(port.to_string()),
         };
@@ -240,6 +245,26 @@ impl NodeAgent {
             // again from nothing, as Wasm pods do.
             oci.clean_up().await;
         }
+        let function_listener = if self.config.function_port != 0 {
+            let addr = SocketAddr::new(self.config.address, self.config.function_port);
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    tracing::info!("function router on {addr}");
+                    self.function_port
+                        .store(self.config.function_port, Ordering::Relaxed);
+                    Some(listener)
+                }
+                // The node runs without it: its pods do not need it.
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot serve functions (Knative routes) on {addr}: {e}; choose another --function-port, or 0 for none"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut attempt = 0u32;
         while let Err(e) = self.register().await {
             attempt += 1;
@@ -261,23 +286,23 @@ impl NodeAgent {
                     log_dir: self.config.data_dir.join("functions"),
                 }) as Arc<dyn crate::functions::local::Start>
             });
+        let pod_range = match &self.config.pod_network {
+            crate::network::Mode::Routed { cluster_cidr, .. } => *cluster_cidr,
+            crate::network::Mode::Loopback(base) => {
+                ipnet::Ipv4Net::new(*base, 16).expect("a /16").trunc()
+            }
+        };
         let functions = crate::functions::FunctionRouter::new(
             self.client.clone(),
             &self.config.name,
+            crate::functions::ClusterClients {
+                pod_range,
+                node_address: self.config.address,
+            },
             in_process,
         );
-        if self.config.function_port != 0 {
-            let addr = SocketAddr::new(self.config.address, self.config.function_port);
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(listener) => {
-                    tracing::info!("function router on {addr}");
-                    tokio::spawn(functions.clone().run(listener));
-                }
-                // The node runs without it: its pods do not need it.
-                Err(e) => tracing::warn!(
-                    "cannot serve functions (Knative routes) on {addr}: {e}; choose another --function-port, or 0 for none"
-                ),
-            }
+        if let Some(listener) = function_listener {
+            tokio::spawn(functions.clone().run(listener));
         }
         let logs = Arc::new(
             LogServer::new(

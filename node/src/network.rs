@@ -88,7 +88,19 @@ pub struct PodNet {
     services: OnceLock<Store<Service>>,
     /// Routed mode: the cluster DNS records, also for the lookups of Wasm pods' requests.
     records: OnceLock<Arc<std::sync::RwLock<network::dns::ClusterRecords>>>,
+    /// Routed mode: the NetworkPolicies, and the proxy's change marks.
+    policies: OnceLock<Store<NetworkPolicy>>,
+    marks: OnceLock<Arc<ChangeMarks>>,
+    /// Pods of this node whose network is up, with their address, before the API's copy
+    /// shows it: the proxy programs their NetworkPolicy from these, before they start.
+    starting: Arc<Mutex<std::collections::HashMap<String, Arc<Pod>>>>,
+    /// Policy syncs asked for, and the last one the proxy put in place.
+    syncs_asked: std::sync::atomic::AtomicU64,
+    synced: tokio::sync::watch::Sender<u64>,
 }
+
+/// How long a pod waits for its NetworkPolicy to be in place before its containers start.
+const POLICY_WAIT: Duration = Duration::from_secs(10);
 
 /// One pod's outgoing connections (Wasm pods' outgoing HTTP): names resolved as the pod's
 /// resolver would (cluster names from this node's DNS records, other names by the host's
@@ -176,6 +188,48 @@ impl PodNet {
             .then(|| network::pods::PodLink::for_uid(uid).netns_path())
     }
 
+    /// Puts the NetworkPolicy of `pod` (address `ip`) in place before its containers start: a
+    /// container that connects out at once (a Wasm function does within milliseconds) must
+    /// not find its egress open because the policy was still waiting for the pod's status to
+    /// go round through the API. Nothing to wait for in loopback mode or in a namespace
+    /// without policies.
+    pub async fn enforce_policy(&self, pod: &Pod, ip: IpAddr) -> anyhow::Result<()> {
+        let (Some(policies), Some(marks)) = (self.policies.get(), self.marks.get()) else {
+            return Ok(());
+        };
+        let ns = pod.metadata.namespace.as_deref();
+        if !policies
+            .state()
+            .iter()
+            .any(|p| p.metadata.namespace.as_deref() == ns)
+        {
+            return Ok(());
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let mut with_ip = pod.clone();
+        let status = with_ip.status.get_or_insert_with(Default::default);
+        status.pod_ip = Some(ip.to_string());
+        status.pod_ips = Some(vec![k8s_openapi::api::core::v1::PodIP {
+            ip: ip.to_string(),
+        }]);
+        self.starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid, Arc::new(with_ip));
+        // Asked after the pod is in `starting`, so a sync that saw this ask saw the pod.
+        let asked = self
+            .syncs_asked
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        marks.mark(Changed::of(&[Kind::Pods]));
+        let mut synced = self.synced.subscribe();
+        tokio::time::timeout(POLICY_WAIT, synced.wait_for(|done| *done >= asked))
+            .await
+            .map_err(|_| anyhow::anyhow!("its NetworkPolicy is not in place yet"))?
+            .map_err(|_| anyhow::anyhow!("the node's proxy has stopped"))?;
+        Ok(())
+    }
+
     pub fn new(mode: Mode) -> PodNet {
         let base = match &mode {
             Mode::Loopback(base) => *base,
@@ -187,6 +241,11 @@ impl PodNet {
             addresses: OnceLock::new(),
             services: OnceLock::new(),
             records: OnceLock::new(),
+            policies: OnceLock::new(),
+            marks: OnceLock::new(),
+            starting: Arc::default(),
+            syncs_asked: Default::default(),
+            synced: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -232,6 +291,10 @@ impl PodNet {
 
     /// Takes pod `uid`'s network down and gives its address back.
     pub async fn detach(&self, uid: &str, ip: IpAddr) {
+        self.starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
         match &self.mode {
             Mode::Loopback(_) => self.loopback.release(ip),
             Mode::Routed { .. } => {
@@ -316,6 +379,8 @@ impl PodNet {
         kubeclient::reflect::spawn(Api::all(client.clone()), nodes_writer, watch(Kind::Nodes));
         // NetworkPolicy needs every pod's address and labels, and namespaces' labels.
         let (policies, policies_writer) = reflector::store::<NetworkPolicy>();
+        let _ = self.policies.set(policies.clone());
+        let _ = self.marks.set(marks.clone());
         kubeclient::reflect::spawn(
             Api::all(client.clone()),
             policies_writer,
@@ -348,9 +413,10 @@ impl PodNet {
             policies,
             pods,
             namespaces,
+            starting: self.starting.clone(),
         };
         let state = ProxyState::new(node_name, node_net, dns);
-        tokio::spawn(run_proxy(state, caches, marks));
+        tokio::spawn(run_proxy(state, caches, marks, self.clone()));
         Ok(())
     }
 }
@@ -408,6 +474,8 @@ struct Caches {
     policies: Store<NetworkPolicy>,
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
+    /// This node's pods whose address the API does not show yet (`PodNet::enforce_policy`).
+    starting: Arc<Mutex<std::collections::HashMap<String, Arc<Pod>>>>,
 }
 
 impl Caches {
@@ -426,20 +494,54 @@ impl Caches {
             slices: self.slices.state(),
             nodes: self.nodes.state(),
             policies: self.policies.state(),
-            pods: self.pods.state(),
+            pods: self.pods(),
             namespaces: self.namespaces.state(),
         }
+    }
+
+    /// The API's pods, with this node's starting pods' addresses where it lacks them.
+    fn pods(&self) -> Vec<Arc<Pod>> {
+        let mut pods = self.pods.state();
+        let starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+        for (uid, local) in starting.iter() {
+            match pods
+                .iter_mut()
+                .find(|p| p.metadata.uid.as_deref() == Some(uid.as_str()))
+            {
+                Some(p) => {
+                    if p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_none() {
+                        *p = local.clone();
+                    }
+                }
+                None => pods.push(local.clone()),
+            }
+        }
+        pods
     }
 }
 
 /// The node's proxy loop: waits for the caches, puts everything in place, then on each batch
 /// of change marks brings the host in step for the kinds that changed (kube-proxy's job,
 /// CoreDNS's, and the routing and policy parts of Calico's).
-async fn run_proxy(mut state: ProxyState, caches: Caches, marks: Arc<ChangeMarks>) {
+async fn run_proxy(
+    mut state: ProxyState,
+    caches: Caches,
+    marks: Arc<ChangeMarks>,
+    net: Arc<PodNet>,
+) {
     caches.ready().await;
     let mut changed = Changed::ALL;
     loop {
+        // Read before the snapshot: every pod asked for by then is in it.
+        let asked = net.syncs_asked.load(std::sync::atomic::Ordering::SeqCst);
         let retry = state.sync(&LinuxHost, changed, &caches.snapshot()).await;
+        if retry.is_empty() {
+            net.synced.send_if_modified(|done| {
+                let newer = asked > *done;
+                *done = (*done).max(asked);
+                newer
+            });
+        }
         if !retry.is_empty() {
             // The host refused: try again shortly, whatever else happens meanwhile.
             let marks = marks.clone();

@@ -46,6 +46,9 @@ pub struct ContainerSpec {
     pub cpu_limit: Option<u64>,
     /// Where an HTTP function listens (the pod's address and the container's port).
     pub listen: Option<SocketAddr>,
+    /// Requests an HTTP function serves at once (Knative's containerConcurrency); more wait
+    /// for a place. None: no limit.
+    pub max_concurrency: Option<u32>,
     /// The pod's network namespace (a /run/netns file), where its sockets are made; None
     /// for pods on the node's own network (loopback pod addresses).
     pub netns: Option<PathBuf>,

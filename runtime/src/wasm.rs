@@ -486,6 +486,7 @@ async fn serve_request(
     pre: ProxyPre<Host>,
     spec: Arc<ContainerSpec>,
     req: hyper::Request<hyper::body::Incoming>,
+    place: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> anyhow::Result<hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>> {
     use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
     let builder = wasi_builder(&spec).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -509,6 +510,8 @@ async fn serve_request(
     let out = store.data_mut().http().new_response_outparam(tx)?;
     spec.usage.request();
     let handle = async move {
+        // The place is held until the guest is done, its response body included.
+        let _place = place;
         let proxy = pre.instantiate_async(&mut store).await?;
         proxy
             .wasi_http_incoming_handler()
@@ -550,6 +553,12 @@ impl WasmRuntime {
             let (exit_tx, exit_rx) = oneshot::channel();
             let (stop_tx, mut stop_rx) = watch::channel(None);
             let engine = self.engine.clone();
+            // containerConcurrency, held by the instance itself (as Knative's queue-proxy
+            // does), so that it holds however many routers send to it.
+            let places = spec
+                .max_concurrency
+                .filter(|n| *n > 0)
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n as usize)));
             let spec = Arc::new(spec);
             let log = spec.log.clone();
             tokio::spawn(async move {
@@ -563,13 +572,19 @@ impl WasmRuntime {
                                 continue;
                             }
                         };
-                        let (engine, pre, spec) = (engine.clone(), pre.clone(), spec.clone());
+                        let (engine, pre, spec, places) =
+                            (engine.clone(), pre.clone(), spec.clone(), places.clone());
                         tokio::spawn(async move {
                             let service = hyper::service::service_fn(move |req| {
-                                let (engine, pre, spec) =
-                                    (engine.clone(), pre.clone(), spec.clone());
+                                let (engine, pre, spec, places) =
+                                    (engine.clone(), pre.clone(), spec.clone(), places.clone());
                                 async move {
-                                    match serve_request(engine, pre, spec.clone(), req).await {
+                                    let place = match places {
+                                        Some(p) => p.acquire_owned().await.ok(),
+                                        None => None,
+                                    };
+                                    match serve_request(engine, pre, spec.clone(), req, place).await
+                                    {
                                         Ok(resp) => Ok::<_, std::convert::Infallible>(resp),
                                         Err(e) => {
                                             spec.log.write(

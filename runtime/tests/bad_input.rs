@@ -32,6 +32,7 @@ fn spec(dir: &std::path::Path, bytes: &[u8], memory_limit: Option<u64>) -> Conta
         memory_limit,
         cpu_limit: None,
         listen: None,
+        max_concurrency: None,
         netns: None,
         outbound: None,
         usage: Default::default(),

@@ -220,6 +220,8 @@ pub struct AllStats {
 pub struct Context {
     pub client: kube::Client,
     pub revisions: Store<Revision>,
+    /// Which revisions routes reach (min-scale holds for these only).
+    pub routes: Store<api::knative::Route>,
     pub deployments: Store<Deployment>,
     pub pods: Store<Pod>,
     pub grace: Duration,
@@ -253,6 +255,30 @@ pub async fn run(ctx: Arc<Context>) {
             .as_secs_f64();
         let revisions = ctx.revisions.state();
         memory.retain(|k, _| revisions.iter().any(|r| key(r) == *k));
+        // Ready pods per revision, counted once a tick.
+        let mut ready_pods: BTreeMap<String, i32> = BTreeMap::new();
+        for p in ctx.pods.state() {
+            if let (Some(ns), Some(rev)) = (p.namespace(), p.labels().get(labels::REVISION)) {
+                if super::pod_ready(&p) {
+                    *ready_pods.entry(format!("{ns}/{rev}")).or_default() += 1;
+                }
+            }
+        }
+        // Revisions some route sends traffic to, or names by a tag: min-scale holds for these
+        // only (Knative's routingState active), so a revision no route reaches can go to zero.
+        let routed: std::collections::BTreeSet<String> = ctx
+            .routes
+            .state()
+            .iter()
+            .flat_map(|r| {
+                let ns = r.namespace().unwrap_or_default();
+                r.status
+                    .traffic
+                    .iter()
+                    .filter_map(move |t| Some(format!("{ns}/{}", t.revision_name.as_ref()?)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         for rev in revisions {
             if rev.metadata.deletion_timestamp.is_some()
                 || rev
@@ -272,18 +298,12 @@ pub async fn run(ctx: Arc<Context>) {
                 .as_ref()
                 .and_then(|s| s.replicas)
                 .unwrap_or(1);
-            let ready = ctx
-                .pods
-                .state()
-                .iter()
-                .filter(|p| {
-                    p.namespace().as_deref() == Some(&ns)
-                        && p.labels().get(labels::REVISION) == Some(&rev.name_any())
-                        && super::pod_ready(p)
-                })
-                .count() as i32;
-            let settings = Settings::of(&rev, ctx.grace);
             let k = key(&rev);
+            let ready = ready_pods.get(&k).copied().unwrap_or(0);
+            let mut settings = Settings::of(&rev, ctx.grace);
+            if !routed.contains(&k) {
+                settings.min_scale = 0;
+            }
             let rev_stats = stats.revisions.get(&k).cloned().unwrap_or_default();
             let mem = memory.entry(k.clone()).or_insert_with(|| Memory {
                 // A revision first seen counts as just active: it is not scaled to zero before

@@ -317,6 +317,8 @@ impl Start for InProcess {
                 memory_limit: limit("memory").as_deref().and_then(api::quantity::bytes),
                 cpu_limit: limit("cpu").as_deref().and_then(api::quantity::millicores),
                 listen: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
+                // The router holds containerConcurrency for it: no other router sends here.
+                max_concurrency: None,
                 netns: None,
                 outbound: Some(outbound),
                 usage: Arc::default(),

@@ -244,9 +244,31 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Which clients are in the cluster (for cluster-local routes): pods, by the cluster's pod
+/// range, and the node itself (its host-network pods).
+#[derive(Clone, Debug)]
+pub struct ClusterClients {
+    pub pod_range: ipnet::Ipv4Net,
+    pub node_address: std::net::IpAddr,
+}
+
+impl ClusterClients {
+    fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        ip == self.node_address
+            || matches!(ip, std::net::IpAddr::V4(v4) if self.pod_range.contains(&v4))
+    }
+}
+
 pub struct FunctionRouter {
     client: kube::Client,
     node_name: String,
+    cluster: ClusterClients,
     /// Starts revisions in process while their pods come (None: requests wait for pods).
     in_process: Option<Arc<dyn local::Start>>,
     /// Counts changes of the revisions' pods (in-process instances wait on it for a pod's
@@ -263,6 +285,7 @@ impl FunctionRouter {
     pub fn new(
         client: kube::Client,
         node_name: &str,
+        cluster: ClusterClients,
         in_process: Option<Arc<dyn local::Start>>,
     ) -> Arc<FunctionRouter> {
         let mut connector = HttpConnector::new();
@@ -277,6 +300,7 @@ impl FunctionRouter {
             ),
             client,
             node_name: node_name.to_string(),
+            cluster,
             in_process,
             pods_changed: watch::Sender::new(0),
             table: RwLock::new(Arc::default()),
@@ -473,8 +497,12 @@ impl FunctionRouter {
         }
     }
 
-    /// Serves one request.
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    /// Serves one request from `peer`.
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
         let host = req
             .headers()
             .get(header::HOST)
@@ -483,7 +511,8 @@ impl FunctionRouter {
             .or_else(|| req.uri().host().map(str::to_string))
             .unwrap_or_default();
         let table = self.table();
-        let Some(shares) = table.shares(&host) else {
+        let in_cluster = self.cluster.contains(peer.ip());
+        let Some(shares) = table.shares(&host, in_cluster) else {
             return plain(
                 StatusCode::NOT_FOUND,
                 &format!("no function answers host {host:?}"),
@@ -669,7 +698,7 @@ impl FunctionRouter {
             let Ok(permit) = connections.clone().acquire_owned().await else {
                 return;
             };
-            let (stream, _) = match listener.accept().await {
+            let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("function router: accept: {e}");
@@ -682,7 +711,7 @@ impl FunctionRouter {
                 let _permit = permit;
                 let service = hyper::service::service_fn(move |req| {
                     let router = router.clone();
-                    async move { Ok::<_, std::convert::Infallible>(router.handle(req).await) }
+                    async move { Ok::<_, std::convert::Infallible>(router.handle(req, peer).await) }
                 });
                 // A client must send its headers within the limit (no slowloris).
                 if let Err(e) = hyper::server::conn::http1::Builder::new()

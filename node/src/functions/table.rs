@@ -40,12 +40,15 @@ pub struct RevisionRoute {
 pub struct Table {
     /// By lower-case host, without a port.
     pub hosts: HashMap<String, Vec<Share>>,
+    /// Hosts of cluster-local routes: answered to clients in the cluster only.
+    pub cluster_local: std::collections::HashSet<String>,
     pub revisions: HashMap<String, RevisionRoute>,
 }
 
 impl Table {
-    /// The shares of the host a request names (its `Host` header, a port allowed).
-    pub fn shares(&self, host: &str) -> Option<&[Share]> {
+    /// The shares of the host a request names (its `Host` header, a port allowed), for a
+    /// client in the cluster (`in_cluster`) or outside it.
+    pub fn shares(&self, host: &str, in_cluster: bool) -> Option<&[Share]> {
         let host = host.rsplit_once(':').map_or(host, |(h, port)| {
             if port.chars().all(|c| c.is_ascii_digit()) {
                 h
@@ -53,9 +56,11 @@ impl Table {
                 host
             }
         });
-        self.hosts
-            .get(&host.to_ascii_lowercase())
-            .map(Vec::as_slice)
+        let host = host.to_ascii_lowercase();
+        if !in_cluster && self.cluster_local.contains(&host) {
+            return None;
+        }
+        self.hosts.get(&host).map(Vec::as_slice)
     }
 }
 
@@ -181,7 +186,11 @@ pub fn build(
             format!("{name}.{ns}.svc"),
             format!("{name}.{ns}"),
         ];
+        let cluster_local = api::knative::cluster_local(route.metadata.labels.as_ref());
         for host in std::iter::once(url).chain(internal) {
+            if cluster_local {
+                table.cluster_local.insert(host.clone());
+            }
             table.hosts.entry(host).or_insert_with(|| shares.clone());
         }
         for t in &status.traffic {
@@ -194,6 +203,9 @@ pub fn build(
             };
             if !own(&tag_url, Some(tag)) {
                 continue;
+            }
+            if cluster_local {
+                table.cluster_local.insert(tag_url.clone());
             }
             table.hosts.entry(tag_url).or_insert_with(|| {
                 vec![Share {
@@ -249,21 +261,28 @@ mod tests {
             ],
             None,
         );
-        let main = t.shares("Hello.Default.example.com:80").unwrap();
+        let main = t.shares("Hello.Default.example.com:80", true).unwrap();
         assert_eq!(main.len(), 2, "a 0 % share takes nothing");
         assert_eq!(pick(main, 0).unwrap().revision, "default/hello-00002");
         assert_eq!(pick(main, 89).unwrap().revision, "default/hello-00002");
         assert_eq!(pick(main, 90).unwrap().revision, "default/hello-00001");
-        assert_eq!(t.shares("hello.default.svc.cluster.local").unwrap(), main);
         assert_eq!(
-            t.shares("old-hello.default.example.com").unwrap()[0].revision,
+            t.shares("hello.default.svc.cluster.local", true).unwrap(),
+            main
+        );
+        assert_eq!(
+            t.shares("old-hello.default.example.com", true).unwrap()[0].revision,
             "default/hello-00001"
         );
         assert_eq!(
-            t.shares("next-hello.default.example.com").unwrap()[0].revision,
+            t.shares("next-hello.default.example.com", true).unwrap()[0].revision,
             "default/hello-00003"
         );
-        assert!(t.shares("other.default.example.com").is_none());
+        assert!(t.shares("other.default.example.com", true).is_none());
+        assert!(
+            t.shares("hello.default.example.com", false).is_some(),
+            "a public route answers clients outside the cluster"
+        );
         // A status naming another route's host (forged: statuses are the controllers') is
         // not taken.
         let forged: Arc<Route> = Arc::new(
@@ -274,11 +293,11 @@ mod tests {
         );
         let t2 = build(&[forged, route()], &[], &[], None);
         assert_eq!(
-            t2.shares("hello.default.example.com").unwrap()[0].revision,
+            t2.shares("hello.default.example.com", true).unwrap()[0].revision,
             "default/hello-00002"
         );
         assert_eq!(
-            t2.shares("old-hello.default.example.com").unwrap()[0].revision,
+            t2.shares("old-hello.default.example.com", true).unwrap()[0].revision,
             "default/hello-00001"
         );
         let r = &t.revisions["default/hello-00002"];
@@ -290,5 +309,26 @@ mod tests {
                 pod: "a".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_cluster_local_route_answers_clients_in_the_cluster_only() {
+        let local: Arc<Route> = Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": "inner", "namespace": "default",
+                "labels": {api::knative::VISIBILITY_LABEL: "cluster-local"}},
+                "status": {"url": "http://inner.default.svc.cluster.local", "traffic": [
+                    {"revisionName": "inner-00001", "percent": 100},
+                    {"revisionName": "inner-00001", "percent": 0, "tag": "t", "url": "http://t-inner.default.svc.cluster.local"}]}}))
+            .unwrap(),
+        );
+        let t = build(&[local], &[], &[], None);
+        for host in [
+            "inner.default.svc.cluster.local",
+            "inner.default",
+            "t-inner.default.svc.cluster.local",
+        ] {
+            assert!(t.shares(host, true).is_some(), "{host}");
+            assert!(t.shares(host, false).is_none(), "{host}");
+        }
     }
 }

@@ -437,7 +437,16 @@ impl Worker {
             return;
         }
         let uid = self.pod_uid();
-        match self.ctx.network.attach(&uid, self.pod_ip).await {
+        let attached = match self.ctx.network.attach(&uid, self.pod_ip).await {
+            Ok(netns) => self
+                .ctx
+                .network
+                .enforce_policy(&self.pod, self.pod_ip)
+                .await
+                .map(|()| netns),
+            Err(e) => Err(e),
+        };
+        match attached {
             Ok(netns) => {
                 self.netns = netns;
                 self.enter(StageEvent::NetworkReady);

@@ -267,6 +267,13 @@ impl Worker {
             memory_limit: limit(container, "memory").and_then(api::quantity::bytes),
             cpu_limit: limit(container, "cpu").and_then(api::quantity::millicores),
             listen,
+            max_concurrency: self
+                .pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(api::knative::CONTAINER_CONCURRENCY_ANNOTATION))
+                .and_then(|v| v.parse().ok()),
             netns: self.netns.clone(),
             outbound: Some(
                 self.ctx
