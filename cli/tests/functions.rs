@@ -24,6 +24,34 @@ fn get(addr: &str, host: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// Like [`get`], from the local address `source` (a client elsewhere: outside the cluster,
+/// or in its pod range).
+fn get_from(source: &str, addr: &str, host: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket.bind(format!("{source}:0").parse().ok()?).ok()?;
+        let mut s = socket.connect(addr.parse().ok()?).await.ok()?;
+        s.write_all(
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut buf = String::new();
+        tokio::time::timeout(Duration::from_secs(20), s.read_to_string(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+        let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        Some((code, body))
+    })
+}
+
 fn ksvc_ready(up: &Up, name: &str) -> Option<String> {
     let (ok, out, _) = up.run(&[
         "get",
@@ -250,6 +278,23 @@ fn a_knative_service_gets_a_url_answers_splits_traffic_and_scales_to_zero_and_ba
         "the routed revision keeps its min-scale"
     );
     up.ok(&["delete", "ksvc", "pinned"]);
+
+    // A cluster-local Service: an in-cluster URL, answered to pods (this cluster's pod range
+    // is 127.156.0.0/16) and not to clients outside.
+    up.apply(
+        "inner.yaml",
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: inner\n  labels: {networking.knative.dev/visibility: cluster-local}\nspec:\n  template:\n    spec:\n      containers: [{image: hello-world:v1}]\n",
+    );
+    let url = up.until(60, "the cluster-local service to be Ready", || {
+        ksvc_ready(&up, "inner")
+    });
+    assert_eq!(url, "http://inner.default.svc.cluster.local");
+    let (code, body) = get_from("127.156.250.250", router, "inner.default.svc.cluster.local")
+        .expect("a pod's request is answered");
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = get_from("127.0.0.77", router, "inner.default.svc.cluster.local").unwrap();
+    assert_eq!(code, 404, "a client outside the cluster is not answered");
+    up.ok(&["delete", "ksvc", "inner"]);
 
     // Scale to zero and back: a short stable window, the 1 s grace period of this cluster.
     up.apply(

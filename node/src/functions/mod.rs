@@ -172,7 +172,9 @@ impl Drop for Slot {
         }
         st.settle_in_process();
         drop(st);
-        self.gate.changed.notify_waiters();
+        // One place freed: the longest waiting request takes it (tokio's Notify wakes the
+        // oldest waiter first, and hands the wake on if that request is gone).
+        self.gate.changed.notify_one();
     }
 }
 
@@ -384,9 +386,18 @@ impl FunctionRouter {
             notified.as_mut().enable();
             {
                 let mut st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(inst) = st.pick() {
+                // A new request queues behind those already waiting (first come, first
+                // served); a waiting one tries when woken.
+                let in_turn = waiting.is_some() || st.waiting == 0;
+                if let Some(inst) = in_turn.then(|| st.pick()).flatten() {
+                    // Others still waiting: the next one looks for a place too (several may
+                    // have freed, or come with new instances).
+                    let others = st.waiting > usize::from(waiting.is_some());
                     drop(st);
                     drop(waiting);
+                    if others {
+                        gate.changed.notify_one();
+                    }
                     if let Some(from) = waited_from.filter(|_| woke) {
                         gate.meter
                             .lock()
