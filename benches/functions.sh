@@ -17,5 +17,5 @@ rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add was
 cargo build --manifest-path examples/Cargo.toml --target-dir examples/target --target wasm32-wasip2 --release --locked
 cargo build --release --locked --bin drover --bin function-bench
 # 1,000 clients need more than the default 1,024 open files.
-ulimit -n 65536
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 target/release/function-bench --wasmtime "$wasmtime" "$@"

@@ -819,3 +819,63 @@ async fn an_http_function_holds_its_concurrency_itself() {
         "without the limit, 16 requests at once holding 20 ms each overlap"
     );
 }
+
+/// A stopped HTTP function serves nothing more, not even on a connection kept alive from
+/// before: otherwise whoever reaches its address next (the function router, sending to a pod
+/// that got the address later) would have requests meant for another function answered by
+/// this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_http_function_closes_its_kept_alive_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(&dir.path().join("images")).unwrap();
+    let image = store
+        .import(&common::examples().join("hello_world.wasm"), "hello:v1")
+        .unwrap();
+    let rt = WasmRuntime::new(dir.path().join("cache")).unwrap();
+    let spec = ContainerSpec {
+        pod_namespace: "default".into(),
+        pod_name: "old-tenant".into(),
+        pod_uid: "u".into(),
+        container: "c".into(),
+        image,
+        args: vec!["c".into()],
+        env: vec![("HOSTNAME".into(), "old-tenant".into())],
+        mounts: vec![],
+        log: LogFile::create(&dir.path().join("c.log")).unwrap(),
+        memory_limit: None,
+        cpu_limit: None,
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        max_concurrency: None,
+        netns: None,
+        outbound: None,
+        usage: Default::default(),
+        linux: Default::default(),
+    };
+    let running = runtime::Runtime::start(&rt, spec).await.unwrap();
+    let mut conn = tokio::net::TcpStream::connect(running.serving.unwrap())
+        .await
+        .unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    conn.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("old-tenant"));
+    running.stop();
+    let mut exit = running.exit;
+    tokio::time::timeout(Duration::from_secs(5), &mut exit)
+        .await
+        .expect("it stops")
+        .unwrap();
+    // The same connection, after the stop.
+    let _ = conn.write_all(request).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut rest))
+        .await
+        .expect("the connection is closed, not left open");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        !rest.contains("old-tenant"),
+        "a stopped function answered: {rest}"
+    );
+}

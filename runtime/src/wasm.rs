@@ -561,6 +561,7 @@ impl WasmRuntime {
                 .map(|n| Arc::new(tokio::sync::Semaphore::new(n as usize)));
             let spec = Arc::new(spec);
             let log = spec.log.clone();
+            let conn_stop = stop_rx.clone();
             tokio::spawn(async move {
                 let serve = async {
                     loop {
@@ -574,6 +575,7 @@ impl WasmRuntime {
                         };
                         let (engine, pre, spec, places) =
                             (engine.clone(), pre.clone(), spec.clone(), places.clone());
+                        let mut stopped = conn_stop.clone();
                         tokio::spawn(async move {
                             let service = hyper::service::service_fn(move |req| {
                                 let (engine, pre, spec, places) =
@@ -597,10 +599,24 @@ impl WasmRuntime {
                                 }
                             });
                             let io = hyper_util::rt::TokioIo::new(tcp);
-                            let _ = hyper::server::conn::http1::Builder::new()
+                            let conn = hyper::server::conn::http1::Builder::new()
                                 .keep_alive(true)
-                                .serve_connection(io, service)
-                                .await;
+                                .serve_connection(io, service);
+                            tokio::pin!(conn);
+                            // The connection ends with the function: a kept-alive connection
+                            // left open would go on serving this function's code to whoever
+                            // reaches the address next (a pod that reuses it gets requests
+                            // meant for it answered here). In-flight requests finish within
+                            // the grace period.
+                            let grace = tokio::select! {
+                                _ = conn.as_mut() => return,
+                                stop = stopped.wait_for(|s| s.is_some()) => match stop {
+                                    Ok(grace) => (*grace).unwrap_or_default(),
+                                    Err(_) => Duration::ZERO,
+                                },
+                            };
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(grace, conn).await;
                         });
                     }
                 };

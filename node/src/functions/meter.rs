@@ -95,11 +95,19 @@ impl Meter {
     /// histogram form).
     pub fn report(&mut self, now: f64) -> Value {
         self.advance(now);
-        let seconds: Vec<Value> = self
+        let mut seconds: Vec<Value> = self
             .history
             .iter()
             .map(|(t, c, r)| json!([t, c, r]))
             .collect();
+        // The second under way, as far as it has gone: the autoscaler averages only whole
+        // seconds, but must know a function was asked just now (a request answered in a few
+        // milliseconds after a wake leaves nothing in flight, and the function at its scale
+        // of one would look idle until the second ends).
+        let area = self.area + f64::from(self.inflight) * (now - self.last).max(0.0);
+        if area > 0.0 || self.arrivals > 0 {
+            seconds.push(json!([self.second, area, self.arrivals]));
+        }
         let mut cumulative = 0;
         let buckets: Vec<Value> = COLD_START_BUCKETS
             .iter()
@@ -144,6 +152,15 @@ mod tests {
             &json!([200, 1.0, 1.0])
         );
         assert_eq!(r["seconds"].as_array().unwrap().len(), 3);
+        // A request come and gone within the second under way shows at once.
+        m.finished(201.0);
+        m.arrived(300.25);
+        m.finished(300.5);
+        let r = m.report(300.75);
+        assert_eq!(
+            r["seconds"].as_array().unwrap().last().unwrap(),
+            &json!([300, 0.25, 1])
+        );
     }
 
     #[test]

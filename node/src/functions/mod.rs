@@ -90,6 +90,8 @@ struct GateState {
     /// Whether this stretch without pods has had its in-process start (one per stretch: the
     /// instance bridges to the pods, it does not replace them).
     in_process_spent: bool,
+    /// An in-process start is under way.
+    in_process_starting: bool,
     /// The request that woke the revision onto the in-process instance and how long it
     /// waited, told on the first pod once it is ready.
     woken_by: Option<(String, Duration)>,
@@ -447,10 +449,11 @@ impl FunctionRouter {
         ) else {
             return;
         };
-        if st.in_process.is_some() || st.in_process_spent {
+        if st.in_process.is_some() || st.in_process_spent || st.in_process_starting {
             return;
         }
         st.in_process_spent = true;
+        st.in_process_starting = true;
         let network = local::PodNetwork {
             pods,
             pods_changed: self.pods_changed.subscribe(),
@@ -459,26 +462,29 @@ impl FunctionRouter {
         let gate = gate.clone();
         tokio::spawn(async move {
             let revision = plan.revision.clone();
-            let running = match starter.start(plan, network).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(revision, "function router: no start in process: {e}");
-                    return;
-                }
-            };
-            let Some(addr) = running.serving else { return };
+            let started = starter.start(plan, network).await;
             {
                 let mut st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
-                // A pod that got ready meanwhile wins; the instance is dropped (stopped).
-                if st.instances.is_empty() {
-                    st.in_process = Some(InProcessInstance {
-                        instance: Instance {
-                            addr,
-                            pod: String::new(),
-                        },
-                        started: Instant::now(),
-                        _running: running,
-                    });
+                st.in_process_starting = false;
+                match started {
+                    Ok(running) => match running.serving {
+                        // A pod that got ready meanwhile wins; the instance is dropped (stopped).
+                        Some(addr) if st.instances.is_empty() && st.in_process.is_none() => {
+                            st.in_process = Some(InProcessInstance {
+                                instance: Instance {
+                                    addr,
+                                    pod: String::new(),
+                                },
+                                started: Instant::now(),
+                                _running: running,
+                            });
+                        }
+                        _ => return,
+                    },
+                    Err(e) => {
+                        tracing::debug!(revision, "function router: no start in process: {e}");
+                        return;
+                    }
                 }
             }
             gate.changed.notify_waiters();
@@ -743,6 +749,12 @@ impl FunctionRouter {
 fn update_gate(gate: &Arc<Gate>, route: &RevisionRoute) -> Option<(Instance, String, Duration)> {
     let mut st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
     st.in_process_plan = route.in_process.clone();
+    if !route.has_pods && route.instances.is_empty() {
+        // At zero again (no pod at all, not even one that is starting): the next request
+        // may start it in process again. A pod that never gets ready keeps it spent, so a
+        // revision that cannot run is not served from the node agent for ever.
+        st.in_process_spent = false;
+    }
     if st.instances == route.instances && st.concurrency == route.concurrency {
         return None;
     }

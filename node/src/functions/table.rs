@@ -32,6 +32,8 @@ pub struct RevisionRoute {
     pub concurrency: u32,
     pub timeout: Duration,
     pub instances: Vec<Instance>,
+    /// Whether the revision has pods at all (ready or not, not being deleted).
+    pub has_pods: bool,
     /// How this node can start the revision in process, when it can.
     pub in_process: Option<Arc<super::local::Plan>>,
 }
@@ -110,17 +112,22 @@ pub fn build(
             continue;
         };
         let port = u16::try_from(api::knative::port(&rev.spec)).unwrap_or(8080);
+        let of_revision = |p: &&Arc<Pod>| {
+            p.metadata.namespace.as_ref() == Some(ns)
+                && p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(labels::REVISION))
+                    == Some(name)
+        };
+        let has_pods = pods
+            .iter()
+            .filter(of_revision)
+            .any(|p| p.metadata.deletion_timestamp.is_none());
         let instances = pods
             .iter()
-            .filter(|p| {
-                p.metadata.namespace.as_ref() == Some(ns)
-                    && p.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(labels::REVISION))
-                        == Some(name)
-                    && pod_ready(p)
-            })
+            .filter(of_revision)
+            .filter(|p| pod_ready(p))
             .filter_map(|p| {
                 let ip: IpAddr = p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
                 Some(Instance {
@@ -144,6 +151,7 @@ pub fn build(
                     .max(1),
                 ),
                 instances,
+                has_pods,
                 in_process: super::local::plan(rev, node).ok().map(Arc::new),
             },
         );
