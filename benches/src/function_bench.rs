@@ -55,6 +55,20 @@ struct Args {
     /// Requests of the containerConcurrency 1 check (64 clients).
     #[arg(long, default_value_t = 100_000)]
     single_requests: usize,
+    /// The parts to run (router, cold, burst, step, single, split, three), comma-separated;
+    /// all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Milliseconds a cold-start round waits after the function reached zero (0: none; a
+    /// diagnostic, to see what the scale-down's own work costs the next cold start).
+    #[arg(long, default_value_t = 0)]
+    settle_ms: u64,
+}
+
+impl Args {
+    fn wants(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
 }
 
 const API: &str = "https://127.0.9.1:6443";
@@ -272,6 +286,7 @@ async fn cold_starts(
     prefix: &str,
     rounds: usize,
     routers: &[String],
+    settle_ms: u64,
 ) -> anyhow::Result<Histogram<u64>> {
     let names: Vec<String> = (0..COLD_FUNCTIONS)
         .map(|i| format!("{prefix}{i}"))
@@ -291,6 +306,11 @@ async fn cold_starts(
     for name in &names {
         ready(api, name).await?;
     }
+    // A new connection each round, as a first request has (the client keeps none).
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(60))
+        .build()?;
     let mut cold = Histogram::<u64>::new(3)?;
     for round in 0..rounds {
         let name = &names[round % COLD_FUNCTIONS];
@@ -300,10 +320,7 @@ async fn cold_starts(
             Ok((replicas == 0 && pods == 0).then_some(()))
         })
         .await?;
-        // A new connection each round, as a first request has.
-        let fresh = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?;
+        tokio::time::sleep(Duration::from_millis(settle_ms)).await;
         let router = &routers[round % routers.len()];
         let t = Instant::now();
         get_at(&fresh, router, &host(name))
@@ -352,111 +369,123 @@ async fn run(args: &Args, data: &std::path::Path) -> anyhow::Result<()> {
     .await?;
 
     // --- the router's cost: warm, through the router and direct ---------------------------
-    api.apply(
-        "warm",
-        ksvc(
+    if args.wants("router") {
+        api.apply(
             "warm",
-            json!({"autoscaling.knative.dev/min-scale": "1"}),
-            "warm",
-            None,
-        ),
-    )
-    .await?;
-    ready(&api, "warm").await?;
-    let pods = api
+            ksvc(
+                "warm",
+                json!({"autoscaling.knative.dev/min-scale": "1"}),
+                "warm",
+                None,
+            ),
+        )
+        .await?;
+        ready(&api, "warm").await?;
+        let pods = api
         .get("/api/v1/namespaces/default/pods?labelSelector=serving.knative.dev%2Fservice%3Dwarm")
         .await?;
-    let pod_ip = pods["items"][0]["status"]["podIP"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let direct = format!("http://{pod_ip}:8080/");
-    let routed64 = wrk(
-        &format!("{ROUTER}/"),
-        Some(&host("warm")),
-        2,
-        64,
-        args.wrk_seconds,
-    )?;
-    let routed1 = wrk(
-        &format!("{ROUTER}/"),
-        Some(&host("warm")),
-        1,
-        1,
-        args.wrk_seconds,
-    )?;
-    let direct64 = wrk(&direct, None, 2, 64, args.wrk_seconds)?;
-    let direct1 = wrk(&direct, None, 1, 1, args.wrk_seconds)?;
-    println!(
-        "{}",
-        json!({"op": "warm hello through the router", "wrk": "-t2 -c64", "result": routed64})
-    );
-    println!(
-        "{}",
-        json!({"op": "warm hello through the router", "wrk": "-t1 -c1", "result": routed1})
-    );
-    println!(
-        "{}",
-        json!({"op": "warm hello at its pod", "wrk": "-t2 -c64", "result": direct64})
-    );
-    println!(
-        "{}",
-        json!({"op": "warm hello at its pod", "wrk": "-t1 -c1", "result": direct1})
-    );
-    println!(
-        "{}",
-        json!({"op": "router's added latency at one connection (p50, µs)",
+        let pod_ip = pods["items"][0]["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let direct = format!("http://{pod_ip}:8080/");
+        let routed64 = wrk(
+            &format!("{ROUTER}/"),
+            Some(&host("warm")),
+            2,
+            64,
+            args.wrk_seconds,
+        )?;
+        let routed1 = wrk(
+            &format!("{ROUTER}/"),
+            Some(&host("warm")),
+            1,
+            1,
+            args.wrk_seconds,
+        )?;
+        let direct64 = wrk(&direct, None, 2, 64, args.wrk_seconds)?;
+        let direct1 = wrk(&direct, None, 1, 1, args.wrk_seconds)?;
+        println!(
+            "{}",
+            json!({"op": "warm hello through the router", "wrk": "-t2 -c64", "result": routed64})
+        );
+        println!(
+            "{}",
+            json!({"op": "warm hello through the router", "wrk": "-t1 -c1", "result": routed1})
+        );
+        println!(
+            "{}",
+            json!({"op": "warm hello at its pod", "wrk": "-t2 -c64", "result": direct64})
+        );
+        println!(
+            "{}",
+            json!({"op": "warm hello at its pod", "wrk": "-t1 -c1", "result": direct1})
+        );
+        println!(
+            "{}",
+            json!({"op": "router's added latency at one connection (p50, µs)",
         "added_p50_us": routed1["p50_us"].as_f64().unwrap_or(0.0) - direct1["p50_us"].as_f64().unwrap_or(0.0)})
-    );
-    if let Some(wasmtime) = &args.wasmtime {
-        let mut serve = Command::new(wasmtime)
-            .args([
-                "serve",
-                "-S",
-                "cli=y",
-                "--env",
-                "HOSTNAME=bench",
-                "--addr",
-                "127.0.9.2:8080",
-            ])
-            .arg(args.examples.join("hello_world.wasm"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect("127.0.9.2:8080").is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "wasmtime serve never listened");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let w64 = wrk("http://127.0.9.2:8080/", None, 2, 64, args.wrk_seconds);
-        let w1 = wrk("http://127.0.9.2:8080/", None, 1, 1, args.wrk_seconds);
-        let _ = serve.kill();
-        let _ = serve.wait();
-        let (w64, w1) = (w64?, w1?);
-        println!(
-            "{}",
-            json!({"op": "hello under wasmtime serve", "wrk": "-t2 -c64", "result": w64})
         );
-        println!(
-            "{}",
-            json!({"op": "hello under wasmtime serve", "wrk": "-t1 -c1", "result": w1})
-        );
-        println!(
-            "{}",
-            json!({"op": "throughput ratio router/wasmtime serve (-c64)",
+        if let Some(wasmtime) = &args.wasmtime {
+            let mut serve = Command::new(wasmtime)
+                .args([
+                    "serve",
+                    "-S",
+                    "cli=y",
+                    "--env",
+                    "HOSTNAME=bench",
+                    "--addr",
+                    "127.0.9.2:8080",
+                ])
+                .arg(args.examples.join("hello_world.wasm"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while std::net::TcpStream::connect("127.0.9.2:8080").is_err() {
+                anyhow::ensure!(Instant::now() < deadline, "wasmtime serve never listened");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let w64 = wrk("http://127.0.9.2:8080/", None, 2, 64, args.wrk_seconds);
+            let w1 = wrk("http://127.0.9.2:8080/", None, 1, 1, args.wrk_seconds);
+            let _ = serve.kill();
+            let _ = serve.wait();
+            let (w64, w1) = (w64?, w1?);
+            println!(
+                "{}",
+                json!({"op": "hello under wasmtime serve", "wrk": "-t2 -c64", "result": w64})
+            );
+            println!(
+                "{}",
+                json!({"op": "hello under wasmtime serve", "wrk": "-t1 -c1", "result": w1})
+            );
+            println!(
+                "{}",
+                json!({"op": "throughput ratio router/wasmtime serve (-c64)",
             "ratio": (routed64["requests_per_s"].as_f64().unwrap_or(0.0) / w64["requests_per_s"].as_f64().unwrap_or(1.0) * 100.0).round() / 100.0})
-        );
+            );
+        }
     }
 
     // --- cold start -------------------------------------------------------------------------
-    let cold = cold_starts(&api, "cold", args.rounds, &[ROUTER.to_string()]).await?;
-    println!(
-        "{}",
-        json!({"op": "cold start from zero pods, Wasm hello, one node", "result": summary(&cold)})
-    );
+    if args.wants("cold") {
+        let cold = cold_starts(
+            &api,
+            "cold",
+            args.rounds,
+            &[ROUTER.to_string()],
+            args.settle_ms,
+        )
+        .await?;
+        println!(
+            "{}",
+            json!({"op": "cold start from zero pods, Wasm hello, one node", "result": summary(&cold)})
+        );
+    }
 
     // --- burst from zero ---------------------------------------------------------------------
-    api.apply(
+    if args.wants("burst") {
+        api.apply(
         "burst",
         ksvc(
             "burst",
@@ -466,73 +495,76 @@ async fn run(args: &Args, data: &std::path::Path) -> anyhow::Result<()> {
         ),
     )
     .await?;
-    ready(&api, "burst").await?;
-    api.until(120, "the burst function to reach zero", || async {
-        let (replicas, pods) = api.scale("burst-00001").await?;
-        Ok((replicas == 0 && pods == 0).then_some(()))
-    })
-    .await?;
-    let errors = Arc::new(AtomicU64::new(0));
-    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
-    let per_client = args.burst_requests / args.burst_clients.max(1);
-    let started = Instant::now();
-    let scale_watch = {
-        let (http, token) = (api.http.clone(), api.token.clone());
-        tokio::spawn(async move {
-            let api = Api { http, token };
-            let mut seen: Vec<(Duration, i64)> = Vec::new();
-            loop {
-                if let Ok((r, _)) = api.scale("burst-00001").await {
-                    if seen.last().is_none_or(|(_, last)| *last != r) {
-                        seen.push((started.elapsed(), r));
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                if started.elapsed() > Duration::from_secs(30) {
-                    return seen;
-                }
-            }
+        ready(&api, "burst").await?;
+        api.until(120, "the burst function to reach zero", || async {
+            let (replicas, pods) = api.scale("burst-00001").await?;
+            Ok((replicas == 0 && pods == 0).then_some(()))
         })
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.burst_clients {
-        let (client, errors, first_error) = (client.clone(), errors.clone(), first_error.clone());
-        tasks.spawn(async move {
-            let mut h = Histogram::<u64>::new(3).expect("a histogram");
-            for _ in 0..per_client {
-                let t = Instant::now();
-                match get_once(&client, &host("burst")).await {
-                    Ok(_) => h.record(t.elapsed().as_micros() as u64).expect("in range"),
-                    Err(e) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        first_error.lock().unwrap().get_or_insert(e);
+        .await?;
+        let errors = Arc::new(AtomicU64::new(0));
+        let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+        let per_client = args.burst_requests / args.burst_clients.max(1);
+        let started = Instant::now();
+        let scale_watch = {
+            let (http, token) = (api.http.clone(), api.token.clone());
+            tokio::spawn(async move {
+                let api = Api { http, token };
+                let mut seen: Vec<(Duration, i64)> = Vec::new();
+                loop {
+                    if let Ok((r, _)) = api.scale("burst-00001").await {
+                        if seen.last().is_none_or(|(_, last)| *last != r) {
+                            seen.push((started.elapsed(), r));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if started.elapsed() > Duration::from_secs(30) {
+                        return seen;
                     }
                 }
-            }
-            h
-        });
-    }
-    let mut burst = Histogram::<u64>::new(3)?;
-    while let Some(h) = tasks.join_next().await {
-        burst.add(h?)?;
-    }
-    let took = started.elapsed();
-    let seen = scale_watch.await?;
-    let peak = seen.iter().map(|(_, r)| *r).max().unwrap_or(0);
-    let reached = seen
-        .iter()
-        .find(|(_, r)| *r == peak)
-        .map(|(t, _)| t.as_secs_f64());
-    println!(
-        "{}",
-        json!({"op": "burst from zero", "clients": args.burst_clients, "requests": per_client * args.burst_clients,
+            })
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..args.burst_clients {
+            let (client, errors, first_error) =
+                (client.clone(), errors.clone(), first_error.clone());
+            tasks.spawn(async move {
+                let mut h = Histogram::<u64>::new(3).expect("a histogram");
+                for _ in 0..per_client {
+                    let t = Instant::now();
+                    match get_once(&client, &host("burst")).await {
+                        Ok(_) => h.record(t.elapsed().as_micros() as u64).expect("in range"),
+                        Err(e) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            first_error.lock().unwrap().get_or_insert(e);
+                        }
+                    }
+                }
+                h
+            });
+        }
+        let mut burst = Histogram::<u64>::new(3)?;
+        while let Some(h) = tasks.join_next().await {
+            burst.add(h?)?;
+        }
+        let took = started.elapsed();
+        let seen = scale_watch.await?;
+        let peak = seen.iter().map(|(_, r)| *r).max().unwrap_or(0);
+        let reached = seen
+            .iter()
+            .find(|(_, r)| *r == peak)
+            .map(|(t, _)| t.as_secs_f64());
+        println!(
+            "{}",
+            json!({"op": "burst from zero", "clients": args.burst_clients, "requests": per_client * args.burst_clients,
         "errors": errors.load(Ordering::Relaxed), "first_error": *first_error.lock().unwrap(), "took_s": took.as_secs_f64(),
         "latency": summary(&burst), "peak_scale": peak, "peak_reached_s": reached,
         "scale_steps": seen.iter().map(|(t, r)| json!([(t.as_secs_f64() * 1000.0).round() / 1000.0, r])).collect::<Vec<_>>()})
-    );
+        );
+    }
 
     // --- step from 10 to 500 concurrent clients -----------------------------------------------
-    api.apply(
+    if args.wants("step") {
+        api.apply(
         "step",
         ksvc(
             "step",
@@ -542,65 +574,68 @@ async fn run(args: &Args, data: &std::path::Path) -> anyhow::Result<()> {
         ),
     )
     .await?;
-    ready(&api, "step").await?;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let step_errors = Arc::new(AtomicU64::new(0));
-    let load = |clients: usize| {
-        (0..clients)
-            .map(|_| {
-                let (client, stop, errors) = (client.clone(), stop.clone(), step_errors.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        if get_once(&client, &host("step")).await.is_err() {
-                            errors.fetch_add(1, Ordering::Relaxed);
+        ready(&api, "step").await?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let step_errors = Arc::new(AtomicU64::new(0));
+        let load = |clients: usize| {
+            (0..clients)
+                .map(|_| {
+                    let (client, stop, errors) =
+                        (client.clone(), stop.clone(), step_errors.clone());
+                    tokio::spawn(async move {
+                        while !stop.load(Ordering::Relaxed) {
+                            if get_once(&client, &host("step")).await.is_err() {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
-                    }
+                    })
                 })
-            })
-            .collect::<Vec<_>>()
-    };
-    let mut clients = load(10);
-    // The stable window (60 s by default) sees 10 clients for a while: the autoscaler settles.
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let (before, _) = api.ready_scale("step-00001").await?;
-    let stepped = Instant::now();
-    clients.extend(load(490));
-    let mut seen: Vec<(f64, i64, usize)> = Vec::new();
-    while stepped.elapsed() < Duration::from_secs(15) {
-        if let Ok((replicas, ready)) = api.ready_scale("step-00001").await {
-            if seen
-                .last()
-                .is_none_or(|(_, r, n)| *r != replicas || *n != ready)
-            {
-                seen.push((stepped.elapsed().as_secs_f64(), replicas, ready));
+                .collect::<Vec<_>>()
+        };
+        let mut clients = load(10);
+        // The stable window (60 s by default) sees 10 clients for a while: the autoscaler settles.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (before, _) = api.ready_scale("step-00001").await?;
+        let stepped = Instant::now();
+        clients.extend(load(490));
+        let mut seen: Vec<(f64, i64, usize)> = Vec::new();
+        while stepped.elapsed() < Duration::from_secs(15) {
+            if let Ok((replicas, ready)) = api.ready_scale("step-00001").await {
+                if seen
+                    .last()
+                    .is_none_or(|(_, r, n)| *r != replicas || *n != ready)
+                {
+                    seen.push((stepped.elapsed().as_secs_f64(), replicas, ready));
+                }
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        let _ = c.await;
-    }
-    let target = seen.iter().map(|(_, r, _)| *r).max().unwrap_or(0);
-    let asked = seen
-        .iter()
-        .find(|(_, r, _)| *r == target)
-        .map(|(t, _, _)| *t);
-    let ready_at = seen
-        .iter()
-        .find(|(_, _, n)| *n as i64 >= target)
-        .map(|(t, _, _)| *t);
-    println!(
-        "{}",
-        json!({"op": "step from 10 to 500 concurrent", "scale_before": before, "target": target,
+        stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            let _ = c.await;
+        }
+        let target = seen.iter().map(|(_, r, _)| *r).max().unwrap_or(0);
+        let asked = seen
+            .iter()
+            .find(|(_, r, _)| *r == target)
+            .map(|(t, _, _)| *t);
+        let ready_at = seen
+            .iter()
+            .find(|(_, _, n)| *n as i64 >= target)
+            .map(|(t, _, _)| *t);
+        println!(
+            "{}",
+            json!({"op": "step from 10 to 500 concurrent", "scale_before": before, "target": target,
         "target_asked_s": asked, "target_ready_s": ready_at, "errors": step_errors.load(Ordering::Relaxed)})
-    );
-    api.delete_ksvc("step").await?;
+        );
+        api.delete_ksvc("step").await?;
+    }
 
     // --- containerConcurrency 1 under 64 clients ---------------------------------------------
-    // examples/inflight takes a mark in its pod's emptyDir for each request and answers
-    // "violation" when another request holds it.
-    api.apply(
+    if args.wants("single") {
+        // examples/inflight takes a mark in its pod's emptyDir for each request and answers
+        // "violation" when another request holds it.
+        api.apply(
         "single",
         json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "single"},
             "spec": {"template": {"spec": {"containerConcurrency": 1,
@@ -608,137 +643,144 @@ async fn run(args: &Args, data: &std::path::Path) -> anyhow::Result<()> {
                 "volumes": [{"name": "data", "emptyDir": {}}]}}}}),
     )
     .await?;
-    ready(&api, "single").await?;
-    let violations = Arc::new(AtomicU64::new(0));
-    let single_errors = Arc::new(AtomicU64::new(0));
-    let single_first_error = Arc::new(std::sync::Mutex::new(None::<String>));
-    let per_client = args.single_requests / 64;
-    let t = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..64 {
-        let (client, violations, errors, first) = (
-            client.clone(),
-            violations.clone(),
-            single_errors.clone(),
-            single_first_error.clone(),
-        );
-        tasks.spawn(async move {
-            for _ in 0..per_client {
-                match get_once(&client, &host("single")).await {
-                    Ok(body) if body.starts_with("violation") => {
-                        violations.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        first.lock().unwrap().get_or_insert(e);
+        ready(&api, "single").await?;
+        let violations = Arc::new(AtomicU64::new(0));
+        let single_errors = Arc::new(AtomicU64::new(0));
+        let single_first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+        let per_client = args.single_requests / 64;
+        let t = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let (client, violations, errors, first) = (
+                client.clone(),
+                violations.clone(),
+                single_errors.clone(),
+                single_first_error.clone(),
+            );
+            tasks.spawn(async move {
+                for _ in 0..per_client {
+                    match get_once(&client, &host("single")).await {
+                        Ok(body) if body.starts_with("violation") => {
+                            violations.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            first.lock().unwrap().get_or_insert(e);
+                        }
                     }
                 }
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r?;
-    }
-    let (single_scale, _) = api.ready_scale("single-00001").await?;
-    println!(
-        "{}",
-        json!({"op": "containerConcurrency 1, 64 clients", "requests": per_client * 64,
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r?;
+        }
+        let (single_scale, _) = api.ready_scale("single-00001").await?;
+        println!(
+            "{}",
+            json!({"op": "containerConcurrency 1, 64 clients", "requests": per_client * 64,
         "violations": violations.load(Ordering::Relaxed), "errors": single_errors.load(Ordering::Relaxed),
         "first_error": *single_first_error.lock().unwrap(), "took_s": t.elapsed().as_secs_f64(), "scale": single_scale})
-    );
-    api.delete_ksvc("single").await?;
+        );
+        api.delete_ksvc("single").await?;
+    }
 
     // --- split -------------------------------------------------------------------------------
-    api.apply(
-        "split",
-        ksvc(
+    if args.wants("split") {
+        api.apply(
             "split",
-            json!({"autoscaling.knative.dev/min-scale": "1"}),
-            "one",
-            None,
-        ),
-    )
-    .await?;
-    ready(&api, "split").await?;
-    api.apply("split", ksvc("split", json!({"autoscaling.knative.dev/min-scale": "1"}), "two",
+            ksvc(
+                "split",
+                json!({"autoscaling.knative.dev/min-scale": "1"}),
+                "one",
+                None,
+            ),
+        )
+        .await?;
+        ready(&api, "split").await?;
+        api.apply("split", ksvc("split", json!({"autoscaling.knative.dev/min-scale": "1"}), "two",
         Some(json!([{"revisionName": "split-00001", "percent": 90}, {"latestRevision": true, "percent": 10}])))).await?;
-    api.until(120, "the split to be in place", || async {
-        let r = api
-            .get("/apis/serving.knative.dev/v1/namespaces/default/routes/split")
-            .await?;
-        Ok((r["status"]["traffic"].as_array().map_or(0, Vec::len) == 2).then_some(()))
-    })
-    .await?;
-    let mut newer = 0usize;
-    for _ in 0..args.split_requests {
-        let body = get_once(&client, &host("split"))
-            .await
-            .map_err(anyhow::Error::msg)?;
-        if body.contains("split-00002") {
-            newer += 1;
-        }
-    }
-    println!(
-        "{}",
-        json!({"op": "split 90/10", "requests": args.split_requests, "to_10_percent": newer,
-        "share": (newer as f64 / args.split_requests as f64 * 10000.0).round() / 100.0})
-    );
-    // A change of split: all to the new revision; how soon new requests follow it.
-    let t = Instant::now();
-    api.apply("split", ksvc("split", json!({"autoscaling.knative.dev/min-scale": "1"}), "two",
-        Some(json!([{"revisionName": "split-00001", "percent": 0}, {"latestRevision": true, "percent": 100}])))).await?;
-    loop {
-        let body = get_once(&client, &host("split"))
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let mut all_new = body.contains("split-00002");
-        for _ in 0..19 {
-            all_new &= get_once(&client, &host("split"))
+        api.until(120, "the split to be in place", || async {
+            let r = api
+                .get("/apis/serving.knative.dev/v1/namespaces/default/routes/split")
+                .await?;
+            Ok((r["status"]["traffic"].as_array().map_or(0, Vec::len) == 2).then_some(()))
+        })
+        .await?;
+        let mut newer = 0usize;
+        for _ in 0..args.split_requests {
+            let body = get_once(&client, &host("split"))
                 .await
-                .map_err(anyhow::Error::msg)?
-                .contains("split-00002");
+                .map_err(anyhow::Error::msg)?;
+            if body.contains("split-00002") {
+                newer += 1;
+            }
         }
-        if all_new {
-            break;
+        println!(
+            "{}",
+            json!({"op": "split 90/10", "requests": args.split_requests, "to_10_percent": newer,
+        "share": (newer as f64 / args.split_requests as f64 * 10000.0).round() / 100.0})
+        );
+        // A change of split: all to the new revision; how soon new requests follow it.
+        let t = Instant::now();
+        api.apply("split", ksvc("split", json!({"autoscaling.knative.dev/min-scale": "1"}), "two",
+        Some(json!([{"revisionName": "split-00001", "percent": 0}, {"latestRevision": true, "percent": 100}])))).await?;
+        loop {
+            let body = get_once(&client, &host("split"))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let mut all_new = body.contains("split-00002");
+            for _ in 0..19 {
+                all_new &= get_once(&client, &host("split"))
+                    .await
+                    .map_err(anyhow::Error::msg)?
+                    .contains("split-00002");
+            }
+            if all_new {
+                break;
+            }
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(30),
+                "the new split never took effect"
+            );
         }
-        anyhow::ensure!(
-            t.elapsed() < Duration::from_secs(30),
-            "the new split never took effect"
+        println!(
+            "{}",
+            json!({"op": "a changed split reaches new requests", "after_ms": t.elapsed().as_millis()})
         );
     }
-    println!(
-        "{}",
-        json!({"op": "a changed split reaches new requests", "after_ms": t.elapsed().as_millis()})
-    );
+
     // --- three nodes -------------------------------------------------------------------------
-    let nodes = join_nodes(args, data, 2).await?;
-    api.until(60, "the two new nodes to be Ready", || async {
-        let list = api.get("/api/v1/nodes").await?;
-        let ready = list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| {
-                n["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-            .count();
-        Ok((ready == 3).then_some(()))
-    })
-    .await?;
-    let routers: Vec<String> = std::iter::once(ROUTER.to_string())
-        .chain(nodes.addresses.iter().map(|a| format!("http://{a}:80")))
-        .collect();
-    let cold3 = cold_starts(&api, "three", args.rounds, &routers).await?;
-    println!(
-        "{}",
-        json!({"op": "cold start from zero pods, Wasm hello, three nodes", "result": summary(&cold3)})
-    );
-    drop(nodes);
+    if args.wants("three") {
+        let nodes = join_nodes(args, data, 2).await?;
+        api.until(60, "the two new nodes to be Ready", || async {
+            let list = api.get("/api/v1/nodes").await?;
+            let ready = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|n| {
+                    n["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+                .count();
+            Ok((ready == 3).then_some(()))
+        })
+        .await?;
+        let routers: Vec<String> = std::iter::once(ROUTER.to_string())
+            .chain(nodes.addresses.iter().map(|a| format!("http://{a}:80")))
+            .collect();
+        let cold3 = cold_starts(&api, "three", args.rounds, &routers, args.settle_ms).await?;
+        println!(
+            "{}",
+            json!({"op": "cold start from zero pods, Wasm hello, three nodes", "result": summary(&cold3)})
+        );
+        drop(nodes);
+    }
+
     Ok(())
 }
 

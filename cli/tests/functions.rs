@@ -216,6 +216,30 @@ fn a_knative_service_gets_a_url_answers_splits_traffic_and_scales_to_zero_and_ba
     assert!(body.contains("no traffic targets"), "{body}");
     up.ok(&["delete", "ksvc", "latest-hello", "missing"]);
 
+    // A function that crashes on every request: each request gets its 500 at once, and the
+    // other functions answer as before.
+    up.import("inflight.wasm", "inflight:v1");
+    up.apply(
+        "crashy.yaml",
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: crashy}\nspec:\n  template:\n    metadata:\n      annotations: {autoscaling.knative.dev/min-scale: \"1\"}\n    spec:\n      timeoutSeconds: 30\n      containers: [{image: \"inflight:v1\"}]\n",
+    );
+    up.until(60, "the crashing function to be Ready", || {
+        ksvc_ready(&up, "crashy")
+    });
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (code, body) = get(router, "crashy.default.example.com", "/?crash").unwrap();
+        assert_eq!(code, 500, "{body}");
+        assert!(
+            body.contains("asked to crash") || body.contains("wasm trap"),
+            "{body}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+    let (code, _) = get(router, "hello.default.example.com", "/").unwrap();
+    assert_eq!(code, 200);
+    up.ok(&["delete", "ksvc", "crashy"]);
+
     // A Deployment that a revision would have, made by someone else first: the revision
     // leaves it alone (whoever may create a Knative Service must not rewrite it) and says so.
     up.apply(

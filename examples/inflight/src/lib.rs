@@ -2,7 +2,8 @@
 //! `/data` volume (an emptyDir; `mkdir` is atomic across the pod's instances), holds it for
 //! `?hold=MS` milliseconds (default 2) and gives it back. It answers `ok`, or `violation`
 //! when the mark was already taken — a second request in flight at once, which
-//! `containerConcurrency: 1` must never let happen.
+//! `containerConcurrency: 1` must never let happen. `?crash` traps instead (a function that
+//! crashes on every request).
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -19,6 +20,9 @@ struct Inflight;
 impl Guest for Inflight {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
+        if path.contains("crash") {
+            panic!("asked to crash");
+        }
         let hold = path
             .split_once("hold=")
             .and_then(|(_, v)| v.split('&').next()?.parse::<u64>().ok())

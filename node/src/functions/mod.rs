@@ -552,7 +552,6 @@ impl FunctionRouter {
         let gate = self.gate(&share.revision);
         let arrival = Arrival::new(gate.clone());
         let started = Instant::now();
-        let what = format!("{} {host}{}", req.method(), req.uri().path());
         let (slot, woken) =
             match tokio::time::timeout(timeout, self.acquire(&share.revision, &gate)).await {
                 Ok(Ok(got)) => got,
@@ -579,6 +578,7 @@ impl FunctionRouter {
                 }
             };
         if let Some(inst) = woken {
+            let what = format!("{} {host}{}", req.method(), req.uri().path());
             if inst.pod.is_empty() {
                 // Told on the first pod, once one is ready.
                 gate.state
