@@ -339,21 +339,26 @@ struct ColdStarts {
 }
 
 impl ColdStarts {
-    /// Adds one router's report (counts that are not finite or are negative count as 0).
+    /// Adds one router's report (counts that are not finite or are negative count as 0, and
+    /// at most 10¹² each; at most 32 bucket bounds, as a router has 13).
     fn add(&mut self, report: &Value) {
+        const MOST: f64 = 1e12;
         let n = |v: &Value| {
             v.as_f64()
-                .filter(|v| v.is_finite() && *v >= 0.0)
+                .filter(|v| v.is_finite())
                 .unwrap_or(0.0)
+                .clamp(0.0, MOST)
         };
         self.count += n(&report["count"]);
         self.sum += n(&report["sum"]);
         self.in_process += n(&report["inProcess"]);
         for b in report["buckets"].as_array().into_iter().flatten() {
             let Some(le) = b[0].as_str() else { continue };
+            let room = self.buckets.len() < 32 && le.len() <= 16;
             match self.buckets.iter_mut().find(|(l, _)| l == le) {
                 Some((_, c)) => *c += n(&b[1]),
-                None => self.buckets.push((le.to_string(), n(&b[1]))),
+                None if room => self.buckets.push((le.to_string(), n(&b[1]))),
+                None => {}
             }
         }
     }

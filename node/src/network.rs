@@ -197,6 +197,12 @@ impl PodNet {
         let (Some(policies), Some(marks)) = (self.policies.get(), self.marks.get()) else {
             return Ok(());
         };
+        // Before the first list an empty cache would read as "no policies" (after a restart,
+        // the first pods would start unguarded).
+        tokio::time::timeout(POLICY_WAIT, policies.wait_until_ready())
+            .await
+            .map_err(|_| anyhow::anyhow!("the NetworkPolicies are not known yet"))?
+            .map_err(|_| anyhow::anyhow!("the NetworkPolicy watch has stopped"))?;
         let ns = pod.metadata.namespace.as_deref();
         if !policies
             .state()
@@ -532,10 +538,16 @@ async fn run_proxy(
     caches.ready().await;
     let mut changed = Changed::ALL;
     loop {
-        // Read before the snapshot: every pod asked for by then is in it.
+        // Read before the snapshot: every pod asked for by then is in it. An ask whose mark
+        // this batch missed (taken just before it was set) still gets its pods recomputed.
         let asked = net.syncs_asked.load(std::sync::atomic::Ordering::SeqCst);
+        if asked > *net.synced.borrow() {
+            changed = changed.union(Changed::of(&[Kind::Pods]));
+        }
         let retry = state.sync(&LinuxHost, changed, &caches.snapshot()).await;
-        if retry.is_empty() {
+        // The policy rules are in place unless their part failed (another kind's failure,
+        // a Service the host refused, must not hold every pod start back).
+        if !retry.any(&[Kind::Pods, Kind::NetworkPolicies, Kind::Namespaces]) {
             net.synced.send_if_modified(|done| {
                 let newer = asked > *done;
                 *done = (*done).max(asked);

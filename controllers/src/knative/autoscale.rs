@@ -301,7 +301,9 @@ pub async fn run(ctx: Arc<Context>) {
             let k = key(&rev);
             let ready = ready_pods.get(&k).copied().unwrap_or(0);
             let mut settings = Settings::of(&rev, ctx.grace);
-            if !routed.contains(&k) {
+            // A revision not yet Ready is not unreachable but pending (a route following the
+            // latest revision moves to it once it is): its min-scale holds.
+            if !routed.contains(&k) && super::ready_once(&rev) {
                 settings.min_scale = 0;
             }
             let rev_stats = stats.revisions.get(&k).cloned().unwrap_or_default();

@@ -92,6 +92,20 @@ pub fn plan(rev: &Revision, node: Option<&Node>) -> Result<Plan, &'static str> {
     {
         return Err("the container's environment refers to other objects");
     }
+    // An image its pod would pull again (`Always`, the default for `:latest` and no tag) may
+    // have moved since the node took it: only a digest says the node holds the same one.
+    let image = own.image.as_deref().unwrap_or_default();
+    let latest = {
+        let last = image.rsplit('/').next().unwrap_or(image);
+        !last.contains(':') || last.ends_with(":latest")
+    };
+    let policy =
+        own.image_pull_policy
+            .as_deref()
+            .unwrap_or(if latest { "Always" } else { "IfNotPresent" });
+    if policy == "Always" && !image.contains("@sha256:") {
+        return Err("its pod pulls the image on every start (imagePullPolicy Always)");
+    }
     if own.readiness_probe.is_some() || own.startup_probe.is_some() {
         return Err("the container has a readiness or startup probe");
     }
@@ -185,13 +199,41 @@ impl PodNetwork {
         })
     }
 
-    /// Waits (at most [`NETWORK_WAIT`]) for a pod of `revision` to run on this node.
+    /// Whether a live pod of `revision` is bound to another node and none to this one: then
+    /// no pod will run here to lend its network.
+    fn only_elsewhere(&self, revision: &str) -> bool {
+        let Some((ns, name)) = revision.split_once('/') else {
+            return false;
+        };
+        let bound: Vec<String> = self
+            .pods
+            .state()
+            .iter()
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == Some(ns)
+                    && p.metadata.deletion_timestamp.is_none()
+                    && p.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(labels::REVISION))
+                        .is_some_and(|r| r == name)
+            })
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect();
+        !bound.is_empty() && !bound.contains(&self.node_name)
+    }
+
+    /// Waits (at most [`NETWORK_WAIT`]) for a pod of `revision` to run on this node; gives up
+    /// at once when its pods are bound elsewhere.
     async fn wait_for_pod(&self, revision: &str) -> Option<String> {
         let mut changed = self.pods_changed.clone();
         let wait = async {
             loop {
                 if let Some(uid) = self.running_pod(revision) {
                     return Some(uid);
+                }
+                if self.only_elsewhere(revision) {
+                    return None;
                 }
                 if changed.changed().await.is_err() {
                     return None;
@@ -229,7 +271,7 @@ impl runtime::outbound::Outbound for BorrowedNetwork {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::ConnectionRefused,
                     format!(
-                        "no pod of revision {revision} runs on this node yet, and the function \
+                        "no pod of revision {revision} runs on this node, and the function \
                          answered from the node agent makes no connection but through one"
                     ),
                 ));
@@ -388,47 +430,47 @@ mod tests {
         let ok = json!({});
         let cases = [
             (
-                json!({"containers": [{"image": "a"}, {"image": "b"}]}),
+                json!({"containers": [{"image": "a:v1"}, {"image": "b"}]}),
                 ok.clone(),
             ),
             (
-                json!({"containers": [{"image": "a"}], "initContainers": [{"name": "i", "image": "b"}]}),
+                json!({"containers": [{"image": "a:v1"}], "initContainers": [{"name": "i", "image": "b"}]}),
                 ok.clone(),
             ),
             (
-                json!({"containers": [{"image": "a"}], "volumes": [{"name": "v", "emptyDir": {}}]}),
+                json!({"containers": [{"image": "a:v1"}], "volumes": [{"name": "v", "emptyDir": {}}]}),
                 ok.clone(),
             ),
             (
-                json!({"containers": [{"image": "a", "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}),
+                json!({"containers": [{"image": "a:v1", "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}),
                 ok.clone(),
             ),
             (
-                json!({"containers": [{"image": "a", "envFrom": [{"configMapRef": {"name": "c"}}]}]}),
+                json!({"containers": [{"image": "a:v1", "envFrom": [{"configMapRef": {"name": "c"}}]}]}),
                 ok.clone(),
             ),
             (
-                json!({"containers": [{"image": "a", "readinessProbe": {"tcpSocket": {"port": 8080}}}]}),
+                json!({"containers": [{"image": "a:v1", "readinessProbe": {"tcpSocket": {"port": 8080}}}]}),
                 ok.clone(),
             ),
             (
-                json!({"containers": [{"image": "a"}], "nodeSelector": {"disk": "ssd"}}),
+                json!({"containers": [{"image": "a:v1"}], "nodeSelector": {"disk": "ssd"}}),
                 ok.clone(),
             ),
             (
-                json!({"containers": [{"image": "a"}], "runtimeClassName": "oci"}),
+                json!({"containers": [{"image": "a:v1"}], "runtimeClassName": "oci"}),
                 ok.clone(),
             ),
             (
-                json!({"containers": [{"image": "a"}], "hostNetwork": true}),
+                json!({"containers": [{"image": "a:v1"}], "hostNetwork": true}),
                 ok.clone(),
             ),
             (
-                json!({"containers": [{"image": "a"}]}),
+                json!({"containers": [{"image": "a:v1"}]}),
                 json!({"unschedulable": true}),
             ),
             (
-                json!({"containers": [{"image": "a"}]}),
+                json!({"containers": [{"image": "a:v1"}]}),
                 json!({"taints": [{"key": "k", "effect": "NoSchedule"}]}),
             ),
         ];
@@ -439,8 +481,26 @@ mod tests {
                 "{spec} on {node_spec}"
             );
         }
-        let rev = revision(json!({"containers": [{"image": "a"}]}));
+        let rev = revision(json!({"containers": [{"image": "a:v1"}]}));
         assert!(plan(&rev, None).is_err(), "a node that has not seen itself");
+        assert!(plan(&rev, Some(&node(json!({})))).is_ok());
+        for moving in [
+            json!({"containers": [{"image": "a"}]}),
+            json!({"containers": [{"image": "a:latest"}]}),
+            json!({"containers": [{"image": "a:v1", "imagePullPolicy": "Always"}]}),
+        ] {
+            assert!(
+                plan(&revision(moving.clone()), Some(&node(json!({})))).is_err(),
+                "{moving}"
+            );
+        }
+        let pinned = revision(
+            json!({"containers": [{"image": "reg/a@sha256:0123", "imagePullPolicy": "Always"}]}),
+        );
+        assert!(
+            plan(&pinned, Some(&node(json!({})))).is_ok(),
+            "pinned by digest"
+        );
         assert!(plan(
             &rev,
             Some(&node(

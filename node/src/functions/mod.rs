@@ -92,6 +92,10 @@ struct GateState {
     in_process_spent: bool,
     /// An in-process start is under way.
     in_process_starting: bool,
+    /// Whether a pod of the revision has existed since the last in-process start: only a
+    /// stretch at zero after one frees the next start (a revision whose pods the API refuses
+    /// — quota, Pod Security — is not served from the node agent instead).
+    pod_seen: bool,
     /// The request that woke the revision onto the in-process instance and how long it
     /// waited, told on the first pod once it is ready.
     woken_by: Option<(String, Duration)>,
@@ -145,6 +149,21 @@ impl GateState {
         let inst = best?.1.clone();
         *self.inflight.entry(inst.addr).or_default() += 1;
         Some(inst)
+    }
+
+    /// Whether a request would find a place now.
+    fn has_room(&self) -> bool {
+        let free = |addr: &SocketAddr| {
+            self.concurrency == 0
+                || self.inflight.get(addr).copied().unwrap_or(0) < self.concurrency
+        };
+        if self.instances.is_empty() {
+            self.in_process
+                .as_ref()
+                .is_some_and(|l| l.takes_requests() && free(&l.instance.addr))
+        } else {
+            self.instances.iter().any(|i| free(&i.addr))
+        }
     }
 
     /// Stops the in-process instance once it takes no new requests (a pod is ready, or its
@@ -392,9 +411,9 @@ impl FunctionRouter {
                 // served); a waiting one tries when woken.
                 let in_turn = waiting.is_some() || st.waiting == 0;
                 if let Some(inst) = in_turn.then(|| st.pick()).flatten() {
-                    // Others still waiting: the next one looks for a place too (several may
-                    // have freed, or come with new instances).
-                    let others = st.waiting > usize::from(waiting.is_some());
+                    // Others still waiting and room left: the next one takes a place too
+                    // (several may have freed, or come with new instances).
+                    let others = st.waiting > usize::from(waiting.is_some()) && st.has_room();
                     drop(st);
                     drop(waiting);
                     if others {
@@ -454,16 +473,22 @@ impl FunctionRouter {
         }
         st.in_process_spent = true;
         st.in_process_starting = true;
+        st.pod_seen = false;
         let network = local::PodNetwork {
             pods,
             pods_changed: self.pods_changed.subscribe(),
             node_name: self.node_name.clone(),
         };
         let gate = gate.clone();
+        let timeout = self
+            .table()
+            .revisions
+            .get(&plan.revision)
+            .map_or(Duration::from_secs(300), |r| r.timeout);
         tokio::spawn(async move {
             let revision = plan.revision.clone();
             let started = starter.start(plan, network).await;
-            {
+            let addr = {
                 let mut st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
                 st.in_process_starting = false;
                 match started {
@@ -478,6 +503,7 @@ impl FunctionRouter {
                                 started: Instant::now(),
                                 _running: running,
                             });
+                            addr
                         }
                         _ => return,
                     },
@@ -486,15 +512,26 @@ impl FunctionRouter {
                         return;
                     }
                 }
-            }
+            };
             gate.changed.notify_waiters();
-            // Its lifetime over, it goes even if no request or pod comes to retire it.
+            // Its lifetime over, it goes even if no request or pod comes to retire it; and
+            // when a request still holds it (a response that streams on), the revision's
+            // timeout later, whatever it holds.
             tokio::time::sleep(local::LIFETIME).await;
             gate.state
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .settle_in_process();
             gate.changed.notify_waiters();
+            tokio::time::sleep(timeout).await;
+            let mut st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st
+                .in_process
+                .as_ref()
+                .is_some_and(|l| l.instance.addr == addr)
+            {
+                st.in_process = None;
+            }
         });
     }
 
@@ -528,7 +565,8 @@ impl FunctionRouter {
             .or_else(|| req.uri().host().map(str::to_string))
             .unwrap_or_default();
         let table = self.table();
-        let in_cluster = self.cluster.contains(peer.ip());
+        let in_cluster =
+            self.cluster.contains(peer.ip()) || table.node_addresses.contains(&peer.ip());
         let Some(shares) = table.shares(&host, in_cluster) else {
             return plain(
                 StatusCode::NOT_FOUND,
@@ -580,11 +618,15 @@ impl FunctionRouter {
         if let Some(inst) = woken {
             let what = format!("{} {host}{}", req.method(), req.uri().path());
             if inst.pod.is_empty() {
-                // Told on the first pod, once one is ready.
-                gate.state
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .woken_by = Some((what, started.elapsed()));
+                // Told on the first pod, once one is ready (at once if one is already).
+                let mut st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+                match st.instances.first().cloned() {
+                    None => st.woken_by = Some((what, started.elapsed())),
+                    Some(first) => {
+                        drop(st);
+                        self.tell_woken(&share.revision, &first, &what, started.elapsed(), true);
+                    }
+                }
             } else {
                 self.tell_woken(&share.revision, &inst, &what, started.elapsed(), false);
             }
@@ -688,23 +730,23 @@ impl FunctionRouter {
             pods_writer,
             pods_marked,
         );
-        // This node itself: whether it may run a revision in process (cordons, taints).
-        kubeclient::reflect::spawn_with(
-            Api::all(self.client.clone()),
-            watcher::Config::default().fields(&format!("metadata.name={}", self.node_name)),
-            nodes_writer,
-            mark(&changed),
-        );
+        // The nodes: this one's cordon and taints (may it run a revision in process?) and
+        // every node's address (clients in the cluster).
+        kubeclient::reflect::spawn(Api::all(self.client.clone()), nodes_writer, mark(&changed));
         let router = self.clone();
         tokio::spawn(async move {
             loop {
                 changed.notified().await;
-                let node = nodes.state().first().cloned();
+                let all_nodes = nodes.state();
+                let node = all_nodes
+                    .iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(router.node_name.as_str()));
                 router.set_table(table::build(
                     &routes.state(),
                     &revisions.state(),
                     &pods.state(),
-                    node.as_deref(),
+                    node.map(|n| n.as_ref()),
+                    &all_nodes,
                 ));
             }
         });
@@ -749,11 +791,14 @@ impl FunctionRouter {
 fn update_gate(gate: &Arc<Gate>, route: &RevisionRoute) -> Option<(Instance, String, Duration)> {
     let mut st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
     st.in_process_plan = route.in_process.clone();
-    if !route.has_pods && route.instances.is_empty() {
-        // At zero again (no pod at all, not even one that is starting): the next request
-        // may start it in process again. A pod that never gets ready keeps it spent, so a
-        // revision that cannot run is not served from the node agent for ever.
+    if route.has_pods {
+        st.pod_seen = true;
+    } else if route.instances.is_empty() && st.pod_seen {
+        // At zero again after a pod: the next request may start it in process again. A pod
+        // that is never made, or never gets ready, keeps it spent, so a revision that cannot
+        // run is not served from the node agent for ever.
         st.in_process_spent = false;
+        st.pod_seen = false;
     }
     if st.instances == route.instances && st.concurrency == route.concurrency {
         return None;
@@ -833,6 +878,35 @@ mod tests {
             _running: runtime::Running::new(exit_rx, stop_tx),
         };
         (instance, stop_rx)
+    }
+
+    #[test]
+    fn an_in_process_start_is_spent_until_a_pod_has_come_and_gone() {
+        let gate = Arc::new(Gate::default());
+        let route = |has_pods: bool, instances: Vec<Instance>| RevisionRoute {
+            concurrency: 0,
+            timeout: Duration::from_secs(300),
+            instances,
+            has_pods,
+            in_process: None,
+        };
+        {
+            let mut st = gate.state.lock().unwrap();
+            st.in_process_spent = true;
+        }
+        // The API makes no pod (quota, Pod Security): still spent, however often it looks.
+        update_gate(&gate, &route(false, vec![]));
+        update_gate(&gate, &route(false, vec![]));
+        assert!(gate.state.lock().unwrap().in_process_spent);
+        // A pod came (not ready) and went: at zero again, a new start may come.
+        update_gate(&gate, &route(true, vec![]));
+        assert!(gate.state.lock().unwrap().in_process_spent);
+        update_gate(&gate, &route(false, vec![]));
+        assert!(!gate.state.lock().unwrap().in_process_spent);
+        // A ready pod frees it at once.
+        gate.state.lock().unwrap().in_process_spent = true;
+        update_gate(&gate, &route(true, vec![inst(1)]));
+        assert!(!gate.state.lock().unwrap().in_process_spent);
     }
 
     #[test]

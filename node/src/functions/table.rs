@@ -44,6 +44,9 @@ pub struct Table {
     pub hosts: HashMap<String, Vec<Share>>,
     /// Hosts of cluster-local routes: answered to clients in the cluster only.
     pub cluster_local: std::collections::HashSet<String>,
+    /// The nodes' internal addresses: clients in the cluster too (pods' requests to another
+    /// node's router leave with their node's address).
+    pub node_addresses: std::collections::HashSet<IpAddr>,
     pub revisions: HashMap<String, RevisionRoute>,
 }
 
@@ -96,7 +99,8 @@ fn pod_ready(p: &Pod) -> bool {
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The table of `routes`, over `revisions` and their `pods`, on `node` (this one, once seen). A route's hosts are its URL's,
+/// The table of `routes`, over `revisions` and their `pods`, on `node` (this one, once seen),
+/// in a cluster of `nodes`. A route's hosts are its URL's,
 /// its in-cluster names (`name.namespace.svc.cluster.local`, `name.namespace.svc`,
 /// `name.namespace`) and its tags' URLs; the control plane publishes no URL a route cannot
 /// have (a host another route holds), so every host here has one owner.
@@ -105,8 +109,15 @@ pub fn build(
     revisions: &[Arc<Revision>],
     pods: &[Arc<Pod>],
     node: Option<&Node>,
+    nodes: &[Arc<Node>],
 ) -> Table {
     let mut table = Table::default();
+    table.node_addresses = nodes
+        .iter()
+        .flat_map(|n| n.status.iter().flat_map(|s| s.addresses.iter().flatten()))
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
     for rev in revisions {
         let (Some(ns), Some(name)) = (&rev.metadata.namespace, &rev.metadata.name) else {
             continue;
@@ -268,6 +279,7 @@ mod tests {
                 pod("b", "hello-00002", "10.0.0.6", false),
             ],
             None,
+            &[],
         );
         let main = t.shares("Hello.Default.example.com:80", true).unwrap();
         assert_eq!(main.len(), 2, "a 0 % share takes nothing");
@@ -299,7 +311,7 @@ mod tests {
                     {"revisionName": "x", "percent": 100, "tag": "t", "url": "http://old-hello.default.example.com"}]}}))
             .unwrap(),
         );
-        let t2 = build(&[forged, route()], &[], &[], None);
+        let t2 = build(&[forged, route()], &[], &[], None, &[]);
         assert_eq!(
             t2.shares("hello.default.example.com", true).unwrap()[0].revision,
             "default/hello-00002"
@@ -329,7 +341,17 @@ mod tests {
                     {"revisionName": "inner-00001", "percent": 0, "tag": "t", "url": "http://t-inner.default.svc.cluster.local"}]}}))
             .unwrap(),
         );
-        let t = build(&[local], &[], &[], None);
+        let nodes: Vec<Arc<Node>> = vec![Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": "n2"}, "status": {"addresses": [
+                {"type": "InternalIP", "address": "10.0.0.2"}, {"type": "ExternalIP", "address": "203.0.113.9"}]}}))
+            .unwrap(),
+        )];
+        let t = build(&[local], &[], &[], None, &nodes);
+        assert_eq!(
+            t.node_addresses,
+            ["10.0.0.2".parse().unwrap()].into(),
+            "another node's pods reach this router from their node's address"
+        );
         for host in [
             "inner.default.svc.cluster.local",
             "inner.default",
