@@ -111,13 +111,15 @@ pub fn build(
     node: Option<&Node>,
     nodes: &[Arc<Node>],
 ) -> Table {
-    let mut table = Table::default();
-    table.node_addresses = nodes
-        .iter()
-        .flat_map(|n| n.status.iter().flat_map(|s| s.addresses.iter().flatten()))
-        .filter(|a| a.type_ == "InternalIP")
-        .filter_map(|a| a.address.parse().ok())
-        .collect();
+    let mut table = Table {
+        node_addresses: nodes
+            .iter()
+            .flat_map(|n| n.status.iter().flat_map(|s| s.addresses.iter().flatten()))
+            .filter(|a| a.type_ == "InternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect(),
+        ..Table::default()
+    };
     for rev in revisions {
         let (Some(ns), Some(name)) = (&rev.metadata.namespace, &rev.metadata.name) else {
             continue;
