@@ -13,6 +13,8 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # A real OCI registry for the image-pull tests (Docker's distribution, packaged by Debian).
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+# A real registry client for the cluster registry's tests (push and pull through the cluster CA).
+command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 # nslookup inside pods' network namespaces (cluster DNS tests); nsenter and ip are in Debian's base.
 # (and the Debian busybox-static binary is what the container tests' image is made of).
 command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)

@@ -1,7 +1,8 @@
 //! The node authorizer's graph, as Kubernetes' (`plugin/pkg/auth/authorizer/node`): which
 //! node each pod is bound to, and what each pod references — Secrets, ConfigMaps,
-//! PersistentVolumeClaims, its ServiceAccount. A node may read an object of those kinds only
-//! while a pod bound to it references that object.
+//! PersistentVolumeClaims, its ServiceAccount, and the cluster registry's repositories its
+//! images come from. A node may read an object of those kinds only while a pod bound to it
+//! references that object.
 //!
 //! Kept incrementally, one pod at a time ([`NodeGraph::put_pod`], [`NodeGraph::remove_pod`]),
 //! and answered from a count per (node, kind, namespace, name): an authorization is one hash
@@ -17,6 +18,7 @@ pub const REFERENCED_KINDS: &[&str] = &[
     "configmaps",
     "persistentvolumeclaims",
     "serviceaccounts",
+    "repositories",
 ];
 
 /// (kind, namespace, name) of one referenced object.
@@ -128,6 +130,9 @@ pub fn references(pod: &Value) -> BTreeSet<Target> {
     }
     for group in ["initContainers", "containers", "ephemeralContainers"] {
         for c in list(&spec[group]) {
+            if let Some(name) = c["image"].as_str().and_then(|i| repository_in(i, &ns)) {
+                add("repositories", Some(name));
+            }
             for e in list(&c["env"]) {
                 add("secrets", e["valueFrom"]["secretKeyRef"]["name"].as_str());
                 add(
@@ -142,6 +147,26 @@ pub fn references(pod: &Value) -> BTreeSet<Target> {
         }
     }
     out
+}
+
+/// The name of the repository in namespace `ns` that image reference `image` names, as the
+/// cluster registry lays repositories out (`HOST/NAMESPACE/NAME[:TAG][@DIGEST]`), if its
+/// namespace is `ns`. A pod's node may pull only its own namespace's images: a pod naming
+/// another namespace's image pulls it with its imagePullSecrets, as any private image.
+pub fn repository_in<'a>(image: &'a str, ns: &str) -> Option<&'a str> {
+    let (host, path) = image.split_once('/')?;
+    // The first part is a registry host only if it looks like one (Docker's rule).
+    if !(host.contains('.') || host.contains(':') || host == "localhost") {
+        return None;
+    }
+    let path = path.split_once('@').map_or(path, |(p, _)| p);
+    // A tag is after the last ':' of the last part (a port was in the host).
+    let path = match path.rsplit_once(':') {
+        Some((p, tag)) if !tag.contains('/') => p,
+        _ => path,
+    };
+    let (namespace, name) = path.split_once('/')?;
+    (namespace == ns && !name.is_empty()).then_some(name)
 }
 
 fn list(v: &Value) -> &[Value] {
@@ -162,6 +187,38 @@ mod tests {
                         "containers": [{"name": "c",
                                         "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "env-secret", "key": "k"}}}],
                                         "envFrom": [{"configMapRef": {"name": "env-cm"}}]}]}})
+    }
+
+    #[test]
+    fn images_of_the_pods_namespace_name_its_repositories() {
+        for (image, ns, want) in [
+            ("10.0.0.1:6443/team/app:1", "team", Some("app")),
+            (
+                "registry.drover.internal/team/tools/app@sha256:00",
+                "team",
+                Some("tools/app"),
+            ),
+            (
+                "registry.drover.internal/team/app:1@sha256:00",
+                "team",
+                Some("app"),
+            ),
+            ("localhost/team/app", "team", Some("app")),
+            ("10.0.0.1:6443/other/app:1", "team", None),
+            ("team/app:1", "team", None),
+            ("docker.io/library/busybox", "team", None),
+            ("10.0.0.1:6443/team", "team", None),
+        ] {
+            assert_eq!(repository_in(image, ns), want, "{image}");
+        }
+        let mut g = NodeGraph::default();
+        let p = json!({"metadata": {"name": "p", "namespace": "team"},
+                       "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "10.0.0.1:6443/team/app:1"}],
+                                "initContainers": [{"name": "i", "image": "10.0.0.1:6443/other/secret:1"}]}});
+        g.put_pod("p", &p);
+        assert!(g.references("n1", "repositories", "team", "app"));
+        assert!(!g.references("n1", "repositories", "other", "secret"));
+        assert!(!g.references("n2", "repositories", "team", "app"));
     }
 
     #[test]

@@ -452,6 +452,10 @@ pub fn node_allows(node: &str, a: &Attributes, facts: &impl NodeFacts) -> bool {
             kind @ ("secrets" | "configmaps" | "persistentvolumeclaims" | "serviceaccounts"),
             "",
         ) => a.verb == "get" && facts.references(node, kind, r.namespace, r.name),
+        // Pulls from the cluster registry, of what its pods run.
+        ("registry.drover.dev", "repositories", "") => {
+            a.verb == "get" && facts.references(node, "repositories", r.namespace, r.name)
+        }
         ("", "serviceaccounts", "token") => {
             a.verb == "create" && facts.references(node, "serviceaccounts", r.namespace, r.name)
         }
@@ -541,6 +545,8 @@ const WORKLOADS: &[(&str, &[&str])] = &[
     ("networking.k8s.io", &["networkpolicies"]),
     ("discovery.k8s.io", &["endpointslices"]),
     ("events.k8s.io", &["events"]),
+    // The cluster registry's repositories (`/v2/NAMESPACE/NAME`): get pulls, create pushes.
+    ("registry.drover.dev", &["repositories"]),
 ];
 
 /// The default ClusterRoles (cluster-admin, admin, edit, view, system:discovery) and the

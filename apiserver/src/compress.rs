@@ -30,11 +30,13 @@ fn accepts_gzip(accept: &str) -> bool {
 
 /// The middleware.
 pub async fn gzip_large(req: Request, next: Next) -> Response {
-    let wanted = req
-        .headers()
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(accepts_gzip);
+    // Blobs are compressed already, and their Content-Length is part of the protocol.
+    let wanted = !crate::path::is_registry(req.uri().path())
+        && req
+            .headers()
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(accepts_gzip);
     let response = next.run(req).await;
     let size = response.body().size_hint().exact();
     if !wanted

@@ -9,7 +9,8 @@
 //!   parsed once for authorization, the cap and dispatch.
 //! - [`path`]: parsing Kubernetes request paths.
 //! - [`cache`]: the watch cache that serves lists and watches from memory.
-//! - [`auth`]: bearer tokens (admin, ServiceAccounts, nodes), the node authorizer and RBAC;
+//! - [`access`]: authentication and authorization as request paths do them;
+//!   [`auth`]: bearer tokens (admin, ServiceAccounts, nodes), the node authorizer and RBAC;
 //!   [`signing`]: the keys tokens are signed with; [`rotation`]: `drover token rotate`.
 //! - [`encryption`]: Secrets (and the cluster CA key) sealed with AES-GCM in the store.
 //! - [`admission`]: ClusterIP and NodePort allocation for Services; [`podsecurity`]: Pod
@@ -20,9 +21,11 @@
 //!   objects are stored; `state`: [`ApiState`]; `bootstrap`: what a cluster has from its start.
 //! - [`discovery`]: discovery and OpenAPI documents; [`protobuf`]: protobuf request bodies →
 //!   JSON; [`metrics`]: metrics.k8s.io; [`proxy`]: requests passed on to nodes.
+//! - [`registry`]: the cluster's OCI registry under `/v2/`.
 //!
 //! The only crate that speaks HTTP to Kubernetes clients.
 
+pub mod access;
 pub mod admission;
 pub mod auth;
 mod bootstrap;
@@ -43,6 +46,7 @@ pub mod podsecurity;
 pub mod protobuf;
 pub mod proxy;
 mod query;
+pub mod registry;
 mod request;
 mod respond;
 pub mod rotation;

@@ -2,6 +2,11 @@
 
 use api::registry::{self, Resource};
 
+/// Whether a request is the registry's (`/v2`, `/v2/...`), which answers in its own protocol.
+pub fn is_registry(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
+}
+
 /// What a request path names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {

@@ -33,6 +33,8 @@ pub struct ApiState {
     secrets: std::sync::OnceLock<crate::pki::ClusterSecrets>,
     /// The cluster's Pod Security levels ([`ApiState::set_pod_security`]; baseline unless set).
     pod_security: std::sync::OnceLock<crate::podsecurity::Settings>,
+    /// The OCI registry under `/v2/`, once opened ([`ApiState::serve_registry`]).
+    pub registry: std::sync::OnceLock<crate::registry::blobs::Blobs>,
 }
 
 impl ApiState {
@@ -84,6 +86,7 @@ impl ApiState {
             node_tls: Default::default(),
             secrets: Default::default(),
             pod_security: Default::default(),
+            registry: Default::default(),
             auth,
             cache,
             sealer,
@@ -93,6 +96,18 @@ impl ApiState {
     /// Sets the cluster's Pod Security levels (once, before serving).
     pub fn set_pod_security(&self, settings: crate::podsecurity::Settings) {
         let _ = self.pod_security.set(settings);
+    }
+
+    /// Serves the registry from `dir` (once, before serving).
+    pub fn serve_registry(
+        &self,
+        dir: &std::path::Path,
+        limits: crate::registry::blobs::Limits,
+    ) -> std::io::Result<()> {
+        let _ = self
+            .registry
+            .set(crate::registry::blobs::Blobs::open(dir, limits)?);
+        Ok(())
     }
 
     pub fn pod_security(&self) -> &crate::podsecurity::Settings {

@@ -114,7 +114,7 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
                 (Some(username), Some(password)) => RegistryAuth::Basic(username, password),
                 _ => RegistryAuth::Anonymous,
             };
-            let image = Registries::new(insecure)
+            let image = Registries::new(insecure, None)
                 .pull(&reference, &store, &auth, &|step| eprintln!("{step}"))
                 .await?;
             println!("{} {}", image.reference, image.digest);
@@ -146,7 +146,9 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
         } => {
             let wasm = std::fs::read(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let digest = Registries::new(insecure).push(wasm, &reference).await?;
+            let digest = Registries::new(insecure, None)
+                .push(wasm, &reference)
+                .await?;
             println!("{reference} {digest}");
             Ok(())
         }

@@ -128,12 +128,33 @@ pub fn default_node_dir() -> PathBuf {
     crate::server::default_data_dir().join("node")
 }
 
+/// The cluster's registry as the node reaches it: at the first API server in `servers`
+/// (`https://host:port[,...]`), trusting `ca_pem`, with the node's `credential`.
+pub fn cluster_registry(
+    servers: &str,
+    ca_pem: &str,
+    credential: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+) -> anyhow::Result<runtime::registry::ClusterRegistry> {
+    let first = servers.split(',').next().unwrap_or_default().trim();
+    let address = first
+        .strip_prefix("https://")
+        .map(|rest| rest.split('/').next().unwrap_or_default())
+        .filter(|a| !a.is_empty())
+        .with_context(|| format!("--server {first:?} is not an https:// URL"))?;
+    Ok(runtime::registry::ClusterRegistry {
+        address: address.to_string(),
+        ca_pem: ca_pem.to_string(),
+        token: credential,
+    })
+}
+
 /// Builds the agent for `client` with its wasm runtime and image store under `data_dir`.
 pub fn agent(
     options: &NodeOptions,
     cluster_cidr: ipnet::Ipv4Net,
     data_dir: PathBuf,
     client: kube::Client,
+    cluster_registry: runtime::registry::ClusterRegistry,
 ) -> anyhow::Result<Arc<node::agent::NodeAgent>> {
     let wasm = runtime::wasm::WasmRuntime::new(data_dir.join("wasm-cache"))
         .context("cannot start the wasm runtime")?;
@@ -170,6 +191,7 @@ pub fn agent(
             },
         },
         insecure_registries: options.insecure_registries.clone(),
+        cluster_registry: Some(cluster_registry),
         function_port: options.function_port,
         functions_in_process: options.functions_in_process,
     };
@@ -225,7 +247,29 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let ca = std::fs::read_to_string(ca_file)
         .with_context(|| format!("cannot read --ca-file {}", ca_file.display()))?;
     let client = kubeclient::connect(server, &ca, token)?;
-    let agent = agent(&args.node, args.cluster_cidr, args.dir.node_dir, client)?;
+    // A token file is read again at each pull: it may be renewed while the node runs.
+    let credential: Arc<dyn Fn() -> Option<String> + Send + Sync> = match &args.token_file {
+        Some(path) => {
+            let path = path.clone();
+            Arc::new(move || {
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|t| t.trim().to_string())
+            })
+        }
+        None => {
+            let token = token.clone();
+            Arc::new(move || Some(token.clone()))
+        }
+    };
+    let registry = cluster_registry(server, &ca, credential)?;
+    let agent = agent(
+        &args.node,
+        args.cluster_cidr,
+        args.dir.node_dir,
+        client,
+        registry,
+    )?;
     let running = tokio::spawn(agent.run());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

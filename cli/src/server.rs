@@ -534,6 +534,9 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     api_state.set_pod_security(apiserver::podsecurity::Settings::enforcing(
         args.pod_security_enforce,
     ));
+    api_state
+        .serve_registry(&args.data_dir.join("registry"), Default::default())
+        .context("cannot open the registry's files in the data dir")?;
     // Before the API opens: nothing is signed with a key a rotation retired.
     with_retry(|| api_state.load_signing_keys()).await?;
     *api_slot.write().unwrap_or_else(|p| p.into_inner()) =

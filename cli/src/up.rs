@@ -65,11 +65,22 @@ pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
     let node_dir = NodeDir {
         node_dir: args.server.data_dir().join("node"),
     };
+    let token_file = credential.clone();
+    let registry = crate::node::cluster_registry(
+        &member.url,
+        &member.pki.ca_pem,
+        std::sync::Arc::new(move || {
+            std::fs::read_to_string(&token_file)
+                .ok()
+                .map(|t| t.trim().to_string())
+        }),
+    )?;
     let agent = crate::node::agent(
         &options,
         args.server.cluster_cidr(),
         node_dir.node_dir.clone(),
         node_client,
+        registry,
     )
     .context("cannot start the node")?;
     let agent_task = tokio::spawn(agent.run());

@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub pod_network: crate::network::Mode,
     /// Registries (`host:port`) reached over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// The cluster's own registry, pulled from with the node's credential.
+    pub cluster_registry: Option<runtime::registry::ClusterRegistry>,
     /// The port of the function router (Knative Routes' traffic) on the node's address; 0:
     /// none.
     pub function_port: u16,
@@ -151,6 +153,7 @@ impl NodeAgent {
             )),
             registries: Arc::new(runtime::registry::Registries::new(
                 config.insecure_registries.clone(),
+                config.cluster_registry.clone(),
             )),
             usage: Arc::default(),
             network: Arc::new(crate::network::PodNet::new(config.pod_network.clone())),
@@ -280,6 +283,7 @@ impl NodeAgent {
                 Arc::new(crate::functions::local::InProcess {
                     runtime: self.ctx.runtime.clone(),
                     images: self.ctx.images.clone(),
+                    registries: self.ctx.registries.clone(),
                     net: self.ctx.network.clone(),
                     client: self.client.clone(),
                     host_ip: self.config.address,

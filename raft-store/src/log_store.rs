@@ -321,16 +321,25 @@ impl Writer {
             .iter()
             .map(|(id, b)| (id.index, b.as_slice()))
             .collect();
-        let mut wal = self.wal.lock().expect("poisoned");
-        if let Err(e) = wal.append(&records).and_then(|_| wal.sync()) {
+        // The fsync runs outside the WAL's lock: readers (openraft's replication, on the
+        // runtime's worker threads) only locate records under it, and would otherwise block a
+        // worker for as long as the disk takes. Records located before the sync ends are also
+        // still in `pending`, which stays the truth until they are durable; and nothing else
+        // changes the WAL meanwhile, as this thread is its only writer.
+        let synced = {
+            let mut wal = self.wal.lock().expect("poisoned");
+            wal.append(&records).map(|_| wal.current_file())
+        }
+        .and_then(|file| file.sync_data());
+        if let Err(e) = synced {
             // An append that got as far as the index (its sync failed) is taken back, so a
             // retry does not write the records twice.
+            let mut wal = self.wal.lock().expect("poisoned");
             if wal.last_index() >= Some(first) {
                 wal.truncate(first)?;
             }
             return Err(e);
         }
-        drop(wal);
         // On disk now: drop from memory unless a truncate and a new append replaced them.
         let mut pending = self.pending.lock().expect("poisoned");
         for (id, _) in rows.iter() {

@@ -277,7 +277,7 @@ impl Wal {
         self.index.keys().next_back().copied()
     }
 
-    /// Writes the records as one frame at the end of the log. Not durable until [`Wal::sync`].
+    /// Writes the records as one frame at the end of the log. Not durable until [`Wal::current_file`] is synced.
     pub fn append(&mut self, records: &[(u64, &[u8])]) -> io::Result<()> {
         if records.is_empty() {
             return Ok(());
@@ -321,9 +321,13 @@ impl Wal {
         Ok(())
     }
 
-    /// Makes everything appended so far durable.
-    pub fn sync(&mut self) -> io::Result<()> {
-        self.current().file.sync_data()
+    /// The file to `sync_data` to make everything appended so far durable. Given out rather
+    /// than synced here so the caller can sync without holding whatever guards the
+    /// WAL: readers can then locate records while the disk is flushed. Only valid until the
+    /// next append (which may open a new segment), so the one writer calls it right after its
+    /// append and syncs before appending again.
+    pub fn current_file(&mut self) -> Arc<File> {
+        self.current().file.clone()
     }
 
     /// Where the records in `range` are.
@@ -409,7 +413,7 @@ mod tests {
             .collect();
         let refs: Vec<(u64, &[u8])> = data.iter().map(|(i, b)| (*i, b.as_slice())).collect();
         wal.append(&refs).unwrap();
-        wal.sync().unwrap();
+        wal.current_file().sync_data().unwrap();
     }
 
     #[test]

@@ -437,6 +437,16 @@ impl ImageStore {
         Ok((digest, size))
     }
 
+    /// The references (normalised) the store holds `digest` under.
+    pub fn names_of(&self, digest: &str) -> Vec<String> {
+        self.read_refs()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, d)| d == digest)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
     fn read_refs(&self) -> Result<BTreeMap<String, String>, ImageError> {
         let path = self.dir.join("refs.json");
         match std::fs::read(&path) {

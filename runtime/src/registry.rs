@@ -223,19 +223,75 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
+/// The name that always means the cluster's own registry, whatever address its API servers
+/// have (`kubectl run --image=registry.drover.internal/default/hello:1`). `.internal` is the
+/// top-level domain set aside for private names: it never resolves on the Internet.
+pub const CLUSTER_REGISTRY_ALIAS: &str = "registry.drover.internal";
+
+/// The cluster's own registry (the API servers' `/v2/`), known to the node by the API address
+/// it uses and by [`CLUSTER_REGISTRY_ALIAS`]: reached at that address over HTTPS trusting only
+/// the cluster CA (no insecure-registry setting), with the node's own credential when the
+/// pod's pull secrets give none.
+#[derive(Clone)]
+pub struct ClusterRegistry {
+    /// `host:port` of the API server the node talks to: where its pulls go.
+    pub address: String,
+    pub ca_pem: String,
+    /// The node's credential, read at each pull (it is renewed while the node runs).
+    pub token: std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>,
+}
+
 pub struct Registries {
     insecure: Vec<String>,
+    cluster: Option<ClusterRegistry>,
 }
 
 impl Registries {
-    /// `insecure`: registries (`host:port`) to reach over plain HTTP besides loopback ones.
-    pub fn new(insecure: Vec<String>) -> Registries {
+    /// `insecure`: registries (`host:port`) to reach over plain HTTP besides loopback ones;
+    /// `cluster`: the cluster's own, if the node has one.
+    pub fn new(insecure: Vec<String>, cluster: Option<ClusterRegistry>) -> Registries {
         // oci-client's HTTP stack needs a process-wide rustls provider; ring, as everywhere here.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Registries { insecure }
+        Registries { insecure, cluster }
+    }
+
+    /// The namespace of `image`'s repository when the image is in the cluster's registry.
+    pub fn cluster_namespace<'a>(&self, image: &'a str) -> Option<&'a str> {
+        let (host, path) = image.split_once('/')?;
+        self.cluster_named(host)?;
+        path.split_once('/').map(|(ns, _)| ns)
+    }
+
+    /// The node's own credential for `image`, when it is in the cluster's registry. Only for
+    /// pods of the repository's namespace: the node authorizer lets a node pull what any of
+    /// its pods runs, so a pod of another namespace must not borrow that right.
+    pub fn node_credential(&self, image: &str, pod_namespace: &str) -> Option<RegistryAuth> {
+        if self.cluster_namespace(image)? != pod_namespace {
+            return None;
+        }
+        let token = (self.cluster.as_ref()?.token)()?;
+        Some(RegistryAuth::Bearer(token))
+    }
+
+    /// The cluster's registry, if `registry` (`host[:port]`) names it.
+    fn cluster_named(&self, registry: &str) -> Option<&ClusterRegistry> {
+        self.cluster
+            .as_ref()
+            .filter(|c| registry == CLUSTER_REGISTRY_ALIAS || registry == c.address)
     }
 
     fn client(&self, registry: &str) -> Result<Client, PullError> {
+        if let Some(c) = self.cluster_named(registry) {
+            return Client::try_from(ClientConfig {
+                protocol: ClientProtocol::Https,
+                tls_certs_only: vec![oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data: c.ca_pem.as_bytes().to_vec(),
+                }],
+                ..Default::default()
+            })
+            .map_err(|e| PullError::Registry(e.to_string()));
+        }
         let plain = is_loopback(registry) || self.insecure.iter().any(|r| r == registry);
         let protocol = if plain {
             ClientProtocol::HttpsExcept(vec![registry.to_string()])
@@ -264,8 +320,23 @@ impl Registries {
         auth: &RegistryAuth,
         progress: &(dyn Fn(String) + Send + Sync),
     ) -> Result<StoredImage, PullError> {
-        let reference = Self::parse(image)?;
+        let mut reference = Self::parse(image)?;
         let client = self.client(reference.resolve_registry())?;
+        if let Some(c) = self.cluster_named(reference.resolve_registry()) {
+            // The alias is reached at the API address; the stored image keeps the pod's name.
+            reference = match reference.digest() {
+                Some(d) => Reference::with_digest(
+                    c.address.clone(),
+                    reference.repository().to_string(),
+                    d.to_string(),
+                ),
+                None => Reference::with_tag(
+                    c.address.clone(),
+                    reference.repository().to_string(),
+                    reference.tag().unwrap_or("latest").to_string(),
+                ),
+            };
+        }
         progress(format!("resolving {image}"));
         let (manifest, manifest_bytes, manifest_digest) =
             Self::fetch_manifest(&client, &reference, auth, image).await?;

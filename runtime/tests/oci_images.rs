@@ -27,7 +27,7 @@ async fn pull_with(
     auth: &RegistryAuth,
 ) -> (Result<StoredImage, PullError>, Vec<String>) {
     let messages = Mutex::new(Vec::new());
-    let result = Registries::new(vec![])
+    let result = Registries::new(vec![], None)
         .pull(image, store, auth, &|m| messages.lock().unwrap().push(m))
         .await;
     (result, messages.into_inner().unwrap())
@@ -271,7 +271,7 @@ async fn wasm_images_are_still_pulled_as_wasm() {
     let registry = LocalRegistry::start();
     let image = registry.image("hello:1");
     let wasm = b"\0asm\x01\0\0\0".to_vec();
-    Registries::new(vec![])
+    Registries::new(vec![], None)
         .push(wasm.clone(), &image)
         .await
         .unwrap();

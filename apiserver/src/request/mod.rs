@@ -14,7 +14,6 @@ mod subresources;
 mod write;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use api::convert;
 use api::object::{self, status};
@@ -71,6 +70,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
             crate::nodecerts::ROUTE,
             axum::routing::post(crate::nodecerts::issue),
         )
+        // The registry answers in its own protocol's terms (its challenge, its error codes)
+        // and authenticates its requests itself: `authenticate` lets them through.
+        .route("/v2", axum::routing::any(crate::registry::serve))
+        .route("/v2/", axum::routing::any(crate::registry::serve))
+        .route("/v2/{*rest}", axum::routing::any(crate::registry::serve))
         .route("/openapi/v2", get(crate::openapi_v2::serve))
         .route(
             "/openapi/v3",
@@ -127,6 +131,9 @@ async fn limit_inflight(State(st): State<Arc<ApiState>>, req: Request, next: Nex
 async fn authenticate(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> Response {
     // The query is parsed once, here: the same value is what the cap and the dispatcher read,
     // so what is authorized is what is served.
+    if crate::path::is_registry(req.uri().path()) {
+        return next.run(req).await;
+    }
     let query = Arc::new(parse_query(req.uri().query()));
     req.extensions_mut()
         .insert(crate::query::Parsed(query.clone()));
@@ -144,16 +151,10 @@ async fn authenticate(State(st): State<Arc<ApiState>>, mut req: Request, next: N
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(api::credentials::bearer_token);
-    let mut user = token.and_then(|t| st.auth.authenticate(t));
-    if let (None, Some(token)) = (&user, token.filter(|t| t.starts_with("drover."))) {
-        // A signed token lives as long as its ServiceAccount, Node or pod, looked up in the
-        // watch cache, which follows this member's store a moment behind: a Node made by the
-        // request that issued the token must count.
-        let head = st.store.engine().head().revision;
-        if st.cache.revision() < head && st.cache.wait_for(head, Duration::from_secs(1)).await {
-            user = st.auth.authenticate(token);
-        }
-    }
+    let user = match token {
+        Some(t) => crate::access::authenticated(&st, t).await,
+        None => None,
+    };
     let Some(user) = user else {
         if open {
             return next.run(req).await;
@@ -166,7 +167,7 @@ async fn authenticate(State(st): State<Arc<ApiState>>, mut req: Request, next: N
     };
     let watch = is_true(query.get("watch"));
     let info = RequestInfo::new(req.method(), req.uri().path(), watch);
-    let allowed = open || allows_soon(&st, &user, &info.attributes()).await;
+    let allowed = open || crate::access::allows_soon(&st, &user, &info.attributes()).await;
     if !allowed {
         let message = api::rbac::forbidden_message(&user, &info.attributes());
         let details = info.resource.as_ref().map(
@@ -179,17 +180,6 @@ async fn authenticate(State(st): State<Arc<ApiState>>, mut req: Request, next: N
     }
     req.extensions_mut().insert(user);
     next.run(req).await
-}
-
-/// Whether RBAC allows `a` to `user`. RBAC is read from the watch cache, which follows this
-/// member's store a moment behind: a binding written just before this request must still
-/// count, so a refusal is asked again once the cache has caught up.
-async fn allows_soon(st: &ApiState, user: &User, a: &api::rbac::Attributes<'_>) -> bool {
-    if st.auth.allows_attributes(user, a) {
-        return true;
-    }
-    let head = st.store.engine().head().revision;
-    st.cache.wait_for(head, Duration::from_secs(1)).await && st.auth.allows_attributes(user, a)
 }
 
 /// The user a request is served as: the authenticated one, or the one its `Impersonate-*`
@@ -207,7 +197,7 @@ async fn impersonate(st: &ApiState, user: User, headers: &HeaderMap) -> Result<U
     };
     for check in impersonation::checks(&requested) {
         let a = impersonation::attributes(&check);
-        if !allows_soon(st, &user, &a).await {
+        if !crate::access::allows_soon(st, &user, &a).await {
             let message = api::rbac::forbidden_message(&user, &a);
             let details = json!({"name": check.4, "group": check.0, "kind": check.1});
             return Err(json_response(

@@ -287,6 +287,9 @@ impl runtime::outbound::Outbound for BorrowedNetwork {
 pub struct InProcess {
     pub runtime: SharedRuntime,
     pub images: Arc<ImageStore>,
+    /// To tell the cluster registry's images of other namespaces (never started from here:
+    /// the revision's pod pulls them with its own credentials).
+    pub registries: Arc<runtime::registry::Registries>,
     pub net: Arc<crate::network::PodNet>,
     pub client: kube::Client,
     pub host_ip: IpAddr,
@@ -302,6 +305,7 @@ impl Start for InProcess {
     ) -> BoxFuture<'static, Result<Running, String>> {
         let runtime = self.runtime.clone();
         let images = self.images.clone();
+        let registries = self.registries.clone();
         let net = self.net.clone();
         let client = self.client.clone();
         let host_ip = self.host_ip.to_string();
@@ -309,13 +313,16 @@ impl Start for InProcess {
         Box::pin(async move {
             let container = &plan.container;
             let reference = container.image.as_deref().unwrap_or_default();
-            let image = images
-                .resolve(reference)
-                .ok_or_else(|| format!("image {reference:?} is not on this node"))?;
+            let namespace = plan.pod.metadata.namespace.clone().unwrap_or_default();
+            // The node's copy of another namespace's image was pulled for a pod allowed to run
+            // it; the revision's pod pulls it again with its own credentials (`pod::image`).
+            let image = crate::pod::image::stored(&images, &registries, reference, &namespace)
+                .ok_or_else(|| {
+                    format!("image {reference:?} is not on this node for namespace {namespace}")
+                })?;
             if !matches!(image.kind, ImageKind::Wasm) {
                 return Err(format!("image {reference:?} is not a Wasm component"));
             }
-            let namespace = plan.pod.metadata.namespace.clone().unwrap_or_default();
             let services = crate::env::service_environment(&plan.pod, &net.services(&namespace));
             // The plan refers to no other object, so these are never read; they are the
             // pod's own way of resolving its environment, kept so the two cannot differ.

@@ -23,7 +23,18 @@ impl Worker {
             .image_pull_policy
             .clone()
             .unwrap_or_else(|| "IfNotPresent".into());
-        let local = self.ctx.images.resolve(&reference);
+        // Another namespace's image in the cluster registry: a copy on this node was pulled
+        // for a pod allowed to run it, not necessarily for this one. So it is pulled again,
+        // with this pod's own pull secrets, and never taken from the store instead.
+        if foreign(&self.ctx.registries, &reference, self.namespace()) {
+            return self.pull(container, &reference, None).await;
+        }
+        let local = stored(
+            &self.ctx.images,
+            &self.ctx.registries,
+            &reference,
+            self.namespace(),
+        );
         match (policy.as_str(), local) {
             ("Never", Some(img)) | ("IfNotPresent", Some(img)) => Ok(img),
             ("Never", None) => Err((
@@ -53,10 +64,19 @@ impl Worker {
             &format!("Pulling image {reference:?}"),
         );
         let started = Instant::now();
-        let auth = runtime::registry::auth_from_docker_config(
+        let mut auth = runtime::registry::auth_from_docker_config(
             &registry_host(reference),
             &self.pull_secrets().await,
         );
+        if matches!(auth, runtime::registry::RegistryAuth::Anonymous) {
+            if let Some(own) = self
+                .ctx
+                .registries
+                .node_credential(reference, self.namespace())
+            {
+                auth = own;
+            }
+        }
         let (events, pod, name) = (
             self.ctx.events.clone(),
             self.pod.clone(),
@@ -97,6 +117,10 @@ impl Worker {
             (Err(e), None) => Err(("ErrImagePull", e.to_string())),
         }
     }
+    fn namespace(&self) -> &str {
+        self.pod.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
     /// The `.dockerconfigjson` of the pod's imagePullSecrets that exist (a missing one is
     /// skipped, as the kubelet does: the pull may still work anonymously).
     async fn pull_secrets(&self) -> Vec<Vec<u8>> {
@@ -129,6 +153,37 @@ impl Worker {
         }
         configs
     }
+}
+
+/// Whether `reference` is in the cluster registry under a namespace other than `namespace`.
+pub(crate) fn foreign(
+    registries: &runtime::registry::Registries,
+    reference: &str,
+    namespace: &str,
+) -> bool {
+    registries
+        .cluster_namespace(reference)
+        .is_some_and(|ns| ns != namespace)
+}
+
+/// The stored image `reference` names, if a pod of `namespace` may use the node's copy: not
+/// when the reference is another namespace's cluster image, and not when it names a digest
+/// the node holds only as other namespaces' cluster images (`anything@sha256:…` would
+/// otherwise run a private image pulled for someone else).
+pub(crate) fn stored(
+    images: &runtime::images::ImageStore,
+    registries: &runtime::registry::Registries,
+    reference: &str,
+    namespace: &str,
+) -> Option<StoredImage> {
+    if foreign(registries, reference, namespace) {
+        return None;
+    }
+    let image = images.resolve(reference)?;
+    let names = images.names_of(&image.digest);
+    let by_name = names.contains(&image.reference);
+    let lent = !names.is_empty() && names.iter().all(|n| foreign(registries, n, namespace));
+    (by_name || !lent).then_some(image)
 }
 
 /// The registry an image reference names, as Docker reads it: the first path component when it

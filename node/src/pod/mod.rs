@@ -40,7 +40,7 @@
 //! containers and deleting the pod; `status` the pod's status and its report.
 
 mod exits;
-mod image;
+pub(crate) mod image;
 mod start;
 mod status;
 mod stop;

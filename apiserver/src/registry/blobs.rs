@@ -1,0 +1,325 @@
+//! Blob bytes on this server's disk: content-addressed files under `blobs/sha256/`, and the
+//! upload sessions that fill them (`uploads/`, one file per session).
+//!
+//! Which repository may read a blob is not decided here: that is the link the store holds
+//! (`super::store`). A blob file is only named by its digest once its bytes hash to it, and
+//! is synced (file and directory) before the upload is acknowledged.
+//!
+//! Sessions live in this server's memory: a client continues an upload on the server it
+//! began it on (a restarted server forgets its sessions, and clients begin again, as they do
+//! when any registry answers BLOB_UPLOAD_UNKNOWN).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::path::{Digest, Repository};
+use super::RegistryError;
+
+/// A session unused this long is dropped (its file too) by the next session begun.
+const SESSION_IDLE: Duration = Duration::from_secs(3600);
+
+/// What one server holds.
+pub struct Blobs {
+    dir: PathBuf,
+    sessions: Mutex<HashMap<String, Session>>,
+    limits: Limits,
+}
+
+/// Bounds on what a pusher can make this server hold.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The largest blob taken.
+    pub max_blob_bytes: u64,
+    /// Upload sessions open at once on this server.
+    pub max_sessions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_blob_bytes: 8 << 30,
+            max_sessions: 256,
+        }
+    }
+}
+
+/// An upload in progress.
+struct Session {
+    repository: Repository,
+    /// Bytes received so far (the file's length).
+    size: u64,
+    /// The running hash of those bytes, so finishing does not read the file again.
+    hash: ring::digest::Context,
+    used: Instant,
+    /// Taken while a request writes to it: a second request at once is refused, not mixed in.
+    busy: bool,
+}
+
+/// A session lent to one request; given back with [`Blobs::put_back`].
+pub struct Lent {
+    pub id: String,
+    pub size: u64,
+    hash: ring::digest::Context,
+    file: PathBuf,
+}
+
+impl Blobs {
+    /// Opens (or makes) the store in `dir`; sessions of an earlier run are dropped.
+    pub fn open(dir: &Path, limits: Limits) -> std::io::Result<Blobs> {
+        let uploads = dir.join("uploads");
+        let _ = std::fs::remove_dir_all(&uploads);
+        for d in [dir.to_path_buf(), uploads, dir.join("blobs/sha256")] {
+            std::fs::create_dir_all(&d)?;
+            set_private(&d)?;
+        }
+        Ok(Blobs {
+            dir: dir.to_path_buf(),
+            sessions: Mutex::new(HashMap::new()),
+            limits,
+        })
+    }
+
+    /// Where blob `d` is, once held.
+    pub fn path(&self, d: &Digest) -> PathBuf {
+        self.dir.join("blobs/sha256").join(d.hex())
+    }
+
+    pub fn has(&self, d: &Digest) -> Option<u64> {
+        std::fs::metadata(self.path(d)).ok().map(|m| m.len())
+    }
+
+    fn upload_file(&self, id: &str) -> PathBuf {
+        self.dir.join("uploads").join(id)
+    }
+
+    /// Begins a session for `repository`: its id, unguessable.
+    pub fn begin(&self, repository: &Repository) -> Result<String, RegistryError> {
+        let mut sessions = self.sessions.lock().expect("poisoned");
+        let stale: Vec<String> = sessions
+            .iter()
+            .filter(|(_, s)| !s.busy && s.used.elapsed() > SESSION_IDLE)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            sessions.remove(&id);
+            let _ = std::fs::remove_file(self.upload_file(&id));
+        }
+        if sessions.len() >= self.limits.max_sessions {
+            return Err(RegistryError::TooManyRequests(format!(
+                "{} uploads are in progress on this server; try again when one has finished",
+                sessions.len()
+            )));
+        }
+        let id = new_id();
+        create_private(&self.upload_file(&id))
+            .map_err(|e| RegistryError::Internal(format!("cannot begin an upload: {e}")))?;
+        sessions.insert(
+            id.clone(),
+            Session {
+                repository: repository.clone(),
+                size: 0,
+                hash: ring::digest::Context::new(&ring::digest::SHA256),
+                used: Instant::now(),
+                busy: false,
+            },
+        );
+        Ok(id)
+    }
+
+    /// The bytes received so far by session `id` of `repository`.
+    pub fn progress(&self, repository: &Repository, id: &str) -> Result<u64, RegistryError> {
+        let sessions = self.sessions.lock().expect("poisoned");
+        match sessions.get(id) {
+            Some(s) if &s.repository == repository => Ok(s.size),
+            _ => Err(unknown_upload(id)),
+        }
+    }
+
+    /// Lends session `id` to one request, which may then append to it.
+    pub fn lend(&self, repository: &Repository, id: &str) -> Result<Lent, RegistryError> {
+        let mut sessions = self.sessions.lock().expect("poisoned");
+        let s = match sessions.get_mut(id) {
+            Some(s) if &s.repository == repository => s,
+            _ => return Err(unknown_upload(id)),
+        };
+        if s.busy {
+            return Err(RegistryError::UploadInvalid(format!(
+                "upload {id} is being written by another request; send its chunks one at a time"
+            )));
+        }
+        s.busy = true;
+        Ok(Lent {
+            id: id.to_string(),
+            size: s.size,
+            hash: s.hash.clone(),
+            file: self.upload_file(id),
+        })
+    }
+
+    /// Gives a session back after a request appended to it.
+    pub fn put_back(&self, lent: Lent) {
+        let mut sessions = self.sessions.lock().expect("poisoned");
+        if let Some(s) = sessions.get_mut(&lent.id) {
+            s.size = lent.size;
+            s.hash = lent.hash;
+            s.used = Instant::now();
+            s.busy = false;
+        }
+    }
+
+    /// Ends a session: its file is dropped unless [`Blobs::commit`] took it.
+    pub fn end(&self, id: &str) {
+        self.sessions.lock().expect("poisoned").remove(id);
+        let _ = std::fs::remove_file(self.upload_file(id));
+    }
+
+    /// Appends a chunk of the request body to a lent session, within the size limit.
+    pub async fn append(&self, lent: &mut Lent, chunk: &[u8]) -> Result<(), RegistryError> {
+        if lent.size + chunk.len() as u64 > self.limits.max_blob_bytes {
+            return Err(RegistryError::SizeInvalid(format!(
+                "blob is larger than this registry's limit of {} bytes",
+                self.limits.max_blob_bytes
+            )));
+        }
+        let path = lent.file.clone();
+        let data = chunk.to_vec();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+            f.write_all(&data)
+        })
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))?
+        .map_err(|e| RegistryError::Internal(format!("cannot store the upload: {e}")))?;
+        lent.hash.update(chunk);
+        lent.size += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Finishes a lent session as blob `expected`: the bytes must hash to it. The blob file is
+    /// durable when this returns. The session is ended either way but for a digest mismatch
+    /// from a request that sent nothing more (the client may still send the rest).
+    pub async fn commit(&self, lent: Lent, expected: &Digest) -> Result<u64, RegistryError> {
+        let got = Digest::from_hash(lent.hash.clone().finish().as_ref());
+        if &got != expected {
+            let size = lent.size;
+            self.put_back(lent);
+            return Err(RegistryError::DigestInvalid(format!(
+                "the {size} bytes uploaded have digest {got}, not {expected}"
+            )));
+        }
+        let (from, to, dir) = (
+            lent.file.clone(),
+            self.path(expected),
+            self.dir.join("blobs/sha256"),
+        );
+        let size = lent.size;
+        let moved = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if to.exists() {
+                // Already held (same digest, same bytes).
+                return std::fs::remove_file(&from);
+            }
+            std::fs::File::open(&from)?.sync_all()?;
+            std::fs::rename(&from, &to)?;
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))?;
+        self.end(&lent.id);
+        moved.map_err(|e| RegistryError::Internal(format!("cannot store the blob: {e}")))?;
+        Ok(size)
+    }
+}
+
+fn unknown_upload(id: &str) -> RegistryError {
+    RegistryError::UploadUnknown(format!(
+        "no upload {id} for this repository on this server; begin the upload again"
+    ))
+}
+
+/// 128 random bits, hex: sessions are capabilities within a repository.
+fn new_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn set_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+pub(crate) fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(name: &str) -> Repository {
+        Repository::parse(name).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_session_is_one_repositorys_and_one_requests_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path(), Limits::default()).unwrap();
+        let id = blobs.begin(&repo("a/x")).unwrap();
+        assert!(matches!(
+            blobs.lend(&repo("b/x"), &id),
+            Err(RegistryError::UploadUnknown(_))
+        ));
+        let mut lent = blobs.lend(&repo("a/x"), &id).unwrap();
+        assert!(matches!(
+            blobs.lend(&repo("a/x"), &id),
+            Err(RegistryError::UploadInvalid(_))
+        ));
+        blobs.append(&mut lent, b"fo").await.unwrap();
+        blobs.put_back(lent);
+        assert_eq!(blobs.progress(&repo("a/x"), &id).unwrap(), 2);
+        let mut lent = blobs.lend(&repo("a/x"), &id).unwrap();
+        blobs.append(&mut lent, b"o").await.unwrap();
+        let wrong = Digest::of(b"bar");
+        let Err(RegistryError::DigestInvalid(why)) = blobs.commit(lent, &wrong).await else {
+            panic!("a wrong digest must be refused");
+        };
+        assert!(why.contains(Digest::of(b"foo").as_str()), "{why}");
+        let lent = blobs.lend(&repo("a/x"), &id).unwrap();
+        assert_eq!(blobs.commit(lent, &Digest::of(b"foo")).await.unwrap(), 3);
+        assert_eq!(
+            std::fs::read(blobs.path(&Digest::of(b"foo"))).unwrap(),
+            b"foo"
+        );
+        assert!(blobs.progress(&repo("a/x"), &id).is_err());
+    }
+
+    #[tokio::test]
+    async fn limits_bound_sizes_and_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(
+            dir.path(),
+            Limits {
+                max_blob_bytes: 4,
+                max_sessions: 1,
+            },
+        )
+        .unwrap();
+        let id = blobs.begin(&repo("a/x")).unwrap();
+        assert!(matches!(
+            blobs.begin(&repo("a/x")),
+            Err(RegistryError::TooManyRequests(_))
+        ));
+        let mut lent = blobs.lend(&repo("a/x"), &id).unwrap();
+        assert!(matches!(
+            blobs.append(&mut lent, b"12345").await,
+            Err(RegistryError::SizeInvalid(_))
+        ));
+    }
+}
