@@ -34,7 +34,7 @@ pub struct ApiState {
     /// The cluster's Pod Security levels ([`ApiState::set_pod_security`]; baseline unless set).
     pod_security: std::sync::OnceLock<crate::podsecurity::Settings>,
     /// The OCI registry under `/v2/`, once opened ([`ApiState::serve_registry`]).
-    pub registry: std::sync::OnceLock<crate::registry::blobs::Blobs>,
+    pub registry: std::sync::OnceLock<Arc<crate::registry::blobs::Blobs>>,
 }
 
 impl ApiState {
@@ -98,16 +98,9 @@ impl ApiState {
         let _ = self.pod_security.set(settings);
     }
 
-    /// Serves the registry from `dir` (once, before serving).
-    pub fn serve_registry(
-        &self,
-        dir: &std::path::Path,
-        limits: crate::registry::blobs::Limits,
-    ) -> std::io::Result<()> {
-        let _ = self
-            .registry
-            .set(crate::registry::blobs::Blobs::open(dir, limits)?);
-        Ok(())
+    /// Serves the registry with the blobs in `blobs` (once, before serving).
+    pub fn serve_registry(&self, blobs: Arc<crate::registry::blobs::Blobs>) {
+        let _ = self.registry.set(blobs);
     }
 
     pub fn pod_security(&self) -> &crate::podsecurity::Settings {

@@ -476,9 +476,18 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     config.join_timeout = args.join_timeout;
     config.compaction_interval = Duration::from_secs(args.compaction_interval_secs);
     let node = StoreNode::open(config).await?;
+    // The registry's blob files: other members copy them through the peer address.
+    let blobs = std::sync::Arc::new(
+        apiserver::registry::blobs::Blobs::open(
+            &args.data_dir.join("registry"),
+            Default::default(),
+        )
+        .context("cannot open the registry's files in the data dir")?,
+    );
     let peers_serving = tokio::spawn(raft_store::service::serve(
         peer_listener,
-        raft_store::service::router(node.clone()),
+        raft_store::service::router(node.clone())
+            .merge(apiserver::registry::replicate::peer_router(blobs.clone())),
         Some(tls.server.clone()),
     ));
 
@@ -534,9 +543,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<Member> {
     api_state.set_pod_security(apiserver::podsecurity::Settings::enforcing(
         args.pod_security_enforce,
     ));
-    api_state
-        .serve_registry(&args.data_dir.join("registry"), Default::default())
-        .context("cannot open the registry's files in the data dir")?;
+    api_state.serve_registry(blobs);
     // Before the API opens: nothing is signed with a key a rotation retired.
     with_retry(|| api_state.load_signing_keys()).await?;
     *api_slot.write().unwrap_or_else(|p| p.into_inner()) =

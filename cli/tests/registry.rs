@@ -20,25 +20,47 @@ struct Client {
 
 impl Client {
     fn of(up: &Up, n: u8) -> Client {
-        let data = up.dir.path().join("data");
-        let certs = up.dir.path().join("certs");
+        Client::new(
+            &format!("127.0.{n}.1:6443"),
+            &up.dir.path().join("data"),
+            up.dir.path(),
+        )
+    }
+
+    /// The client of the server at `address` whose data dir is `data` (its CA and admin
+    /// kubeconfig), keeping its files in `scratch`.
+    fn new(address: &str, data: &Path, scratch: &Path) -> Client {
+        let certs = scratch.join("certs");
         std::fs::create_dir_all(&certs).unwrap();
         std::fs::copy(data.join("pki/ca.crt"), certs.join("ca.crt")).unwrap();
-        let admin = up
-            .ok(&[
+        let (ok, admin, err) = common::kubectl(
+            &data.join("admin.kubeconfig"),
+            scratch,
+            &[
                 "config",
                 "view",
                 "--raw",
                 "-o",
                 "jsonpath={.users[0].user.token}",
-            ])
-            .trim()
-            .to_string();
-        assert!(!admin.is_empty(), "the admin kubeconfig has a token");
+            ],
+        );
+        assert!(
+            ok && !admin.trim().is_empty(),
+            "the admin kubeconfig has a token: {err}"
+        );
         Client {
-            address: format!("127.0.{n}.1:6443"),
+            address: address.to_string(),
             certs,
-            admin,
+            admin: admin.trim().to_string(),
+        }
+    }
+
+    /// The same cluster through another server.
+    fn through(&self, address: &str) -> Client {
+        Client {
+            address: address.to_string(),
+            certs: self.certs.clone(),
+            admin: self.admin.clone(),
         }
     }
 
@@ -867,4 +889,69 @@ fn running(up: &Up, ns: &str, pod: &str) {
     up.until(60, &format!("pod {ns}/{pod} running"), || {
         (phase(up, ns, pod) == "Running").then_some(())
     });
+}
+
+/// Which of the members' data dirs hold blob `digest`.
+fn holders(c: &testkit::cluster::Cluster, digest: &str) -> usize {
+    let hex = digest.trim_start_matches("sha256:");
+    c.members
+        .iter()
+        .filter(|m| m.data_dir.join("registry/blobs/sha256").join(hex).exists())
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_is_acknowledged_on_a_majority_of_servers_and_pulled_from_any() {
+    let mut cluster = testkit::cluster::Cluster::start(common::bin(), 246, 3)
+        .await
+        .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let first = Client::new(
+        &cluster.members[0].addr.to_string(),
+        &cluster.members[0].data_dir,
+        scratch.path(),
+    );
+    let pushed = push_wasm(&first, &first.admin, "default/hello", "1");
+    let wasm = std::fs::read(common::examples().join("hello_world.wasm")).unwrap();
+    // Acknowledged: at least two of the three servers hold the bytes already.
+    assert!(holders(&cluster, &digest(&wasm)) >= 2);
+
+    // The server that took the push is lost; another serves the image whole.
+    cluster.kill(0);
+    let second = first.through(&cluster.members[1].addr.to_string());
+    let manifest = second.curl(
+        "GET",
+        "/v2/default/hello/manifests/1",
+        Auth::Bearer(&second.admin),
+        None,
+    );
+    assert_eq!(
+        manifest.status,
+        200,
+        "{}\n{}",
+        manifest.describe(),
+        cluster.all_logs()
+    );
+    assert_eq!(manifest.header("docker-content-digest"), Some(pushed));
+    for server in [1, 2] {
+        let c = first.through(&cluster.members[server].addr.to_string());
+        let blob = c.curl(
+            "GET",
+            &format!("/v2/default/hello/blobs/{}", digest(&wasm)),
+            Auth::Bearer(&c.admin),
+            None,
+        );
+        assert_eq!(blob.status, 200, "server {server}: {}", blob.describe());
+        assert!(blob.body == wasm, "server {server} gives the bytes back");
+    }
+    // Two of three are a majority still: a push is taken, held by both.
+    let other = b"another blob".to_vec();
+    let r = second.curl(
+        "POST",
+        &format!("/v2/default/hello/blobs/uploads/?digest={}", digest(&other)),
+        Auth::Bearer(&second.admin),
+        Some((&other, "application/octet-stream")),
+    );
+    assert_eq!(r.status, 201, "{}", r.describe());
+    assert_eq!(holders(&cluster, &digest(&other)), 2);
 }

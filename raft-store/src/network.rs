@@ -73,6 +73,10 @@ impl Transport {
     pub fn get(&self, addr: &str, path: &str) -> reqwest::RequestBuilder {
         self.http.get(format!("{}://{addr}{path}", self.scheme))
     }
+
+    pub fn put(&self, addr: &str, path: &str) -> reqwest::RequestBuilder {
+        self.http.put(format!("{}://{addr}{path}", self.scheme))
+    }
 }
 
 #[derive(Clone)]

@@ -599,8 +599,20 @@ impl StoreNode {
         Ok(())
     }
 
-    fn voters(&self) -> BTreeMap<NodeId, String> {
+    /// The voters of the effective membership, with their peer addresses.
+    pub fn voters(&self) -> BTreeMap<NodeId, String> {
         self.members(true)
+    }
+
+    /// This member's own peer address.
+    pub fn peer_address(&self) -> &str {
+        &self.identity.addr
+    }
+
+    /// How this member reaches the others (mutual TLS): for services of the API server that
+    /// talk member to member beside the store (the registry's blobs).
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     fn learners(&self) -> BTreeMap<NodeId, String> {

@@ -210,13 +210,17 @@ impl Blobs {
                 "the {size} bytes uploaded have digest {got}, not {expected}"
             )));
         }
-        let (from, to, dir) = (
-            lent.file.clone(),
-            self.path(expected),
-            self.dir.join("blobs/sha256"),
-        );
         let size = lent.size;
-        let moved = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let moved = self.adopt(lent.file.clone(), expected).await;
+        self.end(&lent.id);
+        moved?;
+        Ok(size)
+    }
+
+    /// Names the verified file `from` as blob `digest`, durably (file, then directory).
+    async fn adopt(&self, from: PathBuf, digest: &Digest) -> Result<(), RegistryError> {
+        let (to, dir) = (self.path(digest), self.dir.join("blobs/sha256"));
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if to.exists() {
                 // Already held (same digest, same bytes).
                 return std::fs::remove_file(&from);
@@ -226,9 +230,59 @@ impl Blobs {
             std::fs::File::open(&dir)?.sync_all()
         })
         .await
-        .map_err(|e| RegistryError::Internal(e.to_string()))?;
-        self.end(&lent.id);
-        moved.map_err(|e| RegistryError::Internal(format!("cannot store the blob: {e}")))?;
+        .map_err(|e| RegistryError::Internal(e.to_string()))?
+        .map_err(|e| RegistryError::Internal(format!("cannot store the blob: {e}")))
+    }
+
+    /// Stores blob `digest` from a stream of its bytes (another server's copy), checking
+    /// the digest and the size limit; the stream's own errors come back as `Unavailable`.
+    pub async fn receive<S, E>(&self, digest: &Digest, stream: S) -> Result<u64, RegistryError>
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        if let Some(size) = self.has(digest) {
+            return Ok(size);
+        }
+        let part = self.upload_file(&format!("{}.copy", new_id()));
+        let internal =
+            |e: std::io::Error| RegistryError::Internal(format!("cannot store a copy: {e}"));
+        let mut file = tokio::fs::File::from_std(create_private(&part).map_err(internal)?);
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut size = 0u64;
+        let mut stream = std::pin::pin!(stream);
+        let written: Result<(), RegistryError> = async {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| {
+                    RegistryError::Unavailable(format!("copying blob {digest}: {e}"))
+                })?;
+                size += chunk.len() as u64;
+                if size > self.limits.max_blob_bytes {
+                    return Err(RegistryError::SizeInvalid(format!(
+                        "blob {digest} is larger than this registry's limit"
+                    )));
+                }
+                hash.update(&chunk);
+                file.write_all(&chunk).await.map_err(internal)?;
+            }
+            file.flush().await.map_err(internal)?;
+            let got = Digest::from_hash(hash.finish().as_ref());
+            if &got != digest {
+                return Err(RegistryError::DigestInvalid(format!(
+                    "the copy of blob {digest} has digest {got}"
+                )));
+            }
+            Ok(())
+        }
+        .await;
+        drop(file);
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+        self.adopt(part, digest).await?;
         Ok(size)
     }
 }

@@ -9,10 +9,11 @@
 //!   name). Clients that exchange basic credentials for a bearer token first (the `WWW-
 //!   Authenticate: Bearer` challenge of `/v2/`) get that token back from `/v2/token`.
 //! - Manifests, tags, referrers and which repository may read which blob live in the Raft
-//!   store ([`store`]); blob bytes are files on the server that took the upload ([`blobs`]).
+//!   store ([`store`]); blob bytes are files ([`blobs`]) on a majority of the servers before
+//!   an upload is acknowledged, and on every server once it has been pulled there
+//!   ([`replicate`]).
 //!
-//! Not yet: blobs are not copied to the other servers (a pull must reach the server that took
-//! the push), garbage collection, `_catalog`.
+//! Not yet: garbage collection, `_catalog`.
 //!
 //! Hand-written rather than embedding Distribution or zot: both are Go services with their
 //! own storage and authentication, and here the store, RBAC and TLS are the cluster's.
@@ -20,6 +21,7 @@
 pub mod blobs;
 mod manifest;
 mod path;
+pub mod replicate;
 mod store;
 
 use std::sync::Arc;
@@ -420,7 +422,7 @@ fn blob_unknown(repo: &Repository, d: &Digest) -> RegistryError {
 
 async fn read_blob(
     st: &ApiState,
-    registry: &blobs::Blobs,
+    registry: &Arc<blobs::Blobs>,
     repo: &Repository,
     digest: &Digest,
     head: bool,
@@ -431,21 +433,14 @@ async fn read_blob(
     {
         return Err(blob_unknown(repo, digest));
     }
-    let path = registry.path(digest);
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(RegistryError::BlobUnknown(format!(
-                "blob {digest} of {repo} is held by another server of this cluster, not this one; \
-                 pull from the server it was pushed to"
-            )))
-        }
-        Err(e) => {
-            return Err(RegistryError::Internal(format!(
-                "cannot read blob {digest}: {e}"
-            )))
-        }
-    };
+    if registry.has(digest).is_none() && !replicate::fetch(&st.store, registry, digest).await? {
+        return Err(RegistryError::Unavailable(format!(
+            "blob {digest} of {repo} is on none of the servers this one reaches now"
+        )));
+    }
+    let file = tokio::fs::File::open(registry.path(digest))
+        .await
+        .map_err(|e| RegistryError::Internal(format!("cannot read blob {digest}: {e}")))?;
     let size = file
         .metadata()
         .await
@@ -468,7 +463,7 @@ async fn read_blob(
 }
 
 /// A file's bytes as a body, 64 KiB at a time.
-fn file_stream(
+pub(crate) fn file_stream(
     file: tokio::fs::File,
 ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
     futures_util::stream::unfold(file, |mut file| async move {
@@ -562,7 +557,7 @@ async fn receive(registry: &blobs::Blobs, lent: &mut blobs::Lent, body: Body) ->
 /// it to the repository: only then the 201.
 async fn finish_upload(
     st: &ApiState,
-    registry: &blobs::Blobs,
+    registry: &Arc<blobs::Blobs>,
     repo: &Repository,
     id: &str,
     digest: &Digest,
@@ -574,6 +569,7 @@ async fn finish_upload(
         return Err(e);
     }
     let size = registry.commit(lent, digest).await?;
+    replicate::to_quorum(&st.store, registry, digest).await?;
     link(st, repo, digest, size).await?;
     Ok(blob_created(repo, digest))
 }
@@ -591,7 +587,7 @@ async fn link(st: &ApiState, repo: &Repository, d: &Digest, size: u64) -> Result
 /// caller may pull it from `from`. Otherwise `None`, and an upload begins as the spec says.
 async fn mount_blob(
     st: &ApiState,
-    registry: &blobs::Blobs,
+    registry: &Arc<blobs::Blobs>,
     user: &User,
     repo: &Repository,
     mount: &str,
@@ -606,7 +602,7 @@ async fn mount_blob(
     let Some(kv) = store::get(&st.store, &store::blob_key(&source, &digest)).await? else {
         return Ok(None);
     };
-    if registry.has(&digest).is_none() {
+    if registry.has(&digest).is_none() && !replicate::fetch(&st.store, registry, &digest).await? {
         return Ok(None);
     }
     let size = serde_json::from_slice::<Value>(&kv.value)
