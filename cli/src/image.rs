@@ -147,7 +147,7 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
             let wasm = std::fs::read(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let digest = Registries::new(insecure, None)
-                .push(wasm, &reference)
+                .push(wasm, &reference, &RegistryAuth::Anonymous)
                 .await?;
             println!("{reference} {digest}");
             Ok(())

@@ -1,6 +1,7 @@
 //! `drover`: one binary for the control plane, the node agent and the command-line client.
 //! Thin: each verb parses its flags and calls into the library crates.
 
+mod deploy;
 mod formation;
 mod image;
 mod node;
@@ -38,6 +39,9 @@ enum Command {
     Server(server::ServerArgs),
     /// Run a node agent that joins a cluster and runs its pods.
     Node(node::NodeArgs),
+    /// Deploy a Wasm component as a Knative Service: push it to the cluster's registry,
+    /// apply the Service, follow it until it is Ready and print its URL.
+    Deploy(deploy::DeployArgs),
     /// Manage the images of this machine's node.
     Image(image::ImageArgs),
     /// Make credentials: `drover token node NAME` for a node to join with.
@@ -85,6 +89,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Server(args) => server::run(args).await,
             Command::Node(args) => node::run(args).await,
+            Command::Deploy(args) => deploy::run(args).await,
             Command::Image(args) => image::run(args).await,
             Command::Token(args) => token::run(args).await,
             Command::Store(args) => store::run(args).await,
@@ -95,7 +100,10 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("drover: {e:#}");
-            std::process::ExitCode::FAILURE
+            match e.downcast_ref::<deploy::Outcome>() {
+                Some(outcome) => std::process::ExitCode::from(outcome.exit_code()),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -955,3 +955,87 @@ async fn a_push_is_acknowledged_on_a_majority_of_servers_and_pulled_from_any() {
     assert_eq!(r.status, 201, "{}", r.describe());
     assert_eq!(holders(&cluster, &digest(&other)), 2);
 }
+
+/// One GET through the node's function router at `router` for `host`; (status, body).
+fn through_router(router: &str, host: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(router).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .ok()?;
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
+}
+
+fn deploy(up: &Up, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(common::bin())
+        .arg("deploy")
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&up.kubeconfig)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn drover_deploy_takes_a_wasm_file_to_a_live_url() {
+    let up = Up::start(55);
+    let wasm = common::examples().join("hello_world.wasm");
+    let (code, out, err) = deploy(&up, &[wasm.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}\n{err}\n{}", up.log());
+    assert!(
+        out.contains("pushed   default/hello-world@sha256:"),
+        "{out}"
+    );
+    let url = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ready    "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no URL in {out}"))
+        .to_string();
+    let host = url.trim_start_matches("http://").to_string();
+    assert!(host.starts_with("hello-world.default."), "{url}");
+    let (status, body) = through_router("127.0.55.1:80", &host).expect("the router answers");
+    assert_eq!(status, 200, "{body}");
+    // The Service's image is the pushed bytes, by digest, in the cluster registry.
+    let image = up.ok(&[
+        "get",
+        "ksvc",
+        "hello-world",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
+    assert!(
+        image.starts_with("registry.drover.internal/default/hello-world@sha256:"),
+        "{image}"
+    );
+    // The same bytes again: the same revision, ready at once.
+    let (code, out, err) = deploy(&up, &[wasm.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let revisions = up.ok(&["get", "revisions", "-o", "name"]);
+    assert_eq!(revisions.lines().count(), 1, "{revisions}");
+
+    // What is not Wasm, and a namespace that does not exist: exit 1, saying what to do.
+    let not_wasm = up.dir.path().join("notes.txt");
+    std::fs::write(&not_wasm, "hello").unwrap();
+    let (code, _, err) = deploy(&up, &[not_wasm.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("is not WebAssembly") && err.contains("wasm32-wasip2"),
+        "{err}"
+    );
+    let (code, _, err) = deploy(&up, &[wasm.to_str().unwrap(), "-n", "nowhere"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("kubectl create namespace nowhere"), "{err}");
+}

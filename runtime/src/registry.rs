@@ -517,8 +517,14 @@ impl Registries {
         blocking(move || store.add(&image, &data)).await
     }
 
-    /// Pushes a .wasm file as `image` in the CNCF Wasm layout; returns the manifest digest.
-    pub async fn push(&self, wasm: Vec<u8>, image: &str) -> Result<String, PullError> {
+    /// Pushes a .wasm file as `image` in the CNCF Wasm layout with `auth`; returns the
+    /// manifest digest.
+    pub async fn push(
+        &self,
+        wasm: Vec<u8>,
+        image: &str,
+        auth: &RegistryAuth,
+    ) -> Result<String, PullError> {
         if !wasm.starts_with(b"\0asm") {
             return Err(PullError::NotWasm("the file is not WebAssembly".into()));
         }
@@ -540,17 +546,11 @@ impl Registries {
         let layers = vec![layer];
         let manifest = OciImageManifest::build(&layers, &config, None);
         client
-            .push(
-                &reference,
-                &layers,
-                config,
-                &RegistryAuth::Anonymous,
-                Some(manifest),
-            )
+            .push(&reference, &layers, config, auth, Some(manifest))
             .await
             .map_err(|e| PullError::Registry(format!("push to {image:?} failed: {e}")))?;
         client
-            .fetch_manifest_digest(&reference, &RegistryAuth::Anonymous)
+            .fetch_manifest_digest(&reference, auth)
             .await
             .map_err(|e| PullError::Registry(e.to_string()))
     }

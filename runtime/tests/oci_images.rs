@@ -272,7 +272,7 @@ async fn wasm_images_are_still_pulled_as_wasm() {
     let image = registry.image("hello:1");
     let wasm = b"\0asm\x01\0\0\0".to_vec();
     Registries::new(vec![], None)
-        .push(wasm.clone(), &image)
+        .push(wasm.clone(), &image, &RegistryAuth::Anonymous)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
