@@ -994,6 +994,7 @@ fn drover_deploy_takes_a_wasm_file_to_a_live_url() {
     let wasm = common::examples().join("hello_world.wasm");
     let (code, out, err) = deploy(&up, &[wasm.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}\n{err}\n{}", up.log());
+    println!("drover deploy said:\n{out}");
     assert!(
         out.contains("pushed   default/hello-world@sha256:"),
         "{out}"
