@@ -34,6 +34,11 @@ if ((${#missing[@]})); then
   apt-get install -y -qq "${missing[@]}" >/dev/null
   if [ "$policy_added" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
+# oras-py, an ORAS client (PyPI), pushes and pulls artifacts in the cluster registry's tests.
+if ! python3 -c 'import oras.client' >/dev/null 2>&1; then
+  echo "installing: oras-py (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check oras
+fi
 # The Python `kubernetes` client is the API's second acceptance client.
 if ! python3 -c 'import kubernetes' >/dev/null 2>&1; then
   echo "installing: the Python kubernetes client (PyPI)"

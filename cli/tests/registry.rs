@@ -1040,3 +1040,51 @@ fn drover_deploy_takes_a_wasm_file_to_a_live_url() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("kubectl create namespace nowhere"), "{err}");
 }
+
+#[test]
+fn oras_py_pushes_and_pulls_with_the_cluster_ca_and_a_token() {
+    let up = Up::start(65);
+    let c = Client::of(&up, 65);
+    up.ok(&["create", "namespace", "team-a"]);
+    let pusher = account(&up, "team-a", "pusher", "edit");
+    let wasm = std::fs::read(common::examples().join("hello_world.wasm")).unwrap();
+    let file = up.dir.path().join("hello.wasm");
+    std::fs::write(&file, &wasm).unwrap();
+    let script = common::repo().join("cli/tests/python/oras_push_pull.py");
+    let oras = |token: &str, target: &str, out: &str, chunked: bool| {
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script)
+            .arg(&c.address)
+            .arg(c.certs.join("ca.crt"))
+            .arg(token)
+            .arg(&file)
+            .arg(target)
+            .arg(up.dir.path().join(out));
+        if chunked {
+            cmd.arg("chunked");
+        }
+        let out = cmd.output().expect("python3 runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (chunked, tag, out) in [(false, "1", "out-1"), (true, "2", "out-2")] {
+        let (ok, stdout, stderr) = oras(&pusher, &format!("team-a/hello:{tag}"), out, chunked);
+        assert!(
+            ok,
+            "oras-py (chunked: {chunked}): {stdout}\n{stderr}\n{}",
+            up.log()
+        );
+        let pulled = std::fs::read(up.dir.path().join(out).join("hello.wasm")).unwrap();
+        assert!(pulled == wasm, "the pulled file is the pushed one");
+    }
+    // The same client, pushing where its token may not.
+    let (ok, _, stderr) = oras(&pusher, "default/hello:1", "out-3", false);
+    assert!(!ok, "a push to another namespace must fail");
+    assert!(
+        stderr.contains("403") || stderr.to_lowercase().contains("denied"),
+        "{stderr}"
+    );
+}
