@@ -670,6 +670,14 @@ fn the_distribution_api_takes_chunks_artifacts_and_referrers_and_refuses_bad_inp
             "not known",
         ),
         (
+            "GET",
+            "/v2/default/hello/tags/list?n=ten",
+            None,
+            400,
+            "PAGINATION_NUMBER_INVALID",
+            "not a number",
+        ),
+        (
             "POST",
             "/v2/nowhere/x/blobs/uploads/",
             None,

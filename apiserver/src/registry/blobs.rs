@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::path::{Digest, Repository};
@@ -24,7 +24,7 @@ const SESSION_IDLE: Duration = Duration::from_secs(3600);
 /// What one server holds.
 pub struct Blobs {
     dir: PathBuf,
-    sessions: Mutex<HashMap<String, Session>>,
+    sessions: Sessions,
     limits: Limits,
 }
 
@@ -46,6 +46,8 @@ impl Default for Limits {
     }
 }
 
+type Sessions = Arc<Mutex<HashMap<String, Session>>>;
+
 /// An upload in progress.
 struct Session {
     repository: Repository,
@@ -58,12 +60,44 @@ struct Session {
     busy: bool,
 }
 
-/// A session lent to one request; given back with [`Blobs::put_back`].
+/// A session lent to one request; given back with [`Blobs::put_back`] or ended by
+/// [`Blobs::commit`]. Dropped otherwise (its request cancelled or cut off mid-chunk), it ends
+/// the session and removes its file: part of a chunk may have been written.
 pub struct Lent {
     pub id: String,
     pub size: u64,
     hash: ring::digest::Context,
     file: PathBuf,
+    sessions: Sessions,
+    settled: bool,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.sessions.lock().expect("poisoned").remove(&self.id);
+            let _ = std::fs::remove_file(&self.file);
+        }
+    }
+}
+
+/// A file being written, removed unless [`Part::keep`] is called (a cancelled copy leaves
+/// nothing behind).
+struct Part(PathBuf, bool);
+
+impl Part {
+    fn keep(mut self) -> PathBuf {
+        self.1 = true;
+        self.0.clone()
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if !self.1 {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
 }
 
 impl Blobs {
@@ -77,7 +111,7 @@ impl Blobs {
         }
         Ok(Blobs {
             dir: dir.to_path_buf(),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Arc::default(),
             limits,
         })
     }
@@ -111,6 +145,19 @@ impl Blobs {
             return Err(RegistryError::TooManyRequests(format!(
                 "{} uploads are in progress on this server; try again when one has finished",
                 sessions.len()
+            )));
+        }
+        // One namespace may not take every session of the server.
+        let per_namespace = (self.limits.max_sessions / 4).max(1);
+        let ours = sessions
+            .values()
+            .filter(|s| s.repository.namespace == repository.namespace)
+            .count();
+        if ours >= per_namespace {
+            return Err(RegistryError::TooManyRequests(format!(
+                "namespace {} has {ours} uploads in progress on this server, its limit; finish or \
+                 cancel one (DELETE its upload) first",
+                repository.namespace
             )));
         }
         let id = new_id();
@@ -156,15 +203,18 @@ impl Blobs {
             size: s.size,
             hash: s.hash.clone(),
             file: self.upload_file(id),
+            sessions: self.sessions.clone(),
+            settled: false,
         })
     }
 
     /// Gives a session back after a request appended to it.
-    pub fn put_back(&self, lent: Lent) {
+    pub fn put_back(&self, mut lent: Lent) {
+        lent.settled = true;
         let mut sessions = self.sessions.lock().expect("poisoned");
         if let Some(s) = sessions.get_mut(&lent.id) {
             s.size = lent.size;
-            s.hash = lent.hash;
+            s.hash = lent.hash.clone();
             s.used = Instant::now();
             s.busy = false;
         }
@@ -201,7 +251,7 @@ impl Blobs {
     /// Finishes a lent session as blob `expected`: the bytes must hash to it. The blob file is
     /// durable when this returns. The session is ended either way but for a digest mismatch
     /// from a request that sent nothing more (the client may still send the rest).
-    pub async fn commit(&self, lent: Lent, expected: &Digest) -> Result<u64, RegistryError> {
+    pub async fn commit(&self, mut lent: Lent, expected: &Digest) -> Result<u64, RegistryError> {
         let got = Digest::from_hash(lent.hash.clone().finish().as_ref());
         if &got != expected {
             let size = lent.size;
@@ -213,6 +263,7 @@ impl Blobs {
         let size = lent.size;
         let moved = self.adopt(lent.file.clone(), expected).await;
         self.end(&lent.id);
+        lent.settled = true;
         moved?;
         Ok(size)
     }
@@ -222,8 +273,11 @@ impl Blobs {
         let (to, dir) = (self.path(digest), self.dir.join("blobs/sha256"));
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if to.exists() {
-                // Already held (same digest, same bytes).
-                return std::fs::remove_file(&from);
+                // Already held (same digest, same bytes), perhaps by a copy renamed a moment
+                // ago and not yet synced: sync it, so this caller's answer is as durable.
+                std::fs::remove_file(&from)?;
+                std::fs::File::open(&to)?.sync_all()?;
+                return std::fs::File::open(&dir)?.sync_all();
             }
             std::fs::File::open(&from)?.sync_all()?;
             std::fs::rename(&from, &to)?;
@@ -246,10 +300,10 @@ impl Blobs {
         if let Some(size) = self.has(digest) {
             return Ok(size);
         }
-        let part = self.upload_file(&format!("{}.copy", new_id()));
+        let part = Part(self.upload_file(&format!("{}.copy", new_id())), false);
         let internal =
             |e: std::io::Error| RegistryError::Internal(format!("cannot store a copy: {e}"));
-        let mut file = tokio::fs::File::from_std(create_private(&part).map_err(internal)?);
+        let mut file = tokio::fs::File::from_std(create_private(&part.0).map_err(internal)?);
         let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
         let mut size = 0u64;
         let mut stream = std::pin::pin!(stream);
@@ -278,11 +332,8 @@ impl Blobs {
         }
         .await;
         drop(file);
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&part);
-            return Err(e);
-        }
-        self.adopt(part, digest).await?;
+        written?;
+        self.adopt(part.keep(), digest).await?;
         Ok(size)
     }
 }
@@ -352,6 +403,67 @@ mod tests {
             b"foo"
         );
         assert!(blobs.progress(&repo("a/x"), &id).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_request_cut_off_mid_chunk_ends_its_session_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path(), Limits::default()).unwrap();
+        let id = blobs.begin(&repo("a/x")).unwrap();
+        let mut lent = blobs.lend(&repo("a/x"), &id).unwrap();
+        blobs.append(&mut lent, b"half a ch").await.unwrap();
+        drop(lent); // the handler's future dropped: no put_back, no commit
+        assert!(matches!(
+            blobs.progress(&repo("a/x"), &id),
+            Err(RegistryError::UploadUnknown(_))
+        ));
+        assert!(!blobs.upload_file(&id).exists());
+        // Given back, it goes on.
+        let id = blobs.begin(&repo("a/x")).unwrap();
+        let lent = blobs.lend(&repo("a/x"), &id).unwrap();
+        blobs.put_back(lent);
+        assert_eq!(blobs.progress(&repo("a/x"), &id).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn one_namespace_takes_at_most_a_quarter_of_the_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_blob_bytes: 1 << 20,
+            max_sessions: 8,
+        };
+        let blobs = Blobs::open(dir.path(), limits).unwrap();
+        for _ in 0..2 {
+            blobs.begin(&repo("greedy/x")).unwrap();
+        }
+        let Err(RegistryError::TooManyRequests(why)) = blobs.begin(&repo("greedy/y")) else {
+            panic!("a third session of one namespace must be refused");
+        };
+        assert!(why.contains("namespace greedy"), "{why}");
+        blobs.begin(&repo("other/x")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_copy_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path(), Limits::default()).unwrap();
+        let stream = futures_util::stream::iter(vec![
+            Ok::<_, String>(bytes::Bytes::from_static(b"abc")),
+            Err("the peer went away".to_string()),
+        ]);
+        let d = Digest::of(b"abc");
+        assert!(matches!(
+            blobs.receive(&d, stream).await,
+            Err(RegistryError::Unavailable(_))
+        ));
+        let left = std::fs::read_dir(dir.path().join("uploads"))
+            .unwrap()
+            .count();
+        assert_eq!(left, 0);
+        let whole =
+            futures_util::stream::iter(vec![Ok::<_, String>(bytes::Bytes::from_static(b"abc"))]);
+        assert_eq!(blobs.receive(&d, whole).await.unwrap(), 3);
+        assert_eq!(blobs.has(&d), Some(3));
     }
 
     #[tokio::test]

@@ -88,6 +88,8 @@ pub enum RegistryError {
     #[error("{0}")]
     Unsupported(String),
     #[error("{0}")]
+    PaginationInvalid(String),
+    #[error("{0}")]
     TooManyRequests(String),
     #[error("{0}")]
     Unavailable(String),
@@ -115,6 +117,7 @@ impl RegistryError {
             Unauthorized(_) => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
             Denied(_) => ("DENIED", StatusCode::FORBIDDEN),
             Unsupported(_) => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
+            PaginationInvalid(_) => ("PAGINATION_NUMBER_INVALID", StatusCode::BAD_REQUEST),
             TooManyRequests(_) => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS),
             Unavailable(_) => ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE),
             Internal(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
@@ -171,8 +174,8 @@ pub async fn serve(State(st): State<Arc<ApiState>>, req: Request) -> Response {
             // reset stream.
             if let Some(unread) = body {
                 let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    axum::body::to_bytes(unread, 4 << 20),
+                    std::time::Duration::from_secs(1),
+                    axum::body::to_bytes(unread, 64 << 10),
                 )
                 .await;
             }
@@ -203,12 +206,20 @@ async fn handle(
     };
     let method = req.method.clone();
     let get = method == Method::GET || method == Method::HEAD;
+    // The API's cap on requests in flight holds for the registry too (after authentication,
+    // as for the API): kept for the whole request, and for a blob's download while it is sent.
+    let mut place = Some(st.inflight.admit(&method).ok_or_else(|| {
+        RegistryError::TooManyRequests(
+            "the server has too many requests in flight; try again in a second".into(),
+        )
+    })?);
     match route {
         Route::Base if get => Ok(json_answer(StatusCode::OK, json!({}))),
         Route::Token if get || method == Method::POST => Ok(token(&user, &req.headers)),
         Route::Blob(repo, digest) if get => {
             allow(st, &user, "get", &repo).await?;
-            read_blob(st, registry, &repo, &digest, method == Method::HEAD).await
+            let hold = place.take().filter(|_| method == Method::GET);
+            read_blob(st, registry, &repo, &digest, hold).await
         }
         Route::Blob(repo, digest) if method == Method::DELETE => {
             allow(st, &user, "delete", &repo).await?;
@@ -226,19 +237,18 @@ async fn handle(
                     return Ok(done);
                 }
             }
+            let digest = q("digest").map(|d| Digest::parse(&d)).transpose()?;
             let id = registry.begin(&repo)?;
-            match q("digest") {
-                Some(d) => {
-                    let digest = Digest::parse(&d)?;
-                    finish_upload(
-                        st,
-                        registry,
-                        &repo,
-                        &id,
-                        &digest,
-                        body.take().unwrap_or_default(),
-                    )
-                    .await
+            match digest {
+                Some(digest) => {
+                    let body = body.take().unwrap_or_default();
+                    let done = finish_upload(st, registry, &repo, &id, &digest, body).await;
+                    // A monolithic upload's session is the request's own: its client never
+                    // learnt the id, so nothing may be left waiting for it.
+                    if done.is_err() {
+                        registry.end(&id);
+                    }
+                    done
                 }
                 None => Ok(upload_answer(StatusCode::ACCEPTED, &repo, &id, 0)),
             }
@@ -329,12 +339,12 @@ async fn handle(
         Route::Tags(repo) if get => {
             allow(st, &user, "get", &repo).await?;
             let n = match q("n") {
-                Some(n) => n
-                    .parse::<u64>()
-                    .map_err(|_| RegistryError::Unsupported(format!("n={n:?} is not a number")))?,
+                Some(n) => n.parse::<u64>().map_err(|_| {
+                    RegistryError::PaginationInvalid(format!("n={n:?} is not a number"))
+                })?,
                 None => 1000,
             };
-            list_tags(st, &repo, n.clamp(1, 10_000), q("last")).await
+            list_tags(st, &repo, n.min(10_000), q("last")).await
         }
         Route::Referrers(repo, subject) if get => {
             allow(st, &user, "get", &repo).await?;
@@ -462,8 +472,10 @@ async fn read_blob(
     registry: &Arc<blobs::Blobs>,
     repo: &Repository,
     digest: &Digest,
-    head: bool,
+    // A GET's place in the request cap, kept while the bytes are sent; None for a HEAD.
+    hold: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<Response> {
+    let head = hold.is_none();
     if store::get(&st.store, &store::blob_key(repo, digest))
         .await?
         .is_none()
@@ -486,7 +498,7 @@ async fn read_blob(
     let body = if head {
         Body::empty()
     } else {
-        Body::from_stream(file_stream(file))
+        Body::from_stream(file_stream(file, hold))
     };
     let mut r = Response::new(body);
     let h = r.headers_mut();
@@ -499,52 +511,33 @@ async fn read_blob(
     Ok(r)
 }
 
-/// A file's bytes as a body, read on a blocking thread 1 MiB at a time a few chunks ahead of
-/// the connection (an async read per 64 KiB cost a blocking-pool round trip each, and halved
-/// a large pull's rate).
+/// A file's bytes as a body, 1 MiB at a time (an async read per 64 KiB cost a blocking-pool
+/// round trip each and halved a large pull's rate). Each read takes a blocking thread only
+/// while it reads: a client that stops reading holds none (the store applies on that pool).
+/// `hold` (a place of the API's request cap) is kept until the body is sent or dropped.
 pub(crate) fn file_stream(
-    file: tokio::fs::File,
+    mut file: tokio::fs::File,
+    hold: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
     const CHUNK: usize = 1 << 20;
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut file = file
-            .try_into_std()
-            .expect("no operation is in flight on a new file");
-        loop {
-            let mut buf = vec![0u8; CHUNK];
-            let mut filled = 0;
-            // Whole chunks but the last, so frames and records stay large.
-            let result = loop {
-                match file.read(&mut buf[filled..]) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => {
-                        filled += n;
-                        if filled == CHUNK {
-                            break Ok(());
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => break Err(e),
-                }
-            };
-            if let Err(e) = result {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-            if filled == 0 {
-                return;
-            }
-            buf.truncate(filled);
-            // A closed receiver is a client gone: stop reading.
-            if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() || filled < CHUNK {
-                return;
+    file.set_max_buf_size(CHUNK);
+    futures_util::stream::unfold((file, hold), |(mut file, hold)| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; CHUNK];
+        let mut filled = 0;
+        // Whole chunks but the last, so HTTP/2 frames and TLS records stay large.
+        while filled < CHUNK {
+            match file.read(&mut buf[filled..]).await {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => return Some((Err(e), (file, hold))),
             }
         }
-    });
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+        if filled == 0 {
+            return None;
+        }
+        buf.truncate(filled);
+        Some((Ok(bytes::Bytes::from(buf)), (file, hold)))
     })
 }
 
@@ -765,10 +758,15 @@ async fn put_manifest(
             )));
         }
     }
-    let mut txn = Txn::default().and_then(Op::put(
-        store::manifest_key(repo, &digest),
-        store::encode(&parsed.header, bytes),
-    ));
+    let value = store::encode(&parsed.header, bytes);
+    if value.len() > store::MAX_VALUE_BYTES {
+        return Err(RegistryError::ManifestInvalid(format!(
+            "manifest and its annotations take {} bytes to store; the limit is {}",
+            value.len(),
+            store::MAX_VALUE_BYTES
+        )));
+    }
+    let mut txn = Txn::default().and_then(Op::put(store::manifest_key(repo, &digest), value));
     if let Reference::Tag(tag) = reference {
         txn = txn.and_then(Op::put(store::tag_key(repo, tag), digest.to_string()));
     }

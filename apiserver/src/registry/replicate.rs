@@ -8,6 +8,7 @@
 //! it, and a copy is named by its digest only once its bytes hash to it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -60,19 +61,41 @@ async fn give_copy(State(blobs): State<Arc<Blobs>>, Path(hex): Path<String>) -> 
         Err(r) => return r,
     };
     match tokio::fs::File::open(blobs.path(&digest)).await {
-        Ok(file) => Body::from_stream(super::file_stream(file)).into_response(),
+        Ok(file) => Body::from_stream(super::file_stream(file, None)).into_response(),
         Err(_) => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
-/// The other voters' peer addresses, and how many servers (this one included) make a
-/// majority of all voters.
-fn others_and_quorum(store: &StoreNode) -> (Vec<String>, usize) {
+/// How long a copy may go without a byte moving before it is given up.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// The other voters' peer addresses, and how many of them must also hold a blob for a
+/// majority of all voters to hold it (this server counts only if it is a voter itself: a
+/// learner's copy is not one a majority can be rebuilt from).
+fn others_and_needed(store: &StoreNode) -> (Vec<String>, usize) {
     let voters = store.voters();
     let quorum = voters.len() / 2 + 1;
     let me = store.peer_address();
+    let voting = voters.values().any(|a| a == me);
     let others = voters.into_values().filter(|a| a != me).collect();
-    (others, quorum)
+    (others, quorum - usize::from(voting))
+}
+
+/// `stream`, failing when no chunk arrives for [`IDLE`] (a peer stopped mid-copy).
+fn idle_limited<S, E>(stream: S) -> impl futures_util::Stream<Item = Result<bytes::Bytes, String>>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    futures_util::stream::unfold(Some(stream), |state| async move {
+        let mut stream = state?;
+        match tokio::time::timeout(IDLE, stream.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(stream))),
+            Ok(Some(Err(e))) => Some((Err(e.to_string()), None)),
+            Ok(None) => None,
+            Err(_) => Some((Err(format!("no data for {} s", IDLE.as_secs())), None)),
+        }
+    })
 }
 
 /// Sends this server's copy of `digest` to the other voters; returns once a majority of voters
@@ -82,8 +105,8 @@ pub async fn to_quorum(
     blobs: &Arc<Blobs>,
     digest: &Digest,
 ) -> Result<(), RegistryError> {
-    let (others, quorum) = others_and_quorum(store);
-    let mut needed = quorum.saturating_sub(1);
+    let (others, mut needed) = others_and_needed(store);
+    let quorum = store.voters().len() / 2 + 1;
     let mut copies: FuturesUnordered<_> = others
         .into_iter()
         .map(|peer| {
@@ -114,10 +137,14 @@ async fn send(store: &StoreNode, blobs: &Blobs, peer: &str, digest: &Digest) -> 
     let file = tokio::fs::File::open(blobs.path(digest))
         .await
         .map_err(|e| format!("cannot read blob {digest}: {e}"))?;
+    let size = file.metadata().await.map(|m| m.len()).unwrap_or_default();
+    // A stalled peer must not hold the push for ever: as long as 1 MiB/s would take, and 30 s.
+    let limit = IDLE + Duration::from_secs(size >> 20);
     let response = store
         .transport()
         .put(peer, &format!("{PEER_PATH}{}", digest.hex()))
-        .body(reqwest::Body::wrap_stream(super::file_stream(file)))
+        .timeout(limit)
+        .body(reqwest::Body::wrap_stream(super::file_stream(file, None)))
         .send()
         .await
         .map_err(|e| format!("{peer}: {e}"))?;
@@ -136,18 +163,18 @@ pub async fn fetch(
     blobs: &Blobs,
     digest: &Digest,
 ) -> Result<bool, RegistryError> {
-    let (others, _) = others_and_quorum(store);
+    let (others, _) = others_and_needed(store);
     for peer in others {
-        let response = match store
+        let asked = store
             .transport()
             .get(&peer, &format!("{PEER_PATH}{}", digest.hex()))
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => r,
+            .send();
+        let response = match tokio::time::timeout(IDLE, asked).await {
+            Ok(Ok(r)) if r.status().is_success() => r,
             _ => continue,
         };
-        match blobs.receive(digest, response.bytes_stream()).await {
+        let bytes = idle_limited(Box::pin(response.bytes_stream()));
+        match blobs.receive(digest, bytes).await {
             Ok(_) => return Ok(true),
             Err(e) => tracing::warn!(%peer, error = %e, "a copy of blob {digest} failed"),
         }

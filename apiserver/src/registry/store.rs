@@ -18,6 +18,9 @@ use serde_json::Value;
 use super::path::{Digest, Repository};
 use super::RegistryError;
 
+/// The largest value the store takes (its default limit, 1.5 MiB), less room for the key.
+pub const MAX_VALUE_BYTES: usize = 1536 * 1024 - 8 * 1024;
+
 pub fn blob_key(r: &Repository, d: &Digest) -> String {
     format!("/oci/blobs/{r}@{d}")
 }

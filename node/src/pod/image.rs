@@ -27,6 +27,16 @@ impl Worker {
         // for a pod allowed to run it, not necessarily for this one. So it is pulled again,
         // with this pod's own pull secrets, and never taken from the store instead.
         if foreign(&self.ctx.registries, &reference, self.namespace()) {
+            if policy == "Never" {
+                return Err((
+                    "ErrImageNeverPull",
+                    format!(
+                        "Container image {reference:?} is another namespace's image in the \
+                         cluster registry: its pod must pull it (with pull policy IfNotPresent \
+                         or Always and an imagePullSecret), not use the node's copy"
+                    ),
+                ));
+            }
             return self.pull(container, &reference, None).await;
         }
         let local = stored(
