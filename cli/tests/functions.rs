@@ -5,24 +5,8 @@
 use std::time::{Duration, Instant};
 
 mod common;
+use common::router_get as get;
 use common::up::Up;
-
-/// One HTTP/1.1 request to the router at `addr` for `host`; (status, body).
-fn get(addr: &str, host: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Some((code, body))
-}
 
 /// Like [`get`], from the local address `source` (a client elsewhere: outside the cluster,
 /// or in its pod range).

@@ -964,23 +964,6 @@ async fn a_push_is_acknowledged_on_a_majority_of_servers_and_pulled_from_any() {
     assert_eq!(holders(&cluster, &digest(&other)), 2);
 }
 
-/// One GET through the node's function router at `router` for `host`; (status, body).
-fn through_router(router: &str, host: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(router).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .ok()?;
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
-}
-
 fn deploy(up: &Up, args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(common::bin())
         .arg("deploy")
@@ -1015,7 +998,8 @@ fn drover_deploy_takes_a_wasm_file_to_a_live_url() {
         .to_string();
     let host = url.trim_start_matches("http://").to_string();
     assert!(host.starts_with("hello-world.default."), "{url}");
-    let (status, body) = through_router("127.0.55.1:80", &host).expect("the router answers");
+    let (status, body) =
+        common::router_get("127.0.55.1:80", &host, "/").expect("the router answers");
     assert_eq!(status, 200, "{body}");
     // The Service's image is the pushed bytes, by digest, in the cluster registry.
     let image = up.ok(&[

@@ -215,7 +215,7 @@ async fn handle(
     })?);
     match route {
         Route::Base if get => Ok(json_answer(StatusCode::OK, json!({}))),
-        Route::Token if get || method == Method::POST => Ok(token(&user, &req.headers)),
+        Route::Token if get || method == Method::POST => Ok(token(&req.headers)),
         Route::Blob(repo, digest) if get => {
             allow(st, &user, "get", &repo).await?;
             let hold = place.take().filter(|_| method == Method::GET);
@@ -411,7 +411,7 @@ fn basic_password(authorization: &str) -> Option<String> {
 /// `/v2/token`: the credential the caller authenticated with, as the bearer token its client
 /// asks for. Drover's tokens are bearer tokens already; a token minted here would only be a
 /// second credential to revoke.
-fn token(_user: &User, headers: &HeaderMap) -> Response {
+fn token(headers: &HeaderMap) -> Response {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -190,6 +190,11 @@ pub(crate) fn stored(
         return None;
     }
     let image = images.resolve(reference)?;
+    // Without a digest the store found the image by this very name: nothing is borrowed
+    // (and the reference table is not read a second time on every container start).
+    if !reference.contains('@') {
+        return Some(image);
+    }
     let names = images.names_of(&image.digest);
     let by_name = names.contains(&image.reference);
     let lent = !names.is_empty() && names.iter().all(|n| foreign(registries, n, namespace));
